@@ -1,0 +1,207 @@
+//! `factory`: the device maker's tool. Creates a manufacturer (root CA, voucher-signing key,
+//! firmware-signing key), mints IDevID bundles, and signs vouchers for an owner.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use certs::factory::{Manufacturer, ManufacturerConfig};
+use certs::{KeyKind, files, unix_now};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Manufacturer tool: birth certificates (IDevIDs) and ownership vouchers.
+///
+/// Typical use:
+///   factory init ./acme --name "Acme Sensors"
+///   factory mint --dir ./acme --count 10 --out ./devices
+///   factory voucher --dir ./acme --owner-ca owner-root.pem --serials-from ./devices --out vouchers.cbor
+#[derive(Parser)]
+#[command(version, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a manufacturer: root CA, voucher-signing key and certificate, firmware key.
+    Init {
+        /// Directory to create (must not hold a manufacturer already).
+        dir: PathBuf,
+        /// Manufacturer name (organization in every certificate).
+        #[arg(long, default_value = "Example Devices")]
+        name: String,
+        /// Product model name.
+        #[arg(long, default_value = "sensor-1")]
+        model: String,
+        /// Prefix of minted serial numbers.
+        #[arg(long, default_value = "SN")]
+        serial_prefix: String,
+        /// Hardware type OID for the hardwareModuleName.
+        #[arg(long, default_value = certs::factory::DEFAULT_HW_TYPE)]
+        hw_type: String,
+        /// MUD URL to put in every IDevID (RFC 8520).
+        #[arg(long)]
+        mud_url: Option<String>,
+        /// MASA URL to put in every IDevID (RFC 8995 2.3.2).
+        #[arg(long)]
+        masa_url: Option<String>,
+    },
+    /// Mint device birth identities: one directory per device with its IDevID, key and anchors.
+    Mint {
+        /// Manufacturer directory.
+        #[arg(long, env = "FACTORY_DIR", default_value = "manufacturer")]
+        dir: PathBuf,
+        /// Number of devices.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Where to write the device directories (OUT/<serial>/).
+        #[arg(long)]
+        out: PathBuf,
+        /// Key type of the device keys.
+        #[arg(long, value_enum, default_value_t = KeyType::P256)]
+        key_type: KeyType,
+        /// Print the minted serials as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign vouchers that give devices to an owner, for the owner's bulk import.
+    Voucher {
+        /// Manufacturer directory.
+        #[arg(long, env = "FACTORY_DIR", default_value = "manufacturer")]
+        dir: PathBuf,
+        /// The owner's root CA certificate (PEM), pinned in each voucher.
+        #[arg(long)]
+        owner_ca: PathBuf,
+        /// Serial numbers to sign vouchers for.
+        #[arg(long = "serial")]
+        serials: Vec<String>,
+        /// A directory written by `mint --out`: every device in it gets a voucher.
+        #[arg(long)]
+        serials_from: Option<PathBuf>,
+        /// Days until the vouchers expire.
+        #[arg(long, default_value_t = 30)]
+        expires_in_days: u64,
+        /// Output bundle (CBOR).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KeyType {
+    P256,
+    Ed25519,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let now = unix_now();
+    match cli.command {
+        Command::Init {
+            dir,
+            name,
+            model,
+            serial_prefix,
+            hw_type,
+            mud_url,
+            masa_url,
+        } => {
+            if dir.join(certs::factory::layout::CONFIG).exists() {
+                bail!("{} already holds a manufacturer", dir.display());
+            }
+            let config = ManufacturerConfig {
+                model,
+                serial_prefix,
+                hw_type,
+                mud_url,
+                masa_url,
+                ..ManufacturerConfig::new(&name)
+            };
+            let m = Manufacturer::create(config, now)?;
+            m.save(&dir)
+                .with_context(|| format!("writing {}", dir.display()))?;
+            println!("created manufacturer {name:?} in {}", dir.display());
+            println!(
+                "  root CA:        {}",
+                dir.join(certs::factory::layout::ROOT_CERT).display()
+            );
+            println!(
+                "  voucher signer: {}",
+                dir.join(certs::factory::layout::MASA_CERT).display()
+            );
+            println!(
+                "  firmware key:   {}",
+                dir.join(certs::factory::layout::FIRMWARE_PUB).display()
+            );
+        }
+        Command::Mint {
+            dir,
+            count,
+            out,
+            key_type,
+            json,
+        } => {
+            let mut m = Manufacturer::load(&dir)
+                .with_context(|| format!("loading manufacturer from {}", dir.display()))?;
+            let kind = match key_type {
+                KeyType::P256 => KeyKind::P256,
+                KeyType::Ed25519 => KeyKind::Ed25519,
+            };
+            let mut serials = Vec::new();
+            for _ in 0..count {
+                let serial = m.next_serial();
+                let identity = m.mint(&serial, kind, now)?;
+                identity.save(&out.join(&serial))?;
+                // Save the counter after every device so a crash never reuses a serial.
+                m.save_config(&dir)?;
+                serials.push(serial);
+            }
+            if json {
+                println!("{}", serde_json::json!({ "minted": serials }));
+            } else {
+                for s in &serials {
+                    println!("{}", out.join(s).display());
+                }
+            }
+        }
+        Command::Voucher {
+            dir,
+            owner_ca,
+            mut serials,
+            serials_from,
+            expires_in_days,
+            out,
+        } => {
+            let m = Manufacturer::load(&dir)
+                .with_context(|| format!("loading manufacturer from {}", dir.display()))?;
+            let owner = files::read_cert(&owner_ca)?;
+            if let Some(from) = serials_from {
+                for entry in std::fs::read_dir(&from)
+                    .with_context(|| format!("reading {}", from.display()))?
+                {
+                    let entry = entry?;
+                    if entry
+                        .path()
+                        .join(certs::identity::layout::IDEVID_CERT)
+                        .exists()
+                    {
+                        serials.push(entry.file_name().to_string_lossy().into_owned());
+                    }
+                }
+            }
+            serials.sort();
+            serials.dedup();
+            if serials.is_empty() {
+                bail!("no serials given (use --serial or --serials-from)");
+            }
+            let expires = now + expires_in_days * 86_400;
+            let vouchers = serials
+                .iter()
+                .map(|s| m.voucher(s, &owner, now, expires))
+                .collect::<Result<Vec<_>, _>>()?;
+            files::write_public(&out, &protocol::voucher::encode_bundle(&vouchers))?;
+            println!("signed {} vouchers into {}", vouchers.len(), out.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! Reading and writing PEM files safely.
+//!
+//! Writes are atomic (a temporary file in the same directory, synced, then renamed), so a crash
+//! leaves either the old file or the new one. Secrets are created with mode 0600 from the start,
+//! never chmod-ed after the fact. Reads refuse files larger than any key, certificate or list we
+//! handle.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+#[cfg(unix)]
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use crate::error::CertError;
+
+/// Largest PEM file read (a bundle of thousands of certificates fits).
+pub const MAX_PEM_FILE: u64 = 16 * 1024 * 1024;
+
+/// Writes a secret (a private key, a token) with mode 0600.
+pub fn write_secret(path: &Path, contents: &[u8]) -> Result<(), CertError> {
+    write_atomic(path, contents, 0o600)
+}
+
+/// Writes a public file (a certificate, a CRL) with mode 0644.
+pub fn write_public(path: &Path, contents: &[u8]) -> Result<(), CertError> {
+    write_atomic(path, contents, 0o644)
+}
+
+fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertError> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(dir) = dir {
+        fs::create_dir_all(dir).map_err(|e| CertError::io(dir, e))?;
+    }
+    let name = path
+        .file_name()
+        .ok_or_else(|| CertError::io(path, std::io::ErrorKind::InvalidInput.into()))?;
+    let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(mode);
+    let result = (|| {
+        let mut file = options.open(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        if let Some(dir) = dir {
+            // Make the rename itself durable.
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        CertError::io(path, e)
+    })
+}
+
+/// Reads a file of at most `limit` bytes.
+pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, CertError> {
+    let file = File::open(path).map_err(|e| CertError::io(path, e))?;
+    let size = file.metadata().map_err(|e| CertError::io(path, e))?.len();
+    if size > limit {
+        return Err(CertError::FileTooLarge {
+            path: path.to_path_buf(),
+            size,
+            limit,
+        });
+    }
+    let mut out = Vec::with_capacity(size as usize);
+    file.take(limit + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| CertError::io(path, e))?;
+    if out.len() as u64 > limit {
+        return Err(CertError::FileTooLarge {
+            path: path.to_path_buf(),
+            size: out.len() as u64,
+            limit,
+        });
+    }
+    Ok(out)
+}
+
+/// Reads a PEM text file.
+pub fn read_pem_text(path: &Path) -> Result<String, CertError> {
+    let bytes = read_limited(path, MAX_PEM_FILE)?;
+    String::from_utf8(bytes)
+        .map_err(|_| CertError::parse("PEM file", format!("{} is not text", path.display())))
+}
+
+/// Reads every `CERTIFICATE` block of a PEM file, in order, as DER.
+pub fn read_certs(path: &Path) -> Result<Vec<Vec<u8>>, CertError> {
+    let certs = certs_from_pem(&read_pem_text(path)?)
+        .map_err(|e| CertError::parse("certificate file", format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(CertError::parse(
+            "certificate file",
+            format!("{} holds no certificate", path.display()),
+        ));
+    }
+    Ok(certs)
+}
+
+/// Reads one certificate (the first of the file).
+pub fn read_cert(path: &Path) -> Result<Vec<u8>, CertError> {
+    Ok(read_certs(path)?.swap_remove(0))
+}
+
+/// Reads a private key file.
+pub fn read_key(path: &Path) -> Result<crate::KeyPair, CertError> {
+    let text = read_pem_text(path)?;
+    crate::KeyPair::from_pem(&text).map_err(|e| match e {
+        CertError::Key(detail) => CertError::Key(format!("{}: {detail}", path.display())),
+        other => other,
+    })
+}
+
+/// Every `CERTIFICATE` block of a PEM text, as DER.
+pub fn certs_from_pem(text: &str) -> Result<Vec<Vec<u8>>, CertError> {
+    let blocks = pem::parse_many(text).map_err(|e| CertError::parse("PEM", e))?;
+    Ok(blocks
+        .into_iter()
+        .filter(|b| b.tag() == "CERTIFICATE")
+        .map(|b| b.into_contents())
+        .collect())
+}
+
+/// One certificate as PEM.
+pub fn cert_pem(der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
+}
+
+/// Several certificates as one PEM text, in the given order.
+pub fn certs_pem<'a>(ders: impl IntoIterator<Item = &'a [u8]>) -> String {
+    ders.into_iter().map(cert_pem).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(unix)]
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn secrets_are_0600_and_writes_replace_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/key.pem");
+        write_secret(&path, b"one").unwrap();
+        write_secret(&path, b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        #[cfg(unix)]
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(fs::read_dir(dir.path().join("sub")).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn oversized_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        fs::write(&path, vec![b'a'; 100]).unwrap();
+        assert!(matches!(
+            read_limited(&path, 10),
+            Err(CertError::FileTooLarge { size: 100, .. })
+        ));
+    }
+}

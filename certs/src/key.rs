@@ -1,0 +1,241 @@
+//! Key pairs: ECDSA P-256 (the default; what secure elements hold) and Ed25519.
+//!
+//! A [`KeyPair`] signs X.509 structures (through rcgen) and COSE artefacts (through
+//! [`protocol::keys::Signer`]). Private keys are PKCS#8 v1 so that OpenSSL 3.0 and Python
+//! cryptography can read them (ring writes Ed25519 keys as v2, which they refuse).
+
+use protocol::keys::{Algorithm, PublicKey, Signer};
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+use rustls_pki_types::PrivatePkcs8KeyDer;
+
+use crate::error::CertError;
+
+/// Which kind of key to generate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyKind {
+    /// ECDSA on NIST P-256.
+    #[default]
+    P256,
+    /// Ed25519.
+    Ed25519,
+}
+
+/// A private key with its public half.
+pub struct KeyPair {
+    kind: KeyKind,
+    x509: rcgen::KeyPair,
+    /// For P-256 only: the same key producing COSE's fixed-length signatures.
+    cose_p256: Option<EcdsaKeyPair>,
+}
+
+impl std::fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyPair({:?}, {:?})", self.kind, self.public_key())
+    }
+}
+
+/// PKCS#8 v1 prefix of an Ed25519 private key (RFC 8410): the 32-byte seed follows.
+const ED25519_PKCS8_V1_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+impl KeyPair {
+    /// Generates a fresh key.
+    pub fn generate(kind: KeyKind) -> Result<Self, CertError> {
+        let rng = SystemRandom::new();
+        let pkcs8 = match kind {
+            KeyKind::P256 => EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                .map_err(|_| CertError::Key("P-256 key generation failed".into()))?
+                .as_ref()
+                .to_vec(),
+            KeyKind::Ed25519 => {
+                let mut seed = [0u8; 32];
+                rng.fill(&mut seed)
+                    .map_err(|_| CertError::Key("no randomness for Ed25519 key".into()))?;
+                let mut der = ED25519_PKCS8_V1_PREFIX.to_vec();
+                der.extend_from_slice(&seed);
+                der
+            }
+        };
+        Self::from_pkcs8_der(&pkcs8)
+    }
+
+    /// Reads a PKCS#8 private key (DER).
+    pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, CertError> {
+        let pkcs8 = PrivatePkcs8KeyDer::from(der);
+        if let Ok(x509) =
+            rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ECDSA_P256_SHA256)
+        {
+            let cose = EcdsaKeyPair::from_pkcs8(
+                &ECDSA_P256_SHA256_FIXED_SIGNING,
+                der,
+                &SystemRandom::new(),
+            )
+            .map_err(|_| CertError::Key("unreadable P-256 key".into()))?;
+            return Ok(Self {
+                kind: KeyKind::P256,
+                x509,
+                cose_p256: Some(cose),
+            });
+        }
+        let x509 = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519)
+            .map_err(|_| CertError::Key("not a PKCS#8 P-256 or Ed25519 private key".into()))?;
+        Ok(Self {
+            kind: KeyKind::Ed25519,
+            x509,
+            cose_p256: None,
+        })
+    }
+
+    /// Reads a PEM `PRIVATE KEY` (PKCS#8).
+    pub fn from_pem(text: &str) -> Result<Self, CertError> {
+        let block = pem::parse(text).map_err(|e| CertError::Key(format!("PEM: {e}")))?;
+        if block.tag() != "PRIVATE KEY" {
+            return Err(CertError::Key(format!(
+                "expected a PRIVATE KEY block, found {}",
+                block.tag()
+            )));
+        }
+        Self::from_pkcs8_der(block.contents())
+    }
+
+    /// The private key as PEM `PRIVATE KEY` (PKCS#8 v1). Secret: write it with
+    /// [`crate::files::write_secret`].
+    pub fn to_pem(&self) -> String {
+        pem::encode(&pem::Pem::new("PRIVATE KEY", self.pkcs8_der().to_vec()))
+    }
+
+    /// The private key as PKCS#8 DER. Secret.
+    pub fn pkcs8_der(&self) -> &[u8] {
+        self.x509.serialized_der()
+    }
+
+    /// The kind of key.
+    pub fn kind(&self) -> KeyKind {
+        self.kind
+    }
+
+    /// The public key in the wire form the protocol uses.
+    pub fn public_key(&self) -> PublicKey {
+        let raw = self.x509.public_key_raw();
+        match self.kind {
+            KeyKind::P256 => PublicKey::P256(raw.to_vec()),
+            // rcgen only builds Ed25519 pairs from 32-byte public keys.
+            KeyKind::Ed25519 => PublicKey::Ed25519(raw.try_into().unwrap_or([0; 32])),
+        }
+    }
+
+    /// DER SubjectPublicKeyInfo of the public key.
+    pub fn spki_der(&self) -> Vec<u8> {
+        rcgen::PublicKeyData::subject_public_key_info(&self.x509)
+    }
+
+    /// The public key as PEM `PUBLIC KEY` (SubjectPublicKeyInfo).
+    pub fn public_pem(&self) -> String {
+        pem::encode(&pem::Pem::new("PUBLIC KEY", self.spki_der()))
+    }
+}
+
+impl Signer for KeyPair {
+    fn algorithm(&self) -> Algorithm {
+        match self.kind {
+            KeyKind::P256 => Algorithm::Es256,
+            KeyKind::Ed25519 => Algorithm::EdDsa,
+        }
+    }
+
+    fn public_key(&self) -> PublicKey {
+        KeyPair::public_key(self)
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, protocol::SignatureError> {
+        match &self.cose_p256 {
+            Some(kp) => kp
+                .sign(&SystemRandom::new(), message)
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|_| protocol::SignatureError::SigningFailed("ECDSA".into())),
+            // Ed25519 signatures are the same in X.509 and COSE.
+            None => rcgen::SigningKey::sign(&self.x509, message)
+                .map_err(|e| protocol::SignatureError::SigningFailed(e.to_string())),
+        }
+    }
+}
+
+impl rcgen::PublicKeyData for KeyPair {
+    fn der_bytes(&self) -> &[u8] {
+        self.x509.der_bytes()
+    }
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        rcgen::PublicKeyData::algorithm(&self.x509)
+    }
+}
+
+impl rcgen::SigningKey for KeyPair {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        rcgen::SigningKey::sign(&self.x509, msg)
+    }
+}
+
+/// A public key from a DER SubjectPublicKeyInfo, as found in certificates and CSRs.
+pub fn public_key_from_spki(
+    spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>,
+) -> Result<PublicKey, CertError> {
+    use x509_parser::oid_registry::{OID_KEY_TYPE_EC_PUBLIC_KEY, OID_SIG_ED25519};
+    let raw = spki.subject_public_key.data.as_ref();
+    let alg = &spki.algorithm;
+    if alg.algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY {
+        let curve = alg
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .ok_or_else(|| CertError::Key("EC key without a named curve".into()))?;
+        if curve != x509_parser::oid_registry::OID_EC_P256 {
+            return Err(CertError::Key(format!("EC curve {curve} is not P-256")));
+        }
+        PublicKey::p256(raw).map_err(|e| CertError::Key(e.to_string()))
+    } else if alg.algorithm == OID_SIG_ED25519 {
+        PublicKey::ed25519(raw).map_err(|e| CertError::Key(e.to_string()))
+    } else {
+        Err(CertError::Key(format!(
+            "key algorithm {} is not P-256 or Ed25519",
+            alg.algorithm
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_round_trip_and_cose_signing_for_both_kinds() {
+        for kind in [KeyKind::P256, KeyKind::Ed25519] {
+            let key = KeyPair::generate(kind).unwrap();
+            let again = KeyPair::from_pem(&key.to_pem()).unwrap();
+            assert_eq!(again.public_key(), key.public_key());
+            assert_eq!(again.kind(), kind);
+            let sig = Signer::sign(&again, b"m").unwrap();
+            key.public_key().verify(b"m", &sig).unwrap();
+        }
+    }
+
+    #[test]
+    fn ed25519_keys_are_pkcs8_v1() {
+        let key = KeyPair::generate(KeyKind::Ed25519).unwrap();
+        assert_eq!(key.pkcs8_der().len(), 48);
+        assert_eq!(&key.pkcs8_der()[..16], &ED25519_PKCS8_V1_PREFIX);
+    }
+
+    #[test]
+    fn garbage_is_a_clear_error_without_key_bytes() {
+        let err =
+            KeyPair::from_pem("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+                .unwrap_err();
+        assert!(err.to_string().contains("not a PKCS#8"));
+        assert!(
+            KeyPair::from_pem("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+                .is_err()
+        );
+    }
+}

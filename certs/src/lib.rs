@@ -1,0 +1,42 @@
+//! X.509 and keys for the onboarder and its devices.
+//!
+//! - [`key`]: P-256 (default) and Ed25519 key pairs, PEM in and out, COSE signing.
+//! - [`files`]: atomic PEM file I/O; secrets written 0600; size-limited reads.
+//! - [`ca`]: root and intermediate CAs, validity, random serial numbers.
+//! - [`profile`]: IDevID (802.1AR), LDevID, registrar and signer certificate profiles.
+//! - [`csr`]: CSR building (device) and policy checking (server), bound to the TLS session.
+//! - [`chain`]: path validation against anchors with time checks.
+//! - [`inspect`]: reading serialNumber, hardwareModuleName, MUD URL and more back.
+//! - [`identity`]: a device's birth identity bundle as the factory leaves it.
+//! - [`factory`]: the manufacturer: root CA, voucher signing (MASA), firmware key.
+//!
+//! Time is always passed in as seconds since the Unix epoch, so every check is reproducible.
+#![forbid(unsafe_code)]
+#![deny(missing_docs, unreachable_pub)]
+
+pub mod ca;
+pub mod chain;
+pub mod csr;
+pub mod der;
+pub mod error;
+pub mod factory;
+pub mod files;
+pub mod identity;
+pub mod inspect;
+pub mod key;
+pub mod profile;
+
+pub use ca::{Ca, CaName, Validity};
+pub use error::{CertError, ChainError, CsrError};
+pub use identity::Identity;
+pub use inspect::CertInfo;
+pub use key::{KeyKind, KeyPair};
+
+/// The current time in seconds since the Unix epoch, for binaries and drivers. Libraries take
+/// time as a parameter instead.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,43 @@
+//! Wire format of the onboarder and its device agent.
+//!
+//! This is the bottom layer: it knows the messages, the signed artefacts and their limits, and
+//! nothing of sockets, files, clocks or X.509. Everything here is a pure function of its inputs,
+//! so both the server and the agent (and any independent implementation) agree on every byte.
+//!
+//! - [`cbor`]: CBOR (RFC 8949) encode/decode with a size limit on every decode.
+//! - [`frame`]: length-prefixed framing for QUIC streams, with a maximum frame size.
+//! - [`keys`]: public keys and the [`keys::Signer`] trait through which private keys are used.
+//! - [`cose`]: COSE_Sign1 (RFC 9052) signing and verification with a content type per artefact.
+//! - [`voucher`]: the voucher request and the voucher (RFC 8366bis fields, constrained-BRSKI
+//!   style COSE signing) and the checks a device applies to a voucher.
+//! - [`message`]: versioned request/response/command messages and their typed error codes.
+//!
+//! Order of use on the wire: build a [`message::Request`], [`message::encode`] it, wrap it with
+//! [`frame::encode`]; the peer reads the header with [`frame::payload_len`], the payload, and
+//! calls [`message::decode`] with the limit for that direction.
+#![forbid(unsafe_code)]
+#![deny(missing_docs, unreachable_pub)]
+
+pub mod cbor;
+pub mod cose;
+pub mod error;
+pub mod frame;
+pub mod keys;
+pub mod message;
+pub mod voucher;
+
+pub use error::{DecodeError, SignatureError};
+
+/// ALPN of the native QUIC protocol. It names the protocol and its major version, so that an
+/// incompatible peer fails at the handshake instead of on the first message.
+pub const ALPN: &[u8] = b"onboarder/1";
+
+/// Version carried in every message envelope.
+pub const VERSION: u16 = 1;
+
+/// Label of the TLS exporter (RFC 5705/8446) used to bind signed requests and CSRs to the TLS
+/// session they travel in (RFC 9266 style; tls-unique does not exist in TLS 1.3).
+pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-onboarder-session-binding";
+
+/// Length of the session-binding exporter value.
+pub const EXPORTER_LEN: usize = 32;

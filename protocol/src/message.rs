@@ -1,0 +1,316 @@
+//! Versioned messages of the native QUIC protocol.
+//!
+//! Each request travels on its own bidirectional stream: the device opens a stream, sends one
+//! framed [`Request`] and reads one framed [`Response`]. The server pushes [`Command`]s on streams
+//! it opens on an operational session, and the device answers each with a [`CommandReply`].
+//! Every message is a CBOR array `[version, body]`, so a peer speaking another version is refused
+//! with [`DecodeError::UnsupportedVersion`] before its body is interpreted.
+
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::VERSION;
+use crate::error::DecodeError;
+
+/// Largest request a server accepts (a CSR or a voucher request is a few kilobytes).
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// Largest response or command a device accepts.
+pub const MAX_RESPONSE: usize = crate::frame::MAX_FRAME;
+
+/// Encodes a message in its versioned envelope.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    crate::cbor::to_vec(&(VERSION, msg))
+}
+
+/// Decodes a message from its versioned envelope, refusing other versions and inputs over
+/// `limit` bytes.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, DecodeError> {
+    let (version, IgnoredAny) = crate::cbor::from_slice::<(u16, IgnoredAny)>(bytes, limit)?;
+    if version != VERSION {
+        return Err(DecodeError::UnsupportedVersion {
+            found: version,
+            supported: VERSION,
+        });
+    }
+    let (_, msg) = crate::cbor::from_slice::<(u16, T)>(bytes, limit)?;
+    Ok(msg)
+}
+
+/// A request from a device to the onboarder.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Request {
+    /// A signed voucher request (COSE_Sign1 of a [`crate::voucher::VoucherRequest`]).
+    /// Answered by [`Response::Voucher`]. IDevID sessions only.
+    VoucherRequest(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The device's verdict on the voucher (RFC 8995 5.7). Answered by [`Response::Ack`].
+    VoucherStatus(Status),
+    /// A PKCS#10 CSR (DER) for the LDevID. Answered by [`Response::Enrolled`].
+    Enroll {
+        /// The CSR, DER.
+        #[serde(with = "serde_bytes")]
+        csr: Vec<u8>,
+    },
+    /// The device stored its enrollment (or failed to). Answered by [`Response::Ack`].
+    EnrollStatus(Status),
+    /// Opens an operational session (LDevID sessions only). Answered by [`Response::Ack`].
+    Hello(Hello),
+}
+
+/// Success or failure reported by a device, with a reason on failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Whether the step succeeded.
+    pub ok: bool,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// What a device says about itself when it opens an operational session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Version of the agent software.
+    pub agent_version: String,
+    /// Version string of the firmware it runs.
+    pub firmware_version: String,
+}
+
+/// The onboarder's answer to a [`Request`].
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Response {
+    /// A signed voucher (COSE_Sign1 of a [`crate::voucher::Voucher`]).
+    Voucher(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The LDevID and everything that comes with it.
+    Enrolled(Box<Enrollment>),
+    /// The request was recorded.
+    Ack,
+    /// The request was refused.
+    Error(WireError),
+}
+
+/// What a device receives when it enrolls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enrollment {
+    /// The LDevID certificate, DER.
+    #[serde(with = "serde_bytes")]
+    pub certificate: Vec<u8>,
+    /// The CA chain above it, issuing CA first, owner root last.
+    pub chain: Vec<ByteBuf>,
+    /// Credentials for the device's network.
+    pub network: NetworkProfile,
+    /// Operational settings.
+    pub config: DeviceConfig,
+}
+
+/// Network credentials, by the operator's policy.
+#[non_exhaustive]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetworkProfile {
+    /// WPA2/WPA3-Personal with a passphrase unique to this device.
+    Wifi {
+        /// Network name.
+        ssid: String,
+        /// Per-device passphrase.
+        psk: String,
+    },
+    /// WPA2/WPA3-Enterprise with EAP-TLS; the client credential is the LDevID.
+    EapTls {
+        /// Network name.
+        ssid: String,
+        /// EAP identity (the device serial).
+        identity: String,
+        /// CA certificates (DER) that authenticate the authentication server.
+        ca_chain: Vec<ByteBuf>,
+    },
+}
+
+impl std::fmt::Debug for NetworkProfile {
+    /// Never prints the passphrase: profiles end up in logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NetworkProfile::Wifi { ssid, .. } => f
+                .debug_struct("Wifi")
+                .field("ssid", ssid)
+                .field("psk", &"<redacted>")
+                .finish(),
+            NetworkProfile::EapTls { ssid, identity, .. } => f
+                .debug_struct("EapTls")
+                .field("ssid", ssid)
+                .field("identity", identity)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// Operational settings given to a device at enrollment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceConfig {
+    /// DNS name in the onboarder's certificate, checked on operational sessions.
+    pub server_name: String,
+    /// How often an idle operational session shows it is alive, in seconds.
+    pub heartbeat_secs: u32,
+}
+
+/// A command pushed by the onboarder on an operational session.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Command {
+    /// Liveness check; answered by [`CommandReply::Pong`] with the same nonce.
+    Ping {
+        /// Echoed back.
+        nonce: u64,
+    },
+}
+
+/// A device's answer to a [`Command`].
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CommandReply {
+    /// Answer to [`Command::Ping`].
+    Pong {
+        /// The nonce of the ping.
+        nonce: u64,
+    },
+    /// The device could not carry out the command.
+    Error(WireError),
+}
+
+/// A refusal on the wire: a stable code for programs and a message for people. The message
+/// never contains key material.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireError {
+    /// What went wrong.
+    pub code: ErrorCode,
+    /// Details for a human.
+    pub message: String,
+}
+
+/// Stable reasons for a refusal, shared by server and device.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorCode {
+    /// The message could not be decoded or is not valid here.
+    BadRequest,
+    /// The message's protocol version is not spoken here.
+    UnsupportedVersion,
+    /// The message is larger than allowed.
+    TooLarge,
+    /// The peer's credential does not allow this request (for example an LDevID asking for a
+    /// voucher).
+    Unauthorized,
+    /// No such device is expected.
+    UnknownDevice,
+    /// No voucher is available for the device.
+    NoVoucher,
+    /// The voucher on file has expired.
+    VoucherExpired,
+    /// A signature did not verify.
+    BadSignature,
+    /// The request is stale or was replayed from another session.
+    StaleRequest,
+    /// The registrar certificate the device saw is not this registrar's.
+    ProximityMismatch,
+    /// The request names another device than the authenticated one.
+    WrongSerial,
+    /// The device's lifecycle state does not allow this request now.
+    WrongState,
+    /// The CSR is malformed or its signature does not verify.
+    CsrInvalid,
+    /// The CSR does not meet the issuance policy (subject, key type, key reuse).
+    CsrPolicy,
+    /// The device is quarantined.
+    Quarantined,
+    /// The server could not complete the request; retry later.
+    Unavailable,
+    /// The command is not supported by this device.
+    Unsupported,
+    /// A code this build does not know (sent by a newer peer).
+    #[serde(other)]
+    Unknown,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let req = Request::Enroll { csr: vec![1, 2, 3] };
+        assert_eq!(decode::<Request>(&encode(&req), MAX_REQUEST).unwrap(), req);
+        let resp = Response::Enrolled(Box::new(Enrollment {
+            certificate: vec![1],
+            chain: vec![ByteBuf::from(vec![2])],
+            network: NetworkProfile::Wifi {
+                ssid: "iot".into(),
+                psk: "secret-passphrase".into(),
+            },
+            config: DeviceConfig {
+                server_name: "onboarder".into(),
+                heartbeat_secs: 30,
+            },
+        }));
+        assert_eq!(
+            decode::<Response>(&encode(&resp), MAX_RESPONSE).unwrap(),
+            resp
+        );
+        let err = Response::Error(WireError {
+            code: ErrorCode::StaleRequest,
+            message: "x".into(),
+        });
+        assert_eq!(
+            decode::<Response>(&encode(&err), MAX_RESPONSE).unwrap(),
+            err
+        );
+    }
+
+    #[test]
+    fn refuses_other_versions_garbage_and_oversize() {
+        let bytes = crate::cbor::to_vec(&(2u16, Request::Enroll { csr: vec![] }));
+        assert_eq!(
+            decode::<Request>(&bytes, MAX_REQUEST),
+            Err(DecodeError::UnsupportedVersion {
+                found: 2,
+                supported: 1
+            })
+        );
+        assert!(matches!(
+            decode::<Request>(b"\x82\x01\xa1garbage", MAX_REQUEST),
+            Err(DecodeError::Malformed(_))
+        ));
+        let big = encode(&Request::Enroll {
+            csr: vec![0; MAX_REQUEST],
+        });
+        assert!(matches!(
+            decode::<Request>(&big, MAX_REQUEST),
+            Err(DecodeError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_error_codes_from_newer_peers_decode() {
+        let bytes = crate::cbor::to_vec(&(1u16, ("error", ("code-from-the-future", "m"))));
+        // Shape differs from WireError's map: still a clean error, never a panic.
+        assert!(decode::<Response>(&bytes, MAX_RESPONSE).is_err());
+        let code: ErrorCode =
+            crate::cbor::from_slice(&crate::cbor::to_vec("code-from-the-future"), 64).unwrap();
+        assert_eq!(code, ErrorCode::Unknown);
+    }
+
+    #[test]
+    fn psk_never_appears_in_debug_output() {
+        let p = NetworkProfile::Wifi {
+            ssid: "iot".into(),
+            psk: "hunter2-secret".into(),
+        };
+        assert!(!format!("{p:?}").contains("hunter2"));
+    }
+}
