@@ -14,15 +14,20 @@ use x509_parser::prelude::FromDer;
 use crate::der;
 use crate::error::{CertError, CsrError};
 use crate::inspect::hex;
-use crate::key::{KeyPair, public_key_from_spki};
+use crate::key::public_key_from_spki;
 use crate::profile::device_subject;
 
 /// Largest CSR accepted.
 pub const MAX_CSR: usize = 8 * 1024;
 
 /// Builds a CSR for `key` with subject serialNumber = CN = `serial`, bound to a session by
-/// `binding` (the TLS exporter value).
-pub fn build_csr(serial: &str, key: &KeyPair, binding: &[u8]) -> Result<Vec<u8>, CertError> {
+/// `binding` (the TLS exporter value). `key` is any signer rcgen can use, so a key held in a
+/// secure element can sign its own CSR.
+pub fn build_csr(
+    serial: &str,
+    key: &impl rcgen::SigningKey,
+    binding: &[u8],
+) -> Result<Vec<u8>, CertError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = device_subject(serial, "device")?;
     let attrs = vec![Attribute {
@@ -109,7 +114,7 @@ pub fn check_csr(der_bytes: &[u8], policy: &CsrPolicy<'_>) -> Result<CheckedCsr,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::KeyKind;
+    use crate::key::{KeyKind, KeyPair};
 
     fn policy<'a>(forbidden: &'a [PublicKey]) -> CsrPolicy<'a> {
         CsrPolicy {

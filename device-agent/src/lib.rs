@@ -1,1 +1,23 @@
-//! placeholder
+//! The device agent: what a device maker embeds to have a device onboarded, kept current and
+//! (later) updated and decommissioned by an onboarder.
+//!
+//! - [`platform`]: traits for what the device provides ([`platform::KeyStore`],
+//!   [`platform::StateStore`], [`platform::NetworkApplier`]) and file-based defaults.
+//! - [`machine`]: the device's decisions without I/O: voucher, registrar and enrollment checks,
+//!   persisted state, command replies.
+//! - [`transport`]: the QUIC client (provisional TLS for onboarding, pinned TLS afterwards).
+//! - [`driver`]: [`Agent`], which ties them together: `onboard`, `connect`, `run`.
+//!
+//! The agent never sends anything secret (a CSR, a status) before the voucher and the
+//! registrar's certificate passed its checks, and stores an enrollment in one atomic write.
+#![forbid(unsafe_code)]
+#![deny(missing_docs, unreachable_pub)]
+
+pub mod driver;
+pub mod error;
+pub mod machine;
+pub mod platform;
+pub mod transport;
+
+pub use driver::{Agent, AgentOptions, Backoff};
+pub use error::{AgentError, PlatformError};

@@ -1,1 +1,33 @@
-//! placeholder
+//! The onboarder: trusted onboarding and lifecycle management of IoT devices.
+//!
+//! One core, thin edges (DESIGN 4):
+//!
+//! - [`core`]: the lifecycle rules (device states, voucher and enrollment decisions) with no
+//!   I/O; time and randomness are arguments.
+//! - [`service`]: load record -> core decides -> one atomic, durable commit -> reply.
+//! - [`store`]: the [`store::Store`] trait and its sled implementation (group commit).
+//! - [`audit`]: the hash-chained audit log.
+//! - [`transport`]: QUIC (quinn + rustls): authenticates devices by certificate, frames
+//!   requests, calls the service; keeps operational sessions for pushed commands.
+//! - [`operator`]: operator actions, the admin HTTP API (axum) and its client.
+//! - [`config`], [`pki`], [`server`]: the data directory, the owner PKI, and the wiring.
+//! - [`demo`]: the end-to-end demonstration with real agents.
+//!
+//! Order of calls for a device request: the QUIC transport accepts a connection whose client
+//! certificate the TLS verifier checked against [`trust::TrustStore`], reads the peer with
+//! [`service::Service::identify`], decodes each request with a size limit, and calls
+//! [`service::Service::handle`], which returns the response to write back.
+#![forbid(unsafe_code)]
+#![deny(missing_docs, unreachable_pub)]
+
+pub mod audit;
+pub mod config;
+pub mod core;
+pub mod demo;
+pub mod operator;
+pub mod pki;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod transport;
+pub mod trust;

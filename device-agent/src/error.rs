@@ -1,0 +1,72 @@
+//! Errors of the agent. They say which check failed; they never contain key material.
+
+use protocol::message::ErrorCode;
+use thiserror::Error;
+
+/// Failure of a platform service (keys, state, network).
+#[non_exhaustive]
+#[derive(Debug, Error)]
+pub enum PlatformError {
+    /// Reading or writing storage failed.
+    #[error(transparent)]
+    Storage(#[from] certs::CertError),
+    /// Stored state could not be decoded.
+    #[error("stored state is unreadable: {0}")]
+    Corrupt(String),
+    /// A key operation failed.
+    #[error("key store: {0}")]
+    Key(String),
+}
+
+/// Why the agent could not complete a step.
+#[non_exhaustive]
+#[derive(Debug, Error)]
+pub enum AgentError {
+    /// The device's birth identity is unusable.
+    #[error("identity: {0}")]
+    Identity(#[from] certs::CertError),
+    /// A platform service failed.
+    #[error(transparent)]
+    Platform(#[from] PlatformError),
+    /// The server could not be reached or the connection failed.
+    #[error("connection: {0}")]
+    Connection(String),
+    /// The server refused the request.
+    #[error("refused by the server ({code:?}): {message}")]
+    Refused {
+        /// The server's code.
+        code: ErrorCode,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The voucher failed the device's checks (RFC 8995 5.6).
+    #[error("voucher refused: {0}")]
+    Voucher(#[from] protocol::voucher::VoucherError),
+    /// The server's certificate does not chain to the CA the voucher pins: not our owner.
+    #[error("registrar refused: {0}")]
+    RogueRegistrar(String),
+    /// The enrollment failed the device's checks.
+    #[error("enrollment refused: {0}")]
+    BadEnrollment(String),
+    /// The server answered something that makes no sense at this step.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// A message could not be decoded.
+    #[error(transparent)]
+    Decode(#[from] protocol::DecodeError),
+    /// A signature could not be made.
+    #[error(transparent)]
+    Sign(#[from] protocol::SignatureError),
+}
+
+impl AgentError {
+    /// Whether trying again later may succeed without anyone changing anything (network
+    /// trouble, a busy or restarting server), as opposed to a refusal that needs an operator.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            AgentError::Connection(_) => true,
+            AgentError::Refused { code, .. } => matches!(code, ErrorCode::Unavailable),
+            _ => false,
+        }
+    }
+}

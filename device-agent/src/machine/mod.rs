@@ -1,0 +1,67 @@
+//! The agent's decisions, with no I/O: what it stores, which checks a voucher, a registrar and
+//! an enrollment must pass, and how commands are answered. The driver feeds these functions
+//! what it read from the network and carries out what they return.
+
+pub mod commands;
+pub mod onboarding;
+
+use protocol::message::{DeviceConfig, NetworkProfile};
+use serde::{Deserialize, Serialize};
+
+/// Where the device is in its life, as the device sees it.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Factory state: only the IDevID.
+    Factory,
+    /// LDevID and credentials stored; `confirmed` once the server acknowledged.
+    Enrolled {
+        /// Whether the server acknowledged the enrollment.
+        confirmed: bool,
+    },
+}
+
+/// Everything the agent persists (atomically, as one value).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentState {
+    /// Lifecycle phase.
+    pub phase: Phase,
+    /// The owner's CA certificate pinned by the voucher (DER).
+    #[serde(default, with = "serde_bytes")]
+    pub owner_ca: Option<Vec<u8>>,
+    /// The LDevID certificate (DER).
+    #[serde(default, with = "serde_bytes")]
+    pub ldevid: Option<Vec<u8>>,
+    /// CA certificates above the LDevID, issuing CA first (DER).
+    #[serde(default)]
+    pub chain: Vec<serde_bytes::ByteBuf>,
+    /// Network credentials.
+    #[serde(default)]
+    pub network: Option<NetworkProfile>,
+    /// Operational settings.
+    #[serde(default)]
+    pub config: Option<DeviceConfig>,
+    /// Version string of the running firmware.
+    pub firmware_version: String,
+}
+
+impl AgentState {
+    /// The state of a device fresh from the factory.
+    pub fn factory(firmware_version: &str) -> Self {
+        AgentState {
+            phase: Phase::Factory,
+            owner_ca: None,
+            ldevid: None,
+            chain: Vec::new(),
+            network: None,
+            config: None,
+            firmware_version: firmware_version.to_string(),
+        }
+    }
+
+    /// Whether the device holds an LDevID.
+    pub fn is_enrolled(&self) -> bool {
+        matches!(self.phase, Phase::Enrolled { .. })
+    }
+}

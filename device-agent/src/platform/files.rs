@@ -1,0 +1,193 @@
+//! Reference platform on a Linux file system.
+//!
+//! ```text
+//! IDENTITY/idevid.key          IDevID key (from the factory; read only)
+//! STATE/state.cbor             agent state, written atomically (0600: it holds the Wi-Fi PSK)
+//! STATE/ldevid.key             current LDevID key (0600)
+//! STATE/ldevid-pending.key     LDevID key waiting for its certificate (0600)
+//! STATE/ldevid.pem, chain.pem  copies of the LDevID and its CA chain, for tools like openssl
+//! STATE/network.json           applied network credentials (0600)
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use certs::{KeyKind, KeyPair, files};
+use protocol::message::NetworkProfile;
+
+use super::{DeviceKey, KeyStore, NetworkApplier, StateStore};
+use crate::error::PlatformError;
+use crate::machine::AgentState;
+
+/// File names in the state directory.
+pub mod layout {
+    /// Agent state.
+    pub const STATE: &str = "state.cbor";
+    /// Current LDevID key.
+    pub const LDEVID_KEY: &str = "ldevid.key";
+    /// Pending LDevID key.
+    pub const PENDING_KEY: &str = "ldevid-pending.key";
+    /// LDevID certificate (copy).
+    pub const LDEVID_CERT: &str = "ldevid.pem";
+    /// CA chain (copy).
+    pub const CHAIN: &str = "chain.pem";
+    /// Network credentials.
+    pub const NETWORK: &str = "network.json";
+}
+
+/// Largest state file read.
+const MAX_STATE: u64 = 1024 * 1024;
+
+/// Keys in PEM files: the IDevID in the identity directory, LDevIDs in the state directory.
+#[derive(Debug)]
+pub struct FileKeyStore {
+    identity_dir: PathBuf,
+    state_dir: PathBuf,
+    kind: KeyKind,
+    idevid: Mutex<Option<Arc<KeyPair>>>,
+}
+
+impl FileKeyStore {
+    /// A key store over the two directories; new LDevID keys are of `kind`.
+    pub fn new(identity_dir: &Path, state_dir: &Path, kind: KeyKind) -> Self {
+        FileKeyStore {
+            identity_dir: identity_dir.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+            kind,
+            idevid: Mutex::new(None),
+        }
+    }
+
+    fn read_optional(&self, name: &str) -> Result<Option<Arc<dyn DeviceKey>>, PlatformError> {
+        let path = self.state_dir.join(name);
+        if !path.exists() {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(files::read_key(&path)?)))
+    }
+}
+
+impl KeyStore for FileKeyStore {
+    fn idevid_key(&self) -> Result<Arc<dyn DeviceKey>, PlatformError> {
+        let mut cached = self.idevid.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(key) = cached.as_ref() {
+            return Ok(key.clone());
+        }
+        let key = Arc::new(files::read_key(
+            &self.identity_dir.join(certs::identity::layout::IDEVID_KEY),
+        )?);
+        *cached = Some(key.clone());
+        Ok(key)
+    }
+
+    fn ldevid_key(&self) -> Result<Option<Arc<dyn DeviceKey>>, PlatformError> {
+        self.read_optional(layout::LDEVID_KEY)
+    }
+
+    fn pending_ldevid_key(&self) -> Result<Option<Arc<dyn DeviceKey>>, PlatformError> {
+        self.read_optional(layout::PENDING_KEY)
+    }
+
+    fn create_pending_ldevid_key(&self) -> Result<Arc<dyn DeviceKey>, PlatformError> {
+        let key = KeyPair::generate(self.kind)?;
+        files::write_secret(
+            &self.state_dir.join(layout::PENDING_KEY),
+            key.to_pem().as_bytes(),
+        )?;
+        Ok(Arc::new(key))
+    }
+
+    fn commit_pending_ldevid_key(&self) -> Result<(), PlatformError> {
+        let pending = self.state_dir.join(layout::PENDING_KEY);
+        let current = self.state_dir.join(layout::LDEVID_KEY);
+        let io = |e: std::io::Error| PlatformError::Key(format!("promoting the pending key: {e}"));
+        std::fs::rename(&pending, &current).map_err(io)?;
+        std::fs::File::open(&self.state_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)
+    }
+}
+
+/// State in one CBOR file, replaced atomically.
+#[derive(Debug, Clone)]
+pub struct FileStateStore {
+    dir: PathBuf,
+}
+
+impl FileStateStore {
+    /// A state store in `dir`.
+    pub fn new(dir: &Path) -> Self {
+        FileStateStore {
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+impl StateStore for FileStateStore {
+    fn load(&self) -> Result<Option<AgentState>, PlatformError> {
+        let path = self.dir.join(layout::STATE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let bytes = files::read_limited(&path, MAX_STATE)?;
+        protocol::cbor::from_slice(&bytes, MAX_STATE as usize)
+            .map(Some)
+            .map_err(|e| PlatformError::Corrupt(format!("{}: {e}", path.display())))
+    }
+
+    fn save(&self, state: &AgentState) -> Result<(), PlatformError> {
+        files::write_secret(
+            &self.dir.join(layout::STATE),
+            &protocol::cbor::to_vec(state),
+        )?;
+        // Copies for people and tools; the state file above is the truth.
+        if let Some(cert) = &state.ldevid {
+            files::write_public(
+                &self.dir.join(layout::LDEVID_CERT),
+                files::cert_pem(cert).as_bytes(),
+            )?;
+            files::write_public(
+                &self.dir.join(layout::CHAIN),
+                files::certs_pem(state.chain.iter().map(|c| c.as_slice())).as_bytes(),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes the network credentials to a JSON file (0600), where a supplicant configuration
+/// generator would pick them up.
+#[derive(Debug, Clone)]
+pub struct FileNetwork {
+    dir: PathBuf,
+}
+
+impl FileNetwork {
+    /// Network credentials go to `dir/network.json`.
+    pub fn new(dir: &Path) -> Self {
+        FileNetwork {
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+impl NetworkApplier for FileNetwork {
+    fn apply(&self, profile: &NetworkProfile) -> Result<(), PlatformError> {
+        let json = match profile {
+            NetworkProfile::Wifi { ssid, psk } => {
+                serde_json::json!({"kind": "wifi", "ssid": ssid, "psk": psk})
+            }
+            NetworkProfile::EapTls { ssid, identity, .. } => serde_json::json!({
+                "kind": "eap-tls",
+                "ssid": ssid,
+                "identity": identity,
+                "client_cert": layout::LDEVID_CERT,
+                "client_key": layout::LDEVID_KEY,
+                "ca_cert": layout::CHAIN,
+            }),
+            _ => serde_json::json!({"kind": "unknown"}),
+        };
+        files::write_secret(&self.dir.join(layout::NETWORK), json.to_string().as_bytes())?;
+        Ok(())
+    }
+}

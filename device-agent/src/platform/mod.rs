@@ -1,0 +1,49 @@
+//! What the agent needs from the device it runs on, as traits: keys ([`KeyStore`], whose keys
+//! are [`DeviceKey`] handles so a secure element or TPM can hold them), persistent state
+//! ([`StateStore`]) and the network configuration ([`NetworkApplier`]). [`files`] has the
+//! reference implementations on a Linux file system.
+
+pub mod files;
+pub mod key;
+
+use std::sync::Arc;
+
+use protocol::message::NetworkProfile;
+
+pub use key::DeviceKey;
+
+use crate::error::PlatformError;
+use crate::machine::AgentState;
+
+/// The device's private keys.
+///
+/// An LDevID key is created *pending*, used for a CSR, and only made *current* once the
+/// certificate for it is stored; until then the old key keeps working, so a crash at any point
+/// leaves the device with one usable credential.
+pub trait KeyStore: Send + Sync {
+    /// The IDevID key (permanent, from the factory).
+    fn idevid_key(&self) -> Result<Arc<dyn DeviceKey>, PlatformError>;
+    /// The current LDevID key, if any.
+    fn ldevid_key(&self) -> Result<Option<Arc<dyn DeviceKey>>, PlatformError>;
+    /// The pending LDevID key, if any.
+    fn pending_ldevid_key(&self) -> Result<Option<Arc<dyn DeviceKey>>, PlatformError>;
+    /// Creates a fresh pending LDevID key (replacing an older pending one) and stores it
+    /// before returning.
+    fn create_pending_ldevid_key(&self) -> Result<Arc<dyn DeviceKey>, PlatformError>;
+    /// Makes the pending key current, atomically; the old current key is destroyed.
+    fn commit_pending_ldevid_key(&self) -> Result<(), PlatformError>;
+}
+
+/// The agent's persistent state, saved atomically as a whole.
+pub trait StateStore: Send + Sync {
+    /// The saved state, or `None` on a factory-fresh device.
+    fn load(&self) -> Result<Option<AgentState>, PlatformError>;
+    /// Saves the state; after a crash either the old or the new state is found.
+    fn save(&self, state: &AgentState) -> Result<(), PlatformError>;
+}
+
+/// Applies network credentials to the device's network stack.
+pub trait NetworkApplier: Send + Sync {
+    /// Configures the network with `profile`.
+    fn apply(&self, profile: &NetworkProfile) -> Result<(), PlatformError>;
+}

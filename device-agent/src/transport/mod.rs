@@ -1,0 +1,3 @@
+//! Transports of the agent. QUIC is the native one.
+
+pub mod quic;

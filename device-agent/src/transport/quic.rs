@@ -1,0 +1,294 @@
+//! The agent's side of the native QUIC protocol.
+//!
+//! Two TLS configurations: the *provisional* one used for onboarding, which accepts whatever
+//! certificate the registrar presents (it still checks the handshake signature, so the server
+//! holds that certificate's key) and leaves the decision to the voucher (RFC 8995 5.1); and the
+//! *operational* one, which trusts only the owner CA pinned by the voucher.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::frame::{self, FrameError};
+use protocol::message::{self, Command, CommandReply, MAX_RESPONSE, Request, Response};
+use quinn::crypto::rustls::QuicClientConfig;
+use rustls::client::ResolvesClientCert;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use crate::error::AgentError;
+use crate::platform::DeviceKey;
+use crate::platform::key::TlsKey;
+
+/// Server name used on provisional connections (any valid name: it is not checked).
+const PROVISIONAL_NAME: &str = "registrar.invalid";
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Accepts the registrar's certificate provisionally; the voucher decides later.
+#[derive(Debug)]
+struct ProvisionalVerifier(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for ProvisionalVerifier {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Always presents the same client certificate.
+#[derive(Debug)]
+struct ClientCert(Arc<CertifiedKey>);
+
+impl ResolvesClientCert for ClientCert {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+fn client_cert(chain: &[Vec<u8>], key: Arc<dyn DeviceKey>) -> Arc<ClientCert> {
+    let chain = chain
+        .iter()
+        .map(|c| CertificateDer::from(c.clone()))
+        .collect();
+    Arc::new(ClientCert(Arc::new(CertifiedKey::new(
+        chain,
+        Arc::new(TlsKey(key)),
+    ))))
+}
+
+/// Timeouts of a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// A connection with no traffic for this long is considered dead.
+    pub idle: Duration,
+    /// Keep-alive interval (must be well below `idle`).
+    pub keep_alive: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            idle: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(10),
+        }
+    }
+}
+
+fn quic_config(
+    tls: rustls::ClientConfig,
+    timeouts: Timeouts,
+) -> Result<quinn::ClientConfig, AgentError> {
+    let mut tls = tls;
+    tls.alpn_protocols = vec![protocol::ALPN.to_vec()];
+    let crypto = QuicClientConfig::try_from(tls)
+        .map_err(|e| AgentError::Connection(format!("TLS configuration: {e}")))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_idle_timeout(timeouts.idle.try_into().ok())
+        .keep_alive_interval(Some(timeouts.keep_alive))
+        .max_concurrent_uni_streams(0u32.into());
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// The onboarding (IDevID) configuration with provisional trust in the registrar.
+pub fn provisional_config(
+    idevid_chain: &[Vec<u8>],
+    key: Arc<dyn DeviceKey>,
+    timeouts: Timeouts,
+) -> Result<quinn::ClientConfig, AgentError> {
+    let provider = provider();
+    let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| AgentError::Connection(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ProvisionalVerifier(provider)))
+        .with_client_cert_resolver(client_cert(idevid_chain, key));
+    quic_config(tls, timeouts)
+}
+
+/// The operational (LDevID) configuration, trusting only the pinned owner CA.
+pub fn operational_config(
+    ldevid_chain: &[Vec<u8>],
+    key: Arc<dyn DeviceKey>,
+    owner_ca: &[u8],
+    timeouts: Timeouts,
+) -> Result<quinn::ClientConfig, AgentError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(owner_ca.to_vec()))
+        .map_err(|e| AgentError::Connection(format!("owner CA: {e}")))?;
+    let tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| AgentError::Connection(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(client_cert(ldevid_chain, key));
+    quic_config(tls, timeouts)
+}
+
+/// A client endpoint able to reach `server`.
+pub fn endpoint_for(server: SocketAddr) -> Result<quinn::Endpoint, AgentError> {
+    let bind: SocketAddr = if server.is_ipv6() {
+        "[::]:0".parse()
+    } else {
+        "0.0.0.0:0".parse()
+    }
+    .map_err(|_| AgentError::Connection("bind address".into()))?;
+    quinn::Endpoint::client(bind).map_err(|e| AgentError::Connection(format!("binding UDP: {e}")))
+}
+
+/// A connection to the onboarder.
+#[derive(Debug)]
+pub struct Session {
+    conn: quinn::Connection,
+}
+
+fn conn_err(e: impl std::fmt::Display) -> AgentError {
+    AgentError::Connection(e.to_string())
+}
+
+impl Session {
+    /// Connects with `config`. On an operational session `server_name` is checked against the
+    /// server's certificate; on a provisional one it is not.
+    pub async fn connect(
+        endpoint: &quinn::Endpoint,
+        config: quinn::ClientConfig,
+        server: SocketAddr,
+        server_name: Option<&str>,
+    ) -> Result<Session, AgentError> {
+        let conn = endpoint
+            .connect_with(config, server, server_name.unwrap_or(PROVISIONAL_NAME))
+            .map_err(conn_err)?
+            .await
+            .map_err(conn_err)?;
+        Ok(Session { conn })
+    }
+
+    /// The certificate chain the server presented (leaf first), DER.
+    pub fn server_chain(&self) -> Vec<Vec<u8>> {
+        self.conn
+            .peer_identity()
+            .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .map(|certs| certs.iter().map(|c| c.to_vec()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The TLS exporter value that binds requests to this session.
+    pub fn binding(&self) -> Result<[u8; protocol::EXPORTER_LEN], AgentError> {
+        let mut out = [0u8; protocol::EXPORTER_LEN];
+        self.conn
+            .export_keying_material(&mut out, protocol::EXPORTER_LABEL, b"")
+            .map_err(|_| AgentError::Connection("TLS exporter unavailable".into()))?;
+        Ok(out)
+    }
+
+    /// Sends a request and returns the server's response, whatever it is.
+    pub async fn exchange(&self, request: &Request) -> Result<Response, AgentError> {
+        let (send, mut recv) = self.conn.open_bi().await.map_err(conn_err)?;
+        write_frame(send, &message::encode(request)).await?;
+        let bytes = read_frame(&mut recv, MAX_RESPONSE).await?;
+        Ok(message::decode(&bytes, MAX_RESPONSE)?)
+    }
+
+    /// Sends a request; a refusal becomes [`AgentError::Refused`].
+    pub async fn call(&self, request: &Request) -> Result<Response, AgentError> {
+        match self.exchange(request).await? {
+            Response::Error(e) => Err(AgentError::Refused {
+                code: e.code,
+                message: e.message,
+            }),
+            other => Ok(other),
+        }
+    }
+
+    /// Waits for the next command from the server; `None` once the session is closed.
+    pub async fn next_command(&self) -> Option<Result<(Command, quinn::SendStream), AgentError>> {
+        let (send, mut recv) = self.conn.accept_bi().await.ok()?;
+        let result = async {
+            let bytes = read_frame(&mut recv, MAX_RESPONSE).await?;
+            Ok((message::decode::<Command>(&bytes, MAX_RESPONSE)?, send))
+        }
+        .await;
+        Some(result)
+    }
+
+    /// Answers a command.
+    pub async fn reply(send: quinn::SendStream, reply: &CommandReply) -> Result<(), AgentError> {
+        write_frame(send, &message::encode(reply)).await
+    }
+
+    /// Closes the connection.
+    pub fn close(&self) {
+        self.conn.close(0u32.into(), b"done");
+    }
+
+    /// Resolves when the connection is closed, with the reason.
+    pub async fn closed(&self) -> String {
+        self.conn.closed().await.to_string()
+    }
+}
+
+async fn read_frame(recv: &mut quinn::RecvStream, limit: usize) -> Result<Vec<u8>, AgentError> {
+    let mut header = [0u8; frame::HEADER_LEN];
+    recv.read_exact(&mut header).await.map_err(conn_err)?;
+    let len = frame::payload_len(header, limit)
+        .map_err(|e: FrameError| AgentError::Protocol(e.to_string()))?;
+    let mut payload = vec![0u8; len];
+    recv.read_exact(&mut payload).await.map_err(conn_err)?;
+    Ok(payload)
+}
+
+async fn write_frame(mut send: quinn::SendStream, payload: &[u8]) -> Result<(), AgentError> {
+    let framed = frame::encode(payload).map_err(|e| AgentError::Protocol(e.to_string()))?;
+    send.write_all(&framed).await.map_err(conn_err)?;
+    send.finish().map_err(conn_err)?;
+    Ok(())
+}

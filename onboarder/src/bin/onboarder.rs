@@ -1,0 +1,431 @@
+//! `onboarder`: the server and its operator commands. A thin main: it parses arguments and calls
+//! the library.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use onboarder::config::Config;
+use onboarder::core::NetworkPolicy;
+use onboarder::demo::{self, DemoOptions};
+use onboarder::operator::client::ApiClient;
+use onboarder::server::{Listen, Server};
+
+/// Trusted onboarding and lifecycle server for IoT devices.
+///
+/// Quick start:
+///   onboarder demo --devices 100                 # everything, end to end, on loopback
+///
+/// Running your own:
+///   onboarder init --org "Example Owner"         # owner CA, server certificate, admin token
+///   onboarder serve &                            # QUIC for devices, admin API on loopback
+///   onboarder anchor import manufacturer/root-ca.pem
+///   onboarder voucher import vouchers.cbor
+///   onboarder device list
+#[derive(Parser)]
+#[command(version, verbatim_doc_comment)]
+struct Cli {
+    /// Data directory of the onboarder.
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "ONBOARDER_DIR",
+        default_value = "onboarder-data"
+    )]
+    dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a data directory: owner root and issuing CA, server certificate, admin token.
+    Init {
+        /// Data directory (overrides --dir).
+        path: Option<PathBuf>,
+        /// Organization name in the owner's certificates.
+        #[arg(long, default_value = "Example Owner")]
+        org: String,
+        /// UDP address devices connect to.
+        #[arg(long, default_value = "0.0.0.0:4433")]
+        listen: std::net::SocketAddr,
+        /// Admin API address (loopback only).
+        #[arg(long, default_value = "127.0.0.1:4480")]
+        api: std::net::SocketAddr,
+        /// DNS names and IP addresses in the server certificate; the first is what devices
+        /// check on operational sessions.
+        #[arg(long = "name", default_values_t = ["onboarder.local".to_string(), "localhost".to_string(), "127.0.0.1".to_string()])]
+        names: Vec<String>,
+        /// Wi-Fi network name given to devices.
+        #[arg(long, default_value = "iot-devices")]
+        ssid: String,
+        /// Give devices an EAP-TLS profile (the LDevID is the credential) instead of a
+        /// per-device Wi-Fi passphrase.
+        #[arg(long)]
+        eap_tls: bool,
+        /// LDevID lifetime in days.
+        #[arg(long, default_value_t = 90)]
+        ldevid_days: u64,
+    },
+    /// Run the server until interrupted.
+    Serve,
+    /// Manufacturer trust anchors (which IDevIDs are accepted).
+    #[command(subcommand)]
+    Anchor(AnchorCommand),
+    /// Vouchers (which devices are expected).
+    #[command(subcommand)]
+    Voucher(VoucherCommand),
+    /// Devices.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// The tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Run every lifecycle phase with N real agents against a real server on loopback.
+    Demo {
+        /// Number of devices.
+        #[arg(long, default_value_t = 100)]
+        devices: usize,
+        /// Keep everything in this (new or empty) directory.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print the report as JSON (the last line of stdout).
+        #[arg(long)]
+        json: bool,
+        /// Devices working at the same time.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum AnchorCommand {
+    /// Import a manufacturer root CA certificate (PEM).
+    Import {
+        /// PEM file.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List imported anchors.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum VoucherCommand {
+    /// Import a voucher bundle (from `factory voucher`).
+    Import {
+        /// Bundle file (CBOR).
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// List devices.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one device.
+    Show {
+        /// Device serial.
+        serial: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Show audit entries.
+    Show {
+        /// First sequence number.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Number of entries.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify the hash chain of the whole log.
+    Verify {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                match cli.command {
+                    Command::Serve => "info",
+                    _ => "warn",
+                }
+                .into()
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Init {
+            path,
+            org,
+            listen,
+            api,
+            names,
+            ssid,
+            eap_tls,
+            ldevid_days,
+        } => {
+            let dir = path.unwrap_or(cli.dir);
+            let mut config = Config::new(&org);
+            config.quic_listen = listen;
+            config.api_listen = api;
+            config.policy.server_name = names.first().cloned().unwrap_or_default();
+            config.server_names = names;
+            config.policy.ldevid_lifetime = ldevid_days * 86_400;
+            config.policy.network = if eap_tls {
+                NetworkPolicy::EapTls { ssid }
+            } else {
+                NetworkPolicy::Wifi { ssid }
+            };
+            onboarder::pki::init(&dir, &config, certs::unix_now())
+                .with_context(|| format!("initialising {}", dir.display()))?;
+            println!("initialised {}", dir.display());
+            println!(
+                "  owner root CA: {}",
+                dir.join(onboarder::config::layout::OWNER_ROOT).display()
+            );
+            println!(
+                "  admin token:   {} (mode 0600)",
+                dir.join(onboarder::config::layout::TOKEN).display()
+            );
+            println!("next: onboarder --dir {} serve", dir.display());
+        }
+        Command::Serve => runtime()?.block_on(serve(&cli.dir))?,
+        Command::Anchor(cmd) => {
+            let client = ApiClient::for_data_dir(&cli.dir)?;
+            match cmd {
+                AnchorCommand::Import { file, json } => {
+                    let pem = certs::files::read_pem_text(&file)?;
+                    let added = client.import_anchor(&pem)?;
+                    if json {
+                        println!("{}", serde_json::to_string(&added)?);
+                    } else if added.is_empty() {
+                        println!("already imported");
+                    } else {
+                        for a in added {
+                            println!("imported {} sha256:{}", a.subject, a.fingerprint);
+                        }
+                    }
+                }
+                AnchorCommand::List { json } => {
+                    let anchors = client.anchors()?;
+                    if json {
+                        println!("{}", serde_json::to_string(&anchors)?);
+                    } else {
+                        for a in anchors {
+                            println!("{}  {}", a.fingerprint, a.subject);
+                        }
+                    }
+                }
+            }
+        }
+        Command::Voucher(VoucherCommand::Import { file, json }) => {
+            let client = ApiClient::for_data_dir(&cli.dir)?;
+            let bundle = certs::files::read_limited(&file, protocol::voucher::MAX_BUNDLE as u64)?;
+            let report = client.import_vouchers(&bundle)?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "imported {}, updated {}, unchanged {}, rejected {}",
+                    report.imported,
+                    report.updated,
+                    report.unchanged,
+                    report.rejected.len()
+                );
+                for r in &report.rejected {
+                    println!(
+                        "  #{} {}: {}",
+                        r.index,
+                        r.serial.as_deref().unwrap_or("?"),
+                        r.reason
+                    );
+                }
+            }
+            anyhow::ensure!(report.rejected.is_empty(), "some vouchers were rejected");
+        }
+        Command::Device(cmd) => {
+            let client = ApiClient::for_data_dir(&cli.dir)?;
+            match cmd {
+                DeviceCommand::List { json } => {
+                    let devices = client.devices()?;
+                    if json {
+                        println!("{}", serde_json::to_string(&devices)?);
+                    } else {
+                        println!(
+                            "{:<20} {:<12} {:<10} CERTIFICATE",
+                            "SERIAL", "STATE", "FIRMWARE"
+                        );
+                        for d in devices {
+                            let cert = d
+                                .certificates
+                                .iter()
+                                .rev()
+                                .find(|c| c.status == onboarder::core::CertStatus::Active)
+                                .map_or("-".to_string(), |c| c.serial.clone());
+                            println!(
+                                "{:<20} {:<12} {:<10} {}",
+                                d.serial,
+                                d.state.to_string(),
+                                d.firmware_version.as_deref().unwrap_or("-"),
+                                cert
+                            );
+                        }
+                    }
+                }
+                DeviceCommand::Show { serial, json } => {
+                    let d = client.device(&serial)?;
+                    if json {
+                        println!("{}", serde_json::to_string(&d)?);
+                    } else {
+                        println!("serial:    {}", d.serial);
+                        println!("state:     {}", d.state);
+                        println!(
+                            "firmware:  {}",
+                            d.firmware_version.as_deref().unwrap_or("-")
+                        );
+                        println!("agent:     {}", d.agent_version.as_deref().unwrap_or("-"));
+                        if let Some(n) = &d.network {
+                            println!("network:   {} {}", n.kind, n.ssid);
+                        }
+                        for c in &d.certificates {
+                            println!(
+                                "cert:      {} {:?} until {}",
+                                c.serial, c.status, c.not_after
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        Command::Audit(cmd) => {
+            let client = ApiClient::for_data_dir(&cli.dir)?;
+            match cmd {
+                AuditCommand::Show { from, limit, json } => {
+                    let entries = client.audit(from, limit)?;
+                    if json {
+                        println!("{}", serde_json::to_string(&entries)?);
+                    } else {
+                        for e in entries {
+                            println!(
+                                "{:>8} {} {:<18} {:<24} {}",
+                                e.seq, e.event.at, e.event.actor, e.event.action, e.event.detail
+                            );
+                        }
+                    }
+                }
+                AuditCommand::Verify { json } => {
+                    let summary = client.verify_audit()?;
+                    if json {
+                        println!("{}", serde_json::to_string(&summary)?);
+                    } else {
+                        println!(
+                            "audit chain intact: {} entries, head {}",
+                            summary.entries, summary.head
+                        );
+                    }
+                }
+            }
+        }
+        Command::Demo {
+            devices,
+            out,
+            json,
+            concurrency,
+        } => {
+            let progress = std::io::stderr().is_terminal();
+            let report = runtime()?.block_on(demo::run(DemoOptions {
+                devices,
+                out,
+                concurrency,
+                progress,
+            }))?;
+            if !json {
+                for (name, p) in &report.phases {
+                    println!(
+                        "{name:>12}: {} ok, {} failed in {:.2}s ({:.1}/s, p50 {:.1} ms, p99 {:.1} ms)",
+                        p.ok, p.failed, p.seconds, p.per_second, p.p50_ms, p.p99_ms
+                    );
+                }
+                if let Some(out) = &report.out {
+                    println!("everything is in {}", out.display());
+                }
+            }
+            println!("{}", serde_json::to_string(&report)?);
+            let failed: usize = report.phases.values().map(|p| p.failed).sum();
+            anyhow::ensure!(failed == 0, "{failed} device phases failed");
+        }
+    }
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+async fn serve(dir: &Path) -> Result<()> {
+    let server = Server::start(dir, Listen::default())
+        .await
+        .with_context(|| format!("starting the onboarder in {}", dir.display()))?;
+    println!(
+        "onboarder serving devices on {} (QUIC), admin API on http://{}",
+        server.quic_addr(),
+        server.api_addr()
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

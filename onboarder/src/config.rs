@@ -1,0 +1,106 @@
+//! The onboarder's data directory and settings.
+//!
+//! ```text
+//! DIR/onboarder.json      settings (listen addresses, names, policy)
+//! DIR/admin-token         bearer token of the admin API (0600)
+//! DIR/ca/owner-root.pem   owner root CA         (+ .key, 0600; keep offline once set up)
+//! DIR/ca/issuing-ca.pem   online issuing CA     (+ .key, 0600)
+//! DIR/ca/chain.pem        issuing CA then owner root, for `openssl verify -untrusted`
+//! DIR/tls/server.pem      registrar certificate and issuing CA (+ server.key, 0600)
+//! DIR/store/              the sled database
+//! ```
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::{NetworkPolicy, Policy};
+
+/// File names inside the data directory.
+pub mod layout {
+    /// Settings.
+    pub const CONFIG: &str = "onboarder.json";
+    /// Admin API token.
+    pub const TOKEN: &str = "admin-token";
+    /// Owner root certificate.
+    pub const OWNER_ROOT: &str = "ca/owner-root.pem";
+    /// Owner root key.
+    pub const OWNER_ROOT_KEY: &str = "ca/owner-root.key";
+    /// Issuing CA certificate.
+    pub const ISSUING_CA: &str = "ca/issuing-ca.pem";
+    /// Issuing CA key.
+    pub const ISSUING_CA_KEY: &str = "ca/issuing-ca.key";
+    /// Issuing CA then owner root.
+    pub const CHAIN: &str = "ca/chain.pem";
+    /// Registrar certificate chain.
+    pub const SERVER_CERT: &str = "tls/server.pem";
+    /// Registrar key.
+    pub const SERVER_KEY: &str = "tls/server.key";
+    /// sled database.
+    pub const STORE: &str = "store";
+}
+
+/// Settings of one onboarder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    /// UDP address of the QUIC listener for devices.
+    pub quic_listen: SocketAddr,
+    /// TCP address of the admin API; loopback only.
+    pub api_listen: SocketAddr,
+    /// Names in the registrar certificate; the first is the one devices check.
+    pub server_names: Vec<String>,
+    /// Issuance policy.
+    pub policy: Policy,
+}
+
+impl Config {
+    /// Defaults for an organization.
+    pub fn new(organization: &str) -> Self {
+        Config {
+            quic_listen: SocketAddr::from(([0, 0, 0, 0], 4433)),
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 4480)),
+            server_names: vec![
+                "onboarder.local".into(),
+                "localhost".into(),
+                "127.0.0.1".into(),
+            ],
+            policy: Policy {
+                organization: organization.to_string(),
+                ldevid_lifetime: 90 * 86_400,
+                network: NetworkPolicy::Wifi {
+                    ssid: "iot-devices".into(),
+                },
+                server_name: "onboarder.local".into(),
+                heartbeat_secs: 30,
+            },
+        }
+    }
+
+    /// Reads `DIR/onboarder.json`.
+    pub fn load(dir: &Path) -> anyhow::Result<Config> {
+        let path = dir.join(layout::CONFIG);
+        let bytes = certs::files::read_limited(&path, 1024 * 1024)?;
+        let config: Config = serde_json::from_slice(&bytes)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Writes `DIR/onboarder.json`.
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        self.check()?;
+        let json = serde_json::to_vec_pretty(self)?;
+        certs::files::write_public(&dir.join(layout::CONFIG), &json)?;
+        Ok(())
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.api_listen.ip().is_loopback(),
+            "api_listen must be a loopback address: the admin API is for this machine only"
+        );
+        anyhow::ensure!(!self.server_names.is_empty(), "server_names is empty");
+        Ok(())
+    }
+}

@@ -1,0 +1,236 @@
+//! Device records and the lifecycle state machine (DESIGN 4).
+//!
+//! ```text
+//! expected --voucher issued--> onboarding --enrollment confirmed--> active
+//!     \__________________________\_____________________________\--> quarantined
+//! ```
+//! A transition is only made through [`DeviceRecord::transition`], which refuses illegal ones.
+
+use serde::{Deserialize, Serialize};
+
+use super::error::LifecycleError;
+use protocol::message::NetworkProfile;
+
+/// Where a device is in its life, as the server sees it.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceState {
+    /// A voucher or allow-list entry was imported; the device has not shown up yet.
+    Expected,
+    /// The device received its voucher and is enrolling.
+    Onboarding,
+    /// The device holds a confirmed LDevID.
+    Active,
+    /// Stopped by a failed check or an operator: refused everywhere.
+    Quarantined,
+}
+
+impl std::fmt::Display for DeviceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DeviceState::Expected => "expected",
+            DeviceState::Onboarding => "onboarding",
+            DeviceState::Active => "active",
+            DeviceState::Quarantined => "quarantined",
+        })
+    }
+}
+
+impl DeviceState {
+    /// Whether the state machine allows `self -> to`.
+    pub fn allows(self, to: DeviceState) -> bool {
+        use DeviceState::*;
+        matches!(
+            (self, to),
+            (Expected, Onboarding)
+                | (Onboarding, Active)
+                | (Expected | Onboarding | Active, Quarantined)
+        )
+    }
+}
+
+/// The status of a certificate issued to a device.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CertStatus {
+    /// Issued, not yet confirmed by the device.
+    Issued,
+    /// Confirmed and in use.
+    Active,
+    /// Replaced by a newer certificate.
+    Superseded,
+    /// Revoked.
+    Revoked {
+        /// RFC 5280 reason, as text.
+        reason: String,
+        /// When.
+        at: u64,
+    },
+}
+
+/// A certificate issued to a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedCert {
+    /// Certificate serial number, lowercase hex.
+    pub serial: String,
+    /// The certificate, DER.
+    #[serde(with = "serde_bytes")]
+    pub der: Vec<u8>,
+    /// Its raw public key.
+    #[serde(with = "serde_bytes")]
+    pub public_key: Vec<u8>,
+    /// When it was issued.
+    pub issued_at: u64,
+    /// Its notAfter.
+    pub not_after: u64,
+    /// Its status.
+    pub status: CertStatus,
+}
+
+impl IssuedCert {
+    /// Whether the certificate can still authenticate the device (issued or active, and not
+    /// revoked or superseded).
+    pub fn is_live(&self) -> bool {
+        matches!(self.status, CertStatus::Issued | CertStatus::Active)
+    }
+}
+
+/// Everything the server knows about one device. Stored as one value, so that every change to
+/// a device is one atomic write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// Device serial.
+    pub serial: String,
+    /// Lifecycle state.
+    pub state: DeviceState,
+    /// Bumped by the store on every write; a write names the version it read (optimistic
+    /// concurrency), so two concurrent decisions about one device cannot both land.
+    pub version: u64,
+    /// When the record was created.
+    pub created_at: u64,
+    /// When it last changed.
+    pub updated_at: u64,
+    /// The imported voucher (COSE_Sign1).
+    #[serde(default, with = "serde_bytes")]
+    pub voucher: Option<Vec<u8>>,
+    /// The voucher's expiry.
+    #[serde(default)]
+    pub voucher_expires_on: Option<u64>,
+    /// Raw public key of the IDevID that first asked for the voucher; a different IDevID with
+    /// the same serial (a clone) is refused from then on.
+    #[serde(default, with = "serde_bytes")]
+    pub idevid_key: Option<Vec<u8>>,
+    /// Every certificate issued to the device, oldest first.
+    #[serde(default)]
+    pub certificates: Vec<IssuedCert>,
+    /// Network credentials, once issued.
+    #[serde(default)]
+    pub network: Option<NetworkProfile>,
+    /// Agent version from the last session.
+    #[serde(default)]
+    pub agent_version: Option<String>,
+    /// Firmware version from the last session.
+    #[serde(default)]
+    pub firmware_version: Option<String>,
+    /// Why the device is quarantined, if it is.
+    #[serde(default)]
+    pub quarantine_reason: Option<String>,
+}
+
+impl DeviceRecord {
+    /// A new record for an expected device with its voucher.
+    pub fn expected(serial: &str, voucher: Vec<u8>, expires_on: Option<u64>, now: u64) -> Self {
+        DeviceRecord {
+            serial: serial.to_string(),
+            state: DeviceState::Expected,
+            version: 0,
+            created_at: now,
+            updated_at: now,
+            voucher: Some(voucher),
+            voucher_expires_on: expires_on,
+            idevid_key: None,
+            certificates: Vec::new(),
+            network: None,
+            agent_version: None,
+            firmware_version: None,
+            quarantine_reason: None,
+        }
+    }
+
+    /// Moves to `to`, refusing a transition the state machine does not allow.
+    pub fn transition(
+        &mut self,
+        to: DeviceState,
+        action: &'static str,
+        now: u64,
+    ) -> Result<(), LifecycleError> {
+        if !self.state.allows(to) {
+            return Err(LifecycleError::WrongState {
+                serial: self.serial.clone(),
+                state: self.state,
+                action,
+            });
+        }
+        self.state = to;
+        self.updated_at = now;
+        Ok(())
+    }
+
+    /// The certificate with serial `cert_serial`, if it was issued to this device.
+    pub fn certificate(&self, cert_serial: &str) -> Option<&IssuedCert> {
+        self.certificates.iter().find(|c| c.serial == cert_serial)
+    }
+
+    /// The certificate issued but not yet confirmed, if any.
+    pub fn pending_certificate(&self) -> Option<&IssuedCert> {
+        self.certificates
+            .iter()
+            .rev()
+            .find(|c| c.status == CertStatus::Issued)
+    }
+
+    /// Certificates that can still authenticate the device.
+    pub fn live_certificates(&self) -> impl Iterator<Item = &IssuedCert> {
+        self.certificates.iter().filter(|c| c.is_live())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use DeviceState::*;
+
+    #[test]
+    fn only_legal_transitions_are_allowed() {
+        let all = [Expected, Onboarding, Active, Quarantined];
+        let legal = [
+            (Expected, Onboarding),
+            (Onboarding, Active),
+            (Expected, Quarantined),
+            (Onboarding, Quarantined),
+            (Active, Quarantined),
+        ];
+        for from in all {
+            for to in all {
+                assert_eq!(
+                    from.allows(to),
+                    legal.contains(&(from, to)),
+                    "{from} -> {to}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_illegal_transition_changes_nothing() {
+        let mut r = DeviceRecord::expected("SN-1", vec![1], Some(10), 1);
+        let before = r.clone();
+        assert!(matches!(
+            r.transition(Active, "confirm enrollment", 2),
+            Err(LifecycleError::WrongState { .. })
+        ));
+        assert_eq!(r, before);
+    }
+}

@@ -1,0 +1,300 @@
+//! `onboarder demo`: the whole product on embedded defaults, against the real server and real
+//! agents over real QUIC connections on loopback.
+//!
+//! It creates a manufacturer and N devices, an owner (onboarder data directory) that imports
+//! the manufacturer's anchor and vouchers through the admin API, starts the server, runs every
+//! lifecycle phase that exists with N agents, and reports per phase. Everything is left in the
+//! output directory for anyone to check with standard tools:
+//!
+//! ```text
+//! OUT/manufacturer/                 root-ca.pem, masa.pem, firmware.pub (+ keys, 0600)
+//! OUT/onboarder/                    the server's data directory (see config.rs): ca/, tls/, store/
+//! OUT/devices/<serial>/identity/    idevid.pem, idevid.key, manufacturer-root.pem, masa.pem
+//! OUT/devices/<serial>/state/       state.cbor, ldevid.pem, chain.pem, ldevid.key, network.json
+//! OUT/vouchers.cbor                 the voucher bundle the owner imported
+//! OUT/report.json                   the report printed last
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use certs::factory::{Manufacturer, ManufacturerConfig};
+use certs::{KeyKind, files};
+use device_agent::{Agent, AgentOptions};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::config::{Config, layout};
+use crate::operator::client::ApiClient;
+use crate::server::{Listen, Server};
+
+/// How long one device may take for one phase before it counts as failed.
+const DEVICE_DEADLINE: Duration = Duration::from_secs(120);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Number of devices.
+    pub devices: usize,
+    /// Where to keep everything; a temporary directory when `None`.
+    pub out: Option<PathBuf>,
+    /// Devices working at the same time.
+    pub concurrency: usize,
+    /// Draw progress bars on stderr.
+    pub progress: bool,
+}
+
+/// Results of one phase.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PhaseReport {
+    /// Devices that completed the phase.
+    pub ok: usize,
+    /// Devices that did not.
+    pub failed: usize,
+    /// Wall-clock duration of the phase.
+    pub seconds: f64,
+    /// Completed devices per second.
+    pub per_second: f64,
+    /// Median latency of one device's phase, milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile latency, milliseconds.
+    pub p99_ms: f64,
+}
+
+impl PhaseReport {
+    fn new(latencies: &mut [Duration], failed: usize, elapsed: Duration) -> Self {
+        latencies.sort();
+        let pct = |p: f64| -> f64 {
+            if latencies.is_empty() {
+                return 0.0;
+            }
+            let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+            round(latencies[i].as_secs_f64() * 1000.0)
+        };
+        let seconds = elapsed.as_secs_f64();
+        PhaseReport {
+            ok: latencies.len(),
+            failed,
+            seconds: round(seconds),
+            per_second: round(latencies.len() as f64 / seconds.max(1e-9)),
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+        }
+    }
+}
+
+fn round(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// The demo's report: `{"devices": N, "phases": {"onboard": {...}, ...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DemoReport {
+    /// Number of devices.
+    pub devices: usize,
+    /// Results per phase.
+    pub phases: BTreeMap<String, PhaseReport>,
+    /// Where everything was left (absent when it was a temporary directory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out: Option<PathBuf>,
+}
+
+struct Device {
+    serial: String,
+    identity: PathBuf,
+    state: PathBuf,
+}
+
+/// Runs the demo.
+pub async fn run(options: DemoOptions) -> Result<DemoReport> {
+    anyhow::ensure!(options.devices > 0, "--devices must be at least 1");
+    let temp;
+    let out = match &options.out {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            anyhow::ensure!(
+                std::fs::read_dir(dir)?.next().is_none(),
+                "{} is not empty; the demo needs a fresh directory",
+                dir.display()
+            );
+            dir.clone()
+        }
+        None => {
+            temp = tempfile::tempdir()?;
+            temp.path().to_path_buf()
+        }
+    };
+    let now = certs::unix_now();
+    let manufacturer = Arc::new(Manufacturer::create(
+        ManufacturerConfig::new("Example Devices"),
+        now,
+    )?);
+    manufacturer.save(&out.join("manufacturer"))?;
+
+    let data = out.join("onboarder");
+    let mut config = Config::new("Example Owner");
+    config.quic_listen = "127.0.0.1:0".parse()?;
+    config.api_listen = "127.0.0.1:0".parse()?;
+    crate::pki::init(&data, &config, now)?;
+    let server = Server::start(&data, Listen::default()).await?;
+
+    let devices = mint(manufacturer.clone(), &out, options.devices, now).await?;
+    import(&manufacturer, &server, &data, &out, &devices, now).await?;
+
+    let mut phases = BTreeMap::new();
+    let report = onboard_phase(&server, &devices, &options).await?;
+    phases.insert("onboard".to_string(), report);
+    server.shutdown().await;
+
+    let report = DemoReport {
+        devices: options.devices,
+        phases,
+        out: options.out.clone(),
+    };
+    files::write_public(
+        &out.join("report.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    Ok(report)
+}
+
+/// Mints the devices' birth identities, in parallel on the blocking pool.
+async fn mint(m: Arc<Manufacturer>, out: &Path, count: usize, now: u64) -> Result<Vec<Device>> {
+    let serials: Vec<String> = (1..=count).map(|i| format!("SN-{i:06}")).collect();
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let chunk = count.div_ceil(workers);
+    let mut tasks = Vec::new();
+    for part in serials.chunks(chunk) {
+        let (part, m, out) = (part.to_vec(), m.clone(), out.to_path_buf());
+        tasks.push(tokio::task::spawn_blocking(
+            move || -> Result<Vec<Device>> {
+                part.into_iter()
+                    .map(|serial| {
+                        let dir = out.join("devices").join(&serial);
+                        let identity = dir.join("identity");
+                        m.mint(&serial, KeyKind::P256, now)?.save(&identity)?;
+                        Ok(Device {
+                            serial,
+                            identity,
+                            state: dir.join("state"),
+                        })
+                    })
+                    .collect()
+            },
+        ));
+    }
+    let mut devices = Vec::with_capacity(count);
+    for t in tasks {
+        devices.extend(t.await??);
+    }
+    Ok(devices)
+}
+
+/// The owner imports the manufacturer's anchor and the vouchers, through the admin API.
+async fn import(
+    m: &Manufacturer,
+    server: &Server,
+    data: &Path,
+    out: &Path,
+    devices: &[Device],
+    now: u64,
+) -> Result<()> {
+    let owner_root = files::read_cert(&data.join(layout::OWNER_ROOT))?;
+    let vouchers = devices
+        .iter()
+        .map(|d| m.voucher(&d.serial, &owner_root, now, now + 7 * 86_400))
+        .collect::<Result<Vec<_>, _>>()?;
+    let bundle = protocol::voucher::encode_bundle(&vouchers);
+    files::write_public(&out.join("vouchers.cbor"), &bundle)?;
+    let anchor = files::cert_pem(m.root_cert());
+    let client = ApiClient::new(
+        &format!("http://{}", server.api_addr()),
+        crate::pki::token(data)?,
+    );
+    let report = tokio::task::spawn_blocking(move || -> Result<_> {
+        client.import_anchor(&anchor)?;
+        client.import_vouchers(&bundle)
+    })
+    .await??;
+    anyhow::ensure!(
+        report.rejected.is_empty() && report.imported == devices.len(),
+        "voucher import: {report:?}"
+    );
+    Ok(())
+}
+
+fn progress_bar(options: &DemoOptions, phase: &str) -> indicatif::ProgressBar {
+    if !options.progress {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(options.devices as u64),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix:>10} [{bar:40}] {pos}/{len} {per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(phase.to_string());
+    bar
+}
+
+/// Every device onboards (voucher, checks, CSR, LDevID) and opens its operational session.
+async fn onboard_phase(
+    server: &Server,
+    devices: &[Device],
+    options: &DemoOptions,
+) -> Result<PhaseReport> {
+    let endpoints = (0..2)
+        .map(|_| device_agent::transport::quic::endpoint_for(server.quic_addr()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let limit = Arc::new(Semaphore::new(options.concurrency.max(1)));
+    let bar = progress_bar(options, "onboard");
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(devices.len());
+    for (i, d) in devices.iter().enumerate() {
+        let agent = Agent::with_files(
+            &d.identity,
+            &d.state,
+            server.quic_addr(),
+            endpoints[i % endpoints.len()].clone(),
+            AgentOptions::default(),
+        )?;
+        let (limit, bar) = (limit.clone(), bar.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = limit.acquire_owned().await.ok()?;
+            let t0 = Instant::now();
+            let result = async {
+                agent.onboard_with_retry(DEVICE_DEADLINE).await?;
+                let session = agent.connect().await?;
+                session.close();
+                Ok::<_, device_agent::AgentError>(())
+            }
+            .await;
+            bar.inc(1);
+            match result {
+                Ok(()) => Some(t0.elapsed()),
+                Err(e) => {
+                    tracing::warn!(serial = agent.serial(), "onboarding failed: {e}");
+                    None
+                }
+            }
+        }));
+    }
+    let mut latencies = Vec::with_capacity(devices.len());
+    let mut failed = 0;
+    for t in tasks {
+        match t.await? {
+            Some(l) => latencies.push(l),
+            None => failed += 1,
+        }
+    }
+    bar.finish_and_clear();
+    Ok(PhaseReport::new(&mut latencies, failed, start.elapsed()))
+}

@@ -1,0 +1,142 @@
+//! A client of the admin API, used by the CLI subcommands.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::de::DeserializeOwned;
+
+use super::ImportReport;
+use super::views::{AnchorView, AuditEntryView, DeviceView};
+use crate::audit::ChainSummary;
+use crate::config::Config;
+
+/// Largest API response read.
+const MAX_RESPONSE: u64 = 256 * 1024 * 1024;
+
+/// An authenticated connection to a running onboarder's admin API.
+pub struct ApiClient {
+    agent: ureq::Agent,
+    base: String,
+    token: String,
+}
+
+impl ApiClient {
+    /// A client for the onboarder whose data directory is `dir`.
+    pub fn for_data_dir(dir: &Path) -> Result<ApiClient> {
+        let config = Config::load(dir)
+            .with_context(|| format!("reading the onboarder settings in {}", dir.display()))?;
+        let token = crate::pki::token(dir)?;
+        Ok(ApiClient::new(
+            &format!("http://{}", config.api_listen),
+            token,
+        ))
+    }
+
+    /// A client for the API at `base` (for example `http://127.0.0.1:4480`).
+    pub fn new(base: &str, token: String) -> ApiClient {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(300)))
+            .build()
+            .new_agent();
+        ApiClient {
+            agent,
+            base: base.trim_end_matches('/').to_string(),
+            token,
+        }
+    }
+
+    fn read<T: DeserializeOwned>(
+        &self,
+        mut response: ureq::http::Response<ureq::Body>,
+    ) -> Result<T> {
+        let status = response.status();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_RESPONSE)
+            .read_to_string()
+            .context("reading the API response")?;
+        if !status.is_success() {
+            let message = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                .unwrap_or(body);
+            bail!("{message} (HTTP {status})");
+        }
+        serde_json::from_str(&body).context("decoding the API response")
+    }
+
+    fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let response = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .call()
+            .with_context(|| format!("is the onboarder running at {}?", self.base))?;
+        self.read(response)
+    }
+
+    fn post<T: DeserializeOwned>(&self, path: &str, body: &[u8], content_type: &str) -> Result<T> {
+        let response = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .header("Content-Type", content_type)
+            .send(body)
+            .with_context(|| format!("is the onboarder running at {}?", self.base))?;
+        self.read(response)
+    }
+
+    /// Imports manufacturer anchors (PEM).
+    pub fn import_anchor(&self, pem: &str) -> Result<Vec<AnchorView>> {
+        self.post("/v1/anchors", pem.as_bytes(), "application/x-pem-file")
+    }
+
+    /// Lists manufacturer anchors.
+    pub fn anchors(&self) -> Result<Vec<AnchorView>> {
+        self.get("/v1/anchors")
+    }
+
+    /// Imports a voucher bundle.
+    pub fn import_vouchers(&self, bundle: &[u8]) -> Result<ImportReport> {
+        self.post("/v1/vouchers", bundle, "application/cbor")
+    }
+
+    /// All devices, page by page.
+    pub fn devices(&self) -> Result<Vec<DeviceView>> {
+        let mut out: Vec<DeviceView> = Vec::new();
+        loop {
+            let path = match out.last() {
+                Some(last) => format!(
+                    "/v1/devices?limit={}&after={}",
+                    super::api::MAX_PAGE,
+                    last.serial
+                ),
+                None => format!("/v1/devices?limit={}", super::api::MAX_PAGE),
+            };
+            let page: Vec<DeviceView> = self.get(&path)?;
+            let done = page.len() < super::api::MAX_PAGE;
+            out.extend(page);
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// One device.
+    pub fn device(&self, serial: &str) -> Result<DeviceView> {
+        self.get(&format!("/v1/devices/{serial}"))
+    }
+
+    /// Audit entries.
+    pub fn audit(&self, from: u64, limit: usize) -> Result<Vec<AuditEntryView>> {
+        self.get(&format!("/v1/audit?from={from}&limit={limit}"))
+    }
+
+    /// Verifies the audit chain.
+    pub fn verify_audit(&self) -> Result<ChainSummary> {
+        self.get("/v1/audit/verify")
+    }
+}

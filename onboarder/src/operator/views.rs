@@ -1,0 +1,147 @@
+//! JSON views of records for operators and scripts. Secrets (the Wi-Fi passphrase) are never
+//! included.
+
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{AuditEntry, AuditEvent};
+use crate::core::{CertStatus, DeviceRecord, DeviceState};
+use crate::store::Anchor;
+use protocol::message::NetworkProfile;
+
+/// A device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceView {
+    /// Serial.
+    pub serial: String,
+    /// Lifecycle state.
+    pub state: DeviceState,
+    /// Record version.
+    pub version: u64,
+    /// Created (seconds since the epoch).
+    pub created_at: u64,
+    /// Last change.
+    pub updated_at: u64,
+    /// Voucher expiry.
+    pub voucher_expires_on: Option<u64>,
+    /// Certificates issued, oldest first.
+    pub certificates: Vec<CertView>,
+    /// Network credential kind and SSID.
+    pub network: Option<NetworkView>,
+    /// Agent version last reported.
+    pub agent_version: Option<String>,
+    /// Firmware version last reported.
+    pub firmware_version: Option<String>,
+    /// Why quarantined.
+    pub quarantine_reason: Option<String>,
+}
+
+/// A certificate of a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertView {
+    /// Serial number, hex.
+    pub serial: String,
+    /// Status.
+    pub status: CertStatus,
+    /// Issued at.
+    pub issued_at: u64,
+    /// notAfter.
+    pub not_after: u64,
+    /// The certificate, PEM.
+    pub pem: String,
+}
+
+/// Network credentials without their secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkView {
+    /// `wifi` or `eap-tls`.
+    pub kind: String,
+    /// SSID.
+    pub ssid: String,
+}
+
+impl From<&DeviceRecord> for DeviceView {
+    fn from(r: &DeviceRecord) -> Self {
+        DeviceView {
+            serial: r.serial.clone(),
+            state: r.state,
+            version: r.version,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            voucher_expires_on: r.voucher_expires_on,
+            certificates: r
+                .certificates
+                .iter()
+                .map(|c| CertView {
+                    serial: c.serial.clone(),
+                    status: c.status.clone(),
+                    issued_at: c.issued_at,
+                    not_after: c.not_after,
+                    pem: certs::files::cert_pem(&c.der),
+                })
+                .collect(),
+            network: r.network.as_ref().map(|n| match n {
+                NetworkProfile::Wifi { ssid, .. } => NetworkView {
+                    kind: "wifi".into(),
+                    ssid: ssid.clone(),
+                },
+                NetworkProfile::EapTls { ssid, .. } => NetworkView {
+                    kind: "eap-tls".into(),
+                    ssid: ssid.clone(),
+                },
+                _ => NetworkView {
+                    kind: "other".into(),
+                    ssid: String::new(),
+                },
+            }),
+            agent_version: r.agent_version.clone(),
+            firmware_version: r.firmware_version.clone(),
+            quarantine_reason: r.quarantine_reason.clone(),
+        }
+    }
+}
+
+/// A trust anchor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnchorView {
+    /// SHA-256 fingerprint, hex.
+    pub fingerprint: String,
+    /// Subject.
+    pub subject: String,
+    /// Imported at.
+    pub added_at: u64,
+}
+
+impl From<&Anchor> for AnchorView {
+    fn from(a: &Anchor) -> Self {
+        AnchorView {
+            fingerprint: a.fingerprint.clone(),
+            subject: a.subject.clone(),
+            added_at: a.added_at,
+        }
+    }
+}
+
+/// An audit entry with its hashes in hex.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntryView {
+    /// Sequence number.
+    pub seq: u64,
+    /// Hash of the previous entry.
+    pub prev: String,
+    /// Hash of this entry.
+    pub hash: String,
+    /// The event.
+    #[serde(flatten)]
+    pub event: AuditEvent,
+}
+
+impl From<&AuditEntry> for AuditEntryView {
+    fn from(e: &AuditEntry) -> Self {
+        AuditEntryView {
+            seq: e.seq,
+            prev: certs::inspect::hex(&e.prev),
+            hash: certs::inspect::hex(&e.hash()),
+            event: e.event.clone(),
+        }
+    }
+}

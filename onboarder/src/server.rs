@@ -1,0 +1,129 @@
+//! Wiring: store, service, QUIC listener and admin API, started from a data directory.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, layout};
+use crate::service::{Clock, Service};
+use crate::store::sled::SledStore;
+use crate::transport::sessions::Sessions;
+use crate::transport::{quic, tls};
+
+/// Listener addresses that replace the configured ones (tests and the demo bind port 0).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Listen {
+    /// QUIC (UDP) address.
+    pub quic: Option<SocketAddr>,
+    /// Admin API (TCP) address.
+    pub api: Option<SocketAddr>,
+}
+
+/// A running onboarder.
+pub struct Server {
+    quic_addr: SocketAddr,
+    api_addr: SocketAddr,
+    service: Arc<Service>,
+    sessions: Arc<Sessions>,
+    endpoint: quinn::Endpoint,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Opens the data directory `dir` and starts listening.
+    pub async fn start(dir: &Path, listen: Listen) -> Result<Server> {
+        Server::start_with_clock(dir, listen, Arc::new(certs::unix_now)).await
+    }
+
+    /// As [`Server::start`], reading time from `clock`.
+    pub async fn start_with_clock(dir: &Path, listen: Listen, clock: Clock) -> Result<Server> {
+        let mut config = Config::load(dir)?;
+        if let Some(addr) = listen.quic {
+            config.quic_listen = addr;
+        }
+        if let Some(addr) = listen.api {
+            config.api_listen = addr;
+        }
+        let pki = crate::pki::load(dir, &config)?;
+        let token = crate::pki::token(dir)?;
+        let store = SledStore::open(&dir.join(layout::STORE))?;
+        let service = Arc::new(Service::new(
+            Arc::new(store),
+            pki.registrar,
+            pki.owner_root,
+            clock,
+        )?);
+        let tls = tls::server_config(&pki.server_chain, &pki.server_key, service.trust())?;
+        let endpoint = quic::bind(config.quic_listen, tls)
+            .with_context(|| format!("binding QUIC on {}", config.quic_listen))?;
+        let api = tokio::net::TcpListener::bind(config.api_listen)
+            .await
+            .with_context(|| format!("binding the admin API on {}", config.api_listen))?;
+        let quic_addr = endpoint.local_addr()?;
+        let api_addr = api.local_addr()?;
+        let sessions = Arc::new(Sessions::default());
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(quic::serve(
+            endpoint.clone(),
+            service.clone(),
+            sessions.clone(),
+        )));
+        let api_service = service.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stopped = stopped;
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            if let Err(e) = crate::operator::api::serve(api, api_service, token, shutdown).await {
+                tracing::error!("admin API failed: {e}");
+            }
+        }));
+        tracing::info!(%quic_addr, %api_addr, "onboarder listening");
+        Ok(Server {
+            quic_addr,
+            api_addr,
+            service,
+            sessions,
+            endpoint,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Where devices connect (UDP).
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.quic_addr
+    }
+
+    /// Where the admin API listens (TCP, loopback).
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// The service.
+    pub fn service(&self) -> &Arc<Service> {
+        &self.service
+    }
+
+    /// Live operational sessions.
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
+    }
+
+    /// Stops listening, closes every connection and waits for the tasks.
+    pub async fn shutdown(self) {
+        self.endpoint
+            .close(quic::close::SHUTDOWN.into(), b"server shutting down");
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.endpoint.wait_idle().await;
+    }
+}

@@ -1,0 +1,121 @@
+//! Server state behind one trait, so the lifecycle logic never sees a storage engine.
+//!
+//! Reads return records; every write is a [`Change`]: device records (each naming the version
+//! it was decided on), trust anchors and audit events, applied atomically and durably (flushed)
+//! before [`Store::commit`] resolves. A change whose device versions moved meanwhile is refused
+//! with [`StoreError::Conflict`] and nothing of it is applied; the caller re-reads and decides
+//! again.
+//!
+//! [`sled`] is the embedded default. It groups the changes of many concurrent requests into one
+//! batch and one flush (group commit).
+
+pub mod sled;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::audit::{AuditEntry, AuditEvent};
+use crate::core::DeviceRecord;
+
+/// Why the store could not serve a request.
+#[non_exhaustive]
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// A device changed since it was read; nothing was written.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The storage engine failed.
+    #[error("storage error: {0}")]
+    Io(String),
+    /// Stored data could not be decoded.
+    #[error("corrupt record {key}: {detail}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// Decoder detail.
+        detail: String,
+    },
+    /// The store has shut down.
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// What a device write expects to find, so that concurrent decisions cannot both land.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// The device must not exist yet.
+    Absent,
+    /// The device must still be at this version.
+    Version(u64),
+}
+
+impl From<Option<&DeviceRecord>> for Expect {
+    fn from(read: Option<&DeviceRecord>) -> Self {
+        read.map_or(Expect::Absent, |r| Expect::Version(r.version))
+    }
+}
+
+/// A device record to write.
+#[derive(Debug, Clone)]
+pub struct DeviceWrite {
+    /// The new record (its `version` is set by the store).
+    pub record: DeviceRecord,
+    /// What must be there now.
+    pub expect: Expect,
+}
+
+/// A manufacturer trust anchor imported by the operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anchor {
+    /// SHA-256 of the certificate, hex.
+    pub fingerprint: String,
+    /// Subject of the certificate.
+    pub subject: String,
+    /// The certificate, DER.
+    #[serde(with = "serde_bytes")]
+    pub der: Vec<u8>,
+    /// When it was imported.
+    pub added_at: u64,
+}
+
+/// One atomic write.
+#[derive(Debug, Clone, Default)]
+pub struct Change {
+    /// Device records.
+    pub devices: Vec<DeviceWrite>,
+    /// Trust anchors to add.
+    pub anchors: Vec<Anchor>,
+    /// Audit events to append, in order.
+    pub audit: Vec<AuditEvent>,
+}
+
+impl Change {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty() && self.anchors.is_empty() && self.audit.is_empty()
+    }
+}
+
+/// Resolves once a change is durable (or refused).
+pub type CommitFuture = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
+
+/// Server state.
+pub trait Store: Send + Sync + 'static {
+    /// One device.
+    fn device(&self, serial: &str) -> Result<Option<DeviceRecord>, StoreError>;
+    /// Devices in serial order, starting after `after`.
+    fn devices(&self, after: Option<&str>, limit: usize) -> Result<Vec<DeviceRecord>, StoreError>;
+    /// Number of devices.
+    fn device_count(&self) -> Result<u64, StoreError>;
+    /// Imported trust anchors.
+    fn anchors(&self) -> Result<Vec<Anchor>, StoreError>;
+    /// Audit entries from sequence number `from` (1-based), at most `limit`.
+    fn audit(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Sequence number and hash of the last audit entry.
+    fn audit_head(&self) -> Result<(u64, [u8; 32]), StoreError>;
+    /// Applies a change atomically and durably.
+    fn commit(&self, change: Change) -> CommitFuture;
+}

@@ -1,0 +1,194 @@
+//! The native QUIC transport (quinn): one bidirectional stream per request.
+//!
+//! A connection is authenticated by its TLS client certificate (see [`super::tls`]); the leaf
+//! names the device. Each stream carries one length-prefixed request and its response. Frames
+//! are read with a size limit and a deadline, so a slow or hostile peer holds at most one small
+//! buffer per stream, and a connection at most [`MAX_STREAMS`] streams.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::frame::{self, FrameError};
+use protocol::message::{self, MAX_REQUEST, Request, Response};
+use quinn::crypto::rustls::QuicServerConfig;
+use rustls_pki_types::CertificateDer;
+
+use super::sessions::Sessions;
+use crate::core::{CredentialKind, DevicePeer, LifecycleError};
+use crate::service::Service;
+
+/// Concurrent request streams per connection.
+pub const MAX_STREAMS: u32 = 16;
+/// Time allowed to receive one request.
+const READ_DEADLINE: Duration = Duration::from_secs(10);
+/// A silent connection is closed after this long (agents send keep-alives more often).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Application close codes.
+pub mod close {
+    /// Normal close.
+    pub const NORMAL: u32 = 0;
+    /// The client certificate does not name a device.
+    pub const UNAUTHORIZED: u32 = 1;
+    /// The server is shutting down.
+    pub const SHUTDOWN: u32 = 2;
+}
+
+/// Binds the QUIC endpoint.
+pub fn bind(addr: SocketAddr, tls: rustls::ServerConfig) -> anyhow::Result<quinn::Endpoint> {
+    let crypto = QuicServerConfig::try_from(tls)?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(MAX_STREAMS.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .max_idle_timeout(Some(IDLE_TIMEOUT.try_into()?));
+    config.transport_config(Arc::new(transport));
+    Ok(quinn::Endpoint::server(config, addr)?)
+}
+
+/// Accepts connections until the endpoint is closed.
+pub async fn serve(endpoint: quinn::Endpoint, service: Arc<Service>, sessions: Arc<Sessions>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let service = service.clone();
+        let sessions = sessions.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection(incoming, service, sessions).await {
+                tracing::debug!("connection ended: {e}");
+            }
+        });
+    }
+}
+
+async fn connection(
+    incoming: quinn::Incoming,
+    service: Arc<Service>,
+    sessions: Arc<Sessions>,
+) -> anyhow::Result<()> {
+    let conn = incoming.await?;
+    let leaf = conn
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|certs| certs.first().map(|c| c.to_vec()));
+    let peer = match leaf.as_deref().map(|der| service.identify(der)) {
+        Some(Ok(peer)) => peer,
+        Some(Err(e)) => {
+            service.record_refusal(None, &e).await;
+            conn.close(close::UNAUTHORIZED.into(), e.to_string().as_bytes());
+            return Ok(());
+        }
+        None => {
+            conn.close(close::UNAUTHORIZED.into(), b"no client certificate");
+            return Ok(());
+        }
+    };
+    let mut binding = [0u8; protocol::EXPORTER_LEN];
+    conn.export_keying_material(&mut binding, protocol::EXPORTER_LABEL, b"")
+        .map_err(|_| anyhow::anyhow!("TLS exporter unavailable"))?;
+    let peer = Arc::new(peer);
+    let result = loop {
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(streams) => streams,
+            Err(e) => break e,
+        };
+        let (service, sessions, peer, conn) = (
+            service.clone(),
+            sessions.clone(),
+            peer.clone(),
+            conn.clone(),
+        );
+        tokio::spawn(async move {
+            let response = request(recv, &service, &peer, &binding).await;
+            if peer.kind == CredentialKind::Ldevid && matches!(response, Some(Response::Ack)) {
+                sessions.register(&peer.serial, conn);
+            }
+            if let Some(response) = response {
+                let _ = write_frame(send, &message::encode(&response)).await;
+            }
+        });
+    };
+    sessions.unregister(&peer.serial, conn.stable_id());
+    tracing::debug!(serial = peer.serial, "connection closed: {result}");
+    Ok(())
+}
+
+/// Reads one request and produces its response; `None` when the stream died before a request
+/// arrived (there is no one to answer).
+async fn request(
+    mut recv: quinn::RecvStream,
+    service: &Service,
+    peer: &DevicePeer,
+    binding: &[u8],
+) -> Option<Response> {
+    let bytes = match tokio::time::timeout(READ_DEADLINE, read_frame(&mut recv, MAX_REQUEST)).await
+    {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(ReadError::Frame(e))) => {
+            let e = LifecycleError::Decode(frame_to_decode(e));
+            service.record_refusal(Some(peer), &e).await;
+            return Some(Response::Error(e.to_wire()));
+        }
+        Ok(Err(ReadError::Stream)) | Err(_) => return None,
+    };
+    match message::decode::<Request>(&bytes, MAX_REQUEST) {
+        Ok(request) => Some(service.handle(peer, binding, request).await),
+        Err(e) => {
+            let e = LifecycleError::Decode(e);
+            service.record_refusal(Some(peer), &e).await;
+            Some(Response::Error(e.to_wire()))
+        }
+    }
+}
+
+fn frame_to_decode(e: FrameError) -> protocol::DecodeError {
+    match e {
+        FrameError::TooLarge { size, limit } => protocol::DecodeError::TooLarge { size, limit },
+        other => protocol::DecodeError::Malformed(other.to_string()),
+    }
+}
+
+/// Why a frame could not be read.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The frame itself is bad (too large, truncated, empty).
+    Frame(FrameError),
+    /// The stream failed.
+    Stream,
+}
+
+/// Reads one frame of at most `limit` bytes from a stream.
+pub async fn read_frame(recv: &mut quinn::RecvStream, limit: usize) -> Result<Vec<u8>, ReadError> {
+    let mut header = [0u8; frame::HEADER_LEN];
+    match recv.read_exact(&mut header).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(got)) => {
+            return Err(ReadError::Frame(FrameError::Truncated {
+                expected: frame::HEADER_LEN,
+                got,
+            }));
+        }
+        Err(_) => return Err(ReadError::Stream),
+    }
+    let len = frame::payload_len(header, limit).map_err(ReadError::Frame)?;
+    let mut payload = vec![0u8; len];
+    match recv.read_exact(&mut payload).await {
+        Ok(()) => Ok(payload),
+        Err(quinn::ReadExactError::FinishedEarly(got)) => {
+            Err(ReadError::Frame(FrameError::Truncated {
+                expected: frame::HEADER_LEN + len,
+                got: frame::HEADER_LEN + got,
+            }))
+        }
+        Err(_) => Err(ReadError::Stream),
+    }
+}
+
+/// Writes one frame and finishes the stream.
+pub async fn write_frame(mut send: quinn::SendStream, payload: &[u8]) -> anyhow::Result<()> {
+    send.write_all(&frame::encode(payload)?).await?;
+    send.finish()?;
+    // Wait until the peer has the data, so closing the connection right after cannot lose it.
+    let _ = send.stopped().await;
+    Ok(())
+}

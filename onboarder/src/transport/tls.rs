@@ -1,0 +1,128 @@
+//! TLS for the QUIC listener: TLS 1.3 only, ring as the one crypto provider, and a client
+//! verifier that accepts IDevIDs from imported manufacturers and LDevIDs from our own CA.
+
+use std::sync::Arc;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+
+use crate::trust::TrustStore;
+
+/// The one crypto provider (rustls and quinn default to different ones; naming it avoids a
+/// run-time panic when both are compiled in).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Verifies device client certificates against the current trust store.
+#[derive(Debug)]
+pub struct DeviceCertVerifier {
+    trust: Arc<TrustStore>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl DeviceCertVerifier {
+    /// A verifier reading anchors from `trust` at every handshake.
+    pub fn new(trust: Arc<TrustStore>) -> Self {
+        DeviceCertVerifier {
+            trust,
+            provider: provider(),
+        }
+    }
+}
+
+fn certificate_error(e: webpki::Error) -> rustls::Error {
+    use webpki::Error as E;
+    rustls::Error::InvalidCertificate(match e {
+        E::CertExpired { .. } => CertificateError::Expired,
+        E::CertNotValidYet { .. } => CertificateError::NotValidYet,
+        E::UnknownIssuer => CertificateError::UnknownIssuer,
+        E::InvalidSignatureForPublicKey => CertificateError::BadSignature,
+        E::RequiredEkuNotFoundContext(_) => CertificateError::InvalidPurpose,
+        E::CertRevoked => CertificateError::Revoked,
+        other => CertificateError::Other(rustls::OtherError(Arc::new(other))),
+    })
+}
+
+impl ClientCertVerifier for DeviceCertVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let anchors = self.trust.snapshot();
+        let cert = webpki::EndEntityCert::try_from(end_entity).map_err(certificate_error)?;
+        cert.verify_for_usage(
+            certs::chain::ALGORITHMS,
+            &anchors,
+            intermediates,
+            now,
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .map_err(certificate_error)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The server's TLS configuration: our registrar chain and key, mandatory client certificates.
+pub fn server_config(
+    chain: &[Vec<u8>],
+    key: &certs::KeyPair,
+    trust: Arc<TrustStore>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
+    let chain = chain
+        .iter()
+        .map(|c| CertificateDer::from(c.clone()))
+        .collect();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()));
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(Arc::new(DeviceCertVerifier::new(trust)))
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![protocol::ALPN.to_vec()];
+    Ok(config)
+}
