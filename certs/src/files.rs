@@ -125,9 +125,17 @@ pub fn certs_from_pem(text: &str) -> Result<Vec<Vec<u8>>, CertError> {
         .collect())
 }
 
+/// A PEM block with Unix line endings (the pem crate defaults to CRLF).
+pub fn pem_block(tag: &str, der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new(tag, der.to_vec()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}
+
 /// One certificate as PEM.
 pub fn cert_pem(der: &[u8]) -> String {
-    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
+    pem_block("CERTIFICATE", der)
 }
 
 /// Several certificates as one PEM text, in the given order.

@@ -103,7 +103,7 @@ impl KeyPair {
     /// The private key as PEM `PRIVATE KEY` (PKCS#8 v1). Secret: write it with
     /// [`crate::files::write_secret`].
     pub fn to_pem(&self) -> String {
-        pem::encode(&pem::Pem::new("PRIVATE KEY", self.pkcs8_der().to_vec()))
+        crate::files::pem_block("PRIVATE KEY", self.pkcs8_der())
     }
 
     /// The private key as PKCS#8 DER. Secret.
@@ -133,7 +133,7 @@ impl KeyPair {
 
     /// The public key as PEM `PUBLIC KEY` (SubjectPublicKeyInfo).
     pub fn public_pem(&self) -> String {
-        pem::encode(&pem::Pem::new("PUBLIC KEY", self.spki_der()))
+        crate::files::pem_block("PUBLIC KEY", &self.spki_der())
     }
 }
 

@@ -132,6 +132,13 @@ impl Agent {
         certs::unix_now()
     }
 
+    /// Saves the state off the async threads: storage may be slow (flash, fsync), and an
+    /// agent embedded in a busy process must not stall its other tasks.
+    async fn save(&self, state: &AgentState) -> Result<(), AgentError> {
+        let (store, state) = (self.state.clone(), state.clone());
+        blocking(move || store.save(&state)).await
+    }
+
     /// Finishes a key promotion a crash interrupted: the stored LDevID must have its key
     /// current.
     fn recover_keys(&self, state: &AgentState) -> Result<(), AgentError> {
@@ -221,10 +228,12 @@ impl Agent {
             .await?;
         // Reuse a pending key from an interrupted attempt: the server then answers with the
         // certificate it may already have issued for it.
-        let key = match self.keys.pending_ldevid_key()? {
-            Some(k) => k,
-            None => self.keys.create_pending_ldevid_key()?,
-        };
+        let keys = self.keys.clone();
+        let key = blocking(move || match keys.pending_ldevid_key()? {
+            Some(k) => Ok(k),
+            None => keys.create_pending_ldevid_key(),
+        })
+        .await?;
         let csr = certs::csr::build_csr(
             &self.identity.serial,
             &crate::platform::key::CsrSigner::new(key.as_ref()),
@@ -257,15 +266,17 @@ impl Agent {
         state.chain = enrollment.chain;
         state.network = Some(enrollment.network);
         state.config = Some(enrollment.config);
-        self.state.save(state)?;
-        self.keys.commit_pending_ldevid_key()?;
+        self.save(state).await?;
+        let keys = self.keys.clone();
+        blocking(move || keys.commit_pending_ldevid_key()).await?;
         self.confirm(session, state).await
     }
 
     /// Applies the network credentials and tells the server the enrollment is stored.
     async fn confirm(&self, session: &Session, state: &mut AgentState) -> Result<(), AgentError> {
-        if let Some(network) = &state.network {
-            self.network.apply(network)?;
+        if let Some(network) = state.network.clone() {
+            let applier = self.network.clone();
+            blocking(move || applier.apply(&network)).await?;
         }
         session
             .call(&Request::EnrollStatus(Status {
@@ -274,8 +285,7 @@ impl Agent {
             }))
             .await?;
         state.phase = Phase::Enrolled { confirmed: true };
-        self.state.save(state)?;
-        Ok(())
+        self.save(state).await
     }
 
     /// Best-effort status report: the device is already refusing, so a lost report changes
@@ -325,14 +335,19 @@ impl Agent {
         Ok(())
     }
 
-    /// Onboards, retrying transient failures with backoff until `deadline` has passed.
-    pub async fn onboard_with_retry(&self, deadline: Duration) -> Result<AgentState, AgentError> {
+    /// Runs `op`, retrying transient failures (see [`AgentError::is_transient`]) with jittered
+    /// exponential backoff until `deadline` has passed.
+    pub async fn retrying<T, F, Fut>(&self, deadline: Duration, mut op: F) -> Result<T, AgentError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, AgentError>>,
+    {
         let start = tokio::time::Instant::now();
         let mut delay = self.options.backoff.initial;
         loop {
-            match self.onboard().await {
+            match op().await {
                 Err(e) if e.is_transient() && start.elapsed() + delay < deadline => {
-                    tracing::debug!(serial = self.serial(), "retrying onboarding: {e}");
+                    tracing::debug!(serial = self.serial(), "retrying: {e}");
                     tokio::time::sleep(self.jitter(delay)).await;
                     delay = (delay * 2).min(self.options.backoff.max);
                 }
@@ -382,6 +397,18 @@ impl Agent {
         let _ = self.rng.fill(&mut b);
         delay.mul_f64(0.5 + f64::from(b[0]) / 256.0)
     }
+}
+
+/// Runs a platform call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, PlatformError> + Send + 'static,
+) -> Result<T, AgentError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| {
+            AgentError::Platform(PlatformError::Key(format!("platform task failed: {e}")))
+        })?
+        .map_err(AgentError::Platform)
 }
 
 fn failure(e: &AgentError) -> Status {

@@ -141,8 +141,12 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport> {
     crate::pki::init(&data, &config, now)?;
     let server = Server::start(&data, Listen::default()).await?;
 
+    let t = Instant::now();
     let devices = mint(manufacturer.clone(), &out, options.devices, now).await?;
+    tracing::info!("minted {} devices in {:.2?}", devices.len(), t.elapsed());
+    let t = Instant::now();
     import(&manufacturer, &server, &data, &out, &devices, now).await?;
+    tracing::info!("imported the anchor and vouchers in {:.2?}", t.elapsed());
 
     let mut phases = BTreeMap::new();
     let report = onboard_phase(&server, &devices, &options).await?;
@@ -255,24 +259,30 @@ async fn onboard_phase(
         .map(|_| device_agent::transport::quic::endpoint_for(server.quic_addr()))
         .collect::<Result<Vec<_>, _>>()?;
     let limit = Arc::new(Semaphore::new(options.concurrency.max(1)));
+    let agents = devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            Agent::with_files(
+                &d.identity,
+                &d.state,
+                server.quic_addr(),
+                endpoints[i % endpoints.len()].clone(),
+                AgentOptions::default(),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let bar = progress_bar(options, "onboard");
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(devices.len());
-    for (i, d) in devices.iter().enumerate() {
-        let agent = Agent::with_files(
-            &d.identity,
-            &d.state,
-            server.quic_addr(),
-            endpoints[i % endpoints.len()].clone(),
-            AgentOptions::default(),
-        )?;
+    for agent in agents {
         let (limit, bar) = (limit.clone(), bar.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = limit.acquire_owned().await.ok()?;
             let t0 = Instant::now();
             let result = async {
-                agent.onboard_with_retry(DEVICE_DEADLINE).await?;
-                let session = agent.connect().await?;
+                agent.retrying(DEVICE_DEADLINE, || agent.onboard()).await?;
+                let session = agent.retrying(DEVICE_DEADLINE, || agent.connect()).await?;
                 session.close();
                 Ok::<_, device_agent::AgentError>(())
             }

@@ -109,9 +109,11 @@ impl KeyStore for FileKeyStore {
 }
 
 /// State in one CBOR file, replaced atomically.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct FileStateStore {
     dir: PathBuf,
+    /// The LDevID last copied to `ldevid.pem`, so the copies are only rewritten on change.
+    exported: Mutex<Option<Vec<u8>>>,
 }
 
 impl FileStateStore {
@@ -119,6 +121,7 @@ impl FileStateStore {
     pub fn new(dir: &Path) -> Self {
         FileStateStore {
             dir: dir.to_path_buf(),
+            exported: Mutex::new(None),
         }
     }
 }
@@ -141,7 +144,12 @@ impl StateStore for FileStateStore {
             &protocol::cbor::to_vec(state),
         )?;
         // Copies for people and tools; the state file above is the truth.
-        if let Some(cert) = &state.ldevid {
+        let mut exported = self.exported.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cert) = state
+            .ldevid
+            .as_ref()
+            .filter(|c| exported.as_ref() != Some(*c))
+        {
             files::write_public(
                 &self.dir.join(layout::LDEVID_CERT),
                 files::cert_pem(cert).as_bytes(),
@@ -150,6 +158,7 @@ impl StateStore for FileStateStore {
                 &self.dir.join(layout::CHAIN),
                 files::certs_pem(state.chain.iter().map(|c| c.as_slice())).as_bytes(),
             )?;
+            *exported = Some(cert.clone());
         }
         Ok(())
     }
@@ -189,5 +198,52 @@ impl NetworkApplier for FileNetwork {
         };
         files::write_secret(&self.dir.join(layout::NETWORK), json.to_string().as_bytes())?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::Phase;
+
+    #[test]
+    fn pending_keys_become_current_only_when_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = FileKeyStore::new(dir.path(), dir.path(), KeyKind::P256);
+        assert!(keys.ldevid_key().unwrap().is_none());
+        let pending = keys.create_pending_ldevid_key().unwrap();
+        assert!(keys.ldevid_key().unwrap().is_none());
+        assert_eq!(
+            keys.pending_ldevid_key().unwrap().unwrap().public_key(),
+            pending.public_key()
+        );
+        keys.commit_pending_ldevid_key().unwrap();
+        assert_eq!(
+            keys.ldevid_key().unwrap().unwrap().public_key(),
+            pending.public_key()
+        );
+        assert!(keys.pending_ldevid_key().unwrap().is_none());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(layout::LDEVID_KEY))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn state_round_trips_and_corruption_is_a_typed_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStateStore::new(dir.path());
+        assert!(store.load().unwrap().is_none());
+        let mut state = AgentState::factory("1.0.0");
+        state.phase = Phase::Enrolled { confirmed: false };
+        store.save(&state).unwrap();
+        assert_eq!(store.load().unwrap(), Some(state));
+        std::fs::write(dir.path().join(layout::STATE), b"\xff\x00junk").unwrap();
+        assert!(matches!(store.load(), Err(PlatformError::Corrupt(_))));
     }
 }

@@ -182,7 +182,28 @@ pub fn endpoint_for(server: SocketAddr) -> Result<quinn::Endpoint, AgentError> {
         "0.0.0.0:0".parse()
     }
     .map_err(|_| AgentError::Connection("bind address".into()))?;
-    quinn::Endpoint::client(bind).map_err(|e| AgentError::Connection(format!("binding UDP: {e}")))
+    let err = |e: std::io::Error| AgentError::Connection(format!("binding UDP: {e}"));
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| AgentError::Connection("QUIC needs a Tokio runtime".into()))?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        udp_socket(bind).map_err(err)?,
+        runtime,
+    )
+    .map_err(err)
+}
+
+/// A UDP socket with buffers large enough for many sessions sharing one endpoint (a gateway,
+/// a simulator); the kernel caps the size at `net.core.rmem_max`.
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    const BUFFER: usize = 4 * 1024 * 1024;
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    let _ = socket.set_recv_buffer_size(BUFFER);
+    let _ = socket.set_send_buffer_size(BUFFER);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// A connection to the onboarder.
@@ -234,6 +255,16 @@ impl Session {
     pub async fn exchange(&self, request: &Request) -> Result<Response, AgentError> {
         let (send, mut recv) = self.conn.open_bi().await.map_err(conn_err)?;
         write_frame(send, &message::encode(request)).await?;
+        let bytes = read_frame(&mut recv, MAX_RESPONSE).await?;
+        Ok(message::decode(&bytes, MAX_RESPONSE)?)
+    }
+
+    /// Sends `bytes` exactly as given (not framed by us) and reads one framed response: for
+    /// conformance tests that feed a server malformed input.
+    pub async fn exchange_raw(&self, bytes: &[u8]) -> Result<Response, AgentError> {
+        let (mut send, mut recv) = self.conn.open_bi().await.map_err(conn_err)?;
+        send.write_all(bytes).await.map_err(conn_err)?;
+        send.finish().map_err(conn_err)?;
         let bytes = read_frame(&mut recv, MAX_RESPONSE).await?;
         Ok(message::decode(&bytes, MAX_RESPONSE)?)
     }

@@ -95,7 +95,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Devices working at the same time.
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
 }

@@ -45,7 +45,29 @@ pub fn bind(addr: SocketAddr, tls: rustls::ServerConfig) -> anyhow::Result<quinn
         .max_concurrent_uni_streams(0u32.into())
         .max_idle_timeout(Some(IDLE_TIMEOUT.try_into()?));
     config.transport_config(Arc::new(transport));
-    Ok(quinn::Endpoint::server(config, addr)?)
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| anyhow::anyhow!("QUIC needs a Tokio runtime"))?;
+    Ok(quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        udp_socket(addr)?,
+        runtime,
+    )?)
+}
+
+/// Socket buffer asked for; the kernel caps it at `net.core.rmem_max`/`wmem_max`.
+const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+
+/// A UDP socket with large buffers: a fleet's handshakes arrive in bursts, and every datagram
+/// the kernel drops costs a retransmission timeout.
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: a smaller buffer still works.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// Accepts connections until the endpoint is closed.

@@ -1,0 +1,222 @@
+//! The server is killed (SIGKILL) while a fleet onboards, and restarted on the same store.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use certs::factory::{Manufacturer, ManufacturerConfig};
+use onboarder::core::DeviceState;
+use onboarder::operator::client::ApiClient;
+
+use crate::harness::*;
+
+const FLEET: usize = 1000;
+
+fn onboarder() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_onboarder"))
+}
+
+fn run(args: &[&str]) -> String {
+    let out = onboarder().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "onboarder {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn free_ports() -> (SocketAddr, SocketAddr) {
+    let udp = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let tcp = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    (udp, tcp)
+}
+
+fn serve(dir: &Path) -> Child {
+    onboarder()
+        .args(["--dir", dir.to_str().unwrap(), "serve"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_ready(client: &ApiClient) {
+    for _ in 0..200 {
+        if client.anchors().is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the onboarder did not come up");
+}
+
+/// User and system CPU seconds a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the file, 12 and 13 after the command name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_server_restarts_and_every_device_completes_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("onboarder");
+    let (quic, api) = free_ports();
+    run(&[
+        "init",
+        data.to_str().unwrap(),
+        "--listen",
+        &quic.to_string(),
+        "--api",
+        &api.to_string(),
+    ]);
+
+    // The manufacturer's side: devices, anchor, vouchers (through the factory's library).
+    let m =
+        Arc::new(Manufacturer::create(ManufacturerConfig::new("Crash Devices"), now()).unwrap());
+    let root_pem = dir.path().join("root-ca.pem");
+    std::fs::write(&root_pem, certs::files::cert_pem(m.root_cert())).unwrap();
+    let serials: Vec<String> = (0..FLEET).map(|i| format!("SN-K{i:05}")).collect();
+    let devices: Vec<Device> = {
+        let (m, root) = (m.clone(), dir.path().to_path_buf());
+        let serials = serials.clone();
+        tokio::task::spawn_blocking(move || {
+            serials.iter().map(|s| Device::mint(&m, &root, s)).collect()
+        })
+        .await
+        .unwrap()
+    };
+    let owner_root =
+        certs::files::read_cert(&data.join(onboarder::config::layout::OWNER_ROOT)).unwrap();
+    let vouchers: Vec<Vec<u8>> = serials
+        .iter()
+        .map(|s| m.voucher(s, &owner_root, now(), now() + DAY).unwrap())
+        .collect();
+    let bundle = dir.path().join("vouchers.cbor");
+    std::fs::write(&bundle, protocol::voucher::encode_bundle(&vouchers)).unwrap();
+
+    let mut child = serve(&data);
+    let client = ApiClient::for_data_dir(&data).unwrap();
+    let client = tokio::task::spawn_blocking(move || {
+        wait_ready(&client);
+        client
+    })
+    .await
+    .unwrap();
+    let dirs = ["--dir", data.to_str().unwrap()];
+    run(&[&dirs[..], &["anchor", "import", root_pem.to_str().unwrap()]].concat());
+    run(&[&dirs[..], &["voucher", "import", bundle.to_str().unwrap()]].concat());
+
+    // The fleet onboards; the server dies after about a quarter of it is done.
+    let endpoint = device_agent::transport::quic::endpoint_for(quic).unwrap();
+    let done = Arc::new(AtomicUsize::new(0));
+    let limit = Arc::new(tokio::sync::Semaphore::new(200));
+    let mut tasks = Vec::new();
+    for d in &devices {
+        let agent = d.agent(quic, &endpoint);
+        let (done, limit) = (done.clone(), limit.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = limit.acquire_owned().await.unwrap();
+            let result = async {
+                let deadline = Duration::from_secs(300);
+                agent.retrying(deadline, || agent.onboard()).await?;
+                agent
+                    .retrying(deadline, || agent.connect())
+                    .await
+                    .map(|s| s.close())
+            }
+            .await;
+            done.fetch_add(1, Ordering::SeqCst);
+            result.map_err(|e| format!("{}: {e}", agent.serial()))
+        }));
+    }
+    while done.load(Ordering::SeqCst) < FLEET / 4 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let first_cpu = cpu_seconds(child.id());
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let killed_at = done.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut child = serve(&data);
+    let mut failures = Vec::new();
+    for t in tasks {
+        if let Err(e) = t.await.unwrap() {
+            failures.push(e);
+        }
+    }
+    let second_cpu = cpu_seconds(child.id());
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    eprintln!(
+        "killed after {killed_at} of {FLEET}; server CPU {:.2}s + {:.2}s = {:.2} ms per onboarding",
+        first_cpu,
+        second_cpu,
+        (first_cpu + second_cpu) * 1000.0 / FLEET as f64
+    );
+
+    // The store opened, the chain verifies, every device is active with one live certificate.
+    let (summary, devices) = tokio::task::spawn_blocking(move || {
+        (client.verify_audit().unwrap(), client.devices().unwrap())
+    })
+    .await
+    .unwrap();
+    assert!(summary.entries >= 5 * FLEET as u64, "{summary:?}");
+    assert_eq!(devices.len(), FLEET);
+    let mut cert_serials = std::collections::HashSet::new();
+    for d in &devices {
+        assert_eq!(d.state, DeviceState::Active, "{}", d.serial);
+        let live: Vec<_> = d
+            .certificates
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c.status,
+                    onboarder::core::CertStatus::Active | onboarder::core::CertStatus::Issued
+                )
+            })
+            .collect();
+        assert_eq!(
+            live.len(),
+            1,
+            "{} has {} live certificates",
+            d.serial,
+            live.len()
+        );
+        assert!(
+            cert_serials.insert(live[0].serial.clone()),
+            "duplicate certificate serial"
+        );
+    }
+
+    // Graceful stop.
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}

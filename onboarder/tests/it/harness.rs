@@ -1,0 +1,203 @@
+//! One harness for every integration test: a manufacturer, an onboarder with its real sled
+//! store in a temporary directory, started in-process on loopback port 0, and helpers to mint
+//! devices and drive real agents (or a hand-driven client for hostile inputs).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use certs::factory::{Manufacturer, ManufacturerConfig};
+use certs::{Identity, KeyKind};
+use device_agent::transport::quic::{self, Session, Timeouts};
+use device_agent::{Agent, AgentOptions, Backoff};
+use onboarder::audit::AuditEntry;
+use onboarder::config::Config;
+use onboarder::core::DeviceRecord;
+use onboarder::server::{Listen, Server};
+use protocol::message::{Request, Response};
+
+pub const DAY: u64 = 86_400;
+
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub manufacturer: Arc<Manufacturer>,
+    pub data: PathBuf,
+    pub server: Server,
+    pub owner_root: Vec<u8>,
+    pub endpoint: quinn::Endpoint,
+}
+
+pub fn now() -> u64 {
+    certs::unix_now()
+}
+
+impl World {
+    pub async fn new() -> World {
+        World::with_config(|_| {}).await
+    }
+
+    pub async fn with_config(edit: impl FnOnce(&mut Config)) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let manufacturer =
+            Arc::new(Manufacturer::create(ManufacturerConfig::new("Test Devices"), now()).unwrap());
+        let data = dir.path().join("onboarder");
+        let mut config = Config::new("Test Owner");
+        config.quic_listen = "127.0.0.1:0".parse().unwrap();
+        config.api_listen = "127.0.0.1:0".parse().unwrap();
+        edit(&mut config);
+        onboarder::pki::init(&data, &config, now()).unwrap();
+        let server = Server::start(&data, Listen::default()).await.unwrap();
+        let owner_root =
+            certs::files::read_cert(&data.join(onboarder::config::layout::OWNER_ROOT)).unwrap();
+        let endpoint = quic::endpoint_for(server.quic_addr()).unwrap();
+        World {
+            dir,
+            manufacturer,
+            data,
+            server,
+            owner_root,
+            endpoint,
+        }
+    }
+
+    /// Mints a device of this world's manufacturer.
+    pub fn device(&self, serial: &str) -> Device {
+        Device::mint(&self.manufacturer, self.dir.path(), serial)
+    }
+
+    /// Imports the manufacturer anchor and a voucher (valid `days`) for each serial.
+    pub async fn expect(&self, serials: &[&str], days: u64) {
+        let service = self.server.service();
+        service
+            .import_anchor(&certs::files::cert_pem(self.manufacturer.root_cert()))
+            .await
+            .unwrap();
+        let vouchers: Vec<Vec<u8>> = serials
+            .iter()
+            .map(|s| {
+                self.manufacturer
+                    .voucher(s, &self.owner_root, now(), now() + days * DAY)
+                    .unwrap()
+            })
+            .collect();
+        let report = service
+            .import_vouchers(&protocol::voucher::encode_bundle(&vouchers))
+            .await
+            .unwrap();
+        assert!(report.rejected.is_empty(), "{report:?}");
+    }
+
+    pub fn agent(&self, device: &Device) -> Agent {
+        device.agent(self.server.quic_addr(), &self.endpoint)
+    }
+
+    pub fn record(&self, serial: &str) -> Option<DeviceRecord> {
+        self.server.service().store().device(serial).unwrap()
+    }
+
+    pub fn audit(&self) -> Vec<AuditEntry> {
+        self.server.service().store().audit(1, 1_000_000).unwrap()
+    }
+
+    /// Audit actions recorded for `serial`, in order.
+    pub fn actions(&self, serial: &str) -> Vec<String> {
+        self.audit()
+            .into_iter()
+            .filter(|e| e.event.serial.as_deref() == Some(serial))
+            .map(|e| e.event.action)
+            .collect()
+    }
+
+    /// A hand-driven IDevID session for hostile inputs.
+    pub async fn raw_session(&self, device: &Device) -> Session {
+        let identity = device.identity();
+        let key: Arc<dyn device_agent::platform::DeviceKey> = Arc::new(identity.key);
+        let config = quic::provisional_config(
+            std::slice::from_ref(&identity.idevid),
+            key,
+            Timeouts::default(),
+        )
+        .unwrap();
+        Session::connect(&self.endpoint, config, self.server.quic_addr(), None)
+            .await
+            .unwrap()
+    }
+}
+
+/// A device on disk: its factory identity and its agent state directory.
+pub struct Device {
+    pub identity_dir: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+impl Device {
+    pub fn mint(m: &Manufacturer, root: &Path, serial: &str) -> Device {
+        let dir = root.join("devices").join(serial);
+        let identity_dir = dir.join("identity");
+        let state_dir = dir.join("state");
+        m.mint(serial, KeyKind::P256, now())
+            .unwrap()
+            .save(&identity_dir)
+            .unwrap();
+        std::fs::create_dir_all(&state_dir).unwrap();
+        Device {
+            identity_dir,
+            state_dir,
+        }
+    }
+
+    pub fn identity(&self) -> Identity {
+        Identity::load(&self.identity_dir, now()).unwrap()
+    }
+
+    pub fn agent(&self, server: std::net::SocketAddr, endpoint: &quinn::Endpoint) -> Agent {
+        Agent::with_files(
+            &self.identity_dir,
+            &self.state_dir,
+            server,
+            endpoint.clone(),
+            fast_options(),
+        )
+        .unwrap()
+    }
+
+    pub fn is_factory_fresh(&self) -> bool {
+        !self.state_dir.join("state.cbor").exists() && !self.state_dir.join("ldevid.key").exists()
+    }
+}
+
+/// Agent settings for tests: quick retries and quick detection of a dead server.
+pub fn fast_options() -> AgentOptions {
+    AgentOptions {
+        timeouts: Timeouts {
+            idle: Duration::from_secs(5),
+            keep_alive: Duration::from_secs(1),
+        },
+        backoff: Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        },
+        ..AgentOptions::default()
+    }
+}
+
+/// The wire error code of a response, or a panic naming what came instead.
+pub fn code_of(response: &Response) -> protocol::message::ErrorCode {
+    match response {
+        Response::Error(e) => e.code,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// A signed voucher request as the real agent would build it, for `session`.
+pub fn voucher_request(identity: &Identity, session: &Session) -> Request {
+    let registrar = session.server_chain()[0].clone();
+    let req = device_agent::machine::onboarding::voucher_request(
+        identity,
+        &[7; 16],
+        &registrar,
+        &session.binding().unwrap(),
+        now(),
+    );
+    Request::VoucherRequest(req.sign(&identity.key).unwrap())
+}

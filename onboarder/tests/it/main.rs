@@ -1,0 +1,9 @@
+//! Integration tests of the onboarder with real agents over real QUIC on loopback, and the real
+//! sled store in a temporary directory. One binary, one harness.
+
+mod harness;
+
+mod crash;
+mod onboarding;
+mod operator;
+mod refusals;

@@ -1,0 +1,246 @@
+//! Onboarding end to end, and its idempotence under retries.
+
+use certs::CertInfo;
+use certs::chain::{self, Usage};
+use device_agent::machine::Phase;
+use onboarder::core::{CertStatus, DeviceState};
+use protocol::message::{Command, CommandReply, NetworkProfile, Request, Response, Status};
+
+use crate::harness::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_onboards_and_opens_an_operational_session() {
+    let world = World::new().await;
+    let device = world.device("SN-000001");
+    world.expect(&["SN-000001"], 30).await;
+    assert_eq!(
+        world.record("SN-000001").unwrap().state,
+        DeviceState::Expected
+    );
+
+    let agent = world.agent(&device);
+    let state = agent.onboard().await.unwrap();
+    assert_eq!(state.phase, Phase::Enrolled { confirmed: true });
+
+    // The device holds an LDevID for its serial that chains to the owner root it pinned.
+    let ldevid = state.ldevid.clone().unwrap();
+    let info = CertInfo::parse(&ldevid).unwrap();
+    assert_eq!(info.subject_serial.as_deref(), Some("SN-000001"));
+    assert_eq!(state.owner_ca.as_deref(), Some(world.owner_root.as_slice()));
+    let chain: Vec<Vec<u8>> = state.chain.iter().map(|c| c.to_vec()).collect();
+    chain::verify(
+        &ldevid,
+        &chain,
+        std::slice::from_ref(&world.owner_root),
+        now(),
+        Usage::ClientAuth,
+    )
+    .unwrap();
+    // ...with a fresh key, not the IDevID's.
+    assert_ne!(info.public_key, device.identity().key.public_key());
+    // ...and a unique Wi-Fi passphrase, applied to the network configuration.
+    let Some(NetworkProfile::Wifi { psk, .. }) = &state.network else {
+        panic!("no Wi-Fi profile")
+    };
+    assert_eq!(psk.len(), 32);
+    let applied = std::fs::read_to_string(device.state_dir.join("network.json")).unwrap();
+    assert!(applied.contains(psk.as_str()));
+
+    // The server agrees: active, one active certificate, the same one.
+    let record = world.record("SN-000001").unwrap();
+    assert_eq!(record.state, DeviceState::Active);
+    let live: Vec<_> = record.live_certificates().collect();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].der, ldevid);
+    assert_eq!(live[0].status, CertStatus::Active);
+    assert_eq!(
+        world.actions("SN-000001"),
+        [
+            "voucher-imported",
+            "voucher-issued",
+            "voucher-accepted",
+            "certificate-issued",
+            "enrolled"
+        ]
+    );
+
+    // Operational session: the server can push a command and gets the answer.
+    let session = agent.connect().await.unwrap();
+    let serve = async { agent.serve_commands(&session).await };
+    let push = async {
+        for _ in 0..50 {
+            if world.server.sessions().is_connected("SN-000001") {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let reply = world
+            .server
+            .sessions()
+            .push("SN-000001", &Command::Ping { nonce: 42 })
+            .await
+            .unwrap();
+        session.close();
+        reply
+    };
+    let (served, reply) = tokio::join!(serve, push);
+    served.unwrap();
+    assert_eq!(reply, CommandReply::Pong { nonce: 42 });
+    let record = world.record("SN-000001").unwrap();
+    assert_eq!(
+        record.agent_version.as_deref(),
+        Some(device_agent::driver::AGENT_VERSION)
+    );
+    assert_eq!(record.firmware_version.as_deref(), Some("1.0.0"));
+
+    // Onboarding again is a no-op.
+    assert_eq!(agent.onboard().await.unwrap(), state);
+    assert_eq!(world.record("SN-000001").unwrap().certificates.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ed25519_devices_and_eap_tls_policy_work_too() {
+    let world = World::with_config(|c| {
+        c.policy.network = onboarder::core::NetworkPolicy::EapTls {
+            ssid: "corp-iot".into(),
+        }
+    })
+    .await;
+    let dir = world.dir.path().join("ed");
+    let identity = world
+        .manufacturer
+        .mint("SN-ED25519", certs::KeyKind::Ed25519, now())
+        .unwrap();
+    identity.save(&dir.join("identity")).unwrap();
+    std::fs::create_dir_all(dir.join("state")).unwrap();
+    let device = Device {
+        identity_dir: dir.join("identity"),
+        state_dir: dir.join("state"),
+    };
+    world.expect(&["SN-ED25519"], 30).await;
+    let agent = world.agent(&device);
+    let state = agent.onboard().await.unwrap();
+    let info = CertInfo::parse(state.ldevid.as_ref().unwrap()).unwrap();
+    assert!(matches!(
+        info.public_key,
+        protocol::keys::PublicKey::Ed25519(_)
+    ));
+    match state.network.unwrap() {
+        NetworkProfile::EapTls {
+            ssid,
+            identity,
+            ca_chain,
+        } => {
+            assert_eq!(ssid, "corp-iot");
+            assert_eq!(identity, "SN-ED25519");
+            assert_eq!(
+                ca_chain.last().map(|c| c.to_vec()),
+                Some(world.owner_root.clone())
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    agent.connect().await.unwrap().close();
+}
+
+/// The connection drops after the server issued the LDevID but before the device stored it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_enrollment_completes_on_retry_without_duplicates() {
+    let world = World::new().await;
+    let device = world.device("SN-DROP");
+    world.expect(&["SN-DROP"], 30).await;
+    let identity = device.identity();
+
+    // By hand: voucher, then a CSR for the key the agent will find pending; then the
+    // connection is gone before anything is stored.
+    let keys = device_agent::platform::files::FileKeyStore::new(
+        &device.identity_dir,
+        &device.state_dir,
+        certs::KeyKind::P256,
+    );
+    let pending = device_agent::platform::KeyStore::create_pending_ldevid_key(&keys).unwrap();
+    let session = world.raw_session(&device).await;
+    assert!(matches!(
+        session
+            .call(&voucher_request(&identity, &session))
+            .await
+            .unwrap(),
+        Response::Voucher(_)
+    ));
+    let csr = certs::csr::build_csr(
+        "SN-DROP",
+        &device_agent::platform::key::CsrSigner::new(pending.as_ref()),
+        &session.binding().unwrap(),
+    )
+    .unwrap();
+    let Response::Enrolled(first) = session.call(&Request::Enroll { csr }).await.unwrap() else {
+        panic!("not enrolled")
+    };
+    session.close();
+    assert_eq!(
+        world.record("SN-DROP").unwrap().state,
+        DeviceState::Onboarding
+    );
+
+    // The agent retries: same key, so the same certificate; one record, one live certificate.
+    let state = world.agent(&device).onboard().await.unwrap();
+    assert_eq!(state.ldevid.as_deref(), Some(first.certificate.as_slice()));
+    let record = world.record("SN-DROP").unwrap();
+    assert_eq!(record.state, DeviceState::Active);
+    assert_eq!(record.certificates.len(), 1);
+    assert_eq!(record.live_certificates().count(), 1);
+    assert_eq!(world.server.service().store().device_count().unwrap(), 1);
+}
+
+/// The device lost its pending key too (for example a wiped scratch partition): the retry
+/// brings a new key, and the unconfirmed certificate is revoked, never left live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_with_a_new_key_supersedes_the_unconfirmed_certificate() {
+    let world = World::new().await;
+    let device = world.device("SN-LOST");
+    world.expect(&["SN-LOST"], 30).await;
+    let identity = device.identity();
+    let lost_key = certs::KeyPair::generate(certs::KeyKind::P256).unwrap();
+    let session = world.raw_session(&device).await;
+    session
+        .call(&voucher_request(&identity, &session))
+        .await
+        .unwrap();
+    let csr = certs::csr::build_csr("SN-LOST", &lost_key, &session.binding().unwrap()).unwrap();
+    session.call(&Request::Enroll { csr }).await.unwrap();
+    session.close();
+
+    world.agent(&device).onboard().await.unwrap();
+    let record = world.record("SN-LOST").unwrap();
+    assert_eq!(record.certificates.len(), 2);
+    assert_eq!(record.live_certificates().count(), 1);
+    assert!(matches!(
+        record.certificates[0].status,
+        CertStatus::Revoked { .. }
+    ));
+    assert!(
+        world
+            .actions("SN-LOST")
+            .contains(&"certificate-superseded".to_string())
+    );
+}
+
+/// Statuses are idempotent too: a repeated confirmation changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_confirmations_change_nothing() {
+    let world = World::new().await;
+    let device = world.device("SN-TWICE");
+    world.expect(&["SN-TWICE"], 30).await;
+    world.agent(&device).onboard().await.unwrap();
+    let before = world.record("SN-TWICE").unwrap();
+    let audit_before = world.audit().len();
+    let session = world.raw_session(&device).await;
+    let ok = Request::EnrollStatus(Status {
+        ok: true,
+        reason: None,
+    });
+    assert_eq!(session.call(&ok).await.unwrap(), Response::Ack);
+    assert_eq!(session.call(&ok).await.unwrap(), Response::Ack);
+    assert_eq!(world.record("SN-TWICE").unwrap(), before);
+    assert_eq!(world.audit().len(), audit_before);
+}

@@ -1,0 +1,125 @@
+//! The operator's interface: the admin API and the CLI over it.
+
+use onboarder::core::DeviceState;
+use onboarder::operator::client::ApiClient;
+use onboarder::store::Store;
+
+use crate::harness::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_imports_lists_and_verifies() {
+    let world = World::new().await;
+    let device = world.device("SN-API1");
+    let token = onboarder::pki::token(&world.data).unwrap();
+    let base = format!("http://{}", world.server.api_addr());
+    let client = ApiClient::new(&base, token);
+    let anchor = certs::files::cert_pem(world.manufacturer.root_cert());
+    let vouchers = protocol::voucher::encode_bundle(&[
+        world
+            .manufacturer
+            .voucher("SN-API1", &world.owner_root, now(), now() + DAY)
+            .unwrap(),
+        world
+            .manufacturer
+            .voucher("SN-API2", &world.owner_root, now(), now() + DAY)
+            .unwrap(),
+        // Pins another owner: refused with its reason.
+        world
+            .manufacturer
+            .voucher(
+                "SN-API3",
+                world.manufacturer.root_cert(),
+                now(),
+                now() + DAY,
+            )
+            .unwrap(),
+    ]);
+    let wrong = ApiClient::new(&base, "not-the-token".into());
+    let (added, again, report, reimport, unauthorized) = tokio::task::spawn_blocking({
+        let vouchers = vouchers.clone();
+        move || {
+            (
+                client.import_anchor(&anchor).unwrap(),
+                client.import_anchor(&anchor).unwrap(),
+                client.import_vouchers(&vouchers).unwrap(),
+                client.import_vouchers(&vouchers).unwrap(),
+                wrong.devices().unwrap_err().to_string(),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(added.len(), 1);
+    assert!(again.is_empty(), "importing twice adds nothing");
+    assert_eq!(report.imported, 2);
+    assert_eq!(report.rejected.len(), 1);
+    assert_eq!(report.rejected[0].serial.as_deref(), Some("SN-API3"));
+    assert_eq!(reimport.unchanged, 2);
+    assert!(unauthorized.contains("401"), "{unauthorized}");
+
+    world.agent(&device).onboard().await.unwrap();
+    let client = ApiClient::new(&base, onboarder::pki::token(&world.data).unwrap());
+    let (devices, one, audit, summary, missing) = tokio::task::spawn_blocking(move || {
+        (
+            client.devices().unwrap(),
+            client.device("SN-API1").unwrap(),
+            client.audit(1, 1000).unwrap(),
+            client.verify_audit().unwrap(),
+            client.device("SN-NONE").unwrap_err().to_string(),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(devices.len(), 2);
+    assert_eq!(one.state, DeviceState::Active);
+    assert!(
+        one.certificates[0]
+            .pem
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
+    assert_eq!(one.network.as_ref().unwrap().kind, "wifi");
+    // The passphrase never leaves the server through the API.
+    let json = serde_json::to_string(&one).unwrap();
+    assert!(!json.contains("psk"));
+    assert_eq!(summary.entries, audit.len() as u64);
+    assert_eq!(audit.last().unwrap().hash, summary.head);
+    assert!(missing.contains("404"), "{missing}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_audit_log_fails_verification() {
+    let world = World::new().await;
+    let device = world.device("SN-AUDIT");
+    world.expect(&["SN-AUDIT"], 30).await;
+    world.agent(&device).onboard().await.unwrap();
+    world.server.service().verify_audit().unwrap();
+    let data = world.data.clone();
+    world.server.shutdown().await;
+    // Rewrite one entry behind the store's back, as someone with the disk could.
+    let db = open_when_released(&data.join("store")).await;
+    let key = [b"a/".as_slice(), &2u64.to_be_bytes()].concat();
+    let mut entry: onboarder::audit::AuditEntry =
+        protocol::cbor::from_slice(&db.get(&key).unwrap().unwrap(), 1 << 20).unwrap();
+    entry.event.detail = "nothing happened here".into();
+    db.insert(&key, protocol::cbor::to_vec(&entry)).unwrap();
+    db.flush().unwrap();
+    drop(db);
+    let store = onboarder::store::sled::SledStore::open(&data.join("store")).unwrap();
+    let (_, head) = store.audit_head().unwrap();
+    assert_eq!(
+        onboarder::audit::verify_chain(store.audit(1, 1000).unwrap(), &head),
+        Err(onboarder::audit::AuditError::BrokenLink(3))
+    );
+    drop(world.dir);
+}
+
+/// Opens the sled database once the server has let go of it.
+async fn open_when_released(path: &std::path::Path) -> sled::Db {
+    for _ in 0..100 {
+        if let Ok(db) = sled::open(path) {
+            return db;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the store stayed locked after shutdown");
+}
