@@ -55,7 +55,7 @@ impl Validity {
     }
 }
 
-fn to_time(secs: u64) -> Result<OffsetDateTime, CertError> {
+pub(crate) fn to_time(secs: u64) -> Result<OffsetDateTime, CertError> {
     i64::try_from(secs)
         .ok()
         .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
@@ -157,6 +157,14 @@ impl Ca {
     /// The CA's key.
     pub fn key(&self) -> &KeyPair {
         self.issuer.key()
+    }
+
+    /// Signs a CRL.
+    pub(crate) fn sign_crl(
+        &self,
+        params: &rcgen::CertificateRevocationListParams,
+    ) -> Result<Vec<u8>, CertError> {
+        Ok(params.signed_by(&self.issuer)?.der().to_vec())
     }
 
     /// Signs `params` for `subject`.

@@ -6,6 +6,7 @@
 //! - [`profile`]: IDevID (802.1AR), LDevID, registrar and signer certificate profiles.
 //! - [`csr`]: CSR building (device) and policy checking (server), bound to the TLS session.
 //! - [`chain`]: path validation against anchors with time checks.
+//! - [`crl`]: X.509 v2 CRLs with reason codes and CRL numbers.
 //! - [`inspect`]: reading serialNumber, hardwareModuleName, MUD URL and more back.
 //! - [`identity`]: a device's birth identity bundle as the factory leaves it.
 //! - [`factory`]: the manufacturer: root CA, voucher signing (MASA), firmware key.
@@ -16,6 +17,7 @@
 
 pub mod ca;
 pub mod chain;
+pub mod crl;
 pub mod csr;
 pub mod der;
 pub mod error;

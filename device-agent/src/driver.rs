@@ -3,17 +3,19 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use certs::{CertInfo, Identity};
-use protocol::message::{Hello, Request, Response, Status};
+use protocol::message::{Command, Enrollment, Hello, Request, Response, Status};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::error::{AgentError, PlatformError};
-use crate::machine::{AgentState, Phase, commands, onboarding};
+use crate::machine::commands::{self, Action};
+use crate::machine::{AgentState, Phase, Renewal, onboarding, renewal};
 use crate::platform::files::{FileKeyStore, FileNetwork, FileStateStore};
-use crate::platform::{KeyStore, NetworkApplier, StateStore};
+use crate::platform::{DeviceKey, KeyStore, NetworkApplier, StateStore};
 use crate::transport::quic::{self, Session, Timeouts};
 
 /// Version of this agent, reported to the server.
@@ -58,6 +60,29 @@ impl Default for AgentOptions {
     }
 }
 
+/// What an agent did, for operators and tests.
+#[derive(Debug, Default)]
+pub struct AgentStats {
+    /// Operational sessions opened.
+    pub sessions: AtomicU64,
+    /// Attempts of the run loop that failed (each is followed by a backoff).
+    pub failures: AtomicU64,
+    /// Renewals completed.
+    pub renewals: AtomicU64,
+    /// Duration of the last renewal in microseconds, from the decision to renew to the
+    /// confirming session.
+    pub last_renewal_us: AtomicU64,
+}
+
+/// Why [`Agent::serve`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The session closed.
+    Closed,
+    /// The LDevID must be renewed (it is due, or the server asked).
+    Renew,
+}
+
 /// One device's agent.
 pub struct Agent {
     identity: Arc<Identity>,
@@ -68,6 +93,9 @@ pub struct Agent {
     endpoint: quinn::Endpoint,
     options: AgentOptions,
     rng: SystemRandom,
+    /// Commands from the last welcome, carried out before anything pushed.
+    welcome: Mutex<Vec<Command>>,
+    stats: AgentStats,
 }
 
 impl Agent {
@@ -90,6 +118,8 @@ impl Agent {
             endpoint,
             options,
             rng: SystemRandom::new(),
+            welcome: Mutex::new(Vec::new()),
+            stats: AgentStats::default(),
         }
     }
 
@@ -120,6 +150,11 @@ impl Agent {
         &self.identity.serial
     }
 
+    /// What the agent did so far.
+    pub fn stats(&self) -> &AgentStats {
+        &self.stats
+    }
+
     /// The saved state, or the factory state.
     pub fn load_state(&self) -> Result<AgentState, AgentError> {
         Ok(self
@@ -139,6 +174,22 @@ impl Agent {
         blocking(move || store.save(&state)).await
     }
 
+    /// The pending LDevID key from an interrupted attempt, or a fresh one. Reusing it makes
+    /// the server answer with the certificate it may already have issued for it.
+    async fn pending_key(&self) -> Result<Arc<dyn DeviceKey>, AgentError> {
+        let keys = self.keys.clone();
+        blocking(move || match keys.pending_ldevid_key()? {
+            Some(k) => Ok(k),
+            None => keys.create_pending_ldevid_key(),
+        })
+        .await
+    }
+
+    async fn commit_pending_key(&self) -> Result<(), AgentError> {
+        let keys = self.keys.clone();
+        blocking(move || keys.commit_pending_ldevid_key()).await
+    }
+
     /// Finishes a key promotion a crash interrupted: the stored LDevID must have its key
     /// current.
     fn recover_keys(&self, state: &AgentState) -> Result<(), AgentError> {
@@ -153,6 +204,14 @@ impl Agent {
             Some(p) if p.public_key() == wanted => Ok(self.keys.commit_pending_ldevid_key()?),
             _ => Err(PlatformError::Key("no key for the stored LDevID".into()).into()),
         }
+    }
+
+    /// When to renew a certificate valid until `not_after`, with this agent's own jitter.
+    fn renew_at(&self, not_after: u64) -> u64 {
+        let mut b = [0u8; 4];
+        let _ = self.rng.fill(&mut b);
+        let jitter = f64::from(u32::from_be_bytes(b)) / f64::from(u32::MAX) * 2.0 - 1.0;
+        renewal::renew_at(self.now(), not_after, jitter)
     }
 
     async fn provisional_session(&self) -> Result<Session, AgentError> {
@@ -200,11 +259,7 @@ impl Agent {
             .sign(self.keys.idevid_key()?.as_ref())?;
         let signed_voucher = match session.call(&Request::VoucherRequest(request)).await? {
             Response::Voucher(v) => v,
-            other => {
-                return Err(AgentError::Protocol(format!(
-                    "expected a voucher, got {other:?}"
-                )));
-            }
+            other => return Err(unexpected("a voucher", &other)),
         };
         // Voucher first, then the registrar against the CA it pins (RFC 8995 5.6).
         let checked = onboarding::accept_voucher(&self.identity, &signed_voucher, &nonce, now)
@@ -226,14 +281,7 @@ impl Agent {
                 reason: None,
             }))
             .await?;
-        // Reuse a pending key from an interrupted attempt: the server then answers with the
-        // certificate it may already have issued for it.
-        let keys = self.keys.clone();
-        let key = blocking(move || match keys.pending_ldevid_key()? {
-            Some(k) => Ok(k),
-            None => keys.create_pending_ldevid_key(),
-        })
-        .await?;
+        let key = self.pending_key().await?;
         let csr = certs::csr::build_csr(
             &self.identity.serial,
             &crate::platform::key::CsrSigner::new(key.as_ref()),
@@ -241,23 +289,22 @@ impl Agent {
         )?;
         let enrollment = match session.call(&Request::Enroll { csr }).await? {
             Response::Enrolled(e) => e,
-            other => {
-                return Err(AgentError::Protocol(format!(
-                    "expected an enrollment, got {other:?}"
-                )));
-            }
+            other => return Err(unexpected("an enrollment", &other)),
         };
-        if let Err(e) = onboarding::check_enrollment(
+        let info = match onboarding::check_enrollment(
             &enrollment,
             &self.identity.serial,
             &key.public_key(),
             &voucher.pinned_domain_cert,
             now,
         ) {
-            self.report(session, Request::EnrollStatus(failure(&e)))
-                .await;
-            return Err(e);
-        }
+            Ok(info) => info,
+            Err(e) => {
+                self.report(session, Request::EnrollStatus(failure(&e)))
+                    .await;
+                return Err(e);
+            }
+        };
         // Store everything in one write, then promote the key: a crash in between is repaired
         // by `recover_keys`.
         state.phase = Phase::Enrolled { confirmed: false };
@@ -266,9 +313,9 @@ impl Agent {
         state.chain = enrollment.chain;
         state.network = Some(enrollment.network);
         state.config = Some(enrollment.config);
+        state.renew_at = Some(self.renew_at(info.not_after));
         self.save(state).await?;
-        let keys = self.keys.clone();
-        blocking(move || keys.commit_pending_ldevid_key()).await?;
+        self.commit_pending_key().await?;
         self.confirm(session, state).await
     }
 
@@ -296,43 +343,179 @@ impl Agent {
         }
     }
 
-    /// Opens the operational session (LDevID) and says hello.
-    pub async fn connect(&self) -> Result<Session, AgentError> {
-        let state = self.load_state()?;
-        let (Some(ldevid), Some(owner_ca), Some(config)) =
-            (&state.ldevid, &state.owner_ca, &state.config)
-        else {
+    async fn open(
+        &self,
+        state: &AgentState,
+        ldevid: &[u8],
+        chain: &[serde_bytes::ByteBuf],
+        key: Arc<dyn DeviceKey>,
+    ) -> Result<Session, AgentError> {
+        let (Some(owner_ca), Some(config)) = (&state.owner_ca, &state.config) else {
             return Err(AgentError::Protocol("the device is not onboarded".into()));
         };
-        let key = self
-            .keys
-            .ldevid_key()?
-            .ok_or_else(|| PlatformError::Key("no LDevID key".into()))?;
-        let mut chain = vec![ldevid.clone()];
-        chain.extend(state.chain.iter().take(1).map(|c| c.to_vec()));
+        let mut presented = vec![ldevid.to_vec()];
+        presented.extend(chain.iter().take(1).map(|c| c.to_vec()));
         let mut timeouts = self.options.timeouts;
         timeouts.keep_alive =
             Duration::from_secs(config.heartbeat_secs.max(1).into()).min(timeouts.keep_alive);
-        let tls = quic::operational_config(&chain, key, owner_ca, timeouts)?;
+        let tls = quic::operational_config(&presented, key, owner_ca, timeouts)?;
         let session =
             Session::connect(&self.endpoint, tls, self.server, Some(&config.server_name)).await?;
-        session
+        let welcome = session
             .call(&Request::Hello(Hello {
                 agent_version: AGENT_VERSION.into(),
                 firmware_version: state.firmware_version.clone(),
             }))
             .await?;
+        match welcome {
+            Response::Welcome(w) => {
+                *self.welcome.lock().unwrap_or_else(|e| e.into_inner()) = w.commands;
+            }
+            other => return Err(unexpected("a welcome", &other)),
+        }
+        self.stats.sessions.fetch_add(1, Ordering::Relaxed);
         Ok(session)
     }
 
-    /// Answers commands on `session` until it closes.
-    pub async fn serve_commands(&self, session: &Session) -> Result<(), AgentError> {
-        while let Some(next) = session.next_command().await {
-            let (command, send) = next?;
-            let reply = commands::reply(&command);
-            Session::reply(send, &reply).await?;
+    /// Opens the operational session and says hello. A renewal stored but not yet confirmed
+    /// is completed first: opening a session with the new certificate is the confirmation.
+    pub async fn connect(&self) -> Result<Session, AgentError> {
+        let mut state = self.load_state()?;
+        self.recover_keys(&state)?;
+        if let Some(renewal) = state.renewal.clone() {
+            let key = self
+                .keys
+                .pending_ldevid_key()?
+                .ok_or_else(|| PlatformError::Key("the renewal's key is missing".into()))?;
+            match self
+                .open(&state, &renewal.ldevid, &renewal.chain, key)
+                .await
+            {
+                Ok(session) => {
+                    self.promote(&mut state, renewal).await?;
+                    return Ok(session);
+                }
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => {
+                    // The server refuses the new certificate: keep the current one.
+                    tracing::warn!(serial = self.serial(), "renewed certificate refused: {e}");
+                    state.renewal = None;
+                    self.save(&state).await?;
+                }
+            }
         }
+        let ldevid = state
+            .ldevid
+            .clone()
+            .ok_or_else(|| AgentError::Protocol("the device is not onboarded".into()))?;
+        let key = self
+            .keys
+            .ldevid_key()?
+            .ok_or_else(|| PlatformError::Key("no LDevID key".into()))?;
+        self.open(&state, &ldevid, &state.chain, key).await
+    }
+
+    /// Makes a confirmed renewal current: state first, then the key (see `recover_keys`).
+    async fn promote(&self, state: &mut AgentState, renewal: Renewal) -> Result<(), AgentError> {
+        let not_after = CertInfo::parse(&renewal.ldevid)?.not_after;
+        state.ldevid = Some(renewal.ldevid);
+        state.chain = renewal.chain;
+        state.renewal = None;
+        state.renew_at = Some(self.renew_at(not_after));
+        self.save(state).await?;
+        self.commit_pending_key().await?;
+        self.stats.renewals.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// First half of a renewal: a fresh key (or the pending one of an interrupted attempt), a
+    /// CSR bound to `session`, and the server's answer, checked.
+    pub async fn request_renewal(&self, session: &Session) -> Result<Enrollment, AgentError> {
+        let state = self.load_state()?;
+        let key = self.pending_key().await?;
+        let csr = certs::csr::build_csr(
+            &self.identity.serial,
+            &crate::platform::key::CsrSigner::new(key.as_ref()),
+            &session.binding()?,
+        )?;
+        let enrollment = match session.call(&Request::Reenroll { csr }).await? {
+            Response::Enrolled(e) => *e,
+            other => return Err(unexpected("a renewed certificate", &other)),
+        };
+        let anchors: Vec<Vec<u8>> = state.owner_ca.iter().cloned().collect();
+        if let Err(e) = renewal::check_renewal(
+            &enrollment,
+            &self.identity.serial,
+            &key.public_key(),
+            &anchors,
+            self.now(),
+        ) {
+            self.report(session, Request::EnrollStatus(failure(&e)))
+                .await;
+            return Err(e);
+        }
+        Ok(enrollment)
+    }
+
+    /// Second half: stores the renewed certificate next to the current one. The next
+    /// [`Agent::connect`] uses and thereby confirms it.
+    pub async fn store_renewal(&self, enrollment: Enrollment) -> Result<(), AgentError> {
+        let mut state = self.load_state()?;
+        state.renewal = Some(Renewal {
+            ldevid: enrollment.certificate,
+            chain: enrollment.chain,
+        });
+        self.save(&state).await
+    }
+
+    /// Renews the LDevID with a fresh key over `session`, and returns the session opened with
+    /// the new certificate.
+    pub async fn renew(&self, session: Session) -> Result<Session, AgentError> {
+        let started = std::time::Instant::now();
+        let enrollment = self.request_renewal(&session).await?;
+        self.store_renewal(enrollment).await?;
+        session.close();
+        let session = self.connect().await?;
+        self.stats
+            .last_renewal_us
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        Ok(session)
+    }
+
+    /// Answers commands on `session` until it closes or the LDevID must be renewed.
+    pub async fn serve(&self, session: &Session) -> Result<Stop, AgentError> {
+        let welcome = std::mem::take(&mut *self.welcome.lock().unwrap_or_else(|e| e.into_inner()));
+        if welcome
+            .iter()
+            .any(|c| commands::handle(c).1 == Action::Renew)
+        {
+            return Ok(Stop::Renew);
+        }
+        let renew_at = self.load_state()?.renew_at;
+        let due = async {
+            match renew_at {
+                Some(at) => {
+                    let wait = at.saturating_sub(self.now());
+                    tokio::time::sleep(Duration::from_secs(wait)).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(due);
+        loop {
+            tokio::select! {
+                () = &mut due => return Ok(Stop::Renew),
+                next = session.next_command() => {
+                    let Some(next) = next else { return Ok(Stop::Closed) };
+                    let (command, send) = next?;
+                    let (reply, action) = commands::handle(&command);
+                    Session::reply(send, &reply).await?;
+                    if action == Action::Renew {
+                        return Ok(Stop::Renew);
+                    }
+                }
+            }
+        }
     }
 
     /// Runs `op`, retrying transient failures (see [`AgentError::is_transient`]) with jittered
@@ -356,29 +539,35 @@ impl Agent {
         }
     }
 
-    /// Runs the device forever: onboard, keep the operational session, answer commands, and
-    /// reconnect with backoff, until `shutdown` completes.
+    /// Runs the device until `shutdown` completes: onboard, keep the operational session,
+    /// answer commands, renew on time, and reconnect with backoff after failures.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
         tokio::pin!(shutdown);
         let mut delay = self.options.backoff.initial;
         loop {
             let attempt = async {
                 self.onboard().await?;
-                let session = self.connect().await?;
-                tracing::info!(serial = self.serial(), "operational session open");
-                let served = self.serve_commands(&session).await;
-                tracing::info!(
-                    serial = self.serial(),
-                    "session closed: {}",
-                    session.closed().await
-                );
-                served
+                let mut session = self.connect().await?;
+                loop {
+                    match self.serve(&session).await? {
+                        Stop::Closed => {
+                            tracing::info!(
+                                serial = self.serial(),
+                                "session closed: {}",
+                                session.closed().await
+                            );
+                            return Ok::<(), AgentError>(());
+                        }
+                        Stop::Renew => session = self.renew(session).await?,
+                    }
+                }
             };
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
                 result = attempt => match result {
                     Ok(()) => delay = self.options.backoff.initial,
                     Err(e) => {
+                        self.stats.failures.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(serial = self.serial(), "{e}; retrying in {delay:?}");
                         tokio::select! {
                             () = &mut shutdown => return Ok(()),
@@ -397,6 +586,10 @@ impl Agent {
         let _ = self.rng.fill(&mut b);
         delay.mul_f64(0.5 + f64::from(b[0]) / 256.0)
     }
+}
+
+fn unexpected(wanted: &str, got: &Response) -> AgentError {
+    AgentError::Protocol(format!("expected {wanted}, got {got:?}"))
 }
 
 /// Runs a platform call on the blocking pool.

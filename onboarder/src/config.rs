@@ -4,8 +4,11 @@
 //! DIR/onboarder.json      settings (listen addresses, names, policy)
 //! DIR/admin-token         bearer token of the admin API (0600)
 //! DIR/ca/owner-root.pem   owner root CA         (+ .key, 0600; keep offline once set up)
-//! DIR/ca/issuing-ca.pem   online issuing CA     (+ .key, 0600)
-//! DIR/ca/chain.pem        issuing CA then owner root, for `openssl verify -untrusted`
+//! DIR/ca/issuing-ca-N.pem every generation N of the online issuing CA (+ .key, 0600)
+//! DIR/ca/issuing.json     the generations and when each was retired
+//! DIR/ca/issuing-ca.pem   copy of the current issuing CA
+//! DIR/ca/chain.pem        current issuing CA then owner root, for `openssl verify -untrusted`
+//! DIR/crl/issuing-ca-N.crl the CRL of generation N (PEM), rewritten at every publication
 //! DIR/tls/server.pem      registrar certificate and issuing CA (+ server.key, 0600)
 //! DIR/store/              the sled database
 //! ```
@@ -27,10 +30,22 @@ pub mod layout {
     pub const OWNER_ROOT: &str = "ca/owner-root.pem";
     /// Owner root key.
     pub const OWNER_ROOT_KEY: &str = "ca/owner-root.key";
-    /// Issuing CA certificate.
+    /// Copy of the current issuing CA certificate.
     pub const ISSUING_CA: &str = "ca/issuing-ca.pem";
-    /// Issuing CA key.
-    pub const ISSUING_CA_KEY: &str = "ca/issuing-ca.key";
+    /// Issuing CA generations.
+    pub const ISSUING_GENERATIONS: &str = "ca/issuing.json";
+    /// Certificate of issuing CA generation `n`.
+    pub fn issuing_ca(n: u32) -> String {
+        format!("ca/issuing-ca-{n}.pem")
+    }
+    /// Key of issuing CA generation `n`.
+    pub fn issuing_ca_key(n: u32) -> String {
+        format!("ca/issuing-ca-{n}.key")
+    }
+    /// CRL of issuing CA generation `n`.
+    pub fn crl(n: u32) -> String {
+        format!("crl/issuing-ca-{n}.crl")
+    }
     /// Issuing CA then owner root.
     pub const CHAIN: &str = "ca/chain.pem";
     /// Registrar certificate chain.
@@ -52,6 +67,14 @@ pub struct Config {
     pub server_names: Vec<String>,
     /// Issuance policy.
     pub policy: Policy,
+    /// CRL validity (nextUpdate - thisUpdate) in seconds; CRLs are republished at half of it,
+    /// and at once after a revocation.
+    #[serde(default = "default_crl_validity")]
+    pub crl_validity: u64,
+}
+
+fn default_crl_validity() -> u64 {
+    86_400
 }
 
 impl Config {
@@ -73,7 +96,9 @@ impl Config {
                 },
                 server_name: "onboarder.local".into(),
                 heartbeat_secs: 30,
+                superseded_grace: 3600,
             },
+            crl_validity: 86_400,
         }
     }
 

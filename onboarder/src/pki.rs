@@ -1,4 +1,5 @@
-//! The owner's PKI on disk: created by `onboarder init`, loaded by `onboarder serve`.
+//! The owner's PKI on disk: created by `onboarder init`, loaded by `onboarder serve`, and
+//! extended by `onboarder ca rollover`.
 
 use std::path::Path;
 
@@ -6,9 +7,10 @@ use anyhow::{Context, Result};
 use certs::ca::random_serial;
 use certs::profile::issue_registrar;
 use certs::{Ca, CaName, CertInfo, KeyKind, KeyPair, Validity, files};
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, layout};
-use crate::core::Registrar;
+use crate::core::{IssuingCa, Registrar};
 
 /// Owner root lifetime: 20 years.
 const ROOT_LIFETIME: u64 = 20 * 365 * 86_400;
@@ -29,6 +31,73 @@ pub struct Pki {
     pub server_key: KeyPair,
 }
 
+/// One issuing CA generation in `ca/issuing.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Generation {
+    generation: u32,
+    #[serde(default)]
+    retired_at: Option<u64>,
+}
+
+fn owner_name(config: &Config) -> String {
+    config.policy.organization.clone()
+}
+
+fn new_issuing(root: &Ca, config: &Config, generation: u32, now: u64) -> Result<Ca> {
+    let org = owner_name(config);
+    Ok(root.intermediate(
+        &CaName {
+            organization: org.clone(),
+            common_name: format!("{org} Issuing CA {generation}"),
+        },
+        KeyPair::generate(KeyKind::P256)?,
+        Validity::starting(now, ISSUING_LIFETIME),
+        &random_serial()?,
+    )?)
+}
+
+/// Writes generation `n` of the issuing CA and makes it the current one in the copies.
+fn write_issuing(dir: &Path, n: u32, ca: &Ca, root: &[u8]) -> Result<()> {
+    files::write_public(
+        &dir.join(layout::issuing_ca(n)),
+        files::cert_pem(ca.cert_der()).as_bytes(),
+    )?;
+    files::write_secret(
+        &dir.join(layout::issuing_ca_key(n)),
+        ca.key().to_pem().as_bytes(),
+    )?;
+    files::write_public(
+        &dir.join(layout::ISSUING_CA),
+        files::cert_pem(ca.cert_der()).as_bytes(),
+    )?;
+    files::write_public(
+        &dir.join(layout::CHAIN),
+        files::certs_pem([ca.cert_der(), root]).as_bytes(),
+    )?;
+    Ok(())
+}
+
+fn write_generations(dir: &Path, generations: &[Generation]) -> Result<()> {
+    files::write_public(
+        &dir.join(layout::ISSUING_GENERATIONS),
+        &serde_json::to_vec_pretty(generations)?,
+    )?;
+    Ok(())
+}
+
+fn read_generations(dir: &Path) -> Result<Vec<Generation>> {
+    let path = dir.join(layout::ISSUING_GENERATIONS);
+    let generations: Vec<Generation> =
+        serde_json::from_slice(&files::read_limited(&path, 1 << 20)?)
+            .with_context(|| format!("reading {}", path.display()))?;
+    anyhow::ensure!(
+        !generations.is_empty(),
+        "{} lists no issuing CA",
+        path.display()
+    );
+    Ok(generations)
+}
+
 /// Creates the owner PKI and the admin token in `dir`.
 pub fn init(dir: &Path, config: &Config, now: u64) -> Result<()> {
     anyhow::ensure!(
@@ -36,7 +105,7 @@ pub fn init(dir: &Path, config: &Config, now: u64) -> Result<()> {
         "{} already holds an onboarder",
         dir.display()
     );
-    let org = &config.policy.organization;
+    let org = owner_name(config);
     let root = Ca::root(
         &CaName {
             organization: org.clone(),
@@ -46,19 +115,11 @@ pub fn init(dir: &Path, config: &Config, now: u64) -> Result<()> {
         Validity::starting(now, ROOT_LIFETIME),
         &random_serial()?,
     )?;
-    let issuing = root.intermediate(
-        &CaName {
-            organization: org.clone(),
-            common_name: format!("{org} Issuing CA 1"),
-        },
-        KeyPair::generate(KeyKind::P256)?,
-        Validity::starting(now, ISSUING_LIFETIME),
-        &random_serial()?,
-    )?;
+    let issuing = new_issuing(&root, config, 1, now)?;
     let server_key = KeyPair::generate(KeyKind::P256)?;
     let server = issue_registrar(
         &issuing,
-        org,
+        &org,
         &config.server_names,
         &server_key,
         Validity::starting(now, SERVER_LIFETIME),
@@ -72,17 +133,13 @@ pub fn init(dir: &Path, config: &Config, now: u64) -> Result<()> {
         &dir.join(layout::OWNER_ROOT_KEY),
         root.key().to_pem().as_bytes(),
     )?;
-    files::write_public(
-        &dir.join(layout::ISSUING_CA),
-        files::cert_pem(issuing.cert_der()).as_bytes(),
-    )?;
-    files::write_secret(
-        &dir.join(layout::ISSUING_CA_KEY),
-        issuing.key().to_pem().as_bytes(),
-    )?;
-    files::write_public(
-        &dir.join(layout::CHAIN),
-        files::certs_pem([issuing.cert_der(), root.cert_der()]).as_bytes(),
+    write_issuing(dir, 1, &issuing, root.cert_der())?;
+    write_generations(
+        dir,
+        &[Generation {
+            generation: 1,
+            retired_at: None,
+        }],
     )?;
     files::write_public(
         &dir.join(layout::SERVER_CERT),
@@ -98,6 +155,31 @@ pub fn init(dir: &Path, config: &Config, now: u64) -> Result<()> {
     Ok(())
 }
 
+/// Starts a new generation of the issuing CA under the owner root; the current one retires
+/// (it keeps its key to sign CRLs until its certificates have expired). Needs the owner root
+/// key. Returns the new generation number.
+pub fn rollover(dir: &Path, config: &Config, now: u64) -> Result<u32> {
+    let root = Ca::from_parts(
+        files::read_cert(&dir.join(layout::OWNER_ROOT))?,
+        files::read_key(&dir.join(layout::OWNER_ROOT_KEY))
+            .context("the owner root key is needed for a rollover (bring it back online)")?,
+    )?;
+    let mut generations = read_generations(dir)?;
+    let next = generations.iter().map(|g| g.generation).max().unwrap_or(0) + 1;
+    let issuing = new_issuing(&root, config, next, now)?;
+    write_issuing(dir, next, &issuing, root.cert_der())?;
+    for g in &mut generations {
+        g.retired_at.get_or_insert(now);
+    }
+    generations.push(Generation {
+        generation: next,
+        retired_at: None,
+    });
+    // Written last: until then the previous generation stays current.
+    write_generations(dir, &generations)?;
+    Ok(next)
+}
+
 fn new_token() -> Result<String> {
     use ring::rand::{SecureRandom, SystemRandom};
     let mut bytes = [0u8; 32];
@@ -107,14 +189,36 @@ fn new_token() -> Result<String> {
     Ok(certs::inspect::hex(&bytes))
 }
 
+fn load_issuing(dir: &Path, g: &Generation, owner_root: &[u8]) -> Result<IssuingCa> {
+    let ca = Ca::from_parts(
+        files::read_cert(&dir.join(layout::issuing_ca(g.generation)))?,
+        files::read_key(&dir.join(layout::issuing_ca_key(g.generation)))?,
+    )
+    .with_context(|| format!("loading issuing CA {}", g.generation))?;
+    let key_id = CertInfo::parse(ca.cert_der())?
+        .subject_key_id
+        .ok_or_else(|| anyhow::anyhow!("issuing CA {} has no key identifier", g.generation))?;
+    Ok(IssuingCa {
+        generation: g.generation,
+        chain: vec![ca.cert_der().to_vec(), owner_root.to_vec()],
+        ca,
+        key_id,
+        retired_at: g.retired_at,
+    })
+}
+
 /// Loads the PKI from `dir`.
 pub fn load(dir: &Path, config: &Config) -> Result<Pki> {
     let owner_root = files::read_cert(&dir.join(layout::OWNER_ROOT))?;
-    let issuing = Ca::from_parts(
-        files::read_cert(&dir.join(layout::ISSUING_CA))?,
-        files::read_key(&dir.join(layout::ISSUING_CA_KEY))?,
-    )
-    .context("loading the issuing CA")?;
+    let mut generations = read_generations(dir)?;
+    generations.sort_by_key(|g| g.generation);
+    let mut issuing = generations
+        .iter()
+        .map(|g| load_issuing(dir, g, &owner_root))
+        .collect::<Result<Vec<_>>>()?;
+    let current = issuing
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("no issuing CA"))?;
     let server_chain = files::read_certs(&dir.join(layout::SERVER_CERT))?;
     let server_key = files::read_key(&dir.join(layout::SERVER_KEY))?;
     let leaf = CertInfo::parse(&server_chain[0])?;
@@ -124,15 +228,11 @@ pub fn load(dir: &Path, config: &Config) -> Result<Pki> {
         layout::SERVER_KEY,
         layout::SERVER_CERT
     );
-    let issuing_info = CertInfo::parse(issuing.cert_der())?;
-    let issuer_key_ids = issuing_info.subject_key_id.into_iter().collect();
-    let chain = vec![issuing.cert_der().to_vec(), owner_root.clone()];
     Ok(Pki {
         registrar: Registrar {
             registrar_cert: server_chain[0].clone(),
-            issuing,
-            chain,
-            issuer_key_ids,
+            issuing: current,
+            retired: issuing,
             policy: config.policy.clone(),
         },
         owner_root,

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, layout};
+use crate::operator::control::Control;
 use crate::service::{Clock, Service};
 use crate::store::sled::SledStore;
 use crate::transport::sessions::Sessions;
@@ -27,8 +28,7 @@ pub struct Listen {
 pub struct Server {
     quic_addr: SocketAddr,
     api_addr: SocketAddr,
-    service: Arc<Service>,
-    sessions: Arc<Sessions>,
+    control: Arc<Control>,
     endpoint: quinn::Endpoint,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -67,20 +67,31 @@ impl Server {
         let quic_addr = endpoint.local_addr()?;
         let api_addr = api.local_addr()?;
         let sessions = Arc::new(Sessions::default());
+        let control = Arc::new(Control::new(
+            service.clone(),
+            sessions.clone(),
+            dir.to_path_buf(),
+            config,
+        ));
+        // The first CRLs exist before the first device connects.
+        control.publish_crls().await?;
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(quic::serve(
             endpoint.clone(),
             service.clone(),
-            sessions.clone(),
+            sessions,
         )));
-        let api_service = service.clone();
+        tasks.push(tokio::spawn(
+            control.clone().run_crl_publisher(stopped.clone()),
+        ));
+        let api_control = control.clone();
         tasks.push(tokio::spawn(async move {
             let mut stopped = stopped;
             let shutdown = async move {
                 let _ = stopped.wait_for(|s| *s).await;
             };
-            if let Err(e) = crate::operator::api::serve(api, api_service, token, shutdown).await {
+            if let Err(e) = crate::operator::api::serve(api, api_control, token, shutdown).await {
                 tracing::error!("admin API failed: {e}");
             }
         }));
@@ -88,8 +99,7 @@ impl Server {
         Ok(Server {
             quic_addr,
             api_addr,
-            service,
-            sessions,
+            control,
             endpoint,
             stop,
             tasks,
@@ -108,12 +118,17 @@ impl Server {
 
     /// The service.
     pub fn service(&self) -> &Arc<Service> {
-        &self.service
+        &self.control.service
     }
 
     /// Live operational sessions.
     pub fn sessions(&self) -> &Arc<Sessions> {
-        &self.sessions
+        &self.control.sessions
+    }
+
+    /// Operator control (rotation, revocation, rollover, CRLs).
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
     }
 
     /// Stops listening, closes every connection and waits for the tasks.

@@ -2,40 +2,45 @@
 //!
 //! Transports call [`Service::handle`] with an authenticated peer and a decoded request. The
 //! service reads the device's record, asks the core for a decision, commits the decision's
-//! record and audit events in one durable write, and only then returns the response. When a
-//! concurrent request changed the same device in between, the store refuses the commit and the
-//! service decides again on the fresh record. Every refusal is answered with a typed error and
-//! recorded in the audit log.
+//! record, the revocations it implies and its audit events in one durable write, and only then
+//! returns the response. When a concurrent request changed the same device in between, the
+//! store refuses the commit and the service decides again on the fresh record. Every refusal is
+//! answered with a typed error and recorded in the audit log.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use protocol::message::{Request, Response};
 use ring::rand::{SecureRandom, SystemRandom};
+use tokio::sync::Notify;
 
 use crate::audit::AuditEvent;
-use crate::core::{self, Decision, DevicePeer, Entropy, LifecycleError, Registrar};
-use crate::store::{Change, DeviceWrite, Expect, Store, StoreError};
+use crate::core::{self, CertStatus, Decision, DevicePeer, DeviceRecord, Entropy, LifecycleError};
+use crate::core::{Registrar, renew};
+use crate::store::{Change, DeviceWrite, Expect, Revocation, Store, StoreError};
 use crate::trust::TrustStore;
 
 /// How many times a decision is retried when concurrent requests keep changing the device.
 const MAX_ATTEMPTS: usize = 8;
 
-/// Where the service reads the time: the system clock, or a fixed one in tests.
+/// Where the service reads the time: the system clock, or another one in tests.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// The onboarder's one entry point for devices and operators.
 pub struct Service {
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) registrar: Registrar,
+    registrar: RwLock<Arc<Registrar>>,
     pub(crate) trust: Arc<TrustStore>,
     pub(crate) owner_root: Vec<u8>,
+    /// Signalled after a commit that revoked or superseded certificates (the CRL publisher
+    /// waits on it).
+    pub(crate) revocations_changed: Notify,
     clock: Clock,
     rng: SystemRandom,
 }
 
 impl Service {
     /// A service over `store`, issuing with `registrar`. The trust store is filled with the
-    /// owner root and the manufacturer anchors on record.
+    /// owner root, the manufacturer anchors and the revocations on record.
     pub fn new(
         store: Arc<dyn Store>,
         registrar: Registrar,
@@ -43,14 +48,16 @@ impl Service {
         clock: Clock,
     ) -> Result<Service, StoreError> {
         let service = Service {
-            store,
-            registrar,
             trust: Arc::new(TrustStore::default()),
+            registrar: RwLock::new(Arc::new(registrar)),
+            store,
             owner_root,
+            revocations_changed: Notify::new(),
             clock,
             rng: SystemRandom::new(),
         };
         service.reload_trust()?;
+        service.trust.revoke(service.store.revocations()?);
         Ok(service)
     }
 
@@ -59,7 +66,8 @@ impl Service {
         (self.clock)()
     }
 
-    /// The trust anchors for client certificates (shared with the TLS verifier).
+    /// The trust anchors and revocations for client certificates (shared with the TLS
+    /// verifier).
     pub fn trust(&self) -> Arc<TrustStore> {
         self.trust.clone()
     }
@@ -67,6 +75,19 @@ impl Service {
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The registrar context in force.
+    pub fn registrar(&self) -> Arc<Registrar> {
+        self.registrar
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the registrar context (after a CA rollover).
+    pub fn set_registrar(&self, registrar: Registrar) {
+        *self.registrar.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(registrar);
     }
 
     pub(crate) fn reload_trust(&self) -> Result<(), StoreError> {
@@ -78,7 +99,8 @@ impl Service {
 
     /// Reads who a client certificate (already validated by TLS) belongs to.
     pub fn identify(&self, leaf_der: &[u8]) -> Result<DevicePeer, LifecycleError> {
-        DevicePeer::from_certificate(leaf_der, &self.registrar.issuer_key_ids)
+        let registrar = self.registrar();
+        DevicePeer::from_certificate(leaf_der, |key_id| registrar.is_ours(key_id))
     }
 
     /// Handles one request from an authenticated device. `session_binding` is the TLS exporter
@@ -89,10 +111,12 @@ impl Service {
         session_binding: &[u8],
         request: Request,
     ) -> Response {
-        match self
-            .decide_and_commit(peer, session_binding, &request)
-            .await
-        {
+        let result = self
+            .decide_and_commit(&peer.serial, |record, now| {
+                self.decide(peer, session_binding, &request, record, now)
+            })
+            .await;
+        match result {
             Ok(response) => response,
             Err(e) => {
                 self.record_refusal(Some(peer), &e).await;
@@ -122,27 +146,42 @@ impl Service {
         }
     }
 
-    async fn decide_and_commit(
+    /// Reads device `serial`, lets `decide` rule on it, and commits the decision; decides again
+    /// if the record changed meanwhile.
+    pub(crate) async fn decide_and_commit(
         &self,
-        peer: &DevicePeer,
-        binding: &[u8],
-        request: &Request,
+        serial: &str,
+        decide: impl Fn(Option<DeviceRecord>, u64) -> Result<Decision, LifecycleError>,
     ) -> Result<Response, LifecycleError> {
         for _ in 0..MAX_ATTEMPTS {
-            let record = self.store.device(&peer.serial).map_err(unavailable)?;
+            let record = self.store.device(serial).map_err(unavailable)?;
             let expect = Expect::from(record.as_ref());
-            let decision = self.decide(peer, binding, request, record)?;
+            let previous = record.clone();
+            let now = self.now();
+            let decision = decide(record, now)?;
+            let grace = self.registrar().policy.superseded_grace;
+            let revocations = match &decision.write {
+                Some(new) => revocations_between(previous.as_ref(), new, grace),
+                None => Vec::new(),
+            };
             let change = Change {
                 devices: decision
                     .write
                     .map(|record| DeviceWrite { record, expect })
                     .into_iter()
                     .collect(),
-                anchors: Vec::new(),
+                revocations: revocations.clone(),
                 audit: decision.events,
+                ..Change::default()
             };
             match self.store.commit(change).await {
-                Ok(()) => return Ok(decision.response),
+                Ok(()) => {
+                    if !revocations.is_empty() {
+                        self.trust.revoke(revocations);
+                        self.revocations_changed.notify_one();
+                    }
+                    return Ok(decision.response);
+                }
                 Err(StoreError::Conflict(_)) => continue,
                 Err(e) => return Err(unavailable(e)),
             }
@@ -157,10 +196,11 @@ impl Service {
         peer: &DevicePeer,
         binding: &[u8],
         request: &Request,
-        record: Option<core::DeviceRecord>,
+        record: Option<DeviceRecord>,
+        now: u64,
     ) -> Result<Decision, LifecycleError> {
-        let now = self.now();
-        let reg = &self.registrar;
+        let reg = self.registrar();
+        let reg = reg.as_ref();
         match request {
             Request::VoucherRequest(signed) => {
                 core::onboard::voucher_request(reg, peer, record, signed, binding, now)
@@ -174,7 +214,10 @@ impl Service {
             Request::EnrollStatus(status) => {
                 core::onboard::enroll_status(peer, record, status.clone(), now)
             }
-            Request::Hello(hello) => core::onboard::hello(peer, record, hello.clone(), now),
+            Request::Hello(hello) => core::onboard::hello(reg, peer, record, hello.clone(), now),
+            Request::Reenroll { csr } => {
+                renew::reenroll(reg, peer, record, csr, binding, now, self.entropy()?)
+            }
             _ => Err(LifecycleError::BadRequest(
                 "request not supported by this server".into(),
             )),
@@ -194,6 +237,40 @@ impl Service {
         e.cert_serial[0] = (e.cert_serial[0] & 0x7f) | 0x01;
         Ok(e)
     }
+}
+
+/// The certificates that became revoked or superseded between two versions of a record.
+fn revocations_between(
+    old: Option<&DeviceRecord>,
+    new: &DeviceRecord,
+    grace: u64,
+) -> Vec<Revocation> {
+    new.certificates
+        .iter()
+        .filter(|c| {
+            old.and_then(|o| o.certificate(&c.serial))
+                .map(|o| &o.status)
+                != Some(&c.status)
+        })
+        .filter_map(|c| {
+            let (reason, revoked_at, effective_at) = match c.status {
+                CertStatus::Revoked { reason, at } => (reason, at, at),
+                CertStatus::Superseded { at } => {
+                    (certs::crl::Reason::Superseded, at, at.saturating_add(grace))
+                }
+                _ => return None,
+            };
+            Some(Revocation {
+                cert_serial: c.serial.clone(),
+                issuer: c.issuer.clone(),
+                device: new.serial.clone(),
+                reason,
+                revoked_at,
+                effective_at,
+                not_after: c.not_after,
+            })
+        })
+        .collect()
 }
 
 fn unavailable(e: StoreError) -> LifecycleError {

@@ -1,17 +1,22 @@
-//! The trust anchors client certificates are checked against: the imported manufacturer roots
-//! (for IDevIDs) and the owner root (for LDevIDs).
+//! What client certificates are checked against at the handshake: the imported manufacturer
+//! roots (for IDevIDs), the owner root (for LDevIDs), and the certificates we no longer accept
+//! (revoked, or superseded past their grace period).
 //!
-//! The set is parsed once and swapped whole when an operator imports an anchor, so a handshake
-//! only takes a cheap reference to the current set.
+//! The anchor set is parsed once and swapped whole when an operator imports an anchor, so a
+//! handshake only takes a cheap reference to the current set.
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use rustls_pki_types::{CertificateDer, TrustAnchor};
 
-/// A parsed, shareable set of trust anchors.
+use crate::store::Revocation;
+
+/// A parsed, shareable set of trust anchors and the revoked certificates.
 #[derive(Debug, Default)]
 pub struct TrustStore {
     current: RwLock<Arc<Vec<TrustAnchor<'static>>>>,
+    revoked: RwLock<HashMap<String, Revocation>>,
 }
 
 impl TrustStore {
@@ -45,6 +50,41 @@ impl TrustStore {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Adds (or replaces) revocations.
+    pub fn revoke(&self, entries: impl IntoIterator<Item = Revocation>) {
+        let mut map = self.revoked.write().unwrap_or_else(|e| e.into_inner());
+        for r in entries {
+            map.insert(r.cert_serial.clone(), r);
+        }
+    }
+
+    /// Whether the certificate with serial `cert_serial` (hex) is refused at `now`.
+    pub fn is_revoked(&self, cert_serial: &str, now: u64) -> bool {
+        self.revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(cert_serial)
+            .is_some_and(|r| r.effective_at <= now)
+    }
+
+    /// Revocations in force at `now`, and the earliest time a pending one (a grace period)
+    /// takes effect. Entries of expired certificates are dropped.
+    pub fn revocations(&self, now: u64) -> (Vec<Revocation>, Option<u64>) {
+        let mut map = self.revoked.write().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, r| r.not_after > now);
+        let next = map
+            .values()
+            .filter(|r| r.effective_at > now)
+            .map(|r| r.effective_at)
+            .min();
+        let active = map
+            .values()
+            .filter(|r| r.effective_at <= now)
+            .cloned()
+            .collect();
+        (active, next)
     }
 
     /// Checks that `der` can serve as a trust anchor.

@@ -55,8 +55,16 @@ pub enum Request {
     },
     /// The device stored its enrollment (or failed to). Answered by [`Response::Ack`].
     EnrollStatus(Status),
-    /// Opens an operational session (LDevID sessions only). Answered by [`Response::Ack`].
+    /// Opens an operational session (LDevID sessions only). Answered by [`Response::Welcome`].
     Hello(Hello),
+    /// EST simplereenroll: a CSR for a fresh key, same subject, over an LDevID session.
+    /// Answered by [`Response::Enrolled`]; the new certificate is confirmed by opening a session
+    /// with it.
+    Reenroll {
+        /// The CSR, DER.
+        #[serde(with = "serde_bytes")]
+        csr: Vec<u8>,
+    },
 }
 
 /// Success or failure reported by a device, with a reason on failure.
@@ -89,8 +97,18 @@ pub enum Response {
     Enrolled(Box<Enrollment>),
     /// The request was recorded.
     Ack,
+    /// The operational session is open; the commands waiting for the device follow.
+    Welcome(Welcome),
     /// The request was refused.
     Error(WireError),
+}
+
+/// The answer to [`Request::Hello`]: commands that were waiting for the device (for example a
+/// rotation ordered while it was offline).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Welcome {
+    /// Commands to carry out, in order.
+    pub commands: Vec<Command>,
 }
 
 /// What a device receives when it enrolls.
@@ -167,6 +185,15 @@ pub enum Command {
         /// Echoed back.
         nonce: u64,
     },
+    /// Re-key now: renew the LDevID with a fresh key. Answered by [`CommandReply::Accepted`];
+    /// the renewal follows on the device's own streams.
+    Rotate,
+    /// The owner's trust anchors from now on (DER), for an owner-root rollover. The device adds
+    /// them to the CA it pinned; it accepts them only on an authenticated operational session.
+    TrustAnchors {
+        /// Root certificates, DER.
+        anchors: Vec<ByteBuf>,
+    },
 }
 
 /// A device's answer to a [`Command`].
@@ -179,6 +206,8 @@ pub enum CommandReply {
         /// The nonce of the ping.
         nonce: u64,
     },
+    /// The command was accepted and will be carried out.
+    Accepted,
     /// The device could not carry out the command.
     Error(WireError),
 }

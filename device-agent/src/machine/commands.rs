@@ -1,14 +1,28 @@
-//! Answers to commands pushed by the server.
+//! Answers to commands pushed by the server, and what the agent must do after answering.
 
 use protocol::message::{Command, CommandReply, ErrorCode, WireError};
 
-/// The reply to `command`.
-pub fn reply(command: &Command) -> CommandReply {
+/// Work a command leaves for the agent.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing more.
+    None,
+    /// Renew the LDevID with a fresh key now.
+    Renew,
+}
+
+/// The reply to `command`, and what to do next.
+pub fn handle(command: &Command) -> (CommandReply, Action) {
     match command {
-        Command::Ping { nonce } => CommandReply::Pong { nonce: *nonce },
-        _ => CommandReply::Error(WireError {
-            code: ErrorCode::Unsupported,
-            message: "command not supported by this agent".into(),
-        }),
+        Command::Ping { nonce } => (CommandReply::Pong { nonce: *nonce }, Action::None),
+        Command::Rotate => (CommandReply::Accepted, Action::Renew),
+        _ => (
+            CommandReply::Error(WireError {
+                code: ErrorCode::Unsupported,
+                message: "command not supported by this agent".into(),
+            }),
+            Action::None,
+        ),
     }
 }

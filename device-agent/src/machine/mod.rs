@@ -4,6 +4,7 @@
 
 pub mod commands;
 pub mod onboarding;
+pub mod renewal;
 
 use protocol::message::{DeviceConfig, NetworkProfile};
 use serde::{Deserialize, Serialize};
@@ -44,6 +45,23 @@ pub struct AgentState {
     pub config: Option<DeviceConfig>,
     /// Version string of the running firmware.
     pub firmware_version: String,
+    /// A renewed LDevID stored but not yet confirmed by using it: the old one stays current
+    /// until then (its key is the key store's pending key).
+    #[serde(default)]
+    pub renewal: Option<Renewal>,
+    /// When to renew the current LDevID (seconds since the epoch).
+    #[serde(default)]
+    pub renew_at: Option<u64>,
+}
+
+/// A renewed certificate waiting to replace the current one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Renewal {
+    /// The new LDevID (DER).
+    #[serde(with = "serde_bytes")]
+    pub ldevid: Vec<u8>,
+    /// Its CA chain, issuing CA first.
+    pub chain: Vec<serde_bytes::ByteBuf>,
 }
 
 impl AgentState {
@@ -57,6 +75,8 @@ impl AgentState {
             network: None,
             config: None,
             firmware_version: firmware_version.to_string(),
+            renewal: None,
+            renew_at: None,
         }
     }
 

@@ -251,11 +251,24 @@ impl Session {
         Ok(out)
     }
 
+    /// A stream error, explained by the connection's close reason when there is one (a
+    /// refused certificate shows up as a lost stream in TLS 1.3).
+    fn explain(&self, e: AgentError) -> AgentError {
+        match (e, self.conn.close_reason()) {
+            (AgentError::Connection(_), Some(reason)) => AgentError::Connection(reason.to_string()),
+            (e, _) => e,
+        }
+    }
+
     /// Sends a request and returns the server's response, whatever it is.
     pub async fn exchange(&self, request: &Request) -> Result<Response, AgentError> {
-        let (send, mut recv) = self.conn.open_bi().await.map_err(conn_err)?;
-        write_frame(send, &message::encode(request)).await?;
-        let bytes = read_frame(&mut recv, MAX_RESPONSE).await?;
+        let result = async {
+            let (send, mut recv) = self.conn.open_bi().await.map_err(conn_err)?;
+            write_frame(send, &message::encode(request)).await?;
+            read_frame(&mut recv, MAX_RESPONSE).await
+        }
+        .await;
+        let bytes = result.map_err(|e| self.explain(e))?;
         Ok(message::decode(&bytes, MAX_RESPONSE)?)
     }
 

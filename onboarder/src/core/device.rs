@@ -59,12 +59,16 @@ pub enum CertStatus {
     Issued,
     /// Confirmed and in use.
     Active,
-    /// Replaced by a newer certificate.
-    Superseded,
+    /// Replaced by a newer certificate; still accepted for the grace period (or until its
+    /// expiry, whichever is first) so a device can finish switching over.
+    Superseded {
+        /// When the replacement was confirmed.
+        at: u64,
+    },
     /// Revoked.
     Revoked {
-        /// RFC 5280 reason, as text.
-        reason: String,
+        /// RFC 5280 reason.
+        reason: certs::crl::Reason,
         /// When.
         at: u64,
     },
@@ -81,6 +85,9 @@ pub struct IssuedCert {
     /// Its raw public key.
     #[serde(with = "serde_bytes")]
     pub public_key: Vec<u8>,
+    /// Key identifier of the CA that issued it (for its CRL).
+    #[serde(with = "serde_bytes")]
+    pub issuer: Vec<u8>,
     /// When it was issued.
     pub issued_at: u64,
     /// Its notAfter.
@@ -90,11 +97,50 @@ pub struct IssuedCert {
 }
 
 impl IssuedCert {
-    /// Whether the certificate can still authenticate the device (issued or active, and not
-    /// revoked or superseded).
+    /// Whether the certificate is one of the device's current credentials (issued or active;
+    /// not revoked, not superseded).
     pub fn is_live(&self) -> bool {
         matches!(self.status, CertStatus::Issued | CertStatus::Active)
     }
+
+    /// Whether the certificate may authenticate the device at `now`: live, or superseded less
+    /// than `grace` seconds ago; and not expired.
+    pub fn accepted_at(&self, now: u64, grace: u64) -> bool {
+        now < self.not_after
+            && match self.status {
+                CertStatus::Issued | CertStatus::Active => true,
+                CertStatus::Superseded { at } => now < at.saturating_add(grace),
+                CertStatus::Revoked { .. } => false,
+            }
+    }
+}
+
+/// An operator's order to re-key a device, and how it went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rotation {
+    /// When it was ordered; a certificate issued at or after this time completes it.
+    pub requested_at: u64,
+    /// How far it got.
+    pub state: RotationState,
+}
+
+/// Progress of a rotation.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RotationState {
+    /// Waiting for the device.
+    Pending,
+    /// The device confirmed a certificate for a fresh key.
+    Done {
+        /// When.
+        at: u64,
+    },
+    /// The device could not rotate.
+    Failed {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Everything the server knows about one device. Stored as one value, so that every change to
@@ -137,6 +183,9 @@ pub struct DeviceRecord {
     /// Why the device is quarantined, if it is.
     #[serde(default)]
     pub quarantine_reason: Option<String>,
+    /// The last rotation ordered by an operator.
+    #[serde(default)]
+    pub rotation: Option<Rotation>,
 }
 
 impl DeviceRecord {
@@ -156,6 +205,7 @@ impl DeviceRecord {
             agent_version: None,
             firmware_version: None,
             quarantine_reason: None,
+            rotation: None,
         }
     }
 
@@ -191,9 +241,55 @@ impl DeviceRecord {
             .find(|c| c.status == CertStatus::Issued)
     }
 
-    /// Certificates that can still authenticate the device.
+    /// The device's current credentials (issued or active).
     pub fn live_certificates(&self) -> impl Iterator<Item = &IssuedCert> {
         self.certificates.iter().filter(|c| c.is_live())
+    }
+
+    /// The active certificate, if any.
+    pub fn active_certificate(&self) -> Option<&IssuedCert> {
+        self.certificates
+            .iter()
+            .rev()
+            .find(|c| c.status == CertStatus::Active)
+    }
+}
+
+impl DeviceRecord {
+    /// Makes certificate `serial` the active one: the active certificate it replaces becomes
+    /// superseded, and a pending rotation that it answers is done. Returns audit details of
+    /// what changed.
+    pub fn activate(
+        &mut self,
+        serial: &str,
+        now: u64,
+    ) -> Result<Vec<(String, String)>, LifecycleError> {
+        let mut changes = Vec::new();
+        if self.state == DeviceState::Onboarding {
+            self.transition(DeviceState::Active, "confirming an enrollment", now)?;
+        }
+        let mut issued_at = 0;
+        for cert in &mut self.certificates {
+            if cert.serial == serial {
+                cert.status = CertStatus::Active;
+                issued_at = cert.issued_at;
+            } else if cert.status == CertStatus::Active {
+                cert.status = CertStatus::Superseded { at: now };
+                changes.push((
+                    "certificate-superseded".to_string(),
+                    format!("{} replaced by {serial}", cert.serial),
+                ));
+            }
+        }
+        if let Some(rotation) = &mut self.rotation
+            && rotation.state == RotationState::Pending
+            && issued_at >= rotation.requested_at
+        {
+            rotation.state = RotationState::Done { at: now };
+            changes.push(("rotated".to_string(), format!("now on {serial}")));
+        }
+        self.updated_at = now;
+        Ok(changes)
     }
 }
 

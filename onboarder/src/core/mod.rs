@@ -4,14 +4,18 @@
 //! and knows nothing of QUIC, HTTP or sled: the service loads a record, calls a function here,
 //! and commits what it returns. Time and randomness come in as arguments.
 
+mod access;
 pub mod device;
 pub mod error;
+mod issue;
 pub mod onboard;
 pub mod peer;
 pub mod policy;
+pub mod renew;
+pub mod revoke;
 
-pub use device::{CertStatus, DeviceRecord, DeviceState, IssuedCert};
+pub use device::{CertStatus, DeviceRecord, DeviceState, IssuedCert, Rotation, RotationState};
 pub use error::LifecycleError;
 pub use onboard::Decision;
 pub use peer::{CredentialKind, DevicePeer};
-pub use policy::{Entropy, NetworkPolicy, Policy, Registrar};
+pub use policy::{Entropy, IssuingCa, NetworkPolicy, Policy, Registrar};

@@ -6,18 +6,16 @@
 //! commits record and events in one atomic write before replying. Retrying a request gives the
 //! same answer and writes nothing new.
 
-use protocol::message::{DeviceConfig, Enrollment, Hello, NetworkProfile, Response, Status};
+use protocol::message::{Command, Hello, Response, Status, Welcome};
 use protocol::voucher::{CLOCK_SKEW, VoucherRequest};
-use serde_bytes::ByteBuf;
 
-use super::device::{CertStatus, DeviceRecord, DeviceState, IssuedCert};
+use super::access::{check_pinned_idevid, ldevid, truncate, usable};
+use super::device::{CertStatus, DeviceRecord, DeviceState, RotationState};
 use super::error::LifecycleError;
+use super::issue::issue;
 use super::peer::{CredentialKind, DevicePeer};
-use super::policy::{Entropy, NetworkPolicy, Registrar};
+use super::policy::{Entropy, Registrar};
 use crate::audit::AuditEvent;
-
-/// Longest reason from a device that goes into the audit log.
-const MAX_REASON: usize = 256;
 
 /// The outcome of a request that was accepted.
 #[derive(Debug)]
@@ -31,47 +29,13 @@ pub struct Decision {
 }
 
 impl Decision {
-    fn reply(response: Response) -> Self {
+    pub(crate) fn reply(response: Response) -> Self {
         Decision {
             write: None,
             events: Vec::new(),
             response,
         }
     }
-}
-
-/// The record of an authenticated device that may still act: known and not quarantined.
-fn usable(peer: &DevicePeer, record: Option<DeviceRecord>) -> Result<DeviceRecord, LifecycleError> {
-    let record = record.ok_or_else(|| LifecycleError::UnknownDevice(peer.serial.clone()))?;
-    if record.state == DeviceState::Quarantined {
-        return Err(LifecycleError::Quarantined(record.serial));
-    }
-    Ok(record)
-}
-
-/// Refuses an IDevID other than the one the device first onboarded with.
-fn check_pinned_idevid(peer: &DevicePeer, record: &DeviceRecord) -> Result<(), LifecycleError> {
-    match &record.idevid_key {
-        Some(pinned) if pinned.as_slice() != peer.public_key.raw() => {
-            Err(LifecycleError::Unauthorized(format!(
-                "the IDevID presented for {} is not the one on record",
-                peer.serial
-            )))
-        }
-        _ => Ok(()),
-    }
-}
-
-fn truncate(reason: Option<String>) -> String {
-    let mut r = reason.unwrap_or_default();
-    if r.len() > MAX_REASON {
-        let mut cut = MAX_REASON;
-        while !r.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        r.truncate(cut);
-    }
-    r
 }
 
 /// RFC 8995 5.1-5.5: checks a signed voucher request and answers with the voucher on file.
@@ -157,19 +121,14 @@ pub fn voucher_status(
     peer.require(CredentialKind::Idevid, "a voucher status")?;
     let record = usable(peer, record)?;
     check_pinned_idevid(peer, &record)?;
-    let event = if status.ok {
-        AuditEvent::device(&peer.serial, "voucher-accepted", "", now)
+    let (action, detail) = if status.ok {
+        ("voucher-accepted", String::new())
     } else {
-        AuditEvent::device(
-            &peer.serial,
-            "voucher-rejected",
-            truncate(status.reason),
-            now,
-        )
+        ("voucher-rejected", truncate(status.reason))
     };
     Ok(Decision {
         write: None,
-        events: vec![event],
+        events: vec![AuditEvent::device(&peer.serial, action, detail, now)],
         response: Response::Ack,
     })
 }
@@ -202,91 +161,12 @@ pub fn enroll(
             forbidden_keys: std::slice::from_ref(&peer.public_key),
         },
     )?;
-    // Credentials are made once per device, so a retry gets the same passphrase.
-    let network = record
-        .network
-        .get_or_insert_with(|| network_profile(reg, &peer.serial, &entropy))
-        .clone();
-    let mut events = Vec::new();
-    if let Some(pending) = record.pending_certificate() {
-        if pending.public_key == checked.public_key.raw() {
-            // The device retries with the key it already has a certificate for: same answer.
-            return Ok(Decision::reply(enrollment_response(reg, network, pending)));
-        }
-        // A new key replaces an unconfirmed certificate; the old one must never be used.
-        let old = pending.serial.clone();
-        for cert in record.certificates.iter_mut().filter(|c| c.serial == old) {
-            cert.status = CertStatus::Revoked {
-                reason: "superseded".into(),
-                at: now,
-            };
-        }
-        events.push(AuditEvent::device(
-            &peer.serial,
-            "certificate-superseded",
-            format!("unconfirmed certificate {old} replaced by a request with a new key"),
-            now,
-        ));
-    }
-    let validity = certs::Validity::starting(now, reg.policy.ldevid_lifetime);
-    let der = certs::profile::issue_ldevid(
-        &reg.issuing,
-        &peer.serial,
-        &reg.policy.organization,
-        &checked.spki_der,
-        validity,
-        &entropy.cert_serial,
-    )
-    .map_err(|e| LifecycleError::Unavailable(format!("issuing the LDevID: {e}")))?;
-    let cert = IssuedCert {
-        serial: certs::inspect::hex(&entropy.cert_serial),
-        der,
-        public_key: checked.public_key.raw().to_vec(),
-        issued_at: now,
-        not_after: validity.not_after,
-        status: CertStatus::Issued,
-    };
-    events.push(AuditEvent::device(
-        &peer.serial,
-        "certificate-issued",
-        format!("LDevID {} valid until {}", cert.serial, cert.not_after),
-        now,
-    ));
-    let response = enrollment_response(reg, network, &cert);
-    record.certificates.push(cert);
-    record.updated_at = now;
+    let issued = issue(reg, &mut record, &checked, "LDevID", now, &entropy)?;
     Ok(Decision {
-        write: Some(record),
-        events,
-        response,
+        write: issued.changed.then_some(record),
+        events: issued.events,
+        response: issued.response,
     })
-}
-
-fn network_profile(reg: &Registrar, serial: &str, entropy: &Entropy) -> NetworkProfile {
-    match &reg.policy.network {
-        NetworkPolicy::Wifi { ssid } => NetworkProfile::Wifi {
-            ssid: ssid.clone(),
-            // 128 random bits as 32 hex characters: a valid WPA passphrase (8-63 characters).
-            psk: certs::inspect::hex(&entropy.psk),
-        },
-        NetworkPolicy::EapTls { ssid } => NetworkProfile::EapTls {
-            ssid: ssid.clone(),
-            identity: serial.to_string(),
-            ca_chain: reg.chain.iter().cloned().map(ByteBuf::from).collect(),
-        },
-    }
-}
-
-fn enrollment_response(reg: &Registrar, network: NetworkProfile, cert: &IssuedCert) -> Response {
-    Response::Enrolled(Box::new(Enrollment {
-        certificate: cert.der.clone(),
-        chain: reg.chain.iter().cloned().map(ByteBuf::from).collect(),
-        network,
-        config: DeviceConfig {
-            server_name: reg.policy.server_name.clone(),
-            heartbeat_secs: reg.policy.heartbeat_secs,
-        },
-    }))
 }
 
 /// The device stored its enrollment (or failed to). Success activates the device.
@@ -301,12 +181,22 @@ pub fn enroll_status(
         check_pinned_idevid(peer, &record)?;
     }
     if !status.ok {
+        let reason = truncate(status.reason);
+        let mut write = None;
+        if let Some(rotation) = &mut record.rotation
+            && rotation.state == RotationState::Pending
+        {
+            rotation.state = RotationState::Failed {
+                reason: reason.clone(),
+            };
+            write = Some(record);
+        }
         return Ok(Decision {
-            write: None,
+            write,
             events: vec![AuditEvent::device(
                 &peer.serial,
                 "enroll-failed",
-                truncate(status.reason),
+                reason,
                 now,
             )],
             response: Response::Ack,
@@ -323,36 +213,36 @@ pub fn enroll_status(
             state: record.state,
             action: "confirming an enrollment without a certificate",
         })?;
-    activate(&mut record, &pending, now)?;
+    let mut events = vec![AuditEvent::device(
+        &peer.serial,
+        "enrolled",
+        format!("LDevID {pending} confirmed"),
+        now,
+    )];
+    events.extend(activation_events(
+        &peer.serial,
+        record.activate(&pending, now)?,
+        now,
+    ));
     Ok(Decision {
-        events: vec![AuditEvent::device(
-            &peer.serial,
-            "enrolled",
-            format!("LDevID {pending} confirmed"),
-            now,
-        )],
+        events,
         write: Some(record),
         response: Response::Ack,
     })
 }
 
-/// Marks certificate `serial` active and the device active.
-fn activate(record: &mut DeviceRecord, serial: &str, now: u64) -> Result<(), LifecycleError> {
-    if record.state == DeviceState::Onboarding {
-        record.transition(DeviceState::Active, "confirming an enrollment", now)?;
-    }
-    for cert in &mut record.certificates {
-        if cert.serial == serial {
-            cert.status = CertStatus::Active;
-        }
-    }
-    record.updated_at = now;
-    Ok(())
+fn activation_events(serial: &str, changes: Vec<(String, String)>, now: u64) -> Vec<AuditEvent> {
+    changes
+        .into_iter()
+        .map(|(action, detail)| AuditEvent::device(serial, &action, detail, now))
+        .collect()
 }
 
-/// Opens an operational session: the LDevID must be one of the device's live certificates.
-/// Using a certificate not yet confirmed confirms it (the device evidently stored it).
+/// Opens an operational session. The LDevID must be one the device may still use. Using a
+/// certificate not yet confirmed confirms it (the device evidently stored it), which is how a
+/// renewal completes. The welcome carries what the device missed while it was away.
 pub fn hello(
+    reg: &Registrar,
     peer: &DevicePeer,
     record: Option<DeviceRecord>,
     hello: Hello,
@@ -360,26 +250,18 @@ pub fn hello(
 ) -> Result<Decision, LifecycleError> {
     peer.require(CredentialKind::Ldevid, "an operational session")?;
     let mut record = usable(peer, record)?;
-    let cert = record
-        .certificate(&peer.cert_serial)
-        .filter(|c| c.is_live())
-        .cloned()
-        .ok_or_else(|| {
-            LifecycleError::Unauthorized(format!(
-                "certificate {} is not a live certificate of {}",
-                peer.cert_serial, peer.serial
-            ))
-        })?;
+    let cert = ldevid(peer, &record, now, reg.policy.superseded_grace)?.clone();
     let mut events = Vec::new();
     let mut changed = false;
     if cert.status == CertStatus::Issued {
-        activate(&mut record, &cert.serial, now)?;
+        let changes = record.activate(&cert.serial, now)?;
         events.push(AuditEvent::device(
             &peer.serial,
             "enrolled",
             format!("LDevID {} confirmed by use", cert.serial),
             now,
         ));
+        events.extend(activation_events(&peer.serial, changes, now));
         changed = true;
     }
     if record.state != DeviceState::Active {
@@ -397,9 +279,17 @@ pub fn hello(
         record.updated_at = now;
         changed = true;
     }
+    let mut welcome = Welcome::default();
+    if record
+        .rotation
+        .as_ref()
+        .is_some_and(|r| r.state == RotationState::Pending)
+    {
+        welcome.commands.push(Command::Rotate);
+    }
     Ok(Decision {
         write: changed.then_some(record),
         events,
-        response: Response::Ack,
+        response: Response::Welcome(welcome),
     })
 }

@@ -31,11 +31,12 @@ pub struct DevicePeer {
 }
 
 impl DevicePeer {
-    /// Reads the peer from its validated leaf certificate. `our_issuer_key_ids` are the subject
-    /// key identifiers of our issuing CAs: a leaf issued by one of them is an LDevID.
+    /// Reads the peer from its validated leaf certificate. A leaf issued by one of our issuing
+    /// CAs (`is_ours` on its authority key id) is an LDevID; anything else that passed TLS is an
+    /// IDevID from an imported manufacturer.
     pub fn from_certificate(
         leaf_der: &[u8],
-        our_issuer_key_ids: &[Vec<u8>],
+        is_ours: impl Fn(&[u8]) -> bool,
     ) -> Result<DevicePeer, LifecycleError> {
         let info = CertInfo::parse(leaf_der)
             .map_err(|e| LifecycleError::Unauthorized(format!("client certificate: {e}")))?;
@@ -43,10 +44,7 @@ impl DevicePeer {
             .device_serial()
             .map_err(|e| LifecycleError::Unauthorized(format!("client certificate: {e}")))?
             .to_string();
-        let ours = info
-            .authority_key_id
-            .as_ref()
-            .is_some_and(|aki| our_issuer_key_ids.contains(aki));
+        let ours = info.authority_key_id.as_deref().is_some_and(is_ours);
         Ok(DevicePeer {
             kind: if ours {
                 CredentialKind::Ldevid

@@ -33,21 +33,55 @@ pub struct Policy {
     pub server_name: String,
     /// Heartbeat interval for operational sessions, in seconds.
     pub heartbeat_secs: u32,
+    /// How long a certificate replaced by a renewal keeps working (it stops at its own expiry
+    /// if that comes first), in seconds.
+    #[serde(default = "default_grace")]
+    pub superseded_grace: u64,
 }
 
-/// The registrar's fixed context: its own certificate, its issuing CA and the chain above it.
+fn default_grace() -> u64 {
+    3600
+}
+
+/// One generation of issuing CA.
+pub struct IssuingCa {
+    /// Generation number (1, 2, ... after each rollover).
+    pub generation: u32,
+    /// The CA, with its key (retired generations keep signing their CRLs).
+    pub ca: Ca,
+    /// Its subject key identifier, which its certificates name as their authority key id.
+    pub key_id: Vec<u8>,
+    /// The chain above certificates it issues: this CA first, the owner root last (DER).
+    pub chain: Vec<Vec<u8>>,
+    /// When it stopped issuing (a rollover), if it did. Its CRL is published until the last
+    /// certificate it issued has expired.
+    pub retired_at: Option<u64>,
+}
+
+/// The registrar's context: its own certificate, its issuing CAs and the policy. Replaced as a
+/// whole on a CA rollover.
 pub struct Registrar {
     /// Our TLS server certificate (DER): what devices must have seen (proximity).
     pub registrar_cert: Vec<u8>,
-    /// The CA that issues LDevIDs.
-    pub issuing: Ca,
-    /// The chain sent with every LDevID: issuing CA first, owner root last (DER).
-    pub chain: Vec<Vec<u8>>,
-    /// Subject key identifiers of our issuing CAs, which mark a client certificate as an
-    /// LDevID.
-    pub issuer_key_ids: Vec<Vec<u8>>,
+    /// The issuing CA that signs new certificates.
+    pub issuing: IssuingCa,
+    /// Earlier generations, oldest first: their certificates stay valid until they expire.
+    pub retired: Vec<IssuingCa>,
     /// The policy.
     pub policy: Policy,
+}
+
+impl Registrar {
+    /// Every generation, oldest first, the current one last.
+    pub fn generations(&self) -> impl Iterator<Item = &IssuingCa> {
+        self.retired.iter().chain(std::iter::once(&self.issuing))
+    }
+
+    /// Whether `key_id` is one of our issuing CAs: a client certificate it issued is an
+    /// LDevID.
+    pub fn is_ours(&self, key_id: &[u8]) -> bool {
+        self.generations().any(|c| c.key_id == key_id)
+    }
 }
 
 /// Fresh randomness for one decision. Passed in so that the core never reads an RNG.

@@ -7,8 +7,14 @@
 //! POST /v1/vouchers               import a voucher bundle (body: CBOR, see factory voucher)
 //! GET  /v1/devices?after=&limit=  devices in serial order
 //! GET  /v1/devices/{serial}       one device
+//! POST /v1/devices/{serial}/revoke {"reason": "key-compromise"}: revoke and quarantine
+//! POST /v1/rotations              {"serials": [..]} or {"all": true}, optional "rate"
+//! GET  /v1/rotations?since=T      progress of the rotations ordered since T
+//! POST /v1/ca/rollover            new issuing CA generation, every device re-keys
+//! GET  /v1/crls                   the CRLs last published
 //! GET  /v1/audit?from=&limit=     audit entries
 //! GET  /v1/audit/verify           verify the audit hash chain
+//! GET  /crl/issuing-ca-{n}.crl    CRL of issuing CA generation n, DER (no token needed)
 //! ```
 
 use std::future::Future;
@@ -24,34 +30,35 @@ use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
 use super::OperatorError;
+use super::control::{Control, RolloverReport};
+use super::orders::{Crl, OrderReport, RotationStatus};
 use super::views::{AnchorView, AuditEntryView, DeviceView};
-use crate::service::Service;
 
 /// Most devices or audit entries in one page.
 pub const MAX_PAGE: usize = 10_000;
 
 #[derive(Clone)]
 struct Api {
-    service: Arc<Service>,
+    control: Arc<Control>,
     token: Arc<String>,
 }
 
 /// Serves the admin API on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    service: Arc<Service>,
+    control: Arc<Control>,
     token: String,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(service, token))
+    axum::serve(listener, router(control, token))
         .with_graceful_shutdown(shutdown)
         .await
 }
 
 /// The API's routes.
-pub fn router(service: Arc<Service>, token: String) -> Router {
+pub fn router(control: Arc<Control>, token: String) -> Router {
     let api = Api {
-        service,
+        control,
         token: Arc::new(token),
     };
     let authed = Router::new()
@@ -59,6 +66,10 @@ pub fn router(service: Arc<Service>, token: String) -> Router {
         .route("/v1/vouchers", axum::routing::post(import_vouchers))
         .route("/v1/devices", get(list_devices))
         .route("/v1/devices/{serial}", get(show_device))
+        .route("/v1/devices/{serial}/revoke", axum::routing::post(revoke))
+        .route("/v1/rotations", get(rotation_status).post(rotate))
+        .route("/v1/ca/rollover", axum::routing::post(rollover))
+        .route("/v1/crls", get(list_crls))
         .route("/v1/audit", get(list_audit))
         .route("/v1/audit/verify", get(verify_audit))
         .layer(middleware::from_fn_with_state(api.clone(), authenticate));
@@ -67,6 +78,7 @@ pub fn router(service: Arc<Service>, token: String) -> Router {
             "/v1/health",
             get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
         )
+        .route("/crl/{file}", get(crl))
         .merge(authed)
         .layer(DefaultBodyLimit::max(protocol::voucher::MAX_BUNDLE))
         .with_state(api)
@@ -107,7 +119,7 @@ impl IntoResponse for OperatorError {
             OperatorError::BadInput(_) => StatusCode::BAD_REQUEST,
             OperatorError::NotFound(_) => StatusCode::NOT_FOUND,
             OperatorError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-            OperatorError::Audit(_) => StatusCode::CONFLICT,
+            OperatorError::Audit(_) | OperatorError::Refused(_) => StatusCode::CONFLICT,
         };
         error(status, self.to_string())
     }
@@ -117,7 +129,8 @@ type ApiResult<T> = Result<axum::Json<T>, OperatorError>;
 
 async fn list_anchors(State(api): State<Api>) -> ApiResult<Vec<AnchorView>> {
     Ok(axum::Json(
-        api.service
+        api.control
+            .service
             .anchors()?
             .iter()
             .map(AnchorView::from)
@@ -126,12 +139,14 @@ async fn list_anchors(State(api): State<Api>) -> ApiResult<Vec<AnchorView>> {
 }
 
 async fn import_anchor(State(api): State<Api>, body: String) -> ApiResult<Vec<AnchorView>> {
-    let added = api.service.import_anchor(&body).await?;
+    let added = api.control.service.import_anchor(&body).await?;
     Ok(axum::Json(added.iter().map(AnchorView::from).collect()))
 }
 
 async fn import_vouchers(State(api): State<Api>, body: Bytes) -> ApiResult<super::ImportReport> {
-    Ok(axum::Json(api.service.import_vouchers(&body).await?))
+    Ok(axum::Json(
+        api.control.service.import_vouchers(&body).await?,
+    ))
 }
 
 /// Paging of lists.
@@ -155,24 +170,126 @@ async fn list_devices(
     State(api): State<Api>,
     Query(page): Query<Page>,
 ) -> ApiResult<Vec<DeviceView>> {
-    let devices = api.service.devices(page.after.as_deref(), page.limit())?;
+    let devices = api
+        .control
+        .service
+        .devices(page.after.as_deref(), page.limit())?;
     Ok(axum::Json(devices.iter().map(DeviceView::from).collect()))
 }
 
 async fn show_device(State(api): State<Api>, Path(serial): Path<String>) -> ApiResult<DeviceView> {
-    Ok(axum::Json(DeviceView::from(&api.service.device(&serial)?)))
+    Ok(axum::Json(DeviceView::from(
+        &api.control.service.device(&serial)?,
+    )))
 }
 
 async fn list_audit(
     State(api): State<Api>,
     Query(page): Query<Page>,
 ) -> ApiResult<Vec<AuditEntryView>> {
-    let entries = api.service.audit(page.from.unwrap_or(1), page.limit())?;
+    let entries = api
+        .control
+        .service
+        .audit(page.from.unwrap_or(1), page.limit())?;
     Ok(axum::Json(
         entries.iter().map(AuditEntryView::from).collect(),
     ))
 }
 
 async fn verify_audit(State(api): State<Api>) -> ApiResult<crate::audit::ChainSummary> {
-    Ok(axum::Json(api.service.verify_audit()?))
+    Ok(axum::Json(api.control.service.verify_audit()?))
+}
+
+/// Body of `POST /v1/devices/{serial}/revoke`.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct RevokeRequest {
+    /// RFC 5280 reason (kebab-case).
+    pub reason: certs::crl::Reason,
+}
+
+async fn revoke(
+    State(api): State<Api>,
+    Path(serial): Path<String>,
+    axum::Json(body): axum::Json<RevokeRequest>,
+) -> ApiResult<DeviceView> {
+    let record = api.control.revoke(&serial, body.reason).await?;
+    Ok(axum::Json(DeviceView::from(&record)))
+}
+
+/// Body of `POST /v1/rotations`.
+#[derive(Debug, Deserialize, Serialize, Default)]
+pub struct RotateRequest {
+    /// Devices to re-key.
+    #[serde(default)]
+    pub serials: Vec<String>,
+    /// Every active device instead.
+    #[serde(default)]
+    pub all: bool,
+    /// Commands pushed per second at most.
+    #[serde(default)]
+    pub rate: Option<u32>,
+}
+
+async fn rotate(
+    State(api): State<Api>,
+    axum::Json(body): axum::Json<RotateRequest>,
+) -> ApiResult<OrderReport> {
+    if !body.all && body.serials.is_empty() {
+        return Err(OperatorError::BadInput(
+            "name serials or ask for all".into(),
+        ));
+    }
+    let serials = (!body.all).then_some(body.serials);
+    Ok(axum::Json(api.control.rotate(serials, body.rate).await?))
+}
+
+/// Query of `GET /v1/rotations`.
+#[derive(Debug, Deserialize, Serialize, Default)]
+pub struct Since {
+    /// Only rotations ordered at or after this time.
+    pub since: Option<u64>,
+}
+
+async fn rotation_status(
+    State(api): State<Api>,
+    Query(q): Query<Since>,
+) -> ApiResult<RotationStatus> {
+    Ok(axum::Json(
+        api.control.service.rotation_status(q.since.unwrap_or(0))?,
+    ))
+}
+
+/// Body of `POST /v1/ca/rollover`.
+#[derive(Debug, Deserialize, Serialize, Default)]
+pub struct RolloverRequest {
+    /// Rotation commands pushed per second at most.
+    #[serde(default)]
+    pub rate: Option<u32>,
+}
+
+async fn rollover(
+    State(api): State<Api>,
+    axum::Json(body): axum::Json<RolloverRequest>,
+) -> ApiResult<RolloverReport> {
+    Ok(axum::Json(api.control.rollover(body.rate).await?))
+}
+
+async fn list_crls(State(api): State<Api>) -> ApiResult<Vec<Crl>> {
+    Ok(axum::Json(api.control.crls()))
+}
+
+async fn crl(State(api): State<Api>, Path(file): Path<String>) -> Response {
+    let generation = file
+        .strip_prefix("issuing-ca-")
+        .and_then(|f| f.strip_suffix(".crl"))
+        .and_then(|n| n.parse::<u32>().ok());
+    match api
+        .control
+        .crls()
+        .into_iter()
+        .find(|c| Some(c.generation) == generation)
+    {
+        Some(c) => ([(header::CONTENT_TYPE, "application/pkix-crl")], c.der).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no CRL {file}")),
+    }
 }

@@ -3,6 +3,8 @@
 
 pub mod api;
 pub mod client;
+pub mod control;
+pub mod orders;
 pub mod views;
 
 use serde::{Deserialize, Serialize};
@@ -34,6 +36,9 @@ pub enum OperatorError {
     /// The audit chain is broken.
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// The lifecycle rules refuse the order.
+    #[error(transparent)]
+    Refused(crate::core::LifecycleError),
 }
 
 /// The outcome of a bulk voucher import.

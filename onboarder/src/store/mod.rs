@@ -81,6 +81,28 @@ pub struct Anchor {
     pub added_at: u64,
 }
 
+/// A certificate that no longer authenticates its device (revoked, or superseded by a
+/// renewal), indexed by certificate serial for the CRL and the TLS handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// Certificate serial, hex.
+    pub cert_serial: String,
+    /// Key identifier of the issuing CA.
+    #[serde(with = "serde_bytes")]
+    pub issuer: Vec<u8>,
+    /// The device.
+    pub device: String,
+    /// Why (RFC 5280 reason).
+    pub reason: certs::crl::Reason,
+    /// Revocation time as published in the CRL.
+    pub revoked_at: u64,
+    /// From when the certificate is refused (later than `revoked_at` for a superseded
+    /// certificate's grace period).
+    pub effective_at: u64,
+    /// The certificate's notAfter: after it, the entry can leave the CRL.
+    pub not_after: u64,
+}
+
 /// One atomic write.
 #[derive(Debug, Clone, Default)]
 pub struct Change {
@@ -88,6 +110,10 @@ pub struct Change {
     pub devices: Vec<DeviceWrite>,
     /// Trust anchors to add.
     pub anchors: Vec<Anchor>,
+    /// Revocations to index (replacing an earlier entry for the same certificate).
+    pub revocations: Vec<Revocation>,
+    /// Small named values (counters such as CRL numbers).
+    pub meta: Vec<(String, Vec<u8>)>,
     /// Audit events to append, in order.
     pub audit: Vec<AuditEvent>,
 }
@@ -95,7 +121,11 @@ pub struct Change {
 impl Change {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.devices.is_empty() && self.anchors.is_empty() && self.audit.is_empty()
+        self.devices.is_empty()
+            && self.anchors.is_empty()
+            && self.revocations.is_empty()
+            && self.meta.is_empty()
+            && self.audit.is_empty()
     }
 }
 
@@ -112,6 +142,10 @@ pub trait Store: Send + Sync + 'static {
     fn device_count(&self) -> Result<u64, StoreError>;
     /// Imported trust anchors.
     fn anchors(&self) -> Result<Vec<Anchor>, StoreError>;
+    /// Every indexed revocation.
+    fn revocations(&self) -> Result<Vec<Revocation>, StoreError>;
+    /// A named value.
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Audit entries from sequence number `from` (1-based), at most `limit`.
     fn audit(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
     /// Sequence number and hash of the last audit entry.

@@ -5,6 +5,8 @@
 //! ```text
 //! d/<serial>      device record (CBOR)
 //! t/<sha256 hex>  trust anchor (CBOR)
+//! r/<cert serial> revocation (CBOR)
+//! m/<name>        named values (CRL numbers, ...)
 //! a/<seq u64 BE>  audit entry (CBOR)
 //! m/audit-head    seq (8 bytes BE) || hash (32 bytes) of the last audit entry
 //! ```
@@ -23,7 +25,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Anchor, Change, CommitFuture, Expect, Store, StoreError};
+use super::{Anchor, Change, CommitFuture, Expect, Revocation, Store, StoreError};
 use crate::audit::{AuditEntry, GENESIS};
 use crate::core::DeviceRecord;
 
@@ -184,6 +186,24 @@ impl Store for SledStore {
             .collect()
     }
 
+    fn revocations(&self) -> Result<Vec<Revocation>, StoreError> {
+        self.db
+            .scan_prefix(b"r/")
+            .map(|kv| {
+                let (k, v) = kv.map_err(io)?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .db
+            .get(format!("m/{key}"))
+            .map_err(io)?
+            .map(|v| v.to_vec()))
+    }
+
     fn audit(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         self.db
             .range(audit_key(from.max(1))..b"a0".to_vec())
@@ -313,6 +333,13 @@ impl Writer {
             let key = format!("t/{}", anchor.fingerprint);
             batch.insert(key.as_bytes(), protocol::cbor::to_vec(anchor));
         }
+        for r in &change.revocations {
+            let key = format!("r/{}", r.cert_serial);
+            batch.insert(key.as_bytes(), protocol::cbor::to_vec(r));
+        }
+        for (name, value) in &change.meta {
+            batch.insert(format!("m/{name}").as_bytes(), value.as_slice());
+        }
         for event in &change.audit {
             let entry = AuditEntry {
                 seq: head.0 + 1,
@@ -344,8 +371,8 @@ mod tests {
     fn change(record: DeviceRecord, expect: Expect) -> Change {
         Change {
             devices: vec![DeviceWrite { record, expect }],
-            anchors: vec![],
             audit: vec![AuditEvent::operator(None, "test", "", 1)],
+            ..Change::default()
         }
     }
 

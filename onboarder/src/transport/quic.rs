@@ -33,6 +33,8 @@ pub mod close {
     pub const UNAUTHORIZED: u32 = 1;
     /// The server is shutting down.
     pub const SHUTDOWN: u32 = 2;
+    /// The device's credentials were revoked.
+    pub const REVOKED: u32 = 3;
 }
 
 /// Binds the QUIC endpoint.
@@ -122,7 +124,8 @@ async fn connection(
         );
         tokio::spawn(async move {
             let response = request(recv, &service, &peer, &binding).await;
-            if peer.kind == CredentialKind::Ldevid && matches!(response, Some(Response::Ack)) {
+            if peer.kind == CredentialKind::Ldevid && matches!(response, Some(Response::Welcome(_)))
+            {
                 sessions.register(&peer.serial, conn);
             }
             if let Some(response) = response {

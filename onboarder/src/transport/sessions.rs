@@ -68,6 +68,13 @@ impl Sessions {
         self.map().contains_key(serial)
     }
 
+    /// Ends the session of `serial`, if any.
+    pub fn close(&self, serial: &str, reason: &str) {
+        if let Some(conn) = self.map().remove(serial) {
+            conn.close(super::quic::close::REVOKED.into(), reason.as_bytes());
+        }
+    }
+
     /// Sends `command` to `serial` and waits for its reply.
     pub async fn push(&self, serial: &str, command: &Command) -> Result<CommandReply, PushError> {
         let conn = self

@@ -70,6 +70,13 @@ impl ClientCertVerifier for DeviceCertVerifier {
             None,
         )
         .map_err(certificate_error)?;
+        let serial = x509_parser::parse_x509_certificate(end_entity)
+            .map(|(_, c)| certs::inspect::hex(c.raw_serial()))
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        let now = now.as_secs();
+        if self.trust.is_revoked(&serial, now) {
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        }
         Ok(ClientCertVerified::assertion())
     }
 

@@ -66,7 +66,7 @@ async fn a_device_onboards_and_opens_an_operational_session() {
 
     // Operational session: the server can push a command and gets the answer.
     let session = agent.connect().await.unwrap();
-    let serve = async { agent.serve_commands(&session).await };
+    let serve = async { agent.serve(&session).await };
     let push = async {
         for _ in 0..50 {
             if world.server.sessions().is_connected("SN-000001") {
@@ -84,7 +84,7 @@ async fn a_device_onboards_and_opens_an_operational_session() {
         reply
     };
     let (served, reply) = tokio::join!(serve, push);
-    served.unwrap();
+    assert_eq!(served.unwrap(), device_agent::driver::Stop::Closed);
     assert_eq!(reply, CommandReply::Pong { nonce: 42 });
     let record = world.record("SN-000001").unwrap();
     assert_eq!(

@@ -1,0 +1,65 @@
+//! Who may act on a device record: the checks every request starts with.
+
+use super::device::{DeviceRecord, DeviceState, IssuedCert};
+use super::error::LifecycleError;
+use super::peer::DevicePeer;
+
+/// The record of an authenticated device that may still act: known and not quarantined.
+pub(crate) fn usable(
+    peer: &DevicePeer,
+    record: Option<DeviceRecord>,
+) -> Result<DeviceRecord, LifecycleError> {
+    let record = record.ok_or_else(|| LifecycleError::UnknownDevice(peer.serial.clone()))?;
+    if record.state == DeviceState::Quarantined {
+        return Err(LifecycleError::Quarantined(record.serial));
+    }
+    Ok(record)
+}
+
+/// Refuses an IDevID other than the one the device first onboarded with (a clone).
+pub(crate) fn check_pinned_idevid(
+    peer: &DevicePeer,
+    record: &DeviceRecord,
+) -> Result<(), LifecycleError> {
+    match &record.idevid_key {
+        Some(pinned) if pinned.as_slice() != peer.public_key.raw() => {
+            Err(LifecycleError::Unauthorized(format!(
+                "the IDevID presented for {} is not the one on record",
+                peer.serial
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The certificate an LDevID peer authenticated with, if the device may still use it.
+pub(crate) fn ldevid<'a>(
+    peer: &DevicePeer,
+    record: &'a DeviceRecord,
+    now: u64,
+    grace: u64,
+) -> Result<&'a IssuedCert, LifecycleError> {
+    record
+        .certificate(&peer.cert_serial)
+        .filter(|c| c.accepted_at(now, grace))
+        .ok_or_else(|| {
+            LifecycleError::Unauthorized(format!(
+                "certificate {} of {} is no longer accepted",
+                peer.cert_serial, peer.serial
+            ))
+        })
+}
+
+/// Shortens a reason given by a device before it goes into the audit log.
+pub(crate) fn truncate(reason: Option<String>) -> String {
+    const MAX_REASON: usize = 256;
+    let mut r = reason.unwrap_or_default();
+    if r.len() > MAX_REASON {
+        let mut cut = MAX_REASON;
+        while !r.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        r.truncate(cut);
+    }
+    r
+}

@@ -1,0 +1,64 @@
+//! Renewal with re-key (EST simplereenroll, RFC 7030 4.2.2) over an LDevID session.
+//!
+//! The CSR keeps the subject (the device serial) and brings a fresh key: reusing the current
+//! key, any earlier one or the IDevID's is refused. It is bound to the TLS session like every
+//! CSR. The new certificate is confirmed when the device opens a session with it; the old one
+//! is then superseded and keeps working for the grace period at most.
+
+use super::access::{ldevid, usable};
+use super::device::{DeviceRecord, DeviceState};
+use super::error::LifecycleError;
+use super::issue::issue;
+use super::onboard::Decision;
+use super::peer::{CredentialKind, DevicePeer};
+use super::policy::{Entropy, Registrar};
+
+/// Checks a re-enrollment CSR and issues the renewed LDevID.
+pub fn reenroll(
+    reg: &Registrar,
+    peer: &DevicePeer,
+    record: Option<DeviceRecord>,
+    csr: &[u8],
+    session_binding: &[u8],
+    now: u64,
+    entropy: Entropy,
+) -> Result<Decision, LifecycleError> {
+    peer.require(CredentialKind::Ldevid, "re-enrollment")?;
+    let mut record = usable(peer, record)?;
+    if record.state != DeviceState::Active {
+        return Err(LifecycleError::WrongState {
+            serial: record.serial,
+            state: record.state,
+            action: "re-enrollment",
+        });
+    }
+    ldevid(peer, &record, now, reg.policy.superseded_grace)?;
+    let idevid = record
+        .idevid_key
+        .as_deref()
+        .and_then(public_key_from_raw)
+        .into_iter()
+        .collect::<Vec<_>>();
+    let mut forbidden = vec![peer.public_key.clone()];
+    forbidden.extend(idevid);
+    let checked = certs::csr::check_csr(
+        csr,
+        &certs::csr::CsrPolicy {
+            serial: &peer.serial,
+            binding: session_binding,
+            forbidden_keys: &forbidden,
+        },
+    )?;
+    let issued = issue(reg, &mut record, &checked, "renewed LDevID", now, &entropy)?;
+    Ok(Decision {
+        write: issued.changed.then_some(record),
+        events: issued.events,
+        response: issued.response,
+    })
+}
+
+fn public_key_from_raw(raw: &[u8]) -> Option<protocol::keys::PublicKey> {
+    protocol::keys::PublicKey::p256(raw)
+        .or_else(|_| protocol::keys::PublicKey::ed25519(raw))
+        .ok()
+}

@@ -1,0 +1,94 @@
+//! Operator orders about a device: revoke it, or have it re-key.
+
+use certs::crl::Reason;
+
+use super::device::{CertStatus, DeviceRecord, DeviceState, Rotation, RotationState};
+use super::error::LifecycleError;
+use super::onboard::Decision;
+use crate::audit::AuditEvent;
+use protocol::message::Response;
+
+/// Revokes every certificate of the device that could still be used and quarantines it.
+/// Revoking a quarantined device again revokes what is left and changes nothing else.
+pub fn revoke(
+    serial: &str,
+    record: Option<DeviceRecord>,
+    reason: Reason,
+    now: u64,
+) -> Result<Decision, LifecycleError> {
+    let mut record = record.ok_or_else(|| LifecycleError::UnknownDevice(serial.to_string()))?;
+    let mut revoked = Vec::new();
+    for cert in &mut record.certificates {
+        if matches!(
+            cert.status,
+            CertStatus::Issued | CertStatus::Active | CertStatus::Superseded { .. }
+        ) && cert.not_after > now
+        {
+            cert.status = CertStatus::Revoked { reason, at: now };
+            revoked.push(cert.serial.clone());
+        }
+    }
+    if record.state != DeviceState::Quarantined {
+        record.transition(DeviceState::Quarantined, "revocation", now)?;
+        record.quarantine_reason = Some(format!("revoked: {reason}"));
+    } else if revoked.is_empty() {
+        return Ok(Decision::reply(Response::Ack));
+    }
+    if let Some(rotation) = &mut record.rotation
+        && rotation.state == RotationState::Pending
+    {
+        rotation.state = RotationState::Failed {
+            reason: "revoked".into(),
+        };
+    }
+    record.updated_at = now;
+    Ok(Decision {
+        events: vec![AuditEvent::operator(
+            Some(serial),
+            "revoked",
+            format!("{reason}: certificates {}", revoked.join(", ")),
+            now,
+        )],
+        write: Some(record),
+        response: Response::Ack,
+    })
+}
+
+/// Orders the device to re-key. Only an active device can; asking again while a rotation is
+/// pending changes nothing.
+pub fn request_rotation(
+    serial: &str,
+    record: Option<DeviceRecord>,
+    now: u64,
+) -> Result<Decision, LifecycleError> {
+    let mut record = record.ok_or_else(|| LifecycleError::UnknownDevice(serial.to_string()))?;
+    if record.state != DeviceState::Active {
+        return Err(LifecycleError::WrongState {
+            serial: record.serial,
+            state: record.state,
+            action: "a rotation",
+        });
+    }
+    if record
+        .rotation
+        .as_ref()
+        .is_some_and(|r| r.state == RotationState::Pending)
+    {
+        return Ok(Decision::reply(Response::Ack));
+    }
+    record.rotation = Some(Rotation {
+        requested_at: now,
+        state: RotationState::Pending,
+    });
+    record.updated_at = now;
+    Ok(Decision {
+        events: vec![AuditEvent::operator(
+            Some(serial),
+            "rotation-requested",
+            "",
+            now,
+        )],
+        write: Some(record),
+        response: Response::Ack,
+    })
+}

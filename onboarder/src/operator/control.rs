@@ -1,0 +1,208 @@
+//! Orders that reach beyond the store: pushing commands to connected devices, rolling the CA
+//! over on disk, and publishing CRLs. The admin API and the demo drive the onboarder through
+//! this.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use protocol::message::{Command, CommandReply};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, watch};
+
+use super::OperatorError;
+use super::orders::{Crl, OrderReport};
+use crate::config::{Config, layout};
+use crate::service::Service;
+use crate::transport::sessions::Sessions;
+
+/// Commands in flight at once when no rate is given.
+const PUSH_CONCURRENCY: usize = 64;
+/// The CRL publisher waits this long after a revocation for others to batch with it.
+const CRL_DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// The outcome of a CA rollover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloverReport {
+    /// The new issuing CA generation.
+    pub generation: u32,
+    /// The rotation ordered for every active device.
+    pub rotation: OrderReport,
+}
+
+/// The running onboarder as operators act on it.
+pub struct Control {
+    /// The service.
+    pub service: Arc<Service>,
+    /// Live operational sessions.
+    pub sessions: Arc<Sessions>,
+    dir: PathBuf,
+    config: Config,
+    crls: RwLock<Vec<Crl>>,
+}
+
+impl Control {
+    /// Control over the onboarder whose data directory is `dir`.
+    pub fn new(
+        service: Arc<Service>,
+        sessions: Arc<Sessions>,
+        dir: PathBuf,
+        config: Config,
+    ) -> Self {
+        Control {
+            service,
+            sessions,
+            dir,
+            config,
+            crls: RwLock::new(Vec::new()),
+        }
+    }
+
+    /// Orders a rotation and pushes the command to the devices that are connected, at most
+    /// `rate` per second (the others get it when they next connect).
+    pub async fn rotate(
+        self: &Arc<Self>,
+        serials: Option<Vec<String>>,
+        rate: Option<u32>,
+    ) -> Result<OrderReport, OperatorError> {
+        let report = self.service.request_rotation(serials).await?;
+        let this = self.clone();
+        let targets = report.accepted.clone();
+        tokio::spawn(async move { this.push_all(targets, Command::Rotate, rate).await });
+        Ok(report)
+    }
+
+    async fn push_all(self: Arc<Self>, serials: Vec<String>, command: Command, rate: Option<u32>) {
+        let limit = Arc::new(Semaphore::new(PUSH_CONCURRENCY));
+        let mut tick = rate
+            .filter(|r| *r > 0)
+            .map(|r| tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(r))));
+        for serial in serials {
+            if !self.sessions.is_connected(&serial) {
+                continue;
+            }
+            if let Some(tick) = &mut tick {
+                tick.tick().await;
+            }
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                return;
+            };
+            let (sessions, command) = (self.sessions.clone(), command.clone());
+            tokio::spawn(async move {
+                match sessions.push(&serial, &command).await {
+                    Ok(CommandReply::Accepted) => {}
+                    Ok(other) => tracing::info!(serial, "command answered {other:?}"),
+                    // The device gets the order in its next welcome.
+                    Err(e) => tracing::debug!(serial, "push failed: {e}"),
+                }
+                drop(permit);
+            });
+        }
+    }
+
+    /// Revokes a device's certificates, quarantines it and ends its session.
+    pub async fn revoke(
+        &self,
+        serial: &str,
+        reason: certs::crl::Reason,
+    ) -> Result<crate::core::DeviceRecord, OperatorError> {
+        let record = self.service.revoke(serial, reason).await?;
+        self.sessions.close(serial, "revoked");
+        Ok(record)
+    }
+
+    /// Rolls the issuing CA over: a new generation under the owner root issues from now on,
+    /// every active device is ordered to re-key (so each ends on a certificate of the new CA),
+    /// and the old CA keeps publishing its CRL until its certificates have expired.
+    pub async fn rollover(
+        self: &Arc<Self>,
+        rate: Option<u32>,
+    ) -> Result<RolloverReport, OperatorError> {
+        let (dir, config, now) = (self.dir.clone(), self.config.clone(), self.service.now());
+        let pki = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let generation = crate::pki::rollover(&dir, &config, now)?;
+            Ok((generation, crate::pki::load(&dir, &config)?))
+        })
+        .await
+        .map_err(|e| OperatorError::BadInput(e.to_string()))?
+        .map_err(|e| OperatorError::BadInput(format!("{e:#}")))?;
+        let (generation, pki) = pki;
+        self.service.set_registrar(pki.registrar);
+        self.service
+            .store
+            .commit(crate::store::Change {
+                audit: vec![crate::audit::AuditEvent::operator(
+                    None,
+                    "ca-rollover",
+                    format!("issuing CA generation {generation} in force"),
+                    now,
+                )],
+                ..Default::default()
+            })
+            .await?;
+        self.publish_crls().await?;
+        let rotation = self.rotate(None, rate).await?;
+        Ok(RolloverReport {
+            generation,
+            rotation,
+        })
+    }
+
+    /// Signs and writes fresh CRLs (`DIR/crl/issuing-ca-N.crl`, PEM) and keeps them for the
+    /// HTTP endpoint. Returns when a grace period next ends.
+    pub async fn publish_crls(&self) -> Result<Option<u64>, OperatorError> {
+        let (crls, next_change) = self.service.build_crls(self.config.crl_validity).await?;
+        let dir = self.dir.clone();
+        let written = crls.clone();
+        tokio::task::spawn_blocking(move || {
+            for crl in &written {
+                let pem = certs::files::pem_block("X509 CRL", &crl.der);
+                if let Err(e) = certs::files::write_public(
+                    &dir.join(layout::crl(crl.generation)),
+                    pem.as_bytes(),
+                ) {
+                    tracing::error!("writing the CRL: {e}");
+                }
+            }
+        })
+        .await
+        .map_err(|e| OperatorError::BadInput(e.to_string()))?;
+        *self.crls.write().unwrap_or_else(|e| e.into_inner()) = crls;
+        Ok(next_change)
+    }
+
+    /// The CRLs last published.
+    pub fn crls(&self) -> Vec<Crl> {
+        self.crls.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Publishes CRLs now, after every revocation, when a grace period ends, and at half their
+    /// validity, until `stop` turns true.
+    pub async fn run_crl_publisher(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let refresh = Duration::from_secs((self.config.crl_validity / 2).max(1));
+        loop {
+            let next_change = match self.publish_crls().await {
+                Ok(next) => next,
+                Err(e) => {
+                    tracing::error!("publishing CRLs: {e}");
+                    None
+                }
+            };
+            let now = self.service.now();
+            let wait = next_change
+                .map(|at| Duration::from_secs(at.saturating_sub(now).max(1)))
+                .map_or(refresh, |d| d.min(refresh));
+            tokio::select! {
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return;
+                    }
+                }
+                () = tokio::time::sleep(wait) => {}
+                () = self.service.revocations_changed.notified() => {
+                    tokio::time::sleep(CRL_DEBOUNCE).await;
+                }
+            }
+        }
+    }
+}
