@@ -130,3 +130,66 @@ fn ed25519_keys_are_readable_by_openssl() {
     assert!(ok, "{text}");
     assert_eq!(text, key.public_pem());
 }
+
+/// A revoked LDevID: the CRL verifies with `openssl crl -verify`, and `openssl verify
+/// -crl_check` refuses the revoked certificate and accepts the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crl_verifies_and_lists_the_revoked_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    // The demo leaves a server data directory and enrolled devices; serve it again.
+    onboarder::demo::run(onboarder::demo::DemoOptions {
+        devices: 3,
+        out: Some(out.clone()),
+        concurrency: 3,
+        progress: false,
+    })
+    .await
+    .unwrap();
+    let data = out.join("onboarder");
+    let server = onboarder::server::Server::start(&data, Default::default())
+        .await
+        .unwrap();
+    server
+        .control()
+        .revoke("SN-000002", certs::crl::Reason::KeyCompromise)
+        .await
+        .unwrap();
+    server.control().publish_crls().await.unwrap();
+    server.shutdown().await;
+
+    let crl = data.join("crl/issuing-ca-1.crl");
+    let chain = data.join("ca/chain.pem");
+    let (ok, text) = openssl(&[
+        "crl",
+        "-in",
+        path(&crl),
+        "-CAfile",
+        path(&chain),
+        "-noout",
+        "-verify",
+    ]);
+    assert!(ok && text.contains("verify OK"), "{text}");
+    let (ok, text) = openssl(&["crl", "-in", path(&crl), "-noout", "-text"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("Key Compromise"), "{text}");
+    assert!(text.contains("X509v3 CRL Number"), "{text}");
+
+    let verify = |device: &str| {
+        openssl(&[
+            "verify",
+            "-crl_check",
+            "-CRLfile",
+            path(&crl),
+            "-CAfile",
+            path(&data.join("ca/owner-root.pem")),
+            "-untrusted",
+            path(&data.join("ca/issuing-ca.pem")),
+            path(&out.join(format!("devices/{device}/state/ldevid.pem"))),
+        ])
+    };
+    let (ok, text) = verify("SN-000002");
+    assert!(!ok && text.contains("certificate revoked"), "{text}");
+    let (ok, text) = verify("SN-000001");
+    assert!(ok && text.contains(": OK"), "{text}");
+}

@@ -148,9 +148,29 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport> {
     import(&manufacturer, &server, &data, &out, &devices, now).await?;
     tracing::info!("imported the anchor and vouchers in {:.2?}", t.elapsed());
 
+    let endpoints = (0..2)
+        .map(|_| device_agent::transport::quic::endpoint_for(server.quic_addr()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let agents = devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            Agent::with_files(
+                &d.identity,
+                &d.state,
+                server.quic_addr(),
+                endpoints[i % endpoints.len()].clone(),
+                AgentOptions::default(),
+            )
+            .map(Arc::new)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
     let mut phases = BTreeMap::new();
-    let report = onboard_phase(&server, &devices, &options).await?;
+    let report = onboard_phase(&agents, &options).await?;
     phases.insert("onboard".to_string(), report);
+    let report = rotate_phase(&server, &agents, &options).await?;
+    phases.insert("rotate".to_string(), report);
     server.shutdown().await;
 
     let report = DemoReport {
@@ -250,33 +270,13 @@ fn progress_bar(options: &DemoOptions, phase: &str) -> indicatif::ProgressBar {
 }
 
 /// Every device onboards (voucher, checks, CSR, LDevID) and opens its operational session.
-async fn onboard_phase(
-    server: &Server,
-    devices: &[Device],
-    options: &DemoOptions,
-) -> Result<PhaseReport> {
-    let endpoints = (0..2)
-        .map(|_| device_agent::transport::quic::endpoint_for(server.quic_addr()))
-        .collect::<Result<Vec<_>, _>>()?;
+async fn onboard_phase(agents: &[Arc<Agent>], options: &DemoOptions) -> Result<PhaseReport> {
     let limit = Arc::new(Semaphore::new(options.concurrency.max(1)));
-    let agents = devices
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            Agent::with_files(
-                &d.identity,
-                &d.state,
-                server.quic_addr(),
-                endpoints[i % endpoints.len()].clone(),
-                AgentOptions::default(),
-            )
-        })
-        .collect::<Result<Vec<_>, _>>()?;
     let bar = progress_bar(options, "onboard");
     let start = Instant::now();
-    let mut tasks = Vec::with_capacity(devices.len());
+    let mut tasks = Vec::with_capacity(agents.len());
     for agent in agents {
-        let (limit, bar) = (limit.clone(), bar.clone());
+        let (agent, limit, bar) = (agent.clone(), limit.clone(), bar.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = limit.acquire_owned().await.ok()?;
             let t0 = Instant::now();
@@ -297,7 +297,7 @@ async fn onboard_phase(
             }
         }));
     }
-    let mut latencies = Vec::with_capacity(devices.len());
+    let mut latencies = Vec::with_capacity(agents.len());
     let mut failed = 0;
     for t in tasks {
         match t.await? {
@@ -307,4 +307,94 @@ async fn onboard_phase(
     }
     bar.finish_and_clear();
     Ok(PhaseReport::new(&mut latencies, failed, start.elapsed()))
+}
+
+/// The LDevID public key a device holds now.
+fn current_key(agent: &Agent) -> Option<Vec<u8>> {
+    let state = agent.load_state().ok()?;
+    let info = certs::CertInfo::parse(state.ldevid.as_ref()?).ok()?;
+    Some(info.public_key.raw().to_vec())
+}
+
+/// With every device in its operational session, the operator orders the whole fleet to
+/// re-key; each device renews its LDevID with a fresh key and reconnects with it. A device
+/// counts as rotated once the server confirmed it and it no longer holds its old key.
+async fn rotate_phase(
+    server: &Server,
+    agents: &[Arc<Agent>],
+    options: &DemoOptions,
+) -> Result<PhaseReport> {
+    let before: Vec<Option<Vec<u8>>> = agents.iter().map(|a| current_key(a)).collect();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let runners: Vec<_> = agents
+        .iter()
+        .map(|agent| {
+            let (agent, mut stopped) = (agent.clone(), stopped.clone());
+            tokio::spawn(async move {
+                let _ = agent
+                    .run(async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    })
+                    .await;
+            })
+        })
+        .collect();
+    let connected = wait_for(DEVICE_DEADLINE, || server.sessions().len() >= agents.len()).await;
+    anyhow::ensure!(
+        connected,
+        "only {} of {} devices connected",
+        server.sessions().len(),
+        agents.len()
+    );
+
+    let bar = progress_bar(options, "rotate");
+    let start = Instant::now();
+    let order = server.control().rotate(None, None).await?;
+    let service = server.service().clone();
+    wait_for(DEVICE_DEADLINE, || {
+        let status = service.rotation_status(order.at).unwrap_or_default();
+        bar.set_position((status.rotated + status.failed) as u64);
+        status.pending == 0
+    })
+    .await;
+    let elapsed = start.elapsed();
+    bar.finish_and_clear();
+    let _ = stop.send(true);
+    for r in runners {
+        let _ = r.await;
+    }
+    let status = service.rotation_status(order.at)?;
+    let unfinished: std::collections::HashSet<&str> = status
+        .pending_serials
+        .iter()
+        .map(String::as_str)
+        .chain(status.failures.iter().map(|(s, _)| s.as_str()))
+        .collect();
+    let mut latencies = Vec::new();
+    let mut failed = 0;
+    for (agent, old) in agents.iter().zip(before) {
+        if unfinished.contains(agent.serial()) || current_key(agent) == old {
+            tracing::warn!(serial = agent.serial(), "did not rotate");
+            failed += 1;
+            continue;
+        }
+        let us = agent
+            .stats()
+            .last_renewal_us
+            .load(std::sync::atomic::Ordering::Relaxed);
+        latencies.push(Duration::from_micros(us));
+    }
+    Ok(PhaseReport::new(&mut latencies, failed, elapsed))
+}
+
+/// Polls `done` every 50 ms for at most `limit`; whether it came true.
+async fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
 }

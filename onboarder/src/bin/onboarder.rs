@@ -83,6 +83,43 @@ enum Command {
     /// The tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Re-key devices: they renew their LDevID with a fresh key now (offline devices when
+    /// they next connect). Shows progress and a summary; waits up to --wait seconds.
+    Rotate {
+        /// Devices to rotate.
+        serials: Vec<String>,
+        /// Every active device.
+        #[arg(long, conflicts_with = "serials")]
+        all: bool,
+        /// Commands pushed per second at most.
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Seconds to wait for the devices before summarising (0: do not wait).
+        #[arg(long, default_value_t = 300)]
+        wait: u64,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke every certificate of a device and quarantine it; its session ends, the CRL lists
+    /// the certificates, and the handshake refuses them.
+    Revoke {
+        /// Device serial.
+        serial: String,
+        /// RFC 5280 reason: unspecified, key-compromise, ca-compromise, affiliation-changed,
+        /// superseded, cessation-of-operation, privilege-withdrawn.
+        #[arg(long, default_value = "unspecified")]
+        reason: certs::crl::Reason,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The owner's certificate authorities.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Certificate revocation lists.
+    #[command(subcommand)]
+    Crl(CrlCommand),
     /// Run every lifecycle phase with N real agents against a real server on loopback.
     Demo {
         /// Number of devices.
@@ -97,6 +134,34 @@ enum Command {
         /// Devices working at the same time.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Start a new issuing CA under the owner root (needs ca/owner-root.key). Every active
+    /// device re-keys onto it; the old CA keeps publishing its CRL until its certificates
+    /// expire.
+    Rollover {
+        /// Rotation commands pushed per second at most.
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Seconds to wait for the devices before summarising (0: do not wait).
+        #[arg(long, default_value_t = 300)]
+        wait: u64,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CrlCommand {
+    /// The CRLs last published (files in DIR/crl/, and GET /crl/issuing-ca-N.crl).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -145,6 +210,14 @@ enum DeviceCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Quarantine a device: all its requests are refused (its certificates stay valid).
+    Quarantine {
+        /// Device serial.
+        serial: String,
+        /// Why, for the audit log.
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -303,6 +376,10 @@ fn main() -> Result<()> {
                         }
                     }
                 }
+                DeviceCommand::Quarantine { serial, reason } => {
+                    let d = client.quarantine(&serial, &reason)?;
+                    println!("{} is {}", d.serial, d.state);
+                }
                 DeviceCommand::Show { serial, json } => {
                     let d = client.device(&serial)?;
                     if json {
@@ -357,6 +434,74 @@ fn main() -> Result<()> {
                 }
             }
         }
+        Command::Rotate {
+            serials,
+            all,
+            rate,
+            wait,
+            json,
+        } => {
+            anyhow::ensure!(all || !serials.is_empty(), "name devices or use --all");
+            let client = ApiClient::for_data_dir(&cli.dir)?;
+            let order =
+                client.rotate(&onboarder::operator::api::RotateRequest { serials, all, rate })?;
+            for (serial, why) in &order.refused {
+                eprintln!("not rotating {serial}: {why}");
+            }
+            follow_rotation(&client, order.at, order.accepted.len(), wait, json)?;
+        }
+        Command::Revoke {
+            serial,
+            reason,
+            json,
+        } => {
+            let client = ApiClient::for_data_dir(&cli.dir)?;
+            let d = client.revoke(&serial, reason)?;
+            if json {
+                println!("{}", serde_json::to_string(&d)?);
+            } else {
+                let revoked: Vec<_> = d
+                    .certificates
+                    .iter()
+                    .filter(|c| matches!(c.status, onboarder::core::CertStatus::Revoked { .. }))
+                    .map(|c| c.serial.as_str())
+                    .collect();
+                println!("revoked {} ({reason}): {}", d.serial, revoked.join(", "));
+                println!("{} is {}", d.serial, d.state);
+            }
+        }
+        Command::Ca(CaCommand::Rollover { rate, wait, json }) => {
+            let client = ApiClient::for_data_dir(&cli.dir)?;
+            let report = client.rollover(rate)?;
+            eprintln!("issuing CA generation {} in force", report.generation);
+            follow_rotation(
+                &client,
+                report.rotation.at,
+                report.rotation.accepted.len(),
+                wait,
+                json,
+            )?;
+        }
+        Command::Crl(CrlCommand::List { json }) => {
+            let client = ApiClient::for_data_dir(&cli.dir)?;
+            let crls = client.crls()?;
+            if json {
+                println!("{}", serde_json::to_string(&crls)?);
+            } else {
+                for c in crls {
+                    println!(
+                        "issuing CA {}: CRL number {}, {} entries, next update {} ({})",
+                        c.generation,
+                        c.number,
+                        c.entries,
+                        c.next_update,
+                        cli.dir
+                            .join(onboarder::config::layout::crl(c.generation))
+                            .display()
+                    );
+                }
+            }
+        }
         Command::Demo {
             devices,
             out,
@@ -386,6 +531,67 @@ fn main() -> Result<()> {
             anyhow::ensure!(failed == 0, "{failed} device phases failed");
         }
     }
+    Ok(())
+}
+
+/// Shows the progress of the rotations ordered at `since` until none is pending or `wait`
+/// seconds have passed, then prints the summary. Fails if any device failed.
+fn follow_rotation(
+    client: &ApiClient,
+    since: u64,
+    total: usize,
+    wait: u64,
+    json: bool,
+) -> Result<()> {
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(total as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("  rotating [{bar:40}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
+    let status = loop {
+        let status = client.rotation_status(since)?;
+        bar.set_position((status.rotated + status.failed) as u64);
+        bar.set_message(format!("{} failed", status.failed));
+        if status.pending == 0 || std::time::Instant::now() >= deadline {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    bar.finish_and_clear();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "rotated": status.rotated,
+                "pending": status.pending,
+                "failed": status.failed,
+                "pending_serials": status.pending_serials,
+                "failures": status.failures,
+            })
+        );
+    } else {
+        println!(
+            "rotated {}, pending {}, failed {}",
+            status.rotated, status.pending, status.failed
+        );
+        for (serial, why) in &status.failures {
+            println!("  {serial}: {why}");
+        }
+        if status.pending > 0 {
+            println!("  pending devices rotate when they next connect");
+        }
+    }
+    anyhow::ensure!(
+        status.failed == 0,
+        "{} devices failed to rotate",
+        status.failed
+    );
     Ok(())
 }
 

@@ -54,6 +54,32 @@ pub fn revoke(
     })
 }
 
+/// Quarantines a device on an operator's order: every request of it is refused until further
+/// notice; its certificates are not revoked (see [`revoke`] for that).
+pub fn quarantine(
+    serial: &str,
+    record: Option<DeviceRecord>,
+    reason: &str,
+    now: u64,
+) -> Result<Decision, LifecycleError> {
+    let mut record = record.ok_or_else(|| LifecycleError::UnknownDevice(serial.to_string()))?;
+    if record.state == DeviceState::Quarantined {
+        return Ok(Decision::reply(Response::Ack));
+    }
+    record.transition(DeviceState::Quarantined, "quarantine", now)?;
+    record.quarantine_reason = Some(reason.to_string());
+    Ok(Decision {
+        events: vec![AuditEvent::operator(
+            Some(serial),
+            "quarantined",
+            reason,
+            now,
+        )],
+        write: Some(record),
+        response: Response::Ack,
+    })
+}
+
 /// Orders the device to re-key. Only an active device can; asking again while a rotation is
 /// pending changes nothing.
 pub fn request_rotation(

@@ -8,6 +8,7 @@
 //! GET  /v1/devices?after=&limit=  devices in serial order
 //! GET  /v1/devices/{serial}       one device
 //! POST /v1/devices/{serial}/revoke {"reason": "key-compromise"}: revoke and quarantine
+//! POST /v1/devices/{serial}/quarantine {"reason": "..."}: refuse it, keep its certificates
 //! POST /v1/rotations              {"serials": [..]} or {"all": true}, optional "rate"
 //! GET  /v1/rotations?since=T      progress of the rotations ordered since T
 //! POST /v1/ca/rollover            new issuing CA generation, every device re-keys
@@ -67,6 +68,10 @@ pub fn router(control: Arc<Control>, token: String) -> Router {
         .route("/v1/devices", get(list_devices))
         .route("/v1/devices/{serial}", get(show_device))
         .route("/v1/devices/{serial}/revoke", axum::routing::post(revoke))
+        .route(
+            "/v1/devices/{serial}/quarantine",
+            axum::routing::post(quarantine),
+        )
         .route("/v1/rotations", get(rotation_status).post(rotate))
         .route("/v1/ca/rollover", axum::routing::post(rollover))
         .route("/v1/crls", get(list_crls))
@@ -213,6 +218,22 @@ async fn revoke(
     axum::Json(body): axum::Json<RevokeRequest>,
 ) -> ApiResult<DeviceView> {
     let record = api.control.revoke(&serial, body.reason).await?;
+    Ok(axum::Json(DeviceView::from(&record)))
+}
+
+/// Body of `POST /v1/devices/{serial}/quarantine`.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct QuarantineRequest {
+    /// Why, for the audit log.
+    pub reason: String,
+}
+
+async fn quarantine(
+    State(api): State<Api>,
+    Path(serial): Path<String>,
+    axum::Json(body): axum::Json<QuarantineRequest>,
+) -> ApiResult<DeviceView> {
+    let record = api.control.quarantine(&serial, &body.reason).await?;
     Ok(axum::Json(DeviceView::from(&record)))
 }
 

@@ -7,6 +7,9 @@ use anyhow::{Context, Result, bail};
 use serde::de::DeserializeOwned;
 
 use super::ImportReport;
+use super::api::{QuarantineRequest, RevokeRequest, RolloverRequest, RotateRequest};
+use super::control::RolloverReport;
+use super::orders::{Crl, OrderReport, RotationStatus};
 use super::views::{AnchorView, AuditEntryView, DeviceView};
 use crate::audit::ChainSummary;
 use crate::config::Config;
@@ -133,6 +136,52 @@ impl ApiClient {
     /// Audit entries.
     pub fn audit(&self, from: u64, limit: usize) -> Result<Vec<AuditEntryView>> {
         self.get(&format!("/v1/audit?from={from}&limit={limit}"))
+    }
+
+    fn post_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<T> {
+        self.post(path, &serde_json::to_vec(body)?, "application/json")
+    }
+
+    /// Revokes a device's certificates and quarantines it.
+    pub fn revoke(&self, serial: &str, reason: certs::crl::Reason) -> Result<DeviceView> {
+        self.post_json(
+            &format!("/v1/devices/{serial}/revoke"),
+            &RevokeRequest { reason },
+        )
+    }
+
+    /// Quarantines a device.
+    pub fn quarantine(&self, serial: &str, reason: &str) -> Result<DeviceView> {
+        self.post_json(
+            &format!("/v1/devices/{serial}/quarantine"),
+            &QuarantineRequest {
+                reason: reason.to_string(),
+            },
+        )
+    }
+
+    /// Orders a rotation.
+    pub fn rotate(&self, request: &RotateRequest) -> Result<OrderReport> {
+        self.post_json("/v1/rotations", request)
+    }
+
+    /// Progress of the rotations ordered since `since`.
+    pub fn rotation_status(&self, since: u64) -> Result<RotationStatus> {
+        self.get(&format!("/v1/rotations?since={since}"))
+    }
+
+    /// Rolls the issuing CA over.
+    pub fn rollover(&self, rate: Option<u32>) -> Result<RolloverReport> {
+        self.post_json("/v1/ca/rollover", &RolloverRequest { rate })
+    }
+
+    /// The CRLs last published.
+    pub fn crls(&self) -> Result<Vec<Crl>> {
+        self.get("/v1/crls")
     }
 
     /// Verifies the audit chain.

@@ -100,7 +100,9 @@ impl Control {
         }
     }
 
-    /// Revokes a device's certificates, quarantines it and ends its session.
+    /// Revokes a device's certificates, quarantines it, ends its session, and publishes the
+    /// CRLs before returning, so the revocation is visible everywhere when the operator sees
+    /// it done.
     pub async fn revoke(
         &self,
         serial: &str,
@@ -108,6 +110,18 @@ impl Control {
     ) -> Result<crate::core::DeviceRecord, OperatorError> {
         let record = self.service.revoke(serial, reason).await?;
         self.sessions.close(serial, "revoked");
+        self.publish_crls().await?;
+        Ok(record)
+    }
+
+    /// Quarantines a device and ends its session.
+    pub async fn quarantine(
+        &self,
+        serial: &str,
+        reason: &str,
+    ) -> Result<crate::core::DeviceRecord, OperatorError> {
+        let record = self.service.quarantine(serial, reason).await?;
+        self.sessions.close(serial, "quarantined");
         Ok(record)
     }
 

@@ -77,6 +77,19 @@ impl Service {
         self.device(serial)
     }
 
+    /// Quarantines `serial` (its certificates stay valid, its requests are refused).
+    pub async fn quarantine(
+        &self,
+        serial: &str,
+        reason: &str,
+    ) -> Result<DeviceRecord, OperatorError> {
+        self.decide_and_commit(serial, |record, now| {
+            core::revoke::quarantine(serial, record, reason, now)
+        })
+        .await?;
+        self.device(serial)
+    }
+
     /// Orders the given devices (all active ones when `None`) to re-key.
     pub async fn request_rotation(
         &self,

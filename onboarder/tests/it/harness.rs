@@ -108,6 +108,33 @@ impl World {
             .collect()
     }
 
+    /// A hand-driven LDevID session (no hello), with the credential the device holds.
+    pub async fn ldevid_session(&self, device: &Device) -> Session {
+        use device_agent::platform::KeyStore;
+        let state: device_agent::machine::AgentState = protocol::cbor::from_slice(
+            &std::fs::read(device.state_dir.join("state.cbor")).unwrap(),
+            1 << 20,
+        )
+        .unwrap();
+        let keys = device_agent::platform::files::FileKeyStore::new(
+            &device.identity_dir,
+            &device.state_dir,
+            KeyKind::P256,
+        );
+        let chain = vec![state.ldevid.clone().unwrap(), state.chain[0].to_vec()];
+        let config = quic::operational_config(
+            &chain,
+            keys.ldevid_key().unwrap().unwrap(),
+            state.owner_ca.as_ref().unwrap(),
+            Timeouts::default(),
+        )
+        .unwrap();
+        let name = state.config.unwrap().server_name;
+        Session::connect(&self.endpoint, config, self.server.quic_addr(), Some(&name))
+            .await
+            .unwrap()
+    }
+
     /// A hand-driven IDevID session for hostile inputs.
     pub async fn raw_session(&self, device: &Device) -> Session {
         let identity = device.identity();
@@ -126,6 +153,7 @@ impl World {
 
 /// A device on disk: its factory identity and its agent state directory.
 pub struct Device {
+    serial: String,
     pub identity_dir: PathBuf,
     pub state_dir: PathBuf,
 }
@@ -141,9 +169,22 @@ impl Device {
             .unwrap();
         std::fs::create_dir_all(&state_dir).unwrap();
         Device {
+            serial: serial.to_string(),
             identity_dir,
             state_dir,
         }
+    }
+
+    pub fn at(serial: &str, identity_dir: PathBuf, state_dir: PathBuf) -> Device {
+        Device {
+            serial: serial.to_string(),
+            identity_dir,
+            state_dir,
+        }
+    }
+
+    pub fn serial(&self) -> String {
+        self.serial.clone()
     }
 
     pub fn identity(&self) -> Identity {
@@ -200,4 +241,51 @@ pub fn voucher_request(identity: &Identity, session: &Session) -> Request {
         now(),
     );
     Request::VoucherRequest(req.sign(&identity.key).unwrap())
+}
+
+/// An agent running its `run` loop in the background.
+pub struct Running {
+    pub agent: std::sync::Arc<Agent>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    pub fn start(agent: Agent) -> Running {
+        let agent = std::sync::Arc::new(agent);
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let runner = agent.clone();
+        let task = tokio::spawn(async move {
+            runner
+                .run(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+                .unwrap();
+        });
+        Running { agent, stop, task }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Waits (polling) until `check` holds, for at most `secs` seconds.
+pub async fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The public key of the device's current LDevID, as stored on the device.
+pub fn device_key(device: &Device) -> protocol::keys::PublicKey {
+    let cert = certs::files::read_cert(&device.state_dir.join("ldevid.pem")).unwrap();
+    certs::CertInfo::parse(&cert).unwrap().public_key
 }

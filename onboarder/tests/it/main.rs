@@ -4,6 +4,7 @@
 mod harness;
 
 mod crash;
+mod lifecycle;
 mod onboarding;
 mod operator;
 mod refusals;

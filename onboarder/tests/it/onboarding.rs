@@ -113,10 +113,7 @@ async fn ed25519_devices_and_eap_tls_policy_work_too() {
         .unwrap();
     identity.save(&dir.join("identity")).unwrap();
     std::fs::create_dir_all(dir.join("state")).unwrap();
-    let device = Device {
-        identity_dir: dir.join("identity"),
-        state_dir: dir.join("state"),
-    };
+    let device = Device::at("SN-ED25519", dir.join("identity"), dir.join("state"));
     world.expect(&["SN-ED25519"], 30).await;
     let agent = world.agent(&device);
     let state = agent.onboard().await.unwrap();

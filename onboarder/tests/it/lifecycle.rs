@@ -1,0 +1,404 @@
+//! Certificate lifecycle: renewal with re-key, rotation on demand, revocation, CA rollover.
+
+use certs::crl::Reason;
+use device_agent::AgentError;
+use device_agent::platform::KeyStore;
+use device_agent::platform::files::FileKeyStore;
+use device_agent::platform::key::CsrSigner;
+use onboarder::core::{CertStatus, DeviceState};
+use protocol::message::{ErrorCode, Request};
+use std::sync::atomic::Ordering;
+
+use crate::harness::*;
+
+fn reenroll(csr: Vec<u8>) -> Request {
+    Request::Reenroll { csr }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_renewals_are_refused_and_change_nothing() {
+    let world = World::new().await;
+    let device = world.device("SN-RENEW");
+    world.expect(&["SN-RENEW"], 30).await;
+    let agent = world.agent(&device);
+    agent.onboard().await.unwrap();
+    let session = agent.connect().await.unwrap();
+    let before = world.record("SN-RENEW").unwrap();
+    let binding = session.binding().unwrap();
+    let fresh = certs::KeyPair::generate(certs::KeyKind::P256).unwrap();
+
+    // Another subject.
+    let csr = certs::csr::build_csr("SN-SOMEONE", &fresh, &binding).unwrap();
+    let r = session.exchange(&reenroll(csr)).await.unwrap();
+    assert_eq!(code_of(&r), ErrorCode::CsrPolicy);
+    // The old key again: no re-key.
+    let keys = FileKeyStore::new(
+        &device.identity_dir,
+        &device.state_dir,
+        certs::KeyKind::P256,
+    );
+    let old = keys.ldevid_key().unwrap().unwrap();
+    let csr = certs::csr::build_csr("SN-RENEW", &CsrSigner::new(old.as_ref()), &binding).unwrap();
+    let r = session.exchange(&reenroll(csr)).await.unwrap();
+    assert_eq!(code_of(&r), ErrorCode::CsrPolicy);
+    // The IDevID's key.
+    let csr = certs::csr::build_csr("SN-RENEW", &device.identity().key, &binding).unwrap();
+    let r = session.exchange(&reenroll(csr)).await.unwrap();
+    assert_eq!(code_of(&r), ErrorCode::CsrPolicy);
+    // Made for another session (exporter mismatch).
+    let other = agent.connect().await.unwrap();
+    let csr = certs::csr::build_csr("SN-RENEW", &fresh, &other.binding().unwrap()).unwrap();
+    let r = session.exchange(&reenroll(csr)).await.unwrap();
+    assert_eq!(code_of(&r), ErrorCode::StaleRequest);
+    other.close();
+    // Over an IDevID session.
+    let idevid = world.raw_session(&device).await;
+    let csr = certs::csr::build_csr("SN-RENEW", &fresh, &idevid.binding().unwrap()).unwrap();
+    let r = idevid.exchange(&reenroll(csr)).await.unwrap();
+    assert_eq!(code_of(&r), ErrorCode::Unauthorized);
+    assert_eq!(world.record("SN-RENEW").unwrap(), before);
+
+    // A quarantined device cannot rotate.
+    world
+        .server
+        .control()
+        .quarantine("SN-RENEW", "under investigation")
+        .await
+        .unwrap();
+    let quarantined = world.record("SN-RENEW").unwrap();
+    let session = agent.connect().await;
+    match session {
+        Err(AgentError::Refused { code, .. }) => assert_eq!(code, ErrorCode::Quarantined),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let raw = world.ldevid_session(&device).await;
+    let csr = certs::csr::build_csr("SN-RENEW", &fresh, &raw.binding().unwrap()).unwrap();
+    assert_eq!(
+        code_of(&raw.exchange(&reenroll(csr)).await.unwrap()),
+        ErrorCode::Quarantined
+    );
+    assert_eq!(world.record("SN-RENEW").unwrap(), quarantined);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_device_is_refused_at_the_handshake_and_listed_in_the_crl() {
+    let world = World::new().await;
+    let device = world.device("SN-STOLEN");
+    let bystander = world.device("SN-HONEST");
+    world.expect(&["SN-STOLEN", "SN-HONEST"], 30).await;
+    world.agent(&device).onboard().await.unwrap();
+    world.agent(&bystander).onboard().await.unwrap();
+    let running = Running::start(world.agent(&device));
+    eventually(10, "the session", || {
+        world.server.sessions().is_connected("SN-STOLEN")
+    })
+    .await;
+    let first_crl = world.server.control().crls()[0].number;
+
+    let record = world
+        .server
+        .control()
+        .revoke("SN-STOLEN", Reason::KeyCompromise)
+        .await
+        .unwrap();
+    assert_eq!(record.state, DeviceState::Quarantined);
+    assert!(record.certificates.iter().all(|c| matches!(
+        c.status,
+        CertStatus::Revoked {
+            reason: Reason::KeyCompromise,
+            ..
+        }
+    )));
+    // The live session was ended; a new one is refused during the handshake.
+    eventually(10, "the end of the session", || {
+        !world.server.sessions().is_connected("SN-STOLEN")
+    })
+    .await;
+    running.stop().await;
+    let before = world.record("SN-STOLEN").unwrap();
+    match world.agent(&device).connect().await {
+        Err(AgentError::Connection(msg)) => assert!(msg.contains("evoked"), "{msg}"),
+        other => panic!("expected a handshake refusal, got {other:?}"),
+    }
+    assert_eq!(world.record("SN-STOLEN").unwrap(), before);
+    world.agent(&bystander).connect().await.unwrap().close();
+
+    // The CRL lists it, with a higher CRL number.
+    let revoked_serial = before.certificates[0].serial.clone();
+    eventually(10, "a new CRL", || {
+        world.server.control().crls()[0].number > first_crl
+    })
+    .await;
+    let crl = world.server.control().crls().remove(0);
+    let (_, parsed) = x509_parser::parse_x509_crl(&crl.der).unwrap();
+    let listed: Vec<String> = parsed
+        .iter_revoked_certificates()
+        .map(|r| certs::inspect::hex(r.raw_serial()))
+        .collect();
+    assert_eq!(listed, vec![revoked_serial]);
+    // The CRL file on disk is the same CRL.
+    let on_disk = std::fs::read_to_string(world.data.join("crl/issuing-ca-1.crl")).unwrap();
+    assert_eq!(on_disk, certs::files::pem_block("X509 CRL", &crl.der));
+}
+
+/// The agent dies at each step of a renewal; a fresh agent on the same disk recovers, and the
+/// server ends with exactly one live certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_interrupted_at_any_step_recovers_with_one_live_certificate() {
+    let world = World::new().await;
+    for step in ["before-request", "after-issued", "after-stored"] {
+        let serial = format!("SN-CRASH-{}", step.to_uppercase());
+        let device = world.device(&serial);
+        world.expect(&[&serial], 30).await;
+        let onboarded_key = {
+            let agent = world.agent(&device);
+            agent.onboard().await.unwrap();
+            let key = device_key(&device);
+            let session = agent.connect().await.unwrap();
+            match step {
+                "before-request" => {}
+                "after-issued" => {
+                    agent.request_renewal(&session).await.unwrap();
+                }
+                _ => {
+                    let e = agent.request_renewal(&session).await.unwrap();
+                    agent.store_renewal(e).await.unwrap();
+                }
+            }
+            session.close();
+            key
+            // The agent is gone here, as if killed.
+        };
+        let issued_in_crash = world
+            .record(&serial)
+            .unwrap()
+            .pending_certificate()
+            .map(|c| c.serial.clone());
+        let agent = world.agent(&device);
+        let mut session = agent.connect().await.unwrap();
+        if step != "after-stored" {
+            session = agent.renew(session).await.unwrap();
+        }
+        session.close();
+        let record = world.record(&serial).unwrap();
+        let live: Vec<_> = record.live_certificates().collect();
+        assert_eq!(live.len(), 1, "{step}: {:?}", record.certificates);
+        assert_ne!(device_key(&device), onboarded_key, "{step}: no re-key");
+        assert_eq!(
+            live[0].public_key,
+            device_key(&device).raw(),
+            "{step}: the device holds the live certificate"
+        );
+        if let Some(issued) = issued_in_crash {
+            assert_eq!(
+                live[0].serial, issued,
+                "{step}: the retry got the same certificate"
+            );
+        }
+        assert!(
+            record
+                .certificates
+                .iter()
+                .any(|c| matches!(c.status, CertStatus::Superseded { .. })),
+            "{step}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_on_demand_reaches_live_and_offline_devices() {
+    let world = World::new().await;
+    let serials = ["SN-ROT-A", "SN-ROT-B", "SN-ROT-C"];
+    let devices: Vec<Device> = serials.iter().map(|s| world.device(s)).collect();
+    world.expect(&serials, 30).await;
+    let mut keys = Vec::new();
+    for d in &devices {
+        world.agent(d).onboard().await.unwrap();
+        keys.push(device_key(d));
+    }
+    let a = Running::start(world.agent(&devices[0]));
+    let b = Running::start(world.agent(&devices[1]));
+    eventually(10, "sessions", || world.server.sessions().len() == 2).await;
+    let control = world.server.control();
+
+    // One device.
+    let order = control
+        .rotate(Some(vec!["SN-ROT-A".into()]), None)
+        .await
+        .unwrap();
+    assert_eq!(order.accepted, ["SN-ROT-A"]);
+    eventually(20, "the rotation of A", || {
+        world
+            .server
+            .service()
+            .rotation_status(order.at)
+            .unwrap()
+            .rotated
+            == 1
+    })
+    .await;
+    assert_ne!(device_key(&devices[0]), keys[0]);
+    assert_eq!(device_key(&devices[1]), keys[1]);
+    keys[0] = device_key(&devices[0]);
+
+    // The whole fleet, with C offline: it rotates when it next connects.
+    let order = control.rotate(None, Some(100)).await.unwrap();
+    assert_eq!(order.accepted.len(), 3);
+    eventually(20, "A and B", || {
+        world
+            .server
+            .service()
+            .rotation_status(order.at)
+            .unwrap()
+            .rotated
+            == 2
+    })
+    .await;
+    let status = world.server.service().rotation_status(order.at).unwrap();
+    assert_eq!(status.pending_serials, ["SN-ROT-C"]);
+    let c = Running::start(world.agent(&devices[2]));
+    eventually(20, "C", || {
+        world
+            .server
+            .service()
+            .rotation_status(order.at)
+            .unwrap()
+            .pending
+            == 0
+    })
+    .await;
+    for (d, old) in devices.iter().zip(&keys) {
+        assert_ne!(&device_key(d), old);
+        let record = world.record(&d.serial()).unwrap();
+        assert_eq!(record.live_certificates().count(), 1);
+    }
+    for r in [a, b, c] {
+        assert_eq!(r.agent.stats().failures.load(Ordering::Relaxed), 0);
+        r.stop().await;
+    }
+    // Ordering a quarantined or unknown device is refused, per device.
+    control.quarantine("SN-ROT-C", "test").await.unwrap();
+    let order = control
+        .rotate(Some(vec!["SN-ROT-C".into(), "SN-NONE".into()]), None)
+        .await
+        .unwrap();
+    assert!(order.accepted.is_empty());
+    assert_eq!(order.refused.len(), 2);
+}
+
+/// Certificates that live seconds: a fleet renews by itself, spread in time, never without a
+/// valid credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_renews_before_expiry_spread_in_time() {
+    const FLEET: usize = 100;
+    const LIFETIME: u64 = 24;
+    let world = World::with_config(|c| {
+        c.policy.ldevid_lifetime = LIFETIME;
+        c.policy.superseded_grace = 2;
+    })
+    .await;
+    let serials: Vec<String> = (0..FLEET).map(|i| format!("SN-FLEET-{i:03}")).collect();
+    let devices: Vec<Device> = serials.iter().map(|s| world.device(s)).collect();
+    let refs: Vec<&str> = serials.iter().map(String::as_str).collect();
+    world.expect(&refs, 30).await;
+    let running: Vec<Running> = devices
+        .iter()
+        .map(|d| Running::start(world.agent(d)))
+        .collect();
+    eventually(60, "every device renewed twice", || {
+        running
+            .iter()
+            .all(|r| r.agent.stats().renewals.load(Ordering::Relaxed) >= 2)
+    })
+    .await;
+    let mut first_renewals = Vec::new();
+    for (r, s) in running.iter().zip(&serials) {
+        assert_eq!(r.agent.stats().failures.load(Ordering::Relaxed), 0, "{s}");
+        let record = world.record(s).unwrap();
+        // Each certificate was replaced before it expired: never a moment without one.
+        for pair in record.certificates.windows(2) {
+            assert!(
+                pair[1].issued_at < pair[0].not_after,
+                "{s}: renewed at {} after expiry at {}",
+                pair[1].issued_at,
+                pair[0].not_after
+            );
+        }
+        first_renewals.push(record.certificates[1].issued_at - record.certificates[0].issued_at);
+    }
+    for r in running {
+        r.stop().await;
+    }
+    // Spread: the first renewals did not all happen at the same moment.
+    let (min, max) = (
+        first_renewals.iter().min().unwrap(),
+        first_renewals.iter().max().unwrap(),
+    );
+    assert!(
+        max - min >= LIFETIME / 6,
+        "renewals between {min}s and {max}s after enrollment"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_rollover_moves_a_connected_fleet_to_the_new_ca() {
+    const FLEET: usize = 200;
+    let world = World::new().await;
+    let serials: Vec<String> = (0..FLEET).map(|i| format!("SN-ROLL-{i:03}")).collect();
+    let devices: Vec<Device> = serials.iter().map(|s| world.device(s)).collect();
+    let refs: Vec<&str> = serials.iter().map(String::as_str).collect();
+    world.expect(&refs, 30).await;
+    let running: Vec<Running> = devices
+        .iter()
+        .map(|d| Running::start(world.agent(d)))
+        .collect();
+    eventually(60, "the fleet connected", || {
+        world.server.sessions().len() == FLEET
+    })
+    .await;
+    let sessions_before: Vec<u64> = running
+        .iter()
+        .map(|r| r.agent.stats().sessions.load(Ordering::Relaxed))
+        .collect();
+
+    let report = world.server.control().rollover(None).await.unwrap();
+    assert_eq!(report.generation, 2);
+    assert_eq!(report.rotation.accepted.len(), FLEET);
+    eventually(60, "the whole fleet on the new CA", || {
+        world
+            .server
+            .service()
+            .rotation_status(report.rotation.at)
+            .unwrap()
+            .rotated
+            == FLEET
+    })
+    .await;
+    let new_ca = world.server.service().registrar().issuing.key_id.clone();
+    for ((r, s), before) in running.iter().zip(&serials).zip(sessions_before) {
+        let record = world.record(s).unwrap();
+        let active = record.active_certificate().unwrap();
+        assert_eq!(active.issuer, new_ca, "{s}");
+        assert_eq!(record.live_certificates().count(), 1, "{s}");
+        // The only session each lost was the planned switch to the new certificate.
+        let stats = r.agent.stats();
+        assert_eq!(stats.failures.load(Ordering::Relaxed), 0, "{s}");
+        assert_eq!(stats.sessions.load(Ordering::Relaxed), before + 1, "{s}");
+    }
+    eventually(10, "every device back in session", || {
+        world.server.sessions().len() == FLEET
+    })
+    .await;
+    // Both generations publish CRLs: the old one until its certificates have expired.
+    let generations: Vec<u32> = world
+        .server
+        .control()
+        .crls()
+        .iter()
+        .map(|c| c.generation)
+        .collect();
+    assert_eq!(generations, [1, 2]);
+    for r in running {
+        r.stop().await;
+    }
+}
