@@ -97,6 +97,21 @@ impl ManufacturerConfig {
     }
 }
 
+/// What a firmware release says besides its image.
+#[derive(Debug, Clone)]
+pub struct FirmwareRelease<'a> {
+    /// Version string.
+    pub version: &'a str,
+    /// Anti-rollback sequence number.
+    pub sequence: u64,
+    /// Device class, when not this manufacturer's model.
+    pub class_id: Option<&'a str>,
+    /// Expiry.
+    pub expires_on: Option<u64>,
+    /// SBOM reference.
+    pub sbom: Option<protocol::manifest::SbomRef>,
+}
+
 /// A manufacturer with its keys.
 #[derive(Debug)]
 pub struct Manufacturer {
@@ -242,6 +257,7 @@ impl Manufacturer {
             key,
             self.root.cert_der().to_vec(),
             self.masa_cert.clone(),
+            self.product(),
             now,
         )
     }
@@ -268,6 +284,35 @@ impl Manufacturer {
             nonce: None,
         };
         Ok(voucher.sign(&self.masa_key)?)
+    }
+
+    /// What devices of this manufacturer check firmware against.
+    pub fn product(&self) -> crate::identity::Product {
+        crate::identity::Product {
+            vendor_id: self.config.name.clone(),
+            class_id: self.config.model.clone(),
+            firmware_key: self.firmware_key.public_key(),
+        }
+    }
+
+    /// Signs a firmware manifest for `image` (the vendor and class are this manufacturer's
+    /// unless `class_id` names another model).
+    pub fn sign_firmware(
+        &self,
+        image: &[u8],
+        release: &FirmwareRelease<'_>,
+        now: u64,
+    ) -> Result<Vec<u8>, CertError> {
+        let mut manifest = protocol::manifest::Manifest::for_image(image).build(
+            &self.config.name,
+            release.class_id.unwrap_or(&self.config.model),
+            release.sequence,
+            release.version,
+            now,
+        );
+        manifest.expires_on = release.expires_on;
+        manifest.sbom = release.sbom.clone();
+        Ok(manifest.sign(&self.firmware_key)?)
     }
 
     /// The voucher-signing key, for tests that need a voucher with chosen fields.

@@ -5,6 +5,8 @@
 //! DIR/idevid.key             its private key (PKCS#8, mode 0600)
 //! DIR/manufacturer-root.pem  the manufacturer root CA (anchor for IDevIDs and the MASA cert)
 //! DIR/masa.pem               the manufacturer's voucher-signing certificate (the voucher anchor)
+//! DIR/firmware.pub           the manufacturer's firmware-signing public key (Ed25519)
+//! DIR/product.json           vendor and class identifiers that firmware manifests must name
 //! ```
 
 use std::path::Path;
@@ -25,6 +27,28 @@ pub mod layout {
     pub const MANUFACTURER_ROOT: &str = "manufacturer-root.pem";
     /// Voucher-signing certificate.
     pub const MASA_CERT: &str = "masa.pem";
+    /// Firmware-signing public key.
+    pub const FIRMWARE_KEY: &str = "firmware.pub";
+    /// Product identifiers.
+    pub const PRODUCT: &str = "product.json";
+}
+
+/// What the device is, for firmware: manifests must name this vendor and class and be signed
+/// by this key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Product {
+    /// Vendor identifier.
+    pub vendor_id: String,
+    /// Class (model) identifier.
+    pub class_id: String,
+    /// The manufacturer's firmware-signing key.
+    pub firmware_key: protocol::keys::PublicKey,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ProductFile {
+    vendor_id: String,
+    class_id: String,
 }
 
 /// A device's birth identity.
@@ -44,6 +68,8 @@ pub struct Identity {
     pub info: CertInfo,
     /// Parsed voucher-signing certificate.
     pub masa_info: CertInfo,
+    /// Vendor, class and firmware key.
+    pub product: Product,
 }
 
 impl Identity {
@@ -54,6 +80,7 @@ impl Identity {
         key: KeyPair,
         manufacturer_root: Vec<u8>,
         masa_cert: Vec<u8>,
+        product: Product,
         now: u64,
     ) -> Result<Identity, CertError> {
         let info = CertInfo::parse(&idevid)?;
@@ -75,6 +102,7 @@ impl Identity {
             masa_cert,
             info,
             masa_info,
+            product,
         })
     }
 
@@ -85,6 +113,7 @@ impl Identity {
             files::read_key(&dir.join(layout::IDEVID_KEY))?,
             files::read_cert(&dir.join(layout::MANUFACTURER_ROOT))?,
             files::read_cert(&dir.join(layout::MASA_CERT))?,
+            load_product(dir)?,
             now,
         )
     }
@@ -103,11 +132,36 @@ impl Identity {
         files::write_public(
             &dir.join(layout::MASA_CERT),
             files::cert_pem(&self.masa_cert).as_bytes(),
-        )
+        )?;
+        let spki = crate::key::spki_of(&self.product.firmware_key);
+        files::write_public(
+            &dir.join(layout::FIRMWARE_KEY),
+            files::pem_block("PUBLIC KEY", &spki).as_bytes(),
+        )?;
+        let product = ProductFile {
+            vendor_id: self.product.vendor_id.clone(),
+            class_id: self.product.class_id.clone(),
+        };
+        let json =
+            serde_json::to_vec_pretty(&product).map_err(|e| CertError::Generate(e.to_string()))?;
+        files::write_public(&dir.join(layout::PRODUCT), &json)
     }
 
     /// The authority key identifier of the IDevID, which vouchers name as `idevid-issuer`.
     pub fn idevid_issuer(&self) -> &[u8] {
         self.info.authority_key_id.as_deref().unwrap_or_default()
     }
+}
+
+fn load_product(dir: &Path) -> Result<Product, CertError> {
+    let path = dir.join(layout::PRODUCT);
+    let file: ProductFile = serde_json::from_slice(&files::read_limited(&path, 64 * 1024)?)
+        .map_err(|e| CertError::parse("product.json", e))?;
+    let firmware_key =
+        crate::key::public_key_from_pem(&files::read_pem_text(&dir.join(layout::FIRMWARE_KEY))?)?;
+    Ok(Product {
+        vendor_id: file.vendor_id,
+        class_id: file.class_id,
+        firmware_key,
+    })
 }

@@ -177,6 +177,44 @@ impl rcgen::SigningKey for KeyPair {
     }
 }
 
+/// DER SubjectPublicKeyInfo of a wire-form public key.
+pub fn spki_of(key: &PublicKey) -> Vec<u8> {
+    use yasna::models::ObjectIdentifier;
+    yasna::construct_der(|w| {
+        w.write_sequence(|w| {
+            w.next().write_sequence(|w| match key {
+                PublicKey::P256(_) => {
+                    w.next()
+                        .write_oid(&ObjectIdentifier::from_slice(&[1, 2, 840, 10045, 2, 1]));
+                    w.next()
+                        .write_oid(&ObjectIdentifier::from_slice(&[1, 2, 840, 10045, 3, 1, 7]));
+                }
+                PublicKey::Ed25519(_) => {
+                    w.next()
+                        .write_oid(&ObjectIdentifier::from_slice(&[1, 3, 101, 112]));
+                }
+            });
+            let raw = key.raw();
+            w.next().write_bitvec_bytes(raw, raw.len() * 8);
+        })
+    })
+}
+
+/// A public key from a PEM `PUBLIC KEY` (SubjectPublicKeyInfo).
+pub fn public_key_from_pem(text: &str) -> Result<PublicKey, CertError> {
+    use x509_parser::prelude::FromDer;
+    let block = pem::parse(text).map_err(|e| CertError::Key(format!("PEM: {e}")))?;
+    if block.tag() != "PUBLIC KEY" {
+        return Err(CertError::Key(format!(
+            "expected a PUBLIC KEY block, found {}",
+            block.tag()
+        )));
+    }
+    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(block.contents())
+        .map_err(|e| CertError::Key(format!("SubjectPublicKeyInfo: {e}")))?;
+    public_key_from_spki(&spki)
+}
+
 /// A public key from a DER SubjectPublicKeyInfo, as found in certificates and CSRs.
 pub fn public_key_from_spki(
     spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>,
@@ -217,6 +255,18 @@ mod tests {
             assert_eq!(again.kind(), kind);
             let sig = Signer::sign(&again, b"m").unwrap();
             key.public_key().verify(b"m", &sig).unwrap();
+        }
+    }
+
+    #[test]
+    fn public_keys_round_trip_through_spki_pem() {
+        for kind in [KeyKind::P256, KeyKind::Ed25519] {
+            let key = KeyPair::generate(kind).unwrap();
+            assert_eq!(spki_of(&key.public_key()), key.spki_der());
+            assert_eq!(
+                public_key_from_pem(&key.public_pem()).unwrap(),
+                key.public_key()
+            );
         }
     }
 

@@ -365,6 +365,8 @@ impl Agent {
             .call(&Request::Hello(Hello {
                 agent_version: AGENT_VERSION.into(),
                 firmware_version: state.firmware_version.clone(),
+                firmware_sequence: state.firmware_sequence,
+                class_id: self.identity.product.class_id.clone(),
             }))
             .await?;
         match welcome {

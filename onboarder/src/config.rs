@@ -11,6 +11,7 @@
 //! DIR/crl/issuing-ca-N.crl the CRL of generation N (PEM), rewritten at every publication
 //! DIR/tls/server.pem      registrar certificate and issuing CA (+ server.key, 0600)
 //! DIR/store/              the sled database
+//! DIR/firmware/<sha256>   firmware images, content-addressed
 //! ```
 
 use std::net::SocketAddr;
@@ -54,6 +55,8 @@ pub mod layout {
     pub const SERVER_KEY: &str = "tls/server.key";
     /// sled database.
     pub const STORE: &str = "store";
+    /// Firmware images, by SHA-256.
+    pub const FIRMWARE: &str = "firmware";
 }
 
 /// Settings of one onboarder.

@@ -56,6 +56,7 @@ impl Server {
             Arc::new(store),
             pki.registrar,
             pki.owner_root,
+            crate::store::images::Images::new(dir.join(layout::FIRMWARE)),
             clock,
         )?);
         let tls = tls::server_config(&pki.server_chain, &pki.server_key, service.trust())?;

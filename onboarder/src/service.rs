@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use crate::audit::AuditEvent;
 use crate::core::{self, CertStatus, Decision, DevicePeer, DeviceRecord, Entropy, LifecycleError};
 use crate::core::{Registrar, renew};
+use crate::store::images::Images;
 use crate::store::{Change, DeviceWrite, Expect, Revocation, Store, StoreError};
 use crate::trust::TrustStore;
 
@@ -34,6 +35,11 @@ pub struct Service {
     /// Signalled after a commit that revoked or superseded certificates (the CRL publisher
     /// waits on it).
     pub(crate) revocations_changed: Notify,
+    /// Signalled after a firmware report (the campaign engine waits on it).
+    pub(crate) firmware_changed: Notify,
+    /// Serialises campaign read-modify-writes (operator orders and the engine).
+    pub(crate) campaigns: tokio::sync::Mutex<()>,
+    pub(crate) images: Images,
     clock: Clock,
     rng: SystemRandom,
 }
@@ -45,9 +51,13 @@ impl Service {
         store: Arc<dyn Store>,
         registrar: Registrar,
         owner_root: Vec<u8>,
+        images: Images,
         clock: Clock,
     ) -> Result<Service, StoreError> {
         let service = Service {
+            firmware_changed: Notify::new(),
+            campaigns: tokio::sync::Mutex::new(()),
+            images,
             trust: Arc::new(TrustStore::default()),
             registrar: RwLock::new(Arc::new(registrar)),
             store,
@@ -111,11 +121,22 @@ impl Service {
         session_binding: &[u8],
         request: Request,
     ) -> Response {
+        if let Request::FirmwareChunk {
+            digest,
+            offset,
+            length,
+        } = &request
+        {
+            return self.chunk(peer, digest, *offset, *length).await;
+        }
         let result = self
             .decide_and_commit(&peer.serial, |record, now| {
                 self.decide(peer, session_binding, &request, record, now)
             })
             .await;
+        if matches!(request, Request::FirmwareStatus(_)) {
+            self.firmware_changed.notify_one();
+        }
         match result {
             Ok(response) => response,
             Err(e) => {
@@ -218,9 +239,40 @@ impl Service {
             Request::Reenroll { csr } => {
                 renew::reenroll(reg, peer, record, csr, binding, now, self.entropy()?)
             }
+            Request::FirmwareStatus(report) => core::firmware::report(
+                peer,
+                record,
+                report.clone(),
+                now,
+                reg.policy.superseded_grace,
+            ),
             _ => Err(LifecycleError::BadRequest(
                 "request not supported by this server".into(),
             )),
+        }
+    }
+
+    /// Serves a piece of an image offered to the device.
+    async fn chunk(&self, peer: &DevicePeer, digest: &[u8], offset: u64, length: u32) -> Response {
+        let result = async {
+            let record = self.store.device(&peer.serial).map_err(unavailable)?;
+            let grace = self.registrar().policy.superseded_grace;
+            core::firmware::authorize_download(peer, record, digest, self.now(), grace)?;
+            let length = length.min(protocol::message::MAX_CHUNK);
+            let images = self.images.clone();
+            let digest = digest.to_vec();
+            tokio::task::spawn_blocking(move || images.read(&digest, offset, length))
+                .await
+                .map_err(|e| LifecycleError::Unavailable(e.to_string()))?
+                .map_err(unavailable)
+        }
+        .await;
+        match result {
+            Ok(bytes) => Response::Chunk(bytes),
+            Err(e) => {
+                self.record_refusal(Some(peer), &e).await;
+                Response::Error(e.to_wire())
+            }
         }
     }
 

@@ -8,6 +8,7 @@
 //! - [`frame`]: length-prefixed framing for QUIC streams, with a maximum frame size.
 //! - [`keys`]: public keys and the [`keys::Signer`] trait through which private keys are used.
 //! - [`cose`]: COSE_Sign1 (RFC 9052) signing and verification with a content type per artefact.
+//! - [`manifest`]: the signed firmware manifest (SUIT information model) and its checks.
 //! - [`voucher`]: the voucher request and the voucher (RFC 8366bis fields, constrained-BRSKI
 //!   style COSE signing) and the checks a device applies to a voucher.
 //! - [`message`]: versioned request/response/command messages and their typed error codes.
@@ -23,6 +24,7 @@ pub mod cose;
 pub mod error;
 pub mod frame;
 pub mod keys;
+pub mod manifest;
 pub mod message;
 pub mod voucher;
 

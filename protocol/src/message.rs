@@ -65,6 +65,66 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         csr: Vec<u8>,
     },
+    /// A piece of a firmware image offered to this device. Answered by [`Response::Chunk`].
+    FirmwareChunk {
+        /// SHA-256 of the image (from its manifest).
+        #[serde(with = "serde_bytes")]
+        digest: Vec<u8>,
+        /// First byte wanted.
+        offset: u64,
+        /// Bytes wanted (at most [`MAX_CHUNK`]).
+        length: u32,
+    },
+    /// Progress of a firmware update on the device. Answered by [`Response::Ack`].
+    FirmwareStatus(FirmwareReport),
+}
+
+/// Largest firmware chunk served in one response.
+pub const MAX_CHUNK: u32 = 128 * 1024;
+
+/// Where a firmware update stands on a device.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FirmwareState {
+    /// Fetching the image.
+    Downloading,
+    /// Signature, vendor, class, sequence, size and digest all checked.
+    Verified,
+    /// Written to the inactive slot.
+    Installed,
+    /// Booted, passed its health check, committed.
+    Healthy,
+    /// Failed its health check; the previous image runs again.
+    RolledBack,
+    /// Refused or failed before installation (the reason says why).
+    Failed,
+}
+
+impl FirmwareState {
+    /// Whether nothing more will happen for this update.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            FirmwareState::Healthy | FirmwareState::RolledBack | FirmwareState::Failed
+        )
+    }
+}
+
+/// A device's report on a firmware update.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirmwareReport {
+    /// SHA-256 of the image concerned.
+    #[serde(with = "serde_bytes")]
+    pub digest: Vec<u8>,
+    /// Where the update stands.
+    pub state: FirmwareState,
+    /// Why, for `failed` and `rolled-back`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Bytes of the image the device holds so far.
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 /// Success or failure reported by a device, with a reason on failure.
@@ -84,6 +144,12 @@ pub struct Hello {
     pub agent_version: String,
     /// Version string of the firmware it runs.
     pub firmware_version: String,
+    /// Sequence number of the firmware it runs (0 for the factory image).
+    #[serde(default)]
+    pub firmware_sequence: u64,
+    /// Device class (model), as firmware manifests name it.
+    #[serde(default)]
+    pub class_id: String,
 }
 
 /// The onboarder's answer to a [`Request`].
@@ -99,6 +165,8 @@ pub enum Response {
     Ack,
     /// The operational session is open; the commands waiting for the device follow.
     Welcome(Welcome),
+    /// A piece of a firmware image.
+    Chunk(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The request was refused.
     Error(WireError),
 }
@@ -188,6 +256,14 @@ pub enum Command {
     /// Re-key now: renew the LDevID with a fresh key. Answered by [`CommandReply::Accepted`];
     /// the renewal follows on the device's own streams.
     Rotate,
+    /// Install the firmware described by this signed manifest (COSE_Sign1 of a
+    /// [`crate::manifest::Manifest`]); fetch it with [`Request::FirmwareChunk`]. Answered by
+    /// [`CommandReply::Accepted`].
+    Update {
+        /// The signed manifest.
+        #[serde(with = "serde_bytes")]
+        manifest: Vec<u8>,
+    },
     /// The owner's trust anchors from now on (DER), for an owner-root rollover. The device adds
     /// them to the CA it pinned; it accepts them only on an authenticated operational session.
     TrustAnchors {

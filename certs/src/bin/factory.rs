@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 ///   factory init ./acme --name "Acme Sensors"
 ///   factory mint --dir ./acme --count 10 --out ./devices
 ///   factory voucher --dir ./acme --owner-ca owner-root.pem --serials-from ./devices --out vouchers.cbor
+///   factory sign-firmware --dir ./acme image.bin --version 1.1.0 --sequence 2
 #[derive(Parser)]
 #[command(version, verbatim_doc_comment)]
 struct Cli {
@@ -85,6 +86,45 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Sign a firmware image: writes its manifest (COSE_Sign1, Ed25519), verifiable by any COSE
+    /// library with firmware.pub.
+    SignFirmware {
+        /// Manufacturer directory.
+        #[arg(long, env = "FACTORY_DIR", default_value = "manufacturer")]
+        dir: PathBuf,
+        /// The image.
+        image: PathBuf,
+        /// Human-readable version.
+        #[arg(long)]
+        version: String,
+        /// Anti-rollback sequence number: must grow with every release.
+        #[arg(long)]
+        sequence: u64,
+        /// Device class the image is for (default: the manufacturer's model).
+        #[arg(long)]
+        class: Option<String>,
+        /// Days until devices must no longer install it.
+        #[arg(long)]
+        expires_in_days: Option<u64>,
+        /// SBOM document shipped with the release (its digest goes into the manifest).
+        #[arg(long, requires = "sbom_uri")]
+        sbom: Option<PathBuf>,
+        /// Where the SBOM is published.
+        #[arg(long)]
+        sbom_uri: Option<String>,
+        /// SBOM format.
+        #[arg(long, value_enum, default_value_t = SbomFormat::Cyclonedx)]
+        sbom_format: SbomFormat,
+        /// Output manifest (default: IMAGE.manifest).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SbomFormat {
+    Cyclonedx,
+    Spdx,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -201,6 +241,63 @@ fn main() -> Result<()> {
                 .collect::<Result<Vec<_>, _>>()?;
             files::write_public(&out, &protocol::voucher::encode_bundle(&vouchers))?;
             println!("signed {} vouchers into {}", vouchers.len(), out.display());
+        }
+        Command::SignFirmware {
+            dir,
+            image,
+            version,
+            sequence,
+            class,
+            expires_in_days,
+            sbom,
+            sbom_uri,
+            sbom_format,
+            out,
+        } => {
+            let m = Manufacturer::load(&dir)
+                .with_context(|| format!("loading manufacturer from {}", dir.display()))?;
+            let bytes =
+                std::fs::read(&image).with_context(|| format!("reading {}", image.display()))?;
+            let sbom = match (sbom, sbom_uri) {
+                (Some(path), Some(uri)) => Some(protocol::manifest::SbomRef {
+                    format: match sbom_format {
+                        SbomFormat::Cyclonedx => "cyclonedx",
+                        SbomFormat::Spdx => "spdx",
+                    }
+                    .into(),
+                    uri,
+                    digest: protocol::manifest::sha256(
+                        &std::fs::read(&path)
+                            .with_context(|| format!("reading {}", path.display()))?,
+                    )
+                    .to_vec(),
+                }),
+                _ => None,
+            };
+            let manifest = m.sign_firmware(
+                &bytes,
+                &certs::factory::FirmwareRelease {
+                    version: &version,
+                    sequence,
+                    class_id: class.as_deref(),
+                    expires_on: expires_in_days.map(|d| now + d * 86_400),
+                    sbom,
+                },
+                now,
+            )?;
+            let out = out.unwrap_or_else(|| {
+                let mut name = image.clone().into_os_string();
+                name.push(".manifest");
+                PathBuf::from(name)
+            });
+            files::write_public(&out, &manifest)?;
+            println!(
+                "signed {} ({} bytes, sha256 {}) as version {version}, sequence {sequence}: {}",
+                image.display(),
+                bytes.len(),
+                certs::inspect::hex(&protocol::manifest::sha256(&bytes)),
+                out.display()
+            );
         }
     }
     Ok(())

@@ -45,6 +45,10 @@ pub struct AgentState {
     pub config: Option<DeviceConfig>,
     /// Version string of the running firmware.
     pub firmware_version: String,
+    /// Sequence number of the running firmware: the highest the device accepted (a new image
+    /// must be above it).
+    #[serde(default)]
+    pub firmware_sequence: u64,
     /// A renewed LDevID stored but not yet confirmed by using it: the old one stays current
     /// until then (its key is the key store's pending key).
     #[serde(default)]
@@ -75,6 +79,7 @@ impl AgentState {
             network: None,
             config: None,
             firmware_version: firmware_version.to_string(),
+            firmware_sequence: 0,
             renewal: None,
             renew_at: None,
         }

@@ -186,6 +186,15 @@ pub struct DeviceRecord {
     /// The last rotation ordered by an operator.
     #[serde(default)]
     pub rotation: Option<Rotation>,
+    /// Device class (model) the device reports.
+    #[serde(default)]
+    pub class_id: Option<String>,
+    /// Sequence number of the firmware the device reports it runs.
+    #[serde(default)]
+    pub firmware_sequence: u64,
+    /// The last firmware update offered to the device.
+    #[serde(default)]
+    pub firmware_job: Option<super::firmware::FirmwareJob>,
 }
 
 impl DeviceRecord {
@@ -206,6 +215,9 @@ impl DeviceRecord {
             firmware_version: None,
             quarantine_reason: None,
             rotation: None,
+            class_id: None,
+            firmware_sequence: 0,
+            firmware_job: None,
         }
     }
 

@@ -5,8 +5,10 @@
 //! and commits what it returns. Time and randomness come in as arguments.
 
 mod access;
+pub mod campaign;
 pub mod device;
 pub mod error;
+pub mod firmware;
 mod issue;
 pub mod onboard;
 pub mod peer;

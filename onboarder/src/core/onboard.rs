@@ -273,13 +273,22 @@ pub fn hello(
     }
     if record.agent_version.as_deref() != Some(hello.agent_version.as_str())
         || record.firmware_version.as_deref() != Some(hello.firmware_version.as_str())
+        || record.firmware_sequence != hello.firmware_sequence
+        || record.class_id.as_deref() != Some(hello.class_id.as_str())
     {
+        record.class_id = Some(hello.class_id);
         record.agent_version = Some(hello.agent_version);
         record.firmware_version = Some(hello.firmware_version);
+        record.firmware_sequence = hello.firmware_sequence;
         record.updated_at = now;
         changed = true;
     }
     let mut welcome = Welcome::default();
+    if let Some(job) = record.firmware_job.as_ref().filter(|j| !j.state.is_final()) {
+        welcome.commands.push(Command::Update {
+            manifest: job.manifest.clone(),
+        });
+    }
     if record
         .rotation
         .as_ref()

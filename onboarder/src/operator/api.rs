@@ -13,6 +13,11 @@
 //! GET  /v1/rotations?since=T      progress of the rotations ordered since T
 //! POST /v1/ca/rollover            new issuing CA generation, every device re-keys
 //! GET  /v1/crls                   the CRLs last published
+//! GET  /v1/firmware/keys          firmware-signing keys; POST {"vendor", "pem"} imports one
+//! GET  /v1/firmware/releases      releases; POST (CBOR [manifest, image]) uploads one
+//! GET  /v1/campaigns              campaigns; POST (CampaignSpec) creates one
+//! GET  /v1/campaigns/{id}         status per wave and per device
+//! POST /v1/campaigns/{id}/{order} start, pause, resume or abort
 //! GET  /v1/audit?from=&limit=     audit entries
 //! GET  /v1/audit/verify           verify the audit hash chain
 //! GET  /crl/issuing-ca-{n}.crl    CRL of issuing CA generation n, DER (no token needed)
@@ -75,6 +80,20 @@ pub fn router(control: Arc<Control>, token: String) -> Router {
         .route("/v1/rotations", get(rotation_status).post(rotate))
         .route("/v1/ca/rollover", axum::routing::post(rollover))
         .route("/v1/crls", get(list_crls))
+        .route(
+            "/v1/firmware/keys",
+            get(list_firmware_keys).post(import_firmware_key),
+        )
+        .route(
+            "/v1/firmware/releases",
+            get(list_releases).post(upload_release),
+        )
+        .route("/v1/campaigns", get(list_campaigns).post(create_campaign))
+        .route("/v1/campaigns/{id}", get(campaign_status))
+        .route(
+            "/v1/campaigns/{id}/{order}",
+            axum::routing::post(order_campaign),
+        )
         .route("/v1/audit", get(list_audit))
         .route("/v1/audit/verify", get(verify_audit))
         .layer(middleware::from_fn_with_state(api.clone(), authenticate));
@@ -85,7 +104,9 @@ pub fn router(control: Arc<Control>, token: String) -> Router {
         )
         .route("/crl/{file}", get(crl))
         .merge(authed)
-        .layer(DefaultBodyLimit::max(protocol::voucher::MAX_BUNDLE))
+        .layer(DefaultBodyLimit::max(
+            (crate::store::images::MAX_IMAGE as usize).max(protocol::voucher::MAX_BUNDLE) + 65536,
+        ))
         .with_state(api)
 }
 
@@ -313,4 +334,116 @@ async fn crl(State(api): State<Api>, Path(file): Path<String>) -> Response {
         Some(c) => ([(header::CONTENT_TYPE, "application/pkix-crl")], c.der).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no CRL {file}")),
     }
+}
+
+use super::firmware::{CampaignSpec, CampaignStatus, FirmwareKey};
+use crate::core::campaign::Campaign;
+use crate::core::firmware::Release;
+
+/// Body of `POST /v1/firmware/keys`.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct FirmwareKeyRequest {
+    /// Vendor id the key signs for.
+    pub vendor: String,
+    /// The key, PEM `PUBLIC KEY`.
+    pub pem: String,
+}
+
+async fn import_firmware_key(
+    State(api): State<Api>,
+    axum::Json(body): axum::Json<FirmwareKeyRequest>,
+) -> ApiResult<FirmwareKey> {
+    Ok(axum::Json(
+        api.control
+            .service
+            .import_firmware_key(&body.pem, &body.vendor)
+            .await?,
+    ))
+}
+
+async fn list_firmware_keys(State(api): State<Api>) -> ApiResult<Vec<FirmwareKey>> {
+    Ok(axum::Json(api.control.service.firmware_keys()?))
+}
+
+/// A release as listed (without its manifest bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct ReleaseView {
+    /// SHA-256 of the image, hex.
+    pub digest: String,
+    /// Vendor.
+    pub vendor_id: String,
+    /// Class.
+    pub class_id: String,
+    /// Sequence number.
+    pub sequence: u64,
+    /// Version.
+    pub version: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Uploaded at.
+    pub uploaded_at: u64,
+}
+
+impl From<&Release> for ReleaseView {
+    fn from(r: &Release) -> Self {
+        ReleaseView {
+            digest: certs::inspect::hex(&r.digest),
+            vendor_id: r.vendor_id.clone(),
+            class_id: r.class_id.clone(),
+            sequence: r.sequence,
+            version: r.version.clone(),
+            size: r.size,
+            uploaded_at: r.uploaded_at,
+        }
+    }
+}
+
+async fn upload_release(State(api): State<Api>, body: Bytes) -> ApiResult<ReleaseView> {
+    let (manifest, image): (serde_bytes::ByteBuf, serde_bytes::ByteBuf) =
+        protocol::cbor::from_slice(&body, body.len())
+            .map_err(|e| OperatorError::BadInput(format!("upload body: {e}")))?;
+    let release = api
+        .control
+        .service
+        .upload_release(&manifest, &image)
+        .await?;
+    Ok(axum::Json(ReleaseView::from(&release)))
+}
+
+async fn list_releases(State(api): State<Api>) -> ApiResult<Vec<ReleaseView>> {
+    Ok(axum::Json(
+        api.control
+            .service
+            .releases()?
+            .iter()
+            .map(ReleaseView::from)
+            .collect(),
+    ))
+}
+
+async fn create_campaign(
+    State(api): State<Api>,
+    axum::Json(spec): axum::Json<CampaignSpec>,
+) -> ApiResult<Campaign> {
+    Ok(axum::Json(api.control.service.create_campaign(spec).await?))
+}
+
+async fn list_campaigns(State(api): State<Api>) -> ApiResult<Vec<Campaign>> {
+    Ok(axum::Json(api.control.service.campaigns()?))
+}
+
+async fn campaign_status(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> ApiResult<CampaignStatus> {
+    Ok(axum::Json(api.control.service.campaign_status(&id)?))
+}
+
+async fn order_campaign(
+    State(api): State<Api>,
+    Path((id, order)): Path<(String, String)>,
+) -> ApiResult<Campaign> {
+    Ok(axum::Json(
+        api.control.service.order_campaign(&id, &order).await?,
+    ))
 }

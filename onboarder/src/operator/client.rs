@@ -184,6 +184,57 @@ impl ApiClient {
         self.get("/v1/crls")
     }
 
+    /// Imports a firmware-signing key.
+    pub fn import_firmware_key(
+        &self,
+        vendor: &str,
+        pem: &str,
+    ) -> Result<super::firmware::FirmwareKey> {
+        self.post_json(
+            "/v1/firmware/keys",
+            &super::api::FirmwareKeyRequest {
+                vendor: vendor.to_string(),
+                pem: pem.to_string(),
+            },
+        )
+    }
+
+    /// Uploads a release.
+    pub fn upload_release(&self, manifest: &[u8], image: &[u8]) -> Result<super::api::ReleaseView> {
+        let body = protocol::cbor::to_vec(&(
+            serde_bytes::Bytes::new(manifest),
+            serde_bytes::Bytes::new(image),
+        ));
+        self.post("/v1/firmware/releases", &body, "application/cbor")
+    }
+
+    /// Lists releases.
+    pub fn releases(&self) -> Result<Vec<super::api::ReleaseView>> {
+        self.get("/v1/firmware/releases")
+    }
+
+    /// Creates a campaign.
+    pub fn create_campaign(
+        &self,
+        spec: &super::firmware::CampaignSpec,
+    ) -> Result<crate::core::campaign::Campaign> {
+        self.post_json("/v1/campaigns", spec)
+    }
+
+    /// Gives an order about a campaign.
+    pub fn order_campaign(&self, id: &str, order: &str) -> Result<crate::core::campaign::Campaign> {
+        self.post(
+            &format!("/v1/campaigns/{id}/{order}"),
+            b"",
+            "application/json",
+        )
+    }
+
+    /// Where a campaign stands.
+    pub fn campaign_status(&self, id: &str) -> Result<super::firmware::CampaignStatus> {
+        self.get(&format!("/v1/campaigns/{id}"))
+    }
+
     /// Verifies the audit chain.
     pub fn verify_audit(&self) -> Result<ChainSummary> {
         self.get("/v1/audit/verify")

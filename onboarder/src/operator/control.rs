@@ -190,6 +190,40 @@ impl Control {
         self.crls.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Runs the campaign engine until `stop` turns true: every tick, or sooner after a device's
+    /// firmware report, it advances the running campaigns and pushes their offers to the
+    /// devices that are connected (the others find them in their next welcome).
+    pub async fn run_campaigns(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let tick = Duration::from_secs_f64(super::firmware::TICK);
+        loop {
+            match self.service.campaign_tick().await {
+                Ok(pushes) => {
+                    for (serial, command) in pushes {
+                        if !self.sessions.is_connected(&serial) {
+                            continue;
+                        }
+                        let sessions = self.sessions.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = sessions.push(&serial, &command).await {
+                                tracing::debug!(serial, "update offer not pushed: {e}");
+                            }
+                        });
+                    }
+                }
+                Err(e) => tracing::error!("campaign engine: {e}"),
+            }
+            tokio::select! {
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return;
+                    }
+                }
+                () = tokio::time::sleep(tick) => {}
+                () = self.service.firmware_changed.notified() => {}
+            }
+        }
+    }
+
     /// Publishes CRLs now, after every revocation, when a grace period ends, and at half their
     /// validity, until `stop` turns true.
     pub async fn run_crl_publisher(self: Arc<Self>, mut stop: watch::Receiver<bool>) {

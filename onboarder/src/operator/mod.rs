@@ -4,6 +4,7 @@
 pub mod api;
 pub mod client;
 pub mod control;
+pub mod firmware;
 pub mod orders;
 pub mod views;
 

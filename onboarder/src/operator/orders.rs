@@ -129,7 +129,7 @@ impl Service {
     }
 
     /// Applies `decide` to each device of `chunk` and commits all the changes at once.
-    async fn order_chunk(
+    pub(crate) async fn order_chunk(
         &self,
         chunk: &[String],
         report: &mut OrderReport,

@@ -9,6 +9,7 @@
 //! [`sled`] is the embedded default. It groups the changes of many concurrent requests into one
 //! batch and one flush (group commit).
 
+pub mod images;
 pub mod sled;
 
 use std::future::Future;
@@ -146,6 +147,8 @@ pub trait Store: Send + Sync + 'static {
     fn revocations(&self) -> Result<Vec<Revocation>, StoreError>;
     /// A named value.
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Named values whose name starts with `prefix`, in name order.
+    fn meta_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// Audit entries from sequence number `from` (1-based), at most `limit`.
     fn audit(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
     /// Sequence number and hash of the last audit entry.

@@ -204,6 +204,17 @@ impl Store for SledStore {
             .map(|v| v.to_vec()))
     }
 
+    fn meta_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.db
+            .scan_prefix(format!("m/{prefix}"))
+            .map(|kv| {
+                let (k, v) = kv.map_err(io)?;
+                let name = String::from_utf8_lossy(&k[2..]).into_owned();
+                Ok((name, v.to_vec()))
+            })
+            .collect()
+    }
+
     fn audit(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         self.db
             .range(audit_key(from.max(1))..b"a0".to_vec())

@@ -1,0 +1,245 @@
+//! Staged firmware campaigns: waves, a failure threshold that pauses the campaign by itself,
+//! and a rate limit (the practice of hawkBit rollouts and AWS IoT jobs).
+//!
+//! The targets are fixed when the campaign is created and split into disjoint waves by
+//! cumulative percentage (1, 10, 100 over 1,000 devices: 10, 90 and 900 devices). A wave is
+//! offered once the previous one is over (every device healthy, failed, rolled back or
+//! skipped). Whenever the failures exceed the threshold, as a percentage of the devices offered
+//! so far, the campaign pauses and the remaining waves are left untouched.
+
+use serde::{Deserialize, Serialize};
+
+use super::error::LifecycleError;
+use super::firmware::JobState;
+
+/// Where a campaign stands.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CampaignState {
+    /// Created, not started.
+    Created,
+    /// Offering waves.
+    Running,
+    /// Stopped offering, by an operator or by the failure threshold.
+    Paused {
+        /// Why.
+        reason: String,
+    },
+    /// Every wave is over.
+    Completed,
+    /// Stopped for good.
+    Aborted,
+}
+
+/// A staged rollout of one release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Campaign {
+    /// Identifier.
+    pub id: String,
+    /// SHA-256 of the release's image.
+    #[serde(with = "serde_bytes")]
+    pub release: Vec<u8>,
+    /// Release version (for people).
+    pub version: String,
+    /// The waves: disjoint lists of serials, in order.
+    pub waves: Vec<Vec<String>>,
+    /// Cumulative percentages the waves were cut at.
+    pub percentages: Vec<u8>,
+    /// Failures allowed, in percent of the devices offered so far, before the campaign pauses.
+    pub failure_threshold: u8,
+    /// Offers per second at most.
+    pub rate: Option<u32>,
+    /// State.
+    pub state: CampaignState,
+    /// Index of the wave being offered.
+    pub wave: usize,
+    /// When it was created.
+    pub created_at: u64,
+    /// Last change.
+    pub updated_at: u64,
+}
+
+/// Counts of job states over some devices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    /// Devices in the set.
+    pub devices: usize,
+    /// Not offered yet.
+    pub waiting: usize,
+    /// Offered, still in progress.
+    pub in_progress: usize,
+    /// Healthy.
+    pub healthy: usize,
+    /// Rolled back or failed.
+    pub failed: usize,
+    /// Skipped or cancelled.
+    pub skipped: usize,
+}
+
+impl Tally {
+    /// Adds one device whose job for the campaign is `state` (`None`: not offered).
+    pub fn add(&mut self, state: Option<&JobState>) {
+        self.devices += 1;
+        match state {
+            None => self.waiting += 1,
+            Some(s) if !s.is_final() => self.in_progress += 1,
+            Some(JobState::Healthy) => self.healthy += 1,
+            Some(s) if s.is_failure() => self.failed += 1,
+            Some(_) => self.skipped += 1,
+        }
+    }
+
+    /// Whether every device is done (nothing waiting or in progress).
+    pub fn is_over(&self) -> bool {
+        self.waiting == 0 && self.in_progress == 0
+    }
+}
+
+/// What the campaign should do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing to do now.
+    Wait,
+    /// Offer the release to these devices of the current wave.
+    Offer(Vec<String>),
+    /// Too many failures: pause.
+    Pause(String),
+    /// The current wave is over: go on with the next.
+    Advance,
+    /// The last wave is over.
+    Complete,
+}
+
+/// Splits `targets` into waves at cumulative `percentages` (each in 1..=100, increasing, the
+/// last 100).
+pub fn plan(targets: &[String], percentages: &[u8]) -> Result<Vec<Vec<String>>, LifecycleError> {
+    let ok = !percentages.is_empty()
+        && percentages.windows(2).all(|w| w[0] < w[1])
+        && percentages.first().is_some_and(|p| *p >= 1)
+        && percentages.last() == Some(&100);
+    if !ok {
+        return Err(LifecycleError::BadRequest(
+            "waves are increasing cumulative percentages ending at 100, like 1,10,100".into(),
+        ));
+    }
+    if targets.is_empty() {
+        return Err(LifecycleError::BadRequest(
+            "the campaign targets no device".into(),
+        ));
+    }
+    let mut waves = Vec::new();
+    let mut start = 0;
+    for p in percentages {
+        // At least one device per wave while there are devices left.
+        let end = ((targets.len() * usize::from(*p)).div_ceil(100))
+            .max(start + 1)
+            .min(targets.len());
+        waves.push(targets[start..end].to_vec());
+        start = end;
+    }
+    Ok(waves)
+}
+
+impl Campaign {
+    /// Decides the next step from the tallies of the waves offered so far (`offered`: waves
+    /// `0..=wave` together) and of the current wave.
+    pub fn next_step(&self, offered: &Tally, current: &Tally, unoffered: Vec<String>) -> Step {
+        if self.state != CampaignState::Running {
+            return Step::Wait;
+        }
+        let attempted = offered.devices - offered.waiting;
+        if offered.failed * 100 > usize::from(self.failure_threshold) * attempted.max(1) {
+            return Step::Pause(format!(
+                "{} of {attempted} devices failed, above the {}% threshold",
+                offered.failed, self.failure_threshold
+            ));
+        }
+        if !unoffered.is_empty() {
+            return Step::Offer(unoffered);
+        }
+        if current.is_over() {
+            if self.wave + 1 < self.waves.len() {
+                Step::Advance
+            } else {
+                Step::Complete
+            }
+        } else {
+            Step::Wait
+        }
+    }
+
+    /// Serials of waves `0..=wave`.
+    pub fn offered_serials(&self) -> impl Iterator<Item = &String> {
+        self.waves.iter().take(self.wave + 1).flatten()
+    }
+
+    /// Moves to `to` if the operator may: start from created, pause from running, resume from
+    /// paused, abort from anything but completed.
+    pub fn order(&mut self, to: CampaignState, now: u64) -> Result<(), LifecycleError> {
+        use CampaignState::*;
+        let allowed = matches!(
+            (&self.state, &to),
+            (Created, Running)
+                | (Running, Paused { .. })
+                | (Paused { .. }, Running)
+                | (Created | Running | Paused { .. }, Aborted)
+        );
+        if !allowed {
+            return Err(LifecycleError::BadRequest(format!(
+                "campaign {} is {:?}; cannot go to {:?}",
+                self.id, self.state, to
+            )));
+        }
+        self.state = to;
+        self.updated_at = now;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serials(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("SN-{i:04}")).collect()
+    }
+
+    #[test]
+    fn waves_split_by_cumulative_percentage() {
+        let waves = plan(&serials(1000), &[1, 10, 100]).unwrap();
+        let sizes: Vec<usize> = waves.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [10, 90, 900]);
+        let waves = plan(&serials(3), &[1, 10, 100]).unwrap();
+        let sizes: Vec<usize> = waves.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [1, 1, 1]);
+        assert!(plan(&serials(3), &[10, 5, 100]).is_err());
+        assert!(plan(&serials(3), &[10, 50]).is_err());
+        assert!(plan(&[], &[100]).is_err());
+    }
+
+    #[test]
+    fn failures_above_the_threshold_pause() {
+        let c = Campaign {
+            id: "c".into(),
+            release: vec![],
+            version: "v".into(),
+            waves: plan(&serials(100), &[10, 100]).unwrap(),
+            percentages: vec![10, 100],
+            failure_threshold: 10,
+            rate: None,
+            state: CampaignState::Running,
+            wave: 0,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let mut t = Tally::default();
+        for _ in 0..9 {
+            t.add(Some(&JobState::Healthy));
+        }
+        t.add(Some(&JobState::Failed { reason: "x".into() }));
+        assert_eq!(c.next_step(&t, &t, vec![]), Step::Advance);
+        t.add(Some(&JobState::RolledBack { reason: "x".into() }));
+        assert!(matches!(c.next_step(&t, &t, vec![]), Step::Pause(_)));
+    }
+}

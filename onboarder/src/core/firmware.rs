@@ -1,0 +1,308 @@
+//! Firmware updates of one device: offering a release, authorising downloads, and following
+//! the device's reports (DESIGN 1.3, SUIT RFC 9124).
+//!
+//! The server never offers a release whose sequence number is not higher than the one the
+//! device reports it runs, and records what the device really runs when it says so.
+
+use protocol::message::{FirmwareReport, FirmwareState, Response};
+use serde::{Deserialize, Serialize};
+
+use super::access::{ldevid, truncate, usable};
+use super::device::{DeviceRecord, DeviceState};
+use super::error::LifecycleError;
+use super::onboard::Decision;
+use super::peer::{CredentialKind, DevicePeer};
+use crate::audit::AuditEvent;
+
+/// A release as the server holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    /// SHA-256 of the image.
+    #[serde(with = "serde_bytes")]
+    pub digest: Vec<u8>,
+    /// The signed manifest.
+    #[serde(with = "serde_bytes")]
+    pub manifest: Vec<u8>,
+    /// Vendor id.
+    pub vendor_id: String,
+    /// Class id.
+    pub class_id: String,
+    /// Anti-rollback sequence number.
+    pub sequence: u64,
+    /// Version string.
+    pub version: String,
+    /// Image size.
+    pub size: u64,
+    /// When it was uploaded.
+    pub uploaded_at: u64,
+}
+
+/// Where an offered update stands for one device.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobState {
+    /// Offered, nothing heard yet.
+    Offered,
+    /// The device is fetching the image.
+    Downloading,
+    /// The device checked the image.
+    Verified,
+    /// Written to the inactive slot.
+    Installed,
+    /// Running and healthy: done.
+    Healthy,
+    /// Failed its health check; the previous image runs.
+    RolledBack {
+        /// Why.
+        reason: String,
+    },
+    /// Refused or failed before installing.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// Not offered: the device already runs this sequence number or a higher one.
+    Skipped {
+        /// Why.
+        reason: String,
+    },
+    /// The campaign was aborted before the device started.
+    Cancelled,
+}
+
+impl JobState {
+    /// Whether nothing more will happen.
+    pub fn is_final(&self) -> bool {
+        !matches!(
+            self,
+            JobState::Offered | JobState::Downloading | JobState::Verified | JobState::Installed
+        )
+    }
+
+    /// Whether the update failed on the device.
+    pub fn is_failure(&self) -> bool {
+        matches!(self, JobState::RolledBack { .. } | JobState::Failed { .. })
+    }
+}
+
+/// A firmware update offered to a device by a campaign.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirmwareJob {
+    /// The campaign.
+    pub campaign: String,
+    /// SHA-256 of the image.
+    #[serde(with = "serde_bytes")]
+    pub digest: Vec<u8>,
+    /// The signed manifest, handed to the device.
+    #[serde(with = "serde_bytes")]
+    pub manifest: Vec<u8>,
+    /// Release version.
+    pub version: String,
+    /// Release sequence number.
+    pub sequence: u64,
+    /// Progress.
+    pub state: JobState,
+    /// Bytes the device reported holding.
+    pub bytes: u64,
+    /// When it was offered.
+    pub offered_at: u64,
+    /// Last change.
+    pub updated_at: u64,
+}
+
+/// Offers `release` to the device in campaign `campaign`. A device that already runs this
+/// sequence number or a higher one gets a skipped job instead (never an offer); an inactive
+/// device is refused.
+pub fn offer(
+    serial: &str,
+    record: Option<DeviceRecord>,
+    campaign: &str,
+    release: &Release,
+    now: u64,
+) -> Result<Decision, LifecycleError> {
+    let mut record = record.ok_or_else(|| LifecycleError::UnknownDevice(serial.to_string()))?;
+    if record.state != DeviceState::Active {
+        return Err(LifecycleError::WrongState {
+            serial: record.serial,
+            state: record.state,
+            action: "a firmware update",
+        });
+    }
+    if record
+        .firmware_job
+        .as_ref()
+        .is_some_and(|j| j.campaign == campaign)
+    {
+        return Ok(Decision::reply(Response::Ack));
+    }
+    let state = if record.firmware_sequence >= release.sequence {
+        JobState::Skipped {
+            reason: format!(
+                "the device runs sequence {}, the release is {}",
+                record.firmware_sequence, release.sequence
+            ),
+        }
+    } else {
+        JobState::Offered
+    };
+    let action = if state == JobState::Offered {
+        "firmware-offered"
+    } else {
+        "firmware-skipped"
+    };
+    record.firmware_job = Some(FirmwareJob {
+        campaign: campaign.to_string(),
+        digest: release.digest.clone(),
+        manifest: release.manifest.clone(),
+        version: release.version.clone(),
+        sequence: release.sequence,
+        state,
+        bytes: 0,
+        offered_at: now,
+        updated_at: now,
+    });
+    record.updated_at = now;
+    Ok(Decision {
+        events: vec![AuditEvent::operator(
+            Some(serial),
+            action,
+            format!(
+                "{} (sequence {}) by {campaign}",
+                release.version, release.sequence
+            ),
+            now,
+        )],
+        write: Some(record),
+        response: Response::Ack,
+    })
+}
+
+/// Whether the device may download image `digest`: only an image offered to it, while the
+/// update is in progress.
+pub fn authorize_download(
+    peer: &DevicePeer,
+    record: Option<DeviceRecord>,
+    digest: &[u8],
+    now: u64,
+    grace: u64,
+) -> Result<(), LifecycleError> {
+    peer.require(CredentialKind::Ldevid, "a firmware download")?;
+    let record = usable(peer, record)?;
+    ldevid(peer, &record, now, grace)?;
+    match &record.firmware_job {
+        Some(job) if job.digest == digest && !job.state.is_final() => Ok(()),
+        _ => Err(LifecycleError::Unauthorized(
+            "no firmware update with this digest is in progress for this device".into(),
+        )),
+    }
+}
+
+/// Records a device's report on its update.
+pub fn report(
+    peer: &DevicePeer,
+    record: Option<DeviceRecord>,
+    report: FirmwareReport,
+    now: u64,
+    grace: u64,
+) -> Result<Decision, LifecycleError> {
+    peer.require(CredentialKind::Ldevid, "a firmware report")?;
+    let mut record = usable(peer, record)?;
+    ldevid(peer, &record, now, grace)?;
+    let Some(job) = record
+        .firmware_job
+        .as_mut()
+        .filter(|j| j.digest == report.digest)
+    else {
+        return Err(LifecycleError::BadRequest(
+            "no firmware update with this digest was offered".into(),
+        ));
+    };
+    let reason = truncate(report.reason.clone());
+    let state = match report.state {
+        FirmwareState::Downloading => JobState::Downloading,
+        FirmwareState::Verified => JobState::Verified,
+        FirmwareState::Installed => JobState::Installed,
+        FirmwareState::Healthy => JobState::Healthy,
+        FirmwareState::RolledBack => JobState::RolledBack {
+            reason: reason.clone(),
+        },
+        _ => JobState::Failed {
+            reason: reason.clone(),
+        },
+    };
+    if job.state == state && job.bytes == report.bytes {
+        return Ok(Decision::reply(Response::Ack));
+    }
+    if job.state.is_final() {
+        // A late or repeated report after the end changes nothing.
+        return Ok(Decision::reply(Response::Ack));
+    }
+    let action = format!("firmware-{}", state_name(&state));
+    let detail = format!("{} (sequence {}) {reason}", job.version, job.sequence);
+    let changed_state = job.state != state;
+    job.state = state;
+    job.bytes = report.bytes;
+    job.updated_at = now;
+    if job.state == JobState::Healthy {
+        record.firmware_version = Some(job.version.clone());
+        record.firmware_sequence = job.sequence;
+    }
+    record.updated_at = now;
+    Ok(Decision {
+        events: if changed_state {
+            vec![AuditEvent::device(
+                &peer.serial,
+                &action,
+                detail.trim_end(),
+                now,
+            )]
+        } else {
+            Vec::new()
+        },
+        write: Some(record),
+        response: Response::Ack,
+    })
+}
+
+/// Stable name of a job state.
+pub fn state_name(state: &JobState) -> &'static str {
+    match state {
+        JobState::Offered => "offered",
+        JobState::Downloading => "downloading",
+        JobState::Verified => "verified",
+        JobState::Installed => "installed",
+        JobState::Healthy => "healthy",
+        JobState::RolledBack { .. } => "rolled-back",
+        JobState::Failed { .. } => "failed",
+        JobState::Skipped { .. } => "skipped",
+        JobState::Cancelled => "cancelled",
+    }
+}
+
+/// Cancels the device's update if it belongs to `campaign` and has not started.
+pub fn cancel(
+    serial: &str,
+    record: Option<DeviceRecord>,
+    campaign: &str,
+    now: u64,
+) -> Result<Decision, LifecycleError> {
+    let mut record = record.ok_or_else(|| LifecycleError::UnknownDevice(serial.to_string()))?;
+    match record.firmware_job.as_mut() {
+        Some(job) if job.campaign == campaign && job.state == JobState::Offered => {
+            job.state = JobState::Cancelled;
+            job.updated_at = now;
+        }
+        _ => return Ok(Decision::reply(Response::Ack)),
+    }
+    Ok(Decision {
+        events: vec![AuditEvent::operator(
+            Some(serial),
+            "firmware-cancelled",
+            campaign,
+            now,
+        )],
+        write: Some(record),
+        response: Response::Ack,
+    })
+}
