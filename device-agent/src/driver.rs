@@ -8,14 +8,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use certs::{CertInfo, Identity};
-use protocol::message::{Command, Enrollment, Hello, Request, Response, Status};
+use protocol::manifest::Manifest;
+use protocol::message::{
+    Command, Enrollment, FirmwareReport, FirmwareState, Hello, Request, Response, Status,
+};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::error::{AgentError, PlatformError};
 use crate::machine::commands::{self, Action};
-use crate::machine::{AgentState, Phase, Renewal, onboarding, renewal};
+use crate::machine::{AgentState, Phase, Renewal, Trial, firmware, onboarding, renewal};
 use crate::platform::files::{FileKeyStore, FileNetwork, FileStateStore};
-use crate::platform::{DeviceKey, KeyStore, NetworkApplier, StateStore};
+use crate::platform::slots::FileSlots;
+use crate::platform::{DeviceKey, FirmwareSlots, KeyStore, NetworkApplier, StateStore};
 use crate::transport::quic::{self, Session, Timeouts};
 
 /// Version of this agent, reported to the server.
@@ -72,15 +76,27 @@ pub struct AgentStats {
     /// Duration of the last renewal in microseconds, from the decision to renew to the
     /// confirming session.
     pub last_renewal_us: AtomicU64,
+    /// Firmware updates that ended healthy.
+    pub updates: AtomicU64,
+    /// Firmware bytes downloaded.
+    pub firmware_bytes: AtomicU64,
+    /// Duration of the last firmware update in microseconds, from the offer to the health
+    /// report.
+    pub last_update_us: AtomicU64,
 }
 
+/// Bytes asked for per firmware chunk.
+pub const CHUNK: u32 = 64 * 1024;
+
 /// Why [`Agent::serve`] stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stop {
     /// The session closed.
     Closed,
     /// The LDevID must be renewed (it is due, or the server asked).
     Renew,
+    /// A firmware update was offered (the signed manifest).
+    Update(Vec<u8>),
 }
 
 /// One device's agent.
@@ -89,10 +105,13 @@ pub struct Agent {
     keys: Arc<dyn KeyStore>,
     state: Arc<dyn StateStore>,
     network: Arc<dyn NetworkApplier>,
+    slots: Arc<dyn FirmwareSlots>,
     server: SocketAddr,
     endpoint: quinn::Endpoint,
     options: AgentOptions,
     rng: SystemRandom,
+    /// Set while this agent itself runs a trial boot (so it is not taken for a crash).
+    updating: std::sync::atomic::AtomicBool,
     /// Commands from the last welcome, carried out before anything pushed.
     welcome: Mutex<Vec<Command>>,
     stats: AgentStats,
@@ -100,11 +119,13 @@ pub struct Agent {
 
 impl Agent {
     /// An agent over the given platform, talking to `server` through `endpoint`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         identity: Arc<Identity>,
         keys: Arc<dyn KeyStore>,
         state: Arc<dyn StateStore>,
         network: Arc<dyn NetworkApplier>,
+        slots: Arc<dyn FirmwareSlots>,
         server: SocketAddr,
         endpoint: quinn::Endpoint,
         options: AgentOptions,
@@ -114,6 +135,8 @@ impl Agent {
             keys,
             state,
             network,
+            slots,
+            updating: std::sync::atomic::AtomicBool::new(false),
             server,
             endpoint,
             options,
@@ -139,6 +162,7 @@ impl Agent {
             Arc::new(FileKeyStore::new(identity_dir, state_dir, kind)),
             Arc::new(FileStateStore::new(state_dir)),
             Arc::new(FileNetwork::new(state_dir)),
+            Arc::new(FileSlots::new(&state_dir.join("firmware"))),
             server,
             endpoint,
             options,
@@ -382,8 +406,47 @@ impl Agent {
     /// Opens the operational session and says hello. A renewal stored but not yet confirmed
     /// is completed first: opening a session with the new certificate is the confirmation.
     pub async fn connect(&self) -> Result<Session, AgentError> {
+        let session = self.open_session().await?;
+        let mut state = self.load_state()?;
+        if let Some(report) = state.pending_report.take() {
+            session.call(&Request::FirmwareStatus(report)).await?;
+            self.save(&state).await?;
+        }
+        Ok(session)
+    }
+
+    /// A trial boot that this agent is not running was interrupted (the device restarted in
+    /// it): go back to the previous image, as a bootloader's watchdog would.
+    async fn recover_firmware(&self, state: &mut AgentState) -> Result<(), AgentError> {
+        if self.updating.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let Some(trial) = state.trial.take() else {
+            return Ok(());
+        };
+        let slots = self.slots.clone();
+        blocking(move || {
+            if slots.in_trial()? {
+                slots.rollback()
+            } else {
+                Ok(())
+            }
+        })
+        .await?;
+        state.firmware_version = trial.previous_version;
+        state.pending_report = Some(FirmwareReport {
+            digest: trial.digest,
+            state: FirmwareState::RolledBack,
+            reason: Some("the trial boot was interrupted".into()),
+            bytes: 0,
+        });
+        self.save(state).await
+    }
+
+    async fn open_session(&self) -> Result<Session, AgentError> {
         let mut state = self.load_state()?;
         self.recover_keys(&state)?;
+        self.recover_firmware(&mut state).await?;
         if let Some(renewal) = state.renewal.clone() {
             let key = self
                 .keys
@@ -512,10 +575,221 @@ impl Agent {
                     let (command, send) = next?;
                     let (reply, action) = commands::handle(&command);
                     Session::reply(send, &reply).await?;
-                    if action == Action::Renew {
-                        return Ok(Stop::Renew);
+                    match action {
+                        Action::Renew => return Ok(Stop::Renew),
+                        Action::Update(manifest) => return Ok(Stop::Update(manifest)),
+                        _ => {}
                     }
                 }
+            }
+        }
+    }
+
+    /// Reports the progress of a firmware update (best effort: a lost report is repeated by the
+    /// next state change or by the next offer).
+    async fn report_firmware(
+        &self,
+        session: &Session,
+        digest: &[u8],
+        state: FirmwareState,
+        reason: Option<String>,
+        bytes: u64,
+    ) {
+        let report = FirmwareReport {
+            digest: digest.to_vec(),
+            state,
+            reason,
+            bytes,
+        };
+        if let Err(e) = session.call(&Request::FirmwareStatus(report)).await {
+            tracing::debug!(serial = self.serial(), "firmware report not delivered: {e}");
+        }
+    }
+
+    /// Installs the firmware of a signed manifest (SUIT order): verify the manifest, download
+    /// the image (resuming where an earlier attempt stopped), verify size and digest, install
+    /// into the inactive slot, boot it on trial, check its health, then commit or roll back.
+    /// A refused manifest or image is reported and nothing is installed; the session goes on.
+    /// Returns the session to continue with (a new one after the trial boot).
+    pub async fn update(&self, session: Session, signed: Vec<u8>) -> Result<Session, AgentError> {
+        let started = std::time::Instant::now();
+        let mut state = self.load_state()?;
+        let hint = Manifest::parse_unverified(&signed).map(|m| (m.digest, m.size));
+        if let Ok((digest, size)) = &hint
+            && state.firmware_digest.as_ref() == Some(digest)
+        {
+            // Offered again what already runs (a report was lost): say it is healthy.
+            self.report_firmware(&session, digest, FirmwareState::Healthy, None, *size)
+                .await;
+            return Ok(session);
+        }
+        let manifest =
+            match firmware::accept_manifest(&signed, &self.identity.product, &state, self.now()) {
+                Ok(m) => m,
+                Err(e) => {
+                    if let Ok((digest, _)) = &hint {
+                        let reason = Some(AgentError::from(e.clone()).to_string());
+                        self.report_firmware(&session, digest, FirmwareState::Failed, reason, 0)
+                            .await;
+                    }
+                    tracing::warn!(serial = self.serial(), "firmware refused: {e}");
+                    return Ok(session);
+                }
+            };
+        let digest = manifest.digest.clone();
+        match self.download(&session, &manifest).await {
+            Ok(()) => {}
+            Err(AgentError::Firmware(e)) => {
+                let slots = self.slots.clone();
+                let d = digest.clone();
+                blocking(move || slots.discard(&d)).await?;
+                let reason = Some(AgentError::Firmware(e).to_string());
+                self.report_firmware(&session, &digest, FirmwareState::Failed, reason, 0)
+                    .await;
+                return Ok(session);
+            }
+            Err(e) => return Err(e),
+        }
+        self.report_firmware(
+            &session,
+            &digest,
+            FirmwareState::Verified,
+            None,
+            manifest.size,
+        )
+        .await;
+        let (slots, d, m) = (self.slots.clone(), digest.clone(), signed.clone());
+        blocking(move || slots.install(&d, &m)).await?;
+        self.report_firmware(
+            &session,
+            &digest,
+            FirmwareState::Installed,
+            None,
+            manifest.size,
+        )
+        .await;
+
+        // "Reboot" into the new image, on trial.
+        self.updating.store(true, Ordering::SeqCst);
+        let result = self.trial_boot(session, &mut state, &manifest).await;
+        self.updating.store(false, Ordering::SeqCst);
+        let session = result?;
+        self.stats
+            .last_update_us
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        Ok(session)
+    }
+
+    async fn download(&self, session: &Session, manifest: &Manifest) -> Result<(), AgentError> {
+        let digest = manifest.digest.clone();
+        let (slots, d) = (self.slots.clone(), digest.clone());
+        let mut offset = blocking(move || slots.staged_len(&d)).await?;
+        if offset > manifest.size {
+            let (slots, d) = (self.slots.clone(), digest.clone());
+            blocking(move || slots.discard(&d)).await?;
+            offset = 0;
+        }
+        self.report_firmware(session, &digest, FirmwareState::Downloading, None, offset)
+            .await;
+        let mut extra = 0u64;
+        loop {
+            // Ask one byte past the announced end too: an image with bytes appended must not
+            // pass for the announced one.
+            let want = manifest
+                .size
+                .saturating_sub(offset)
+                .clamp(1, u64::from(CHUNK)) as u32;
+            let chunk = match session
+                .call(&Request::FirmwareChunk {
+                    digest: digest.clone(),
+                    offset,
+                    length: want,
+                })
+                .await?
+            {
+                Response::Chunk(bytes) => bytes,
+                other => return Err(unexpected("a firmware chunk", &other)),
+            };
+            if chunk.is_empty() {
+                break;
+            }
+            if offset >= manifest.size {
+                extra += chunk.len() as u64;
+                break;
+            }
+            let len = chunk.len().min(want as usize);
+            let (slots, d) = (self.slots.clone(), digest.clone());
+            let piece = chunk[..len].to_vec();
+            blocking(move || slots.stage(&d, offset, &piece)).await?;
+            offset += len as u64;
+            self.stats
+                .firmware_bytes
+                .fetch_add(len as u64, Ordering::Relaxed);
+        }
+        let (slots, d) = (self.slots.clone(), digest.clone());
+        let (size, actual) = blocking(move || slots.staged_digest(&d)).await?;
+        manifest.check_image(size + extra, &actual)?;
+        Ok(())
+    }
+
+    async fn trial_boot(
+        &self,
+        session: Session,
+        state: &mut AgentState,
+        manifest: &Manifest,
+    ) -> Result<Session, AgentError> {
+        let digest = manifest.digest.clone();
+        let previous_version = state.firmware_version.clone();
+        state.trial = Some(Trial {
+            digest: digest.clone(),
+            previous_version: previous_version.clone(),
+        });
+        self.save(state).await?;
+        let slots = self.slots.clone();
+        blocking(move || slots.boot_trial()).await?;
+        state.firmware_version = manifest.version.clone();
+        self.save(state).await?;
+        session.close();
+
+        // Health: the new image reaches the onboarder and passes its self-test.
+        let health = match self.open_session().await {
+            Ok(s) => self.slots.self_test().map(|()| s),
+            Err(e) => Err(e.to_string()),
+        };
+        match health {
+            Ok(session) => {
+                let slots = self.slots.clone();
+                blocking(move || slots.commit()).await?;
+                state.firmware_sequence = manifest.sequence;
+                state.firmware_digest = Some(digest.clone());
+                state.trial = None;
+                self.save(state).await?;
+                self.report_firmware(
+                    &session,
+                    &digest,
+                    FirmwareState::Healthy,
+                    None,
+                    manifest.size,
+                )
+                .await;
+                self.stats.updates.fetch_add(1, Ordering::Relaxed);
+                Ok(session)
+            }
+            Err(reason) => {
+                tracing::warn!(serial = self.serial(), "new firmware unhealthy: {reason}");
+                let slots = self.slots.clone();
+                blocking(move || slots.rollback()).await?;
+                state.firmware_version = previous_version;
+                state.trial = None;
+                state.pending_report = Some(FirmwareReport {
+                    digest,
+                    state: FirmwareState::RolledBack,
+                    reason: Some(reason),
+                    bytes: manifest.size,
+                });
+                self.save(state).await?;
+                // Back on the old image: a new session delivers the report.
+                self.connect().await
             }
         }
     }
@@ -561,6 +835,7 @@ impl Agent {
                             return Ok::<(), AgentError>(());
                         }
                         Stop::Renew => session = self.renew(session).await?,
+                        Stop::Update(manifest) => session = self.update(session, manifest).await?,
                     }
                 }
             };

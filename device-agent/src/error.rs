@@ -16,6 +16,9 @@ pub enum PlatformError {
     /// A key operation failed.
     #[error("key store: {0}")]
     Key(String),
+    /// A firmware slot operation failed.
+    #[error("firmware slots: {0}")]
+    Firmware(String),
 }
 
 /// Why the agent could not complete a step.
@@ -57,6 +60,9 @@ pub enum AgentError {
     /// A signature could not be made.
     #[error(transparent)]
     Sign(#[from] protocol::SignatureError),
+    /// A firmware manifest or image was refused.
+    #[error("firmware refused: {0}")]
+    Firmware(#[from] protocol::manifest::ManifestError),
 }
 
 impl AgentError {

@@ -62,6 +62,9 @@ pub struct PhaseReport {
     pub p50_ms: f64,
     /// 99th percentile latency, milliseconds.
     pub p99_ms: f64,
+    /// Bytes transferred, for phases that move data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
 }
 
 impl PhaseReport {
@@ -82,6 +85,7 @@ impl PhaseReport {
             per_second: round(latencies.len() as f64 / seconds.max(1e-9)),
             p50_ms: pct(0.50),
             p99_ms: pct(0.99),
+            bytes: None,
         }
     }
 }
@@ -169,8 +173,19 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport> {
     let mut phases = BTreeMap::new();
     let report = onboard_phase(&agents, &options).await?;
     phases.insert("onboard".to_string(), report);
+    let fleet = Fleet::start(&agents);
+    let connected = wait_for(DEVICE_DEADLINE, || server.sessions().len() >= agents.len()).await;
+    anyhow::ensure!(
+        connected,
+        "only {} of {} devices connected",
+        server.sessions().len(),
+        agents.len()
+    );
     let report = rotate_phase(&server, &agents, &options).await?;
     phases.insert("rotate".to_string(), report);
+    let report = firmware_phase(&manufacturer, &server, &data, &agents, &options).await?;
+    phases.insert("firmware".to_string(), report);
+    fleet.stop().await;
     server.shutdown().await;
 
     let report = DemoReport {
@@ -325,28 +340,6 @@ async fn rotate_phase(
     options: &DemoOptions,
 ) -> Result<PhaseReport> {
     let before: Vec<Option<Vec<u8>>> = agents.iter().map(|a| current_key(a)).collect();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let runners: Vec<_> = agents
-        .iter()
-        .map(|agent| {
-            let (agent, mut stopped) = (agent.clone(), stopped.clone());
-            tokio::spawn(async move {
-                let _ = agent
-                    .run(async move {
-                        let _ = stopped.wait_for(|s| *s).await;
-                    })
-                    .await;
-            })
-        })
-        .collect();
-    let connected = wait_for(DEVICE_DEADLINE, || server.sessions().len() >= agents.len()).await;
-    anyhow::ensure!(
-        connected,
-        "only {} of {} devices connected",
-        server.sessions().len(),
-        agents.len()
-    );
-
     let bar = progress_bar(options, "rotate");
     let start = Instant::now();
     let order = server.control().rotate(None, None).await?;
@@ -359,10 +352,6 @@ async fn rotate_phase(
     .await;
     let elapsed = start.elapsed();
     bar.finish_and_clear();
-    let _ = stop.send(true);
-    for r in runners {
-        let _ = r.await;
-    }
     let status = service.rotation_status(order.at)?;
     let unfinished: std::collections::HashSet<&str> = status
         .pending_serials
@@ -385,6 +374,159 @@ async fn rotate_phase(
         latencies.push(Duration::from_micros(us));
     }
     Ok(PhaseReport::new(&mut latencies, failed, elapsed))
+}
+
+/// Every agent running its loop (sessions, commands, renewals, updates) in the background.
+struct Fleet {
+    stop: tokio::sync::watch::Sender<bool>,
+    runners: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Fleet {
+    fn start(agents: &[Arc<Agent>]) -> Fleet {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let runners = agents
+            .iter()
+            .map(|agent| {
+                let (agent, mut stopped) = (agent.clone(), stopped.clone());
+                tokio::spawn(async move {
+                    let _ = agent
+                        .run(async move {
+                            let _ = stopped.wait_for(|s| *s).await;
+                        })
+                        .await;
+                })
+            })
+            .collect();
+        Fleet { stop, runners }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for r in self.runners {
+            let _ = r.await;
+        }
+    }
+}
+
+/// Size of the demo's firmware image.
+const IMAGE_SIZE: usize = 1024 * 1024;
+
+/// A 1 MiB image whose bytes do not compress (xorshift), so the transfer is honest.
+fn demo_image() -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut image = Vec::with_capacity(IMAGE_SIZE);
+    while image.len() < IMAGE_SIZE {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        image.extend_from_slice(&x.to_le_bytes());
+    }
+    image.truncate(IMAGE_SIZE);
+    image
+}
+
+/// The manufacturer signs a 1 MiB release; the owner trusts its firmware key, uploads the
+/// release and rolls it out to the connected fleet in waves of 1 %, 10 % and 100 %. A device
+/// counts once it runs the new version after its health check; its latency runs from the offer
+/// to its health report, and `bytes` adds up what every device downloaded.
+async fn firmware_phase(
+    m: &Manufacturer,
+    server: &Server,
+    data: &Path,
+    agents: &[Arc<Agent>],
+    options: &DemoOptions,
+) -> Result<PhaseReport> {
+    use crate::core::campaign::CampaignState;
+    use crate::operator::firmware::{CampaignSpec, Target};
+    const VERSION: &str = "1.1.0";
+    let image = demo_image();
+    let manifest = m.sign_firmware(
+        &image,
+        &certs::factory::FirmwareRelease {
+            version: VERSION,
+            sequence: 1,
+            class_id: None,
+            expires_on: None,
+            sbom: None,
+        },
+        certs::unix_now(),
+    )?;
+    let client = ApiClient::new(
+        &format!("http://{}", server.api_addr()),
+        crate::pki::token(data)?,
+    );
+    let (vendor, key_pem) = (m.config.name.clone(), m.firmware_key().public_pem());
+    let release = tokio::task::spawn_blocking(move || -> Result<_> {
+        client.import_firmware_key(&vendor, &key_pem)?;
+        client.upload_release(&manifest, &image)
+    })
+    .await??;
+    let service = server.service().clone();
+    let bytes_before: u64 = agents
+        .iter()
+        .map(|a| {
+            a.stats()
+                .firmware_bytes
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    let bar = progress_bar(options, "firmware");
+    let start = Instant::now();
+    let campaign = service
+        .create_campaign(CampaignSpec {
+            release: release.digest,
+            target: Target::All,
+            waves: vec![1, 10, 100],
+            failure_threshold: 5,
+            rate: None,
+        })
+        .await?;
+    service.order_campaign(&campaign.id, "start").await?;
+    wait_for(DEVICE_DEADLINE * 2, || {
+        match service.campaign_status(&campaign.id) {
+            Ok(s) => {
+                bar.set_position((s.total.healthy + s.total.failed) as u64);
+                !matches!(s.state, CampaignState::Running)
+            }
+            Err(_) => false,
+        }
+    })
+    .await;
+    let elapsed = start.elapsed();
+    bar.finish_and_clear();
+    let status = service.campaign_status(&campaign.id)?;
+    let mut latencies = Vec::new();
+    let mut failed = 0;
+    for (agent, progress) in agents.iter().zip(&status.devices) {
+        let runs = service.device(agent.serial())?.firmware_version;
+        if progress.state == "healthy" && runs.as_deref() == Some(VERSION) {
+            let us = agent
+                .stats()
+                .last_update_us
+                .load(std::sync::atomic::Ordering::Relaxed);
+            latencies.push(Duration::from_micros(us));
+        } else {
+            tracing::warn!(
+                serial = agent.serial(),
+                state = progress.state,
+                "not updated"
+            );
+            failed += 1;
+        }
+    }
+    let bytes: u64 = agents
+        .iter()
+        .map(|a| {
+            a.stats()
+                .firmware_bytes
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum::<u64>()
+        - bytes_before;
+    let mut report = PhaseReport::new(&mut latencies, failed, elapsed);
+    report.bytes = Some(bytes);
+    Ok(report)
 }
 
 /// Polls `done` every 50 ms for at most `limit`; whether it came true.

@@ -86,6 +86,7 @@ impl Server {
         tasks.push(tokio::spawn(
             control.clone().run_crl_publisher(stopped.clone()),
         ));
+        tasks.push(tokio::spawn(control.clone().run_campaigns(stopped.clone())));
         let api_control = control.clone();
         tasks.push(tokio::spawn(async move {
             let mut stopped = stopped;

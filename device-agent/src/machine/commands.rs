@@ -10,6 +10,8 @@ pub enum Action {
     None,
     /// Renew the LDevID with a fresh key now.
     Renew,
+    /// Install the firmware of this signed manifest.
+    Update(Vec<u8>),
 }
 
 /// The reply to `command`, and what to do next.
@@ -17,6 +19,7 @@ pub fn handle(command: &Command) -> (CommandReply, Action) {
     match command {
         Command::Ping { nonce } => (CommandReply::Pong { nonce: *nonce }, Action::None),
         Command::Rotate => (CommandReply::Accepted, Action::Renew),
+        Command::Update { manifest } => (CommandReply::Accepted, Action::Update(manifest.clone())),
         _ => (
             CommandReply::Error(WireError {
                 code: ErrorCode::Unsupported,

@@ -3,6 +3,7 @@
 //! what it read from the network and carries out what they return.
 
 pub mod commands;
+pub mod firmware;
 pub mod onboarding;
 pub mod renewal;
 
@@ -56,6 +57,26 @@ pub struct AgentState {
     /// When to renew the current LDevID (seconds since the epoch).
     #[serde(default)]
     pub renew_at: Option<u64>,
+    /// SHA-256 of the running firmware image (none for the factory image).
+    #[serde(default, with = "serde_bytes")]
+    pub firmware_digest: Option<Vec<u8>>,
+    /// A firmware image booted on trial and not yet committed: after a crash, the agent rolls
+    /// back to what this records.
+    #[serde(default)]
+    pub trial: Option<Trial>,
+    /// A firmware report not yet delivered (it is sent on the next session).
+    #[serde(default)]
+    pub pending_report: Option<protocol::message::FirmwareReport>,
+}
+
+/// What ran before a trial boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trial {
+    /// SHA-256 of the image on trial.
+    #[serde(with = "serde_bytes")]
+    pub digest: Vec<u8>,
+    /// Version that ran before.
+    pub previous_version: String,
 }
 
 /// A renewed certificate waiting to replace the current one.
@@ -82,6 +103,9 @@ impl AgentState {
             firmware_sequence: 0,
             renewal: None,
             renew_at: None,
+            firmware_digest: None,
+            trial: None,
+            pending_report: None,
         }
     }
 

@@ -5,6 +5,7 @@
 
 pub mod files;
 pub mod key;
+pub mod slots;
 
 use std::sync::Arc;
 
@@ -40,6 +41,31 @@ pub trait StateStore: Send + Sync {
     fn load(&self) -> Result<Option<AgentState>, PlatformError>;
     /// Saves the state; after a crash either the old or the new state is found.
     fn save(&self, state: &AgentState) -> Result<(), PlatformError>;
+}
+
+/// Where firmware images are downloaded, installed and booted: two slots, so the running
+/// image stays intact until the new one proved healthy.
+pub trait FirmwareSlots: Send + Sync {
+    /// Bytes of image `digest` staged so far (a download resumes from here).
+    fn staged_len(&self, digest: &[u8]) -> Result<u64, PlatformError>;
+    /// Writes `bytes` at `offset` of the staged image.
+    fn stage(&self, digest: &[u8], offset: u64, bytes: &[u8]) -> Result<(), PlatformError>;
+    /// Size and SHA-256 of the staged image, as stored.
+    fn staged_digest(&self, digest: &[u8]) -> Result<(u64, [u8; 32]), PlatformError>;
+    /// Forgets a staged image.
+    fn discard(&self, digest: &[u8]) -> Result<(), PlatformError>;
+    /// Moves the staged image and its manifest into the inactive slot and arms it.
+    fn install(&self, digest: &[u8], manifest: &[u8]) -> Result<(), PlatformError>;
+    /// Boots the armed slot on trial.
+    fn boot_trial(&self) -> Result<(), PlatformError>;
+    /// The running image's health check.
+    fn self_test(&self) -> Result<(), String>;
+    /// Keeps the trial slot for good.
+    fn commit(&self) -> Result<(), PlatformError>;
+    /// Returns to the slot that ran before the trial.
+    fn rollback(&self) -> Result<(), PlatformError>;
+    /// Whether a trial boot is under way (after a crash in it, the agent rolls back).
+    fn in_trial(&self) -> Result<bool, PlatformError>;
 }
 
 /// Applies network credentials to the device's network stack.

@@ -120,6 +120,12 @@ enum Command {
     /// Certificate revocation lists.
     #[command(subcommand)]
     Crl(CrlCommand),
+    /// Firmware: signing keys and the release repository.
+    #[command(subcommand)]
+    Firmware(FirmwareCommand),
+    /// Staged firmware rollouts.
+    #[command(subcommand)]
+    Campaign(CampaignCommand),
     /// Run every lifecycle phase with N real agents against a real server on loopback.
     Demo {
         /// Number of devices.
@@ -150,6 +156,97 @@ enum CaCommand {
         #[arg(long, default_value_t = 300)]
         wait: u64,
         /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum FirmwareCommand {
+    /// Trust a manufacturer's firmware-signing key (the `firmware.pub` of `factory init`).
+    KeyImport {
+        /// PEM public key.
+        file: PathBuf,
+        /// Vendor id it signs for (the manufacturer's name).
+        #[arg(long)]
+        vendor: String,
+    },
+    /// Upload a release: the manifest is verified with the vendor's key and the image against
+    /// the manifest before anything is stored.
+    Upload {
+        /// The image.
+        image: PathBuf,
+        /// Its signed manifest (from `factory sign-firmware`).
+        manifest: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List releases.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CampaignCommand {
+    /// Create a campaign (start it with `campaign start`).
+    Create {
+        /// Release: version or image digest.
+        #[arg(long)]
+        release: String,
+        /// Every active device.
+        #[arg(long, conflicts_with_all = ["class", "serials"])]
+        all: bool,
+        /// Active devices of this class.
+        #[arg(long, conflicts_with = "serials")]
+        class: Option<String>,
+        /// These devices (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        serials: Vec<String>,
+        /// Cumulative percentages of the waves.
+        #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+        waves: Vec<u8>,
+        /// Pause when more than this percentage of the devices offered so far failed.
+        #[arg(long, default_value_t = 5)]
+        failure_threshold: u8,
+        /// Offers per second at most.
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a campaign.
+    Start {
+        /// Campaign id.
+        id: String,
+    },
+    /// Pause a campaign (devices already updating finish).
+    Pause {
+        /// Campaign id.
+        id: String,
+    },
+    /// Resume a paused campaign.
+    Resume {
+        /// Campaign id.
+        id: String,
+    },
+    /// Abort a campaign (offers not acted on are cancelled).
+    Abort {
+        /// Campaign id.
+        id: String,
+    },
+    /// Progress per wave (and per device with --devices).
+    Status {
+        /// Campaign id.
+        id: String,
+        /// List every device.
+        #[arg(long)]
+        devices: bool,
+        /// Print JSON (always with the devices).
         #[arg(long)]
         json: bool,
     },
@@ -502,6 +599,151 @@ fn main() -> Result<()> {
                 }
             }
         }
+        Command::Firmware(cmd) => {
+            let client = ApiClient::for_data_dir(&cli.dir)?;
+            match cmd {
+                FirmwareCommand::KeyImport { file, vendor } => {
+                    let key = client
+                        .import_firmware_key(&vendor, &certs::files::read_pem_text(&file)?)?;
+                    println!(
+                        "trusting firmware of {} signed by sha256:{}",
+                        key.vendor_id, key.fingerprint
+                    );
+                }
+                FirmwareCommand::Upload {
+                    image,
+                    manifest,
+                    json,
+                } => {
+                    let image =
+                        certs::files::read_limited(&image, onboarder::store::images::MAX_IMAGE)?;
+                    let manifest = certs::files::read_limited(
+                        &manifest,
+                        protocol::manifest::MAX_MANIFEST as u64,
+                    )?;
+                    let r = client.upload_release(&manifest, &image)?;
+                    if json {
+                        println!("{}", serde_json::to_string(&r)?);
+                    } else {
+                        println!(
+                            "release {} {} (sequence {}, {} bytes) sha256:{}",
+                            r.class_id, r.version, r.sequence, r.size, r.digest
+                        );
+                    }
+                }
+                FirmwareCommand::List { json } => {
+                    let releases = client.releases()?;
+                    if json {
+                        println!("{}", serde_json::to_string(&releases)?);
+                    } else {
+                        println!(
+                            "{:<12} {:<10} {:>8} {:>10}  DIGEST",
+                            "CLASS", "VERSION", "SEQUENCE", "BYTES"
+                        );
+                        for r in releases {
+                            println!(
+                                "{:<12} {:<10} {:>8} {:>10}  {}",
+                                r.class_id, r.version, r.sequence, r.size, r.digest
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        Command::Campaign(cmd) => {
+            let client = ApiClient::for_data_dir(&cli.dir)?;
+            match cmd {
+                CampaignCommand::Create {
+                    release,
+                    all,
+                    class,
+                    serials,
+                    waves,
+                    failure_threshold,
+                    rate,
+                    json,
+                } => {
+                    use onboarder::operator::firmware::{CampaignSpec, Target};
+                    let target = match (all, class) {
+                        (true, _) => Target::All,
+                        (_, Some(c)) => Target::Class(c),
+                        _ if !serials.is_empty() => Target::Serials(serials),
+                        _ => anyhow::bail!("choose --all, --class or --serials"),
+                    };
+                    let c = client.create_campaign(&CampaignSpec {
+                        release,
+                        target,
+                        waves,
+                        failure_threshold,
+                        rate,
+                    })?;
+                    if json {
+                        println!("{}", serde_json::to_string(&c)?);
+                    } else {
+                        let sizes: Vec<usize> = c.waves.iter().map(Vec::len).collect();
+                        println!(
+                            "created {}: {} in waves of {:?} devices; start it with: onboarder campaign start {}",
+                            c.id, c.version, sizes, c.id
+                        );
+                    }
+                }
+                CampaignCommand::Start { id } => {
+                    print_campaign(&client.order_campaign(&id, "start")?)
+                }
+                CampaignCommand::Pause { id } => {
+                    print_campaign(&client.order_campaign(&id, "pause")?)
+                }
+                CampaignCommand::Resume { id } => {
+                    print_campaign(&client.order_campaign(&id, "resume")?)
+                }
+                CampaignCommand::Abort { id } => {
+                    print_campaign(&client.order_campaign(&id, "abort")?)
+                }
+                CampaignCommand::Status { id, devices, json } => {
+                    let s = client.campaign_status(&id)?;
+                    if json {
+                        println!("{}", serde_json::to_string(&s)?);
+                    } else {
+                        println!(
+                            "{} ({}): {:?}, wave {} of {}",
+                            s.id,
+                            s.version,
+                            s.state,
+                            s.wave + 1,
+                            s.waves.len()
+                        );
+                        println!(
+                            "{:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                            "WAVE", "DEVICES", "WAITING", "ACTIVE", "HEALTHY", "FAILED", "SKIPPED"
+                        );
+                        for (i, t) in s.waves.iter().enumerate() {
+                            println!(
+                                "{:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                                i + 1,
+                                t.devices,
+                                t.waiting,
+                                t.in_progress,
+                                t.healthy,
+                                t.failed,
+                                t.skipped
+                            );
+                        }
+                        if devices {
+                            for d in &s.devices {
+                                println!(
+                                    "  {:<16} wave {} {:<12} {:>9} bytes {}",
+                                    d.serial,
+                                    d.wave + 1,
+                                    d.state,
+                                    d.bytes,
+                                    d.reason.as_deref().unwrap_or("")
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
         Command::Demo {
             devices,
             out,
@@ -532,6 +774,10 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_campaign(c: &onboarder::core::campaign::Campaign) {
+    println!("{}: {:?}", c.id, c.state);
 }
 
 /// Shows the progress of the rotations ordered at `since` until none is pending or `wait`

@@ -143,6 +143,18 @@ pub fn offer(
                 record.firmware_sequence, release.sequence
             ),
         }
+    } else if record
+        .class_id
+        .as_deref()
+        .is_some_and(|c| c != release.class_id)
+    {
+        JobState::Skipped {
+            reason: format!(
+                "the device is a {}, the release is for {}",
+                record.class_id.as_deref().unwrap_or_default(),
+                release.class_id
+            ),
+        }
     } else {
         JobState::Offered
     };
