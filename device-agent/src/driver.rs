@@ -550,11 +550,12 @@ impl Agent {
     /// Answers commands on `session` until it closes or the LDevID must be renewed.
     pub async fn serve(&self, session: &Session) -> Result<Stop, AgentError> {
         let welcome = std::mem::take(&mut *self.welcome.lock().unwrap_or_else(|e| e.into_inner()));
-        if welcome
-            .iter()
-            .any(|c| commands::handle(c).1 == Action::Renew)
-        {
-            return Ok(Stop::Renew);
+        for command in &welcome {
+            match commands::handle(command).1 {
+                Action::Renew => return Ok(Stop::Renew),
+                Action::Update(manifest) => return Ok(Stop::Update(manifest)),
+                Action::None => {}
+            }
         }
         let renew_at = self.load_state()?.renew_at;
         let due = async {
@@ -578,7 +579,7 @@ impl Agent {
                     match action {
                         Action::Renew => return Ok(Stop::Renew),
                         Action::Update(manifest) => return Ok(Stop::Update(manifest)),
-                        _ => {}
+                        Action::None => {}
                     }
                 }
             }

@@ -318,3 +318,38 @@ pub fn cancel(
         response: Response::Ack,
     })
 }
+
+/// Marks a device that cannot take the release (not active) as skipped, so its wave can end.
+pub fn skip(
+    serial: &str,
+    record: Option<DeviceRecord>,
+    campaign: &str,
+    release: &Release,
+    now: u64,
+) -> Result<Decision, LifecycleError> {
+    let mut record = record.ok_or_else(|| LifecycleError::UnknownDevice(serial.to_string()))?;
+    let reason = format!("the device is {}", record.state);
+    record.firmware_job = Some(FirmwareJob {
+        campaign: campaign.to_string(),
+        digest: release.digest.clone(),
+        manifest: release.manifest.clone(),
+        version: release.version.clone(),
+        sequence: release.sequence,
+        state: JobState::Skipped {
+            reason: reason.clone(),
+        },
+        bytes: 0,
+        offered_at: now,
+        updated_at: now,
+    });
+    Ok(Decision {
+        events: vec![AuditEvent::operator(
+            Some(serial),
+            "firmware-skipped",
+            reason,
+            now,
+        )],
+        write: Some(record),
+        response: Response::Ack,
+    })
+}

@@ -494,7 +494,7 @@ impl Service {
                         self.order_chunk(
                             std::slice::from_ref(serial),
                             &mut Default::default(),
-                            |s, r, now| skip(s, r, &campaign.id, &release, now),
+                            |s, r, now| firmware::skip(s, r, &campaign.id, &release, now),
                         )
                         .await?;
                     }
@@ -548,40 +548,4 @@ impl Service {
         // Offers that skipped a device (it already runs the release) may end a wave at once.
         Ok(pushes)
     }
-}
-
-/// Marks a device that cannot take the release (not active) as skipped, so its wave can end.
-fn skip(
-    serial: &str,
-    record: Option<DeviceRecord>,
-    campaign: &str,
-    release: &Release,
-    now: u64,
-) -> Result<crate::core::Decision, crate::core::LifecycleError> {
-    let mut record =
-        record.ok_or_else(|| crate::core::LifecycleError::UnknownDevice(serial.to_string()))?;
-    let reason = format!("the device is {}", record.state);
-    record.firmware_job = Some(firmware::FirmwareJob {
-        campaign: campaign.to_string(),
-        digest: release.digest.clone(),
-        manifest: release.manifest.clone(),
-        version: release.version.clone(),
-        sequence: release.sequence,
-        state: JobState::Skipped {
-            reason: reason.clone(),
-        },
-        bytes: 0,
-        offered_at: now,
-        updated_at: now,
-    });
-    Ok(crate::core::Decision {
-        events: vec![AuditEvent::operator(
-            Some(serial),
-            "firmware-skipped",
-            reason,
-            now,
-        )],
-        write: Some(record),
-        response: protocol::message::Response::Ack,
-    })
 }

@@ -37,6 +37,10 @@ impl World {
     }
 
     pub async fn with_config(edit: impl FnOnce(&mut Config)) -> World {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let dir = tempfile::tempdir().unwrap();
         let manufacturer =
             Arc::new(Manufacturer::create(ManufacturerConfig::new("Test Devices"), now()).unwrap());

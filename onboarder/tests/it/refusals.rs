@@ -385,6 +385,8 @@ async fn credentials_are_only_good_for_their_own_requests() {
     let hello = Request::Hello(Hello {
         agent_version: "x".into(),
         firmware_version: "y".into(),
+        firmware_sequence: 0,
+        class_id: "sensor-1".into(),
     });
     let before = world.record("SN-ROLE").unwrap();
     assert_eq!(

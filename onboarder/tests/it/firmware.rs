@@ -1,0 +1,573 @@
+//! Signed firmware: campaigns end to end, every refusal on the device, resumed downloads, and
+//! a release that fails its health check.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use certs::factory::FirmwareRelease;
+use device_agent::platform::FirmwareSlots;
+use device_agent::platform::slots::{FileSlots, SELFTEST_FAIL};
+use onboarder::core::campaign::CampaignState;
+use onboarder::core::firmware::{FirmwareJob, JobState};
+use onboarder::operator::firmware::{CampaignSpec, Target};
+use onboarder::store::{Change, DeviceWrite, Expect};
+use protocol::message::Command;
+
+use crate::harness::*;
+
+fn image(size: usize, seed: u8) -> Vec<u8> {
+    (0..size)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn release<'a>(version: &'a str, sequence: u64) -> FirmwareRelease<'a> {
+    FirmwareRelease {
+        version,
+        sequence,
+        class_id: None,
+        expires_on: None,
+        sbom: None,
+    }
+}
+
+async fn trust_firmware(world: &World) {
+    world
+        .server
+        .service()
+        .import_firmware_key(
+            &world.manufacturer.firmware_key().public_pem(),
+            &world.manufacturer.config.name,
+        )
+        .await
+        .unwrap();
+}
+
+/// Onboarded devices with their agents running.
+async fn fleet(world: &World, serials: &[&str]) -> (Vec<Device>, Vec<Running>) {
+    let devices: Vec<Device> = serials.iter().map(|s| world.device(s)).collect();
+    world.expect(serials, 30).await;
+    let running: Vec<Running> = devices
+        .iter()
+        .map(|d| Running::start(world.agent(d)))
+        .collect();
+    eventually(30, "the fleet connected", || {
+        world.server.sessions().len() == serials.len()
+    })
+    .await;
+    (devices, running)
+}
+
+async fn run_campaign(
+    world: &World,
+    digest: &str,
+    serials: &[&str],
+    waves: Vec<u8>,
+    threshold: u8,
+) -> String {
+    let service = world.server.service();
+    let campaign = service
+        .create_campaign(CampaignSpec {
+            release: digest.to_string(),
+            target: Target::Serials(serials.iter().map(|s| s.to_string()).collect()),
+            waves,
+            failure_threshold: threshold,
+            rate: None,
+        })
+        .await
+        .unwrap();
+    service.order_campaign(&campaign.id, "start").await.unwrap();
+    campaign.id
+}
+
+fn job(world: &World, serial: &str) -> Option<FirmwareJob> {
+    world.record(serial).unwrap().firmware_job
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_updates_every_device_in_waves() {
+    let world = World::new().await;
+    trust_firmware(&world).await;
+    let serials: Vec<String> = (0..10).map(|i| format!("SN-FW-{i:02}")).collect();
+    let refs: Vec<&str> = serials.iter().map(String::as_str).collect();
+    let (devices, running) = fleet(&world, &refs).await;
+    let img = image(300_000, 1);
+    let manifest = world
+        .manufacturer
+        .sign_firmware(&img, &release("2.0.0", 2), now())
+        .unwrap();
+    let r = world
+        .server
+        .service()
+        .upload_release(&manifest, &img)
+        .await
+        .unwrap();
+    // Uploading again is idempotent; a tampered image is refused.
+    world
+        .server
+        .service()
+        .upload_release(&manifest, &img)
+        .await
+        .unwrap();
+    let mut bad = img.clone();
+    bad[7] ^= 1;
+    assert!(
+        world
+            .server
+            .service()
+            .upload_release(&manifest, &bad)
+            .await
+            .is_err()
+    );
+
+    let id = run_campaign(
+        &world,
+        &certs::inspect::hex(&r.digest),
+        &refs,
+        vec![10, 50, 100],
+        10,
+    )
+    .await;
+    eventually(60, "the campaign", || {
+        world.server.service().campaign(&id).unwrap().state == CampaignState::Completed
+    })
+    .await;
+    let status = world.server.service().campaign_status(&id).unwrap();
+    assert_eq!(status.total.healthy, 10, "{status:?}");
+    let sizes: Vec<usize> = status.waves.iter().map(|w| w.devices).collect();
+    assert_eq!(sizes, [1, 4, 5]);
+    for (d, s) in devices.iter().zip(&serials) {
+        let record = world.record(s).unwrap();
+        assert_eq!(record.firmware_version.as_deref(), Some("2.0.0"));
+        assert_eq!(record.firmware_sequence, 2);
+        assert_eq!(
+            FileSlots::new(&d.state_dir.join("firmware"))
+                .active_image()
+                .unwrap()
+                .unwrap(),
+            img
+        );
+    }
+    // A second campaign of the same release skips everyone: never offered twice.
+    let again = run_campaign(
+        &world,
+        &certs::inspect::hex(&r.digest),
+        &refs,
+        vec![100],
+        10,
+    )
+    .await;
+    eventually(20, "the second campaign", || {
+        world.server.service().campaign(&again).unwrap().state == CampaignState::Completed
+    })
+    .await;
+    assert_eq!(
+        world
+            .server
+            .service()
+            .campaign_status(&again)
+            .unwrap()
+            .total
+            .skipped,
+        10
+    );
+    for r in running {
+        assert_eq!(r.agent.stats().updates.load(Ordering::Relaxed), 1);
+        r.stop().await;
+    }
+}
+
+/// Plants an offer straight into the store and the image directory, as a compromised server
+/// could, and pushes it: only the device's own checks stand in the way.
+async fn offer_directly(world: &World, serial: &str, manifest: &[u8], image: &[u8]) {
+    let claimed = protocol::manifest::Manifest::parse_unverified(manifest).unwrap();
+    std::fs::create_dir_all(world.data.join("firmware")).unwrap();
+    std::fs::write(
+        world
+            .data
+            .join("firmware")
+            .join(certs::inspect::hex(&claimed.digest)),
+        image,
+    )
+    .unwrap();
+    let mut record = world.record(serial).unwrap();
+    let expect = Expect::Version(record.version);
+    record.firmware_job = Some(FirmwareJob {
+        campaign: format!("planted-{}", claimed.version),
+        digest: claimed.digest.clone(),
+        manifest: manifest.to_vec(),
+        version: claimed.version.clone(),
+        sequence: claimed.sequence,
+        state: JobState::Offered,
+        bytes: 0,
+        offered_at: now(),
+        updated_at: now(),
+    });
+    world
+        .server
+        .service()
+        .store()
+        .commit(Change {
+            devices: vec![DeviceWrite { record, expect }],
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+    world
+        .server
+        .sessions()
+        .push(
+            serial,
+            &Command::Update {
+                manifest: manifest.to_vec(),
+            },
+        )
+        .await
+        .unwrap();
+}
+
+async fn refused_with(
+    world: &World,
+    device: &Device,
+    serial: &str,
+    manifest: &[u8],
+    image: &[u8],
+    reason: &str,
+) {
+    let slots = FileSlots::new(&device.state_dir.join("firmware"));
+    let before = (
+        slots.active_image().unwrap(),
+        world.record(serial).unwrap().firmware_sequence,
+    );
+    offer_directly(world, serial, manifest, image).await;
+    eventually(20, "the device's verdict", || {
+        job(world, serial).is_some_and(|j| j.state.is_final())
+    })
+    .await;
+    match job(world, serial).unwrap().state {
+        JobState::Failed { reason: r } => assert!(r.contains(reason), "{reason:?} not in {r:?}"),
+        other => panic!("expected a refusal for {reason}, got {other:?}"),
+    }
+    // Nothing installed, the counter untouched.
+    assert_eq!(slots.active_image().unwrap(), before.0, "{reason}");
+    assert!(!slots.in_trial().unwrap());
+    assert_eq!(
+        world.record(serial).unwrap().firmware_sequence,
+        before.1,
+        "{reason}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_refuses_every_bad_image_and_manifest() {
+    let world = World::new().await;
+    trust_firmware(&world).await;
+    let (devices, running) = fleet(&world, &["SN-GUARD"]).await;
+    let d = &devices[0];
+    let m = &world.manufacturer;
+    let img = image(200_000, 2);
+    let good = m.sign_firmware(&img, &release("3.0.0", 3), now()).unwrap();
+
+    let mut flipped = img.clone();
+    flipped[100_000] ^= 0x10;
+    refused_with(&world, d, "SN-GUARD", &good, &flipped, "digest").await;
+    refused_with(
+        &world,
+        d,
+        "SN-GUARD",
+        &good,
+        &img[..150_000],
+        "image is 150000 bytes",
+    )
+    .await;
+    let mut longer = img.clone();
+    longer.extend_from_slice(b"appended");
+    refused_with(
+        &world,
+        d,
+        "SN-GUARD",
+        &good,
+        &longer,
+        "the manifest says 200000",
+    )
+    .await;
+
+    let other_maker = certs::factory::Manufacturer::create(
+        certs::factory::ManufacturerConfig::new(&m.config.name),
+        now(),
+    )
+    .unwrap();
+    let forged = other_maker
+        .sign_firmware(&img, &release("3.0.1", 4), now())
+        .unwrap();
+    refused_with(&world, d, "SN-GUARD", &forged, &img, "signature").await;
+    let gateway = m
+        .sign_firmware(
+            &img,
+            &FirmwareRelease {
+                class_id: Some("gateway-9"),
+                ..release("3.0.2", 5)
+            },
+            now(),
+        )
+        .unwrap();
+    refused_with(&world, d, "SN-GUARD", &gateway, &img, "class").await;
+    let expired = m
+        .sign_firmware(
+            &img,
+            &FirmwareRelease {
+                expires_on: Some(now() - 10),
+                ..release("3.0.3", 6)
+            },
+            now(),
+        )
+        .unwrap();
+    refused_with(&world, d, "SN-GUARD", &expired, &img, "expired").await;
+
+    // Install sequence 7 for real, then a lower one (rollback) and another image claiming 7
+    // (replay of the sequence) are refused.
+    let v7 = m.sign_firmware(&img, &release("3.1.0", 7), now()).unwrap();
+    offer_directly(&world, "SN-GUARD", &v7, &img).await;
+    eventually(20, "the real update", || {
+        job(&world, "SN-GUARD").is_some_and(|j| j.state == JobState::Healthy)
+    })
+    .await;
+    let other = image(200_000, 9);
+    let old = m
+        .sign_firmware(&other, &release("2.9.0", 6), now())
+        .unwrap();
+    refused_with(
+        &world,
+        d,
+        "SN-GUARD",
+        &old,
+        &other,
+        "not higher than the installed 7",
+    )
+    .await;
+    let replay = m
+        .sign_firmware(&other, &release("3.1.0-again", 7), now())
+        .unwrap();
+    refused_with(
+        &world,
+        d,
+        "SN-GUARD",
+        &replay,
+        &other,
+        "not higher than the installed 7",
+    )
+    .await;
+    assert_eq!(
+        FileSlots::new(&d.state_dir.join("firmware"))
+            .active_image()
+            .unwrap()
+            .unwrap(),
+        img
+    );
+    for r in running {
+        r.stop().await;
+    }
+}
+
+/// Slots whose storage dies once `limit` bytes are staged: the device loses power half way
+/// through a download.
+struct DyingSlots {
+    inner: FileSlots,
+    limit: u64,
+}
+
+impl FirmwareSlots for DyingSlots {
+    fn staged_len(&self, d: &[u8]) -> Result<u64, device_agent::PlatformError> {
+        self.inner.staged_len(d)
+    }
+    fn stage(
+        &self,
+        d: &[u8],
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<(), device_agent::PlatformError> {
+        if offset + bytes.len() as u64 > self.limit {
+            return Err(device_agent::PlatformError::Firmware("power lost".into()));
+        }
+        self.inner.stage(d, offset, bytes)
+    }
+    fn staged_digest(&self, d: &[u8]) -> Result<(u64, [u8; 32]), device_agent::PlatformError> {
+        self.inner.staged_digest(d)
+    }
+    fn discard(&self, d: &[u8]) -> Result<(), device_agent::PlatformError> {
+        self.inner.discard(d)
+    }
+    fn install(&self, d: &[u8], m: &[u8]) -> Result<(), device_agent::PlatformError> {
+        self.inner.install(d, m)
+    }
+    fn boot_trial(&self) -> Result<(), device_agent::PlatformError> {
+        self.inner.boot_trial()
+    }
+    fn self_test(&self) -> Result<(), String> {
+        self.inner.self_test()
+    }
+    fn commit(&self) -> Result<(), device_agent::PlatformError> {
+        self.inner.commit()
+    }
+    fn rollback(&self) -> Result<(), device_agent::PlatformError> {
+        self.inner.rollback()
+    }
+    fn in_trial(&self) -> Result<bool, device_agent::PlatformError> {
+        self.inner.in_trial()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_download_resumes_with_only_the_rest() {
+    let world = World::new().await;
+    trust_firmware(&world).await;
+    let device = world.device("SN-RESUME");
+    world.expect(&["SN-RESUME"], 30).await;
+    world.agent(&device).onboard().await.unwrap();
+    let size = 1024 * 1024 + 12_345;
+    let img = image(size, 3);
+    let manifest = world
+        .manufacturer
+        .sign_firmware(&img, &release("4.0.0", 1), now())
+        .unwrap();
+    let r = world
+        .server
+        .service()
+        .upload_release(&manifest, &img)
+        .await
+        .unwrap();
+
+    // The first life of the device: its storage dies half way through the download.
+    let identity = std::sync::Arc::new(device.identity());
+    let dying = device_agent::Agent::new(
+        identity,
+        std::sync::Arc::new(device_agent::platform::files::FileKeyStore::new(
+            &device.identity_dir,
+            &device.state_dir,
+            certs::KeyKind::P256,
+        )),
+        std::sync::Arc::new(device_agent::platform::files::FileStateStore::new(
+            &device.state_dir,
+        )),
+        std::sync::Arc::new(device_agent::platform::files::FileNetwork::new(
+            &device.state_dir,
+        )),
+        std::sync::Arc::new(DyingSlots {
+            inner: FileSlots::new(&device.state_dir.join("firmware")),
+            limit: size as u64 / 2,
+        }),
+        world.server.quic_addr(),
+        world.endpoint.clone(),
+        fast_options(),
+    );
+    let first = Running::start(dying);
+    eventually(10, "the session", || {
+        world.server.sessions().is_connected("SN-RESUME")
+    })
+    .await;
+    run_campaign(
+        &world,
+        &certs::inspect::hex(&r.digest),
+        &["SN-RESUME"],
+        vec![100],
+        50,
+    )
+    .await;
+    eventually(30, "the failure", || {
+        first.agent.stats().failures.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    let agent = first.agent.clone();
+    first.stop().await;
+    let held = FileSlots::new(&device.state_dir.join("firmware"))
+        .staged_len(&r.digest)
+        .unwrap();
+    assert!(held > 0 && held <= size as u64 / 2, "{held}");
+    assert_eq!(
+        agent.stats().firmware_bytes.load(Ordering::SeqCst) % held,
+        0
+    );
+
+    // Back to life: the offer is in its welcome, and it fetches only what it lacks.
+    let second = Running::start(world.agent(&device));
+    eventually(30, "the update", || {
+        job(&world, "SN-RESUME").is_some_and(|j| j.state == JobState::Healthy)
+    })
+    .await;
+    let rest = second.agent.stats().firmware_bytes.load(Ordering::SeqCst);
+    assert_eq!(rest, size as u64 - held);
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unhealthy_release_rolls_back_and_pauses_the_campaign() {
+    let world = World::new().await;
+    trust_firmware(&world).await;
+    let serials: Vec<String> = (0..20).map(|i| format!("SN-SICK-{i:02}")).collect();
+    let refs: Vec<&str> = serials.iter().map(String::as_str).collect();
+    let (devices, running) = fleet(&world, &refs).await;
+    let mut img = image(100_000, 4);
+    img[50_000..50_000 + SELFTEST_FAIL.len()].copy_from_slice(SELFTEST_FAIL);
+    let manifest = world
+        .manufacturer
+        .sign_firmware(&img, &release("5.0.0", 1), now())
+        .unwrap();
+    let r = world
+        .server
+        .service()
+        .upload_release(&manifest, &img)
+        .await
+        .unwrap();
+    let id = run_campaign(
+        &world,
+        &certs::inspect::hex(&r.digest),
+        &refs,
+        vec![10, 50, 100],
+        10,
+    )
+    .await;
+    eventually(60, "the campaign to pause", || {
+        matches!(
+            world.server.service().campaign(&id).unwrap().state,
+            CampaignState::Paused { .. }
+        )
+    })
+    .await;
+    let status = world.server.service().campaign_status(&id).unwrap();
+    assert_eq!(status.wave, 0);
+    assert_eq!(status.waves[0].failed, 2, "{status:?}");
+    for w in &status.waves[1..] {
+        assert_eq!(w.waiting, w.devices, "later waves untouched: {status:?}");
+    }
+    for p in status.devices.iter().filter(|p| p.wave == 0) {
+        assert_eq!(p.state, "rolled-back");
+        assert!(p.reason.as_deref().unwrap_or("").contains("self-test"));
+        let d = devices
+            .iter()
+            .zip(&serials)
+            .find(|(_, s)| **s == p.serial)
+            .unwrap()
+            .0;
+        // Back on the factory image, reporting its old version.
+        assert!(
+            FileSlots::new(&d.state_dir.join("firmware"))
+                .active_image()
+                .unwrap()
+                .is_none()
+        );
+        eventually(10, "the old version reported", || {
+            world.record(&p.serial).unwrap().firmware_version.as_deref() == Some("1.0.0")
+        })
+        .await;
+        assert_eq!(world.record(&p.serial).unwrap().firmware_sequence, 0);
+    }
+    // It stays paused.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(matches!(
+        world.server.service().campaign(&id).unwrap().state,
+        CampaignState::Paused { .. }
+    ));
+    for r in running {
+        r.stop().await;
+    }
+}
