@@ -354,6 +354,9 @@ async fn ca_rollover_moves_a_connected_fleet_to_the_new_ca() {
         .collect();
     eventually(60, "the fleet connected", || {
         world.server.sessions().len() == FLEET
+            && running
+                .iter()
+                .all(|r| r.agent.stats().sessions.load(Ordering::SeqCst) == 1)
     })
     .await;
     let sessions_before: Vec<u64> = running
@@ -375,6 +378,14 @@ async fn ca_rollover_moves_a_connected_fleet_to_the_new_ca() {
     })
     .await;
     let new_ca = world.server.service().registrar().issuing.key_id.clone();
+    // The agents count a session once they have the server's welcome.
+    eventually(10, "every agent in its new session", || {
+        running
+            .iter()
+            .zip(&sessions_before)
+            .all(|(r, b)| r.agent.stats().sessions.load(Ordering::SeqCst) > *b)
+    })
+    .await;
     for ((r, s), before) in running.iter().zip(&serials).zip(sessions_before) {
         let record = world.record(s).unwrap();
         let active = record.active_certificate().unwrap();
