@@ -17,9 +17,9 @@ use ring::rand::{SecureRandom, SystemRandom};
 use crate::error::{AgentError, PlatformError};
 use crate::machine::commands::{self, Action};
 use crate::machine::{AgentState, Phase, Renewal, Trial, firmware, onboarding, renewal};
-use crate::platform::files::{FileKeyStore, FileNetwork, FileStateStore};
-use crate::platform::slots::FileSlots;
-use crate::platform::{DeviceKey, FirmwareSlots, KeyStore, NetworkApplier, StateStore};
+use crate::platform::{
+    DeviceKey, FirmwareSlots, KeyStore, NetworkApplier, Platform, StateStore, Wiper,
+};
 use crate::transport::quic::{self, Session, Timeouts};
 
 /// Version of this agent, reported to the server.
@@ -83,6 +83,9 @@ pub struct AgentStats {
     /// Duration of the last firmware update in microseconds, from the offer to the health
     /// report.
     pub last_update_us: AtomicU64,
+    /// Duration of the decommissioning in microseconds, from the order to the server's
+    /// acknowledgement of the attestation.
+    pub decommission_us: AtomicU64,
 }
 
 /// Bytes asked for per firmware chunk.
@@ -97,6 +100,13 @@ pub enum Stop {
     Renew,
     /// A firmware update was offered (the signed manifest).
     Update(Vec<u8>),
+    /// The owner decommissions the device.
+    Decommission {
+        /// The server's nonce.
+        nonce: Vec<u8>,
+        /// The method asked for.
+        method: protocol::attestation::WipeMethod,
+    },
 }
 
 /// One device's agent.
@@ -106,6 +116,7 @@ pub struct Agent {
     state: Arc<dyn StateStore>,
     network: Arc<dyn NetworkApplier>,
     slots: Arc<dyn FirmwareSlots>,
+    wiper: Arc<dyn Wiper>,
     server: SocketAddr,
     endpoint: quinn::Endpoint,
     options: AgentOptions,
@@ -119,23 +130,20 @@ pub struct Agent {
 
 impl Agent {
     /// An agent over the given platform, talking to `server` through `endpoint`.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         identity: Arc<Identity>,
-        keys: Arc<dyn KeyStore>,
-        state: Arc<dyn StateStore>,
-        network: Arc<dyn NetworkApplier>,
-        slots: Arc<dyn FirmwareSlots>,
+        platform: Platform,
         server: SocketAddr,
         endpoint: quinn::Endpoint,
         options: AgentOptions,
     ) -> Agent {
         Agent {
             identity,
-            keys,
-            state,
-            network,
-            slots,
+            keys: platform.keys,
+            state: platform.state,
+            network: platform.network,
+            slots: platform.slots,
+            wiper: platform.wiper,
             updating: std::sync::atomic::AtomicBool::new(false),
             server,
             endpoint,
@@ -159,10 +167,7 @@ impl Agent {
         let kind = identity.key.kind();
         Ok(Agent::new(
             Arc::new(identity),
-            Arc::new(FileKeyStore::new(identity_dir, state_dir, kind)),
-            Arc::new(FileStateStore::new(state_dir)),
-            Arc::new(FileNetwork::new(state_dir)),
-            Arc::new(FileSlots::new(&state_dir.join("firmware"))),
+            Platform::files(identity_dir, state_dir, kind),
             server,
             endpoint,
             options,
@@ -408,6 +413,14 @@ impl Agent {
     pub async fn connect(&self) -> Result<Session, AgentError> {
         let session = self.open_session().await?;
         let mut state = self.load_state()?;
+        if state.pending_attestation.is_some() {
+            // Wiped before a crash: finish delivering the evidence, then the device is bare.
+            self.deliver_attestation(&session, &mut state).await?;
+            session.close();
+            return Err(AgentError::Protocol(
+                "the device was decommissioned; it is back in its factory state".into(),
+            ));
+        }
         if let Some(report) = state.pending_report.take() {
             session.call(&Request::FirmwareStatus(report)).await?;
             self.save(&state).await?;
@@ -554,6 +567,9 @@ impl Agent {
             match commands::handle(command).1 {
                 Action::Renew => return Ok(Stop::Renew),
                 Action::Update(manifest) => return Ok(Stop::Update(manifest)),
+                Action::Decommission { nonce, method } => {
+                    return Ok(Stop::Decommission { nonce, method });
+                }
                 Action::None => {}
             }
         }
@@ -579,6 +595,9 @@ impl Agent {
                     match action {
                         Action::Renew => return Ok(Stop::Renew),
                         Action::Update(manifest) => return Ok(Stop::Update(manifest)),
+                        Action::Decommission { nonce, method } => {
+                            return Ok(Stop::Decommission { nonce, method });
+                        }
                         Action::None => {}
                     }
                 }
@@ -795,6 +814,70 @@ impl Agent {
         }
     }
 
+    /// Decommissions the device on the owner's order: wipes the owner's data and network
+    /// credentials (through the [`Wiper`]), signs a wipe attestation bound to `nonce` with the
+    /// LDevID key, stores it, delivers it on `session`, and only then destroys the LDevID keys
+    /// and returns to the factory state (the IDevID and the firmware stay).
+    pub async fn decommission(
+        &self,
+        session: &Session,
+        nonce: Vec<u8>,
+        method: protocol::attestation::WipeMethod,
+    ) -> Result<(), AgentError> {
+        let started = std::time::Instant::now();
+        let started_on = self.now();
+        let wiper = self.wiper.clone();
+        let targets = blocking(move || wiper.wipe(method)).await?;
+        let mut state = self.load_state()?;
+        let attestation = protocol::attestation::WipeAttestation {
+            serial: self.identity.serial.clone(),
+            manufacturer: self.identity.product.vendor_id.clone(),
+            model: self.identity.product.class_id.clone(),
+            firmware_version: state.firmware_version.clone(),
+            agent_version: AGENT_VERSION.into(),
+            nonce,
+            method,
+            targets,
+            started_on,
+            finished_on: self.now(),
+        };
+        let key = self
+            .keys
+            .ldevid_key()?
+            .ok_or_else(|| PlatformError::Key("no LDevID key to sign the attestation".into()))?;
+        state.pending_attestation = Some(attestation.sign(key.as_ref())?);
+        state.network = None;
+        self.save(&state).await?;
+        self.deliver_attestation(session, &mut state).await?;
+        self.stats
+            .decommission_us
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Sends the stored attestation; once the server has it, destroys the LDevID keys and
+    /// resets the state to the factory one.
+    async fn deliver_attestation(
+        &self,
+        session: &Session,
+        state: &mut AgentState,
+    ) -> Result<(), AgentError> {
+        let Some(signed) = state.pending_attestation.clone() else {
+            return Ok(());
+        };
+        session.call(&Request::WipeAttestation(signed)).await?;
+        let keys = self.keys.clone();
+        blocking(move || keys.destroy_ldevid_keys()).await?;
+        let mut factory = AgentState::factory(&state.firmware_version);
+        // The firmware is the device's, not the owner's: its anti-rollback counter survives.
+        factory.firmware_sequence = state.firmware_sequence;
+        factory.firmware_digest = state.firmware_digest.clone();
+        let (store, fresh) = (self.state.clone(), factory.clone());
+        blocking(move || store.reset(&fresh)).await?;
+        *state = factory;
+        Ok(())
+    }
+
     /// Runs `op`, retrying transient failures (see [`AgentError::is_transient`]) with jittered
     /// exponential backoff until `deadline` has passed.
     pub async fn retrying<T, F, Fut>(&self, deadline: Duration, mut op: F) -> Result<T, AgentError>
@@ -816,8 +899,10 @@ impl Agent {
         }
     }
 
-    /// Runs the device until `shutdown` completes: onboard, keep the operational session,
-    /// answer commands, renew on time, and reconnect with backoff after failures.
+    /// Runs the device until `shutdown` completes or the owner decommissions it: onboard, keep
+    /// the operational session, answer commands, renew on time, update firmware, and reconnect
+    /// with backoff after failures. After a decommissioning the device is bare (factory state)
+    /// and the loop ends: what comes next (a new owner) is a new provisioning.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
         tokio::pin!(shutdown);
         let mut delay = self.options.backoff.initial;
@@ -833,17 +918,26 @@ impl Agent {
                                 "session closed: {}",
                                 session.closed().await
                             );
-                            return Ok::<(), AgentError>(());
+                            return Ok::<bool, AgentError>(false);
                         }
                         Stop::Renew => session = self.renew(session).await?,
                         Stop::Update(manifest) => session = self.update(session, manifest).await?,
+                        Stop::Decommission { nonce, method } => {
+                            self.decommission(&session, nonce, method).await?;
+                            session.close();
+                            return Ok::<bool, AgentError>(true);
+                        }
                     }
                 }
             };
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
                 result = attempt => match result {
-                    Ok(()) => delay = self.options.backoff.initial,
+                    Ok(true) => {
+                        tracing::info!(serial = self.serial(), "decommissioned: back in the factory state");
+                        return Ok(());
+                    }
+                    Ok(false) => delay = self.options.backoff.initial,
                     Err(e) => {
                         self.stats.failures.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(serial = self.serial(), "{e}; retrying in {delay:?}");

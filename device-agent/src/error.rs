@@ -19,6 +19,9 @@ pub enum PlatformError {
     /// A firmware slot operation failed.
     #[error("firmware slots: {0}")]
     Firmware(String),
+    /// Sanitization failed.
+    #[error("wipe: {0}")]
+    Wipe(String),
 }
 
 /// Why the agent could not complete a step.

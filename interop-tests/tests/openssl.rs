@@ -30,6 +30,7 @@ async fn demo_output_verifies_with_openssl() {
         out: Some(out.clone()),
         concurrency: 8,
         progress: false,
+        decommission_percent: 10,
     })
     .await
     .unwrap();
@@ -143,6 +144,7 @@ async fn crl_verifies_and_lists_the_revoked_certificate() {
         out: Some(out.clone()),
         concurrency: 3,
         progress: false,
+        decommission_percent: 10,
     })
     .await
     .unwrap();

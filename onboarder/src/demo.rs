@@ -12,6 +12,7 @@
 //! OUT/devices/<serial>/identity/    idevid.pem, idevid.key, manufacturer-root.pem, masa.pem
 //! OUT/devices/<serial>/state/       state.cbor, ldevid.pem, chain.pem, ldevid.key, network.json
 //! OUT/vouchers.cbor                 the voucher bundle the owner imported
+//! OUT/sanitization/<serial>.json|.html  certificate of sanitization of a decommissioned device
 //! OUT/report.json                   the report printed last
 //! ```
 
@@ -45,6 +46,8 @@ pub struct DemoOptions {
     pub concurrency: usize,
     /// Draw progress bars on stderr.
     pub progress: bool,
+    /// Percentage of the fleet decommissioned at the end.
+    pub decommission_percent: u8,
 }
 
 /// Results of one phase.
@@ -185,6 +188,8 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport> {
     phases.insert("rotate".to_string(), report);
     let report = firmware_phase(&manufacturer, &server, &data, &agents, &options).await?;
     phases.insert("firmware".to_string(), report);
+    let report = decommission_phase(&server, &agents, &out, &options).await?;
+    phases.insert("decommission".to_string(), report);
     fleet.stop().await;
     server.shutdown().await;
 
@@ -527,6 +532,106 @@ async fn firmware_phase(
     let mut report = PhaseReport::new(&mut latencies, failed, elapsed);
     report.bytes = Some(bytes);
     Ok(report)
+}
+
+/// The operator decommissions a share of the connected fleet: each device wipes itself, signs
+/// an attestation bound to the server's nonce, and is decommissioned by the server. A device
+/// counts once its record says so, its certificates are on the CRL, the server holds no network
+/// credential for it, and the device is back in its factory state.
+async fn decommission_phase(
+    server: &Server,
+    agents: &[Arc<Agent>],
+    out: &Path,
+    options: &DemoOptions,
+) -> Result<PhaseReport> {
+    use crate::core::DeviceState;
+    let count = (agents.len() * usize::from(options.decommission_percent)).div_ceil(100);
+    let chosen: Vec<&Arc<Agent>> = agents.iter().rev().take(count).collect();
+    let serials: Vec<String> = chosen.iter().map(|a| a.serial().to_string()).collect();
+    let service = server.service().clone();
+    let bar = progress_bar(options, "decommission");
+    let start = Instant::now();
+    server
+        .control()
+        .decommission(
+            serials.clone(),
+            protocol::attestation::WipeMethod::PurgeCryptographicErase,
+        )
+        .await?;
+    wait_for(DEVICE_DEADLINE, || {
+        let done = serials
+            .iter()
+            .filter(|s| {
+                service
+                    .device(s)
+                    .is_ok_and(|d| d.state != DeviceState::Decommissioning)
+            })
+            .count();
+        bar.set_position(done as u64);
+        done == serials.len()
+    })
+    .await;
+    let elapsed = start.elapsed();
+    bar.finish_and_clear();
+    // The CRL as a relying party would fetch it now.
+    server.control().publish_crls().await?;
+    let mut on_crl = std::collections::HashSet::new();
+    for crl in server.control().crls() {
+        if let Ok((_, parsed)) = x509_parser::parse_x509_crl(&crl.der) {
+            on_crl.extend(
+                parsed
+                    .iter_revoked_certificates()
+                    .map(|r| certs::inspect::hex(r.raw_serial())),
+            );
+        }
+    }
+    let mut latencies = Vec::new();
+    let mut failed = 0;
+    for agent in chosen {
+        let record = service.device(agent.serial())?;
+        let certs_listed = record
+            .certificates
+            .iter()
+            .filter(|c| c.not_after > certs::unix_now())
+            .all(|c| on_crl.contains(&c.serial));
+        let device = agent.load_state()?;
+        let factory =
+            device.phase == device_agent::machine::Phase::Factory && device.ldevid.is_none();
+        if record.state == DeviceState::Decommissioned
+            && certs_listed
+            && record.network.is_none()
+            && factory
+        {
+            let us = agent
+                .stats()
+                .decommission_us
+                .load(std::sync::atomic::Ordering::Relaxed);
+            latencies.push(Duration::from_micros(us));
+        } else {
+            tracing::warn!(
+                serial = agent.serial(),
+                state = %record.state,
+                certs_listed,
+                factory,
+                "not decommissioned"
+            );
+            failed += 1;
+        }
+    }
+    if let Some(serial) = serials.first()
+        && let Ok(certificate) = service.sanitization_certificate(serial)
+    {
+        let dir = out.join("sanitization");
+        files::write_public(
+            &dir.join(format!("{serial}.json")),
+            serde_json::to_string_pretty(&certificate)?.as_bytes(),
+        )?;
+        files::write_public(
+            &dir.join(format!("{serial}.html")),
+            certificate.to_html().as_bytes(),
+        )?;
+    }
+    Ok(PhaseReport::new(&mut latencies, failed, elapsed))
 }
 
 /// Polls `done` every 50 ms for at most `limit`; whether it came true.

@@ -239,6 +239,9 @@ impl Service {
             Request::Reenroll { csr } => {
                 renew::reenroll(reg, peer, record, csr, binding, now, self.entropy()?)
             }
+            Request::WipeAttestation(signed) => {
+                core::decommission::attest(peer, record, signed, now, reg.policy.superseded_grace)
+            }
             Request::FirmwareStatus(report) => core::firmware::report(
                 peer,
                 record,
@@ -274,6 +277,15 @@ impl Service {
                 Response::Error(e.to_wire())
             }
         }
+    }
+
+    /// A fresh nonce for a decommission order.
+    pub(crate) fn nonce(&self) -> Result<[u8; protocol::attestation::NONCE_LEN], LifecycleError> {
+        let mut nonce = [0u8; protocol::attestation::NONCE_LEN];
+        self.rng
+            .fill(&mut nonce)
+            .map_err(|_| LifecycleError::Unavailable("no randomness".into()))?;
+        Ok(nonce)
     }
 
     fn entropy(&self) -> Result<Entropy, LifecycleError> {

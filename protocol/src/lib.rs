@@ -4,6 +4,7 @@
 //! nothing of sockets, files, clocks or X.509. Everything here is a pure function of its inputs,
 //! so both the server and the agent (and any independent implementation) agree on every byte.
 //!
+//! - [`attestation`]: the device-signed wipe attestation of a decommissioning.
 //! - [`cbor`]: CBOR (RFC 8949) encode/decode with a size limit on every decode.
 //! - [`frame`]: length-prefixed framing for QUIC streams, with a maximum frame size.
 //! - [`keys`]: public keys and the [`keys::Signer`] trait through which private keys are used.
@@ -19,6 +20,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
 
+pub mod attestation;
 pub mod cbor;
 pub mod cose;
 pub mod error;

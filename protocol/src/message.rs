@@ -77,6 +77,10 @@ pub enum Request {
     },
     /// Progress of a firmware update on the device. Answered by [`Response::Ack`].
     FirmwareStatus(FirmwareReport),
+    /// The signed wipe attestation (COSE_Sign1 of a
+    /// [`crate::attestation::WipeAttestation`]) answering a [`Command::Decommission`].
+    /// Answered by [`Response::Ack`]; the device's credentials are revoked at once.
+    WipeAttestation(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// Largest firmware chunk served in one response.
@@ -263,6 +267,15 @@ pub enum Command {
         /// The signed manifest.
         #[serde(with = "serde_bytes")]
         manifest: Vec<u8>,
+    },
+    /// Wipe everything of this owner (data, keys, network credentials) and answer with a
+    /// wipe attestation bound to `nonce`. Answered by [`CommandReply::Accepted`].
+    Decommission {
+        /// The server's fresh nonce, to be echoed in the attestation.
+        #[serde(with = "serde_bytes")]
+        nonce: Vec<u8>,
+        /// The sanitization method asked for.
+        method: crate::attestation::WipeMethod,
     },
     /// The owner's trust anchors from now on (DER), for an owner-root rollover. The device adds
     /// them to the CA it pinned; it accepts them only on an authenticated operational session.

@@ -12,6 +12,13 @@ pub enum Action {
     Renew,
     /// Install the firmware of this signed manifest.
     Update(Vec<u8>),
+    /// Wipe everything of the owner and attest it, bound to this nonce.
+    Decommission {
+        /// The server's nonce.
+        nonce: Vec<u8>,
+        /// The method asked for.
+        method: protocol::attestation::WipeMethod,
+    },
 }
 
 /// The reply to `command`, and what to do next.
@@ -20,6 +27,13 @@ pub fn handle(command: &Command) -> (CommandReply, Action) {
         Command::Ping { nonce } => (CommandReply::Pong { nonce: *nonce }, Action::None),
         Command::Rotate => (CommandReply::Accepted, Action::Renew),
         Command::Update { manifest } => (CommandReply::Accepted, Action::Update(manifest.clone())),
+        Command::Decommission { nonce, method } => (
+            CommandReply::Accepted,
+            Action::Decommission {
+                nonce: nonce.clone(),
+                method: *method,
+            },
+        ),
         _ => (
             CommandReply::Error(WireError {
                 code: ErrorCode::Unsupported,

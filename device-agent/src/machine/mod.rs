@@ -67,6 +67,10 @@ pub struct AgentState {
     /// A firmware report not yet delivered (it is sent on the next session).
     #[serde(default)]
     pub pending_report: Option<protocol::message::FirmwareReport>,
+    /// A signed wipe attestation not yet acknowledged by the server: the device has wiped
+    /// itself and keeps only what it needs to deliver this.
+    #[serde(default, with = "serde_bytes")]
+    pub pending_attestation: Option<Vec<u8>>,
 }
 
 /// What ran before a trial boot.
@@ -106,6 +110,7 @@ impl AgentState {
             firmware_digest: None,
             trial: None,
             pending_report: None,
+            pending_attestation: None,
         }
     }
 

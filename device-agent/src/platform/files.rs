@@ -97,6 +97,18 @@ impl KeyStore for FileKeyStore {
         Ok(Arc::new(key))
     }
 
+    fn destroy_ldevid_keys(&self) -> Result<(), PlatformError> {
+        for name in [layout::LDEVID_KEY, layout::PENDING_KEY] {
+            let (_, clean) = super::wiper::overwrite_and_remove(&self.state_dir.join(name))?;
+            if !clean {
+                return Err(PlatformError::Key(format!(
+                    "{name} survived its destruction"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn commit_pending_ldevid_key(&self) -> Result<(), PlatformError> {
         let pending = self.state_dir.join(layout::PENDING_KEY);
         let current = self.state_dir.join(layout::LDEVID_KEY);
@@ -127,6 +139,12 @@ impl FileStateStore {
 }
 
 impl StateStore for FileStateStore {
+    fn reset(&self, state: &AgentState) -> Result<(), PlatformError> {
+        super::wiper::overwrite_and_remove(&self.dir.join(layout::STATE))?;
+        *self.exported.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.save(state)
+    }
+
     fn load(&self) -> Result<Option<AgentState>, PlatformError> {
         let path = self.dir.join(layout::STATE);
         if !path.exists() {

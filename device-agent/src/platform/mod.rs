@@ -6,12 +6,46 @@
 pub mod files;
 pub mod key;
 pub mod slots;
+pub mod wiper;
 
 use std::sync::Arc;
 
 use protocol::message::NetworkProfile;
 
 pub use key::DeviceKey;
+
+/// Everything the agent needs from the device, in one place.
+#[derive(Clone)]
+pub struct Platform {
+    /// Private keys.
+    pub keys: Arc<dyn KeyStore>,
+    /// Persistent state.
+    pub state: Arc<dyn StateStore>,
+    /// Network configuration.
+    pub network: Arc<dyn NetworkApplier>,
+    /// Firmware slots.
+    pub slots: Arc<dyn FirmwareSlots>,
+    /// Sanitization.
+    pub wiper: Arc<dyn Wiper>,
+}
+
+impl Platform {
+    /// The reference platform on a file system: the factory identity in `identity_dir`, the
+    /// agent's own files in `state_dir`; new LDevID keys of `kind`.
+    pub fn files(
+        identity_dir: &std::path::Path,
+        state_dir: &std::path::Path,
+        kind: certs::KeyKind,
+    ) -> Platform {
+        Platform {
+            keys: Arc::new(files::FileKeyStore::new(identity_dir, state_dir, kind)),
+            state: Arc::new(files::FileStateStore::new(state_dir)),
+            network: Arc::new(files::FileNetwork::new(state_dir)),
+            slots: Arc::new(slots::FileSlots::new(&state_dir.join("firmware"))),
+            wiper: Arc::new(wiper::FileWiper::new(state_dir)),
+        }
+    }
+}
 
 use crate::error::PlatformError;
 use crate::machine::AgentState;
@@ -33,6 +67,8 @@ pub trait KeyStore: Send + Sync {
     fn create_pending_ldevid_key(&self) -> Result<Arc<dyn DeviceKey>, PlatformError>;
     /// Makes the pending key current, atomically; the old current key is destroyed.
     fn commit_pending_ldevid_key(&self) -> Result<(), PlatformError>;
+    /// Destroys every LDevID key (current and pending); the IDevID key stays.
+    fn destroy_ldevid_keys(&self) -> Result<(), PlatformError>;
 }
 
 /// The agent's persistent state, saved atomically as a whole.
@@ -41,6 +77,9 @@ pub trait StateStore: Send + Sync {
     fn load(&self) -> Result<Option<AgentState>, PlatformError>;
     /// Saves the state; after a crash either the old or the new state is found.
     fn save(&self, state: &AgentState) -> Result<(), PlatformError>;
+    /// Destroys the stored state (overwriting it where the medium allows) and starts again
+    /// from `state`: after a decommissioning.
+    fn reset(&self, state: &AgentState) -> Result<(), PlatformError>;
 }
 
 /// Where firmware images are downloaded, installed and booted: two slots, so the running
@@ -66,6 +105,17 @@ pub trait FirmwareSlots: Send + Sync {
     fn rollback(&self) -> Result<(), PlatformError>;
     /// Whether a trial boot is under way (after a crash in it, the agent rolls back).
     fn in_trial(&self) -> Result<bool, PlatformError>;
+}
+
+/// Sanitizes what the device holds for its owner (NIST SP 800-88).
+pub trait Wiper: Send + Sync {
+    /// Erases the owner's data and the network credentials with `method`, verifies, and says
+    /// what was wiped. Runs while the LDevID key still exists: the agent destroys that key
+    /// itself, last, after the attestation it signs with it has been delivered.
+    fn wipe(
+        &self,
+        method: protocol::attestation::WipeMethod,
+    ) -> Result<Vec<protocol::attestation::WipedTarget>, PlatformError>;
 }
 
 /// Applies network credentials to the device's network stack.

@@ -114,6 +114,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// End of life: order devices to wipe themselves and attest it (or force it for devices
+    /// that never answer), and print certificates of sanitization.
+    Decommission(DecommissionArgs),
     /// The owner's certificate authorities.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -140,6 +143,50 @@ enum Command {
         /// Devices working at the same time.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// Percentage of the fleet decommissioned in the last phase.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=100))]
+        decommission: u8,
+    },
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct DecommissionArgs {
+    #[command(subcommand)]
+    command: Option<DecommissionCommand>,
+    /// Devices to decommission.
+    #[arg(required = true)]
+    serials: Vec<String>,
+    /// Sanitization method: clear, or purge-cryptographic-erase.
+    #[arg(long, default_value = "purge-cryptographic-erase")]
+    method: String,
+    /// Revoke everything without waiting for the device (it never answers): the record says
+    /// decommissioned-unattested.
+    #[arg(long, requires = "reason")]
+    force: bool,
+    /// Why (for --force; goes into the audit log).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Seconds to wait for the attestations (0: do not wait).
+    #[arg(long, default_value_t = 300)]
+    wait: u64,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum DecommissionCommand {
+    /// The certificate of sanitization (NIST SP 800-88) of an attested decommissioning.
+    Certificate {
+        /// Device serial.
+        serial: String,
+        /// Also write the printable HTML document here.
+        #[arg(long)]
+        html: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -567,6 +614,10 @@ fn main() -> Result<()> {
                 println!("{} is {}", d.serial, d.state);
             }
         }
+        Command::Decommission(args) => {
+            let client = ApiClient::for_data_dir(&cli.dir)?;
+            decommission(&client, args)?;
+        }
         Command::Ca(CaCommand::Rollover { rate, wait, json }) => {
             let client = ApiClient::for_data_dir(&cli.dir)?;
             let report = client.rollover(rate)?;
@@ -749,6 +800,7 @@ fn main() -> Result<()> {
             out,
             json,
             concurrency,
+            decommission,
         } => {
             let progress = std::io::stderr().is_terminal();
             let report = runtime()?.block_on(demo::run(DemoOptions {
@@ -756,6 +808,7 @@ fn main() -> Result<()> {
                 out,
                 concurrency,
                 progress,
+                decommission_percent: decommission,
             }))?;
             if !json {
                 for (name, p) in &report.phases {
@@ -773,6 +826,102 @@ fn main() -> Result<()> {
             anyhow::ensure!(failed == 0, "{failed} device phases failed");
         }
     }
+    Ok(())
+}
+
+fn decommission(client: &ApiClient, args: DecommissionArgs) -> Result<()> {
+    use onboarder::core::DeviceState;
+    if let Some(DecommissionCommand::Certificate { serial, html, json }) = args.command {
+        let c = client.sanitization(&serial)?;
+        if let Some(path) = html {
+            std::fs::write(&path, c.to_html())
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+        if json {
+            println!("{}", serde_json::to_string_pretty(&c)?);
+        } else {
+            println!("Certificate of Sanitization (NIST SP 800-88)");
+            println!(
+                "  device:       {} {} {}",
+                c.manufacturer, c.model, c.serial_number
+            );
+            println!("  method:       {}", c.sanitization_method);
+            for d in &c.sanitization_description {
+                println!("                {d}");
+            }
+            println!(
+                "  verification: {}",
+                if c.verified { "passed" } else { "FAILED" }
+            );
+            println!("  tool:         {}", c.tool);
+            println!("  attestation:  sha256:{}", c.attestation_sha256);
+            println!("  destination:  {}", c.media_destination);
+        }
+        return Ok(());
+    }
+    if args.force {
+        let reason = args.reason.unwrap_or_default();
+        for serial in &args.serials {
+            let d = client.force_decommission(serial, &reason)?;
+            println!("{} is {}", d.serial, d.state);
+        }
+        return Ok(());
+    }
+    let method: protocol::attestation::WipeMethod =
+        serde_json::from_value(serde_json::Value::String(args.method.clone())).map_err(|_| {
+            anyhow::anyhow!(
+                "unknown method {:?}: clear or purge-cryptographic-erase",
+                args.method
+            )
+        })?;
+    let order = client.decommission(args.serials, method)?;
+    for (serial, why) in &order.refused {
+        eprintln!("not decommissioning {serial}: {why}");
+    }
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(order.accepted.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(args.wait);
+    let states = loop {
+        let states: Vec<(String, DeviceState)> = order
+            .accepted
+            .iter()
+            .map(|s| client.device(s).map(|d| (d.serial, d.state)))
+            .collect::<Result<_>>()?;
+        let done = states
+            .iter()
+            .filter(|(_, st)| *st != DeviceState::Decommissioning)
+            .count();
+        bar.set_position(done as u64);
+        if done == states.len() || std::time::Instant::now() >= deadline {
+            break states;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    bar.finish_and_clear();
+    let waiting: Vec<&str> = states
+        .iter()
+        .filter(|(_, st)| *st == DeviceState::Decommissioning)
+        .map(|(s, _)| s.as_str())
+        .collect();
+    let done = states.len() - waiting.len();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "decommissioned": done, "waiting": waiting, "refused": order.refused })
+        );
+    } else {
+        println!("decommissioned {done}, waiting for {}", waiting.len());
+        if !waiting.is_empty() {
+            println!(
+                "  waiting devices wipe when they next connect; `--force` revokes without them"
+            );
+        }
+    }
+    anyhow::ensure!(order.refused.is_empty(), "some devices were refused");
     Ok(())
 }
 

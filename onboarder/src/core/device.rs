@@ -24,6 +24,13 @@ pub enum DeviceState {
     Active,
     /// Stopped by a failed check or an operator: refused everywhere.
     Quarantined,
+    /// Ordered to wipe itself; waiting for its attestation.
+    Decommissioning,
+    /// Wiped, attestation verified, every credential revoked. This owner never takes it back.
+    Decommissioned,
+    /// Credentials revoked without the device's word (it never answered). Never mistaken for
+    /// an attested decommissioning.
+    DecommissionedUnattested,
 }
 
 impl std::fmt::Display for DeviceState {
@@ -33,6 +40,9 @@ impl std::fmt::Display for DeviceState {
             DeviceState::Onboarding => "onboarding",
             DeviceState::Active => "active",
             DeviceState::Quarantined => "quarantined",
+            DeviceState::Decommissioning => "decommissioning",
+            DeviceState::Decommissioned => "decommissioned",
+            DeviceState::DecommissionedUnattested => "decommissioned-unattested",
         })
     }
 }
@@ -45,7 +55,16 @@ impl DeviceState {
             (self, to),
             (Expected, Onboarding)
                 | (Onboarding, Active)
-                | (Expected | Onboarding | Active, Quarantined)
+                | (Active, Decommissioning)
+                | (Decommissioning, Decommissioned)
+                | (
+                    Expected | Onboarding | Active | Decommissioning,
+                    Quarantined
+                )
+                | (
+                    Expected | Onboarding | Active | Decommissioning | Quarantined,
+                    DecommissionedUnattested
+                )
         )
     }
 }
@@ -195,6 +214,9 @@ pub struct DeviceRecord {
     /// The last firmware update offered to the device.
     #[serde(default)]
     pub firmware_job: Option<super::firmware::FirmwareJob>,
+    /// The decommissioning order and its evidence.
+    #[serde(default)]
+    pub decommission: Option<super::decommission::Decommission>,
 }
 
 impl DeviceRecord {
@@ -218,6 +240,7 @@ impl DeviceRecord {
             class_id: None,
             firmware_sequence: 0,
             firmware_job: None,
+            decommission: None,
         }
     }
 
@@ -312,13 +335,29 @@ mod tests {
 
     #[test]
     fn only_legal_transitions_are_allowed() {
-        let all = [Expected, Onboarding, Active, Quarantined];
+        let all = [
+            Expected,
+            Onboarding,
+            Active,
+            Quarantined,
+            Decommissioning,
+            Decommissioned,
+            DecommissionedUnattested,
+        ];
         let legal = [
             (Expected, Onboarding),
             (Onboarding, Active),
+            (Active, Decommissioning),
+            (Decommissioning, Decommissioned),
             (Expected, Quarantined),
             (Onboarding, Quarantined),
             (Active, Quarantined),
+            (Decommissioning, Quarantined),
+            (Expected, DecommissionedUnattested),
+            (Onboarding, DecommissionedUnattested),
+            (Active, DecommissionedUnattested),
+            (Decommissioning, DecommissionedUnattested),
+            (Quarantined, DecommissionedUnattested),
         ];
         for from in all {
             for to in all {

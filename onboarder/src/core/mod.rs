@@ -6,6 +6,7 @@
 
 mod access;
 pub mod campaign;
+pub mod decommission;
 pub mod device;
 pub mod error;
 pub mod firmware;

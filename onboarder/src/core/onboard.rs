@@ -264,7 +264,10 @@ pub fn hello(
         events.extend(activation_events(&peer.serial, changes, now));
         changed = true;
     }
-    if record.state != DeviceState::Active {
+    if !matches!(
+        record.state,
+        DeviceState::Active | DeviceState::Decommissioning
+    ) {
         return Err(LifecycleError::WrongState {
             serial: record.serial,
             state: record.state,
@@ -284,6 +287,18 @@ pub fn hello(
         changed = true;
     }
     let mut welcome = Welcome::default();
+    if let (DeviceState::Decommissioning, Some(order)) = (&record.state, &record.decommission) {
+        // Nothing else matters any more.
+        welcome.commands.push(Command::Decommission {
+            nonce: order.nonce.clone(),
+            method: order.method,
+        });
+        return Ok(Decision {
+            write: changed.then_some(record),
+            events,
+            response: Response::Welcome(welcome),
+        });
+    }
     if let Some(job) = record.firmware_job.as_ref().filter(|j| !j.state.is_final()) {
         welcome.commands.push(Command::Update {
             manifest: job.manifest.clone(),

@@ -9,6 +9,10 @@
 //! GET  /v1/devices/{serial}       one device
 //! POST /v1/devices/{serial}/revoke {"reason": "key-compromise"}: revoke and quarantine
 //! POST /v1/devices/{serial}/quarantine {"reason": "..."}: refuse it, keep its certificates
+//! POST /v1/decommissions          {"serials": [..], "method": "clear"|"purge-cryptographic-erase"}
+//! POST /v1/devices/{serial}/decommission/force {"reason": "..."}: no attestation
+//! GET  /v1/devices/{serial}/sanitization       certificate of sanitization (JSON)
+//! GET  /v1/devices/{serial}/sanitization.html  the same, printable
 //! POST /v1/rotations              {"serials": [..]} or {"all": true}, optional "rate"
 //! GET  /v1/rotations?since=T      progress of the rotations ordered since T
 //! POST /v1/ca/rollover            new issuing CA generation, every device re-keys
@@ -76,6 +80,16 @@ pub fn router(control: Arc<Control>, token: String) -> Router {
         .route(
             "/v1/devices/{serial}/quarantine",
             axum::routing::post(quarantine),
+        )
+        .route("/v1/decommissions", axum::routing::post(decommission))
+        .route(
+            "/v1/devices/{serial}/decommission/force",
+            axum::routing::post(force_decommission),
+        )
+        .route("/v1/devices/{serial}/sanitization", get(sanitization))
+        .route(
+            "/v1/devices/{serial}/sanitization.html",
+            get(sanitization_html),
         )
         .route("/v1/rotations", get(rotation_status).post(rotate))
         .route("/v1/ca/rollover", axum::routing::post(rollover))
@@ -446,4 +460,58 @@ async fn order_campaign(
     Ok(axum::Json(
         api.control.service.order_campaign(&id, &order).await?,
     ))
+}
+
+/// Body of `POST /v1/decommissions`.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct DecommissionRequest {
+    /// Devices to decommission.
+    pub serials: Vec<String>,
+    /// Sanitization method.
+    pub method: protocol::attestation::WipeMethod,
+}
+
+async fn decommission(
+    State(api): State<Api>,
+    axum::Json(body): axum::Json<DecommissionRequest>,
+) -> ApiResult<OrderReport> {
+    if body.serials.is_empty() {
+        return Err(OperatorError::BadInput("name the devices".into()));
+    }
+    Ok(axum::Json(
+        api.control.decommission(body.serials, body.method).await?,
+    ))
+}
+
+async fn force_decommission(
+    State(api): State<Api>,
+    Path(serial): Path<String>,
+    axum::Json(body): axum::Json<QuarantineRequest>,
+) -> ApiResult<DeviceView> {
+    let record = api
+        .control
+        .force_decommission(&serial, &body.reason)
+        .await?;
+    Ok(axum::Json(DeviceView::from(&record)))
+}
+
+async fn sanitization(
+    State(api): State<Api>,
+    Path(serial): Path<String>,
+) -> ApiResult<super::sanitization::SanitizationCertificate> {
+    Ok(axum::Json(
+        api.control.service.sanitization_certificate(&serial)?,
+    ))
+}
+
+async fn sanitization_html(
+    State(api): State<Api>,
+    Path(serial): Path<String>,
+) -> Result<Response, OperatorError> {
+    let certificate = api.control.service.sanitization_certificate(&serial)?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        certificate.to_html(),
+    )
+        .into_response())
 }

@@ -235,6 +235,36 @@ impl ApiClient {
         self.get(&format!("/v1/campaigns/{id}"))
     }
 
+    /// Orders devices to wipe themselves.
+    pub fn decommission(
+        &self,
+        serials: Vec<String>,
+        method: protocol::attestation::WipeMethod,
+    ) -> Result<OrderReport> {
+        self.post_json(
+            "/v1/decommissions",
+            &super::api::DecommissionRequest { serials, method },
+        )
+    }
+
+    /// Decommissions a device without its attestation.
+    pub fn force_decommission(&self, serial: &str, reason: &str) -> Result<DeviceView> {
+        self.post_json(
+            &format!("/v1/devices/{serial}/decommission/force"),
+            &QuarantineRequest {
+                reason: reason.to_string(),
+            },
+        )
+    }
+
+    /// The certificate of sanitization of a device.
+    pub fn sanitization(
+        &self,
+        serial: &str,
+    ) -> Result<super::sanitization::SanitizationCertificate> {
+        self.get(&format!("/v1/devices/{serial}/sanitization"))
+    }
+
     /// Verifies the audit chain.
     pub fn verify_audit(&self) -> Result<ChainSummary> {
         self.get("/v1/audit/verify")

@@ -100,6 +100,59 @@ impl Control {
         }
     }
 
+    /// Orders devices to wipe themselves, and pushes the order (with each device's own nonce)
+    /// to those connected; the others find it in their next welcome.
+    pub async fn decommission(
+        self: &Arc<Self>,
+        serials: Vec<String>,
+        method: protocol::attestation::WipeMethod,
+    ) -> Result<OrderReport, OperatorError> {
+        let report = self.service.decommission(serials, method).await?;
+        let this = self.clone();
+        let targets = report.accepted.clone();
+        tokio::spawn(async move {
+            let limit = Arc::new(Semaphore::new(PUSH_CONCURRENCY));
+            for serial in targets {
+                let order = match this.service.device(&serial) {
+                    Ok(r) => r.decommission,
+                    Err(_) => None,
+                };
+                let Some(order) = order else { continue };
+                if !this.sessions.is_connected(&serial) {
+                    continue;
+                }
+                let Ok(permit) = limit.clone().acquire_owned().await else {
+                    return;
+                };
+                let sessions = this.sessions.clone();
+                tokio::spawn(async move {
+                    let command = Command::Decommission {
+                        nonce: order.nonce,
+                        method: order.method,
+                    };
+                    if let Err(e) = sessions.push(&serial, &command).await {
+                        tracing::debug!(serial, "decommission order not pushed: {e}");
+                    }
+                    drop(permit);
+                });
+            }
+        });
+        Ok(report)
+    }
+
+    /// Decommissions a device that never answers: every credential revoked, marked
+    /// decommissioned-unattested; its session (if any) ends and the CRLs are republished.
+    pub async fn force_decommission(
+        &self,
+        serial: &str,
+        reason: &str,
+    ) -> Result<crate::core::DeviceRecord, OperatorError> {
+        let record = self.service.force_decommission(serial, reason).await?;
+        self.sessions.close(serial, "decommissioned");
+        self.publish_crls().await?;
+        Ok(record)
+    }
+
     /// Revokes a device's certificates, quarantines it, ends its session, and publishes the
     /// CRLs before returning, so the revocation is visible everywhere when the operator sees
     /// it done.

@@ -6,6 +6,7 @@ pub mod client;
 pub mod control;
 pub mod firmware;
 pub mod orders;
+pub mod sanitization;
 pub mod views;
 
 use serde::{Deserialize, Serialize};

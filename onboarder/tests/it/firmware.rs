@@ -439,23 +439,18 @@ async fn an_interrupted_download_resumes_with_only_the_rest() {
 
     // The first life of the device: its storage dies half way through the download.
     let identity = std::sync::Arc::new(device.identity());
+    let mut platform = device_agent::platform::Platform::files(
+        &device.identity_dir,
+        &device.state_dir,
+        certs::KeyKind::P256,
+    );
+    platform.slots = std::sync::Arc::new(DyingSlots {
+        inner: FileSlots::new(&device.state_dir.join("firmware")),
+        limit: size as u64 / 2,
+    });
     let dying = device_agent::Agent::new(
         identity,
-        std::sync::Arc::new(device_agent::platform::files::FileKeyStore::new(
-            &device.identity_dir,
-            &device.state_dir,
-            certs::KeyKind::P256,
-        )),
-        std::sync::Arc::new(device_agent::platform::files::FileStateStore::new(
-            &device.state_dir,
-        )),
-        std::sync::Arc::new(device_agent::platform::files::FileNetwork::new(
-            &device.state_dir,
-        )),
-        std::sync::Arc::new(DyingSlots {
-            inner: FileSlots::new(&device.state_dir.join("firmware")),
-            limit: size as u64 / 2,
-        }),
+        platform,
         world.server.quic_addr(),
         world.endpoint.clone(),
         fast_options(),

@@ -37,13 +37,22 @@ impl World {
     }
 
     pub async fn with_config(edit: impl FnOnce(&mut Config)) -> World {
+        let manufacturer =
+            Arc::new(Manufacturer::create(ManufacturerConfig::new("Test Devices"), now()).unwrap());
+        World::build(manufacturer, edit).await
+    }
+
+    /// Another owner of devices made by `manufacturer`.
+    pub async fn for_manufacturer(manufacturer: Arc<Manufacturer>) -> World {
+        World::build(manufacturer, |_| {}).await
+    }
+
+    async fn build(manufacturer: Arc<Manufacturer>, edit: impl FnOnce(&mut Config)) -> World {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
         let dir = tempfile::tempdir().unwrap();
-        let manufacturer =
-            Arc::new(Manufacturer::create(ManufacturerConfig::new("Test Devices"), now()).unwrap());
         let data = dir.path().join("onboarder");
         let mut config = Config::new("Test Owner");
         config.quic_listen = "127.0.0.1:0".parse().unwrap();

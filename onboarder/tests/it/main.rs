@@ -4,6 +4,7 @@
 mod harness;
 
 mod crash;
+mod decommission;
 mod firmware;
 mod lifecycle;
 mod onboarding;

@@ -1,0 +1,220 @@
+//! Sanitization on the reference file platform (NIST SP 800-88).
+//!
+//! The device's application data lives in [`Vault`], encrypted from the start with a
+//! data-encryption key (AES-256-GCM), so that destroying that key is a cryptographic erase
+//! (Purge); the ciphertext files are also overwritten and read back (Clear), and so are the
+//! network credentials. Overwriting a file in place is best effort on flash and journaling file
+//! systems (the old blocks may survive), which is exactly why the data is encrypted: without the
+//! key, whatever survives is noise. The LDevID key is destroyed by the agent itself, last, after
+//! the attestation it signs has been delivered; the IDevID stays.
+//!
+//! ```text
+//! STATE/data/dek.key       data-encryption key (0600)
+//! STATE/data/NAME.enc      nonce || AES-256-GCM(data)
+//! ```
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use protocol::attestation::{WipeMethod, WipedTarget};
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+
+use super::Wiper;
+use super::files::layout;
+use crate::error::PlatformError;
+
+/// Largest application data item.
+const MAX_ITEM: u64 = 64 * 1024 * 1024;
+
+fn err(what: &str) -> impl Fn(std::io::Error) -> PlatformError + '_ {
+    move |e| PlatformError::Wipe(format!("{what}: {e}"))
+}
+
+/// Overwrites a file in place with zeros, syncs, reads it back, then removes it. Returns the
+/// bytes it held and whether the read-back found only zeros.
+pub fn overwrite_and_remove(path: &Path) -> Result<(u64, bool), PlatformError> {
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, true)),
+        Err(e) => return Err(err("opening")(e)),
+    };
+    let len = file.metadata().map_err(err("reading metadata"))?.len();
+    let zeros = vec![0u8; 64 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        file.write_all(&zeros[..n]).map_err(err("overwriting"))?;
+        left -= n as u64;
+    }
+    file.sync_all().map_err(err("syncing"))?;
+    file.seek(SeekFrom::Start(0)).map_err(err("rewinding"))?;
+    let mut back = Vec::with_capacity(len as usize);
+    file.read_to_end(&mut back).map_err(err("reading back"))?;
+    let clean = back.len() as u64 == len && back.iter().all(|b| *b == 0);
+    drop(file);
+    std::fs::remove_file(path).map_err(err("removing"))?;
+    Ok((len, clean && !path.exists()))
+}
+
+/// Application data, encrypted with a data-encryption key.
+#[derive(Debug, Clone)]
+pub struct Vault {
+    dir: PathBuf,
+}
+
+impl Vault {
+    /// The vault of the state directory `state_dir`.
+    pub fn new(state_dir: &Path) -> Self {
+        Vault {
+            dir: state_dir.join("data"),
+        }
+    }
+
+    fn key(&self) -> Result<LessSafeKey, PlatformError> {
+        let path = self.dir.join("dek.key");
+        let bytes = if path.exists() {
+            certs::files::read_limited(&path, 64)?
+        } else {
+            let mut dek = [0u8; 32];
+            SystemRandom::new()
+                .fill(&mut dek)
+                .map_err(|_| PlatformError::Wipe("no randomness for the data key".into()))?;
+            certs::files::write_secret(&path, &dek)?;
+            dek.to_vec()
+        };
+        let key = UnboundKey::new(&AES_256_GCM, &bytes)
+            .map_err(|_| PlatformError::Corrupt("data-encryption key".into()))?;
+        Ok(LessSafeKey::new(key))
+    }
+
+    fn path(&self, name: &str) -> Result<PathBuf, PlatformError> {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(PlatformError::Wipe(format!("bad data item name {name:?}")));
+        }
+        Ok(self.dir.join(format!("{name}.enc")))
+    }
+
+    /// Stores `data` under `name`, encrypted.
+    pub fn put(&self, name: &str, data: &[u8]) -> Result<(), PlatformError> {
+        let key = self.key()?;
+        let mut nonce = [0u8; NONCE_LEN];
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| PlatformError::Wipe("no randomness".into()))?;
+        let mut sealed = data.to_vec();
+        key.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(name.as_bytes()),
+            &mut sealed,
+        )
+        .map_err(|_| PlatformError::Wipe("encryption failed".into()))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&sealed);
+        Ok(certs::files::write_secret(&self.path(name)?, &out)?)
+    }
+
+    /// The data stored under `name`, if any.
+    pub fn get(&self, name: &str) -> Result<Option<Vec<u8>>, PlatformError> {
+        let path = self.path(name)?;
+        if !path.exists() {
+            return Ok(None);
+        }
+        let bytes = certs::files::read_limited(&path, MAX_ITEM)?;
+        let (nonce, sealed) = bytes
+            .split_at_checked(NONCE_LEN)
+            .ok_or_else(|| PlatformError::Corrupt(format!("{name}: too short")))?;
+        let nonce = Nonce::try_assume_unique_for_key(nonce)
+            .map_err(|_| PlatformError::Corrupt(format!("{name}: nonce")))?;
+        let mut sealed = sealed.to_vec();
+        let plain = self
+            .key()?
+            .open_in_place(nonce, Aad::from(name.as_bytes()), &mut sealed)
+            .map_err(|_| PlatformError::Corrupt(format!("{name}: does not decrypt")))?;
+        Ok(Some(plain.to_vec()))
+    }
+}
+
+/// The reference wiper over a state directory.
+#[derive(Debug, Clone)]
+pub struct FileWiper {
+    state_dir: PathBuf,
+}
+
+impl FileWiper {
+    /// A wiper of `state_dir`.
+    pub fn new(state_dir: &Path) -> Self {
+        FileWiper {
+            state_dir: state_dir.to_path_buf(),
+        }
+    }
+}
+
+impl Wiper for FileWiper {
+    fn wipe(&self, _method: WipeMethod) -> Result<Vec<WipedTarget>, PlatformError> {
+        let data = self.state_dir.join("data");
+        let mut targets = Vec::new();
+        // Purge: the key first, so nothing encrypted under it can be read from here on.
+        let (bytes, verified) = overwrite_and_remove(&data.join("dek.key"))?;
+        targets.push(WipedTarget {
+            target: "data-encryption-key".into(),
+            bytes,
+            method: WipeMethod::PurgeCryptographicErase,
+            verification: "key overwritten, read back as zeros, removed".into(),
+            verified,
+        });
+        // Clear: every ciphertext file.
+        let (mut total, mut all) = (0u64, true);
+        if data.exists() {
+            for entry in std::fs::read_dir(&data).map_err(err("listing data"))? {
+                let path = entry.map_err(err("listing data"))?.path();
+                let (bytes, verified) = overwrite_and_remove(&path)?;
+                total += bytes;
+                all &= verified;
+            }
+        }
+        targets.push(WipedTarget {
+            target: "application-data".into(),
+            bytes: total,
+            method: WipeMethod::Clear,
+            verification: "overwritten with zeros, read back, removed".into(),
+            verified: all,
+        });
+        let (mut total, mut all) = (0u64, true);
+        for name in [layout::NETWORK, layout::LDEVID_CERT, layout::CHAIN] {
+            let (bytes, verified) = overwrite_and_remove(&self.state_dir.join(name))?;
+            total += bytes;
+            all &= verified;
+        }
+        targets.push(WipedTarget {
+            target: "network-credentials".into(),
+            bytes: total,
+            method: WipeMethod::Clear,
+            verification: "overwritten with zeros, read back, removed".into(),
+            verified: all,
+        });
+        Ok(targets)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vault_round_trips_and_is_unreadable_after_the_wipe() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = Vault::new(dir.path());
+        vault.put("readings", b"secret telemetry").unwrap();
+        assert_eq!(vault.get("readings").unwrap().unwrap(), b"secret telemetry");
+        let targets = FileWiper::new(dir.path()).wipe(WipeMethod::Clear).unwrap();
+        assert!(targets.iter().all(|t| t.verified));
+        assert_eq!(targets[0].bytes, 32);
+        assert!(vault.get("readings").unwrap().is_none());
+        assert!(vault.path("../x").is_err());
+    }
+}

@@ -1,0 +1,243 @@
+//! End of life (NIST IR 8259 Rev. 1, NIST SP 800-88): the order to wipe, the device's signed
+//! attestation, and the forced decommissioning of a device that never answers.
+//!
+//! The attestation is accepted only from the device itself (its LDevID session, its signature
+//! with the certificate on record), for the order outstanding (the server's nonce, not older than
+//! [`ORDER_LIFETIME`]), with every target verified. Then, in one atomic step, every certificate is
+//! revoked, the network credentials are deleted, the device becomes `decommissioned`, and the
+//! attestation goes into the audit log.
+
+use certs::crl::Reason;
+use protocol::attestation::{WipeAttestation, WipeMethod};
+use protocol::message::Response;
+use serde::{Deserialize, Serialize};
+
+use super::access::ldevid;
+use super::device::{CertStatus, DeviceRecord, DeviceState};
+use super::error::LifecycleError;
+use super::onboard::Decision;
+use super::peer::{CredentialKind, DevicePeer};
+use crate::audit::AuditEvent;
+
+/// How long a decommission order (its nonce) stays valid.
+pub const ORDER_LIFETIME: u64 = 7 * 86_400;
+
+/// A decommission order and, once verified, its evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decommission {
+    /// The nonce the attestation must echo.
+    #[serde(with = "serde_bytes")]
+    pub nonce: Vec<u8>,
+    /// The method asked for.
+    pub method: WipeMethod,
+    /// When it was ordered.
+    pub requested_at: u64,
+    /// The verified attestation (COSE_Sign1), once received.
+    #[serde(default, with = "serde_bytes")]
+    pub attestation: Option<Vec<u8>>,
+    /// The certificate that signed it, DER.
+    #[serde(default, with = "serde_bytes")]
+    pub signer: Option<Vec<u8>>,
+    /// When it was verified.
+    #[serde(default)]
+    pub attested_at: Option<u64>,
+    /// Why it was forced without an attestation.
+    #[serde(default)]
+    pub forced: Option<String>,
+}
+
+/// Orders an active device to wipe itself. Ordering again while the order is outstanding
+/// changes nothing (the nonce stays).
+pub fn order(
+    serial: &str,
+    record: Option<DeviceRecord>,
+    method: WipeMethod,
+    nonce: &[u8],
+    now: u64,
+) -> Result<Decision, LifecycleError> {
+    let mut record = record.ok_or_else(|| LifecycleError::UnknownDevice(serial.to_string()))?;
+    if record.state == DeviceState::Decommissioning {
+        return Ok(Decision::reply(Response::Ack));
+    }
+    record.transition(DeviceState::Decommissioning, "a decommission order", now)?;
+    record.decommission = Some(Decommission {
+        nonce: nonce.to_vec(),
+        method,
+        requested_at: now,
+        attestation: None,
+        signer: None,
+        attested_at: None,
+        forced: None,
+    });
+    Ok(Decision {
+        events: vec![AuditEvent::operator(
+            Some(serial),
+            "decommission-ordered",
+            format!("method {method}"),
+            now,
+        )],
+        write: Some(record),
+        response: Response::Ack,
+    })
+}
+
+/// Revokes every certificate that could still be used, and deletes the network credentials.
+fn strip(record: &mut DeviceRecord, now: u64) -> Vec<String> {
+    let mut revoked = Vec::new();
+    for cert in &mut record.certificates {
+        if !matches!(cert.status, CertStatus::Revoked { .. }) && cert.not_after > now {
+            cert.status = CertStatus::Revoked {
+                reason: Reason::CessationOfOperation,
+                at: now,
+            };
+            revoked.push(cert.serial.clone());
+        }
+    }
+    record.network = None;
+    record.rotation = None;
+    record.updated_at = now;
+    revoked
+}
+
+/// Verifies a wipe attestation and, if it holds, decommissions the device.
+pub fn attest(
+    peer: &DevicePeer,
+    record: Option<DeviceRecord>,
+    signed: &[u8],
+    now: u64,
+    grace: u64,
+) -> Result<Decision, LifecycleError> {
+    peer.require(CredentialKind::Ldevid, "a wipe attestation")?;
+    let mut record = record.ok_or_else(|| LifecycleError::UnknownDevice(peer.serial.clone()))?;
+    let order = match (&record.state, &record.decommission) {
+        (DeviceState::Decommissioning, Some(order)) => order.clone(),
+        _ => {
+            return Err(LifecycleError::WrongState {
+                serial: record.serial,
+                state: record.state,
+                action: "a wipe attestation",
+            });
+        }
+    };
+    let cert = ldevid(peer, &record, now, grace)?.clone();
+    let key = protocol::keys::PublicKey::p256(&cert.public_key)
+        .or_else(|_| protocol::keys::PublicKey::ed25519(&cert.public_key))
+        .map_err(LifecycleError::BadSignature)?;
+    let attestation = WipeAttestation::open(signed, &key).map_err(|e| match e {
+        protocol::attestation::AttestationError::Decode(d) => LifecycleError::Decode(d),
+        protocol::attestation::AttestationError::Signature(s) => LifecycleError::BadSignature(s),
+        other => LifecycleError::BadRequest(other.to_string()),
+    })?;
+    if attestation.serial != record.serial {
+        return Err(LifecycleError::WrongSerial {
+            expected: record.serial,
+            found: attestation.serial,
+        });
+    }
+    if attestation.nonce != order.nonce {
+        return Err(LifecycleError::StaleRequest(
+            "the attestation is not bound to the outstanding decommission order".into(),
+        ));
+    }
+    if now > order.requested_at.saturating_add(ORDER_LIFETIME) {
+        return Err(LifecycleError::StaleRequest(
+            "the decommission order has expired; order it again".into(),
+        ));
+    }
+    if !attestation.all_verified() {
+        return Err(LifecycleError::BadRequest(
+            "the attestation reports a target that failed verification".into(),
+        ));
+    }
+    let revoked = strip(&mut record, now);
+    record.transition(
+        DeviceState::Decommissioned,
+        "an attested decommissioning",
+        now,
+    )?;
+    let digest = certs::inspect::hex(&protocol::manifest::sha256(signed));
+    if let Some(d) = &mut record.decommission {
+        d.attestation = Some(signed.to_vec());
+        d.signer = Some(cert.der.clone());
+        d.attested_at = Some(now);
+    }
+    let targets: Vec<String> = attestation
+        .targets
+        .iter()
+        .map(|t| {
+            format!(
+                "{} ({} bytes, {}, {})",
+                t.target, t.bytes, t.method, t.verification
+            )
+        })
+        .collect();
+    Ok(Decision {
+        events: vec![
+            AuditEvent::device(
+                &peer.serial,
+                "wipe-attested",
+                format!(
+                    "attestation sha256:{digest} signed by {}: {}; COSE_Sign1 {}",
+                    cert.serial,
+                    targets.join(", "),
+                    certs::inspect::hex(signed)
+                ),
+                now,
+            ),
+            AuditEvent::device(
+                &peer.serial,
+                "decommissioned",
+                format!(
+                    "certificates revoked: {}; network credentials deleted",
+                    revoked.join(", ")
+                ),
+                now,
+            ),
+        ],
+        write: Some(record),
+        response: Response::Ack,
+    })
+}
+
+/// Decommissions a device without its attestation (it never answers): every credential revoked,
+/// marked `decommissioned-unattested`.
+pub fn force(
+    serial: &str,
+    record: Option<DeviceRecord>,
+    reason: &str,
+    now: u64,
+) -> Result<Decision, LifecycleError> {
+    let mut record = record.ok_or_else(|| LifecycleError::UnknownDevice(serial.to_string()))?;
+    if record.state == DeviceState::DecommissionedUnattested {
+        return Ok(Decision::reply(Response::Ack));
+    }
+    let revoked = strip(&mut record, now);
+    record.transition(
+        DeviceState::DecommissionedUnattested,
+        "a forced decommissioning",
+        now,
+    )?;
+    let order = record.decommission.get_or_insert(Decommission {
+        nonce: Vec::new(),
+        method: WipeMethod::Clear,
+        requested_at: now,
+        attestation: None,
+        signer: None,
+        attested_at: None,
+        forced: None,
+    });
+    order.forced = Some(reason.to_string());
+    Ok(Decision {
+        events: vec![AuditEvent::operator(
+            Some(serial),
+            "decommissioned-unattested",
+            format!(
+                "{reason}; certificates revoked: {}; network credentials deleted",
+                revoked.join(", ")
+            ),
+            now,
+        )],
+        write: Some(record),
+        response: Response::Ack,
+    })
+}
