@@ -30,7 +30,8 @@ async fn demo_output_verifies_with_openssl() {
         out: Some(out.clone()),
         concurrency: 8,
         progress: false,
-        decommission_percent: 10,
+        // Every device keeps its LDevID (decommissioning is checked below, on the CRL).
+        decommission_percent: 0,
     })
     .await
     .unwrap();
