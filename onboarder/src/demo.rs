@@ -176,6 +176,14 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport> {
     let mut phases = BTreeMap::new();
     let report = onboard_phase(&agents, &options).await?;
     phases.insert("onboard".to_string(), report);
+    // Each device collects some data of its owner (encrypted at rest), which the
+    // decommissioning must destroy.
+    for d in &devices {
+        device_agent::platform::wiper::Vault::new(&d.state).put(
+            "telemetry",
+            format!("{} readings ", d.serial).repeat(256).as_bytes(),
+        )?;
+    }
     let fleet = Fleet::start(&agents);
     let connected = wait_for(DEVICE_DEADLINE, || server.sessions().len() >= agents.len()).await;
     anyhow::ensure!(
@@ -558,13 +566,25 @@ async fn decommission_phase(
             protocol::attestation::WipeMethod::PurgeCryptographicErase,
         )
         .await?;
+    // Done when the server has ruled and the device has finished its side (it resets itself
+    // after the server acknowledged its attestation).
     wait_for(DEVICE_DEADLINE, || {
-        let done = serials
+        let done = chosen
             .iter()
-            .filter(|s| {
-                service
-                    .device(s)
-                    .is_ok_and(|d| d.state != DeviceState::Decommissioning)
+            .filter(|a| {
+                let ruled = service
+                    .device(a.serial())
+                    .is_ok_and(|d| d.state != DeviceState::Decommissioning);
+                let finished = a
+                    .stats()
+                    .decommission_us
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    > 0;
+                ruled
+                    && (finished
+                        || service
+                            .device(a.serial())
+                            .is_ok_and(|d| d.state != DeviceState::Decommissioned))
             })
             .count();
         bar.set_position(done as u64);
