@@ -590,7 +590,10 @@ impl Agent {
                 next = session.next_command() => {
                     let Some(next) = next else { return Ok(Stop::Closed) };
                     let (command, send) = next?;
-                    let (reply, action) = commands::handle(&command);
+                    let (reply, action) = match command {
+                        Ok(command) => commands::handle(&command),
+                        Err(e) => (commands::unsupported(&e.to_string()), Action::None),
+                    };
                     Session::reply(send, &reply).await?;
                     match action {
                         Action::Renew => return Ok(Stop::Renew),

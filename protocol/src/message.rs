@@ -177,10 +177,28 @@ pub enum Response {
 
 /// The answer to [`Request::Hello`]: commands that were waiting for the device (for example a
 /// rotation ordered while it was offline).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct Welcome {
-    /// Commands to carry out, in order.
+    /// Commands to carry out, in order. Commands this build does not know (from a newer
+    /// server) are dropped when decoding, so an older agent still gets the others.
     pub commands: Vec<Command>,
+}
+
+impl<'de> Deserialize<'de> for Welcome {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            commands: Vec<ciborium::Value>,
+        }
+        let raw = Raw::deserialize(d)?;
+        Ok(Welcome {
+            commands: raw
+                .commands
+                .into_iter()
+                .filter_map(|v| v.deserialized::<Command>().ok())
+                .collect(),
+        })
+    }
 }
 
 /// What a device receives when it enrolls.
@@ -421,6 +439,24 @@ mod tests {
         let code: ErrorCode =
             crate::cbor::from_slice(&crate::cbor::to_vec("code-from-the-future"), 64).unwrap();
         assert_eq!(code, ErrorCode::Unknown);
+    }
+
+    #[test]
+    fn unknown_commands_in_a_welcome_are_skipped() {
+        let welcome = Welcome {
+            commands: vec![Command::Rotate],
+        };
+        let mut value = ciborium::Value::serialized(&welcome).unwrap();
+        if let ciborium::Value::Map(fields) = &mut value
+            && let ciborium::Value::Array(commands) = &mut fields[0].1
+        {
+            commands.push(ciborium::Value::Map(vec![(
+                ciborium::Value::Text("teleport".into()),
+                ciborium::Value::Integer(1.into()),
+            )]));
+        }
+        let decoded: Welcome = value.deserialized().unwrap();
+        assert_eq!(decoded, welcome);
     }
 
     #[test]

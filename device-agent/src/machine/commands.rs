@@ -35,11 +35,16 @@ pub fn handle(command: &Command) -> (CommandReply, Action) {
             },
         ),
         _ => (
-            CommandReply::Error(WireError {
-                code: ErrorCode::Unsupported,
-                message: "command not supported by this agent".into(),
-            }),
+            unsupported("command not supported by this agent"),
             Action::None,
         ),
     }
+}
+
+/// The reply to a command this agent cannot carry out (or not even decode).
+pub fn unsupported(why: &str) -> CommandReply {
+    CommandReply::Error(WireError {
+        code: ErrorCode::Unsupported,
+        message: why.to_string(),
+    })
 }

@@ -206,6 +206,9 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
+/// A command as received: decoded (or why not), and the stream to answer on.
+pub type IncomingCommand = (Result<Command, protocol::DecodeError>, quinn::SendStream);
+
 /// A connection to the onboarder.
 #[derive(Debug)]
 pub struct Session {
@@ -293,12 +296,14 @@ impl Session {
         }
     }
 
-    /// Waits for the next command from the server; `None` once the session is closed.
-    pub async fn next_command(&self) -> Option<Result<(Command, quinn::SendStream), AgentError>> {
+    /// Waits for the next command from the server; `None` once the session is closed. A
+    /// command that does not decode (a newer server's) comes back as its decode error, with
+    /// the stream to answer it on.
+    pub async fn next_command(&self) -> Option<Result<IncomingCommand, AgentError>> {
         let (send, mut recv) = self.conn.accept_bi().await.ok()?;
         let result = async {
             let bytes = read_frame(&mut recv, MAX_RESPONSE).await?;
-            Ok((message::decode::<Command>(&bytes, MAX_RESPONSE)?, send))
+            Ok((message::decode::<Command>(&bytes, MAX_RESPONSE), send))
         }
         .await;
         Some(result)
