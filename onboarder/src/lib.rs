@@ -11,7 +11,8 @@
 //!   requests, calls the service; keeps operational sessions for pushed commands.
 //! - [`operator`]: operator actions, the admin HTTP API (axum) and its client.
 //! - [`config`], [`pki`], [`server`]: the data directory, the owner PKI, and the wiring.
-//! - [`demo`]: the end-to-end demonstration with real agents.
+//! - [`exercise`]: the lifecycle phases driven through the admin API with real agents.
+//! - [`demo`]: the end-to-end demonstration on embedded defaults.
 //!
 //! Order of calls for a device request: the QUIC transport accepts a connection whose client
 //! certificate the TLS verifier checked against [`trust::TrustStore`], reads the peer with
@@ -24,6 +25,7 @@ pub mod audit;
 pub mod config;
 pub mod core;
 pub mod demo;
+pub mod exercise;
 pub mod operator;
 pub mod pki;
 pub mod server;

@@ -5,6 +5,7 @@
 
 pub mod files;
 pub mod key;
+pub mod memory;
 pub mod slots;
 pub mod wiper;
 

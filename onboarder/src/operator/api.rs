@@ -17,6 +17,7 @@
 //! GET  /v1/rotations?since=T      progress of the rotations ordered since T
 //! POST /v1/ca/rollover            new issuing CA generation, every device re-keys
 //! GET  /v1/crls                   the CRLs last published
+//! GET  /v1/stats                  devices per state, live sessions
 //! GET  /v1/firmware/keys          firmware-signing keys; POST {"vendor", "pem"} imports one
 //! GET  /v1/firmware/releases      releases; POST (CBOR [manifest, image]) uploads one
 //! GET  /v1/campaigns              campaigns; POST (CampaignSpec) creates one
@@ -94,6 +95,7 @@ pub fn router(control: Arc<Control>, token: String) -> Router {
         .route("/v1/rotations", get(rotation_status).post(rotate))
         .route("/v1/ca/rollover", axum::routing::post(rollover))
         .route("/v1/crls", get(list_crls))
+        .route("/v1/stats", get(stats))
         .route(
             "/v1/firmware/keys",
             get(list_firmware_keys).post(import_firmware_key),
@@ -514,4 +516,21 @@ async fn sanitization_html(
         certificate.to_html(),
     )
         .into_response())
+}
+
+/// Counters for dashboards and load tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Stats {
+    /// Devices per lifecycle state.
+    pub states: std::collections::BTreeMap<String, u64>,
+    /// Live operational sessions.
+    pub sessions: usize,
+}
+
+async fn stats(State(api): State<Api>) -> ApiResult<Stats> {
+    let states = api.control.service.state_counts()?;
+    Ok(axum::Json(Stats {
+        states,
+        sessions: api.control.sessions.len(),
+    }))
 }

@@ -265,6 +265,29 @@ impl ApiClient {
         self.get(&format!("/v1/devices/{serial}/sanitization"))
     }
 
+    /// Devices per state and live sessions.
+    pub fn stats(&self) -> Result<super::api::Stats> {
+        self.get("/v1/stats")
+    }
+
+    /// The DER CRL of issuing CA generation `generation` (the public endpoint).
+    pub fn crl(&self, generation: u32) -> Result<Vec<u8>> {
+        let mut response = self
+            .agent
+            .get(format!("{}/crl/issuing-ca-{generation}.crl", self.base))
+            .call()
+            .with_context(|| format!("is the onboarder running at {}?", self.base))?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "no CRL for generation {generation}"
+        );
+        Ok(response
+            .body_mut()
+            .with_config()
+            .limit(MAX_RESPONSE)
+            .read_to_vec()?)
+    }
+
     /// Verifies the audit chain.
     pub fn verify_audit(&self) -> Result<ChainSummary> {
         self.get("/v1/audit/verify")

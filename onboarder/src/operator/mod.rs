@@ -269,6 +269,21 @@ impl Service {
         Ok(self.store.devices(after, limit)?)
     }
 
+    /// Number of devices in each state.
+    pub fn state_counts(&self) -> Result<std::collections::BTreeMap<String, u64>, OperatorError> {
+        let mut counts = std::collections::BTreeMap::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.devices(after.as_deref(), 1000)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.serial.clone());
+            for d in &page {
+                *counts.entry(d.state.to_string()).or_insert(0) += 1;
+            }
+        }
+        Ok(counts)
+    }
+
     /// Imported manufacturer anchors.
     pub fn anchors(&self) -> Result<Vec<Anchor>, OperatorError> {
         Ok(self.store.anchors()?)

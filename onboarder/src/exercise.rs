@@ -1,0 +1,458 @@
+//! The lifecycle phases run against a live onboarder, through its admin API, with a fleet of
+//! real agents: shared by `onboarder demo` (server in process, agents on files) and the fleet
+//! simulator in `benches` (server in its own process, agents in memory).
+//!
+//! Each phase measures the devices it concerns and returns a [`PhaseReport`]: `ok`, `failed`,
+//! `seconds`, `per_second`, and the median and 99th-percentile latency of one device's part.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use certs::factory::Manufacturer;
+use device_agent::Agent;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::core::DeviceState;
+use crate::core::campaign::CampaignState;
+use crate::operator::client::ApiClient;
+
+/// How long one device may take for one phase before it counts as failed.
+pub const DEVICE_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Results of one phase.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PhaseReport {
+    /// Devices that completed the phase.
+    pub ok: usize,
+    /// Devices that did not.
+    pub failed: usize,
+    /// Wall-clock duration of the phase.
+    pub seconds: f64,
+    /// Completed devices per second.
+    pub per_second: f64,
+    /// Median latency of one device's phase, milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile latency, milliseconds.
+    pub p99_ms: f64,
+    /// Largest latency, milliseconds.
+    pub max_ms: f64,
+    /// Bytes transferred, for phases that move data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+}
+
+impl PhaseReport {
+    /// A report from the latencies of the devices that succeeded.
+    pub fn new(latencies: &mut [Duration], failed: usize, elapsed: Duration) -> Self {
+        latencies.sort();
+        let pct = |p: f64| -> f64 {
+            if latencies.is_empty() {
+                return 0.0;
+            }
+            let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+            round(latencies[i].as_secs_f64() * 1000.0)
+        };
+        let seconds = elapsed.as_secs_f64();
+        PhaseReport {
+            ok: latencies.len(),
+            failed,
+            seconds: round(seconds),
+            per_second: round(latencies.len() as f64 / seconds.max(1e-9)),
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+            max_ms: pct(1.0),
+            bytes: None,
+        }
+    }
+}
+
+fn round(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// What the phases act through.
+pub struct Exercise {
+    /// The onboarder's admin API.
+    pub api: Arc<ApiClient>,
+    /// The manufacturer of the fleet (it signs the firmware).
+    pub manufacturer: Arc<Manufacturer>,
+    /// Devices onboarding at the same time.
+    pub concurrency: usize,
+    /// Draw progress bars on stderr.
+    pub progress: bool,
+}
+
+impl Exercise {
+    /// Calls the (blocking) admin API off the async threads.
+    pub async fn api<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&ApiClient) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let api = self.api.clone();
+        tokio::task::spawn_blocking(move || call(&api)).await?
+    }
+
+    fn bar(&self, phase: &str, len: usize) -> indicatif::ProgressBar {
+        if !self.progress {
+            return indicatif::ProgressBar::hidden();
+        }
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(len as u64),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix:>12} [{bar:40}] {pos}/{len} {per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(phase.to_string());
+        bar
+    }
+
+    /// Polls `done` (which may call the API) every 100 ms for at most `limit`; whether it came
+    /// true.
+    async fn wait_for(
+        &self,
+        limit: Duration,
+        done: impl Fn(&ApiClient) -> Result<bool> + Send + Sync + 'static,
+    ) -> Result<bool> {
+        let done = Arc::new(done);
+        let deadline = Instant::now() + limit;
+        loop {
+            let check = done.clone();
+            if self.api(move |api| check(api)).await? {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every device onboards (voucher, checks, CSR, LDevID) and opens its operational session.
+    pub async fn onboard(&self, agents: &[Arc<Agent>]) -> Result<PhaseReport> {
+        let limit = Arc::new(Semaphore::new(self.concurrency.max(1)));
+        let bar = self.bar("onboard", agents.len());
+        let start = Instant::now();
+        let mut tasks = Vec::with_capacity(agents.len());
+        for agent in agents {
+            let (agent, limit, bar) = (agent.clone(), limit.clone(), bar.clone());
+            tasks.push(tokio::spawn(async move {
+                let _permit = limit.acquire_owned().await.ok()?;
+                let t0 = Instant::now();
+                let result = async {
+                    agent.retrying(DEVICE_DEADLINE, || agent.onboard()).await?;
+                    let session = agent.retrying(DEVICE_DEADLINE, || agent.connect()).await?;
+                    session.close();
+                    Ok::<_, device_agent::AgentError>(())
+                }
+                .await;
+                bar.inc(1);
+                match result {
+                    Ok(()) => Some(t0.elapsed()),
+                    Err(e) => {
+                        tracing::warn!(serial = agent.serial(), "onboarding failed: {e}");
+                        None
+                    }
+                }
+            }));
+        }
+        let mut latencies = Vec::with_capacity(agents.len());
+        let mut failed = 0;
+        for t in tasks {
+            match t.await? {
+                Some(l) => latencies.push(l),
+                None => failed += 1,
+            }
+        }
+        bar.finish_and_clear();
+        Ok(PhaseReport::new(&mut latencies, failed, start.elapsed()))
+    }
+
+    /// Waits until `count` devices hold an operational session.
+    pub async fn connected(&self, count: usize) -> Result<()> {
+        let ok = self
+            .wait_for(DEVICE_DEADLINE, move |api| {
+                Ok(api.stats()?.sessions >= count)
+            })
+            .await?;
+        anyhow::ensure!(ok, "only some of {count} devices connected");
+        Ok(())
+    }
+
+    /// With every device in session, the operator orders the whole fleet to re-key. A device
+    /// counts once the server confirmed it and it no longer holds its old key.
+    pub async fn rotate(&self, agents: &[Arc<Agent>]) -> Result<PhaseReport> {
+        let before: Vec<Option<Vec<u8>>> = agents.iter().map(|a| current_key(a)).collect();
+        let bar = self.bar("rotate", agents.len());
+        let start = Instant::now();
+        let order = self
+            .api(|api| {
+                api.rotate(&crate::operator::api::RotateRequest {
+                    all: true,
+                    ..Default::default()
+                })
+            })
+            .await?;
+        let at = order.at;
+        let progress = bar.clone();
+        self.wait_for(DEVICE_DEADLINE, move |api| {
+            let status = api.rotation_status(at)?;
+            progress.set_position((status.rotated + status.failed) as u64);
+            Ok(status.pending == 0)
+        })
+        .await?;
+        let elapsed = start.elapsed();
+        bar.finish_and_clear();
+        let status = self.api(move |api| api.rotation_status(at)).await?;
+        let unfinished: std::collections::HashSet<String> = status
+            .pending_serials
+            .into_iter()
+            .chain(status.failures.into_iter().map(|(s, _)| s))
+            .collect();
+        let mut latencies = Vec::new();
+        let mut failed = 0;
+        for (agent, old) in agents.iter().zip(before) {
+            if unfinished.contains(agent.serial()) || current_key(agent) == old {
+                tracing::warn!(serial = agent.serial(), "did not rotate");
+                failed += 1;
+                continue;
+            }
+            latencies.push(Duration::from_micros(
+                agent.stats().last_renewal_us.load(Relaxed),
+            ));
+        }
+        Ok(PhaseReport::new(&mut latencies, failed, elapsed))
+    }
+
+    /// The manufacturer signs `image` as version 1.1.0; the owner trusts its firmware key,
+    /// uploads the release and rolls it out to the connected fleet in waves of 1, 10 and 100 %.
+    /// A device counts once it runs the new version after its health check; its latency runs
+    /// from the offer to its health report; `bytes` adds up what the devices downloaded.
+    pub async fn firmware(&self, agents: &[Arc<Agent>], image: Vec<u8>) -> Result<PhaseReport> {
+        use crate::operator::firmware::{CampaignSpec, Target};
+        const VERSION: &str = "1.1.0";
+        let m = &self.manufacturer;
+        let manifest = m.sign_firmware(
+            &image,
+            &certs::factory::FirmwareRelease {
+                version: VERSION,
+                sequence: 1,
+                class_id: None,
+                expires_on: None,
+                sbom: None,
+            },
+            certs::unix_now(),
+        )?;
+        let (vendor, key) = (m.config.name.clone(), m.firmware_key().public_pem());
+        let release = self
+            .api(move |api| {
+                api.import_firmware_key(&vendor, &key)?;
+                api.upload_release(&manifest, &image)
+            })
+            .await?;
+        let bytes_before: u64 = agents
+            .iter()
+            .map(|a| a.stats().firmware_bytes.load(Relaxed))
+            .sum();
+        let bar = self.bar("firmware", agents.len());
+        let start = Instant::now();
+        let campaign = self
+            .api(move |api| {
+                let c = api.create_campaign(&CampaignSpec {
+                    release: release.digest,
+                    target: Target::All,
+                    waves: vec![1, 10, 100],
+                    failure_threshold: 5,
+                    rate: None,
+                })?;
+                api.order_campaign(&c.id, "start")
+            })
+            .await?;
+        let id = campaign.id.clone();
+        let progress = bar.clone();
+        self.wait_for(DEVICE_DEADLINE * 2, move |api| {
+            let s = api.campaign_status(&id)?;
+            progress.set_position((s.total.healthy + s.total.failed) as u64);
+            Ok(s.state != CampaignState::Running)
+        })
+        .await?;
+        let elapsed = start.elapsed();
+        bar.finish_and_clear();
+        let id = campaign.id.clone();
+        let status = self.api(move |api| api.campaign_status(&id)).await?;
+        let by_serial: std::collections::HashMap<&str, &crate::operator::firmware::DeviceProgress> =
+            status
+                .devices
+                .iter()
+                .map(|p| (p.serial.as_str(), p))
+                .collect();
+        let mut latencies = Vec::new();
+        let mut failed = 0;
+        for agent in agents {
+            let done = by_serial
+                .get(agent.serial())
+                .is_some_and(|p| p.state == "healthy" && p.running.as_deref() == Some(VERSION));
+            if done {
+                latencies.push(Duration::from_micros(
+                    agent.stats().last_update_us.load(Relaxed),
+                ));
+            } else {
+                tracing::warn!(serial = agent.serial(), "not updated");
+                failed += 1;
+            }
+        }
+        let bytes: u64 = agents
+            .iter()
+            .map(|a| a.stats().firmware_bytes.load(Relaxed))
+            .sum();
+        let mut report = PhaseReport::new(&mut latencies, failed, elapsed);
+        report.bytes = Some(bytes - bytes_before);
+        Ok(report)
+    }
+
+    /// The operator decommissions `agents`: each device wipes itself, signs an attestation
+    /// bound to the server's nonce, and is decommissioned. A device counts once its record says
+    /// so, its certificates are on the CRL, the server holds no network credential for it, and
+    /// the device is back in its factory state.
+    pub async fn decommission(&self, agents: &[Arc<Agent>]) -> Result<PhaseReport> {
+        let serials: Vec<String> = agents.iter().map(|a| a.serial().to_string()).collect();
+        let bar = self.bar("decommission", agents.len());
+        let start = Instant::now();
+        let order = serials.clone();
+        self.api(move |api| {
+            api.decommission(
+                order,
+                protocol::attestation::WipeMethod::PurgeCryptographicErase,
+            )
+        })
+        .await?;
+        // Done when the server has ruled and the devices have finished their side (they reset
+        // themselves once the server acknowledged their attestation).
+        let deadline = Instant::now() + DEVICE_DEADLINE;
+        loop {
+            let stats = self.api(|api| api.stats()).await?;
+            let pending = stats.states.get("decommissioning").copied().unwrap_or(0);
+            let finished = agents
+                .iter()
+                .filter(|a| a.stats().decommission_us.load(Relaxed) > 0)
+                .count();
+            bar.set_position(finished as u64);
+            if (pending == 0 && finished == agents.len()) || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let elapsed = start.elapsed();
+        bar.finish_and_clear();
+        let (records, revoked) = self
+            .api(move |api| {
+                let records = serials
+                    .iter()
+                    .map(|s| api.device(s))
+                    .collect::<Result<Vec<_>>>()?;
+                let mut revoked = std::collections::HashSet::new();
+                for crl in api.crls()? {
+                    let der = api.crl(crl.generation)?;
+                    if let Ok((_, parsed)) = x509_parser::parse_x509_crl(&der) {
+                        revoked.extend(
+                            parsed
+                                .iter_revoked_certificates()
+                                .map(|r| certs::inspect::hex(r.raw_serial())),
+                        );
+                    }
+                }
+                Ok((records, revoked))
+            })
+            .await?;
+        let now = certs::unix_now();
+        let mut latencies = Vec::new();
+        let mut failed = 0;
+        for (agent, record) in agents.iter().zip(records) {
+            let listed = record
+                .certificates
+                .iter()
+                .filter(|c| c.not_after > now)
+                .all(|c| revoked.contains(&c.serial));
+            let bare = agent.load_state().is_ok_and(|s| {
+                s.phase == device_agent::machine::Phase::Factory && s.ldevid.is_none()
+            });
+            if record.state == DeviceState::Decommissioned
+                && listed
+                && record.network.is_none()
+                && bare
+            {
+                latencies.push(Duration::from_micros(
+                    agent.stats().decommission_us.load(Relaxed),
+                ));
+            } else {
+                tracing::warn!(serial = agent.serial(), state = %record.state, listed, bare, "not decommissioned");
+                failed += 1;
+            }
+        }
+        Ok(PhaseReport::new(&mut latencies, failed, elapsed))
+    }
+}
+
+/// The LDevID public key a device holds now.
+fn current_key(agent: &Agent) -> Option<Vec<u8>> {
+    let state = agent.load_state().ok()?;
+    let info = certs::CertInfo::parse(state.ldevid.as_ref()?).ok()?;
+    Some(info.public_key.raw().to_vec())
+}
+
+/// Every agent running its loop (sessions, commands, renewals, updates) in the background.
+pub struct Fleet {
+    stop: tokio::sync::watch::Sender<bool>,
+    runners: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Fleet {
+    /// Starts every agent's loop.
+    pub fn start(agents: &[Arc<Agent>]) -> Fleet {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let runners = agents
+            .iter()
+            .map(|agent| {
+                let (agent, mut stopped) = (agent.clone(), stopped.clone());
+                tokio::spawn(async move {
+                    let _ = agent
+                        .run(async move {
+                            let _ = stopped.wait_for(|s| *s).await;
+                        })
+                        .await;
+                })
+            })
+            .collect();
+        Fleet { stop, runners }
+    }
+
+    /// Stops every loop and waits for them.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for r in self.runners {
+            let _ = r.await;
+        }
+    }
+}
+
+/// A firmware image of `size` bytes that does not compress (xorshift), so a transfer is
+/// honest.
+pub fn incompressible_image(size: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut image = Vec::with_capacity(size + 8);
+    while image.len() < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        image.extend_from_slice(&x.to_le_bytes());
+    }
+    image.truncate(size);
+    image
+}
