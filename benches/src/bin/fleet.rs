@@ -1,0 +1,309 @@
+//! `fleet`: the fleet simulator. Runs the onboarder as its own process and N real agents (in
+//! memory, in this process) through every lifecycle phase over loopback QUIC, and reports per
+//! phase the devices done and failed, throughput, latency percentiles, and the server's CPU time
+//! per operation from the server process's own accounting; plus the server's peak RSS and its
+//! memory per connected idle device.
+//!
+//!     cargo build --release --workspace && target/release/fleet --devices 10000 --json
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use certs::factory::{Manufacturer, ManufacturerConfig};
+use certs::{Identity, KeyKind, KeyPair, unix_now};
+use clap::Parser;
+use device_agent::platform::Platform;
+use device_agent::{Agent, AgentOptions};
+use onboarder::config::Config;
+use onboarder::exercise::{Exercise, Fleet, PhaseReport, incompressible_image};
+use onboarder::operator::client::ApiClient;
+use serde::Serialize;
+
+/// Fleet simulator for the onboarder.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Number of devices.
+    #[arg(long, default_value_t = 10_000)]
+    devices: usize,
+    /// Devices onboarding at the same time.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Size of the firmware image in bytes.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    image: usize,
+    /// Percentage of the fleet decommissioned at the end.
+    #[arg(long, default_value_t = 10)]
+    decommission: u8,
+    /// The onboarder binary (default: next to this one).
+    #[arg(long)]
+    server: Option<PathBuf>,
+    /// Print the report as JSON (the last line of stdout).
+    #[arg(long)]
+    json: bool,
+}
+
+/// One phase, with the server's cost.
+#[derive(Serialize)]
+struct Phase {
+    #[serde(flatten)]
+    report: PhaseReport,
+    /// Server CPU time (user + system) per completed device, milliseconds.
+    server_cpu_ms_per_op: f64,
+}
+
+#[derive(Serialize)]
+struct ServerReport {
+    /// Peak resident set size of the server process, MiB.
+    peak_rss_mib: f64,
+    /// Server memory per connected idle device (RSS with the fleet connected minus without),
+    /// KiB.
+    rss_per_idle_device_kib: f64,
+    /// Server CPU time over the whole run, seconds.
+    cpu_seconds: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    devices: usize,
+    phases: BTreeMap<String, Phase>,
+    server: ServerReport,
+    /// All phases together, seconds.
+    total_seconds: f64,
+}
+
+/// What /proc says about a process.
+struct Proc(u32);
+
+impl Proc {
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0)).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // utime and stime, in clock ticks of 1/100 s on Linux.
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    fn status_kib(&self, field: &str) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.0))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn round(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let progress = std::io::stderr().is_terminal();
+    let dir = tempfile::tempdir()?;
+    let now = unix_now();
+    let manufacturer = Arc::new(Manufacturer::create(
+        ManufacturerConfig::new("Fleet Devices"),
+        now,
+    )?);
+
+    // The server, in its own process.
+    let data = dir.path().join("onboarder");
+    let mut config = Config::new("Fleet Owner");
+    let quic: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    config.quic_listen = quic;
+    config.api_listen = format!("127.0.0.1:{}", free_port()?).parse()?;
+    onboarder::pki::init(&data, &config, now)?;
+    let binary = match cli.server {
+        Some(b) => b,
+        None => std::env::current_exe()?.with_file_name("onboarder"),
+    };
+    let child = Command::new(&binary)
+        .args(["--dir", data.to_str().unwrap_or_default(), "serve"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| {
+            format!(
+                "starting {} (build it with cargo build --release --workspace)",
+                binary.display()
+            )
+        })?;
+    let server = Server(child);
+    let proc = Proc(server.0.id());
+    let api = Arc::new(ApiClient::for_data_dir(&data)?);
+    let ready = api.clone();
+    tokio::task::spawn_blocking(move || {
+        for _ in 0..200 {
+            if ready.stats().is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        anyhow::bail!("the onboarder did not come up")
+    })
+    .await??;
+
+    // The devices: birth identities minted in memory, in parallel.
+    let started = Instant::now();
+    let serials: Vec<String> = (1..=cli.devices).map(|i| format!("SN-{i:07}")).collect();
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut minting = Vec::new();
+    for part in serials.chunks(cli.devices.div_ceil(workers).max(1)) {
+        let (part, m) = (part.to_vec(), manufacturer.clone());
+        minting.push(tokio::task::spawn_blocking(move || {
+            part.iter()
+                .map(|s| m.mint(s, KeyKind::P256, now))
+                .collect::<Result<Vec<Identity>, _>>()
+        }));
+    }
+    let mut identities = Vec::with_capacity(cli.devices);
+    for m in minting {
+        identities.extend(m.await??);
+    }
+    let owner_root = certs::files::read_cert(&data.join(onboarder::config::layout::OWNER_ROOT))?;
+    let vouchers = serials
+        .iter()
+        .map(|s| manufacturer.voucher(s, &owner_root, now, now + 86_400))
+        .collect::<Result<Vec<_>, _>>()?;
+    let anchor = certs::files::cert_pem(manufacturer.root_cert());
+    let importer = api.clone();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        importer.import_anchor(&anchor)?;
+        let report = importer.import_vouchers(&protocol::voucher::encode_bundle(&vouchers))?;
+        anyhow::ensure!(report.rejected.is_empty(), "{:?}", report.rejected.first());
+        Ok(())
+    })
+    .await??;
+    let endpoints = (0..4)
+        .map(|_| device_agent::transport::quic::endpoint_for(quic))
+        .collect::<Result<Vec<_>, _>>()?;
+    let agents = identities
+        .into_iter()
+        .enumerate()
+        .map(|(i, identity)| {
+            let key = KeyPair::from_pkcs8_der(identity.key.pkcs8_der())?;
+            Ok(Arc::new(Agent::new(
+                Arc::new(identity),
+                Platform::memory(key),
+                quic,
+                endpoints[i % endpoints.len()].clone(),
+                AgentOptions::default(),
+            )))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if !cli.json {
+        eprintln!(
+            "{} devices minted and expected in {:.1?}",
+            cli.devices,
+            started.elapsed()
+        );
+    }
+
+    let exercise = Exercise {
+        api: api.clone(),
+        manufacturer,
+        concurrency: cli.concurrency,
+        progress,
+    };
+    let mut phases = BTreeMap::new();
+    let cpu_start = proc.cpu_seconds();
+    let mut measure = |name: &str, report: PhaseReport, cpu_before: f64| {
+        let cpu = proc.cpu_seconds() - cpu_before;
+        let per_op = cpu * 1000.0 / report.ok.max(1) as f64;
+        phases.insert(
+            name.to_string(),
+            Phase {
+                report,
+                server_cpu_ms_per_op: round(per_op),
+            },
+        );
+    };
+    let all_phases = Instant::now();
+
+    let cpu = proc.cpu_seconds();
+    let report = exercise.onboard(&agents).await?;
+    measure("onboard", report, cpu);
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_disconnected = proc.status_kib("VmRSS:");
+    let fleet = Fleet::start(&agents);
+    exercise.connected(agents.len()).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_connected = proc.status_kib("VmRSS:");
+
+    let cpu = proc.cpu_seconds();
+    let report = exercise.rotate(&agents).await?;
+    measure("rotate", report, cpu);
+    let cpu = proc.cpu_seconds();
+    let report = exercise
+        .firmware(&agents, incompressible_image(cli.image))
+        .await?;
+    measure("firmware", report, cpu);
+    let count = (agents.len() * usize::from(cli.decommission)).div_ceil(100);
+    let cpu = proc.cpu_seconds();
+    let report = exercise
+        .decommission(&agents[agents.len() - count..])
+        .await?;
+    measure("decommission", report, cpu);
+    let total = all_phases.elapsed();
+    fleet.stop().await;
+
+    let report = Report {
+        devices: cli.devices,
+        phases,
+        server: ServerReport {
+            peak_rss_mib: round(proc.status_kib("VmHWM:") / 1024.0),
+            rss_per_idle_device_kib: round((rss_connected - rss_disconnected) / cli.devices as f64),
+            cpu_seconds: round(proc.cpu_seconds() - cpu_start),
+        },
+        total_seconds: round(total.as_secs_f64()),
+    };
+    if !cli.json {
+        for (name, p) in &report.phases {
+            let r = &p.report;
+            eprintln!(
+                "{name:>12}: {} ok, {} failed in {:.2}s ({:.1}/s, p50 {:.1} ms, p99 {:.1} ms, server {:.2} ms CPU each)",
+                r.ok, r.failed, r.seconds, r.per_second, r.p50_ms, r.p99_ms, p.server_cpu_ms_per_op
+            );
+        }
+        eprintln!(
+            "server: peak RSS {:.1} MiB, {:.1} KiB per idle device; all phases in {:.1}s",
+            report.server.peak_rss_mib, report.server.rss_per_idle_device_kib, report.total_seconds
+        );
+    }
+    println!("{}", serde_json::to_string(&report)?);
+    let failed: usize = report.phases.values().map(|p| p.report.failed).sum();
+    anyhow::ensure!(failed == 0, "{failed} device phases failed");
+    Ok(())
+}
