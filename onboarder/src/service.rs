@@ -96,13 +96,22 @@ impl Service {
     }
 
     /// Replaces the registrar context (after a CA rollover).
-    pub fn set_registrar(&self, registrar: Registrar) {
+    pub fn set_registrar(&self, registrar: Registrar) -> Result<(), StoreError> {
         *self.registrar.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(registrar);
+        self.reload_trust()
     }
 
+    /// Rebuilds the anchors: the manufacturers' roots, the owner root, and our own issuing
+    /// CAs (trusting them directly spares every LDevID handshake the check of the issuing CA's
+    /// own signature, which we made ourselves).
     pub(crate) fn reload_trust(&self) -> Result<(), StoreError> {
         let mut anchors: Vec<Vec<u8>> = self.store.anchors()?.into_iter().map(|a| a.der).collect();
         anchors.push(self.owner_root.clone());
+        anchors.extend(
+            self.registrar()
+                .generations()
+                .map(|g| g.ca.cert_der().to_vec()),
+        );
         self.trust.replace(&anchors);
         Ok(())
     }

@@ -194,7 +194,7 @@ impl Control {
         .map_err(|e| OperatorError::BadInput(e.to_string()))?
         .map_err(|e| OperatorError::BadInput(format!("{e:#}")))?;
         let (generation, pki) = pki;
-        self.service.set_registrar(pki.registrar);
+        self.service.set_registrar(pki.registrar)?;
         self.service
             .store
             .commit(crate::store::Change {
@@ -265,6 +265,8 @@ impl Control {
                 }
                 Err(e) => tracing::error!("campaign engine: {e}"),
             }
+            // One tick looks at every device of the running campaigns, so ticks are spaced by
+            // `tick` whatever the rate of reports; a report only wakes an idle engine early.
             tokio::select! {
                 changed = stop.changed() => {
                     if changed.is_err() || *stop.borrow() {
@@ -272,6 +274,14 @@ impl Control {
                     }
                 }
                 () = tokio::time::sleep(tick) => {}
+            }
+            tokio::select! {
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return;
+                    }
+                }
+                () = tokio::time::sleep(tick * 8) => {}
                 () = self.service.firmware_changed.notified() => {}
             }
         }

@@ -120,6 +120,7 @@ impl SledStore {
                 Writer {
                     db: writer_db,
                     head,
+                    versions: HashMap::new(),
                 }
                 .run(rx)
             })
@@ -250,6 +251,9 @@ impl Store for SledStore {
 struct Writer {
     db: sled::Db,
     head: (u64, [u8; 32]),
+    /// Versions of the devices written or read so far. The writer is the only one who writes,
+    /// so this stays true, and a version check does not decode a whole record.
+    versions: HashMap<String, u64>,
 }
 
 impl Writer {
@@ -288,10 +292,14 @@ impl Writer {
             Ok(())
         };
         match durable {
-            Ok(()) => self.head = head,
+            Ok(()) => {
+                self.head = head;
+                self.versions.extend(written);
+            }
             Err(e) => {
                 // The batch may or may not be on disk: trust only what the disk says.
                 self.head = read_head(&self.db).unwrap_or(self.head);
+                self.versions.clear();
                 for r in results.iter_mut().filter(|r| r.is_ok()) {
                     *r = Err(e.clone());
                 }
@@ -365,6 +373,9 @@ impl Writer {
     }
 
     fn device_version(&self, serial: &str) -> Result<Option<u64>, StoreError> {
+        if let Some(v) = self.versions.get(serial) {
+            return Ok(Some(*v));
+        }
         let key = device_key(serial);
         match self.db.get(&key).map_err(io)? {
             None => Ok(None),
