@@ -88,8 +88,12 @@ pub struct AgentStats {
     pub decommission_us: AtomicU64,
 }
 
+/// How long a freshly booted image may take to reach the onboarder before it counts as
+/// unhealthy.
+const HEALTH_DEADLINE: Duration = Duration::from_secs(120);
+
 /// Bytes asked for per firmware chunk.
-pub const CHUNK: u32 = 64 * 1024;
+pub const CHUNK: u32 = protocol::message::MAX_CHUNK;
 
 /// Why [`Agent::serve`] stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -774,8 +778,10 @@ impl Agent {
         self.save(state).await?;
         session.close();
 
-        // Health: the new image reaches the onboarder and passes its self-test.
-        let health = match self.open_session().await {
+        // Health: the new image reaches the onboarder and passes its self-test. A busy or
+        // briefly unreachable server is not a sick image: transient failures are retried.
+        let reconnect = self.retrying(HEALTH_DEADLINE, || self.open_session()).await;
+        let health = match reconnect {
             Ok(s) => self.slots.self_test().map(|()| s),
             Err(e) => Err(e.to_string()),
         };

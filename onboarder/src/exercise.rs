@@ -278,7 +278,7 @@ impl Exercise {
         let id = campaign.id.clone();
         let progress = bar.clone();
         self.wait_for(DEVICE_DEADLINE * 2, move |api| {
-            let s = api.campaign_status(&id)?;
+            let s = api.campaign_status(&id, false)?;
             progress.set_position((s.total.healthy + s.total.failed) as u64);
             Ok(s.state != CampaignState::Running)
         })
@@ -286,7 +286,7 @@ impl Exercise {
         let elapsed = start.elapsed();
         bar.finish_and_clear();
         let id = campaign.id.clone();
-        let status = self.api(move |api| api.campaign_status(&id)).await?;
+        let status = self.api(move |api| api.campaign_status(&id, true)).await?;
         let by_serial: std::collections::HashMap<&str, &crate::operator::firmware::DeviceProgress> =
             status
                 .devices
@@ -351,26 +351,48 @@ impl Exercise {
         }
         let elapsed = start.elapsed();
         bar.finish_and_clear();
-        let (records, revoked) = self
+        let records = self
             .api(move |api| {
-                let records = serials
+                serials
                     .iter()
                     .map(|s| api.device(s))
-                    .collect::<Result<Vec<_>>>()?;
-                let mut revoked = std::collections::HashSet::new();
-                for crl in api.crls()? {
-                    let der = api.crl(crl.generation)?;
-                    if let Ok((_, parsed)) = x509_parser::parse_x509_crl(&der) {
-                        revoked.extend(
-                            parsed
-                                .iter_revoked_certificates()
-                                .map(|r| certs::inspect::hex(r.raw_serial())),
-                        );
-                    }
-                }
-                Ok((records, revoked))
+                    .collect::<Result<Vec<_>>>()
             })
             .await?;
+        // The CRLs are republished shortly after a revocation: wait until they list every
+        // certificate of these devices, as a relying party fetching them would see.
+        let wanted: Vec<String> = records
+            .iter()
+            .flat_map(|r| {
+                r.certificates
+                    .iter()
+                    .filter(|c| c.not_after > certs::unix_now())
+            })
+            .map(|c| c.serial.clone())
+            .collect();
+        let mut revoked = std::collections::HashSet::new();
+        for _ in 0..100 {
+            revoked = self
+                .api(|api| {
+                    let mut revoked = std::collections::HashSet::new();
+                    for crl in api.crls()? {
+                        let der = api.crl(crl.generation)?;
+                        if let Ok((_, parsed)) = x509_parser::parse_x509_crl(&der) {
+                            revoked.extend(
+                                parsed
+                                    .iter_revoked_certificates()
+                                    .map(|r| certs::inspect::hex(r.raw_serial())),
+                            );
+                        }
+                    }
+                    Ok(revoked)
+                })
+                .await?;
+            if wanted.iter().all(|c| revoked.contains(c)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let now = certs::unix_now();
         let mut latencies = Vec::new();
         let mut failed = 0;

@@ -39,6 +39,9 @@ pub struct Service {
     pub(crate) firmware_changed: Notify,
     /// Serialises campaign read-modify-writes (operator orders and the engine).
     pub(crate) campaigns: tokio::sync::Mutex<()>,
+    /// Firmware job states by campaign and serial, kept current by every commit, so the
+    /// campaign engine does not read every device record at every tick.
+    pub(crate) jobs: std::sync::Mutex<JobIndex>,
     pub(crate) images: Images,
     clock: Clock,
     rng: SystemRandom,
@@ -56,6 +59,7 @@ impl Service {
     ) -> Result<Service, StoreError> {
         let service = Service {
             firmware_changed: Notify::new(),
+            jobs: std::sync::Mutex::new(JobIndex::default()),
             campaigns: tokio::sync::Mutex::new(()),
             images,
             trust: Arc::new(TrustStore::default()),
@@ -194,6 +198,7 @@ impl Service {
                 Some(new) => revocations_between(previous.as_ref(), new, grace),
                 None => Vec::new(),
             };
+            let written: Vec<DeviceRecord> = decision.write.iter().cloned().collect();
             let change = Change {
                 devices: decision
                     .write
@@ -206,6 +211,7 @@ impl Service {
             };
             match self.store.commit(change).await {
                 Ok(()) => {
+                    self.note_jobs(&written);
                     if !revocations.is_empty() {
                         self.trust.revoke(revocations);
                         self.revocations_changed.notify_one();
@@ -309,6 +315,25 @@ impl Service {
         // Positive, non-zero leading byte: a valid DER INTEGER of fixed length.
         e.cert_serial[0] = (e.cert_serial[0] & 0x7f) | 0x01;
         Ok(e)
+    }
+}
+
+/// Firmware job states: campaign -> serial -> state.
+pub(crate) type JobIndex =
+    std::collections::HashMap<String, std::collections::HashMap<String, core::firmware::JobState>>;
+
+impl Service {
+    /// Records the firmware jobs of records just committed in the job index.
+    pub(crate) fn note_jobs(&self, records: &[DeviceRecord]) {
+        let mut index = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        for record in records {
+            if let Some(job) = &record.firmware_job {
+                index
+                    .entry(job.campaign.clone())
+                    .or_default()
+                    .insert(record.serial.clone(), job.state.clone());
+            }
+        }
     }
 }
 

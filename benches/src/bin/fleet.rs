@@ -55,6 +55,8 @@ struct Phase {
     report: PhaseReport,
     /// Server CPU time (user + system) per completed device, milliseconds.
     server_cpu_ms_per_op: f64,
+    /// Server resident memory at the end of the phase, MiB.
+    server_rss_mib: f64,
 }
 
 #[derive(Serialize)]
@@ -246,6 +248,7 @@ async fn main() -> Result<()> {
             Phase {
                 report,
                 server_cpu_ms_per_op: round(per_op),
+                server_rss_mib: round(proc.status_kib("VmRSS:") / 1024.0),
             },
         );
     };
@@ -293,8 +296,15 @@ async fn main() -> Result<()> {
         for (name, p) in &report.phases {
             let r = &p.report;
             eprintln!(
-                "{name:>12}: {} ok, {} failed in {:.2}s ({:.1}/s, p50 {:.1} ms, p99 {:.1} ms, server {:.2} ms CPU each)",
-                r.ok, r.failed, r.seconds, r.per_second, r.p50_ms, r.p99_ms, p.server_cpu_ms_per_op
+                "{name:>12}: {} ok, {} failed in {:.2}s ({:.1}/s, p50 {:.1} ms, p99 {:.1} ms, server {:.2} ms CPU each, RSS {:.0} MiB)",
+                r.ok,
+                r.failed,
+                r.seconds,
+                r.per_second,
+                r.p50_ms,
+                r.p99_ms,
+                p.server_cpu_ms_per_op,
+                p.server_rss_mib
             );
         }
         eprintln!(

@@ -751,7 +751,7 @@ fn main() -> Result<()> {
                     print_campaign(&client.order_campaign(&id, "abort")?)
                 }
                 CampaignCommand::Status { id, devices, json } => {
-                    let s = client.campaign_status(&id)?;
+                    let s = client.campaign_status(&id, devices || json)?;
                     if json {
                         println!("{}", serde_json::to_string(&s)?);
                     } else {

@@ -21,7 +21,7 @@
 //! GET  /v1/firmware/keys          firmware-signing keys; POST {"vendor", "pem"} imports one
 //! GET  /v1/firmware/releases      releases; POST (CBOR [manifest, image]) uploads one
 //! GET  /v1/campaigns              campaigns; POST (CampaignSpec) creates one
-//! GET  /v1/campaigns/{id}         status per wave and per device
+//! GET  /v1/campaigns/{id}         status per wave (and per device with ?devices=true)
 //! POST /v1/campaigns/{id}/{order} start, pause, resume or abort
 //! GET  /v1/audit?from=&limit=     audit entries
 //! GET  /v1/audit/verify           verify the audit hash chain
@@ -448,11 +448,22 @@ async fn list_campaigns(State(api): State<Api>) -> ApiResult<Vec<Campaign>> {
     Ok(axum::Json(api.control.service.campaigns()?))
 }
 
+/// Query of `GET /v1/campaigns/{id}`.
+#[derive(Debug, Deserialize, Serialize, Default)]
+pub struct CampaignQuery {
+    /// Include every device (reads their records).
+    #[serde(default)]
+    pub devices: bool,
+}
+
 async fn campaign_status(
     State(api): State<Api>,
     Path(id): Path<String>,
+    Query(q): Query<CampaignQuery>,
 ) -> ApiResult<CampaignStatus> {
-    Ok(axum::Json(api.control.service.campaign_status(&id)?))
+    Ok(axum::Json(
+        api.control.service.campaign_status(&id, q.devices)?,
+    ))
 }
 
 async fn order_campaign(

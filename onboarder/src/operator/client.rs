@@ -230,9 +230,13 @@ impl ApiClient {
         )
     }
 
-    /// Where a campaign stands.
-    pub fn campaign_status(&self, id: &str) -> Result<super::firmware::CampaignStatus> {
-        self.get(&format!("/v1/campaigns/{id}"))
+    /// Where a campaign stands (per device too with `devices`).
+    pub fn campaign_status(
+        &self,
+        id: &str,
+        devices: bool,
+    ) -> Result<super::firmware::CampaignStatus> {
+        self.get(&format!("/v1/campaigns/{id}?devices={devices}"))
     }
 
     /// Orders devices to wipe themselves.

@@ -401,9 +401,47 @@ impl Service {
         Ok(campaign)
     }
 
-    /// Where every device of a campaign stands.
-    pub fn campaign_status(&self, id: &str) -> Result<CampaignStatus, OperatorError> {
+    /// The job states of a campaign's devices, from the index (built from the store the
+    /// first time a campaign is looked at after a restart).
+    fn job_states(
+        &self,
+        campaign: &Campaign,
+    ) -> Result<std::collections::HashMap<String, JobState>, OperatorError> {
+        if let Some(states) = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&campaign.id)
+        {
+            return Ok(states.clone());
+        }
+        let mut states = std::collections::HashMap::new();
+        for serial in campaign.waves.iter().flatten() {
+            if let Some(job) = self
+                .store
+                .device(serial)?
+                .and_then(|r| r.firmware_job)
+                .filter(|j| j.campaign == campaign.id)
+            {
+                states.insert(serial.clone(), job.state);
+            }
+        }
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(campaign.id.clone(), states.clone());
+        Ok(states)
+    }
+
+    /// Where a campaign stands, per wave; with `devices`, also every device (which reads
+    /// their records).
+    pub fn campaign_status(
+        &self,
+        id: &str,
+        devices: bool,
+    ) -> Result<CampaignStatus, OperatorError> {
         let campaign = self.campaign(id)?;
+        let states = self.job_states(&campaign)?;
         let mut status = CampaignStatus {
             id: campaign.id.clone(),
             version: campaign.version.clone(),
@@ -416,13 +454,17 @@ impl Service {
         for (w, serials) in campaign.waves.iter().enumerate() {
             let mut tally = Tally::default();
             for serial in serials {
+                let state = states.get(serial);
+                tally.add(state);
+                status.total.add(state);
+                if !devices {
+                    continue;
+                }
                 let record = self.store.device(serial)?;
                 let job = record
                     .as_ref()
                     .and_then(|r| r.firmware_job.as_ref())
                     .filter(|j| j.campaign == campaign.id);
-                tally.add(job.map(|j| &j.state));
-                status.total.add(job.map(|j| &j.state));
                 status.devices.push(DeviceProgress {
                     serial: serial.clone(),
                     wave: w,
@@ -457,19 +499,15 @@ impl Service {
             let release = self
                 .release(&certs::inspect::hex(&campaign.release))?
                 .ok_or_else(|| OperatorError::NotFound("the campaign's release".into()))?;
+            let states = self.job_states(&campaign)?;
             let (mut offered, mut current, mut unoffered) =
                 (Tally::default(), Tally::default(), Vec::new());
             for (w, serials) in campaign.waves.iter().enumerate().take(campaign.wave + 1) {
                 for serial in serials {
-                    let state = self
-                        .store
-                        .device(serial)?
-                        .and_then(|r| r.firmware_job)
-                        .filter(|j| j.campaign == campaign.id)
-                        .map(|j| j.state);
-                    offered.add(state.as_ref());
+                    let state = states.get(serial);
+                    offered.add(state);
                     if w == campaign.wave {
-                        current.add(state.as_ref());
+                        current.add(state);
                         if state.is_none() {
                             unoffered.push(serial.clone());
                         }

@@ -153,8 +153,11 @@ impl Service {
                     Err(e) => refused.push((serial.clone(), e.to_string())),
                 }
             }
+            let written: Vec<DeviceRecord> =
+                change.devices.iter().map(|w| w.record.clone()).collect();
             match self.store.commit(change).await {
                 Ok(()) => {
+                    self.note_jobs(&written);
                     report.accepted.extend(accepted);
                     report.refused.extend(refused);
                     return Ok(());

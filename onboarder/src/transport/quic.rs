@@ -42,10 +42,15 @@ pub fn bind(addr: SocketAddr, tls: rustls::ServerConfig) -> anyhow::Result<quinn
     let crypto = QuicServerConfig::try_from(tls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
+    // Devices send small requests: bound what one connection may make the server buffer
+    // (quinn's defaults are sized for bulk transfers, megabytes per connection).
     transport
         .max_concurrent_bidi_streams(MAX_STREAMS.into())
         .max_concurrent_uni_streams(0u32.into())
-        .max_idle_timeout(Some(IDLE_TIMEOUT.try_into()?));
+        .max_idle_timeout(Some(IDLE_TIMEOUT.try_into()?))
+        .stream_receive_window((128u32 * 1024).into())
+        .receive_window((256u32 * 1024).into())
+        .send_window(1024 * 1024);
     config.transport_config(Arc::new(transport));
     let runtime =
         quinn::default_runtime().ok_or_else(|| anyhow::anyhow!("QUIC needs a Tokio runtime"))?;

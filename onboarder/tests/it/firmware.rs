@@ -132,7 +132,7 @@ async fn a_campaign_updates_every_device_in_waves() {
         world.server.service().campaign(&id).unwrap().state == CampaignState::Completed
     })
     .await;
-    let status = world.server.service().campaign_status(&id).unwrap();
+    let status = world.server.service().campaign_status(&id, true).unwrap();
     assert_eq!(status.total.healthy, 10, "{status:?}");
     let sizes: Vec<usize> = status.waves.iter().map(|w| w.devices).collect();
     assert_eq!(sizes, [1, 4, 5]);
@@ -165,7 +165,7 @@ async fn a_campaign_updates_every_device_in_waves() {
         world
             .server
             .service()
-            .campaign_status(&again)
+            .campaign_status(&again, true)
             .unwrap()
             .total
             .skipped,
@@ -528,7 +528,7 @@ async fn an_unhealthy_release_rolls_back_and_pauses_the_campaign() {
         )
     })
     .await;
-    let status = world.server.service().campaign_status(&id).unwrap();
+    let status = world.server.service().campaign_status(&id, true).unwrap();
     assert_eq!(status.wave, 0);
     assert_eq!(status.waves[0].failed, 2, "{status:?}");
     for w in &status.waves[1..] {
