@@ -13,6 +13,7 @@ use protocol::frame::{self, FrameError};
 use protocol::message::{self, MAX_REQUEST, Request, Response};
 use quinn::crypto::rustls::QuicServerConfig;
 use rustls_pki_types::CertificateDer;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::sessions::Sessions;
 use crate::core::{CredentialKind, DevicePeer, LifecycleError};
@@ -20,6 +21,10 @@ use crate::service::Service;
 
 /// Concurrent request streams per connection.
 pub const MAX_STREAMS: u32 = 16;
+/// Firmware chunks served at once across all connections. Each holds its bytes several times
+/// over (file, message, frame, send buffer) until the device has them, so this bounds what a
+/// fleet downloading together makes the server hold; the others wait their turn.
+const CHUNKS_IN_FLIGHT: usize = 64;
 /// Time allowed to receive one request.
 const READ_DEADLINE: Duration = Duration::from_secs(10);
 /// A silent connection is closed after this long (agents send keep-alives more often).
@@ -79,11 +84,13 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 
 /// Accepts connections until the endpoint is closed.
 pub async fn serve(endpoint: quinn::Endpoint, service: Arc<Service>, sessions: Arc<Sessions>) {
+    let chunks = Arc::new(Semaphore::new(CHUNKS_IN_FLIGHT));
     while let Some(incoming) = endpoint.accept().await {
         let service = service.clone();
         let sessions = sessions.clone();
+        let chunks = chunks.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(incoming, service, sessions).await {
+            if let Err(e) = connection(incoming, service, sessions, chunks).await {
                 tracing::debug!("connection ended: {e}");
             }
         });
@@ -94,6 +101,7 @@ async fn connection(
     incoming: quinn::Incoming,
     service: Arc<Service>,
     sessions: Arc<Sessions>,
+    chunks: Arc<Semaphore>,
 ) -> anyhow::Result<()> {
     let conn = incoming.await?;
     let leaf = conn
@@ -121,21 +129,24 @@ async fn connection(
             Ok(streams) => streams,
             Err(e) => break e,
         };
-        let (service, sessions, peer, conn) = (
+        let (service, sessions, peer, conn, chunks) = (
             service.clone(),
             sessions.clone(),
             peer.clone(),
             conn.clone(),
+            chunks.clone(),
         );
         tokio::spawn(async move {
-            let response = request(recv, &service, &peer, &binding).await;
-            if peer.kind == CredentialKind::Ldevid && matches!(response, Some(Response::Welcome(_)))
-            {
+            let Some((response, permit)) = request(recv, &service, &peer, &binding, &chunks).await
+            else {
+                return;
+            };
+            if peer.kind == CredentialKind::Ldevid && matches!(response, Response::Welcome(_)) {
                 sessions.register(&peer.serial, conn);
             }
-            if let Some(response) = response {
-                let _ = write_frame(send, &message::encode(&response)).await;
-            }
+            let _ = write_frame(send, &message::encode(&response)).await;
+            // A chunk's permit is held until the device has it.
+            drop(permit);
         });
     };
     sessions.unregister(&peer.serial, conn.stable_id());
@@ -143,30 +154,38 @@ async fn connection(
     Ok(())
 }
 
-/// Reads one request and produces its response; `None` when the stream died before a request
-/// arrived (there is no one to answer).
+/// Reads one request and produces its response, with the permit a firmware chunk holds until
+/// it is written; `None` when the stream died before a request arrived (there is no one to
+/// answer).
 async fn request(
     mut recv: quinn::RecvStream,
     service: &Service,
     peer: &DevicePeer,
     binding: &[u8],
-) -> Option<Response> {
+    chunks: &Arc<Semaphore>,
+) -> Option<(Response, Option<OwnedSemaphorePermit>)> {
     let bytes = match tokio::time::timeout(READ_DEADLINE, read_frame(&mut recv, MAX_REQUEST)).await
     {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(ReadError::Frame(e))) => {
             let e = LifecycleError::Decode(frame_to_decode(e));
             service.record_refusal(Some(peer), &e).await;
-            return Some(Response::Error(e.to_wire()));
+            return Some((Response::Error(e.to_wire()), None));
         }
         Ok(Err(ReadError::Stream)) | Err(_) => return None,
     };
     match message::decode::<Request>(&bytes, MAX_REQUEST) {
-        Ok(request) => Some(service.handle(peer, binding, request).await),
+        Ok(request) => {
+            let permit = match request {
+                Request::FirmwareChunk { .. } => chunks.clone().acquire_owned().await.ok(),
+                _ => None,
+            };
+            Some((service.handle(peer, binding, request).await, permit))
+        }
         Err(e) => {
             let e = LifecycleError::Decode(e);
             service.record_refusal(Some(peer), &e).await;
-            Some(Response::Error(e.to_wire()))
+            Some((Response::Error(e.to_wire()), None))
         }
     }
 }

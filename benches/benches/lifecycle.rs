@@ -1,0 +1,298 @@
+//! The other hot operations: artefact verification, message codecs, a durable store write,
+//! and the ceiling an onboarding is compared with (one mutual-TLS QUIC handshake, both sides,
+//! plus the crypto of one onboarding).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use certs::ca::random_serial;
+use certs::factory::{FirmwareRelease, Manufacturer, ManufacturerConfig};
+use certs::{KeyKind, KeyPair, unix_now};
+use criterion::{Criterion, criterion_group, criterion_main};
+use onboarder::audit::AuditEvent;
+use onboarder::core::DeviceRecord;
+use onboarder::store::sled::SledStore;
+use onboarder::store::{Change, DeviceWrite, Expect, Store};
+use protocol::attestation::{WipeAttestation, WipeMethod, WipedTarget};
+use protocol::manifest::Manifest;
+use protocol::message::{self, Command, Request, Response};
+
+fn artefacts(c: &mut Criterion) {
+    let now = unix_now();
+    let m = Manufacturer::create(ManufacturerConfig::new("Bench"), now).unwrap();
+    let image = vec![7u8; 1024 * 1024];
+    let manifest = m
+        .sign_firmware(
+            &image,
+            &FirmwareRelease {
+                version: "1.0.1",
+                sequence: 2,
+                class_id: None,
+                expires_on: None,
+                sbom: None,
+            },
+            now,
+        )
+        .unwrap();
+    let key = m.firmware_key().public_key();
+    c.bench_function("manifest verify", |b| {
+        b.iter(|| Manifest::open(&manifest, &key).unwrap())
+    });
+    c.bench_function("image SHA-256 (1 MiB)", |b| {
+        b.iter(|| protocol::manifest::sha256(&image))
+    });
+
+    let device = KeyPair::generate(KeyKind::P256).unwrap();
+    let attestation = WipeAttestation {
+        serial: "SN-1".into(),
+        manufacturer: "Bench".into(),
+        model: "sensor-1".into(),
+        firmware_version: "1.0.0".into(),
+        agent_version: "0.1.0".into(),
+        nonce: vec![1; 32],
+        method: WipeMethod::PurgeCryptographicErase,
+        targets: vec![WipedTarget {
+            target: "application-data".into(),
+            bytes: 4096,
+            method: WipeMethod::Clear,
+            verification: "read-back".into(),
+            verified: true,
+        }],
+        started_on: now,
+        finished_on: now,
+    }
+    .sign(&device)
+    .unwrap();
+    let device_key = device.public_key();
+    c.bench_function("wipe attestation verify", |b| {
+        b.iter(|| WipeAttestation::open(&attestation, &device_key).unwrap())
+    });
+}
+
+fn codecs(c: &mut Criterion) {
+    let messages: Vec<(&str, Vec<u8>, bool)> = vec![
+        (
+            "request: enroll",
+            message::encode(&Request::Enroll {
+                csr: vec![0x30; 400],
+            }),
+            true,
+        ),
+        (
+            "request: voucher request",
+            message::encode(&Request::VoucherRequest(vec![0xd2; 700])),
+            true,
+        ),
+        (
+            "response: firmware chunk (128 KiB)",
+            message::encode(&Response::Chunk(vec![1; 128 * 1024])),
+            false,
+        ),
+        (
+            "command: decommission",
+            message::encode(&Command::Decommission {
+                nonce: vec![1; 32],
+                method: WipeMethod::Clear,
+            }),
+            false,
+        ),
+    ];
+    let mut group = c.benchmark_group("CBOR");
+    for (name, bytes, is_request) in &messages {
+        group.bench_function(format!("decode {name}"), |b| {
+            b.iter(|| {
+                if *is_request {
+                    message::decode::<Request>(bytes, message::MAX_RESPONSE).map(|_| ())
+                } else {
+                    message::decode::<Response>(bytes, message::MAX_RESPONSE)
+                        .map(|_| ())
+                        .or_else(|_| {
+                            message::decode::<Command>(bytes, message::MAX_RESPONSE).map(|_| ())
+                        })
+                }
+                .unwrap()
+            })
+        });
+    }
+    let record = DeviceRecord::expected("SN-0000001", vec![0xd2; 900], Some(1), 1);
+    group.bench_function("encode + decode a device record", |b| {
+        b.iter(|| {
+            let bytes = protocol::cbor::to_vec(&record);
+            protocol::cbor::from_slice::<DeviceRecord>(&bytes, 1 << 20).unwrap()
+        })
+    });
+    group.finish();
+}
+
+fn store(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = rt.block_on(async { SledStore::open(dir.path()).unwrap() });
+    let mut n = 0u64;
+    let mut group = c.benchmark_group("store");
+    group.bench_function("state change + audit entry, flushed (one writer)", |b| {
+        b.iter(|| {
+            n += 1;
+            let record = DeviceRecord::expected(&format!("SN-{n:09}"), vec![0xd2; 900], None, n);
+            rt.block_on(store.commit(Change {
+                devices: vec![DeviceWrite {
+                    record,
+                    expect: Expect::Absent,
+                }],
+                audit: vec![AuditEvent::operator(None, "bench", "", n)],
+                ..Change::default()
+            }))
+            .unwrap()
+        })
+    });
+    group.bench_function(
+        "64 concurrent state changes (group commit), per change",
+        |b| {
+            b.iter_custom(|iters| {
+                let rounds = iters.div_ceil(64);
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..rounds {
+                        let commits = (0..64).map(|_| {
+                            n += 1;
+                            let record = DeviceRecord::expected(
+                                &format!("SN-{n:09}"),
+                                vec![0xd2; 900],
+                                None,
+                                n,
+                            );
+                            store.commit(Change {
+                                devices: vec![DeviceWrite {
+                                    record,
+                                    expect: Expect::Absent,
+                                }],
+                                audit: vec![AuditEvent::operator(None, "bench", "", n)],
+                                ..Change::default()
+                            })
+                        });
+                        let tasks: Vec<_> = commits.map(tokio::spawn).collect();
+                        for t in tasks {
+                            t.await.unwrap().unwrap();
+                        }
+                    }
+                    // Time per change, scaled to the `iters` criterion asked for.
+                    start.elapsed().mul_f64(iters as f64 / (rounds * 64) as f64)
+                })
+            })
+        },
+    );
+    group.finish();
+}
+
+/// The ceiling: what one onboarding cannot cost less than on this machine.
+fn ceiling(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bench = rt.block_on(benches::Bench::start());
+    let device = bench
+        .manufacturer
+        .mint("SN-CEILING", KeyKind::P256, unix_now())
+        .unwrap();
+    let key: Arc<dyn device_agent::platform::DeviceKey> =
+        Arc::new(KeyPair::from_pkcs8_der(device.key.pkcs8_der()).unwrap());
+    let endpoint = {
+        let _guard = rt.enter();
+        device_agent::transport::quic::endpoint_for(bench.server.quic_addr()).unwrap()
+    };
+    let config = device_agent::transport::quic::provisional_config(
+        std::slice::from_ref(&device.idevid),
+        key,
+        Default::default(),
+    )
+    .unwrap();
+    let mut group = c.benchmark_group("ceiling");
+    group.measurement_time(Duration::from_secs(8));
+    group.bench_function("mutual-TLS QUIC handshake, both sides", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let s = device_agent::transport::quic::Session::connect(
+                    &endpoint,
+                    config.clone(),
+                    bench.server.quic_addr(),
+                    None,
+                )
+                .await
+                .unwrap();
+                // The first stream shows the server accepted the certificate.
+                s.binding().unwrap();
+                s.close();
+            })
+        })
+    });
+    // The crypto of one onboarding beyond the handshake: the device signs the voucher request
+    // and the CSR and verifies the voucher and two chains; the server verifies the voucher
+    // request and the CSR and signs the LDevID.
+    let owner = certs::Ca::root(
+        &certs::CaName {
+            organization: "O".into(),
+            common_name: "Root".into(),
+        },
+        KeyPair::generate(KeyKind::P256).unwrap(),
+        certs::Validity::starting(unix_now(), 86_400),
+        &random_serial().unwrap(),
+    )
+    .unwrap();
+    let masa = certs::CertInfo::parse(bench.manufacturer.masa_cert())
+        .unwrap()
+        .public_key;
+    let voucher = bench
+        .manufacturer
+        .voucher(
+            "SN-CEILING",
+            owner.cert_der(),
+            unix_now(),
+            unix_now() + 3600,
+        )
+        .unwrap();
+    let request = protocol::voucher::VoucherRequest {
+        created_on: unix_now(),
+        assertion: protocol::voucher::Assertion::Proximity,
+        serial_number: "SN-CEILING".into(),
+        nonce: vec![1; 16],
+        proximity_registrar_cert: owner.cert_der().to_vec(),
+        session_binding: vec![2; 32],
+    };
+    group.bench_function("crypto of one onboarding, both sides", |b| {
+        b.iter(|| {
+            let signed = request.sign(&device.key).unwrap();
+            protocol::voucher::VoucherRequest::open(&signed, &device.key.public_key()).unwrap();
+            protocol::voucher::Voucher::open(&voucher, &masa).unwrap();
+            let new_key = KeyPair::generate(KeyKind::P256).unwrap();
+            let csr = certs::csr::build_csr("SN-CEILING", &new_key, &[2; 32]).unwrap();
+            let checked = certs::csr::check_csr(
+                &csr,
+                &certs::csr::CsrPolicy {
+                    serial: "SN-CEILING",
+                    binding: &[2; 32],
+                    forbidden_keys: &[],
+                },
+            )
+            .unwrap();
+            let ldevid = certs::profile::issue_ldevid(
+                &owner,
+                "SN-CEILING",
+                "O",
+                &checked.spki_der,
+                certs::Validity::starting(unix_now(), 86_400),
+                &random_serial().unwrap(),
+            )
+            .unwrap();
+            certs::chain::verify(
+                &ldevid,
+                &[],
+                &[owner.cert_der().to_vec()],
+                unix_now(),
+                certs::chain::Usage::ClientAuth,
+            )
+            .unwrap();
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, artefacts, codecs, store, ceiling);
+criterion_main!(benches);
