@@ -244,6 +244,22 @@ impl DeviceRecord {
         }
     }
 
+    /// Refuses `action` unless the device is in one of the `allowed` states.
+    pub fn require_state(
+        &self,
+        allowed: &[DeviceState],
+        action: &'static str,
+    ) -> Result<(), LifecycleError> {
+        if allowed.contains(&self.state) {
+            return Ok(());
+        }
+        Err(LifecycleError::WrongState {
+            serial: self.serial.clone(),
+            state: self.state,
+            action,
+        })
+    }
+
     /// Moves to `to`, refusing a transition the state machine does not allow.
     pub fn transition(
         &mut self,

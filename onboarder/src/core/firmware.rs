@@ -122,13 +122,7 @@ pub fn offer(
     now: u64,
 ) -> Result<Decision, LifecycleError> {
     let mut record = record.ok_or_else(|| LifecycleError::UnknownDevice(serial.to_string()))?;
-    if record.state != DeviceState::Active {
-        return Err(LifecycleError::WrongState {
-            serial: record.serial,
-            state: record.state,
-            action: "a firmware update",
-        });
-    }
+    record.require_state(&[DeviceState::Active], "a firmware update")?;
     if record
         .firmware_job
         .as_ref()

@@ -49,16 +49,10 @@ pub fn voucher_request(
 ) -> Result<Decision, LifecycleError> {
     peer.require(CredentialKind::Idevid, "a voucher request")?;
     let mut record = usable(peer, record)?;
-    if !matches!(
-        record.state,
-        DeviceState::Expected | DeviceState::Onboarding
-    ) {
-        return Err(LifecycleError::WrongState {
-            serial: record.serial,
-            state: record.state,
-            action: "a voucher request",
-        });
-    }
+    record.require_state(
+        &[DeviceState::Expected, DeviceState::Onboarding],
+        "a voucher request",
+    )?;
     check_pinned_idevid(peer, &record)?;
     let request = VoucherRequest::open(signed, &peer.public_key)?;
     if request.serial_number != peer.serial {
@@ -145,13 +139,7 @@ pub fn enroll(
 ) -> Result<Decision, LifecycleError> {
     peer.require(CredentialKind::Idevid, "enrollment")?;
     let mut record = usable(peer, record)?;
-    if record.state != DeviceState::Onboarding {
-        return Err(LifecycleError::WrongState {
-            serial: record.serial,
-            state: record.state,
-            action: "enrollment",
-        });
-    }
+    record.require_state(&[DeviceState::Onboarding], "enrollment")?;
     check_pinned_idevid(peer, &record)?;
     let checked = certs::csr::check_csr(
         csr,
@@ -264,16 +252,10 @@ pub fn hello(
         events.extend(activation_events(&peer.serial, changes, now));
         changed = true;
     }
-    if !matches!(
-        record.state,
-        DeviceState::Active | DeviceState::Decommissioning
-    ) {
-        return Err(LifecycleError::WrongState {
-            serial: record.serial,
-            state: record.state,
-            action: "an operational session",
-        });
-    }
+    record.require_state(
+        &[DeviceState::Active, DeviceState::Decommissioning],
+        "an operational session",
+    )?;
     if record.agent_version.as_deref() != Some(hello.agent_version.as_str())
         || record.firmware_version.as_deref() != Some(hello.firmware_version.as_str())
         || record.firmware_sequence != hello.firmware_sequence

@@ -25,13 +25,7 @@ pub fn reenroll(
 ) -> Result<Decision, LifecycleError> {
     peer.require(CredentialKind::Ldevid, "re-enrollment")?;
     let mut record = usable(peer, record)?;
-    if record.state != DeviceState::Active {
-        return Err(LifecycleError::WrongState {
-            serial: record.serial,
-            state: record.state,
-            action: "re-enrollment",
-        });
-    }
+    record.require_state(&[DeviceState::Active], "re-enrollment")?;
     ldevid(peer, &record, now, reg.policy.superseded_grace)?;
     let idevid = record
         .idevid_key

@@ -88,13 +88,7 @@ pub fn request_rotation(
     now: u64,
 ) -> Result<Decision, LifecycleError> {
     let mut record = record.ok_or_else(|| LifecycleError::UnknownDevice(serial.to_string()))?;
-    if record.state != DeviceState::Active {
-        return Err(LifecycleError::WrongState {
-            serial: record.serial,
-            state: record.state,
-            action: "a rotation",
-        });
-    }
+    record.require_state(&[DeviceState::Active], "a rotation")?;
     if record
         .rotation
         .as_ref()
