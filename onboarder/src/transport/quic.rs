@@ -42,10 +42,19 @@ pub mod close {
     pub const REVOKED: u32 = 3;
 }
 
+/// Largest UDP payload path MTU discovery probes for. quinn's default stops at 1452 (Ethernet);
+/// probing higher is safe (a lost probe only ends the search) and pays off where the path
+/// allows it (jumbo frames, loopback): firmware is the only bulk the server sends, and per-packet
+/// work bounds it (fleet of 2,000 on loopback: firmware phase 30 s -> 22 s, server CPU per
+/// device 10.5 -> 6.4 ms; 64 KiB gave no more).
+const MTU_UPPER_BOUND: u16 = 16384;
+
 /// Binds the QUIC endpoint.
 pub fn bind(addr: SocketAddr, tls: rustls::ServerConfig) -> anyhow::Result<quinn::Endpoint> {
     let crypto = QuicServerConfig::try_from(tls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(MTU_UPPER_BOUND);
     let mut transport = quinn::TransportConfig::default();
     // Devices send small requests: bound what one connection may make the server buffer
     // (quinn's defaults are sized for bulk transfers, megabytes per connection).
@@ -55,7 +64,8 @@ pub fn bind(addr: SocketAddr, tls: rustls::ServerConfig) -> anyhow::Result<quinn
         .max_idle_timeout(Some(IDLE_TIMEOUT.try_into()?))
         .stream_receive_window((128u32 * 1024).into())
         .receive_window((256u32 * 1024).into())
-        .send_window(1024 * 1024);
+        .send_window(1024 * 1024)
+        .mtu_discovery_config(Some(mtu));
     config.transport_config(Arc::new(transport));
     let runtime =
         quinn::default_runtime().ok_or_else(|| anyhow::anyhow!("QUIC needs a Tokio runtime"))?;
