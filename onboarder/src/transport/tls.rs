@@ -12,9 +12,16 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTi
 use crate::trust::TrustStore;
 
 /// The one crypto provider (rustls and quinn default to different ones; naming it avoids a
-/// run-time panic when both are compiled in).
+/// run-time panic when both are compiled in), with TLS_AES_128_GCM_SHA256 preferred: it
+/// matches the 128-bit strength of our P-256 keys, and its SHA-256 and AES-128 run on the
+/// CPU's extensions where the default first choice's SHA-384 does not (2.7 % of the server's
+/// onboarding CPU was SHA-512 blocks).
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(provider)
 }
 
 /// Verifies device client certificates against the current trust store.
