@@ -114,7 +114,7 @@ impl Exercise {
         bar
     }
 
-    /// Polls `done` (which may call the API) every 100 ms for at most `limit`; whether it came
+    /// Polls `done` (which may call the API) every 200 ms for at most `limit`; whether it came
     /// true.
     async fn wait_for(
         &self,
@@ -359,6 +359,7 @@ impl Exercise {
     /// bound to the server's nonce, and is decommissioned. A device counts once its record says
     /// so, its certificates are on the CRL, the server holds no network credential for it, and
     /// the device is back in its factory state.
+    ///
     /// Nobody leaving is an empty phase, not an order the API would refuse.
     pub async fn decommission(&self, agents: &[Arc<Agent>]) -> Result<PhaseReport> {
         if agents.is_empty() {
