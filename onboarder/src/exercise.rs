@@ -309,6 +309,7 @@ impl Exercise {
                     waves: vec![1, 10, 100],
                     failure_threshold: 5,
                     rate: None,
+                    wave_timeout: None,
                 })?;
                 api.order_campaign(&c.id, "start")
             })

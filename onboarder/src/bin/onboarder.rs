@@ -262,6 +262,11 @@ enum CampaignCommand {
         /// Offers per second at most.
         #[arg(long)]
         rate: Option<u32>,
+        /// Offer the next wave after this many seconds even if some devices of the current one
+        /// have not finished (an offline device keeps its offer and updates when it is back;
+        /// the campaign completes when every device has). Without it, a wave waits for all.
+        #[arg(long, value_name = "SECONDS")]
+        wave_timeout: Option<u64>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -712,6 +717,7 @@ fn main() -> Result<()> {
                     waves,
                     failure_threshold,
                     rate,
+                    wave_timeout,
                     json,
                 } => {
                     use onboarder::operator::firmware::{CampaignSpec, Target};
@@ -727,6 +733,7 @@ fn main() -> Result<()> {
                         waves,
                         failure_threshold,
                         rate,
+                        wave_timeout,
                     })?;
                     if json {
                         println!("{}", serde_json::to_string(&c)?);

@@ -4,7 +4,9 @@
 //! The targets are fixed when the campaign is created and split into disjoint waves by
 //! cumulative percentage (1, 10, 100 over 1,000 devices: 10, 90 and 900 devices). A wave is
 //! offered once the previous one is over (every device healthy, failed, rolled back or
-//! skipped). Whenever the failures exceed the threshold, as a percentage of the devices offered
+//! skipped), or, if the campaign has a wave timeout, once the wave has run that long: a device
+//! that is offline must not hold back the fleet. Its offer stands (it finds it when it comes
+//! back) and the campaign completes only when every device is over. Whenever the failures exceed the threshold, as a percentage of the devices offered
 //! so far, the campaign pauses and the remaining waves are left untouched.
 
 use serde::{Deserialize, Serialize};
@@ -50,10 +52,17 @@ pub struct Campaign {
     pub failure_threshold: u8,
     /// Offers per second at most.
     pub rate: Option<u32>,
+    /// Seconds a wave may run before the next one is offered even though some of its devices
+    /// are not over; `None` waits for every device.
+    #[serde(default)]
+    pub wave_timeout: Option<u64>,
     /// State.
     pub state: CampaignState,
     /// Index of the wave being offered.
     pub wave: usize,
+    /// When the current wave started running (its start, or the campaign's last resume).
+    #[serde(default)]
+    pub wave_started_at: u64,
     /// When it was created.
     pub created_at: u64,
     /// Last change.
@@ -105,9 +114,13 @@ pub enum Step {
     Offer(Vec<String>),
     /// Too many failures: pause.
     Pause(String),
-    /// The current wave is over: go on with the next.
-    Advance,
-    /// The last wave is over.
+    /// Go on with the next wave: the current one is over, or it timed out with `stragglers`
+    /// devices still in progress.
+    Advance {
+        /// Devices of the current wave not over yet.
+        stragglers: usize,
+    },
+    /// Every wave is over.
     Complete,
 }
 
@@ -142,9 +155,15 @@ pub fn plan(targets: &[String], percentages: &[u8]) -> Result<Vec<Vec<String>>, 
 }
 
 impl Campaign {
-    /// Decides the next step from the tallies of the waves offered so far (`offered`: waves
-    /// `0..=wave` together) and of the current wave.
-    pub fn next_step(&self, offered: &Tally, current: &Tally, unoffered: Vec<String>) -> Step {
+    /// Decides the next step at `now` from the tallies of the waves offered so far
+    /// (`offered`: waves `0..=wave` together) and of the current wave.
+    pub fn next_step(
+        &self,
+        offered: &Tally,
+        current: &Tally,
+        unoffered: Vec<String>,
+        now: u64,
+    ) -> Step {
         if self.state != CampaignState::Running {
             return Step::Wait;
         }
@@ -158,11 +177,20 @@ impl Campaign {
         if !unoffered.is_empty() {
             return Step::Offer(unoffered);
         }
-        if current.is_over() {
-            if self.wave + 1 < self.waves.len() {
-                Step::Advance
-            } else {
+        let last = self.wave + 1 >= self.waves.len();
+        let timed_out = self
+            .wave_timeout
+            .is_some_and(|t| now >= self.wave_started_at.saturating_add(t));
+        if last {
+            return if offered.is_over() {
                 Step::Complete
+            } else {
+                Step::Wait
+            };
+        }
+        if current.is_over() || timed_out {
+            Step::Advance {
+                stragglers: current.in_progress,
             }
         } else {
             Step::Wait
@@ -191,6 +219,9 @@ impl Campaign {
                 self.id, self.state, to
             )));
         }
+        if to == Running {
+            self.wave_started_at = now;
+        }
         self.state = to;
         self.updated_at = now;
         Ok(())
@@ -218,28 +249,71 @@ mod tests {
         assert!(plan(&[], &[100]).is_err());
     }
 
-    #[test]
-    fn failures_above_the_threshold_pause() {
-        let c = Campaign {
+    fn campaign(failure_threshold: u8) -> Campaign {
+        Campaign {
             id: "c".into(),
             release: vec![],
             version: "v".into(),
             waves: plan(&serials(100), &[10, 100]).unwrap(),
             percentages: vec![10, 100],
-            failure_threshold: 10,
+            failure_threshold,
             rate: None,
+            wave_timeout: None,
             state: CampaignState::Running,
             wave: 0,
+            wave_started_at: 0,
             created_at: 0,
             updated_at: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn failures_above_the_threshold_pause() {
+        let c = campaign(10);
         let mut t = Tally::default();
         for _ in 0..9 {
             t.add(Some(&JobState::Healthy));
         }
         t.add(Some(&JobState::Failed { reason: "x".into() }));
-        assert_eq!(c.next_step(&t, &t, vec![]), Step::Advance);
+        assert_eq!(
+            c.next_step(&t, &t, vec![], 0),
+            Step::Advance { stragglers: 0 }
+        );
         t.add(Some(&JobState::RolledBack { reason: "x".into() }));
-        assert!(matches!(c.next_step(&t, &t, vec![]), Step::Pause(_)));
+        assert!(matches!(c.next_step(&t, &t, vec![], 0), Step::Pause(_)));
+    }
+
+    #[test]
+    fn a_wave_that_times_out_lets_the_next_go_but_the_campaign_waits_for_everyone() {
+        let mut c = campaign(10);
+        c.order(CampaignState::Paused { reason: "x".into() }, 50)
+            .unwrap();
+        c.order(CampaignState::Running, 100).unwrap();
+        assert_eq!(c.wave_started_at, 100);
+        let mut t = Tally::default();
+        for _ in 0..9 {
+            t.add(Some(&JobState::Healthy));
+        }
+        t.add(Some(&JobState::Offered));
+        // Without a timeout a silent device holds the wave for ever.
+        assert_eq!(c.next_step(&t, &t, vec![], 1_000_000), Step::Wait);
+        c.wave_timeout = Some(60);
+        assert_eq!(c.next_step(&t, &t, vec![], 159), Step::Wait);
+        assert_eq!(
+            c.next_step(&t, &t, vec![], 160),
+            Step::Advance { stragglers: 1 }
+        );
+        // In the last wave, the campaign completes only when every wave is over.
+        c.wave = 1;
+        let mut last = Tally::default();
+        last.add(Some(&JobState::Healthy));
+        let mut all = t;
+        all.add(Some(&JobState::Healthy));
+        assert_eq!(c.next_step(&all, &last, vec![], 10_000), Step::Wait);
+        let mut over = Tally::default();
+        for _ in 0..11 {
+            over.add(Some(&JobState::Healthy));
+        }
+        assert_eq!(c.next_step(&over, &last, vec![], 10_000), Step::Complete);
     }
 }

@@ -56,6 +56,10 @@ pub struct CampaignSpec {
     /// Offers per second at most.
     #[serde(default)]
     pub rate: Option<u32>,
+    /// Seconds a wave may run before the next is offered anyway (silent devices keep their
+    /// offer); `None` waits for every device of the wave.
+    #[serde(default)]
+    pub wave_timeout: Option<u64>,
 }
 
 /// A campaign and where every device of it stands.
@@ -344,8 +348,10 @@ impl Service {
             percentages: spec.waves.clone(),
             failure_threshold: spec.failure_threshold,
             rate: spec.rate,
+            wave_timeout: spec.wave_timeout,
             state: CampaignState::Created,
             wave: 0,
+            wave_started_at: 0,
             created_at: now,
             updated_at: now,
         };
@@ -518,7 +524,7 @@ impl Service {
                 unoffered.truncate(((f64::from(rate) * TICK).ceil() as usize).max(1));
             }
             let now = self.now();
-            match campaign.next_step(&offered, &current, unoffered) {
+            match campaign.next_step(&offered, &current, unoffered, now) {
                 Step::Wait => {}
                 Step::Offer(serials) => {
                     let mut report = super::orders::OrderReport::default();
@@ -558,14 +564,22 @@ impl Service {
                     );
                     self.save_campaign(&campaign, Some(event)).await?;
                 }
-                Step::Advance => {
+                Step::Advance { stragglers } => {
                     campaign.wave += 1;
+                    campaign.wave_started_at = now;
                     campaign.updated_at = now;
+                    let timed_out = if stragglers > 0 {
+                        format!(
+                            " (the previous wave timed out with {stragglers} of its devices not over)"
+                        )
+                    } else {
+                        String::new()
+                    };
                     let event = AuditEvent::operator(
                         None,
                         "campaign-wave",
                         format!(
-                            "{}: wave {} of {}",
+                            "{}: wave {} of {}{timed_out}",
                             campaign.id,
                             campaign.wave + 1,
                             campaign.waves.len()

@@ -73,6 +73,7 @@ async fn run_campaign(
             waves,
             failure_threshold: threshold,
             rate: None,
+            wave_timeout: None,
         })
         .await
         .unwrap();
@@ -492,6 +493,77 @@ async fn an_interrupted_download_resumes_with_only_the_rest() {
     let rest = second.agent.stats().firmware_bytes.load(Ordering::SeqCst);
     assert_eq!(rest, size as u64 - held);
     second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_device_does_not_hold_back_the_next_wave_past_its_timeout() {
+    let world = World::new().await;
+    trust_firmware(&world).await;
+    let refs = ["SN-WT-0", "SN-WT-1", "SN-WT-2"];
+    let (devices, mut running) = fleet(&world, &refs).await;
+    // SN-WT-0, in the first wave, goes silent.
+    running.remove(0).stop().await;
+    eventually(10, "the silent device's session to end", || {
+        world.server.sessions().len() == 2
+    })
+    .await;
+    let img = image(50_000, 9);
+    let manifest = world
+        .manufacturer
+        .sign_firmware(&img, &release("6.0.0", 6), now())
+        .unwrap();
+    let service = world.server.service();
+    let r = service.upload_release(&manifest, &img).await.unwrap();
+    let campaign = service
+        .create_campaign(CampaignSpec {
+            release: certs::inspect::hex(&r.digest),
+            target: Target::Serials(refs.iter().map(|s| s.to_string()).collect()),
+            waves: vec![50, 100],
+            failure_threshold: 0,
+            rate: None,
+            wave_timeout: Some(2),
+        })
+        .await
+        .unwrap();
+    assert_eq!(campaign.waves[0], ["SN-WT-0", "SN-WT-1"]);
+    let id = campaign.id;
+    service.order_campaign(&id, "start").await.unwrap();
+
+    eventually(30, "the second wave updated", || {
+        job(&world, "SN-WT-2").is_some_and(|j| j.state == JobState::Healthy)
+    })
+    .await;
+    // The silent device keeps its offer, and the campaign is not complete without it.
+    assert_eq!(
+        job(&world, "SN-WT-0").map(|j| j.state),
+        Some(JobState::Offered)
+    );
+    let status = service.campaign_status(&id, false).unwrap();
+    assert_eq!(status.wave, 1);
+    assert_eq!(status.state, CampaignState::Running);
+    assert!(
+        world
+            .audit()
+            .iter()
+            .any(|e| e.event.action == "campaign-wave"
+                && e.event
+                    .detail
+                    .contains("timed out with 1 of its devices not over")),
+        "the audit log says why the wave moved on"
+    );
+    // Back online, it finds the offer in its welcome, updates, and the campaign completes.
+    running.push(Running::start(world.agent(&devices[0])));
+    eventually(30, "the campaign to complete", || {
+        service.campaign(&id).unwrap().state == CampaignState::Completed
+    })
+    .await;
+    assert_eq!(
+        service.campaign_status(&id, false).unwrap().total.healthy,
+        3
+    );
+    for r in running {
+        r.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
