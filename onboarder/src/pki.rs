@@ -116,15 +116,6 @@ pub fn init(dir: &Path, config: &Config, now: u64) -> Result<()> {
         &random_serial()?,
     )?;
     let issuing = new_issuing(&root, config, 1, now)?;
-    let server_key = KeyPair::generate(KeyKind::P256)?;
-    let server = issue_registrar(
-        &issuing,
-        &org,
-        &config.server_names,
-        &server_key,
-        Validity::starting(now, SERVER_LIFETIME),
-        &random_serial()?,
-    )?;
     files::write_public(
         &dir.join(layout::OWNER_ROOT),
         files::cert_pem(root.cert_der()).as_bytes(),
@@ -141,18 +132,59 @@ pub fn init(dir: &Path, config: &Config, now: u64) -> Result<()> {
             retired_at: None,
         }],
     )?;
-    files::write_public(
-        &dir.join(layout::SERVER_CERT),
-        files::certs_pem([server.as_slice(), issuing.cert_der()]).as_bytes(),
-    )?;
-    files::write_secret(
-        &dir.join(layout::SERVER_KEY),
-        server_key.to_pem().as_bytes(),
-    )?;
+    write_registrar(dir, config, &issuing, now)?;
     files::write_secret(&dir.join(layout::TOKEN), new_token()?.as_bytes())?;
     // Written last: its presence marks a complete initialisation.
     config.save(dir)?;
     Ok(())
+}
+
+/// Issues the registrar's TLS certificate under `issuing` with a fresh key, and makes the pair
+/// current. The two files cannot be replaced in one atomic step, so the new pair is written
+/// beside the old one first and then moved in, key first: a crash between the two moves leaves
+/// the new key with `server.pem.next`, which [`load`] finishes moving.
+fn write_registrar(dir: &Path, config: &Config, issuing: &Ca, now: u64) -> Result<()> {
+    let key = KeyPair::generate(KeyKind::P256)?;
+    let cert = issue_registrar(
+        issuing,
+        &owner_name(config),
+        &config.server_names,
+        &key,
+        Validity::starting(now, SERVER_LIFETIME),
+        &random_serial()?,
+    )?;
+    let (cert_path, key_path) = (dir.join(layout::SERVER_CERT), dir.join(layout::SERVER_KEY));
+    let (next_cert, next_key) = (next(&cert_path), next(&key_path));
+    files::write_public(
+        &next_cert,
+        files::certs_pem([cert.as_slice(), issuing.cert_der()]).as_bytes(),
+    )?;
+    files::write_secret(&next_key, key.to_pem().as_bytes())?;
+    std::fs::rename(&next_key, &key_path).context("installing the registrar key")?;
+    std::fs::rename(&next_cert, &cert_path).context("installing the registrar certificate")?;
+    Ok(())
+}
+
+fn next(path: &Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".next");
+    name.into()
+}
+
+/// Whether the registrar certificate should be re-issued at `now`: it comes from an issuing
+/// CA that is no longer current (after a rollover), or two thirds of its lifetime have passed
+/// (the rule devices follow for their LDevIDs).
+pub fn registrar_due(pki: &Pki, now: u64) -> Result<bool> {
+    let leaf = CertInfo::parse(&pki.server_chain[0])?;
+    let current = leaf.authority_key_id.as_deref() == Some(pki.registrar.issuing.key_id.as_slice());
+    let renew_at = leaf.not_before + leaf.not_after.saturating_sub(leaf.not_before) / 3 * 2;
+    Ok(!current || now >= renew_at)
+}
+
+/// Re-issues the registrar certificate under the current issuing CA, with a fresh key.
+pub fn renew_registrar(dir: &Path, config: &Config, now: u64) -> Result<()> {
+    let pki = load(dir, config)?;
+    write_registrar(dir, config, &pki.registrar.issuing.ca, now)
 }
 
 /// Starts a new generation of the issuing CA under the owner root; the current one retires
@@ -219,18 +251,11 @@ pub fn load(dir: &Path, config: &Config) -> Result<Pki> {
     let current = issuing
         .pop()
         .ok_or_else(|| anyhow::anyhow!("no issuing CA"))?;
-    let server_chain = files::read_certs(&dir.join(layout::SERVER_CERT))?;
-    let server_key = files::read_key(&dir.join(layout::SERVER_KEY))?;
-    let leaf = CertInfo::parse(&server_chain[0])?;
-    anyhow::ensure!(
-        leaf.public_key == server_key.public_key(),
-        "{} does not belong to {}",
-        layout::SERVER_KEY,
-        layout::SERVER_CERT
-    );
+    let (server_chain, server_key) = read_registrar(dir)?;
     Ok(Pki {
         registrar: Registrar {
             registrar_cert: server_chain[0].clone(),
+            previous_registrar_cert: None,
             issuing: current,
             retired: issuing,
             policy: config.policy.clone(),
@@ -241,6 +266,37 @@ pub fn load(dir: &Path, config: &Config) -> Result<Pki> {
     })
 }
 
+/// Reads the registrar's certificate chain and key, finishing a renewal that a crash
+/// interrupted between its two moves (see [`write_registrar`]).
+fn read_registrar(dir: &Path) -> Result<(Vec<Vec<u8>>, KeyPair)> {
+    let cert_path = dir.join(layout::SERVER_CERT);
+    let key = files::read_key(&dir.join(layout::SERVER_KEY))?;
+    let belongs = |chain: &[Vec<u8>]| -> Result<bool> {
+        let leaf = chain
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("{} holds no certificate", layout::SERVER_CERT))?;
+        Ok(CertInfo::parse(leaf)?.public_key == key.public_key())
+    };
+    let chain = files::read_certs(&cert_path)?;
+    if belongs(&chain)? {
+        return Ok((chain, key));
+    }
+    let pending = next(&cert_path);
+    if pending.exists() {
+        let chain = files::read_certs(&pending)?;
+        if belongs(&chain)? {
+            std::fs::rename(&pending, &cert_path)
+                .context("finishing an interrupted registrar renewal")?;
+            return Ok((chain, key));
+        }
+    }
+    anyhow::bail!(
+        "{} does not belong to {}",
+        layout::SERVER_KEY,
+        layout::SERVER_CERT
+    )
+}
+
 /// Reads the admin token.
 pub fn token(dir: &Path) -> Result<String> {
     let bytes = files::read_limited(&dir.join(layout::TOKEN), 1024)?;
@@ -248,4 +304,44 @@ pub fn token(dir: &Path) -> Result<String> {
         .context("admin token is not text")?
         .trim()
         .to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_renewal_interrupted_between_its_two_moves_is_finished_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::new("Test Owner");
+        let now = certs::unix_now();
+        init(dir.path(), &config, now).unwrap();
+        let before = load(dir.path(), &config).unwrap();
+        assert!(!registrar_due(&before, now).unwrap());
+        assert!(registrar_due(&before, now + SERVER_LIFETIME / 3 * 2 + 1).unwrap());
+
+        // The new pair written, the key moved in, then the crash.
+        let cert_path = dir.path().join(layout::SERVER_CERT);
+        let old_cert = std::fs::read(&cert_path).unwrap();
+        renew_registrar(dir.path(), &config, now).unwrap();
+        let renewed = std::fs::read(&cert_path).unwrap();
+        std::fs::write(next(&cert_path), &renewed).unwrap();
+        std::fs::write(&cert_path, &old_cert).unwrap();
+
+        let after = load(dir.path(), &config).unwrap();
+        assert_ne!(after.server_chain[0], before.server_chain[0]);
+        assert_eq!(after.registrar.registrar_cert, after.server_chain[0]);
+        assert_eq!(std::fs::read(&cert_path).unwrap(), renewed);
+        assert!(!next(&cert_path).exists());
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.path().join(layout::SERVER_KEY))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+
+        // A key that matches nothing is refused, not guessed at.
+        std::fs::write(&cert_path, &old_cert).unwrap();
+        assert!(load(dir.path(), &config).is_err());
+    }
 }

@@ -59,7 +59,11 @@ impl Server {
             crate::store::images::Images::new(dir.join(layout::FIRMWARE)),
             clock,
         )?);
-        let tls = tls::server_config(&pki.server_chain, &pki.server_key, service.trust())?;
+        let identity = Arc::new(tls::RegistrarIdentity::new(
+            &pki.server_chain,
+            &pki.server_key,
+        )?);
+        let tls = tls::server_config(identity.clone(), service.trust())?;
         let endpoint = quic::bind(config.quic_listen, tls)
             .with_context(|| format!("binding QUIC on {}", config.quic_listen))?;
         let api = tokio::net::TcpListener::bind(config.api_listen)
@@ -71,22 +75,19 @@ impl Server {
         let control = Arc::new(Control::new(
             service.clone(),
             sessions.clone(),
+            identity,
             dir.to_path_buf(),
             config,
         ));
         // The first CRLs exist before the first device connects.
         control.publish_crls().await?;
         let (stop, stopped) = watch::channel(false);
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(quic::serve(
-            endpoint.clone(),
-            service.clone(),
-            sessions,
-        )));
-        tasks.push(tokio::spawn(
-            control.clone().run_crl_publisher(stopped.clone()),
-        ));
-        tasks.push(tokio::spawn(control.clone().run_campaigns(stopped.clone())));
+        let mut tasks = vec![
+            tokio::spawn(quic::serve(endpoint.clone(), service.clone(), sessions)),
+            tokio::spawn(control.clone().run_crl_publisher(stopped.clone())),
+            tokio::spawn(control.clone().run_campaigns(stopped.clone())),
+            tokio::spawn(control.clone().run_registrar_renewal(stopped.clone())),
+        ];
         let api_control = control.clone();
         tasks.push(tokio::spawn(async move {
             let mut stopped = stopped;

@@ -61,7 +61,8 @@ pub fn voucher_request(
             found: request.serial_number,
         });
     }
-    if request.proximity_registrar_cert != reg.registrar_cert {
+    let seen = &request.proximity_registrar_cert;
+    if *seen != reg.registrar_cert && reg.previous_registrar_cert.as_ref() != Some(seen) {
         return Err(LifecycleError::ProximityMismatch);
     }
     if request.session_binding != session_binding {

@@ -63,6 +63,9 @@ pub struct IssuingCa {
 pub struct Registrar {
     /// Our TLS server certificate (DER): what devices must have seen (proximity).
     pub registrar_cert: Vec<u8>,
+    /// The certificate it replaced (a renewal while the server runs): devices that connected
+    /// before the renewal saw that one.
+    pub previous_registrar_cert: Option<Vec<u8>>,
     /// The issuing CA that signs new certificates.
     pub issuing: IssuingCa,
     /// Earlier generations, oldest first: their certificates stay valid until they expire.

@@ -15,11 +15,14 @@ use super::orders::{Crl, OrderReport};
 use crate::config::{Config, layout};
 use crate::service::Service;
 use crate::transport::sessions::Sessions;
+use crate::transport::tls::RegistrarIdentity;
 
 /// Commands in flight at once when no rate is given.
 const PUSH_CONCURRENCY: usize = 64;
 /// The CRL publisher waits this long after a revocation for others to batch with it.
 const CRL_DEBOUNCE: Duration = Duration::from_millis(100);
+/// How often the registrar certificate is checked for renewal.
+const REGISTRAR_CHECK: Duration = Duration::from_secs(3600);
 
 /// The outcome of a CA rollover.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +39,7 @@ pub struct Control {
     pub service: Arc<Service>,
     /// Live operational sessions.
     pub sessions: Arc<Sessions>,
+    identity: Arc<RegistrarIdentity>,
     dir: PathBuf,
     config: Config,
     crls: RwLock<Vec<Crl>>,
@@ -46,12 +50,14 @@ impl Control {
     pub fn new(
         service: Arc<Service>,
         sessions: Arc<Sessions>,
+        identity: Arc<RegistrarIdentity>,
         dir: PathBuf,
         config: Config,
     ) -> Self {
         Control {
             service,
             sessions,
+            identity,
             dir,
             config,
             crls: RwLock::new(Vec::new()),
@@ -208,11 +214,80 @@ impl Control {
             })
             .await?;
         self.publish_crls().await?;
+        // Our own certificate moves to the new generation too.
+        self.renew_registrar().await?;
         let rotation = self.rotate(None, rate).await?;
         Ok(RolloverReport {
             generation,
             rotation,
         })
+    }
+
+    /// Re-issues the registrar's TLS certificate when it is due (two thirds of its lifetime,
+    /// or issued by a retired CA generation) and presents it from the next handshake on.
+    /// Returns whether it did.
+    pub async fn renew_registrar(&self) -> Result<bool, OperatorError> {
+        let (dir, config, now) = (self.dir.clone(), self.config.clone(), self.service.now());
+        let renewed = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            if !crate::pki::registrar_due(&crate::pki::load(&dir, &config)?, now)? {
+                return Ok(None);
+            }
+            crate::pki::renew_registrar(&dir, &config, now)?;
+            Ok(Some(crate::pki::load(&dir, &config)?))
+        })
+        .await
+        .map_err(|e| OperatorError::BadInput(e.to_string()))?
+        .map_err(|e| {
+            OperatorError::BadInput(format!("renewing the registrar certificate: {e:#}"))
+        })?;
+        let Some(mut pki) = renewed else {
+            return Ok(false);
+        };
+        self.identity
+            .replace(&pki.server_chain, &pki.server_key)
+            .map_err(|e| {
+                OperatorError::BadInput(format!("the renewed registrar certificate: {e}"))
+            })?;
+        pki.registrar.previous_registrar_cert =
+            Some(self.service.registrar().registrar_cert.clone());
+        let leaf = certs::CertInfo::parse(&pki.server_chain[0])
+            .map_err(|e| OperatorError::BadInput(e.to_string()))?;
+        let generation = pki.registrar.issuing.generation;
+        self.service.set_registrar(pki.registrar)?;
+        self.service
+            .store
+            .commit(crate::store::Change {
+                audit: vec![crate::audit::AuditEvent::operator(
+                    None,
+                    "registrar-renewed",
+                    format!(
+                        "TLS certificate {} under issuing CA generation {generation}, valid until {}",
+                        leaf.serial_hex, leaf.not_after
+                    ),
+                    now,
+                )],
+                ..Default::default()
+            })
+            .await?;
+        Ok(true)
+    }
+
+    /// Renews the registrar certificate when due: at start (the server may have been down for
+    /// long) and every hour.
+    pub async fn run_registrar_renewal(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            if let Err(e) = self.renew_registrar().await {
+                tracing::error!("{e}");
+            }
+            tokio::select! {
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return;
+                    }
+                }
+                () = tokio::time::sleep(REGISTRAR_CHECK) => {}
+            }
+        }
     }
 
     /// Signs and writes fresh CRLs (`DIR/crl/issuing-ca-N.crl`, PEM) and keeps them for the

@@ -1,11 +1,13 @@
 //! TLS for the QUIC listener: TLS 1.3 only, ring as the one crypto provider, and a client
 //! verifier that accepts IDevIDs from imported manufacturers and LDevIDs from our own CA.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 
@@ -122,21 +124,49 @@ impl ClientCertVerifier for DeviceCertVerifier {
     }
 }
 
-/// The server's TLS configuration: our registrar chain and key, mandatory client certificates.
-pub fn server_config(
-    chain: &[Vec<u8>],
-    key: &certs::KeyPair,
-    trust: Arc<TrustStore>,
-) -> Result<rustls::ServerConfig, rustls::Error> {
+/// The registrar's certificate and key, replaceable while the server runs (renewal, CA
+/// rollover): handshakes after a swap present the new pair, sessions already open keep theirs.
+#[derive(Debug)]
+pub struct RegistrarIdentity(RwLock<Arc<CertifiedKey>>);
+
+impl RegistrarIdentity {
+    /// The identity of `chain` (leaf first) and its `key`.
+    pub fn new(chain: &[Vec<u8>], key: &certs::KeyPair) -> Result<Self, rustls::Error> {
+        Ok(RegistrarIdentity(RwLock::new(certified(chain, key)?)))
+    }
+
+    /// Presents `chain` and `key` from the next handshake on.
+    pub fn replace(&self, chain: &[Vec<u8>], key: &certs::KeyPair) -> Result<(), rustls::Error> {
+        let new = certified(chain, key)?;
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = new;
+        Ok(())
+    }
+}
+
+fn certified(chain: &[Vec<u8>], key: &certs::KeyPair) -> Result<Arc<CertifiedKey>, rustls::Error> {
     let chain = chain
         .iter()
         .map(|c| CertificateDer::from(c.clone()))
         .collect();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()));
+    Ok(Arc::new(CertifiedKey::from_der(chain, key, &provider())?))
+}
+
+impl ResolvesServerCert for RegistrarIdentity {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
+/// The server's TLS configuration: the registrar's identity, mandatory client certificates.
+pub fn server_config(
+    identity: Arc<RegistrarIdentity>,
+    trust: Arc<TrustStore>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(DeviceCertVerifier::new(trust)))
-        .with_single_cert(chain, key)?;
+        .with_cert_resolver(identity);
     config.alpn_protocols = vec![protocol::ALPN.to_vec()];
     Ok(config)
 }

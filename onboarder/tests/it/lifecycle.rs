@@ -363,6 +363,11 @@ async fn ca_rollover_moves_a_connected_fleet_to_the_new_ca() {
         .iter()
         .map(|r| r.agent.stats().sessions.load(Ordering::Relaxed))
         .collect();
+    // A device in the middle of its onboarding when the rollover happens.
+    let late = world.device("SN-ROLL-LATE");
+    world.expect(&["SN-ROLL-LATE"], 30).await;
+    let midway = world.raw_session(&late).await;
+    let old_registrar = midway.server_chain()[0].clone();
 
     let report = world.server.control().rollover(None).await.unwrap();
     assert_eq!(report.generation, 2);
@@ -409,7 +414,72 @@ async fn ca_rollover_moves_a_connected_fleet_to_the_new_ca() {
         .map(|c| c.generation)
         .collect();
     assert_eq!(generations, [1, 2]);
+
+    // The registrar's own certificate moved to the new generation, on disk and on the wire;
+    // the device that saw the old one still gets its voucher, and a new one onboards.
+    let on_disk =
+        certs::files::read_certs(&world.data.join(onboarder::config::layout::SERVER_CERT)).unwrap();
+    let leaf = certs::CertInfo::parse(&on_disk[0]).unwrap();
+    assert_eq!(leaf.authority_key_id.as_deref(), Some(new_ca.as_slice()));
+    assert_ne!(on_disk[0], old_registrar);
+    let renewals = world
+        .audit()
+        .iter()
+        .filter(|e| e.event.action == "registrar-renewed")
+        .count();
+    assert_eq!(renewals, 1);
+    let response = midway
+        .exchange(&voucher_request(&late.identity(), &midway))
+        .await
+        .unwrap();
+    assert!(
+        matches!(response, protocol::message::Response::Voucher(_)),
+        "{response:?}"
+    );
+    midway.close();
+    let fresh = world.raw_session(&late).await;
+    assert_eq!(fresh.server_chain()[0], on_disk[0]);
+    fresh.close();
+    let agent = world.agent(&late);
+    agent.onboard().await.unwrap();
+    agent.connect().await.unwrap().close();
+    assert_eq!(
+        world.record("SN-ROLL-LATE").unwrap().state,
+        DeviceState::Active
+    );
     for r in running {
         r.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registrar_renews_its_own_certificate_when_two_thirds_have_passed() {
+    use onboarder::server::{Listen, Server};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = onboarder::config::Config::new("Test Owner");
+    config.quic_listen = "127.0.0.1:0".parse().unwrap();
+    config.api_listen = "127.0.0.1:0".parse().unwrap();
+    onboarder::pki::init(dir.path(), &config, now()).unwrap();
+    let cert_path = dir.path().join(onboarder::config::layout::SERVER_CERT);
+    let before = certs::files::read_certs(&cert_path).unwrap();
+    // Started again 250 days later (its certificate lives 365).
+    let later = now() + 250 * 86_400;
+    let server = Server::start_with_clock(
+        dir.path(),
+        Listen::default(),
+        std::sync::Arc::new(move || later),
+    )
+    .await
+    .unwrap();
+    eventually(10, "the renewal", || {
+        server.service().registrar().registrar_cert != before[0]
+    })
+    .await;
+    let after = certs::files::read_certs(&cert_path).unwrap();
+    assert_eq!(server.service().registrar().registrar_cert, after[0]);
+    let leaf = certs::CertInfo::parse(&after[0]).unwrap();
+    assert!(leaf.not_before >= later - 3600 && leaf.not_after > later + 300 * 86_400);
+    // Once renewed, not again.
+    assert!(!server.control().renew_registrar().await.unwrap());
+    server.shutdown().await;
 }
