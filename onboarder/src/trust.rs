@@ -69,11 +69,25 @@ impl TrustStore {
             .is_some_and(|r| r.effective_at <= now)
     }
 
-    /// Revocations in force at `now`, and the earliest time a pending one (a grace period)
-    /// takes effect. Entries of expired certificates are dropped.
-    pub fn revocations(&self, now: u64) -> (Vec<Revocation>, Option<u64>) {
+    /// Drops the entries of certificates expired at `now` (nothing lists or refuses them any
+    /// more) and returns their serials, for the store to forget them too.
+    pub fn expire(&self, now: u64) -> Vec<String> {
         let mut map = self.revoked.write().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, r| r.not_after > now);
+        let expired: Vec<String> = map
+            .values()
+            .filter(|r| r.not_after <= now)
+            .map(|r| r.cert_serial.clone())
+            .collect();
+        for serial in &expired {
+            map.remove(serial);
+        }
+        expired
+    }
+
+    /// Revocations in force at `now`, and the earliest time a pending one (a grace period)
+    /// takes effect.
+    pub fn revocations(&self, now: u64) -> (Vec<Revocation>, Option<u64>) {
+        let map = self.revoked.read().unwrap_or_else(|e| e.into_inner());
         let next = map
             .values()
             .filter(|r| r.effective_at > now)
@@ -81,7 +95,7 @@ impl TrustStore {
             .min();
         let active = map
             .values()
-            .filter(|r| r.effective_at <= now)
+            .filter(|r| r.effective_at <= now && r.not_after > now)
             .cloned()
             .collect();
         (active, next)

@@ -208,9 +208,12 @@ impl Service {
         let now = self.now();
         let registrar = self.registrar();
         let horizon = registrar.policy.ldevid_lifetime + registrar.policy.superseded_grace;
+        let mut change = Change {
+            forget_revocations: self.trust.expire(now),
+            ..Change::default()
+        };
         let (revocations, next_change) = self.trust.revocations(now);
         let mut crls = Vec::new();
-        let mut change = Change::default();
         for generation in registrar.generations() {
             if generation
                 .retired_at

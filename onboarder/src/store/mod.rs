@@ -113,6 +113,9 @@ pub struct Change {
     pub anchors: Vec<Anchor>,
     /// Revocations to index (replacing an earlier entry for the same certificate).
     pub revocations: Vec<Revocation>,
+    /// Serials of indexed revocations to forget (their certificates have expired: no CRL
+    /// lists them and no handshake accepts them any more).
+    pub forget_revocations: Vec<String>,
     /// Small named values (counters such as CRL numbers).
     pub meta: Vec<(String, Vec<u8>)>,
     /// Audit events to append, in order.
@@ -125,6 +128,7 @@ impl Change {
         self.devices.is_empty()
             && self.anchors.is_empty()
             && self.revocations.is_empty()
+            && self.forget_revocations.is_empty()
             && self.meta.is_empty()
             && self.audit.is_empty()
     }

@@ -356,6 +356,9 @@ impl Writer {
             let key = format!("r/{}", r.cert_serial);
             batch.insert(key.as_bytes(), protocol::cbor::to_vec(r));
         }
+        for serial in &change.forget_revocations {
+            batch.remove(format!("r/{serial}").as_bytes());
+        }
         for (name, value) in &change.meta {
             batch.insert(format!("m/{name}").as_bytes(), value.as_slice());
         }
@@ -427,6 +430,38 @@ mod tests {
         let (seq, head) = store.audit_head().unwrap();
         assert_eq!(seq, 2);
         verify_chain(store.audit(1, 100).unwrap(), &head).unwrap();
+    }
+
+    #[tokio::test]
+    async fn revocations_are_indexed_and_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let revocation = |serial: &str| Revocation {
+            cert_serial: serial.into(),
+            issuer: vec![1],
+            device: "SN-1".into(),
+            reason: certs::crl::Reason::Superseded,
+            revoked_at: 1,
+            effective_at: 1,
+            not_after: 2,
+        };
+        store
+            .commit(Change {
+                revocations: vec![revocation("aa"), revocation("bb")],
+                ..Change::default()
+            })
+            .await
+            .unwrap();
+        store
+            .commit(Change {
+                forget_revocations: vec!["aa".into()],
+                ..Change::default()
+            })
+            .await
+            .unwrap();
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.revocations().unwrap(), [revocation("bb")]);
     }
 
     #[tokio::test]

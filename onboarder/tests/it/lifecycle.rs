@@ -286,6 +286,39 @@ async fn rotation_on_demand_reaches_live_and_offline_devices() {
     assert_eq!(order.refused.len(), 2);
 }
 
+/// A revoked certificate leaves the CRL and the store's index once it has expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_of_expired_certificates_are_forgotten() {
+    let world = World::with_config(|c| c.policy.ldevid_lifetime = 3).await;
+    let device = world.device("SN-SHORT");
+    world.expect(&["SN-SHORT"], 30).await;
+    let agent = world.agent(&device);
+    agent.onboard().await.unwrap();
+    let control = world.server.control();
+    let record = control
+        .revoke("SN-SHORT", Reason::KeyCompromise)
+        .await
+        .unwrap();
+    let serial = record.certificates[0].serial.clone();
+    let indexed = |world: &World| {
+        world
+            .server
+            .service()
+            .store()
+            .revocations()
+            .unwrap()
+            .iter()
+            .any(|r| r.cert_serial == serial)
+    };
+    assert!(indexed(&world));
+    assert_eq!(control.crls()[0].entries, 1);
+    // Expired: the next publication drops it from the CRL and from the disk.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    control.publish_crls().await.unwrap();
+    assert_eq!(control.crls()[0].entries, 0);
+    assert!(!indexed(&world));
+}
+
 /// Certificates that live seconds: a fleet renews by itself, spread in time, never without a
 /// valid credential.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
