@@ -161,6 +161,7 @@ impl IntoResponse for OperatorError {
             OperatorError::BadInput(_) => StatusCode::BAD_REQUEST,
             OperatorError::NotFound(_) => StatusCode::NOT_FOUND,
             OperatorError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            OperatorError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             OperatorError::Audit(_) | OperatorError::Refused(_) => StatusCode::CONFLICT,
         };
         error(status, self.to_string())

@@ -197,8 +197,8 @@ impl Control {
             Ok((generation, crate::pki::load(&dir, &config)?))
         })
         .await
-        .map_err(|e| OperatorError::BadInput(e.to_string()))?
-        .map_err(|e| OperatorError::BadInput(format!("{e:#}")))?;
+        .map_err(|e| OperatorError::Internal(e.to_string()))?
+        .map_err(|e| OperatorError::Internal(format!("{e:#}")))?;
         let (generation, pki) = pki;
         self.service.set_registrar(pki.registrar)?;
         self.service
@@ -236,9 +236,9 @@ impl Control {
             Ok(Some(crate::pki::load(&dir, &config)?))
         })
         .await
-        .map_err(|e| OperatorError::BadInput(e.to_string()))?
+        .map_err(|e| OperatorError::Internal(e.to_string()))?
         .map_err(|e| {
-            OperatorError::BadInput(format!("renewing the registrar certificate: {e:#}"))
+            OperatorError::Internal(format!("renewing the registrar certificate: {e:#}"))
         })?;
         let Some(mut pki) = renewed else {
             return Ok(false);
@@ -246,12 +246,12 @@ impl Control {
         self.identity
             .replace(&pki.server_chain, &pki.server_key)
             .map_err(|e| {
-                OperatorError::BadInput(format!("the renewed registrar certificate: {e}"))
+                OperatorError::Internal(format!("the renewed registrar certificate: {e}"))
             })?;
         pki.registrar.previous_registrar_cert =
             Some(self.service.registrar().registrar_cert.clone());
         let leaf = certs::CertInfo::parse(&pki.server_chain[0])
-            .map_err(|e| OperatorError::BadInput(e.to_string()))?;
+            .map_err(|e| OperatorError::Internal(e.to_string()))?;
         let generation = pki.registrar.issuing.generation;
         self.service.set_registrar(pki.registrar)?;
         self.service
@@ -308,7 +308,7 @@ impl Control {
             }
         })
         .await
-        .map_err(|e| OperatorError::BadInput(e.to_string()))?;
+        .map_err(|e| OperatorError::Internal(e.to_string()))?;
         *self.crls.write().unwrap_or_else(|e| e.into_inner()) = crls;
         Ok(next_change)
     }

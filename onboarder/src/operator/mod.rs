@@ -41,6 +41,10 @@ pub enum OperatorError {
     /// The lifecycle rules refuse the order.
     #[error(transparent)]
     Refused(crate::core::LifecycleError),
+    /// The onboarder could not carry the order out (its PKI files, a background task): nothing
+    /// in the order was wrong.
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// The outcome of a bulk voucher import.

@@ -125,7 +125,7 @@ impl Service {
         }
         // Verified when it was received; decoded here for its fields.
         let a = WipeAttestation::parse_unverified(signed)
-            .map_err(|e| OperatorError::BadInput(e.to_string()))?;
+            .map_err(|e| OperatorError::Internal(format!("the stored attestation: {e}")))?;
         let organization = self.registrar().policy.organization.clone();
         Ok(SanitizationCertificate {
             person_performing: format!(
