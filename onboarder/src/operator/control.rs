@@ -214,8 +214,11 @@ impl Control {
             })
             .await?;
         self.publish_crls().await?;
-        // Our own certificate moves to the new generation too.
-        self.renew_registrar().await?;
+        // Our own certificate moves to the new generation too. A failure must not keep the
+        // fleet from its rotation: the hourly check tries again.
+        if let Err(e) = self.renew_registrar().await {
+            tracing::error!("after the rollover: {e}");
+        }
         let rotation = self.rotate(None, rate).await?;
         Ok(RolloverReport {
             generation,
