@@ -277,6 +277,9 @@ impl Service {
             let grace = self.registrar().policy.superseded_grace;
             core::firmware::authorize_download(peer, record, digest, self.now(), grace)?;
             let length = length.min(protocol::message::MAX_CHUNK);
+            if let Some(bytes) = self.images.read_hot(digest, offset, length) {
+                return Ok(bytes);
+            }
             let images = self.images.clone();
             let digest = digest.to_vec();
             tokio::task::spawn_blocking(move || images.read(&digest, offset, length))

@@ -39,17 +39,23 @@ pub enum FrameError {
 
 /// Frames `payload`. Refuses payloads over [`MAX_FRAME`].
 pub fn encode(payload: &[u8]) -> Result<Vec<u8>, FrameError> {
-    if payload.len() > MAX_FRAME {
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(&header(payload.len())?);
+    out.extend_from_slice(payload);
+    Ok(out)
+}
+
+/// The header of a frame of `len` payload bytes, for writers that send the payload from its
+/// own buffer (no copy). Refuses lengths over [`MAX_FRAME`].
+pub fn header(len: usize) -> Result<[u8; HEADER_LEN], FrameError> {
+    if len > MAX_FRAME {
         return Err(FrameError::TooLarge {
-            size: payload.len(),
+            size: len,
             limit: MAX_FRAME,
         });
     }
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     // The check above bounds the length far below u32::MAX.
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(payload);
-    Ok(out)
+    Ok((len as u32).to_be_bytes())
 }
 
 /// Reads a frame header and returns the payload length, refusing one above `limit` (which is

@@ -154,7 +154,7 @@ async fn connection(
             if peer.kind == CredentialKind::Ldevid && matches!(response, Response::Welcome(_)) {
                 sessions.register(&peer.serial, conn);
             }
-            let _ = write_frame(send, &message::encode(&response)).await;
+            let _ = write_frame(send, message::encode(&response)).await;
             // A chunk's permit is held until the device has it.
             drop(permit);
         });
@@ -243,9 +243,15 @@ pub async fn read_frame(recv: &mut quinn::RecvStream, limit: usize) -> Result<Ve
     }
 }
 
-/// Writes one frame and finishes the stream.
-pub async fn write_frame(mut send: quinn::SendStream, payload: &[u8]) -> anyhow::Result<()> {
-    send.write_all(&frame::encode(payload)?).await?;
+/// Writes one frame and finishes the stream. The payload is handed to quinn as it is, not
+/// copied (firmware chunks are most of what the server sends).
+pub async fn write_frame(mut send: quinn::SendStream, payload: Vec<u8>) -> anyhow::Result<()> {
+    let header = frame::header(payload.len())?;
+    send.write_all_chunks(&mut [
+        bytes::Bytes::copy_from_slice(&header),
+        bytes::Bytes::from(payload),
+    ])
+    .await?;
     send.finish()?;
     // Wait until the peer has the data, so closing the connection right after cannot lose it.
     let _ = send.stopped().await;

@@ -86,7 +86,7 @@ impl Sessions {
             |e: &dyn std::fmt::Display| PushError::Session(serial.to_string(), e.to_string());
         let exchange = async {
             let (send, mut recv) = conn.open_bi().await.map_err(|e| session(&e))?;
-            write_frame(send, &message::encode(command))
+            write_frame(send, message::encode(command))
                 .await
                 .map_err(|e| session(&e))?;
             let bytes = read_frame(&mut recv, MAX_RESPONSE)
