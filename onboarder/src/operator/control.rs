@@ -201,18 +201,12 @@ impl Control {
         .map_err(|e| OperatorError::Internal(format!("{e:#}")))?;
         let (generation, pki) = pki;
         self.service.set_registrar(pki.registrar)?;
-        self.service
-            .store
-            .commit(crate::store::Change {
-                audit: vec![crate::audit::AuditEvent::operator(
-                    None,
-                    "ca-rollover",
-                    format!("issuing CA generation {generation} in force"),
-                    now,
-                )],
-                ..Default::default()
-            })
-            .await?;
+        self.audit(
+            "ca-rollover",
+            format!("issuing CA generation {generation} in force"),
+            now,
+        )
+        .await?;
         self.publish_crls().await?;
         // Our own certificate moves to the new generation too. A failure must not keep the
         // fleet from its rotation: the hourly check tries again.
@@ -257,22 +251,29 @@ impl Control {
             .map_err(|e| OperatorError::Internal(e.to_string()))?;
         let generation = pki.registrar.issuing.generation;
         self.service.set_registrar(pki.registrar)?;
+        self.audit(
+            "registrar-renewed",
+            format!(
+                "TLS certificate {} under issuing CA generation {generation}, valid until {}",
+                leaf.serial_hex, leaf.not_after
+            ),
+            now,
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// Appends an operator event about the onboarder itself to the audit log.
+    async fn audit(&self, action: &str, detail: String, now: u64) -> Result<(), OperatorError> {
+        let event = crate::audit::AuditEvent::operator(None, action, detail, now);
         self.service
             .store
             .commit(crate::store::Change {
-                audit: vec![crate::audit::AuditEvent::operator(
-                    None,
-                    "registrar-renewed",
-                    format!(
-                        "TLS certificate {} under issuing CA generation {generation}, valid until {}",
-                        leaf.serial_hex, leaf.not_after
-                    ),
-                    now,
-                )],
+                audit: vec![event],
                 ..Default::default()
             })
             .await?;
-        Ok(true)
+        Ok(())
     }
 
     /// Renews the registrar certificate when due: at start (the server may have been down for
