@@ -181,9 +181,9 @@ pub fn registrar_due(pki: &Pki, now: u64) -> Result<bool> {
     Ok(!current || now >= renew_at)
 }
 
-/// Re-issues the registrar certificate under the current issuing CA, with a fresh key.
-pub fn renew_registrar(dir: &Path, config: &Config, now: u64) -> Result<()> {
-    let pki = load(dir, config)?;
+/// Re-issues the registrar certificate of `pki` (loaded from `dir`) under its current issuing
+/// CA, with a fresh key.
+pub fn renew_registrar(dir: &Path, config: &Config, pki: &Pki, now: u64) -> Result<()> {
     write_registrar(dir, config, &pki.registrar.issuing.ca, now)
 }
 
@@ -323,7 +323,7 @@ mod tests {
         // The new pair written, the key moved in, then the crash.
         let cert_path = dir.path().join(layout::SERVER_CERT);
         let old_cert = std::fs::read(&cert_path).unwrap();
-        renew_registrar(dir.path(), &config, now).unwrap();
+        renew_registrar(dir.path(), &config, &before, now).unwrap();
         let renewed = std::fs::read(&cert_path).unwrap();
         std::fs::write(next(&cert_path), &renewed).unwrap();
         std::fs::write(&cert_path, &old_cert).unwrap();

@@ -91,6 +91,11 @@ impl Service {
         &self.store
     }
 
+    /// The firmware image repository.
+    pub fn images(&self) -> &Images {
+        &self.images
+    }
+
     /// The registrar context in force.
     pub fn registrar(&self) -> Arc<Registrar> {
         self.registrar

@@ -167,38 +167,36 @@ impl Wiper for FileWiper {
             verification: "key overwritten, read back as zeros, removed".into(),
             verified,
         });
-        // Clear: every ciphertext file.
-        let (mut total, mut all) = (0u64, true);
+        // Clear: every ciphertext file, then the network credentials.
+        let mut files = Vec::new();
         if data.exists() {
             for entry in std::fs::read_dir(&data).map_err(err("listing data"))? {
-                let path = entry.map_err(err("listing data"))?.path();
-                let (bytes, verified) = overwrite_and_remove(&path)?;
-                total += bytes;
-                all &= verified;
+                files.push(entry.map_err(err("listing data"))?.path());
             }
         }
-        targets.push(WipedTarget {
-            target: "application-data".into(),
-            bytes: total,
-            method: WipeMethod::Clear,
-            verification: "overwritten with zeros, read back, removed".into(),
-            verified: all,
-        });
-        let (mut total, mut all) = (0u64, true);
-        for name in [layout::NETWORK, layout::LDEVID_CERT, layout::CHAIN] {
-            let (bytes, verified) = overwrite_and_remove(&self.state_dir.join(name))?;
-            total += bytes;
-            all &= verified;
-        }
-        targets.push(WipedTarget {
-            target: "network-credentials".into(),
-            bytes: total,
-            method: WipeMethod::Clear,
-            verification: "overwritten with zeros, read back, removed".into(),
-            verified: all,
-        });
+        targets.push(clear("application-data", &files)?);
+        let credentials = [layout::NETWORK, layout::LDEVID_CERT, layout::CHAIN]
+            .map(|name| self.state_dir.join(name));
+        targets.push(clear("network-credentials", &credentials)?);
         Ok(targets)
     }
+}
+
+/// Clears `files` (overwrite, read back, remove) as one wiped target.
+fn clear(target: &str, files: &[PathBuf]) -> Result<WipedTarget, PlatformError> {
+    let (mut bytes, mut verified) = (0u64, true);
+    for path in files {
+        let (b, v) = overwrite_and_remove(path)?;
+        bytes += b;
+        verified &= v;
+    }
+    Ok(WipedTarget {
+        target: target.into(),
+        bytes,
+        method: WipeMethod::Clear,
+        verification: "overwritten with zeros, read back, removed".into(),
+        verified,
+    })
 }
 
 #[cfg(test)]

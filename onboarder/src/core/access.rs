@@ -4,12 +4,20 @@ use super::device::{DeviceRecord, DeviceState, IssuedCert};
 use super::error::LifecycleError;
 use super::peer::DevicePeer;
 
+/// The record of `serial`, or the refusal of a device we do not know.
+pub(crate) fn known(
+    serial: &str,
+    record: Option<DeviceRecord>,
+) -> Result<DeviceRecord, LifecycleError> {
+    record.ok_or_else(|| LifecycleError::UnknownDevice(serial.to_string()))
+}
+
 /// The record of an authenticated device that may still act: known and not quarantined.
 pub(crate) fn usable(
     peer: &DevicePeer,
     record: Option<DeviceRecord>,
 ) -> Result<DeviceRecord, LifecycleError> {
-    let record = record.ok_or_else(|| LifecycleError::UnknownDevice(peer.serial.clone()))?;
+    let record = known(&peer.serial, record)?;
     if record.state == DeviceState::Quarantined {
         return Err(LifecycleError::Quarantined(record.serial));
     }

@@ -12,7 +12,7 @@ use protocol::attestation::{WipeAttestation, WipeMethod};
 use protocol::message::Response;
 use serde::{Deserialize, Serialize};
 
-use super::access::ldevid;
+use super::access::{known, ldevid};
 use super::device::{CertStatus, DeviceRecord, DeviceState};
 use super::error::LifecycleError;
 use super::onboard::Decision;
@@ -55,7 +55,7 @@ pub fn order(
     nonce: &[u8],
     now: u64,
 ) -> Result<Decision, LifecycleError> {
-    let mut record = record.ok_or_else(|| LifecycleError::UnknownDevice(serial.to_string()))?;
+    let mut record = known(serial, record)?;
     if record.state == DeviceState::Decommissioning {
         return Ok(Decision::reply(Response::Ack));
     }
@@ -69,16 +69,15 @@ pub fn order(
         attested_at: None,
         forced: None,
     });
-    Ok(Decision {
-        events: vec![AuditEvent::operator(
+    Ok(Decision::ack(
+        record,
+        vec![AuditEvent::operator(
             Some(serial),
             "decommission-ordered",
             format!("method {method}"),
             now,
         )],
-        write: Some(record),
-        response: Response::Ack,
-    })
+    ))
 }
 
 /// Revokes every certificate that could still be used, and deletes the network credentials.
@@ -108,7 +107,7 @@ pub fn attest(
     grace: u64,
 ) -> Result<Decision, LifecycleError> {
     peer.require(CredentialKind::Ldevid, "a wipe attestation")?;
-    let mut record = record.ok_or_else(|| LifecycleError::UnknownDevice(peer.serial.clone()))?;
+    let mut record = known(&peer.serial, record)?;
     let order = match (&record.state, &record.decommission) {
         (DeviceState::Decommissioning, Some(order)) => order.clone(),
         _ => {
@@ -171,8 +170,9 @@ pub fn attest(
             )
         })
         .collect();
-    Ok(Decision {
-        events: vec![
+    Ok(Decision::ack(
+        record,
+        vec![
             AuditEvent::device(
                 &peer.serial,
                 "wipe-attested",
@@ -194,9 +194,7 @@ pub fn attest(
                 now,
             ),
         ],
-        write: Some(record),
-        response: Response::Ack,
-    })
+    ))
 }
 
 /// Decommissions a device without its attestation (it never answers): every credential revoked,
@@ -207,7 +205,7 @@ pub fn force(
     reason: &str,
     now: u64,
 ) -> Result<Decision, LifecycleError> {
-    let mut record = record.ok_or_else(|| LifecycleError::UnknownDevice(serial.to_string()))?;
+    let mut record = known(serial, record)?;
     if record.state == DeviceState::DecommissionedUnattested {
         return Ok(Decision::reply(Response::Ack));
     }
@@ -227,8 +225,9 @@ pub fn force(
         forced: None,
     });
     order.forced = Some(reason.to_string());
-    Ok(Decision {
-        events: vec![AuditEvent::operator(
+    Ok(Decision::ack(
+        record,
+        vec![AuditEvent::operator(
             Some(serial),
             "decommissioned-unattested",
             format!(
@@ -237,7 +236,5 @@ pub fn force(
             ),
             now,
         )],
-        write: Some(record),
-        response: Response::Ack,
-    })
+    ))
 }

@@ -7,7 +7,7 @@
 use protocol::message::{FirmwareReport, FirmwareState, Response};
 use serde::{Deserialize, Serialize};
 
-use super::access::{ldevid, truncate, usable};
+use super::access::{known, ldevid, truncate, usable};
 use super::device::{DeviceRecord, DeviceState};
 use super::error::LifecycleError;
 use super::onboard::Decision;
@@ -111,6 +111,23 @@ pub struct FirmwareJob {
     pub updated_at: u64,
 }
 
+impl FirmwareJob {
+    /// The job of `release` in `campaign`, starting in `state` at `now`.
+    fn new(campaign: &str, release: &Release, state: JobState, now: u64) -> Self {
+        FirmwareJob {
+            campaign: campaign.to_string(),
+            digest: release.digest.clone(),
+            manifest: release.manifest.clone(),
+            version: release.version.clone(),
+            sequence: release.sequence,
+            state,
+            bytes: 0,
+            offered_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 /// Offers `release` to the device in campaign `campaign`. A device that already runs this
 /// sequence number or a higher one gets a skipped job instead (never an offer); an inactive
 /// device is refused.
@@ -121,7 +138,7 @@ pub fn offer(
     release: &Release,
     now: u64,
 ) -> Result<Decision, LifecycleError> {
-    let mut record = record.ok_or_else(|| LifecycleError::UnknownDevice(serial.to_string()))?;
+    let mut record = known(serial, record)?;
     record.require_state(&[DeviceState::Active], "a firmware update")?;
     if record
         .firmware_job
@@ -157,20 +174,11 @@ pub fn offer(
     } else {
         "firmware-skipped"
     };
-    record.firmware_job = Some(FirmwareJob {
-        campaign: campaign.to_string(),
-        digest: release.digest.clone(),
-        manifest: release.manifest.clone(),
-        version: release.version.clone(),
-        sequence: release.sequence,
-        state,
-        bytes: 0,
-        offered_at: now,
-        updated_at: now,
-    });
+    record.firmware_job = Some(FirmwareJob::new(campaign, release, state, now));
     record.updated_at = now;
-    Ok(Decision {
-        events: vec![AuditEvent::operator(
+    Ok(Decision::ack(
+        record,
+        vec![AuditEvent::operator(
             Some(serial),
             action,
             format!(
@@ -179,9 +187,7 @@ pub fn offer(
             ),
             now,
         )],
-        write: Some(record),
-        response: Response::Ack,
-    })
+    ))
 }
 
 /// Whether the device may download image `digest`: only an image offered to it, while the
@@ -255,8 +261,9 @@ pub fn report(
         record.firmware_sequence = job.sequence;
     }
     record.updated_at = now;
-    Ok(Decision {
-        events: if changed_state {
+    Ok(Decision::ack(
+        record,
+        if changed_state {
             vec![AuditEvent::device(
                 &peer.serial,
                 &action,
@@ -266,9 +273,7 @@ pub fn report(
         } else {
             Vec::new()
         },
-        write: Some(record),
-        response: Response::Ack,
-    })
+    ))
 }
 
 /// Stable name of a job state.
@@ -293,7 +298,7 @@ pub fn cancel(
     campaign: &str,
     now: u64,
 ) -> Result<Decision, LifecycleError> {
-    let mut record = record.ok_or_else(|| LifecycleError::UnknownDevice(serial.to_string()))?;
+    let mut record = known(serial, record)?;
     match record.firmware_job.as_mut() {
         Some(job) if job.campaign == campaign && job.state == JobState::Offered => {
             job.state = JobState::Cancelled;
@@ -301,16 +306,15 @@ pub fn cancel(
         }
         _ => return Ok(Decision::reply(Response::Ack)),
     }
-    Ok(Decision {
-        events: vec![AuditEvent::operator(
+    Ok(Decision::ack(
+        record,
+        vec![AuditEvent::operator(
             Some(serial),
             "firmware-cancelled",
             campaign,
             now,
         )],
-        write: Some(record),
-        response: Response::Ack,
-    })
+    ))
 }
 
 /// Marks a device that cannot take the release (not active) as skipped, so its wave can end.
@@ -321,29 +325,19 @@ pub fn skip(
     release: &Release,
     now: u64,
 ) -> Result<Decision, LifecycleError> {
-    let mut record = record.ok_or_else(|| LifecycleError::UnknownDevice(serial.to_string()))?;
+    let mut record = known(serial, record)?;
     let reason = format!("the device is {}", record.state);
-    record.firmware_job = Some(FirmwareJob {
-        campaign: campaign.to_string(),
-        digest: release.digest.clone(),
-        manifest: release.manifest.clone(),
-        version: release.version.clone(),
-        sequence: release.sequence,
-        state: JobState::Skipped {
-            reason: reason.clone(),
-        },
-        bytes: 0,
-        offered_at: now,
-        updated_at: now,
-    });
-    Ok(Decision {
-        events: vec![AuditEvent::operator(
+    let state = JobState::Skipped {
+        reason: reason.clone(),
+    };
+    record.firmware_job = Some(FirmwareJob::new(campaign, release, state, now));
+    Ok(Decision::ack(
+        record,
+        vec![AuditEvent::operator(
             Some(serial),
             "firmware-skipped",
             reason,
             now,
         )],
-        write: Some(record),
-        response: Response::Ack,
-    })
+    ))
 }

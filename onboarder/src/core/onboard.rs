@@ -36,6 +36,15 @@ impl Decision {
             response,
         }
     }
+
+    /// `record` written with `events`, acknowledged.
+    pub(crate) fn ack(record: DeviceRecord, events: Vec<AuditEvent>) -> Self {
+        Decision {
+            write: Some(record),
+            events,
+            response: Response::Ack,
+        }
+    }
 }
 
 /// RFC 8995 5.1-5.5: checks a signed voucher request and answers with the voucher on file.
@@ -213,11 +222,7 @@ pub fn enroll_status(
         record.activate(&pending, now)?,
         now,
     ));
-    Ok(Decision {
-        events,
-        write: Some(record),
-        response: Response::Ack,
-    })
+    Ok(Decision::ack(record, events))
 }
 
 fn activation_events(serial: &str, changes: Vec<(String, String)>, now: u64) -> Vec<AuditEvent> {

@@ -2,6 +2,7 @@
 
 use certs::crl::Reason;
 
+use super::access::known;
 use super::device::{CertStatus, DeviceRecord, DeviceState, Rotation, RotationState};
 use super::error::LifecycleError;
 use super::onboard::Decision;
@@ -16,7 +17,7 @@ pub fn revoke(
     reason: Reason,
     now: u64,
 ) -> Result<Decision, LifecycleError> {
-    let mut record = record.ok_or_else(|| LifecycleError::UnknownDevice(serial.to_string()))?;
+    let mut record = known(serial, record)?;
     let mut revoked = Vec::new();
     for cert in &mut record.certificates {
         if matches!(
@@ -42,16 +43,15 @@ pub fn revoke(
         };
     }
     record.updated_at = now;
-    Ok(Decision {
-        events: vec![AuditEvent::operator(
+    Ok(Decision::ack(
+        record,
+        vec![AuditEvent::operator(
             Some(serial),
             "revoked",
             format!("{reason}: certificates {}", revoked.join(", ")),
             now,
         )],
-        write: Some(record),
-        response: Response::Ack,
-    })
+    ))
 }
 
 /// Quarantines a device on an operator's order: every request of it is refused until further
@@ -62,22 +62,21 @@ pub fn quarantine(
     reason: &str,
     now: u64,
 ) -> Result<Decision, LifecycleError> {
-    let mut record = record.ok_or_else(|| LifecycleError::UnknownDevice(serial.to_string()))?;
+    let mut record = known(serial, record)?;
     if record.state == DeviceState::Quarantined {
         return Ok(Decision::reply(Response::Ack));
     }
     record.transition(DeviceState::Quarantined, "quarantine", now)?;
     record.quarantine_reason = Some(reason.to_string());
-    Ok(Decision {
-        events: vec![AuditEvent::operator(
+    Ok(Decision::ack(
+        record,
+        vec![AuditEvent::operator(
             Some(serial),
             "quarantined",
             reason,
             now,
         )],
-        write: Some(record),
-        response: Response::Ack,
-    })
+    ))
 }
 
 /// Orders the device to re-key. Only an active device can; asking again while a rotation is
@@ -87,7 +86,7 @@ pub fn request_rotation(
     record: Option<DeviceRecord>,
     now: u64,
 ) -> Result<Decision, LifecycleError> {
-    let mut record = record.ok_or_else(|| LifecycleError::UnknownDevice(serial.to_string()))?;
+    let mut record = known(serial, record)?;
     record.require_state(&[DeviceState::Active], "a rotation")?;
     if record
         .rotation
@@ -101,14 +100,13 @@ pub fn request_rotation(
         state: RotationState::Pending,
     });
     record.updated_at = now;
-    Ok(Decision {
-        events: vec![AuditEvent::operator(
+    Ok(Decision::ack(
+        record,
+        vec![AuditEvent::operator(
             Some(serial),
             "rotation-requested",
             "",
             now,
         )],
-        write: Some(record),
-        response: Response::Ack,
-    })
+    ))
 }

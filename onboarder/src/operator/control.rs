@@ -226,10 +226,11 @@ impl Control {
     pub async fn renew_registrar(&self) -> Result<bool, OperatorError> {
         let (dir, config, now) = (self.dir.clone(), self.config.clone(), self.service.now());
         let renewed = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            if !crate::pki::registrar_due(&crate::pki::load(&dir, &config)?, now)? {
+            let pki = crate::pki::load(&dir, &config)?;
+            if !crate::pki::registrar_due(&pki, now)? {
                 return Ok(None);
             }
-            crate::pki::renew_registrar(&dir, &config, now)?;
+            crate::pki::renew_registrar(&dir, &config, &pki, now)?;
             Ok(Some(crate::pki::load(&dir, &config)?))
         })
         .await

@@ -15,9 +15,8 @@ pub const MAX_IMAGE: u64 = 256 * 1024 * 1024;
 /// The last image read is kept in memory up to this size: a campaign serves the same image to
 /// every device, chunk by chunk, and reading it from the file each time cost a blocking task,
 /// an open, a seek and a copy per chunk (fleet of 2,000: 9 % of the firmware phase's server
-/// CPU). Images are never modified, but the copy in memory is still checked against the file's
-/// size and modification time, so that a file replaced behind the server's back is not served
-/// stale.
+/// CPU). Images are only written through [`Images::put`], which keeps the copy in memory
+/// coherent.
 const HOT_LIMIT: u64 = 64 * 1024 * 1024;
 
 /// The image directory.
@@ -30,15 +29,7 @@ pub struct Images {
 #[derive(Debug)]
 struct Hot {
     digest: Vec<u8>,
-    stamp: Stamp,
     image: Arc<[u8]>,
-}
-
-/// What identifies a version of a file cheaply.
-type Stamp = (u64, Option<std::time::SystemTime>);
-
-fn stamp(meta: &std::fs::Metadata) -> Stamp {
-    (meta.len(), meta.modified().ok())
 }
 
 impl Images {
@@ -50,16 +41,14 @@ impl Images {
         }
     }
 
-    /// Up to `length` bytes of image `digest` from `offset`, if it is the image in memory
-    /// (one `stat` of its file, no read).
+    /// Up to `length` bytes of image `digest` from `offset`, if it is the image in memory.
+    /// Never touches the disk.
     pub fn read_hot(&self, digest: &[u8], offset: u64, length: u32) -> Option<Vec<u8>> {
-        let (image, at) = {
+        let image = {
             let hot = self.hot.lock().unwrap_or_else(|e| e.into_inner());
-            let hot = hot.as_ref().filter(|h| h.digest == digest)?;
-            (hot.image.clone(), hot.stamp)
+            hot.as_ref().filter(|h| h.digest == digest)?.image.clone()
         };
-        let now = stamp(&std::fs::metadata(self.path(digest)).ok()?);
-        (now == at).then(|| slice(&image, offset, length).to_vec())
+        Some(slice(&image, offset, length).to_vec())
     }
 
     fn path(&self, digest: &[u8]) -> PathBuf {
@@ -69,7 +58,14 @@ impl Images {
     /// Stores `image`, whose SHA-256 the caller has checked is `digest`.
     pub fn put(&self, digest: &[u8], image: &[u8]) -> Result<(), StoreError> {
         certs::files::write_public(&self.path(digest), image)
-            .map_err(|e| StoreError::Io(e.to_string()))
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        // The next read loads it again (an upload of the same digest is the same bytes, but the
+        // memory copy must never disagree with the file).
+        let mut hot = self.hot.lock().unwrap_or_else(|e| e.into_inner());
+        if hot.as_ref().is_some_and(|h| h.digest == digest) {
+            *hot = None;
+        }
+        Ok(())
     }
 
     /// Whether the image is present.
@@ -82,8 +78,7 @@ impl Images {
     pub fn read(&self, digest: &[u8], offset: u64, length: u32) -> Result<Vec<u8>, StoreError> {
         let io = |e: std::io::Error| StoreError::Io(format!("reading image: {e}"));
         let mut file = std::fs::File::open(self.path(digest)).map_err(io)?;
-        let meta = file.metadata().map_err(io)?;
-        let size = meta.len();
+        let size = file.metadata().map_err(io)?.len();
         if size <= HOT_LIMIT {
             let mut image = Vec::with_capacity(size as usize);
             file.take(HOT_LIMIT).read_to_end(&mut image).map_err(io)?;
@@ -91,7 +86,6 @@ impl Images {
             let chunk = slice(&image, offset, length).to_vec();
             *self.hot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Hot {
                 digest: digest.to_vec(),
-                stamp: stamp(&meta),
                 image,
             });
             return Ok(chunk);
@@ -138,8 +132,8 @@ mod tests {
         }
         // Another image is not served from memory until read.
         assert_eq!(images.read_hot(&[0; 32], 0, 10), None);
-        // A file replaced behind the server's back is read again.
-        std::fs::write(images.path(&digest), b"planted").unwrap();
+        // A file written again is read again.
+        images.put(&digest, b"planted").unwrap();
         assert_eq!(images.read_hot(&digest, 0, 10), None);
         assert_eq!(images.read(&digest, 0, 10).unwrap(), b"planted");
     }

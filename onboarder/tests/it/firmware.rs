@@ -182,15 +182,13 @@ async fn a_campaign_updates_every_device_in_waves() {
 /// could, and pushes it: only the device's own checks stand in the way.
 async fn offer_directly(world: &World, serial: &str, manifest: &[u8], image: &[u8]) {
     let claimed = protocol::manifest::Manifest::parse_unverified(manifest).unwrap();
-    std::fs::create_dir_all(world.data.join("firmware")).unwrap();
-    std::fs::write(
-        world
-            .data
-            .join("firmware")
-            .join(certs::inspect::hex(&claimed.digest)),
-        image,
-    )
-    .unwrap();
+    // Straight into the repository: no upload check.
+    world
+        .server
+        .service()
+        .images()
+        .put(&claimed.digest, image)
+        .unwrap();
     let mut record = world.record(serial).unwrap();
     let expect = Expect::Version(record.version);
     record.firmware_job = Some(FirmwareJob {
