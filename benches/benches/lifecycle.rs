@@ -13,6 +13,7 @@ use criterion::measurement::WallTime;
 use criterion::{Criterion, criterion_group, criterion_main};
 use onboarder::audit::AuditEvent;
 use onboarder::core::DeviceRecord;
+use onboarder::store::seal::{RecordCodec, SealingKey};
 use onboarder::store::sled::SledStore;
 use onboarder::store::{Change, DeviceWrite, Expect, Store};
 use protocol::attestation::{WipeAttestation, WipeMethod, WipedTarget};
@@ -235,26 +236,44 @@ fn codecs(c: &mut Criterion) {
         "command reply: accepted",
         CommandReply::Accepted,
     );
-    let record = DeviceRecord::expected("SN-0000001", vec![0xd2; 900], Some(1), 1);
-    group.bench_function("encode + decode a device record", |b| {
-        b.iter(|| {
-            let bytes = protocol::cbor::to_vec(&record);
-            protocol::cbor::from_slice::<DeviceRecord>(&bytes, 1 << 20).unwrap()
-        })
+    let mut record = DeviceRecord::expected(device_id(1), vec![0xd2; 900], Some(1), 1);
+    record.network = Some(protocol::message::NetworkProfile::Wifi {
+        ssid: "iot".into(),
+        psk: "0123456789abcdef0123456789abcdef".into(),
     });
+    let codec = RecordCodec::new(SealingKey::from_bytes(&[7; 32]).unwrap());
+    group.bench_function(
+        "encode + decode a device record (network credentials sealed)",
+        |b| {
+            b.iter(|| {
+                let bytes = codec.encode(&record).unwrap();
+                codec.decode(b"d", &bytes).unwrap()
+            })
+        },
+    );
     group.finish();
+}
+
+fn device_id(n: u64) -> onboarder::core::DeviceId {
+    onboarder::core::DeviceId::new(
+        onboarder::core::MakerId::of_spki(b"bench"),
+        &format!("SN-{n:09}"),
+    )
+    .unwrap()
 }
 
 fn store(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = rt.block_on(async { SledStore::open(dir.path()).unwrap() });
+    let store = rt.block_on(async {
+        SledStore::open(dir.path(), SealingKey::from_bytes(&[7; 32]).unwrap()).unwrap()
+    });
     let mut n = 0u64;
     let mut group = c.benchmark_group("store");
     group.bench_function("state change + audit entry, flushed (one writer)", |b| {
         b.iter(|| {
             n += 1;
-            let record = DeviceRecord::expected(&format!("SN-{n:09}"), vec![0xd2; 900], None, n);
+            let record = DeviceRecord::expected(device_id(n), vec![0xd2; 900], None, n);
             rt.block_on(store.commit(Change {
                 devices: vec![DeviceWrite {
                     record,
@@ -276,12 +295,8 @@ fn store(c: &mut Criterion) {
                     for _ in 0..rounds {
                         let commits = (0..64).map(|_| {
                             n += 1;
-                            let record = DeviceRecord::expected(
-                                &format!("SN-{n:09}"),
-                                vec![0xd2; 900],
-                                None,
-                                n,
-                            );
+                            let record =
+                                DeviceRecord::expected(device_id(n), vec![0xd2; 900], None, n);
                             store.commit(Change {
                                 devices: vec![DeviceWrite {
                                     record,
@@ -395,8 +410,11 @@ fn ceiling(c: &mut Criterion) {
             .unwrap();
             let ldevid = certs::profile::issue_ldevid(
                 &owner,
-                "SN-CEILING",
-                "O",
+                &certs::profile::LdevidProfile {
+                    serial: "SN-CEILING",
+                    common_name: "SN-CEILING",
+                    organization: "O",
+                },
                 &checked.spki_der,
                 certs::Validity::starting(unix_now(), 86_400),
                 &random_serial().unwrap(),

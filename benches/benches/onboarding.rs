@@ -66,8 +66,11 @@ fn crypto(c: &mut Criterion) {
             .unwrap();
             certs::profile::issue_ldevid(
                 &owner,
-                "SN-1",
-                "Owner",
+                &certs::profile::LdevidProfile {
+                    serial: "SN-1",
+                    common_name: "SN-1",
+                    organization: "Owner",
+                },
                 &checked.spki_der,
                 Validity::starting(now, 90 * 86_400),
                 &random_serial().unwrap(),

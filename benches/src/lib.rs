@@ -43,7 +43,11 @@ impl Bench {
             .expect("server");
         server
             .service()
-            .import_anchor(&certs::files::cert_pem(manufacturer.root_cert()))
+            .import_anchor(&onboarder::operator::AnchorImport {
+                pem: certs::files::cert_pem(manufacturer.root_cert()),
+                masa_pem: Some(certs::files::cert_pem(manufacturer.masa_cert())),
+                name: None,
+            })
             .await
             .expect("anchor");
         let owner_root = certs::files::read_cert(&data.join(onboarder::config::layout::OWNER_ROOT))

@@ -29,7 +29,7 @@ pub fn build_csr(
     binding: &[u8],
 ) -> Result<Vec<u8>, CertError> {
     let mut params = CertificateParams::default();
-    params.distinguished_name = device_subject(serial, "device")?;
+    params.distinguished_name = device_subject(serial, serial, "device")?;
     let attrs = vec![Attribute {
         oid: der::OID_CHALLENGE_PASSWORD,
         values: der::utf8_string_set(&hex(binding)),

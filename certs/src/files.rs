@@ -16,9 +16,34 @@ use crate::error::CertError;
 /// Largest PEM file read (a bundle of thousands of certificates fits).
 pub const MAX_PEM_FILE: u64 = 16 * 1024 * 1024;
 
-/// Writes a secret (a private key, a token) with mode 0600.
+/// Writes a secret (a private key, a token) with mode 0600; directories it creates are 0700.
 pub fn write_secret(path: &Path, contents: &[u8]) -> Result<(), CertError> {
     write_atomic(path, contents, 0o600)
+}
+
+/// Writes a file for its owner only (0600, directories it creates 0700) that is not itself a
+/// secret: everything in a server's data directory, where certificates sit beside keys and
+/// the database.
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), CertError> {
+    write_atomic(path, contents, 0o600)
+}
+
+/// Creates `dir` (and missing parents) readable by its owner only (0700), and makes it 0700 if
+/// it already existed.
+pub fn create_private_dir(dir: &Path) -> Result<(), CertError> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        builder.mode(0o700);
+        builder.create(dir).map_err(|e| CertError::io(dir, e))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| CertError::io(dir, e))?;
+    }
+    #[cfg(not(unix))]
+    builder.create(dir).map_err(|e| CertError::io(dir, e))?;
+    Ok(())
 }
 
 /// Writes a public file (a certificate, a CRL) with mode 0644.
@@ -28,8 +53,15 @@ pub fn write_public(path: &Path, contents: &[u8]) -> Result<(), CertError> {
 
 fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertError> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-    if let Some(dir) = dir {
-        fs::create_dir_all(dir).map_err(|e| CertError::io(dir, e))?;
+    if let Some(dir) = dir.filter(|d| !d.is_dir()) {
+        let mut builder = fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(
+            &mut builder,
+            if mode & 0o077 == 0 { 0o700 } else { 0o755 },
+        );
+        builder.create(dir).map_err(|e| CertError::io(dir, e))?;
     }
     let name = path
         .file_name()
@@ -162,6 +194,15 @@ mod tests {
             0o600
         );
         assert_eq!(fs::read_dir(dir.path().join("sub")).unwrap().count(), 1);
+        #[cfg(unix)]
+        assert_eq!(
+            fs::metadata(dir.path().join("sub"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o700
+        );
     }
 
     #[test]

@@ -24,6 +24,10 @@ pub struct HardwareModuleName {
 pub struct CertInfo {
     /// Subject serialNumber attribute (the device serial for IDevIDs and LDevIDs).
     pub subject_serial: Option<String>,
+    /// Subject commonName, if any.
+    pub common_name: Option<String>,
+    /// Subject organizationName, if any.
+    pub organization: Option<String>,
     /// Subject, as text.
     pub subject: String,
     /// Issuer, as text.
@@ -36,6 +40,8 @@ pub struct CertInfo {
     pub masa_url: Option<String>,
     /// The subject public key.
     pub public_key: PublicKey,
+    /// The whole SubjectPublicKeyInfo, DER.
+    pub spki_der: Vec<u8>,
     /// Certificate serial number, lowercase hex.
     pub serial_hex: String,
     /// notBefore, seconds since the epoch.
@@ -70,14 +76,29 @@ impl CertInfo {
             .find(|a| oid_is(a.attr_type(), der::OID_SERIAL_NUMBER))
             .and_then(|a| a.as_str().ok())
             .map(str::to_string);
+        let common_name = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|a| a.as_str().ok())
+            .map(str::to_string);
+        let organization = cert
+            .subject()
+            .iter_organization()
+            .next()
+            .and_then(|a| a.as_str().ok())
+            .map(str::to_string);
         let mut info = CertInfo {
             subject_serial,
+            common_name,
+            organization,
             subject: cert.subject().to_string(),
             issuer: cert.issuer().to_string(),
             hardware_module: None,
             mud_url: None,
             masa_url: None,
             public_key: public_key_from_spki(cert.public_key())?,
+            spki_der: cert.public_key().raw.to_vec(),
             serial_hex: hex(cert.raw_serial()),
             not_before: to_secs(cert.validity().not_before.timestamp()),
             not_after: to_secs(cert.validity().not_after.timestamp()),

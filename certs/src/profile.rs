@@ -37,10 +37,11 @@ pub fn validate_serial(serial: &str) -> Result<(), CertError> {
     }
 }
 
-/// Subject of a device certificate: serialNumber and CN both the device serial, and an
-/// organization.
+/// Subject of a device certificate: O, serialNumber (the device serial) and CN (the serial,
+/// or the name the issuer gives the device).
 pub(crate) fn device_subject(
     serial: &str,
+    common_name: &str,
     organization: &str,
 ) -> Result<DistinguishedName, CertError> {
     validate_serial(serial)?;
@@ -50,7 +51,7 @@ pub(crate) fn device_subject(
         DnType::CustomDnType(der::OID_SERIAL_NUMBER.to_vec()),
         DnValue::PrintableString(serial.try_into()?),
     );
-    dn.push(DnType::CommonName, serial);
+    dn.push(DnType::CommonName, common_name);
     Ok(dn)
 }
 
@@ -78,7 +79,8 @@ pub fn issue_idevid(
     now: u64,
 ) -> Result<Vec<u8>, CertError> {
     let mut params = CertificateParams::default();
-    params.distinguished_name = device_subject(profile.serial, profile.manufacturer)?;
+    params.distinguished_name =
+        device_subject(profile.serial, profile.serial, profile.manufacturer)?;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.serial_number = Some(SerialNumber::from_slice(cert_serial));
@@ -109,19 +111,31 @@ pub fn issue_idevid(
     ca.sign(&params, subject)
 }
 
+/// The fields of an LDevID.
+#[derive(Debug, Clone)]
+pub struct LdevidProfile<'a> {
+    /// Device serial number (subject serialNumber), as in its IDevID.
+    pub serial: &'a str,
+    /// Subject CN: the owner's name for the device. Serials of two manufacturers may collide,
+    /// so the onboarder puts the device's full identity (maker and serial) here.
+    pub common_name: &'a str,
+    /// Owner organization (subject O).
+    pub organization: &'a str,
+}
+
 /// Issues an LDevID for the key in `subject_spki` (DER SubjectPublicKeyInfo, from a checked
 /// CSR), bound to the device serial.
 pub fn issue_ldevid(
     ca: &Ca,
-    serial: &str,
-    organization: &str,
+    profile: &LdevidProfile<'_>,
     subject_spki: &[u8],
     validity: Validity,
     cert_serial: &[u8],
 ) -> Result<Vec<u8>, CertError> {
     let subject = rcgen::SubjectPublicKeyInfo::from_der(subject_spki)?;
     let mut params = CertificateParams::default();
-    params.distinguished_name = device_subject(serial, organization)?;
+    params.distinguished_name =
+        device_subject(profile.serial, profile.common_name, profile.organization)?;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.serial_number = Some(SerialNumber::from_slice(cert_serial));

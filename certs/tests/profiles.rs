@@ -131,8 +131,11 @@ fn ldevid_and_registrar_profiles_chain_to_the_owner() {
     .unwrap();
     let ldevid = issue_ldevid(
         &issuing,
-        "SN-7",
-        "Owner",
+        &certs::profile::LdevidProfile {
+            serial: "SN-7",
+            common_name: "SN-7",
+            organization: "Owner",
+        },
         &checked.spki_der,
         Validity::starting(NOW, 90 * 86400),
         &random_serial().unwrap(),

@@ -153,9 +153,10 @@ async fn crl_verifies_and_lists_the_revoked_certificate() {
     let server = onboarder::server::Server::start(&data, Default::default())
         .await
         .unwrap();
+    let device = server.service().resolve("SN-000002").unwrap();
     server
         .control()
-        .revoke("SN-000002", certs::crl::Reason::KeyCompromise)
+        .revoke(&device, certs::crl::Reason::KeyCompromise)
         .await
         .unwrap();
     server.control().publish_crls().await.unwrap();

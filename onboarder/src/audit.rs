@@ -8,6 +8,8 @@ use ring::digest::{SHA256, digest};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::core::DeviceId;
+
 /// Hash that the first entry names as its predecessor.
 pub const GENESIS: [u8; 32] = [0; 32];
 
@@ -16,11 +18,11 @@ pub const GENESIS: [u8; 32] = [0; 32];
 pub struct AuditEvent {
     /// When (seconds since the epoch).
     pub at: u64,
-    /// Who: `device:<serial>`, `operator`, or `system`.
+    /// Who: `device:<maker>/<serial>`, `operator`, or `system`.
     pub actor: String,
     /// Which device, if any.
     #[serde(default)]
-    pub serial: Option<String>,
+    pub device: Option<DeviceId>,
     /// What, as a stable kebab-case name (`voucher-issued`, `enrolled`, `refused`, ...).
     pub action: String,
     /// Details for a human; never key material.
@@ -29,11 +31,11 @@ pub struct AuditEvent {
 
 impl AuditEvent {
     /// An event caused by a device.
-    pub fn device(serial: &str, action: &str, detail: impl Into<String>, at: u64) -> Self {
+    pub fn device(id: &DeviceId, action: &str, detail: impl Into<String>, at: u64) -> Self {
         AuditEvent {
             at,
-            actor: format!("device:{serial}"),
-            serial: Some(serial.to_string()),
+            actor: format!("device:{id}"),
+            device: Some(id.clone()),
             action: action.to_string(),
             detail: detail.into(),
         }
@@ -41,7 +43,7 @@ impl AuditEvent {
 
     /// An event caused by the operator.
     pub fn operator(
-        serial: Option<&str>,
+        device: Option<&DeviceId>,
         action: &str,
         detail: impl Into<String>,
         at: u64,
@@ -49,7 +51,7 @@ impl AuditEvent {
         AuditEvent {
             at,
             actor: "operator".to_string(),
-            serial: serial.map(str::to_string),
+            device: device.cloned(),
             action: action.to_string(),
             detail: detail.into(),
         }
@@ -177,7 +179,7 @@ mod tests {
             let e = AuditEntry {
                 seq,
                 prev: prev.to_vec(),
-                event: AuditEvent::device("SN-1", "enrolled", format!("#{seq}"), seq),
+                event: AuditEvent::operator(None, "enrolled", format!("#{seq}"), seq),
             };
             prev = e.hash();
             out.push(e);

@@ -11,8 +11,12 @@
 //! DIR/crl/issuing-ca-N.crl the CRL of generation N (PEM), rewritten at every publication
 //! DIR/tls/server.pem      registrar certificate and issuing CA (+ server.key, 0600)
 //! DIR/store/              the sled database
+//! DIR/store.key           the key sealing network credentials in the store (0600)
 //! DIR/firmware/<sha256>   firmware images, content-addressed
 //! ```
+//!
+//! Every directory is 0700 and every file 0600, whatever the umask: the directory holds keys,
+//! and the store holds every device's (sealed) credentials.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -55,6 +59,8 @@ pub mod layout {
     pub const SERVER_KEY: &str = "tls/server.key";
     /// sled database.
     pub const STORE: &str = "store";
+    /// Key that seals network credentials in the store (0600), kept outside it.
+    pub const STORE_KEY: &str = "store.key";
     /// Firmware images, by SHA-256.
     pub const FIRMWARE: &str = "firmware";
 }
@@ -74,6 +80,9 @@ pub struct Config {
     /// and at once after a revocation.
     #[serde(default = "default_crl_validity")]
     pub crl_validity: u64,
+    /// What peers can make the device listener hold (connections, incomplete requests).
+    #[serde(default)]
+    pub limits: crate::transport::limits::Limits,
 }
 
 fn default_crl_validity() -> u64 {
@@ -102,6 +111,7 @@ impl Config {
                 superseded_grace: 3600,
             },
             crl_validity: 86_400,
+            limits: crate::transport::limits::Limits::default(),
         }
     }
 
@@ -119,11 +129,12 @@ impl Config {
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
         self.check()?;
         let json = serde_json::to_vec_pretty(self)?;
-        certs::files::write_public(&dir.join(layout::CONFIG), &json)?;
+        certs::files::write_private(&dir.join(layout::CONFIG), &json)?;
         Ok(())
     }
 
-    fn check(&self) -> anyhow::Result<()> {
+    /// Refuses settings the onboarder cannot run with.
+    pub fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
             self.api_listen.ip().is_loopback(),
             "api_listen must be a loopback address: the admin API is for this machine only"

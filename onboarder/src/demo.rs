@@ -97,6 +97,8 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport> {
     let mut config = Config::new("Example Owner");
     config.quic_listen = "127.0.0.1:0".parse()?;
     config.api_listen = "127.0.0.1:0".parse()?;
+    // Every agent connects from this machine's one address.
+    config.limits = crate::transport::limits::Limits::single_host();
     crate::pki::init(&data, &config, now)?;
     let server = Server::start(&data, Listen::default()).await?;
     let api = Arc::new(ApiClient::new(
@@ -175,7 +177,8 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport> {
 
 /// Leaves the certificate of sanitization of `serial` in `OUT/sanitization/`.
 fn certify(server: &Server, serial: &str, out: &Path) -> Result<()> {
-    let certificate = server.service().sanitization_certificate(serial)?;
+    let id = server.service().resolve(serial)?;
+    let certificate = server.service().sanitization_certificate(&id)?;
     let dir = out.join("sanitization");
     files::write_public(
         &dir.join(format!("{serial}.json")),
@@ -236,7 +239,11 @@ async fn import(
         .collect::<Result<Vec<_>, _>>()?;
     let bundle = protocol::voucher::encode_bundle(&vouchers);
     files::write_public(&out.join("vouchers.cbor"), &bundle)?;
-    let anchor = files::cert_pem(m.root_cert());
+    let anchor = crate::operator::AnchorImport {
+        pem: files::cert_pem(m.root_cert()),
+        masa_pem: Some(files::cert_pem(m.masa_cert())),
+        name: None,
+    };
     let api = api.clone();
     let report = tokio::task::spawn_blocking(move || -> Result<_> {
         api.import_anchor(&anchor)?;

@@ -250,9 +250,10 @@ impl Exercise {
         bar.finish_and_clear();
         let status = self.api(move |api| api.rotation_status(at)).await?;
         let unfinished: std::collections::HashSet<String> = status
-            .pending_serials
+            .pending_devices
             .into_iter()
-            .chain(status.failures.into_iter().map(|(s, _)| s))
+            .chain(status.failures.into_iter().map(|(d, _)| d))
+            .map(|d| d.serial)
             .collect();
         let mut latencies = Vec::new();
         let mut failed = 0;
@@ -330,7 +331,7 @@ impl Exercise {
             status
                 .devices
                 .iter()
-                .map(|p| (p.serial.as_str(), p))
+                .map(|p| (p.device.serial.as_str(), p))
                 .collect();
         let mut latencies = Vec::new();
         let mut failed = 0;

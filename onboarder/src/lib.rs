@@ -26,6 +26,7 @@ pub mod config;
 pub mod core;
 pub mod demo;
 pub mod exercise;
+pub mod metrics;
 pub mod operator;
 pub mod pki;
 pub mod server;

@@ -58,7 +58,7 @@ fn new_issuing(root: &Ca, config: &Config, generation: u32, now: u64) -> Result<
 
 /// Writes generation `n` of the issuing CA and makes it the current one in the copies.
 fn write_issuing(dir: &Path, n: u32, ca: &Ca, root: &[u8]) -> Result<()> {
-    files::write_public(
+    files::write_private(
         &dir.join(layout::issuing_ca(n)),
         files::cert_pem(ca.cert_der()).as_bytes(),
     )?;
@@ -66,11 +66,11 @@ fn write_issuing(dir: &Path, n: u32, ca: &Ca, root: &[u8]) -> Result<()> {
         &dir.join(layout::issuing_ca_key(n)),
         ca.key().to_pem().as_bytes(),
     )?;
-    files::write_public(
+    files::write_private(
         &dir.join(layout::ISSUING_CA),
         files::cert_pem(ca.cert_der()).as_bytes(),
     )?;
-    files::write_public(
+    files::write_private(
         &dir.join(layout::CHAIN),
         files::certs_pem([ca.cert_der(), root]).as_bytes(),
     )?;
@@ -78,7 +78,7 @@ fn write_issuing(dir: &Path, n: u32, ca: &Ca, root: &[u8]) -> Result<()> {
 }
 
 fn write_generations(dir: &Path, generations: &[Generation]) -> Result<()> {
-    files::write_public(
+    files::write_private(
         &dir.join(layout::ISSUING_GENERATIONS),
         &serde_json::to_vec_pretty(generations)?,
     )?;
@@ -98,13 +98,44 @@ fn read_generations(dir: &Path) -> Result<Vec<Generation>> {
     Ok(generations)
 }
 
-/// Creates the owner PKI and the admin token in `dir`.
+/// Creates the owner PKI, the store key and the admin token in `dir`, all at once: everything
+/// is made in a private staging directory beside `dir` and moved in with one rename, so a
+/// failure leaves nothing behind. `dir` must not exist or be empty; it ends up 0700.
 pub fn init(dir: &Path, config: &Config, now: u64) -> Result<()> {
-    anyhow::ensure!(
-        !dir.join(layout::CONFIG).exists(),
-        "{} already holds an onboarder",
-        dir.display()
-    );
+    config.check()?;
+    if let Ok(mut entries) = std::fs::read_dir(dir) {
+        anyhow::ensure!(
+            entries.next().is_none(),
+            "{} already exists and is not empty",
+            dir.display()
+        );
+    }
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".onboarder-init-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("creating a staging directory in {}", parent.display()))?;
+    files::create_private_dir(staging.path())?;
+    write_new(staging.path(), config, now)?;
+    let staged = staging.keep();
+    let moved = (|| {
+        if dir.exists() {
+            std::fs::remove_dir(dir)?;
+        }
+        std::fs::rename(&staged, dir)
+    })();
+    if let Err(e) = moved {
+        let _ = std::fs::remove_dir_all(&staged);
+        return Err(e).with_context(|| format!("moving the new onboarder into {}", dir.display()));
+    }
+    Ok(())
+}
+
+fn write_new(dir: &Path, config: &Config, now: u64) -> Result<()> {
     let org = owner_name(config);
     let root = Ca::root(
         &CaName {
@@ -116,7 +147,7 @@ pub fn init(dir: &Path, config: &Config, now: u64) -> Result<()> {
         &random_serial()?,
     )?;
     let issuing = new_issuing(&root, config, 1, now)?;
-    files::write_public(
+    files::write_private(
         &dir.join(layout::OWNER_ROOT),
         files::cert_pem(root.cert_der()).as_bytes(),
     )?;
@@ -134,7 +165,7 @@ pub fn init(dir: &Path, config: &Config, now: u64) -> Result<()> {
     )?;
     write_registrar(dir, config, &issuing, now)?;
     files::write_secret(&dir.join(layout::TOKEN), new_token()?.as_bytes())?;
-    // Written last: its presence marks a complete initialisation.
+    crate::store::seal::SealingKey::load_or_create(&dir.join(layout::STORE_KEY))?;
     config.save(dir)?;
     Ok(())
 }
@@ -155,7 +186,7 @@ fn write_registrar(dir: &Path, config: &Config, issuing: &Ca, now: u64) -> Resul
     )?;
     let (cert_path, key_path) = (dir.join(layout::SERVER_CERT), dir.join(layout::SERVER_KEY));
     let (next_cert, next_key) = (next(&cert_path), next(&key_path));
-    files::write_public(
+    files::write_private(
         &next_cert,
         files::certs_pem([cert.as_slice(), issuing.cert_der()]).as_bytes(),
     )?;

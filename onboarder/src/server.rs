@@ -11,7 +11,9 @@ use tokio::task::JoinHandle;
 use crate::config::{Config, layout};
 use crate::operator::control::Control;
 use crate::service::{Clock, Service};
+use crate::store::seal::SealingKey;
 use crate::store::sled::SledStore;
+use crate::transport::limits::FrameBudget;
 use crate::transport::sessions::Sessions;
 use crate::transport::{quic, tls};
 
@@ -49,9 +51,12 @@ impl Server {
         if let Some(addr) = listen.api {
             config.api_listen = addr;
         }
+        // The directory holds keys and every device's sealed credentials: its owner only.
+        certs::files::create_private_dir(dir)?;
         let pki = crate::pki::load(dir, &config)?;
         let token = crate::pki::token(dir)?;
-        let store = SledStore::open(&dir.join(layout::STORE))?;
+        let key = SealingKey::load_or_create(&dir.join(layout::STORE_KEY))?;
+        let store = SledStore::open(&dir.join(layout::STORE), key)?;
         let service = Arc::new(Service::new(
             Arc::new(store),
             pki.registrar,
@@ -72,9 +77,12 @@ impl Server {
         let quic_addr = endpoint.local_addr()?;
         let api_addr = api.local_addr()?;
         let sessions = Arc::new(Sessions::default());
+        let frames = FrameBudget::new(&config.limits);
+        let limits = config.limits;
         let control = Arc::new(Control::new(
             service.clone(),
             sessions.clone(),
+            frames.clone(),
             identity,
             dir.to_path_buf(),
             config,
@@ -83,7 +91,14 @@ impl Server {
         control.publish_crls().await?;
         let (stop, stopped) = watch::channel(false);
         let mut tasks = vec![
-            tokio::spawn(quic::serve(endpoint.clone(), service.clone(), sessions)),
+            tokio::spawn(quic::serve(
+                endpoint.clone(),
+                service.clone(),
+                sessions,
+                limits,
+                frames.clone(),
+            )),
+            tokio::spawn(control.clone().run_audit_budget(stopped.clone())),
             tokio::spawn(control.clone().run_crl_publisher(stopped.clone())),
             tokio::spawn(control.clone().run_campaigns(stopped.clone())),
             tokio::spawn(control.clone().run_registrar_renewal(stopped.clone())),
@@ -127,6 +142,11 @@ impl Server {
     /// Live operational sessions.
     pub fn sessions(&self) -> &Arc<Sessions> {
         &self.control.sessions
+    }
+
+    /// Bytes of incomplete device requests held now (bounded by `limits` in the settings).
+    pub fn frame_bytes_held(&self) -> usize {
+        self.control.frames.held()
     }
 
     /// Operator control (rotation, revocation, rollover, CRLs).

@@ -14,8 +14,10 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::Notify;
 
 use crate::audit::AuditEvent;
+use crate::core::audit_budget::AuditBudget;
 use crate::core::{self, CertStatus, Decision, DevicePeer, DeviceRecord, Entropy, LifecycleError};
-use crate::core::{Registrar, renew};
+use crate::core::{DeviceId, Registrar, renew};
+use crate::metrics::Metrics;
 use crate::store::images::Images;
 use crate::store::{Change, DeviceWrite, Expect, Revocation, Store, StoreError};
 use crate::trust::TrustStore;
@@ -43,6 +45,10 @@ pub struct Service {
     /// campaign engine does not read every device record at every tick.
     pub(crate) jobs: std::sync::Mutex<JobIndex>,
     pub(crate) images: Images,
+    /// What was refused and shed.
+    pub(crate) metrics: Metrics,
+    /// The audit entries devices may cause without changing anything.
+    budget: std::sync::Mutex<AuditBudget>,
     clock: Clock,
     rng: SystemRandom,
 }
@@ -67,6 +73,8 @@ impl Service {
             store,
             owner_root,
             revocations_changed: Notify::new(),
+            metrics: Metrics::default(),
+            budget: std::sync::Mutex::new(AuditBudget::default()),
             clock,
             rng: SystemRandom::new(),
         };
@@ -96,6 +104,11 @@ impl Service {
         &self.images
     }
 
+    /// The counters of refusals and shed load.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// The registrar context in force.
     pub fn registrar(&self) -> Arc<Registrar> {
         self.registrar
@@ -114,21 +127,33 @@ impl Service {
     /// CAs (trusting them directly spares every LDevID handshake the check of the issuing CA's
     /// own signature, which we made ourselves).
     pub(crate) fn reload_trust(&self) -> Result<(), StoreError> {
-        let mut anchors: Vec<Vec<u8>> = self.store.anchors()?.into_iter().map(|a| a.der).collect();
-        anchors.push(self.owner_root.clone());
-        anchors.extend(
+        let makers: Vec<_> = self
+            .store
+            .anchors()?
+            .into_iter()
+            .map(|a| (a.maker, a.der))
+            .collect();
+        let mut ours = vec![self.owner_root.clone()];
+        ours.extend(
             self.registrar()
                 .generations()
                 .map(|g| g.ca.cert_der().to_vec()),
         );
-        self.trust.replace(&anchors);
+        self.trust.replace(&makers, &ours);
         Ok(())
     }
 
-    /// Reads who a client certificate (already validated by TLS) belongs to.
-    pub fn identify(&self, leaf_der: &[u8]) -> Result<DevicePeer, LifecycleError> {
+    /// Reads who a client certificate chain (leaf first, already validated by TLS) belongs to.
+    pub fn identify(&self, chain: &[Vec<u8>]) -> Result<DevicePeer, LifecycleError> {
+        let (leaf, intermediates) = chain
+            .split_first()
+            .ok_or_else(|| LifecycleError::Unauthorized("no client certificate".into()))?;
         let registrar = self.registrar();
-        DevicePeer::from_certificate(leaf_der, |key_id| registrar.is_ours(key_id))
+        DevicePeer::from_certificate(
+            leaf,
+            |key_id| registrar.is_ours(key_id),
+            || self.trust.maker_of(leaf, intermediates, self.now()),
+        )
     }
 
     /// Handles one request from an authenticated device. `session_binding` is the TLS exporter
@@ -148,7 +173,7 @@ impl Service {
             return self.chunk(peer, digest, *offset, *length).await;
         }
         let result = self
-            .decide_and_commit(&peer.serial, |record, now| {
+            .decide_and_commit(&peer.id, |record, now| {
                 self.decide(peer, session_binding, &request, record, now)
             })
             .await;
@@ -164,40 +189,93 @@ impl Service {
         }
     }
 
-    /// Records a refusal in the audit log (best effort: a refusal must not fail louder than
-    /// the request itself).
+    /// Counts a refusal and records it in the audit log within the audit budget (best effort:
+    /// a refusal must not fail louder than the request itself).
     pub async fn record_refusal(&self, peer: Option<&DevicePeer>, error: &LifecycleError) {
-        let serial = peer.map(|p| p.serial.as_str());
+        let code = error.code();
+        self.metrics.refused(code);
+        let device = peer.map(|p| &p.id);
+        let now = self.now();
         let event = AuditEvent {
-            at: self.now(),
-            actor: serial.map_or("unknown".into(), |s| format!("device:{s}")),
-            serial: serial.map(str::to_string),
+            at: now,
+            actor: device.map_or("unknown".into(), |d| format!("device:{d}")),
+            device: device.cloned(),
             action: "refused".into(),
-            detail: format!("{:?}: {error}", error.code()),
+            detail: format!("{code:?}: {error}"),
         };
-        tracing::info!(serial, code = ?error.code(), "refused: {error}");
+        tracing::info!(
+            device = device.map(|d| d.to_string()),
+            ?code,
+            "refused: {error}"
+        );
+        let audit = self.within_budget(vec![event], |_| format!("refused:{code:?}"), now);
+        self.commit_audit(audit).await;
+    }
+
+    /// The entries of `events` that the audit budget admits now (each of kind `kind`), with the
+    /// summaries of windows that just ended.
+    fn within_budget(
+        &self,
+        events: Vec<AuditEvent>,
+        kind: impl Fn(&AuditEvent) -> String,
+        now: u64,
+    ) -> Vec<AuditEvent> {
+        let mut budget = self.budget.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for event in events {
+            let kind = kind(&event);
+            let admitted = budget.admit(event, &kind, now);
+            if !admitted.iter().any(|e| e.action != "audit-suppressed") {
+                self.metrics.audit_suppressed(1);
+            }
+            out.extend(admitted);
+        }
+        out
+    }
+
+    async fn commit_audit(&self, audit: Vec<AuditEvent>) {
+        if audit.is_empty() {
+            return;
+        }
         let change = Change {
-            audit: vec![event],
+            audit,
             ..Change::default()
         };
         if let Err(e) = self.store.commit(change).await {
-            tracing::warn!("could not audit a refusal: {e}");
+            tracing::warn!("could not write audit entries: {e}");
         }
     }
 
-    /// Reads device `serial`, lets `decide` rule on it, and commits the decision; decides again
-    /// if the record changed meanwhile.
+    /// Writes the summaries of the audit budget's windows that have ended (called now and then,
+    /// so a flood that stopped is still summed up).
+    pub async fn flush_audit_budget(&self) {
+        let now = self.now();
+        let summaries = self
+            .budget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .flush(now);
+        self.commit_audit(summaries).await;
+    }
+
+    /// Reads device `id`, lets `decide` rule on it, and commits the decision; decides again if
+    /// the record changed meanwhile. The events of a decision that changes nothing are notes,
+    /// written within the audit budget; those of a state change are always written.
     pub(crate) async fn decide_and_commit(
         &self,
-        serial: &str,
+        id: &DeviceId,
         decide: impl Fn(Option<DeviceRecord>, u64) -> Result<Decision, LifecycleError>,
     ) -> Result<Response, LifecycleError> {
         for _ in 0..MAX_ATTEMPTS {
-            let record = self.store.device(serial).map_err(unavailable)?;
+            let record = self.store.device(id).map_err(unavailable)?;
             let expect = Expect::from(record.as_ref());
             let previous = record.clone();
             let now = self.now();
-            let decision = decide(record, now)?;
+            let mut decision = decide(record, now)?;
+            if decision.write.is_none() && !decision.events.is_empty() {
+                let notes = std::mem::take(&mut decision.events);
+                decision.events = self.within_budget(notes, |e| e.action.clone(), now);
+            }
             let grace = self.registrar().policy.superseded_grace;
             let revocations = match &decision.write {
                 Some(new) => revocations_between(previous.as_ref(), new, grace),
@@ -278,7 +356,7 @@ impl Service {
     /// Serves a piece of an image offered to the device.
     async fn chunk(&self, peer: &DevicePeer, digest: &[u8], offset: u64, length: u32) -> Response {
         let result = async {
-            let record = self.store.device(&peer.serial).map_err(unavailable)?;
+            let record = self.store.device(&peer.id).map_err(unavailable)?;
             let grace = self.registrar().policy.superseded_grace;
             core::firmware::authorize_download(peer, record, digest, self.now(), grace)?;
             let length = length.min(protocol::message::MAX_CHUNK);
@@ -326,9 +404,11 @@ impl Service {
     }
 }
 
-/// Firmware job states: campaign -> serial -> state.
-pub(crate) type JobIndex =
-    std::collections::HashMap<String, std::collections::HashMap<String, core::firmware::JobState>>;
+/// Firmware job states: campaign -> device -> state.
+pub(crate) type JobIndex = std::collections::HashMap<
+    String,
+    std::collections::HashMap<DeviceId, core::firmware::JobState>,
+>;
 
 impl Service {
     /// Records the firmware jobs of records just committed in the job index.
@@ -339,7 +419,7 @@ impl Service {
                 index
                     .entry(job.campaign.clone())
                     .or_default()
-                    .insert(record.serial.clone(), job.state.clone());
+                    .insert(record.id.clone(), job.state.clone());
             }
         }
     }
@@ -369,7 +449,7 @@ fn revocations_between(
             Some(Revocation {
                 cert_serial: c.serial.clone(),
                 issuer: c.issuer.clone(),
-                device: new.serial.clone(),
+                device: new.id.clone(),
                 reason,
                 revoked_at,
                 effective_at,

@@ -145,6 +145,8 @@ async fn main() -> Result<()> {
     let quic: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     config.quic_listen = quic;
     config.api_listen = format!("127.0.0.1:{}", free_port()?).parse()?;
+    // Every simulated device connects from this machine's one address.
+    config.limits = onboarder::transport::limits::Limits::single_host();
     onboarder::pki::init(&data, &config, now)?;
     let binary = match cli.server {
         Some(b) => b,
@@ -198,7 +200,11 @@ async fn main() -> Result<()> {
         .iter()
         .map(|s| manufacturer.voucher(s, &owner_root, now, now + 86_400))
         .collect::<Result<Vec<_>, _>>()?;
-    let anchor = certs::files::cert_pem(manufacturer.root_cert());
+    let anchor = onboarder::operator::AnchorImport {
+        pem: certs::files::cert_pem(manufacturer.root_cert()),
+        masa_pem: Some(certs::files::cert_pem(manufacturer.masa_cert())),
+        name: None,
+    };
     let importer = api.clone();
     tokio::task::spawn_blocking(move || -> Result<()> {
         importer.import_anchor(&anchor)?;

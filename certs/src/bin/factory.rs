@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 ///   factory voucher --dir ./acme --owner-ca owner-root.pem --serials-from ./devices --out vouchers.cbor
 ///   factory sign-firmware --dir ./acme image.bin --version 1.1.0 --sequence 2
 #[derive(Parser)]
-#[command(version, verbatim_doc_comment)]
+#[command(name = "factory", version, verbatim_doc_comment)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

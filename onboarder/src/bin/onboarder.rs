@@ -10,6 +10,7 @@ use onboarder::config::Config;
 use onboarder::core::NetworkPolicy;
 use onboarder::demo::{self, DemoOptions};
 use onboarder::operator::client::ApiClient;
+use onboarder::operator::terminal::shown;
 use onboarder::server::{Listen, Server};
 
 /// Trusted onboarding and lifecycle server for IoT devices.
@@ -20,9 +21,12 @@ use onboarder::server::{Listen, Server};
 /// Running your own:
 ///   onboarder init --org "Example Owner"         # owner CA, server certificate, admin token
 ///   onboarder serve &                            # QUIC for devices, admin API on loopback
-///   onboarder anchor import manufacturer/root-ca.pem
+///   onboarder anchor import acme/root-ca.pem --masa acme/masa.pem --name acme
 ///   onboarder voucher import vouchers.cbor
 ///   onboarder device list
+///
+/// Devices are named MAKER/SERIAL (the manufacturer's name or maker id, then the serial), or
+/// by their serial alone when only one manufacturer has a device with it.
 #[derive(Parser)]
 #[command(version, verbatim_doc_comment)]
 struct Cli {
@@ -86,10 +90,10 @@ enum Command {
     /// Re-key devices: they renew their LDevID with a fresh key now (offline devices when
     /// they next connect). Shows progress and a summary; waits up to --wait seconds.
     Rotate {
-        /// Devices to rotate.
-        serials: Vec<String>,
+        /// Devices to rotate (MAKER/SERIAL, or a serial only one manufacturer has).
+        devices: Vec<String>,
         /// Every active device.
-        #[arg(long, conflicts_with = "serials")]
+        #[arg(long, conflicts_with = "devices")]
         all: bool,
         /// Commands pushed per second at most.
         #[arg(long)]
@@ -104,8 +108,8 @@ enum Command {
     /// Revoke every certificate of a device and quarantine it; its session ends, the CRL lists
     /// the certificates, and the handshake refuses them.
     Revoke {
-        /// Device serial.
-        serial: String,
+        /// The device (MAKER/SERIAL, or a serial only one manufacturer has).
+        device: String,
         /// RFC 5280 reason: unspecified, key-compromise, ca-compromise, affiliation-changed,
         /// superseded, cessation-of-operation, privilege-withdrawn.
         #[arg(long, default_value = "unspecified")]
@@ -154,9 +158,9 @@ enum Command {
 struct DecommissionArgs {
     #[command(subcommand)]
     command: Option<DecommissionCommand>,
-    /// Devices to decommission.
+    /// Devices to decommission (MAKER/SERIAL, or serials only one manufacturer has).
     #[arg(required = true)]
-    serials: Vec<String>,
+    devices: Vec<String>,
     /// Sanitization method: clear, or purge-cryptographic-erase.
     #[arg(long, default_value = "purge-cryptographic-erase")]
     method: String,
@@ -179,8 +183,8 @@ struct DecommissionArgs {
 enum DecommissionCommand {
     /// The certificate of sanitization (NIST SP 800-88) of an attested decommissioning.
     Certificate {
-        /// Device serial.
-        serial: String,
+        /// The device.
+        device: String,
         /// Also write the printable HTML document here.
         #[arg(long)]
         html: Option<PathBuf>,
@@ -245,14 +249,14 @@ enum CampaignCommand {
         #[arg(long)]
         release: String,
         /// Every active device.
-        #[arg(long, conflicts_with_all = ["class", "serials"])]
+        #[arg(long, conflicts_with_all = ["class", "devices"])]
         all: bool,
         /// Active devices of this class.
-        #[arg(long, conflicts_with = "serials")]
+        #[arg(long, conflicts_with = "devices")]
         class: Option<String>,
-        /// These devices (comma-separated).
+        /// These devices (comma-separated; MAKER/SERIAL, or serials only one manufacturer has).
         #[arg(long, value_delimiter = ',')]
-        serials: Vec<String>,
+        devices: Vec<String>,
         /// Cumulative percentages of the waves.
         #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
         waves: Vec<u8>,
@@ -316,10 +320,20 @@ enum CrlCommand {
 
 #[derive(Subcommand)]
 enum AnchorCommand {
-    /// Import a manufacturer root CA certificate (PEM).
+    /// Trust a manufacturer: its root CA certificate (PEM), and its voucher signer so that
+    /// vouchers are checked at import. Importing it again updates its name and signer.
     Import {
-        /// PEM file.
+        /// PEM file with the root CA certificate(s) (the `root-ca.pem` of `factory init`).
         file: PathBuf,
+        /// The manufacturer's voucher-signing (MASA) certificate (the `masa.pem` of `factory
+        /// init`). Without it, vouchers are filed by the IDevID issuer they name and only the
+        /// devices check their signature.
+        #[arg(long, value_name = "PEM")]
+        masa: Option<PathBuf>,
+        /// A short name for the manufacturer that commands accept (`acme/SN-1`); default: from
+        /// the certificate's organization.
+        #[arg(long)]
+        name: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -354,16 +368,26 @@ enum DeviceCommand {
     },
     /// Show one device.
     Show {
-        /// Device serial.
-        serial: String,
+        /// The device (MAKER/SERIAL, or a serial only one manufacturer has).
+        device: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Quarantine a device: all its requests are refused (its certificates stay valid).
     Quarantine {
-        /// Device serial.
-        serial: String,
+        /// The device.
+        device: String,
+        /// Why, for the audit log.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Put a device stuck in onboarding back to expected: the IDevID that accepted its voucher
+    /// is no longer pinned, and certificates issued but never confirmed are revoked. For a
+    /// device whose onboarding was started by another (a clone, a mix-up).
+    ResetOnboarding {
+        /// The device.
+        device: String,
         /// Why, for the audit log.
         #[arg(long)]
         reason: String,
@@ -372,11 +396,11 @@ enum DeviceCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Show audit entries.
+    /// Show audit entries: the newest, or from a sequence number on.
     Show {
-        /// First sequence number.
-        #[arg(long, default_value_t = 1)]
-        from: u64,
+        /// First sequence number (default: the newest --limit entries).
+        #[arg(long)]
+        from: Option<u64>,
         /// Number of entries.
         #[arg(long, default_value_t = 100)]
         limit: usize,
@@ -393,6 +417,10 @@ enum AuditCommand {
 }
 
 fn main() -> Result<()> {
+    // Everything this process creates is for its owner only: the data directory holds keys
+    // and the store, whose files its database library creates with the process umask.
+    #[cfg(unix)]
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -446,16 +474,38 @@ fn main() -> Result<()> {
         Command::Anchor(cmd) => {
             let client = ApiClient::for_data_dir(&cli.dir)?;
             match cmd {
-                AnchorCommand::Import { file, json } => {
-                    let pem = certs::files::read_pem_text(&file)?;
-                    let added = client.import_anchor(&pem)?;
+                AnchorCommand::Import {
+                    file,
+                    masa,
+                    name,
+                    json,
+                } => {
+                    let import = onboarder::operator::AnchorImport {
+                        pem: certs::files::read_pem_text(&file)?,
+                        masa_pem: masa
+                            .as_deref()
+                            .map(certs::files::read_pem_text)
+                            .transpose()?,
+                        name,
+                    };
+                    let added = client.import_anchor(&import)?;
                     if json {
                         println!("{}", serde_json::to_string(&added)?);
                     } else if added.is_empty() {
                         println!("already imported");
                     } else {
                         for a in added {
-                            println!("imported {} sha256:{}", a.subject, a.fingerprint);
+                            println!(
+                                "trusting {} as {} (maker {}){}",
+                                a.subject,
+                                a.name,
+                                a.maker,
+                                if a.voucher_signer {
+                                    ", vouchers checked against its signer"
+                                } else {
+                                    "; no voucher signer: give --masa to check vouchers"
+                                }
+                            );
                         }
                     }
                 }
@@ -464,8 +514,15 @@ fn main() -> Result<()> {
                     if json {
                         println!("{}", serde_json::to_string(&anchors)?);
                     } else {
+                        println!("{:<16} {:<16} {:<7} SUBJECT", "NAME", "MAKER", "SIGNER");
                         for a in anchors {
-                            println!("{}  {}", a.fingerprint, a.subject);
+                            println!(
+                                "{:<16} {:<16} {:<7} {}",
+                                a.name,
+                                a.maker,
+                                if a.voucher_signer { "yes" } else { "no" },
+                                a.subject
+                            );
                         }
                     }
                 }
@@ -485,12 +542,19 @@ fn main() -> Result<()> {
                     report.unchanged,
                     report.rejected.len()
                 );
+                if report.unverified > 0 {
+                    println!(
+                        "  {} accepted without a signature check: import their manufacturer's \
+                         voucher signer with `anchor import --masa`",
+                        report.unverified
+                    );
+                }
                 for r in &report.rejected {
                     println!(
                         "  #{} {}: {}",
                         r.index,
-                        r.serial.as_deref().unwrap_or("?"),
-                        r.reason
+                        shown(r.serial.as_deref().unwrap_or("?")),
+                        shown(&r.reason)
                     );
                 }
             }
@@ -505,8 +569,8 @@ fn main() -> Result<()> {
                         println!("{}", serde_json::to_string(&devices)?);
                     } else {
                         println!(
-                            "{:<20} {:<12} {:<10} CERTIFICATE",
-                            "SERIAL", "STATE", "FIRMWARE"
+                            "{:<36} {:<12} {:<10} CERTIFICATE",
+                            "DEVICE", "STATE", "FIRMWARE"
                         );
                         for d in devices {
                             let cert = d
@@ -516,33 +580,45 @@ fn main() -> Result<()> {
                                 .find(|c| c.status == onboarder::core::CertStatus::Active)
                                 .map_or("-".to_string(), |c| c.serial.clone());
                             println!(
-                                "{:<20} {:<12} {:<10} {}",
-                                d.serial,
+                                "{:<36} {:<12} {:<10} {}",
+                                d.id.to_string(),
                                 d.state.to_string(),
-                                d.firmware_version.as_deref().unwrap_or("-"),
+                                shown(d.firmware_version.as_deref().unwrap_or("-")),
                                 cert
                             );
                         }
                     }
                 }
-                DeviceCommand::Quarantine { serial, reason } => {
-                    let d = client.quarantine(&serial, &reason)?;
-                    println!("{} is {}", d.serial, d.state);
+                DeviceCommand::Quarantine { device, reason } => {
+                    let d = client.quarantine(&device, &reason)?;
+                    println!("{} is {}", d.id, d.state);
                 }
-                DeviceCommand::Show { serial, json } => {
-                    let d = client.device(&serial)?;
+                DeviceCommand::ResetOnboarding { device, reason } => {
+                    let d = client.reset_onboarding(&device, &reason)?;
+                    println!("{} is {}; its IDevID is no longer pinned", d.id, d.state);
+                }
+                DeviceCommand::Show { device, json } => {
+                    let d = client.device(&device)?;
                     if json {
                         println!("{}", serde_json::to_string(&d)?);
                     } else {
+                        println!("device:    {}", d.id);
+                        println!("maker:     {}", d.maker);
                         println!("serial:    {}", d.serial);
                         println!("state:     {}", d.state);
+                        if let Some(reason) = &d.quarantine_reason {
+                            println!("why:       {}", shown(reason));
+                        }
                         println!(
                             "firmware:  {}",
-                            d.firmware_version.as_deref().unwrap_or("-")
+                            shown(d.firmware_version.as_deref().unwrap_or("-"))
                         );
-                        println!("agent:     {}", d.agent_version.as_deref().unwrap_or("-"));
+                        println!(
+                            "agent:     {}",
+                            shown(d.agent_version.as_deref().unwrap_or("-"))
+                        );
                         if let Some(n) = &d.network {
-                            println!("network:   {} {}", n.kind, n.ssid);
+                            println!("network:   {} {}", n.kind, shown(&n.ssid));
                         }
                         for c in &d.certificates {
                             println!(
@@ -565,7 +641,11 @@ fn main() -> Result<()> {
                         for e in entries {
                             println!(
                                 "{:>8} {} {:<18} {:<24} {}",
-                                e.seq, e.event.at, e.event.actor, e.event.action, e.event.detail
+                                e.seq,
+                                e.event.at,
+                                shown(&e.event.actor),
+                                shown(&e.event.action),
+                                shown(&e.event.detail)
                             );
                         }
                     }
@@ -584,28 +664,28 @@ fn main() -> Result<()> {
             }
         }
         Command::Rotate {
-            serials,
+            devices,
             all,
             rate,
             wait,
             json,
         } => {
-            anyhow::ensure!(all || !serials.is_empty(), "name devices or use --all");
+            anyhow::ensure!(all || !devices.is_empty(), "name devices or use --all");
             let client = ApiClient::for_data_dir(&cli.dir)?;
             let order =
-                client.rotate(&onboarder::operator::api::RotateRequest { serials, all, rate })?;
-            for (serial, why) in &order.refused {
-                eprintln!("not rotating {serial}: {why}");
+                client.rotate(&onboarder::operator::api::RotateRequest { devices, all, rate })?;
+            for (device, why) in &order.refused {
+                eprintln!("not rotating {}: {}", shown(device), shown(why));
             }
             follow_rotation(&client, order.at, order.accepted.len(), wait, json)?;
         }
         Command::Revoke {
-            serial,
+            device,
             reason,
             json,
         } => {
             let client = ApiClient::for_data_dir(&cli.dir)?;
-            let d = client.revoke(&serial, reason)?;
+            let d = client.revoke(&device, reason)?;
             if json {
                 println!("{}", serde_json::to_string(&d)?);
             } else {
@@ -615,8 +695,8 @@ fn main() -> Result<()> {
                     .filter(|c| matches!(c.status, onboarder::core::CertStatus::Revoked { .. }))
                     .map(|c| c.serial.as_str())
                     .collect();
-                println!("revoked {} ({reason}): {}", d.serial, revoked.join(", "));
-                println!("{} is {}", d.serial, d.state);
+                println!("revoked {} ({reason}): {}", d.id, revoked.join(", "));
+                println!("{} is {}", d.id, d.state);
             }
         }
         Command::Decommission(args) => {
@@ -713,7 +793,7 @@ fn main() -> Result<()> {
                     release,
                     all,
                     class,
-                    serials,
+                    devices,
                     waves,
                     failure_threshold,
                     rate,
@@ -724,8 +804,8 @@ fn main() -> Result<()> {
                     let target = match (all, class) {
                         (true, _) => Target::All,
                         (_, Some(c)) => Target::Class(c),
-                        _ if !serials.is_empty() => Target::Serials(serials),
-                        _ => anyhow::bail!("choose --all, --class or --serials"),
+                        _ if !devices.is_empty() => Target::Devices(devices),
+                        _ => anyhow::bail!("choose --all, --class or --devices"),
                     };
                     let c = client.create_campaign(&CampaignSpec {
                         release,
@@ -789,12 +869,12 @@ fn main() -> Result<()> {
                         if devices {
                             for d in &s.devices {
                                 println!(
-                                    "  {:<16} wave {} {:<12} {:>9} bytes {}",
-                                    d.serial,
+                                    "  {:<36} wave {} {:<12} {:>9} bytes {}",
+                                    d.device.to_string(),
                                     d.wave + 1,
                                     d.state,
                                     d.bytes,
-                                    d.reason.as_deref().unwrap_or("")
+                                    shown(d.reason.as_deref().unwrap_or(""))
                                 );
                             }
                         }
@@ -838,8 +918,8 @@ fn main() -> Result<()> {
 
 fn decommission(client: &ApiClient, args: DecommissionArgs) -> Result<()> {
     use onboarder::core::DeviceState;
-    if let Some(DecommissionCommand::Certificate { serial, html, json }) = args.command {
-        let c = client.sanitization(&serial)?;
+    if let Some(DecommissionCommand::Certificate { device, html, json }) = args.command {
+        let c = client.sanitization(&device)?;
         if let Some(path) = html {
             std::fs::write(&path, c.to_html())
                 .with_context(|| format!("writing {}", path.display()))?;
@@ -850,18 +930,21 @@ fn decommission(client: &ApiClient, args: DecommissionArgs) -> Result<()> {
         } else {
             println!("Certificate of Sanitization (NIST SP 800-88)");
             println!(
-                "  device:       {} {} {}",
-                c.manufacturer, c.model, c.serial_number
+                "  device:       {} {} {} ({})",
+                shown(&c.manufacturer),
+                shown(&c.model),
+                shown(&c.serial_number),
+                c.device
             );
             println!("  method:       {}", c.sanitization_method);
             for d in &c.sanitization_description {
-                println!("                {d}");
+                println!("                {}", shown(d));
             }
             println!(
                 "  verification: {}",
                 if c.verified { "passed" } else { "FAILED" }
             );
-            println!("  tool:         {}", c.tool);
+            println!("  tool:         {}", shown(&c.tool));
             println!("  attestation:  sha256:{}", c.attestation_sha256);
             println!("  destination:  {}", c.media_destination);
         }
@@ -869,9 +952,9 @@ fn decommission(client: &ApiClient, args: DecommissionArgs) -> Result<()> {
     }
     if args.force {
         let reason = args.reason.unwrap_or_default();
-        for serial in &args.serials {
-            let d = client.force_decommission(serial, &reason)?;
-            println!("{} is {}", d.serial, d.state);
+        for device in &args.devices {
+            let d = client.force_decommission(device, &reason)?;
+            println!("{} is {}", d.id, d.state);
         }
         return Ok(());
     }
@@ -882,9 +965,9 @@ fn decommission(client: &ApiClient, args: DecommissionArgs) -> Result<()> {
                 args.method
             )
         })?;
-    let order = client.decommission(args.serials, method)?;
-    for (serial, why) in &order.refused {
-        eprintln!("not decommissioning {serial}: {why}");
+    let order = client.decommission(args.devices, method)?;
+    for (device, why) in &order.refused {
+        eprintln!("not decommissioning {}: {}", shown(device), shown(why));
     }
     let bar = if std::io::stderr().is_terminal() {
         indicatif::ProgressBar::new(order.accepted.len() as u64)
@@ -896,7 +979,11 @@ fn decommission(client: &ApiClient, args: DecommissionArgs) -> Result<()> {
         let states: Vec<(String, DeviceState)> = order
             .accepted
             .iter()
-            .map(|s| client.device(s).map(|d| (d.serial, d.state)))
+            .map(|id| {
+                client
+                    .device(&id.to_string())
+                    .map(|d| (d.id.to_string(), d.state))
+            })
             .collect::<Result<_>>()?;
         let done = states
             .iter()
@@ -973,7 +1060,7 @@ fn follow_rotation(
                 "rotated": status.rotated,
                 "pending": status.pending,
                 "failed": status.failed,
-                "pending_serials": status.pending_serials,
+                "pending_devices": status.pending_devices,
                 "failures": status.failures,
             })
         );
@@ -982,8 +1069,8 @@ fn follow_rotation(
             "rotated {}, pending {}, failed {}",
             status.rotated, status.pending, status.failed
         );
-        for (serial, why) in &status.failures {
-            println!("  {serial}: {why}");
+        for (device, why) in &status.failures {
+            println!("  {device}: {}", shown(why));
         }
         if status.pending > 0 {
             println!("  pending devices rotate when they next connect");

@@ -2,14 +2,15 @@
 
 use super::device::{DeviceRecord, DeviceState, IssuedCert};
 use super::error::LifecycleError;
+use super::identity::DeviceId;
 use super::peer::DevicePeer;
 
-/// The record of `serial`, or the refusal of a device we do not know.
+/// The record of `id`, or the refusal of a device we do not know.
 pub(crate) fn known(
-    serial: &str,
+    id: &DeviceId,
     record: Option<DeviceRecord>,
 ) -> Result<DeviceRecord, LifecycleError> {
-    record.ok_or_else(|| LifecycleError::UnknownDevice(serial.to_string()))
+    record.ok_or_else(|| LifecycleError::UnknownDevice(id.clone()))
 }
 
 /// The record of an authenticated device that may still act: known and not quarantined.
@@ -17,9 +18,9 @@ pub(crate) fn usable(
     peer: &DevicePeer,
     record: Option<DeviceRecord>,
 ) -> Result<DeviceRecord, LifecycleError> {
-    let record = known(&peer.serial, record)?;
+    let record = known(&peer.id, record)?;
     if record.state == DeviceState::Quarantined {
-        return Err(LifecycleError::Quarantined(record.serial));
+        return Err(LifecycleError::Quarantined(record.id));
     }
     Ok(record)
 }
@@ -33,29 +34,39 @@ pub(crate) fn check_pinned_idevid(
         Some(pinned) if pinned.as_slice() != peer.public_key.raw() => {
             Err(LifecycleError::Unauthorized(format!(
                 "the IDevID presented for {} is not the one on record",
-                peer.serial
+                peer.id
             )))
         }
         _ => Ok(()),
     }
 }
 
-/// The certificate an LDevID peer authenticated with, if the device may still use it.
+/// The certificate an LDevID peer authenticated with, if the device may still use it. It must
+/// be, byte for byte, a certificate we issued to this device.
 pub(crate) fn ldevid<'a>(
     peer: &DevicePeer,
     record: &'a DeviceRecord,
     now: u64,
     grace: u64,
 ) -> Result<&'a IssuedCert, LifecycleError> {
-    record
+    let cert = record
         .certificate(&peer.cert_serial)
-        .filter(|c| c.accepted_at(now, grace))
+        .filter(|c| {
+            ring::digest::digest(&ring::digest::SHA256, &c.der).as_ref() == peer.cert_sha256
+        })
         .ok_or_else(|| {
             LifecycleError::Unauthorized(format!(
-                "certificate {} of {} is no longer accepted",
-                peer.cert_serial, peer.serial
+                "certificate {} was not issued to {}",
+                peer.cert_serial, peer.id
             ))
-        })
+        })?;
+    if !cert.accepted_at(now, grace) {
+        return Err(LifecycleError::Unauthorized(format!(
+            "certificate {} of {} is no longer accepted",
+            peer.cert_serial, peer.id
+        )));
+    }
+    Ok(cert)
 }
 
 /// Shortens a reason given by a device before it goes into the audit log.

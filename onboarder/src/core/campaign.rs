@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::LifecycleError;
 use super::firmware::JobState;
+use super::identity::DeviceId;
 
 /// Where a campaign stands.
 #[non_exhaustive]
@@ -44,8 +45,8 @@ pub struct Campaign {
     pub release: Vec<u8>,
     /// Release version (for people).
     pub version: String,
-    /// The waves: disjoint lists of serials, in order.
-    pub waves: Vec<Vec<String>>,
+    /// The waves: disjoint lists of devices, in order.
+    pub waves: Vec<Vec<DeviceId>>,
     /// Cumulative percentages the waves were cut at.
     pub percentages: Vec<u8>,
     /// Failures allowed, in percent of the devices offered so far, before the campaign pauses.
@@ -111,7 +112,7 @@ pub enum Step {
     /// Nothing to do now.
     Wait,
     /// Offer the release to these devices of the current wave.
-    Offer(Vec<String>),
+    Offer(Vec<DeviceId>),
     /// Too many failures: pause.
     Pause(String),
     /// Go on with the next wave: the current one is over, or it timed out with `stragglers`
@@ -126,7 +127,7 @@ pub enum Step {
 
 /// Splits `targets` into waves at cumulative `percentages` (each in 1..=100, increasing, the
 /// last 100).
-pub fn plan(targets: &[String], percentages: &[u8]) -> Result<Vec<Vec<String>>, LifecycleError> {
+pub fn plan<T: Clone>(targets: &[T], percentages: &[u8]) -> Result<Vec<Vec<T>>, LifecycleError> {
     let ok = !percentages.is_empty()
         && percentages.windows(2).all(|w| w[0] < w[1])
         && percentages.first().is_some_and(|p| *p >= 1)
@@ -161,7 +162,7 @@ impl Campaign {
         &self,
         offered: &Tally,
         current: &Tally,
-        unoffered: Vec<String>,
+        unoffered: Vec<DeviceId>,
         now: u64,
     ) -> Step {
         if self.state != CampaignState::Running {
@@ -197,8 +198,8 @@ impl Campaign {
         }
     }
 
-    /// Serials of waves `0..=wave`.
-    pub fn offered_serials(&self) -> impl Iterator<Item = &String> {
+    /// Devices of waves `0..=wave`.
+    pub fn offered_devices(&self) -> impl Iterator<Item = &DeviceId> {
         self.waves.iter().take(self.wave + 1).flatten()
     }
 
@@ -232,8 +233,11 @@ impl Campaign {
 mod tests {
     use super::*;
 
-    fn serials(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("SN-{i:04}")).collect()
+    fn serials(n: usize) -> Vec<DeviceId> {
+        let maker = crate::core::MakerId::of_spki(b"maker");
+        (0..n)
+            .map(|i| DeviceId::new(maker.clone(), &format!("SN-{i:04}")).unwrap())
+            .collect()
     }
 
     #[test]
@@ -246,7 +250,7 @@ mod tests {
         assert_eq!(sizes, [1, 1, 1]);
         assert!(plan(&serials(3), &[10, 5, 100]).is_err());
         assert!(plan(&serials(3), &[10, 50]).is_err());
-        assert!(plan(&[], &[100]).is_err());
+        assert!(plan::<DeviceId>(&[], &[100]).is_err());
     }
 
     fn campaign(failure_threshold: u8) -> Campaign {

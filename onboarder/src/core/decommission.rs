@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::access::{known, ldevid};
 use super::device::{CertStatus, DeviceRecord, DeviceState};
 use super::error::LifecycleError;
+use super::identity::DeviceId;
 use super::onboard::Decision;
 use super::peer::{CredentialKind, DevicePeer};
 use crate::audit::AuditEvent;
@@ -49,13 +50,13 @@ pub struct Decommission {
 /// Orders an active device to wipe itself. Ordering again while the order is outstanding
 /// changes nothing (the nonce stays).
 pub fn order(
-    serial: &str,
+    id: &DeviceId,
     record: Option<DeviceRecord>,
     method: WipeMethod,
     nonce: &[u8],
     now: u64,
 ) -> Result<Decision, LifecycleError> {
-    let mut record = known(serial, record)?;
+    let mut record = known(id, record)?;
     if record.state == DeviceState::Decommissioning {
         return Ok(Decision::reply(Response::Ack));
     }
@@ -72,7 +73,7 @@ pub fn order(
     Ok(Decision::ack(
         record,
         vec![AuditEvent::operator(
-            Some(serial),
+            Some(id),
             "decommission-ordered",
             format!("method {method}"),
             now,
@@ -107,15 +108,11 @@ pub fn attest(
     grace: u64,
 ) -> Result<Decision, LifecycleError> {
     peer.require(CredentialKind::Ldevid, "a wipe attestation")?;
-    let mut record = known(&peer.serial, record)?;
+    let mut record = known(&peer.id, record)?;
     let order = match (&record.state, &record.decommission) {
         (DeviceState::Decommissioning, Some(order)) => order.clone(),
         _ => {
-            return Err(LifecycleError::WrongState {
-                serial: record.serial,
-                state: record.state,
-                action: "a wipe attestation",
-            });
+            return Err(record.wrong_state("a wipe attestation"));
         }
     };
     let cert = ldevid(peer, &record, now, grace)?.clone();
@@ -127,9 +124,9 @@ pub fn attest(
         protocol::attestation::AttestationError::Signature(s) => LifecycleError::BadSignature(s),
         other => LifecycleError::BadRequest(other.to_string()),
     })?;
-    if attestation.serial != record.serial {
+    if attestation.serial != record.id.serial {
         return Err(LifecycleError::WrongSerial {
-            expected: record.serial,
+            expected: record.id.serial,
             found: attestation.serial,
         });
     }
@@ -174,7 +171,7 @@ pub fn attest(
         record,
         vec![
             AuditEvent::device(
-                &peer.serial,
+                &peer.id,
                 "wipe-attested",
                 format!(
                     "attestation sha256:{digest} signed by {}: {}; COSE_Sign1 {}",
@@ -185,7 +182,7 @@ pub fn attest(
                 now,
             ),
             AuditEvent::device(
-                &peer.serial,
+                &peer.id,
                 "decommissioned",
                 format!(
                     "certificates revoked: {}; network credentials deleted",
@@ -200,12 +197,12 @@ pub fn attest(
 /// Decommissions a device without its attestation (it never answers): every credential revoked,
 /// marked `decommissioned-unattested`.
 pub fn force(
-    serial: &str,
+    id: &DeviceId,
     record: Option<DeviceRecord>,
     reason: &str,
     now: u64,
 ) -> Result<Decision, LifecycleError> {
-    let mut record = known(serial, record)?;
+    let mut record = known(id, record)?;
     if record.state == DeviceState::DecommissionedUnattested {
         return Ok(Decision::reply(Response::Ack));
     }
@@ -228,7 +225,7 @@ pub fn force(
     Ok(Decision::ack(
         record,
         vec![AuditEvent::operator(
-            Some(serial),
+            Some(id),
             "decommissioned-unattested",
             format!(
                 "{reason}; certificates revoked: {}; network credentials deleted",

@@ -1,14 +1,17 @@
 //! Device records and the lifecycle state machine (DESIGN 4).
 //!
 //! ```text
-//! expected --voucher issued--> onboarding --enrollment confirmed--> active
-//!     \__________________________\_____________________________\--> quarantined
+//! expected --voucher accepted--> onboarding --enrollment confirmed--> active
+//!     ^                              |
+//!     +--- operator resets ----------+
+//!     \___________________________\_____________________________\--> quarantined
 //! ```
 //! A transition is only made through [`DeviceRecord::transition`], which refuses illegal ones.
 
 use serde::{Deserialize, Serialize};
 
 use super::error::LifecycleError;
+use super::identity::DeviceId;
 use protocol::message::NetworkProfile;
 
 /// Where a device is in its life, as the server sees it.
@@ -18,7 +21,8 @@ use protocol::message::NetworkProfile;
 pub enum DeviceState {
     /// A voucher or allow-list entry was imported; the device has not shown up yet.
     Expected,
-    /// The device received its voucher and is enrolling.
+    /// The device accepted its voucher (it said so, or sent a CSR) and is enrolling; its IDevID
+    /// key is pinned from now on.
     Onboarding,
     /// The device holds a confirmed LDevID.
     Active,
@@ -54,6 +58,7 @@ impl DeviceState {
         matches!(
             (self, to),
             (Expected, Onboarding)
+                | (Onboarding, Expected)
                 | (Onboarding, Active)
                 | (Active, Decommissioning)
                 | (Decommissioning, Decommissioned)
@@ -166,8 +171,8 @@ pub enum RotationState {
 /// a device is one atomic write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceRecord {
-    /// Device serial.
-    pub serial: String,
+    /// The device: its maker and serial.
+    pub id: DeviceId,
     /// Lifecycle state.
     pub state: DeviceState,
     /// Bumped by the store on every write; a write names the version it read (optimistic
@@ -183,8 +188,9 @@ pub struct DeviceRecord {
     /// The voucher's expiry.
     #[serde(default)]
     pub voucher_expires_on: Option<u64>,
-    /// Raw public key of the IDevID that first asked for the voucher; a different IDevID with
-    /// the same serial (a clone) is refused from then on.
+    /// Raw public key of the IDevID that accepted the voucher; a different IDevID with the
+    /// same maker and serial (a clone) is refused from then on. Nothing is pinned before the
+    /// device has shown that it accepted the voucher.
     #[serde(default, with = "serde_bytes")]
     pub idevid_key: Option<Vec<u8>>,
     /// Every certificate issued to the device, oldest first.
@@ -221,9 +227,9 @@ pub struct DeviceRecord {
 
 impl DeviceRecord {
     /// A new record for an expected device with its voucher.
-    pub fn expected(serial: &str, voucher: Vec<u8>, expires_on: Option<u64>, now: u64) -> Self {
+    pub fn expected(id: DeviceId, voucher: Vec<u8>, expires_on: Option<u64>, now: u64) -> Self {
         DeviceRecord {
-            serial: serial.to_string(),
+            id,
             state: DeviceState::Expected,
             version: 0,
             created_at: now,
@@ -253,11 +259,7 @@ impl DeviceRecord {
         if allowed.contains(&self.state) {
             return Ok(());
         }
-        Err(LifecycleError::WrongState {
-            serial: self.serial.clone(),
-            state: self.state,
-            action,
-        })
+        Err(self.wrong_state(action))
     }
 
     /// Moves to `to`, refusing a transition the state machine does not allow.
@@ -268,15 +270,26 @@ impl DeviceRecord {
         now: u64,
     ) -> Result<(), LifecycleError> {
         if !self.state.allows(to) {
-            return Err(LifecycleError::WrongState {
-                serial: self.serial.clone(),
-                state: self.state,
-                action,
-            });
+            return Err(self.wrong_state(action));
         }
         self.state = to;
         self.updated_at = now;
         Ok(())
+    }
+
+    /// The refusal of `action` in the current state. A device this owner decommissioned hears
+    /// what its owner must do instead.
+    pub fn wrong_state(&self, action: &'static str) -> LifecycleError {
+        match self.state {
+            DeviceState::Decommissioned | DeviceState::DecommissionedUnattested => {
+                LifecycleError::Decommissioned(self.id.clone())
+            }
+            state => LifecycleError::WrongState {
+                device: self.id.clone(),
+                state,
+                action,
+            },
+        }
     }
 
     /// The certificate with serial `cert_serial`, if it was issued to this device.
@@ -362,6 +375,7 @@ mod tests {
         ];
         let legal = [
             (Expected, Onboarding),
+            (Onboarding, Expected),
             (Onboarding, Active),
             (Active, Decommissioning),
             (Decommissioning, Decommissioned),
@@ -388,7 +402,8 @@ mod tests {
 
     #[test]
     fn an_illegal_transition_changes_nothing() {
-        let mut r = DeviceRecord::expected("SN-1", vec![1], Some(10), 1);
+        let id = DeviceId::new(super::super::identity::MakerId::of_spki(b"k"), "SN-1").unwrap();
+        let mut r = DeviceRecord::expected(id, vec![1], Some(10), 1);
         let before = r.clone();
         assert!(matches!(
             r.transition(Active, "confirm enrollment", 2),

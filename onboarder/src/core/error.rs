@@ -5,6 +5,7 @@ use protocol::{DecodeError, SignatureError};
 use thiserror::Error;
 
 use super::device::DeviceState;
+use super::identity::DeviceId;
 
 /// A refusal by the lifecycle core. Messages name devices, states and checks, never keys.
 #[non_exhaustive]
@@ -13,17 +14,18 @@ pub enum LifecycleError {
     /// The request could not be decoded.
     #[error(transparent)]
     Decode(#[from] DecodeError),
-    /// The serial is not expected here (no voucher or allow-list entry).
+    /// The device is not expected here (no voucher or allow-list entry for its maker and
+    /// serial).
     #[error("unknown device {0}")]
-    UnknownDevice(String),
+    UnknownDevice(DeviceId),
     /// The device is expected but no voucher is on file.
     #[error("no voucher on file for {0}")]
-    NoVoucher(String),
+    NoVoucher(DeviceId),
     /// The voucher on file has expired.
-    #[error("the voucher for {serial} expired at {expires_on}")]
+    #[error("the voucher for {device} expired at {expires_on}")]
     VoucherExpired {
-        /// Device serial.
-        serial: String,
+        /// The device.
+        device: DeviceId,
         /// Voucher expiry (seconds since the epoch).
         expires_on: u64,
     },
@@ -47,10 +49,10 @@ pub enum LifecycleError {
         found: String,
     },
     /// The device's state does not allow the request.
-    #[error("device {serial} is {state}: {action} is not allowed")]
+    #[error("device {device} is {state}: {action} is not allowed")]
     WrongState {
-        /// Device serial.
-        serial: String,
+        /// The device.
+        device: DeviceId,
         /// Its current state.
         state: DeviceState,
         /// What was asked.
@@ -61,7 +63,14 @@ pub enum LifecycleError {
     Csr(#[from] certs::CsrError),
     /// The device is quarantined.
     #[error("device {0} is quarantined")]
-    Quarantined(String),
+    Quarantined(DeviceId),
+    /// The device was decommissioned by this owner, who does not take it back.
+    #[error(
+        "device {0} was decommissioned by this owner and is not taken back here; its new owner \
+         onboards it on their own onboarder, with a voucher from its manufacturer that pins \
+         their CA"
+    )]
+    Decommissioned(DeviceId),
     /// The peer's credential does not allow the request.
     #[error("not allowed: {0}")]
     Unauthorized(String),
@@ -90,7 +99,7 @@ impl LifecycleError {
             }
             E::ProximityMismatch => ErrorCode::ProximityMismatch,
             E::WrongSerial { .. } => ErrorCode::WrongSerial,
-            E::WrongState { .. } => ErrorCode::WrongState,
+            E::WrongState { .. } | E::Decommissioned(_) => ErrorCode::WrongState,
             E::Csr(certs::CsrError::Malformed(_) | certs::CsrError::BadSignature) => {
                 ErrorCode::CsrInvalid
             }
@@ -116,6 +125,9 @@ impl From<protocol::voucher::VoucherError> for LifecycleError {
         match e {
             V::Decode(d) => LifecycleError::Decode(d),
             V::Signature(s) => LifecycleError::BadSignature(s),
+            V::WrongIssuer => LifecycleError::Unauthorized(
+                "the voucher on file names another IDevID issuer than this device's".into(),
+            ),
             other => LifecycleError::BadRequest(other.to_string()),
         }
     }

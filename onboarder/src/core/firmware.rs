@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::access::{known, ldevid, truncate, usable};
 use super::device::{DeviceRecord, DeviceState};
 use super::error::LifecycleError;
+use super::identity::DeviceId;
 use super::onboard::Decision;
 use super::peer::{CredentialKind, DevicePeer};
 use crate::audit::AuditEvent;
@@ -132,13 +133,13 @@ impl FirmwareJob {
 /// sequence number or a higher one gets a skipped job instead (never an offer); an inactive
 /// device is refused.
 pub fn offer(
-    serial: &str,
+    id: &DeviceId,
     record: Option<DeviceRecord>,
     campaign: &str,
     release: &Release,
     now: u64,
 ) -> Result<Decision, LifecycleError> {
-    let mut record = known(serial, record)?;
+    let mut record = known(id, record)?;
     record.require_state(&[DeviceState::Active], "a firmware update")?;
     if record
         .firmware_job
@@ -179,7 +180,7 @@ pub fn offer(
     Ok(Decision::ack(
         record,
         vec![AuditEvent::operator(
-            Some(serial),
+            Some(id),
             action,
             format!(
                 "{} (sequence {}) by {campaign}",
@@ -265,7 +266,7 @@ pub fn report(
         record,
         if changed_state {
             vec![AuditEvent::device(
-                &peer.serial,
+                &peer.id,
                 &action,
                 detail.trim_end(),
                 now,
@@ -293,12 +294,12 @@ pub fn state_name(state: &JobState) -> &'static str {
 
 /// Cancels the device's update if it belongs to `campaign` and has not started.
 pub fn cancel(
-    serial: &str,
+    id: &DeviceId,
     record: Option<DeviceRecord>,
     campaign: &str,
     now: u64,
 ) -> Result<Decision, LifecycleError> {
-    let mut record = known(serial, record)?;
+    let mut record = known(id, record)?;
     match record.firmware_job.as_mut() {
         Some(job) if job.campaign == campaign && job.state == JobState::Offered => {
             job.state = JobState::Cancelled;
@@ -309,7 +310,7 @@ pub fn cancel(
     Ok(Decision::ack(
         record,
         vec![AuditEvent::operator(
-            Some(serial),
+            Some(id),
             "firmware-cancelled",
             campaign,
             now,
@@ -319,13 +320,13 @@ pub fn cancel(
 
 /// Marks a device that cannot take the release (not active) as skipped, so its wave can end.
 pub fn skip(
-    serial: &str,
+    id: &DeviceId,
     record: Option<DeviceRecord>,
     campaign: &str,
     release: &Release,
     now: u64,
 ) -> Result<Decision, LifecycleError> {
-    let mut record = known(serial, record)?;
+    let mut record = known(id, record)?;
     let reason = format!("the device is {}", record.state);
     let state = JobState::Skipped {
         reason: reason.clone(),
@@ -334,7 +335,7 @@ pub fn skip(
     Ok(Decision::ack(
         record,
         vec![AuditEvent::operator(
-            Some(serial),
+            Some(id),
             "firmware-skipped",
             reason,
             now,

@@ -5,6 +5,7 @@ use serde_bytes::ByteBuf;
 
 use super::device::{CertStatus, DeviceRecord, IssuedCert};
 use super::error::LifecycleError;
+use super::identity::DeviceId;
 use super::policy::{Entropy, NetworkPolicy, Registrar};
 use crate::audit::AuditEvent;
 
@@ -26,11 +27,11 @@ pub(crate) fn issue(
     now: u64,
     entropy: &Entropy,
 ) -> Result<Issued, LifecycleError> {
-    let serial = record.serial.clone();
+    let id = record.id.clone();
     // Credentials are made once per device, so a retry gets the same passphrase.
     let network = record
         .network
-        .get_or_insert_with(|| network_profile(reg, &serial, entropy))
+        .get_or_insert_with(|| network_profile(reg, &id, entropy))
         .clone();
     let key = checked.public_key.raw();
     if let Some(pending) = record.pending_certificate()
@@ -56,7 +57,7 @@ pub(crate) fn issue(
             at: now,
         };
         events.push(AuditEvent::device(
-            &serial,
+            &id,
             "certificate-superseded",
             format!(
                 "unconfirmed certificate {} replaced by a request with a new key",
@@ -66,10 +67,14 @@ pub(crate) fn issue(
         ));
     }
     let validity = certs::Validity::starting(now, reg.policy.ldevid_lifetime);
+    let name = id.to_string();
     let der = certs::profile::issue_ldevid(
         &reg.issuing.ca,
-        &serial,
-        &reg.policy.organization,
+        &certs::profile::LdevidProfile {
+            serial: &id.serial,
+            common_name: &name,
+            organization: &reg.policy.organization,
+        },
         &checked.spki_der,
         validity,
         &entropy.cert_serial,
@@ -85,7 +90,7 @@ pub(crate) fn issue(
         status: CertStatus::Issued,
     };
     events.push(AuditEvent::device(
-        &serial,
+        &id,
         "certificate-issued",
         format!(
             "{kind} {} from issuing CA {} valid until {}",
@@ -103,7 +108,7 @@ pub(crate) fn issue(
     })
 }
 
-fn network_profile(reg: &Registrar, serial: &str, entropy: &Entropy) -> NetworkProfile {
+fn network_profile(reg: &Registrar, id: &DeviceId, entropy: &Entropy) -> NetworkProfile {
     match &reg.policy.network {
         NetworkPolicy::Wifi { ssid } => NetworkProfile::Wifi {
             ssid: ssid.clone(),
@@ -112,7 +117,7 @@ fn network_profile(reg: &Registrar, serial: &str, entropy: &Entropy) -> NetworkP
         },
         NetworkPolicy::EapTls { ssid } => NetworkProfile::EapTls {
             ssid: ssid.clone(),
-            identity: serial.to_string(),
+            identity: id.to_string(),
             ca_chain: reg
                 .issuing
                 .chain

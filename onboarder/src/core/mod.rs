@@ -5,11 +5,13 @@
 //! and commits what it returns. Time and randomness come in as arguments.
 
 mod access;
+pub mod audit_budget;
 pub mod campaign;
 pub mod decommission;
 pub mod device;
 pub mod error;
 pub mod firmware;
+pub mod identity;
 mod issue;
 pub mod onboard;
 pub mod peer;
@@ -19,6 +21,7 @@ pub mod revoke;
 
 pub use device::{CertStatus, DeviceRecord, DeviceState, IssuedCert, Rotation, RotationState};
 pub use error::LifecycleError;
+pub use identity::{DeviceId, MakerId};
 pub use onboard::Decision;
 pub use peer::{CredentialKind, DevicePeer};
 pub use policy::{Entropy, IssuingCa, NetworkPolicy, Policy, Registrar};

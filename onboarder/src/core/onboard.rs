@@ -7,11 +7,12 @@
 //! same answer and writes nothing new.
 
 use protocol::message::{Command, Hello, Response, Status, Welcome};
-use protocol::voucher::{CLOCK_SKEW, VoucherRequest};
+use protocol::voucher::{CLOCK_SKEW, Voucher, VoucherRequest};
 
 use super::access::{check_pinned_idevid, ldevid, truncate, usable};
 use super::device::{CertStatus, DeviceRecord, DeviceState, RotationState};
 use super::error::LifecycleError;
+use super::identity::DeviceId;
 use super::issue::issue;
 use super::peer::{CredentialKind, DevicePeer};
 use super::policy::{Entropy, Registrar};
@@ -48,6 +49,10 @@ impl Decision {
 }
 
 /// RFC 8995 5.1-5.5: checks a signed voucher request and answers with the voucher on file.
+///
+/// Nothing is written: the device has not shown yet that it accepts the voucher, so nothing is
+/// pinned to its key and a device that is not the rightful one (it will refuse the voucher)
+/// leaves the record as it was. The audit event is a note, not a state change.
 pub fn voucher_request(
     reg: &Registrar,
     peer: &DevicePeer,
@@ -57,16 +62,16 @@ pub fn voucher_request(
     now: u64,
 ) -> Result<Decision, LifecycleError> {
     peer.require(CredentialKind::Idevid, "a voucher request")?;
-    let mut record = usable(peer, record)?;
+    let record = usable(peer, record)?;
     record.require_state(
         &[DeviceState::Expected, DeviceState::Onboarding],
         "a voucher request",
     )?;
     check_pinned_idevid(peer, &record)?;
     let request = VoucherRequest::open(signed, &peer.public_key)?;
-    if request.serial_number != peer.serial {
+    if request.serial_number != peer.id.serial {
         return Err(LifecycleError::WrongSerial {
-            expected: peer.serial.clone(),
+            expected: peer.id.serial.clone(),
             found: request.serial_number,
         });
     }
@@ -88,34 +93,35 @@ pub fn voucher_request(
     let voucher = record
         .voucher
         .clone()
-        .ok_or_else(|| LifecycleError::NoVoucher(record.serial.clone()))?;
+        .ok_or_else(|| LifecycleError::NoVoucher(record.id.clone()))?;
     if let Some(expires_on) = record.voucher_expires_on
         && expires_on <= now
     {
         return Err(LifecycleError::VoucherExpired {
-            serial: record.serial,
+            device: record.id,
             expires_on,
         });
     }
-    if record.state == DeviceState::Onboarding {
-        // A retry: same answer, nothing new to record.
-        return Ok(Decision::reply(Response::Voucher(voucher)));
+    // The voucher is for IDevIDs of one issuer (RFC 8366 idevid-issuer): the device's.
+    if let Some(issuer) = Voucher::parse_unverified(&voucher)?.idevid_issuer
+        && peer.issuer_key_id.as_deref() != Some(issuer.as_slice())
+    {
+        return Err(protocol::voucher::VoucherError::WrongIssuer.into());
     }
-    record.transition(DeviceState::Onboarding, "a voucher request", now)?;
-    record.idevid_key = Some(peer.public_key.raw().to_vec());
     Ok(Decision {
+        write: None,
         events: vec![AuditEvent::device(
-            &peer.serial,
+            &peer.id,
             "voucher-issued",
-            format!("IDevID certificate {}", peer.cert_serial),
+            format!("to IDevID certificate {}", peer.cert_serial),
             now,
         )],
-        write: Some(record),
         response: Response::Voucher(voucher),
     })
 }
 
-/// RFC 8995 5.7: the device's verdict on the voucher. Recorded in the audit log only.
+/// RFC 8995 5.7: the device's verdict on the voucher. Acceptance starts the onboarding: the
+/// device moves to `onboarding` and its IDevID key is pinned; a rejection is only noted.
 pub fn voucher_status(
     peer: &DevicePeer,
     record: Option<DeviceRecord>,
@@ -123,21 +129,41 @@ pub fn voucher_status(
     now: u64,
 ) -> Result<Decision, LifecycleError> {
     peer.require(CredentialKind::Idevid, "a voucher status")?;
-    let record = usable(peer, record)?;
+    let mut record = usable(peer, record)?;
     check_pinned_idevid(peer, &record)?;
-    let (action, detail) = if status.ok {
-        ("voucher-accepted", String::new())
-    } else {
-        ("voucher-rejected", truncate(status.reason))
-    };
-    Ok(Decision {
-        write: None,
-        events: vec![AuditEvent::device(&peer.serial, action, detail, now)],
-        response: Response::Ack,
-    })
+    if !status.ok {
+        return Ok(Decision {
+            write: None,
+            events: vec![AuditEvent::device(
+                &peer.id,
+                "voucher-rejected",
+                truncate(status.reason),
+                now,
+            )],
+            response: Response::Ack,
+        });
+    }
+    record.require_state(
+        &[DeviceState::Expected, DeviceState::Onboarding],
+        "a voucher status",
+    )?;
+    if record.state == DeviceState::Onboarding {
+        // Already onboarding with this IDevID (checked above): a repeat says nothing.
+        return Ok(Decision::reply(Response::Ack));
+    }
+    record.transition(DeviceState::Onboarding, "accepting a voucher", now)?;
+    record.idevid_key = Some(peer.public_key.raw().to_vec());
+    let event = AuditEvent::device(
+        &peer.id,
+        "voucher-accepted",
+        format!("IDevID certificate {} pinned", peer.cert_serial),
+        now,
+    );
+    Ok(Decision::ack(record, vec![event]))
 }
 
-/// EST simpleenroll: checks the CSR and issues the LDevID with network credentials.
+/// EST simpleenroll: checks the CSR and issues the LDevID with network credentials. Only a
+/// device that accepted its voucher (and so is onboarding, its IDevID pinned) may enroll.
 pub fn enroll(
     reg: &Registrar,
     peer: &DevicePeer,
@@ -154,7 +180,7 @@ pub fn enroll(
     let checked = certs::csr::check_csr(
         csr,
         &certs::csr::CsrPolicy {
-            serial: &peer.serial,
+            serial: &peer.id.serial,
             binding: session_binding,
             forbidden_keys: std::slice::from_ref(&peer.public_key),
         },
@@ -191,12 +217,7 @@ pub fn enroll_status(
         }
         return Ok(Decision {
             write,
-            events: vec![AuditEvent::device(
-                &peer.serial,
-                "enroll-failed",
-                reason,
-                now,
-            )],
+            events: vec![AuditEvent::device(&peer.id, "enroll-failed", reason, now)],
             response: Response::Ack,
         });
     }
@@ -206,29 +227,25 @@ pub fn enroll_status(
     let pending = record
         .pending_certificate()
         .map(|c| c.serial.clone())
-        .ok_or_else(|| LifecycleError::WrongState {
-            serial: record.serial.clone(),
-            state: record.state,
-            action: "confirming an enrollment without a certificate",
-        })?;
+        .ok_or_else(|| record.wrong_state("confirming an enrollment without a certificate"))?;
     let mut events = vec![AuditEvent::device(
-        &peer.serial,
+        &peer.id,
         "enrolled",
         format!("LDevID {pending} confirmed"),
         now,
     )];
     events.extend(activation_events(
-        &peer.serial,
+        &peer.id,
         record.activate(&pending, now)?,
         now,
     ));
     Ok(Decision::ack(record, events))
 }
 
-fn activation_events(serial: &str, changes: Vec<(String, String)>, now: u64) -> Vec<AuditEvent> {
+fn activation_events(id: &DeviceId, changes: Vec<(String, String)>, now: u64) -> Vec<AuditEvent> {
     changes
         .into_iter()
-        .map(|(action, detail)| AuditEvent::device(serial, &action, detail, now))
+        .map(|(action, detail)| AuditEvent::device(id, &action, detail, now))
         .collect()
 }
 
@@ -250,12 +267,12 @@ pub fn hello(
     if cert.status == CertStatus::Issued {
         let changes = record.activate(&cert.serial, now)?;
         events.push(AuditEvent::device(
-            &peer.serial,
+            &peer.id,
             "enrolled",
             format!("LDevID {} confirmed by use", cert.serial),
             now,
         ));
-        events.extend(activation_events(&peer.serial, changes, now));
+        events.extend(activation_events(&peer.id, changes, now));
         changed = true;
     }
     record.require_state(

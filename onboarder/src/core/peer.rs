@@ -1,12 +1,17 @@
 //! The authenticated peer, as the transport hands it to the core.
 //!
 //! The TLS layer has already validated the certificate chain (to a manufacturer root for an
-//! IDevID, to our issuing CA for an LDevID); this module only reads who it is.
+//! IDevID, to our issuing CA for an LDevID); this module only reads who it is. An IDevID names
+//! its device by the maker whose anchor the verified path ended at (given by the caller, who
+//! verified it) and its subject serialNumber. An LDevID names it in its subject CN, which we
+//! wrote; the core still checks that the certificate is byte for byte one we issued to that
+//! device, so a certificate that merely claims our issuer cannot pose as an LDevID.
 
 use certs::CertInfo;
 use protocol::keys::PublicKey;
 
 use super::error::LifecycleError;
+use super::identity::{DeviceId, MakerId};
 
 /// Which kind of credential authenticated the peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,38 +27,60 @@ pub enum CredentialKind {
 pub struct DevicePeer {
     /// Which credential it used.
     pub kind: CredentialKind,
-    /// Device serial, from the certificate subject (never from a request body).
-    pub serial: String,
+    /// The device, from the certificate (never from a request body).
+    pub id: DeviceId,
     /// Serial number of the certificate, lowercase hex.
     pub cert_serial: String,
     /// The certificate's public key.
     pub public_key: PublicKey,
+    /// The certificate's authority key identifier: for an IDevID, what a voucher's
+    /// `idevid-issuer` must name.
+    pub issuer_key_id: Option<Vec<u8>>,
+    /// SHA-256 of the certificate (DER).
+    pub cert_sha256: [u8; 32],
 }
 
 impl DevicePeer {
     /// Reads the peer from its validated leaf certificate. A leaf issued by one of our issuing
     /// CAs (`is_ours` on its authority key id) is an LDevID; anything else that passed TLS is an
-    /// IDevID from an imported manufacturer.
+    /// IDevID, whose maker `maker_of_idevid` tells (the anchor its verified path ends at; `None`
+    /// if it ends at none of the manufacturers').
     pub fn from_certificate(
         leaf_der: &[u8],
         is_ours: impl Fn(&[u8]) -> bool,
+        maker_of_idevid: impl FnOnce() -> Option<MakerId>,
     ) -> Result<DevicePeer, LifecycleError> {
-        let info = CertInfo::parse(leaf_der)
-            .map_err(|e| LifecycleError::Unauthorized(format!("client certificate: {e}")))?;
-        let serial = info
-            .device_serial()
-            .map_err(|e| LifecycleError::Unauthorized(format!("client certificate: {e}")))?
-            .to_string();
+        let bad = |e: String| LifecycleError::Unauthorized(format!("client certificate: {e}"));
+        let info = CertInfo::parse(leaf_der).map_err(|e| bad(e.to_string()))?;
+        let serial = info.device_serial().map_err(|e| bad(e.to_string()))?;
         let ours = info.authority_key_id.as_deref().is_some_and(is_ours);
+        let (kind, id) = if ours {
+            let id: DeviceId = info
+                .common_name
+                .as_deref()
+                .unwrap_or_default()
+                .parse()
+                .map_err(|e| bad(format!("not an LDevID of ours: {e}")))?;
+            if id.serial != serial {
+                return Err(bad("its CN and serialNumber name different devices".into()));
+            }
+            (CredentialKind::Ldevid, id)
+        } else {
+            let maker = maker_of_idevid()
+                .ok_or_else(|| bad("it does not chain to a manufacturer anchor".into()))?;
+            let id = DeviceId::new(maker, serial).map_err(|e| bad(e.to_string()))?;
+            (CredentialKind::Idevid, id)
+        };
+        let digest = ring::digest::digest(&ring::digest::SHA256, leaf_der);
+        let mut cert_sha256 = [0u8; 32];
+        cert_sha256.copy_from_slice(digest.as_ref());
         Ok(DevicePeer {
-            kind: if ours {
-                CredentialKind::Ldevid
-            } else {
-                CredentialKind::Idevid
-            },
-            serial,
+            kind,
+            id,
             cert_serial: info.serial_hex,
             public_key: info.public_key,
+            issuer_key_id: info.authority_key_id,
+            cert_sha256,
         })
     }
 

@@ -38,7 +38,7 @@ pub fn reenroll(
     let checked = certs::csr::check_csr(
         csr,
         &certs::csr::CsrPolicy {
-            serial: &peer.serial,
+            serial: &peer.id.serial,
             binding: session_binding,
             forbidden_keys: &forbidden,
         },

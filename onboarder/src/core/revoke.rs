@@ -5,6 +5,7 @@ use certs::crl::Reason;
 use super::access::known;
 use super::device::{CertStatus, DeviceRecord, DeviceState, Rotation, RotationState};
 use super::error::LifecycleError;
+use super::identity::DeviceId;
 use super::onboard::Decision;
 use crate::audit::AuditEvent;
 use protocol::message::Response;
@@ -12,12 +13,12 @@ use protocol::message::Response;
 /// Revokes every certificate of the device that could still be used and quarantines it.
 /// Revoking a quarantined device again revokes what is left and changes nothing else.
 pub fn revoke(
-    serial: &str,
+    id: &DeviceId,
     record: Option<DeviceRecord>,
     reason: Reason,
     now: u64,
 ) -> Result<Decision, LifecycleError> {
-    let mut record = known(serial, record)?;
+    let mut record = known(id, record)?;
     let mut revoked = Vec::new();
     for cert in &mut record.certificates {
         if matches!(
@@ -46,7 +47,7 @@ pub fn revoke(
     Ok(Decision::ack(
         record,
         vec![AuditEvent::operator(
-            Some(serial),
+            Some(id),
             "revoked",
             format!("{reason}: certificates {}", revoked.join(", ")),
             now,
@@ -57,12 +58,12 @@ pub fn revoke(
 /// Quarantines a device on an operator's order: every request of it is refused until further
 /// notice; its certificates are not revoked (see [`revoke`] for that).
 pub fn quarantine(
-    serial: &str,
+    id: &DeviceId,
     record: Option<DeviceRecord>,
     reason: &str,
     now: u64,
 ) -> Result<Decision, LifecycleError> {
-    let mut record = known(serial, record)?;
+    let mut record = known(id, record)?;
     if record.state == DeviceState::Quarantined {
         return Ok(Decision::reply(Response::Ack));
     }
@@ -70,23 +71,18 @@ pub fn quarantine(
     record.quarantine_reason = Some(reason.to_string());
     Ok(Decision::ack(
         record,
-        vec![AuditEvent::operator(
-            Some(serial),
-            "quarantined",
-            reason,
-            now,
-        )],
+        vec![AuditEvent::operator(Some(id), "quarantined", reason, now)],
     ))
 }
 
 /// Orders the device to re-key. Only an active device can; asking again while a rotation is
 /// pending changes nothing.
 pub fn request_rotation(
-    serial: &str,
+    id: &DeviceId,
     record: Option<DeviceRecord>,
     now: u64,
 ) -> Result<Decision, LifecycleError> {
-    let mut record = known(serial, record)?;
+    let mut record = known(id, record)?;
     record.require_state(&[DeviceState::Active], "a rotation")?;
     if record
         .rotation
@@ -103,9 +99,54 @@ pub fn request_rotation(
     Ok(Decision::ack(
         record,
         vec![AuditEvent::operator(
-            Some(serial),
+            Some(id),
             "rotation-requested",
             "",
+            now,
+        )],
+    ))
+}
+
+/// An operator puts a device stuck in onboarding back to `expected`: the IDevID pinned by
+/// whoever accepted the voucher is forgotten, certificates issued but never confirmed are
+/// revoked, and network credentials handed out with them are dropped (new ones are made at
+/// the next enrollment). Resetting an expected device changes nothing.
+pub fn reset_onboarding(
+    id: &DeviceId,
+    record: Option<DeviceRecord>,
+    reason: &str,
+    now: u64,
+) -> Result<Decision, LifecycleError> {
+    let mut record = known(id, record)?;
+    if record.state == DeviceState::Expected {
+        return Ok(Decision::reply(Response::Ack));
+    }
+    record.transition(DeviceState::Expected, "resetting an onboarding", now)?;
+    let mut revoked = Vec::new();
+    for cert in &mut record.certificates {
+        if cert.is_live() {
+            cert.status = CertStatus::Revoked {
+                reason: Reason::CessationOfOperation,
+                at: now,
+            };
+            revoked.push(cert.serial.clone());
+        }
+    }
+    record.idevid_key = None;
+    record.network = None;
+    Ok(Decision::ack(
+        record,
+        vec![AuditEvent::operator(
+            Some(id),
+            "onboarding-reset",
+            format!(
+                "{reason}; IDevID pin dropped; certificates revoked: {}",
+                if revoked.is_empty() {
+                    "none".to_string()
+                } else {
+                    revoked.join(", ")
+                }
+            ),
             now,
         )],
     ))

@@ -1,29 +1,33 @@
 //! The admin API: HTTP on loopback, bearer-token authenticated, JSON out.
 //!
+//! A device is named `MAKER/SERIAL` (the maker id or the manufacturer's name; `/` written
+//! `%2F` in a path), or by its serial alone when only one manufacturer has a device with it.
+//!
 //! ```text
 //! GET  /v1/health                 liveness (no token needed)
 //! GET  /v1/anchors                manufacturer trust anchors
-//! POST /v1/anchors                import anchors (body: PEM)
+//! POST /v1/anchors                import anchors {"pem", "masa_pem"?, "name"?}
 //! POST /v1/vouchers               import a voucher bundle (body: CBOR, see factory voucher)
-//! GET  /v1/devices?after=&limit=  devices in serial order
-//! GET  /v1/devices/{serial}       one device
-//! POST /v1/devices/{serial}/revoke {"reason": "key-compromise"}: revoke and quarantine
-//! POST /v1/devices/{serial}/quarantine {"reason": "..."}: refuse it, keep its certificates
-//! POST /v1/decommissions          {"serials": [..], "method": "clear"|"purge-cryptographic-erase"}
-//! POST /v1/devices/{serial}/decommission/force {"reason": "..."}: no attestation
-//! GET  /v1/devices/{serial}/sanitization       certificate of sanitization (JSON)
-//! GET  /v1/devices/{serial}/sanitization.html  the same, printable
-//! POST /v1/rotations              {"serials": [..]} or {"all": true}, optional "rate"
+//! GET  /v1/devices?after=&limit=  devices in id order (maker, serial)
+//! GET  /v1/devices/{device}       one device
+//! POST /v1/devices/{device}/revoke {"reason": "key-compromise"}: revoke and quarantine
+//! POST /v1/devices/{device}/quarantine {"reason": "..."}: refuse it, keep its certificates
+//! POST /v1/devices/{device}/reset-onboarding {"reason": "..."}: back to expected, pin dropped
+//! POST /v1/decommissions          {"devices": [..], "method": "clear"|"purge-cryptographic-erase"}
+//! POST /v1/devices/{device}/decommission/force {"reason": "..."}: no attestation
+//! GET  /v1/devices/{device}/sanitization       certificate of sanitization (JSON)
+//! GET  /v1/devices/{device}/sanitization.html  the same, printable
+//! POST /v1/rotations              {"devices": [..]} or {"all": true}, optional "rate"
 //! GET  /v1/rotations?since=T      progress of the rotations ordered since T
 //! POST /v1/ca/rollover            new issuing CA generation, every device re-keys
 //! GET  /v1/crls                   the CRLs last published
-//! GET  /v1/stats                  devices per state, live sessions
+//! GET  /v1/stats                  devices per state, live sessions, refusals and shed load
 //! GET  /v1/firmware/keys          firmware-signing keys; POST {"vendor", "pem"} imports one
 //! GET  /v1/firmware/releases      releases; POST (CBOR [manifest, image]) uploads one
 //! GET  /v1/campaigns              campaigns; POST (CampaignSpec) creates one
 //! GET  /v1/campaigns/{id}         status per wave (and per device with ?devices=true)
 //! POST /v1/campaigns/{id}/{order} start, pause, resume or abort
-//! GET  /v1/audit?from=&limit=     audit entries
+//! GET  /v1/audit?from=&limit=     audit entries from `from`, or the newest `limit`
 //! GET  /v1/audit/verify           verify the audit hash chain
 //! GET  /crl/issuing-ca-{n}.crl    CRL of issuing CA generation n, DER (no token needed)
 //! ```
@@ -44,6 +48,7 @@ use super::OperatorError;
 use super::control::{Control, RolloverReport};
 use super::orders::{Crl, OrderReport, RotationStatus};
 use super::views::{AnchorView, AuditEntryView, DeviceView};
+use crate::core::DeviceId;
 
 /// Most devices or audit entries in one page.
 pub const MAX_PAGE: usize = 10_000;
@@ -76,20 +81,24 @@ pub fn router(control: Arc<Control>, token: String) -> Router {
         .route("/v1/anchors", get(list_anchors).post(import_anchor))
         .route("/v1/vouchers", axum::routing::post(import_vouchers))
         .route("/v1/devices", get(list_devices))
-        .route("/v1/devices/{serial}", get(show_device))
-        .route("/v1/devices/{serial}/revoke", axum::routing::post(revoke))
+        .route("/v1/devices/{device}", get(show_device))
+        .route("/v1/devices/{device}/revoke", axum::routing::post(revoke))
         .route(
-            "/v1/devices/{serial}/quarantine",
+            "/v1/devices/{device}/quarantine",
             axum::routing::post(quarantine),
+        )
+        .route(
+            "/v1/devices/{device}/reset-onboarding",
+            axum::routing::post(reset_onboarding),
         )
         .route("/v1/decommissions", axum::routing::post(decommission))
         .route(
-            "/v1/devices/{serial}/decommission/force",
+            "/v1/devices/{device}/decommission/force",
             axum::routing::post(force_decommission),
         )
-        .route("/v1/devices/{serial}/sanitization", get(sanitization))
+        .route("/v1/devices/{device}/sanitization", get(sanitization))
         .route(
-            "/v1/devices/{serial}/sanitization.html",
+            "/v1/devices/{device}/sanitization.html",
             get(sanitization_html),
         )
         .route("/v1/rotations", get(rotation_status).post(rotate))
@@ -132,10 +141,13 @@ async fn authenticate(
     req: Request,
     next: Next,
 ) -> Response {
+    // The scheme is case-insensitive (RFC 9110 11.1).
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .unwrap_or_default();
     if constant_time_eq(presented.as_bytes(), api.token.as_bytes()) {
         next.run(req).await
@@ -181,7 +193,10 @@ async fn list_anchors(State(api): State<Api>) -> ApiResult<Vec<AnchorView>> {
     ))
 }
 
-async fn import_anchor(State(api): State<Api>, body: String) -> ApiResult<Vec<AnchorView>> {
+async fn import_anchor(
+    State(api): State<Api>,
+    axum::Json(body): axum::Json<super::AnchorImport>,
+) -> ApiResult<Vec<AnchorView>> {
     let added = api.control.service.import_anchor(&body).await?;
     Ok(axum::Json(added.iter().map(AnchorView::from).collect()))
 }
@@ -195,9 +210,9 @@ async fn import_vouchers(State(api): State<Api>, body: Bytes) -> ApiResult<super
 /// Paging of lists.
 #[derive(Debug, Deserialize, Serialize, Default)]
 pub struct Page {
-    /// Devices: start after this serial.
+    /// Devices: start after this device (`MAKER/SERIAL`, as listed).
     pub after: Option<String>,
-    /// Audit: start at this sequence number.
+    /// Audit: start at this sequence number (default: the newest `limit` entries).
     pub from: Option<u64>,
     /// Page size.
     pub limit: Option<usize>,
@@ -213,16 +228,20 @@ async fn list_devices(
     State(api): State<Api>,
     Query(page): Query<Page>,
 ) -> ApiResult<Vec<DeviceView>> {
-    let devices = api
-        .control
-        .service
-        .devices(page.after.as_deref(), page.limit())?;
+    let after = page
+        .after
+        .as_deref()
+        .map(|a| a.parse::<DeviceId>())
+        .transpose()
+        .map_err(|e| OperatorError::BadInput(e.to_string()))?;
+    let devices = api.control.service.devices(after.as_ref(), page.limit())?;
     Ok(axum::Json(devices.iter().map(DeviceView::from).collect()))
 }
 
-async fn show_device(State(api): State<Api>, Path(serial): Path<String>) -> ApiResult<DeviceView> {
+async fn show_device(State(api): State<Api>, Path(device): Path<String>) -> ApiResult<DeviceView> {
+    let id = api.control.service.resolve(&device)?;
     Ok(axum::Json(DeviceView::from(
-        &api.control.service.device(&serial)?,
+        &api.control.service.device(&id)?,
     )))
 }
 
@@ -230,10 +249,15 @@ async fn list_audit(
     State(api): State<Api>,
     Query(page): Query<Page>,
 ) -> ApiResult<Vec<AuditEntryView>> {
-    let entries = api
-        .control
-        .service
-        .audit(page.from.unwrap_or(1), page.limit())?;
+    let limit = page.limit();
+    let from = match page.from {
+        Some(from) => from,
+        None => {
+            let (head, _) = api.control.service.store().audit_head()?;
+            head.saturating_sub(limit as u64) + 1
+        }
+    };
+    let entries = api.control.service.audit(from, limit)?;
     Ok(axum::Json(
         entries.iter().map(AuditEntryView::from).collect(),
     ))
@@ -243,7 +267,7 @@ async fn verify_audit(State(api): State<Api>) -> ApiResult<crate::audit::ChainSu
     Ok(axum::Json(api.control.service.verify_audit()?))
 }
 
-/// Body of `POST /v1/devices/{serial}/revoke`.
+/// Body of `POST /v1/devices/{device}/revoke`.
 #[derive(Debug, Deserialize, Serialize)]
 pub struct RevokeRequest {
     /// RFC 5280 reason (kebab-case).
@@ -252,14 +276,15 @@ pub struct RevokeRequest {
 
 async fn revoke(
     State(api): State<Api>,
-    Path(serial): Path<String>,
+    Path(device): Path<String>,
     axum::Json(body): axum::Json<RevokeRequest>,
 ) -> ApiResult<DeviceView> {
-    let record = api.control.revoke(&serial, body.reason).await?;
+    let id = api.control.service.resolve(&device)?;
+    let record = api.control.revoke(&id, body.reason).await?;
     Ok(axum::Json(DeviceView::from(&record)))
 }
 
-/// Body of `POST /v1/devices/{serial}/quarantine`.
+/// Body of `POST /v1/devices/{device}/quarantine`.
 #[derive(Debug, Deserialize, Serialize)]
 pub struct QuarantineRequest {
     /// Why, for the audit log.
@@ -268,11 +293,34 @@ pub struct QuarantineRequest {
 
 async fn quarantine(
     State(api): State<Api>,
-    Path(serial): Path<String>,
+    Path(device): Path<String>,
     axum::Json(body): axum::Json<QuarantineRequest>,
 ) -> ApiResult<DeviceView> {
-    let record = api.control.quarantine(&serial, &body.reason).await?;
+    let id = api.control.service.resolve(&device)?;
+    let record = api.control.quarantine(&id, &body.reason).await?;
     Ok(axum::Json(DeviceView::from(&record)))
+}
+
+async fn reset_onboarding(
+    State(api): State<Api>,
+    Path(device): Path<String>,
+    axum::Json(body): axum::Json<QuarantineRequest>,
+) -> ApiResult<DeviceView> {
+    let id = api.control.service.resolve(&device)?;
+    let record = api.control.reset_onboarding(&id, &body.reason).await?;
+    Ok(axum::Json(DeviceView::from(&record)))
+}
+
+/// Resolves what an order names; the names that do not resolve are refused with why.
+fn resolve_all(api: &Api, named: &[String]) -> (Vec<DeviceId>, Vec<(String, String)>) {
+    let (mut ids, mut refused) = (Vec::new(), Vec::new());
+    for name in named {
+        match api.control.service.resolve(name) {
+            Ok(id) => ids.push(id),
+            Err(e) => refused.push((name.clone(), e.to_string())),
+        }
+    }
+    (ids, refused)
 }
 
 /// Body of `POST /v1/rotations`.
@@ -280,7 +328,7 @@ async fn quarantine(
 pub struct RotateRequest {
     /// Devices to re-key.
     #[serde(default)]
-    pub serials: Vec<String>,
+    pub devices: Vec<String>,
     /// Every active device instead.
     #[serde(default)]
     pub all: bool,
@@ -293,13 +341,18 @@ async fn rotate(
     State(api): State<Api>,
     axum::Json(body): axum::Json<RotateRequest>,
 ) -> ApiResult<OrderReport> {
-    if !body.all && body.serials.is_empty() {
+    if !body.all && body.devices.is_empty() {
         return Err(OperatorError::BadInput(
-            "name serials or ask for all".into(),
+            "name devices or ask for all".into(),
         ));
     }
-    let serials = (!body.all).then_some(body.serials);
-    Ok(axum::Json(api.control.rotate(serials, body.rate).await?))
+    if body.all {
+        return Ok(axum::Json(api.control.rotate(None, body.rate).await?));
+    }
+    let (ids, unknown) = resolve_all(&api, &body.devices);
+    let mut report = api.control.rotate(Some(ids), body.rate).await?;
+    report.refused.extend(unknown);
+    Ok(axum::Json(report))
 }
 
 /// Query of `GET /v1/rotations`.
@@ -480,7 +533,7 @@ async fn order_campaign(
 #[derive(Debug, Deserialize, Serialize)]
 pub struct DecommissionRequest {
     /// Devices to decommission.
-    pub serials: Vec<String>,
+    pub devices: Vec<String>,
     /// Sanitization method.
     pub method: protocol::attestation::WipeMethod,
 }
@@ -489,40 +542,41 @@ async fn decommission(
     State(api): State<Api>,
     axum::Json(body): axum::Json<DecommissionRequest>,
 ) -> ApiResult<OrderReport> {
-    if body.serials.is_empty() {
+    if body.devices.is_empty() {
         return Err(OperatorError::BadInput("name the devices".into()));
     }
-    Ok(axum::Json(
-        api.control.decommission(body.serials, body.method).await?,
-    ))
+    let (ids, unknown) = resolve_all(&api, &body.devices);
+    let mut report = api.control.decommission(ids, body.method).await?;
+    report.refused.extend(unknown);
+    Ok(axum::Json(report))
 }
 
 async fn force_decommission(
     State(api): State<Api>,
-    Path(serial): Path<String>,
+    Path(device): Path<String>,
     axum::Json(body): axum::Json<QuarantineRequest>,
 ) -> ApiResult<DeviceView> {
-    let record = api
-        .control
-        .force_decommission(&serial, &body.reason)
-        .await?;
+    let id = api.control.service.resolve(&device)?;
+    let record = api.control.force_decommission(&id, &body.reason).await?;
     Ok(axum::Json(DeviceView::from(&record)))
 }
 
 async fn sanitization(
     State(api): State<Api>,
-    Path(serial): Path<String>,
+    Path(device): Path<String>,
 ) -> ApiResult<super::sanitization::SanitizationCertificate> {
+    let id = api.control.service.resolve(&device)?;
     Ok(axum::Json(
-        api.control.service.sanitization_certificate(&serial)?,
+        api.control.service.sanitization_certificate(&id)?,
     ))
 }
 
 async fn sanitization_html(
     State(api): State<Api>,
-    Path(serial): Path<String>,
+    Path(device): Path<String>,
 ) -> Result<Response, OperatorError> {
-    let certificate = api.control.service.sanitization_certificate(&serial)?;
+    let id = api.control.service.resolve(&device)?;
+    let certificate = api.control.service.sanitization_certificate(&id)?;
     Ok((
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
         certificate.to_html(),
@@ -537,6 +591,11 @@ pub struct Stats {
     pub states: std::collections::BTreeMap<String, u64>,
     /// Live operational sessions.
     pub sessions: usize,
+    /// Bytes of incomplete device requests held now.
+    pub frame_bytes_held: usize,
+    /// Refusals and shed load.
+    #[serde(flatten)]
+    pub metrics: crate::metrics::MetricsSnapshot,
 }
 
 async fn stats(State(api): State<Api>) -> ApiResult<Stats> {
@@ -544,5 +603,7 @@ async fn stats(State(api): State<Api>) -> ApiResult<Stats> {
     Ok(axum::Json(Stats {
         states,
         sessions: api.control.sessions.len(),
+        frame_bytes_held: api.control.frames.held(),
+        metrics: api.control.service.metrics().snapshot(),
     }))
 }

@@ -92,9 +92,9 @@ impl ApiClient {
         self.read(response)
     }
 
-    /// Imports manufacturer anchors (PEM).
-    pub fn import_anchor(&self, pem: &str) -> Result<Vec<AnchorView>> {
-        self.post("/v1/anchors", pem.as_bytes(), "application/x-pem-file")
+    /// Imports manufacturer anchors.
+    pub fn import_anchor(&self, import: &super::AnchorImport) -> Result<Vec<AnchorView>> {
+        self.post_json("/v1/anchors", import)
     }
 
     /// Lists manufacturer anchors.
@@ -115,7 +115,7 @@ impl ApiClient {
                 Some(last) => format!(
                     "/v1/devices?limit={}&after={}",
                     super::api::MAX_PAGE,
-                    last.serial
+                    segment(&last.id.to_string())
                 ),
                 None => format!("/v1/devices?limit={}", super::api::MAX_PAGE),
             };
@@ -128,14 +128,17 @@ impl ApiClient {
         }
     }
 
-    /// One device.
-    pub fn device(&self, serial: &str) -> Result<DeviceView> {
-        self.get(&format!("/v1/devices/{serial}"))
+    /// One device (`MAKER/SERIAL`, or a serial only one manufacturer has).
+    pub fn device(&self, device: &str) -> Result<DeviceView> {
+        self.get(&format!("/v1/devices/{}", segment(device)))
     }
 
-    /// Audit entries.
-    pub fn audit(&self, from: u64, limit: usize) -> Result<Vec<AuditEntryView>> {
-        self.get(&format!("/v1/audit?from={from}&limit={limit}"))
+    /// Audit entries from `from`, or the newest `limit` when `from` is `None`.
+    pub fn audit(&self, from: Option<u64>, limit: usize) -> Result<Vec<AuditEntryView>> {
+        match from {
+            Some(from) => self.get(&format!("/v1/audit?from={from}&limit={limit}")),
+            None => self.get(&format!("/v1/audit?limit={limit}")),
+        }
     }
 
     fn post_json<T: DeserializeOwned>(
@@ -147,17 +150,27 @@ impl ApiClient {
     }
 
     /// Revokes a device's certificates and quarantines it.
-    pub fn revoke(&self, serial: &str, reason: certs::crl::Reason) -> Result<DeviceView> {
+    pub fn revoke(&self, device: &str, reason: certs::crl::Reason) -> Result<DeviceView> {
         self.post_json(
-            &format!("/v1/devices/{serial}/revoke"),
+            &format!("/v1/devices/{}/revoke", segment(device)),
             &RevokeRequest { reason },
         )
     }
 
     /// Quarantines a device.
-    pub fn quarantine(&self, serial: &str, reason: &str) -> Result<DeviceView> {
+    pub fn quarantine(&self, device: &str, reason: &str) -> Result<DeviceView> {
         self.post_json(
-            &format!("/v1/devices/{serial}/quarantine"),
+            &format!("/v1/devices/{}/quarantine", segment(device)),
+            &QuarantineRequest {
+                reason: reason.to_string(),
+            },
+        )
+    }
+
+    /// Puts a device stuck in onboarding back to expected.
+    pub fn reset_onboarding(&self, device: &str, reason: &str) -> Result<DeviceView> {
+        self.post_json(
+            &format!("/v1/devices/{}/reset-onboarding", segment(device)),
             &QuarantineRequest {
                 reason: reason.to_string(),
             },
@@ -242,19 +255,19 @@ impl ApiClient {
     /// Orders devices to wipe themselves.
     pub fn decommission(
         &self,
-        serials: Vec<String>,
+        devices: Vec<String>,
         method: protocol::attestation::WipeMethod,
     ) -> Result<OrderReport> {
         self.post_json(
             "/v1/decommissions",
-            &super::api::DecommissionRequest { serials, method },
+            &super::api::DecommissionRequest { devices, method },
         )
     }
 
     /// Decommissions a device without its attestation.
-    pub fn force_decommission(&self, serial: &str, reason: &str) -> Result<DeviceView> {
+    pub fn force_decommission(&self, device: &str, reason: &str) -> Result<DeviceView> {
         self.post_json(
-            &format!("/v1/devices/{serial}/decommission/force"),
+            &format!("/v1/devices/{}/decommission/force", segment(device)),
             &QuarantineRequest {
                 reason: reason.to_string(),
             },
@@ -264,9 +277,9 @@ impl ApiClient {
     /// The certificate of sanitization of a device.
     pub fn sanitization(
         &self,
-        serial: &str,
+        device: &str,
     ) -> Result<super::sanitization::SanitizationCertificate> {
-        self.get(&format!("/v1/devices/{serial}/sanitization"))
+        self.get(&format!("/v1/devices/{}/sanitization", segment(device)))
     }
 
     /// Devices per state and live sessions.
@@ -296,4 +309,19 @@ impl ApiClient {
     pub fn verify_audit(&self) -> Result<ChainSummary> {
         self.get("/v1/audit/verify")
     }
+}
+
+/// A device name as one URL path segment or query value. Names are maker ids, manufacturer
+/// names and serials (letters, digits, `-`, `.`) joined by `/`; anything else is escaped too.
+fn segment(name: &str) -> String {
+    use std::fmt::Write;
+    name.bytes()
+        .fold(String::with_capacity(name.len()), |mut s, b| {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_' {
+                s.push(b as char);
+            } else {
+                let _ = write!(s, "%{b:02X}");
+            }
+            s
+        })
 }

@@ -13,6 +13,7 @@ use tokio::sync::{Semaphore, watch};
 use super::OperatorError;
 use super::orders::{Crl, OrderReport};
 use crate::config::{Config, layout};
+use crate::core::DeviceId;
 use crate::service::Service;
 use crate::transport::sessions::Sessions;
 use crate::transport::tls::RegistrarIdentity;
@@ -21,6 +22,8 @@ use crate::transport::tls::RegistrarIdentity;
 const PUSH_CONCURRENCY: usize = 64;
 /// The CRL publisher waits this long after a revocation for others to batch with it.
 const CRL_DEBOUNCE: Duration = Duration::from_millis(100);
+/// How often the audit budget's ended windows are summed up.
+const AUDIT_FLUSH: Duration = Duration::from_secs(30);
 /// How often the registrar certificate is checked for renewal.
 const REGISTRAR_CHECK: Duration = Duration::from_secs(3600);
 
@@ -39,6 +42,8 @@ pub struct Control {
     pub service: Arc<Service>,
     /// Live operational sessions.
     pub sessions: Arc<Sessions>,
+    /// Bytes of incomplete device requests the transport holds.
+    pub frames: crate::transport::limits::FrameBudget,
     identity: Arc<RegistrarIdentity>,
     dir: PathBuf,
     config: Config,
@@ -50,6 +55,7 @@ impl Control {
     pub fn new(
         service: Arc<Service>,
         sessions: Arc<Sessions>,
+        frames: crate::transport::limits::FrameBudget,
         identity: Arc<RegistrarIdentity>,
         dir: PathBuf,
         config: Config,
@@ -57,6 +63,7 @@ impl Control {
         Control {
             service,
             sessions,
+            frames,
             identity,
             dir,
             config,
@@ -68,23 +75,28 @@ impl Control {
     /// `rate` per second (the others get it when they next connect).
     pub async fn rotate(
         self: &Arc<Self>,
-        serials: Option<Vec<String>>,
+        devices: Option<Vec<DeviceId>>,
         rate: Option<u32>,
     ) -> Result<OrderReport, OperatorError> {
-        let report = self.service.request_rotation(serials).await?;
+        let report = self.service.request_rotation(devices).await?;
         let this = self.clone();
         let targets = report.accepted.clone();
         tokio::spawn(async move { this.push_all(targets, Command::Rotate, rate).await });
         Ok(report)
     }
 
-    async fn push_all(self: Arc<Self>, serials: Vec<String>, command: Command, rate: Option<u32>) {
+    async fn push_all(
+        self: Arc<Self>,
+        devices: Vec<DeviceId>,
+        command: Command,
+        rate: Option<u32>,
+    ) {
         let limit = Arc::new(Semaphore::new(PUSH_CONCURRENCY));
         let mut tick = rate
             .filter(|r| *r > 0)
             .map(|r| tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(r))));
-        for serial in serials {
-            if !self.sessions.is_connected(&serial) {
+        for device in devices {
+            if !self.sessions.is_connected(&device) {
                 continue;
             }
             if let Some(tick) = &mut tick {
@@ -95,11 +107,11 @@ impl Control {
             };
             let (sessions, command) = (self.sessions.clone(), command.clone());
             tokio::spawn(async move {
-                match sessions.push(&serial, &command).await {
+                match sessions.push(&device, &command).await {
                     Ok(CommandReply::Accepted) => {}
-                    Ok(other) => tracing::info!(serial, "command answered {other:?}"),
+                    Ok(other) => tracing::info!(%device, "command answered {other:?}"),
                     // The device gets the order in its next welcome.
-                    Err(e) => tracing::debug!(serial, "push failed: {e}"),
+                    Err(e) => tracing::debug!(%device, "push failed: {e}"),
                 }
                 drop(permit);
             });
@@ -110,21 +122,21 @@ impl Control {
     /// to those connected; the others find it in their next welcome.
     pub async fn decommission(
         self: &Arc<Self>,
-        serials: Vec<String>,
+        devices: Vec<DeviceId>,
         method: protocol::attestation::WipeMethod,
     ) -> Result<OrderReport, OperatorError> {
-        let report = self.service.decommission(serials, method).await?;
+        let report = self.service.decommission(devices, method).await?;
         let this = self.clone();
         let targets = report.accepted.clone();
         tokio::spawn(async move {
             let limit = Arc::new(Semaphore::new(PUSH_CONCURRENCY));
-            for serial in targets {
-                let order = match this.service.device(&serial) {
+            for device in targets {
+                let order = match this.service.device(&device) {
                     Ok(r) => r.decommission,
                     Err(_) => None,
                 };
                 let Some(order) = order else { continue };
-                if !this.sessions.is_connected(&serial) {
+                if !this.sessions.is_connected(&device) {
                     continue;
                 }
                 let Ok(permit) = limit.clone().acquire_owned().await else {
@@ -136,8 +148,8 @@ impl Control {
                         nonce: order.nonce,
                         method: order.method,
                     };
-                    if let Err(e) = sessions.push(&serial, &command).await {
-                        tracing::debug!(serial, "decommission order not pushed: {e}");
+                    if let Err(e) = sessions.push(&device, &command).await {
+                        tracing::debug!(%device, "decommission order not pushed: {e}");
                     }
                     drop(permit);
                 });
@@ -150,11 +162,11 @@ impl Control {
     /// decommissioned-unattested; its session (if any) ends and the CRLs are republished.
     pub async fn force_decommission(
         &self,
-        serial: &str,
+        device: &DeviceId,
         reason: &str,
     ) -> Result<crate::core::DeviceRecord, OperatorError> {
-        let record = self.service.force_decommission(serial, reason).await?;
-        self.sessions.close(serial, "decommissioned");
+        let record = self.service.force_decommission(device, reason).await?;
+        self.sessions.close(device, "decommissioned");
         self.publish_crls().await?;
         Ok(record)
     }
@@ -164,11 +176,11 @@ impl Control {
     /// it done.
     pub async fn revoke(
         &self,
-        serial: &str,
+        device: &DeviceId,
         reason: certs::crl::Reason,
     ) -> Result<crate::core::DeviceRecord, OperatorError> {
-        let record = self.service.revoke(serial, reason).await?;
-        self.sessions.close(serial, "revoked");
+        let record = self.service.revoke(device, reason).await?;
+        self.sessions.close(device, "revoked");
         self.publish_crls().await?;
         Ok(record)
     }
@@ -176,12 +188,41 @@ impl Control {
     /// Quarantines a device and ends its session.
     pub async fn quarantine(
         &self,
-        serial: &str,
+        device: &DeviceId,
         reason: &str,
     ) -> Result<crate::core::DeviceRecord, OperatorError> {
-        let record = self.service.quarantine(serial, reason).await?;
-        self.sessions.close(serial, "quarantined");
+        let record = self.service.quarantine(device, reason).await?;
+        self.sessions.close(device, "quarantined");
         Ok(record)
+    }
+
+    /// Resets a device stuck in onboarding (see [`Service::reset_onboarding`]) and publishes
+    /// the CRLs when that revoked a certificate.
+    pub async fn reset_onboarding(
+        &self,
+        device: &DeviceId,
+        reason: &str,
+    ) -> Result<crate::core::DeviceRecord, OperatorError> {
+        let record = self.service.reset_onboarding(device, reason).await?;
+        self.sessions.close(device, "onboarding reset");
+        self.publish_crls().await?;
+        Ok(record)
+    }
+
+    /// Writes the summaries of the audit budget's ended windows every half window, until
+    /// `stop` turns true.
+    pub async fn run_audit_budget(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        self.service.flush_audit_budget().await;
+                        return;
+                    }
+                }
+                () = tokio::time::sleep(AUDIT_FLUSH) => self.service.flush_audit_budget().await,
+            }
+        }
     }
 
     /// Rolls the issuing CA over: a new generation under the owner root issues from now on,
@@ -304,7 +345,7 @@ impl Control {
         tokio::task::spawn_blocking(move || {
             for crl in &written {
                 let pem = certs::files::pem_block("X509 CRL", &crl.der);
-                if let Err(e) = certs::files::write_public(
+                if let Err(e) = certs::files::write_private(
                     &dir.join(layout::crl(crl.generation)),
                     pem.as_bytes(),
                 ) {
@@ -331,14 +372,14 @@ impl Control {
         loop {
             match self.service.campaign_tick().await {
                 Ok(pushes) => {
-                    for (serial, command) in pushes {
-                        if !self.sessions.is_connected(&serial) {
+                    for (device, command) in pushes {
+                        if !self.sessions.is_connected(&device) {
                             continue;
                         }
                         let sessions = self.sessions.clone();
                         tokio::spawn(async move {
-                            if let Err(e) = sessions.push(&serial, &command).await {
-                                tracing::debug!(serial, "update offer not pushed: {e}");
+                            if let Err(e) = sessions.push(&device, &command).await {
+                                tracing::debug!(%device, "update offer not pushed: {e}");
                             }
                         });
                     }

@@ -7,7 +7,7 @@ use super::OperatorError;
 use crate::audit::AuditEvent;
 use crate::core::campaign::{self, Campaign, CampaignState, Step, Tally};
 use crate::core::firmware::{self, JobState, Release};
-use crate::core::{DeviceRecord, DeviceState};
+use crate::core::{DeviceId, DeviceRecord, DeviceState};
 use crate::service::Service;
 use crate::store::{Change, StoreError};
 use protocol::manifest::Manifest;
@@ -38,8 +38,8 @@ pub enum Target {
     All,
     /// Active devices of one class (as they report it).
     Class(String),
-    /// These devices.
-    Serials(Vec<String>),
+    /// These devices, as operators name them (`MAKER/SERIAL`, or a serial only one maker has).
+    Devices(Vec<String>),
 }
 
 /// What an operator asks for when creating a campaign.
@@ -84,8 +84,8 @@ pub struct CampaignStatus {
 /// One device in a campaign.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceProgress {
-    /// Serial.
-    pub serial: String,
+    /// The device.
+    pub device: DeviceId,
     /// Wave (0-based).
     pub wave: usize,
     /// Job state (`waiting` when not offered yet).
@@ -299,9 +299,7 @@ impl Service {
     fn all_devices(&self) -> Result<Vec<DeviceRecord>, OperatorError> {
         let mut out: Vec<DeviceRecord> = Vec::new();
         loop {
-            let page = self
-                .store
-                .devices(out.last().map(|d| d.serial.as_str()), 1000)?;
+            let page = self.store.devices(out.last().map(|d| &d.id), 1000)?;
             let done = page.len() < 1000;
             out.extend(page);
             if done {
@@ -318,12 +316,15 @@ impl Service {
                 "the failure threshold is a percentage".into(),
             ));
         }
-        let targets: Vec<String> = match &spec.target {
-            Target::Serials(s) => {
-                let mut s = s.clone();
-                s.sort();
-                s.dedup();
-                s
+        let targets: Vec<DeviceId> = match &spec.target {
+            Target::Devices(named) => {
+                let mut ids = named
+                    .iter()
+                    .map(|n| self.resolve(n))
+                    .collect::<Result<Vec<_>, _>>()?;
+                ids.sort();
+                ids.dedup();
+                ids
             }
             Target::All | Target::Class(_) => self
                 .all_devices()?
@@ -333,7 +334,7 @@ impl Service {
                     Target::Class(c) => d.class_id.as_deref() == Some(c.as_str()),
                     _ => true,
                 })
-                .map(|d| d.serial)
+                .map(|d| d.id)
                 .collect(),
         };
         let waves = campaign::plan(&targets, &spec.waves)?;
@@ -394,11 +395,11 @@ impl Service {
         self.save_campaign(&campaign, Some(event)).await?;
         drop(guard);
         if campaign.state == CampaignState::Aborted {
-            let serials: Vec<String> = campaign.waves.iter().flatten().cloned().collect();
+            let devices: Vec<DeviceId> = campaign.waves.iter().flatten().cloned().collect();
             let mut report = super::orders::OrderReport::default();
-            for chunk in serials.chunks(1000) {
-                self.order_chunk(chunk, &mut report, |serial, record, now| {
-                    firmware::cancel(serial, record, id, now)
+            for chunk in devices.chunks(1000) {
+                self.order_chunk(chunk, &mut report, |device, record, now| {
+                    firmware::cancel(device, record, id, now)
                 })
                 .await?;
             }
@@ -412,7 +413,7 @@ impl Service {
     fn job_states(
         &self,
         campaign: &Campaign,
-    ) -> Result<std::collections::HashMap<String, JobState>, OperatorError> {
+    ) -> Result<std::collections::HashMap<DeviceId, JobState>, OperatorError> {
         if let Some(states) = self
             .jobs
             .lock()
@@ -422,14 +423,14 @@ impl Service {
             return Ok(states.clone());
         }
         let mut states = std::collections::HashMap::new();
-        for serial in campaign.waves.iter().flatten() {
+        for device in campaign.waves.iter().flatten() {
             if let Some(job) = self
                 .store
-                .device(serial)?
+                .device(device)?
                 .and_then(|r| r.firmware_job)
                 .filter(|j| j.campaign == campaign.id)
             {
-                states.insert(serial.clone(), job.state);
+                states.insert(device.clone(), job.state);
             }
         }
         self.jobs
@@ -457,22 +458,22 @@ impl Service {
             total: Tally::default(),
             devices: Vec::new(),
         };
-        for (w, serials) in campaign.waves.iter().enumerate() {
+        for (w, wave) in campaign.waves.iter().enumerate() {
             let mut tally = Tally::default();
-            for serial in serials {
-                let state = states.get(serial);
+            for device in wave {
+                let state = states.get(device);
                 tally.add(state);
                 status.total.add(state);
                 if !devices {
                     continue;
                 }
-                let record = self.store.device(serial)?;
+                let record = self.store.device(device)?;
                 let job = record
                     .as_ref()
                     .and_then(|r| r.firmware_job.as_ref())
                     .filter(|j| j.campaign == campaign.id);
                 status.devices.push(DeviceProgress {
-                    serial: serial.clone(),
+                    device: device.clone(),
                     wave: w,
                     state: job
                         .map_or("waiting", |j| firmware::state_name(&j.state))
@@ -495,7 +496,7 @@ impl Service {
     /// One step of every running campaign: offers the next devices (within the rate), pauses
     /// on too many failures, moves to the next wave when one is over. Returns the commands to
     /// push to the devices just offered.
-    pub async fn campaign_tick(&self) -> Result<Vec<(String, Command)>, OperatorError> {
+    pub async fn campaign_tick(&self) -> Result<Vec<(DeviceId, Command)>, OperatorError> {
         let _guard = self.campaigns.lock().await;
         let mut pushes = Vec::new();
         for mut campaign in self.campaigns()? {
@@ -508,14 +509,14 @@ impl Service {
             let states = self.job_states(&campaign)?;
             let (mut offered, mut current, mut unoffered) =
                 (Tally::default(), Tally::default(), Vec::new());
-            for (w, serials) in campaign.waves.iter().enumerate().take(campaign.wave + 1) {
-                for serial in serials {
-                    let state = states.get(serial);
+            for (w, wave) in campaign.waves.iter().enumerate().take(campaign.wave + 1) {
+                for device in wave {
+                    let state = states.get(device);
                     offered.add(state);
                     if w == campaign.wave {
                         current.add(state);
                         if state.is_none() {
-                            unoffered.push(serial.clone());
+                            unoffered.push(device.clone());
                         }
                     }
                 }
@@ -526,25 +527,27 @@ impl Service {
             let now = self.now();
             match campaign.next_step(&offered, &current, unoffered, now) {
                 Step::Wait => {}
-                Step::Offer(serials) => {
+                Step::Offer(devices) => {
                     let mut report = super::orders::OrderReport::default();
-                    self.order_chunk(&serials, &mut report, |serial, record, now| {
-                        firmware::offer(serial, record, &campaign.id, &release, now)
+                    self.order_chunk(&devices, &mut report, |device, record, now| {
+                        firmware::offer(device, record, &campaign.id, &release, now)
                     })
                     .await?;
                     // Devices that cannot take it (quarantined, gone) count as skipped: mark
                     // them so the wave can end.
-                    for (serial, _) in &report.refused {
+                    let accepted: std::collections::HashSet<&DeviceId> =
+                        report.accepted.iter().collect();
+                    for device in devices.iter().filter(|d| !accepted.contains(d)) {
                         self.order_chunk(
-                            std::slice::from_ref(serial),
+                            std::slice::from_ref(device),
                             &mut Default::default(),
-                            |s, r, now| firmware::skip(s, r, &campaign.id, &release, now),
+                            |d, r, now| firmware::skip(d, r, &campaign.id, &release, now),
                         )
                         .await?;
                     }
-                    for serial in report.accepted {
+                    for device in report.accepted {
                         pushes.push((
-                            serial,
+                            device,
                             Command::Update {
                                 manifest: release.manifest.clone(),
                             },

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::OperatorError;
-use crate::core::{self, DeviceRecord, LifecycleError, RotationState};
+use crate::core::{self, DeviceId, DeviceRecord, LifecycleError, RotationState};
 use crate::service::Service;
 use crate::store::{Change, DeviceWrite, Expect, StoreError};
 
@@ -19,18 +19,18 @@ pub struct RotationStatus {
     pub pending: usize,
     /// Devices that could not.
     pub failed: usize,
-    /// Serials still pending.
-    pub pending_serials: Vec<String>,
-    /// Serials that failed, with why.
-    pub failures: Vec<(String, String)>,
+    /// Devices still pending.
+    pub pending_devices: Vec<DeviceId>,
+    /// Devices that failed, with why.
+    pub failures: Vec<(DeviceId, String)>,
 }
 
 /// The outcome of a bulk order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderReport {
     /// Devices the order now applies to.
-    pub accepted: Vec<String>,
-    /// Devices it could not apply to, with why.
+    pub accepted: Vec<DeviceId>,
+    /// Devices (as named) it could not apply to, with why.
     pub refused: Vec<(String, String)>,
     /// When the order was given (seconds since the epoch).
     pub at: u64,
@@ -57,72 +57,87 @@ pub struct Crl {
 impl From<LifecycleError> for OperatorError {
     fn from(e: LifecycleError) -> Self {
         match e {
-            LifecycleError::UnknownDevice(s) => OperatorError::NotFound(format!("device {s}")),
+            LifecycleError::UnknownDevice(id) => OperatorError::NotFound(format!("device {id}")),
             other => OperatorError::Refused(other),
         }
     }
 }
 
 impl Service {
-    /// Revokes every certificate of `serial` and quarantines it.
+    /// Revokes every certificate of `id` and quarantines it.
     pub async fn revoke(
         &self,
-        serial: &str,
+        id: &DeviceId,
         reason: certs::crl::Reason,
     ) -> Result<DeviceRecord, OperatorError> {
-        self.decide_and_commit(serial, |record, now| {
-            core::revoke::revoke(serial, record, reason, now)
+        self.decide_and_commit(id, |record, now| {
+            core::revoke::revoke(id, record, reason, now)
         })
         .await?;
-        self.device(serial)
+        self.device(id)
     }
 
-    /// Quarantines `serial` (its certificates stay valid, its requests are refused).
+    /// Quarantines `id` (its certificates stay valid, its requests are refused).
     pub async fn quarantine(
         &self,
-        serial: &str,
+        id: &DeviceId,
         reason: &str,
     ) -> Result<DeviceRecord, OperatorError> {
-        self.decide_and_commit(serial, |record, now| {
-            core::revoke::quarantine(serial, record, reason, now)
+        self.decide_and_commit(id, |record, now| {
+            core::revoke::quarantine(id, record, reason, now)
         })
         .await?;
-        self.device(serial)
+        self.device(id)
+    }
+
+    /// Puts a device stuck in onboarding back to `expected`: its IDevID pin is dropped and any
+    /// certificate it was issued but never confirmed is revoked, so the rightful device can
+    /// onboard.
+    pub async fn reset_onboarding(
+        &self,
+        id: &DeviceId,
+        reason: &str,
+    ) -> Result<DeviceRecord, OperatorError> {
+        self.decide_and_commit(id, |record, now| {
+            core::revoke::reset_onboarding(id, record, reason, now)
+        })
+        .await?;
+        self.device(id)
     }
 
     /// Orders the given devices (all active ones when `None`) to re-key.
     pub async fn request_rotation(
         &self,
-        serials: Option<Vec<String>>,
+        devices: Option<Vec<DeviceId>>,
     ) -> Result<OrderReport, OperatorError> {
-        let serials = match serials {
-            Some(s) => s,
-            None => self.active_serials()?,
+        let devices = match devices {
+            Some(d) => d,
+            None => self.active_devices()?,
         };
         let mut report = OrderReport {
             at: self.now(),
             ..OrderReport::default()
         };
-        for chunk in serials.chunks(CHUNK) {
-            self.order_chunk(chunk, &mut report, |serial, record, now| {
-                core::revoke::request_rotation(serial, record, now)
+        for chunk in devices.chunks(CHUNK) {
+            self.order_chunk(chunk, &mut report, |id, record, now| {
+                core::revoke::request_rotation(id, record, now)
             })
             .await?;
         }
         Ok(report)
     }
 
-    fn active_serials(&self) -> Result<Vec<String>, OperatorError> {
+    fn active_devices(&self) -> Result<Vec<DeviceId>, OperatorError> {
         let mut out = Vec::new();
-        let mut after: Option<String> = None;
+        let mut after: Option<DeviceId> = None;
         loop {
-            let page = self.store.devices(after.as_deref(), CHUNK)?;
+            let page = self.store.devices(after.as_ref(), CHUNK)?;
             let Some(last) = page.last() else { break };
-            after = Some(last.serial.clone());
+            after = Some(last.id.clone());
             out.extend(
                 page.iter()
                     .filter(|d| d.state == core::DeviceState::Active)
-                    .map(|d| d.serial.clone()),
+                    .map(|d| d.id.clone()),
             );
         }
         Ok(out)
@@ -131,26 +146,26 @@ impl Service {
     /// Applies `decide` to each device of `chunk` and commits all the changes at once.
     pub(crate) async fn order_chunk(
         &self,
-        chunk: &[String],
+        chunk: &[DeviceId],
         report: &mut OrderReport,
-        decide: impl Fn(&str, Option<DeviceRecord>, u64) -> Result<core::Decision, LifecycleError>,
+        decide: impl Fn(&DeviceId, Option<DeviceRecord>, u64) -> Result<core::Decision, LifecycleError>,
     ) -> Result<(), OperatorError> {
         for _ in 0..8 {
             let now = self.now();
             let mut change = Change::default();
             let (mut accepted, mut refused) = (Vec::new(), Vec::new());
-            for serial in chunk {
-                let record = self.store.device(serial)?;
+            for id in chunk {
+                let record = self.store.device(id)?;
                 let expect = Expect::from(record.as_ref());
-                match decide(serial, record, now) {
+                match decide(id, record, now) {
                     Ok(decision) => {
-                        accepted.push(serial.clone());
+                        accepted.push(id.clone());
                         change.audit.extend(decision.events);
                         if let Some(record) = decision.write {
                             change.devices.push(DeviceWrite { record, expect });
                         }
                     }
-                    Err(e) => refused.push((serial.clone(), e.to_string())),
+                    Err(e) => refused.push((id.to_string(), e.to_string())),
                 }
             }
             let written: Vec<DeviceRecord> =
@@ -172,11 +187,11 @@ impl Service {
     /// How the rotations ordered at or after `since` went.
     pub fn rotation_status(&self, since: u64) -> Result<RotationStatus, OperatorError> {
         let mut status = RotationStatus::default();
-        let mut after: Option<String> = None;
+        let mut after: Option<DeviceId> = None;
         loop {
-            let page = self.store.devices(after.as_deref(), CHUNK)?;
+            let page = self.store.devices(after.as_ref(), CHUNK)?;
             let Some(last) = page.last() else { break };
-            after = Some(last.serial.clone());
+            after = Some(last.id.clone());
             for d in &page {
                 let Some(r) = d.rotation.as_ref().filter(|r| r.requested_at >= since) else {
                     continue;
@@ -185,11 +200,11 @@ impl Service {
                     RotationState::Done { .. } => status.rotated += 1,
                     RotationState::Pending => {
                         status.pending += 1;
-                        status.pending_serials.push(d.serial.clone());
+                        status.pending_devices.push(d.id.clone());
                     }
                     RotationState::Failed { reason } => {
                         status.failed += 1;
-                        status.failures.push((d.serial.clone(), reason.clone()));
+                        status.failures.push((d.id.clone(), reason.clone()));
                     }
                 }
             }

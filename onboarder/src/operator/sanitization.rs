@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::OperatorError;
 use super::orders::OrderReport;
-use crate::core::{self, DeviceState};
+use crate::core::{self, DeviceId, DeviceState};
 use crate::service::Service;
 
 /// A certificate of sanitization.
@@ -23,6 +23,8 @@ pub struct SanitizationCertificate {
     pub model: String,
     /// Media serial number.
     pub serial_number: String,
+    /// The device as this onboarder knows it: its manufacturer's maker id and its serial.
+    pub device: DeviceId,
     /// Media type.
     pub media_type: String,
     /// Where the media came from.
@@ -71,16 +73,16 @@ impl Service {
     /// Orders devices to wipe themselves with `method`.
     pub async fn decommission(
         &self,
-        serials: Vec<String>,
+        devices: Vec<DeviceId>,
         method: WipeMethod,
     ) -> Result<OrderReport, OperatorError> {
         let mut report = OrderReport {
             at: self.now(),
             ..OrderReport::default()
         };
-        for chunk in serials.chunks(1000) {
-            self.order_chunk(chunk, &mut report, |serial, record, now| {
-                core::decommission::order(serial, record, method, &self.nonce()?, now)
+        for chunk in devices.chunks(1000) {
+            self.order_chunk(chunk, &mut report, |id, record, now| {
+                core::decommission::order(id, record, method, &self.nonce()?, now)
             })
             .await?;
         }
@@ -90,22 +92,22 @@ impl Service {
     /// Decommissions a device that does not answer, without attestation.
     pub async fn force_decommission(
         &self,
-        serial: &str,
+        id: &DeviceId,
         reason: &str,
     ) -> Result<core::DeviceRecord, OperatorError> {
-        self.decide_and_commit(serial, |record, now| {
-            core::decommission::force(serial, record, reason, now)
+        self.decide_and_commit(id, |record, now| {
+            core::decommission::force(id, record, reason, now)
         })
         .await?;
-        self.device(serial)
+        self.device(id)
     }
 
     /// The certificate of sanitization of an attested decommissioning.
     pub fn sanitization_certificate(
         &self,
-        serial: &str,
+        id: &DeviceId,
     ) -> Result<SanitizationCertificate, OperatorError> {
-        let record = self.device(serial)?;
+        let record = self.device(id)?;
         let order = record.decommission.as_ref();
         let (Some(signed), Some(signer), Some(validated_on)) = (
             order.and_then(|o| o.attestation.as_ref()),
@@ -113,15 +115,12 @@ impl Service {
             order.and_then(|o| o.attested_at),
         ) else {
             return Err(OperatorError::BadInput(format!(
-                "{serial} is {}: there is no verified wipe attestation to certify",
+                "{id} is {}: there is no verified wipe attestation to certify",
                 record.state
             )));
         };
         if record.state != DeviceState::Decommissioned {
-            return Err(OperatorError::BadInput(format!(
-                "{serial} is {}",
-                record.state
-            )));
+            return Err(OperatorError::BadInput(format!("{id} is {}", record.state)));
         }
         // Verified when it was received; decoded here for its fields.
         let a = WipeAttestation::parse_unverified(signed)
@@ -136,6 +135,7 @@ impl Service {
             manufacturer: a.manufacturer.clone(),
             model: a.model.clone(),
             serial_number: a.serial.clone(),
+            device: record.id.clone(),
             media_type: "embedded non-volatile storage (flash) of an IoT device".into(),
             media_source: format!("device fleet of {organization}"),
             sanitization_method: method_name(a.method),

@@ -4,14 +4,18 @@
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditEntry, AuditEvent};
-use crate::core::{CertStatus, DeviceRecord, DeviceState};
+use crate::core::{CertStatus, DeviceId, DeviceRecord, DeviceState, MakerId};
 use crate::store::Anchor;
 use protocol::message::NetworkProfile;
 
 /// A device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceView {
-    /// Serial.
+    /// The device: `MAKER/SERIAL`.
+    pub id: DeviceId,
+    /// Its maker (the manufacturer anchor its IDevID chains to).
+    pub maker: MakerId,
+    /// Its serial.
     pub serial: String,
     /// Lifecycle state.
     pub state: DeviceState,
@@ -62,7 +66,9 @@ pub struct NetworkView {
 impl From<&DeviceRecord> for DeviceView {
     fn from(r: &DeviceRecord) -> Self {
         DeviceView {
-            serial: r.serial.clone(),
+            id: r.id.clone(),
+            maker: r.id.maker.clone(),
+            serial: r.id.serial.clone(),
             state: r.state,
             version: r.version,
             created_at: r.created_at,
@@ -100,13 +106,19 @@ impl From<&DeviceRecord> for DeviceView {
     }
 }
 
-/// A trust anchor.
+/// A manufacturer trust anchor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AnchorView {
+    /// The maker it stands for.
+    pub maker: MakerId,
+    /// The operator's name for the maker.
+    pub name: String,
     /// SHA-256 fingerprint, hex.
     pub fingerprint: String,
     /// Subject.
     pub subject: String,
+    /// Whether vouchers are checked against the maker's voucher signer at import.
+    pub voucher_signer: bool,
     /// Imported at.
     pub added_at: u64,
 }
@@ -114,8 +126,11 @@ pub struct AnchorView {
 impl From<&Anchor> for AnchorView {
     fn from(a: &Anchor) -> Self {
         AnchorView {
+            maker: a.maker.clone(),
+            name: a.name.clone(),
             fingerprint: a.fingerprint.clone(),
             subject: a.subject.clone(),
+            voucher_signer: a.masa.is_some(),
             added_at: a.added_at,
         }
     }

@@ -57,7 +57,7 @@ impl Images {
 
     /// Stores `image`, whose SHA-256 the caller has checked is `digest`.
     pub fn put(&self, digest: &[u8], image: &[u8]) -> Result<(), StoreError> {
-        certs::files::write_public(&self.path(digest), image)
+        certs::files::write_private(&self.path(digest), image)
             .map_err(|e| StoreError::Io(e.to_string()))?;
         // The next read loads it again (an upload of the same digest is the same bytes, but the
         // memory copy must never disagree with the file).

@@ -7,9 +7,11 @@
 //! again.
 //!
 //! [`sled`] is the embedded default. It groups the changes of many concurrent requests into one
-//! batch and one flush (group commit).
+//! batch and one flush (group commit). Every backend encodes device records through
+//! [`seal::RecordCodec`], which encrypts their network credentials.
 
 pub mod images;
+pub mod seal;
 pub mod sled;
 
 use std::future::Future;
@@ -19,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::audit::{AuditEntry, AuditEvent};
-use crate::core::DeviceRecord;
+use crate::core::{DeviceId, DeviceRecord, MakerId};
 
 /// Why the store could not serve a request.
 #[non_exhaustive]
@@ -68,7 +70,8 @@ pub struct DeviceWrite {
     pub expect: Expect,
 }
 
-/// A manufacturer trust anchor imported by the operator.
+/// A manufacturer trust anchor imported by the operator: the maker of every device whose
+/// IDevID chains to it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Anchor {
     /// SHA-256 of the certificate, hex.
@@ -80,6 +83,18 @@ pub struct Anchor {
     pub der: Vec<u8>,
     /// When it was imported.
     pub added_at: u64,
+    /// The maker it stands for (derived from its public key).
+    pub maker: MakerId,
+    /// The operator's short name for the maker, unique among makers (`acme`): what commands
+    /// accept in place of the maker id.
+    pub name: String,
+    /// Its subject key identifier: what vouchers for its devices name as `idevid-issuer`.
+    #[serde(default, with = "serde_bytes")]
+    pub key_id: Option<Vec<u8>>,
+    /// The manufacturer's voucher-signing (MASA) certificate, DER, when the operator gave it:
+    /// vouchers are then checked against it at import.
+    #[serde(default, with = "serde_bytes")]
+    pub masa: Option<Vec<u8>>,
 }
 
 /// A certificate that no longer authenticates its device (revoked, or superseded by a
@@ -92,7 +107,7 @@ pub struct Revocation {
     #[serde(with = "serde_bytes")]
     pub issuer: Vec<u8>,
     /// The device.
-    pub device: String,
+    pub device: DeviceId,
     /// Why (RFC 5280 reason).
     pub reason: certs::crl::Reason,
     /// Revocation time as published in the CRL.
@@ -109,7 +124,7 @@ pub struct Revocation {
 pub struct Change {
     /// Device records.
     pub devices: Vec<DeviceWrite>,
-    /// Trust anchors to add.
+    /// Trust anchors to add (or replace, by fingerprint).
     pub anchors: Vec<Anchor>,
     /// Revocations to index (replacing an earlier entry for the same certificate).
     pub revocations: Vec<Revocation>,
@@ -140,9 +155,13 @@ pub type CommitFuture = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Se
 /// Server state.
 pub trait Store: Send + Sync + 'static {
     /// One device.
-    fn device(&self, serial: &str) -> Result<Option<DeviceRecord>, StoreError>;
-    /// Devices in serial order, starting after `after`.
-    fn devices(&self, after: Option<&str>, limit: usize) -> Result<Vec<DeviceRecord>, StoreError>;
+    fn device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>, StoreError>;
+    /// Devices in id order (maker, then serial), starting after `after`.
+    fn devices(
+        &self,
+        after: Option<&DeviceId>,
+        limit: usize,
+    ) -> Result<Vec<DeviceRecord>, StoreError>;
     /// Number of devices.
     fn device_count(&self) -> Result<u64, StoreError>;
     /// Imported trust anchors.

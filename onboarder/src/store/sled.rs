@@ -3,12 +3,13 @@
 //! Layout, in one tree so that one `apply_batch` covers a whole change:
 //!
 //! ```text
-//! d/<serial>      device record (CBOR)
+//! d/<maker>/<serial> device record (CBOR, network credentials sealed: see super::seal)
 //! t/<sha256 hex>  trust anchor (CBOR)
 //! r/<cert serial> revocation (CBOR)
 //! m/<name>        named values (CRL numbers, ...)
 //! a/<seq u64 BE>  audit entry (CBOR)
 //! m/audit-head    seq (8 bytes BE) || hash (32 bytes) of the last audit entry
+//! m/format        layout version (one byte); a store of another layout is not opened
 //! ```
 //!
 //! One writer thread owns every write. It takes all changes waiting in its queue (up to
@@ -25,18 +26,22 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::seal::{RecordCodec, SealingKey};
 use super::{Anchor, Change, CommitFuture, Expect, Revocation, Store, StoreError};
 use crate::audit::{AuditEntry, GENESIS};
-use crate::core::DeviceRecord;
+use crate::core::{DeviceId, DeviceRecord};
 
 /// Most changes applied in one batch and flush.
 pub const MAX_GROUP: usize = 1024;
 /// Changes waiting for the writer before committers wait for room.
 const QUEUE: usize = 16 * 1024;
-/// Largest stored value decoded (a device record with a long certificate history).
-const MAX_VALUE: usize = 4 * 1024 * 1024;
+/// Largest stored value decoded.
+const MAX_VALUE: usize = super::seal::MAX_RECORD;
 
 const HEAD_KEY: &[u8] = b"m/audit-head";
+const FORMAT_KEY: &[u8] = b"m/format";
+/// Layout 2: devices keyed by maker and serial, network credentials sealed.
+const FORMAT: u8 = 2;
 
 struct Job {
     change: Change,
@@ -46,6 +51,7 @@ struct Job {
 /// The sled store. Dropping it stops the writer after the queued changes.
 pub struct SledStore {
     db: sled::Db,
+    codec: std::sync::Arc<RecordCodec>,
     queue: mpsc::Sender<Job>,
     writer: Option<JoinHandle<()>>,
 }
@@ -60,10 +66,8 @@ fn io(e: sled::Error) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
-fn device_key(serial: &str) -> Vec<u8> {
-    let mut k = b"d/".to_vec();
-    k.extend_from_slice(serial.as_bytes());
-    k
+fn device_key(id: &DeviceId) -> Vec<u8> {
+    format!("d/{id}").into_bytes()
 }
 
 fn audit_key(seq: u64) -> Vec<u8> {
@@ -96,10 +100,56 @@ fn read_head(db: &sled::Db) -> Result<(u64, [u8; 32]), StoreError> {
     }
 }
 
+/// Refuses a store written in another layout, and marks a new one.
+fn check_format(db: &sled::Db) -> Result<(), StoreError> {
+    match db.get(FORMAT_KEY).map_err(io)? {
+        Some(v) if v.as_ref() == [FORMAT] => Ok(()),
+        Some(v) => Err(StoreError::Io(format!(
+            "the store has layout {:?}; this onboarder reads layout {FORMAT}",
+            v.as_ref()
+        ))),
+        None if db.scan_prefix(b"d/").next().is_some() => Err(StoreError::Io(
+            "the store was written by an onboarder that keyed devices by serial alone; \
+             it cannot be read by this one (start from a new data directory)"
+                .into(),
+        )),
+        None => {
+            db.insert(FORMAT_KEY, &[FORMAT]).map_err(io)?;
+            db.flush().map_err(io)?;
+            Ok(())
+        }
+    }
+}
+
+/// Makes the store's directory and files readable by their owner only. sled creates its files
+/// with the process umask; the onboarder's binary sets 077, and this covers an embedder that
+/// did not.
+#[cfg(unix)]
+fn restrict(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let set = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| StoreError::Io(format!("restricting {}: {e}", path.display())))
+    };
+    set(dir, 0o700)?;
+    let entries = std::fs::read_dir(dir).map_err(|e| StoreError::Io(e.to_string()))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        set(&path, if path.is_dir() { 0o700 } else { 0o600 })?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn restrict(_dir: &Path) -> Result<(), StoreError> {
+    Ok(())
+}
+
 impl SledStore {
-    /// Opens (or creates) the store in `dir`. Must be called inside a Tokio runtime's reach
-    /// only for [`Store::commit`]; opening itself is synchronous.
-    pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+    /// Opens (or creates) the store in `dir`, sealing secrets with `key`. Must be called inside
+    /// a Tokio runtime's reach only for [`Store::commit`]; opening itself is synchronous.
+    pub fn open(dir: &Path, key: SealingKey) -> Result<SledStore, StoreError> {
+        certs::files::create_private_dir(dir).map_err(|e| StoreError::Io(e.to_string()))?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(128 * 1024 * 1024)
@@ -111,14 +161,19 @@ impl SledStore {
                     dir.display()
                 ))
             })?;
+        check_format(&db)?;
+        restrict(dir)?;
         let head = read_head(&db)?;
+        let codec = std::sync::Arc::new(RecordCodec::new(key));
         let (queue, rx) = mpsc::channel(QUEUE);
         let writer_db = db.clone();
+        let writer_codec = codec.clone();
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || {
                 Writer {
                     db: writer_db,
+                    codec: writer_codec,
                     head,
                     versions: HashMap::new(),
                 }
@@ -127,6 +182,7 @@ impl SledStore {
             .map_err(|e| StoreError::Io(format!("starting the writer: {e}")))?;
         Ok(SledStore {
             db,
+            codec,
             queue,
             writer: Some(writer),
         })
@@ -145,16 +201,20 @@ impl Drop for SledStore {
 }
 
 impl Store for SledStore {
-    fn device(&self, serial: &str) -> Result<Option<DeviceRecord>, StoreError> {
-        let key = device_key(serial);
+    fn device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+        let key = device_key(id);
         self.db
             .get(&key)
             .map_err(io)?
-            .map(|v| decode(&key, &v))
+            .map(|v| self.codec.decode(&key, &v))
             .transpose()
     }
 
-    fn devices(&self, after: Option<&str>, limit: usize) -> Result<Vec<DeviceRecord>, StoreError> {
+    fn devices(
+        &self,
+        after: Option<&DeviceId>,
+        limit: usize,
+    ) -> Result<Vec<DeviceRecord>, StoreError> {
         let start = match after {
             Some(a) => {
                 let mut k = device_key(a);
@@ -168,7 +228,7 @@ impl Store for SledStore {
             .take(limit)
             .map(|kv| {
                 let (k, v) = kv.map_err(io)?;
-                decode(&k, &v)
+                self.codec.decode(&k, &v)
             })
             .collect()
     }
@@ -250,10 +310,11 @@ impl Store for SledStore {
 /// The single writer: owns the audit head and every write.
 struct Writer {
     db: sled::Db,
+    codec: std::sync::Arc<RecordCodec>,
     head: (u64, [u8; 32]),
     /// Versions of the devices written or read so far. The writer is the only one who writes,
     /// so this stays true, and a version check does not decode a whole record.
-    versions: HashMap<String, u64>,
+    versions: HashMap<DeviceId, u64>,
 }
 
 impl Writer {
@@ -273,7 +334,7 @@ impl Writer {
     fn commit_group(&mut self, jobs: Vec<Job>) {
         let mut batch = sled::Batch::default();
         // Versions written earlier in this group, which later changes must see.
-        let mut written: HashMap<String, u64> = HashMap::new();
+        let mut written: HashMap<DeviceId, u64> = HashMap::new();
         let mut head = self.head;
         let mut results = Vec::with_capacity(jobs.len());
         for job in &jobs {
@@ -316,37 +377,41 @@ impl Writer {
         &self,
         change: &Change,
         batch: &mut sled::Batch,
-        written: &mut HashMap<String, u64>,
+        written: &mut HashMap<DeviceId, u64>,
         head: &mut (u64, [u8; 32]),
     ) -> Result<(), StoreError> {
         let mut next_versions = Vec::with_capacity(change.devices.len());
         for w in &change.devices {
-            let serial = &w.record.serial;
-            if next_versions.iter().any(|(s, _)| s == serial) {
+            let id = &w.record.id;
+            if next_versions.iter().any(|(s, _)| s == id) {
                 return Err(StoreError::Conflict(format!(
-                    "{serial} written twice in one change"
+                    "{id} written twice in one change"
                 )));
             }
-            let current = match written.get(serial) {
+            let current = match written.get(id) {
                 Some(v) => Some(*v),
-                None => self.device_version(serial)?,
+                None => self.device_version(id)?,
             };
             let next = match (w.expect, current) {
                 (Expect::Absent, None) => 1,
                 (Expect::Version(v), Some(c)) if v == c => c + 1,
                 (expect, current) => {
                     return Err(StoreError::Conflict(format!(
-                        "{serial}: expected {expect:?}, found version {current:?}"
+                        "{id}: expected {expect:?}, found version {current:?}"
                     )));
                 }
             };
-            next_versions.push((serial.clone(), next));
+            next_versions.push((id.clone(), next));
         }
-        for (w, (serial, version)) in change.devices.iter().zip(next_versions) {
+        let mut encoded = Vec::with_capacity(next_versions.len());
+        for (w, (_, version)) in change.devices.iter().zip(&next_versions) {
             let mut record = w.record.clone();
-            record.version = version;
-            batch.insert(device_key(&serial), protocol::cbor::to_vec(&record));
-            written.insert(serial, version);
+            record.version = *version;
+            encoded.push(self.codec.encode(&record)?);
+        }
+        for ((id, version), bytes) in next_versions.into_iter().zip(encoded) {
+            batch.insert(device_key(&id), bytes);
+            written.insert(id, version);
         }
         for anchor in &change.anchors {
             let key = format!("t/{}", anchor.fingerprint);
@@ -375,14 +440,14 @@ impl Writer {
         Ok(())
     }
 
-    fn device_version(&self, serial: &str) -> Result<Option<u64>, StoreError> {
-        if let Some(v) = self.versions.get(serial) {
+    fn device_version(&self, id: &DeviceId) -> Result<Option<u64>, StoreError> {
+        if let Some(v) = self.versions.get(id) {
             return Ok(Some(*v));
         }
-        let key = device_key(serial);
+        let key = device_key(id);
         match self.db.get(&key).map_err(io)? {
             None => Ok(None),
-            Some(v) => Ok(Some(decode::<DeviceRecord>(&key, &v)?.version)),
+            Some(v) => Ok(Some(self.codec.version(&key, &v)?)),
         }
     }
 }
@@ -391,7 +456,16 @@ impl Writer {
 mod tests {
     use super::*;
     use crate::audit::{AuditEvent, verify_chain};
+    use crate::core::MakerId;
     use crate::store::DeviceWrite;
+
+    fn id(serial: &str) -> DeviceId {
+        DeviceId::new(MakerId::of_spki(b"maker"), serial).unwrap()
+    }
+
+    fn open(dir: &Path) -> SledStore {
+        SledStore::open(dir, SealingKey::from_bytes(&[1; 32]).unwrap()).unwrap()
+    }
 
     fn change(record: DeviceRecord, expect: Expect) -> Change {
         Change {
@@ -404,19 +478,20 @@ mod tests {
     #[tokio::test]
     async fn versions_guard_concurrent_writes_and_audit_chains() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
-        let r = DeviceRecord::expected("SN-1", vec![1], None, 1);
+        let store = open(dir.path());
+        let r = DeviceRecord::expected(id("SN-1"), vec![1], None, 1);
         store
             .commit(change(r.clone(), Expect::Absent))
             .await
             .unwrap();
         assert_eq!(
             store.commit(change(r.clone(), Expect::Absent)).await,
-            Err(StoreError::Conflict(
-                "SN-1: expected Absent, found version Some(1)".into()
-            ))
+            Err(StoreError::Conflict(format!(
+                "{}: expected Absent, found version Some(1)",
+                id("SN-1")
+            )))
         );
-        let stored = store.device("SN-1").unwrap().unwrap();
+        let stored = store.device(&id("SN-1")).unwrap().unwrap();
         assert_eq!(stored.version, 1);
         store
             .commit(change(stored.clone(), Expect::Version(1)))
@@ -435,11 +510,11 @@ mod tests {
     #[tokio::test]
     async fn revocations_are_indexed_and_forgotten() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         let revocation = |serial: &str| Revocation {
             cert_serial: serial.into(),
             issuer: vec![1],
-            device: "SN-1".into(),
+            device: id("SN-1"),
             reason: certs::crl::Reason::Superseded,
             revoked_at: 1,
             effective_at: 1,
@@ -460,7 +535,7 @@ mod tests {
             .await
             .unwrap();
         drop(store);
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         assert_eq!(store.revocations().unwrap(), [revocation("bb")]);
     }
 
@@ -468,15 +543,15 @@ mod tests {
     async fn reopens_with_its_data_and_head() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = SledStore::open(dir.path()).unwrap();
+            let store = open(dir.path());
             for i in 0..10 {
-                let r = DeviceRecord::expected(&format!("SN-{i}"), vec![1], None, 1);
+                let r = DeviceRecord::expected(id(&format!("SN-{i}")), vec![1], None, 1);
                 store.commit(change(r, Expect::Absent)).await.unwrap();
             }
         }
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         assert_eq!(store.device_count().unwrap(), 10);
-        assert_eq!(store.devices(Some("SN-5"), 100).unwrap().len(), 4);
+        assert_eq!(store.devices(Some(&id("SN-5")), 100).unwrap().len(), 4);
         let (seq, head) = store.audit_head().unwrap();
         assert_eq!(seq, 10);
         verify_chain(store.audit(1, 100).unwrap(), &head).unwrap();

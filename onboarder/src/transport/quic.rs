@@ -2,8 +2,9 @@
 //!
 //! A connection is authenticated by its TLS client certificate (see [`super::tls`]); the leaf
 //! names the device. Each stream carries one length-prefixed request and its response. Frames
-//! are read with a size limit and a deadline, so a slow or hostile peer holds at most one small
-//! buffer per stream, and a connection at most [`MAX_STREAMS`] streams.
+//! are read with a size limit, a deadline and a stall timeout, into buffers that grow as bytes
+//! arrive and count against the budgets of [`super::limits`]; connections are limited per
+//! address and in all, and a connection to at most [`MAX_STREAMS`] streams.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use quinn::crypto::rustls::QuicServerConfig;
 use rustls_pki_types::CertificateDer;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::limits::{ConnectionBudget, ConnectionLimits, FrameBudget, Held, Limits, OverBudget};
 use super::sessions::Sessions;
 use crate::core::{CredentialKind, DevicePeer, LifecycleError};
 use crate::service::Service;
@@ -27,6 +29,8 @@ pub const MAX_STREAMS: u32 = 16;
 const CHUNKS_IN_FLIGHT: usize = 64;
 /// Time allowed to receive one request.
 const READ_DEADLINE: Duration = Duration::from_secs(10);
+/// Time a frame may go without a byte arriving before it is dropped.
+const STALL: Duration = Duration::from_secs(2);
 /// A silent connection is closed after this long (agents send keep-alives more often).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -92,33 +96,60 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
-/// Accepts connections until the endpoint is closed.
-pub async fn serve(endpoint: quinn::Endpoint, service: Arc<Service>, sessions: Arc<Sessions>) {
-    let chunks = Arc::new(Semaphore::new(CHUNKS_IN_FLIGHT));
+/// What every connection shares.
+struct Shared {
+    service: Arc<Service>,
+    sessions: Arc<Sessions>,
+    chunks: Arc<Semaphore>,
+    frames: FrameBudget,
+}
+
+/// Accepts connections until the endpoint is closed. Returns the frame budget's handle
+/// through `frames` so that callers can watch what is held.
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    service: Arc<Service>,
+    sessions: Arc<Sessions>,
+    limits: Limits,
+    frames: FrameBudget,
+) {
+    let connections = ConnectionLimits::new(limits);
+    let shared = Arc::new(Shared {
+        service,
+        sessions,
+        chunks: Arc::new(Semaphore::new(CHUNKS_IN_FLIGHT)),
+        frames,
+    });
     while let Some(incoming) = endpoint.accept().await {
-        let service = service.clone();
-        let sessions = sessions.clone();
-        let chunks = chunks.clone();
+        let Some(slot) = connections.admit(incoming.remote_address().ip()) else {
+            shared.service.metrics().connection_refused();
+            incoming.refuse();
+            continue;
+        };
+        let shared = shared.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(incoming, service, sessions, chunks).await {
+            if let Err(e) = connection(incoming, &shared).await {
                 tracing::debug!("connection ended: {e}");
             }
+            drop(slot);
         });
     }
 }
 
-async fn connection(
-    incoming: quinn::Incoming,
-    service: Arc<Service>,
-    sessions: Arc<Sessions>,
-    chunks: Arc<Semaphore>,
-) -> anyhow::Result<()> {
-    let conn = incoming.await?;
-    let leaf = conn
+async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Result<()> {
+    let service = &shared.service;
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            service.metrics().handshake_refused();
+            return Err(e.into());
+        }
+    };
+    let chain: Option<Vec<Vec<u8>>> = conn
         .peer_identity()
         .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .and_then(|certs| certs.first().map(|c| c.to_vec()));
-    let peer = match leaf.as_deref().map(|der| service.identify(der)) {
+        .map(|certs| certs.iter().map(|c| c.to_vec()).collect());
+    let peer = match chain.as_deref().map(|chain| service.identify(chain)) {
         Some(Ok(peer)) => peer,
         Some(Err(e)) => {
             service.record_refusal(None, &e).await;
@@ -126,6 +157,7 @@ async fn connection(
             return Ok(());
         }
         None => {
+            service.metrics().handshake_refused();
             conn.close(close::UNAUTHORIZED.into(), b"no client certificate");
             return Ok(());
         }
@@ -134,51 +166,63 @@ async fn connection(
     conn.export_keying_material(&mut binding, protocol::EXPORTER_LABEL, b"")
         .map_err(|_| anyhow::anyhow!("TLS exporter unavailable"))?;
     let peer = Arc::new(peer);
+    let budget = shared.frames.connection();
     let result = loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(streams) => streams,
             Err(e) => break e,
         };
-        let (service, sessions, peer, conn, chunks) = (
+        let (service, sessions, peer, conn, chunks, budget) = (
             service.clone(),
-            sessions.clone(),
+            shared.sessions.clone(),
             peer.clone(),
             conn.clone(),
-            chunks.clone(),
+            shared.chunks.clone(),
+            budget.clone(),
         );
         tokio::spawn(async move {
-            let Some((response, permit)) = request(recv, &service, &peer, &binding, &chunks).await
+            let Some((response, permit)) =
+                request(recv, &service, &peer, &binding, &chunks, &budget).await
             else {
                 return;
             };
             if peer.kind == CredentialKind::Ldevid && matches!(response, Response::Welcome(_)) {
-                sessions.register(&peer.serial, conn);
+                sessions.register(&peer.id, conn);
             }
             let _ = write_frame(send, message::encode(&response)).await;
             // A chunk's permit is held until the device has it.
             drop(permit);
         });
     };
-    sessions.unregister(&peer.serial, conn.stable_id());
-    tracing::debug!(serial = peer.serial, "connection closed: {result}");
+    shared.sessions.unregister(&peer.id, conn.stable_id());
+    tracing::debug!(device = %peer.id, "connection closed: {result}");
     Ok(())
 }
 
 /// Reads one request and produces its response, with the permit a firmware chunk holds until
-/// it is written; `None` when the stream died before a request arrived (there is no one to
-/// answer).
+/// it is written; `None` when the stream died or stalled before a request arrived (there is no
+/// one to answer).
 async fn request(
     mut recv: quinn::RecvStream,
     service: &Service,
     peer: &DevicePeer,
     binding: &[u8],
     chunks: &Arc<Semaphore>,
+    budget: &ConnectionBudget,
 ) -> Option<(Response, Option<OwnedSemaphorePermit>)> {
-    let bytes = match tokio::time::timeout(READ_DEADLINE, read_frame(&mut recv, MAX_REQUEST)).await
-    {
+    let read = read_frame(&mut recv, MAX_REQUEST, Some(budget));
+    let bytes = match tokio::time::timeout(READ_DEADLINE, read).await {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(ReadError::Frame(e))) => {
             let e = LifecycleError::Decode(frame_to_decode(e));
+            service.record_refusal(Some(peer), &e).await;
+            return Some((Response::Error(e.to_wire()), None));
+        }
+        Ok(Err(ReadError::OverBudget(which))) => {
+            let e = LifecycleError::Unavailable(match which {
+                OverBudget::Connection => "too many incomplete requests on this connection".into(),
+                OverBudget::Server => "the server is holding too many incomplete requests".into(),
+            });
             service.record_refusal(Some(peer), &e).await;
             return Some((Response::Error(e.to_wire()), None));
         }
@@ -212,34 +256,54 @@ fn frame_to_decode(e: FrameError) -> protocol::DecodeError {
 pub enum ReadError {
     /// The frame itself is bad (too large, truncated, empty).
     Frame(FrameError),
-    /// The stream failed.
+    /// Holding the frame would exceed a budget of incomplete requests.
+    OverBudget(OverBudget),
+    /// The stream failed, or no byte arrived for [`STALL`].
     Stream,
 }
 
-/// Reads one frame of at most `limit` bytes from a stream.
-pub async fn read_frame(recv: &mut quinn::RecvStream, limit: usize) -> Result<Vec<u8>, ReadError> {
-    let mut header = [0u8; frame::HEADER_LEN];
-    match recv.read_exact(&mut header).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(got)) => {
+/// Reads one frame of at most `limit` bytes from a stream. Its buffer grows as bytes arrive,
+/// counted against `budget` until the frame is complete; a frame that makes no progress for
+/// [`STALL`] is dropped.
+pub async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    limit: usize,
+    budget: Option<&ConnectionBudget>,
+) -> Result<Vec<u8>, ReadError> {
+    let mut held = Held::default();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut wanted = frame::HEADER_LEN;
+    let mut payload_len = None;
+    loop {
+        if buf.len() == wanted {
+            match payload_len {
+                Some(_) => return Ok(buf.split_off(frame::HEADER_LEN)),
+                None => {
+                    let mut header = [0u8; frame::HEADER_LEN];
+                    header.copy_from_slice(&buf);
+                    let len = frame::payload_len(header, limit).map_err(ReadError::Frame)?;
+                    payload_len = Some(len);
+                    wanted += len;
+                    continue;
+                }
+            }
+        }
+        let chunk = tokio::time::timeout(STALL, recv.read_chunk(wanted - buf.len(), true))
+            .await
+            .map_err(|_| ReadError::Stream)?
+            .map_err(|_| ReadError::Stream)?;
+        let Some(chunk) = chunk else {
             return Err(ReadError::Frame(FrameError::Truncated {
-                expected: frame::HEADER_LEN,
-                got,
+                expected: wanted,
+                got: buf.len(),
             }));
+        };
+        if let Some(budget) = budget {
+            budget
+                .take(&mut held, chunk.bytes.len())
+                .map_err(ReadError::OverBudget)?;
         }
-        Err(_) => return Err(ReadError::Stream),
-    }
-    let len = frame::payload_len(header, limit).map_err(ReadError::Frame)?;
-    let mut payload = vec![0u8; len];
-    match recv.read_exact(&mut payload).await {
-        Ok(()) => Ok(payload),
-        Err(quinn::ReadExactError::FinishedEarly(got)) => {
-            Err(ReadError::Frame(FrameError::Truncated {
-                expected: frame::HEADER_LEN + len,
-                got: frame::HEADER_LEN + got,
-            }))
-        }
-        Err(_) => Err(ReadError::Stream),
+        buf.extend_from_slice(&chunk.bytes);
     }
 }
 

@@ -1,4 +1,4 @@
-//! Live operational sessions, by device serial, so the server can push commands.
+//! Live operational sessions, by device, so the server can push commands.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -7,6 +7,7 @@ use std::time::Duration;
 use protocol::message::{self, Command, CommandReply, MAX_RESPONSE};
 
 use super::quic::{read_frame, write_frame};
+use crate::core::DeviceId;
 
 /// Time allowed for a device to answer a command.
 const COMMAND_DEADLINE: Duration = Duration::from_secs(30);
@@ -17,39 +18,39 @@ const COMMAND_DEADLINE: Duration = Duration::from_secs(30);
 pub enum PushError {
     /// The device has no live session.
     #[error("device {0} is not connected")]
-    NotConnected(String),
+    NotConnected(DeviceId),
     /// The session failed while the command was in flight.
     #[error("session with {0} failed: {1}")]
-    Session(String, String),
+    Session(DeviceId, String),
     /// The device's reply could not be decoded.
     #[error("bad reply from {0}: {1}")]
-    BadReply(String, String),
+    BadReply(DeviceId, String),
     /// The device did not answer in time.
     #[error("device {0} did not answer in time")]
-    Timeout(String),
+    Timeout(DeviceId),
 }
 
 /// Registry of operational sessions.
 #[derive(Debug, Default)]
 pub struct Sessions {
-    live: Mutex<HashMap<String, quinn::Connection>>,
+    live: Mutex<HashMap<DeviceId, quinn::Connection>>,
 }
 
 impl Sessions {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, quinn::Connection>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, quinn::Connection>> {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records `conn` as the session of `serial` (replacing an older one).
-    pub fn register(&self, serial: &str, conn: quinn::Connection) {
-        self.map().insert(serial.to_string(), conn);
+    /// Records `conn` as the session of `device` (replacing an older one).
+    pub fn register(&self, device: &DeviceId, conn: quinn::Connection) {
+        self.map().insert(device.clone(), conn);
     }
 
-    /// Forgets the session of `serial` if it is still connection `id`.
-    pub fn unregister(&self, serial: &str, id: usize) {
+    /// Forgets the session of `device` if it is still connection `id`.
+    pub fn unregister(&self, device: &DeviceId, id: usize) {
         let mut map = self.map();
-        if map.get(serial).is_some_and(|c| c.stable_id() == id) {
-            map.remove(serial);
+        if map.get(device).is_some_and(|c| c.stable_id() == id) {
+            map.remove(device);
         }
     }
 
@@ -63,40 +64,43 @@ impl Sessions {
         self.len() == 0
     }
 
-    /// Whether `serial` has a live session.
-    pub fn is_connected(&self, serial: &str) -> bool {
-        self.map().contains_key(serial)
+    /// Whether `device` has a live session.
+    pub fn is_connected(&self, device: &DeviceId) -> bool {
+        self.map().contains_key(device)
     }
 
-    /// Ends the session of `serial`, if any.
-    pub fn close(&self, serial: &str, reason: &str) {
-        if let Some(conn) = self.map().remove(serial) {
+    /// Ends the session of `device`, if any.
+    pub fn close(&self, device: &DeviceId, reason: &str) {
+        if let Some(conn) = self.map().remove(device) {
             conn.close(super::quic::close::REVOKED.into(), reason.as_bytes());
         }
     }
 
-    /// Sends `command` to `serial` and waits for its reply.
-    pub async fn push(&self, serial: &str, command: &Command) -> Result<CommandReply, PushError> {
+    /// Sends `command` to `device` and waits for its reply.
+    pub async fn push(
+        &self,
+        device: &DeviceId,
+        command: &Command,
+    ) -> Result<CommandReply, PushError> {
         let conn = self
             .map()
-            .get(serial)
+            .get(device)
             .cloned()
-            .ok_or_else(|| PushError::NotConnected(serial.to_string()))?;
-        let session =
-            |e: &dyn std::fmt::Display| PushError::Session(serial.to_string(), e.to_string());
+            .ok_or_else(|| PushError::NotConnected(device.clone()))?;
+        let session = |e: &dyn std::fmt::Display| PushError::Session(device.clone(), e.to_string());
         let exchange = async {
             let (send, mut recv) = conn.open_bi().await.map_err(|e| session(&e))?;
             write_frame(send, message::encode(command))
                 .await
                 .map_err(|e| session(&e))?;
-            let bytes = read_frame(&mut recv, MAX_RESPONSE)
+            let bytes = read_frame(&mut recv, MAX_RESPONSE, None)
                 .await
                 .map_err(|e| session(&format!("{e:?}")))?;
             message::decode::<CommandReply>(&bytes, MAX_RESPONSE)
-                .map_err(|e| PushError::BadReply(serial.to_string(), e.to_string()))
+                .map_err(|e| PushError::BadReply(device.clone(), e.to_string()))
         };
         tokio::time::timeout(COMMAND_DEADLINE, exchange)
             .await
-            .map_err(|_| PushError::Timeout(serial.to_string()))?
+            .map_err(|_| PushError::Timeout(device.clone()))?
     }
 }

@@ -71,7 +71,7 @@ impl ClientCertVerifier for DeviceCertVerifier {
         let cert = webpki::EndEntityCert::try_from(end_entity).map_err(certificate_error)?;
         cert.verify_for_usage(
             certs::chain::ALGORITHMS,
-            &anchors,
+            &anchors.all,
             intermediates,
             now,
             webpki::KeyUsage::client_auth(),

@@ -69,16 +69,19 @@ async fn a_device_wipes_itself_attests_and_is_revoked_and_certified() {
 
     let running = Running::start(world.agent(&device));
     eventually(10, "the session", || {
-        world.server.sessions().is_connected("SN-EOL")
+        world.server.sessions().is_connected(&world.id("SN-EOL"))
     })
     .await;
     let order = world
         .server
         .control()
-        .decommission(vec!["SN-EOL".into()], WipeMethod::PurgeCryptographicErase)
+        .decommission(
+            vec![world.id("SN-EOL")],
+            WipeMethod::PurgeCryptographicErase,
+        )
         .await
         .unwrap();
-    assert_eq!(order.accepted, ["SN-EOL"]);
+    assert_eq!(order.accepted, [world.id("SN-EOL")]);
     eventually(20, "the attestation", || {
         world.record("SN-EOL").unwrap().state == DeviceState::Decommissioned
     })
@@ -176,7 +179,7 @@ async fn a_device_wipes_itself_attests_and_is_revoked_and_certified() {
     let certificate = world
         .server
         .service()
-        .sanitization_certificate("SN-EOL")
+        .sanitization_certificate(&world.id("SN-EOL"))
         .unwrap();
     assert_eq!(certificate.serial_number, "SN-EOL");
     assert_eq!(certificate.sanitization_method, "Purge");
@@ -214,7 +217,7 @@ async fn ordered(
     world
         .server
         .service()
-        .decommission(vec![serial.to_string()], WipeMethod::Clear)
+        .decommission(vec![world.id(serial)], WipeMethod::Clear)
         .await
         .unwrap();
     let nonce = world.record(serial).unwrap().decommission.unwrap().nonce;
@@ -322,11 +325,11 @@ async fn a_silent_device_is_decommissioned_unattested() {
     world.agent(&device).onboard().await.unwrap();
     let control = world.server.control();
     control
-        .decommission(vec!["SN-LOST".into()], WipeMethod::Clear)
+        .decommission(vec![world.id("SN-LOST")], WipeMethod::Clear)
         .await
         .unwrap();
     let record = control
-        .force_decommission("SN-LOST", "stolen from the site")
+        .force_decommission(&world.id("SN-LOST"), "stolen from the site")
         .await
         .unwrap();
     assert_eq!(record.state, DeviceState::DecommissionedUnattested);
@@ -336,7 +339,7 @@ async fn a_silent_device_is_decommissioned_unattested() {
         world
             .server
             .service()
-            .sanitization_certificate("SN-LOST")
+            .sanitization_certificate(&world.id("SN-LOST"))
             .is_err()
     );
     assert!(
@@ -355,14 +358,17 @@ async fn a_decommissioned_device_is_resold_to_a_new_owner() {
     owner_a.expect(&["SN-RESALE"], 30).await;
     let running = Running::start(owner_a.agent(&device));
     eventually(10, "owner A's session", || {
-        owner_a.server.sessions().is_connected("SN-RESALE")
+        owner_a
+            .server
+            .sessions()
+            .is_connected(&owner_a.id("SN-RESALE"))
     })
     .await;
     owner_a
         .server
         .control()
         .decommission(
-            vec!["SN-RESALE".into()],
+            vec![owner_a.id("SN-RESALE")],
             WipeMethod::PurgeCryptographicErase,
         )
         .await

@@ -69,7 +69,7 @@ async fn run_campaign(
     let campaign = service
         .create_campaign(CampaignSpec {
             release: digest.to_string(),
-            target: Target::Serials(serials.iter().map(|s| s.to_string()).collect()),
+            target: Target::Devices(serials.iter().map(|s| s.to_string()).collect()),
             waves,
             failure_threshold: threshold,
             rate: None,
@@ -216,7 +216,7 @@ async fn offer_directly(world: &World, serial: &str, manifest: &[u8], image: &[u
         .server
         .sessions()
         .push(
-            serial,
+            &world.id(serial),
             &Command::Update {
                 manifest: manifest.to_vec(),
             },
@@ -456,7 +456,7 @@ async fn an_interrupted_download_resumes_with_only_the_rest() {
     );
     let first = Running::start(dying);
     eventually(10, "the session", || {
-        world.server.sessions().is_connected("SN-RESUME")
+        world.server.sessions().is_connected(&world.id("SN-RESUME"))
     })
     .await;
     run_campaign(
@@ -515,7 +515,7 @@ async fn a_silent_device_does_not_hold_back_the_next_wave_past_its_timeout() {
     let campaign = service
         .create_campaign(CampaignSpec {
             release: certs::inspect::hex(&r.digest),
-            target: Target::Serials(refs.iter().map(|s| s.to_string()).collect()),
+            target: Target::Devices(refs.iter().map(|s| s.to_string()).collect()),
             waves: vec![50, 100],
             failure_threshold: 0,
             rate: None,
@@ -523,7 +523,10 @@ async fn a_silent_device_does_not_hold_back_the_next_wave_past_its_timeout() {
         })
         .await
         .unwrap();
-    assert_eq!(campaign.waves[0], ["SN-WT-0", "SN-WT-1"]);
+    assert_eq!(
+        campaign.waves[0],
+        [world.id("SN-WT-0"), world.id("SN-WT-1")]
+    );
     let id = campaign.id;
     service.order_campaign(&id, "start").await.unwrap();
 
@@ -610,7 +613,7 @@ async fn an_unhealthy_release_rolls_back_and_pauses_the_campaign() {
         let d = devices
             .iter()
             .zip(&serials)
-            .find(|(_, s)| **s == p.serial)
+            .find(|(_, s)| **s == p.device.serial)
             .unwrap()
             .0;
         // Back on the factory image, reporting its old version.
@@ -621,10 +624,15 @@ async fn an_unhealthy_release_rolls_back_and_pauses_the_campaign() {
                 .is_none()
         );
         eventually(10, "the old version reported", || {
-            world.record(&p.serial).unwrap().firmware_version.as_deref() == Some("1.0.0")
+            world
+                .record(&p.device.serial)
+                .unwrap()
+                .firmware_version
+                .as_deref()
+                == Some("1.0.0")
         })
         .await;
-        assert_eq!(world.record(&p.serial).unwrap().firmware_sequence, 0);
+        assert_eq!(world.record(&p.device.serial).unwrap().firmware_sequence, 0);
     }
     // It stays paused.
     tokio::time::sleep(Duration::from_millis(600)).await;

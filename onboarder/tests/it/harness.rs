@@ -12,7 +12,7 @@ use device_agent::transport::quic::{self, Session, Timeouts};
 use device_agent::{Agent, AgentOptions, Backoff};
 use onboarder::audit::AuditEntry;
 use onboarder::config::Config;
-use onboarder::core::DeviceRecord;
+use onboarder::core::{DeviceId, DeviceRecord, MakerId};
 use onboarder::server::{Listen, Server};
 use protocol::message::{Request, Response};
 
@@ -80,16 +80,17 @@ impl World {
 
     /// Imports the manufacturer anchor and a voucher (valid `days`) for each serial.
     pub async fn expect(&self, serials: &[&str], days: u64) {
+        self.expect_from(&self.manufacturer, serials, days).await;
+    }
+
+    /// Imports `m`'s anchor (with its voucher signer) and a voucher of `m` for each serial.
+    pub async fn expect_from(&self, m: &Manufacturer, serials: &[&str], days: u64) {
         let service = self.server.service();
-        service
-            .import_anchor(&certs::files::cert_pem(self.manufacturer.root_cert()))
-            .await
-            .unwrap();
+        service.import_anchor(&anchor_import(m)).await.unwrap();
         let vouchers: Vec<Vec<u8>> = serials
             .iter()
             .map(|s| {
-                self.manufacturer
-                    .voucher(s, &self.owner_root, now(), now() + days * DAY)
+                m.voucher(s, &self.owner_root, now(), now() + days * DAY)
                     .unwrap()
             })
             .collect();
@@ -100,23 +101,39 @@ impl World {
         assert!(report.rejected.is_empty(), "{report:?}");
     }
 
+    /// The id of this world's manufacturer's device `serial`.
+    pub fn id(&self, serial: &str) -> DeviceId {
+        id_of(&self.manufacturer, serial)
+    }
+
     pub fn agent(&self, device: &Device) -> Agent {
         device.agent(self.server.quic_addr(), &self.endpoint)
     }
 
+    /// The record of this world's manufacturer's device `serial`.
     pub fn record(&self, serial: &str) -> Option<DeviceRecord> {
-        self.server.service().store().device(serial).unwrap()
+        self.record_of(&self.id(serial))
+    }
+
+    /// The record of device `id`.
+    pub fn record_of(&self, id: &DeviceId) -> Option<DeviceRecord> {
+        self.server.service().store().device(id).unwrap()
     }
 
     pub fn audit(&self) -> Vec<AuditEntry> {
         self.server.service().store().audit(1, 1_000_000).unwrap()
     }
 
-    /// Audit actions recorded for `serial`, in order.
+    /// Audit actions recorded for this world's manufacturer's device `serial`, in order.
     pub fn actions(&self, serial: &str) -> Vec<String> {
+        self.actions_of(&self.id(serial))
+    }
+
+    /// Audit actions recorded for device `id`, in order.
+    pub fn actions_of(&self, id: &DeviceId) -> Vec<String> {
         self.audit()
             .into_iter()
-            .filter(|e| e.event.serial.as_deref() == Some(serial))
+            .filter(|e| e.event.device.as_ref() == Some(id))
             .map(|e| e.event.action)
             .collect()
     }
@@ -256,6 +273,19 @@ pub fn voucher_request(identity: &Identity, session: &Session) -> Request {
     Request::VoucherRequest(req.sign(&identity.key).unwrap())
 }
 
+/// Tells the server, over a hand-driven session, that the device accepts its voucher (what the
+/// real agent does before it sends its CSR).
+pub async fn accept_voucher(session: &Session) {
+    let status = Request::VoucherStatus(protocol::message::Status {
+        ok: true,
+        reason: None,
+    });
+    assert!(matches!(
+        session.call(&status).await.unwrap(),
+        Response::Ack
+    ));
+}
+
 /// An agent running its `run` loop in the background.
 pub struct Running {
     pub agent: std::sync::Arc<Agent>,
@@ -301,4 +331,23 @@ pub async fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) 
 pub fn device_key(device: &Device) -> protocol::keys::PublicKey {
     let cert = certs::files::read_cert(&device.state_dir.join("ldevid.pem")).unwrap();
     certs::CertInfo::parse(&cert).unwrap().public_key
+}
+
+/// The maker id of `m`'s devices.
+pub fn maker_of(m: &Manufacturer) -> MakerId {
+    MakerId::of_spki(&certs::CertInfo::parse(m.root_cert()).unwrap().spki_der)
+}
+
+/// The id of `m`'s device `serial`.
+pub fn id_of(m: &Manufacturer, serial: &str) -> DeviceId {
+    DeviceId::new(maker_of(m), serial).unwrap()
+}
+
+/// What an operator imports to trust `m`: its root and its voucher signer.
+pub fn anchor_import(m: &Manufacturer) -> onboarder::operator::AnchorImport {
+    onboarder::operator::AnchorImport {
+        pem: certs::files::cert_pem(m.root_cert()),
+        masa_pem: Some(certs::files::cert_pem(m.masa_cert())),
+        name: None,
+    }
 }

@@ -62,7 +62,7 @@ async fn bad_renewals_are_refused_and_change_nothing() {
     world
         .server
         .control()
-        .quarantine("SN-RENEW", "under investigation")
+        .quarantine(&world.id("SN-RENEW"), "under investigation")
         .await
         .unwrap();
     let quarantined = world.record("SN-RENEW").unwrap();
@@ -90,7 +90,7 @@ async fn a_revoked_device_is_refused_at_the_handshake_and_listed_in_the_crl() {
     world.agent(&bystander).onboard().await.unwrap();
     let running = Running::start(world.agent(&device));
     eventually(10, "the session", || {
-        world.server.sessions().is_connected("SN-STOLEN")
+        world.server.sessions().is_connected(&world.id("SN-STOLEN"))
     })
     .await;
     let first_crl = world.server.control().crls()[0].number;
@@ -98,7 +98,7 @@ async fn a_revoked_device_is_refused_at_the_handshake_and_listed_in_the_crl() {
     let record = world
         .server
         .control()
-        .revoke("SN-STOLEN", Reason::KeyCompromise)
+        .revoke(&world.id("SN-STOLEN"), Reason::KeyCompromise)
         .await
         .unwrap();
     assert_eq!(record.state, DeviceState::Quarantined);
@@ -111,7 +111,7 @@ async fn a_revoked_device_is_refused_at_the_handshake_and_listed_in_the_crl() {
     )));
     // The live session was ended; a new one is refused during the handshake.
     eventually(10, "the end of the session", || {
-        !world.server.sessions().is_connected("SN-STOLEN")
+        !world.server.sessions().is_connected(&world.id("SN-STOLEN"))
     })
     .await;
     running.stop().await;
@@ -223,10 +223,10 @@ async fn rotation_on_demand_reaches_live_and_offline_devices() {
 
     // One device.
     let order = control
-        .rotate(Some(vec!["SN-ROT-A".into()]), None)
+        .rotate(Some(vec![world.id("SN-ROT-A")]), None)
         .await
         .unwrap();
-    assert_eq!(order.accepted, ["SN-ROT-A"]);
+    assert_eq!(order.accepted, [world.id("SN-ROT-A")]);
     eventually(20, "the rotation of A", || {
         world
             .server
@@ -255,7 +255,7 @@ async fn rotation_on_demand_reaches_live_and_offline_devices() {
     })
     .await;
     let status = world.server.service().rotation_status(order.at).unwrap();
-    assert_eq!(status.pending_serials, ["SN-ROT-C"]);
+    assert_eq!(status.pending_devices, [world.id("SN-ROT-C")]);
     let c = Running::start(world.agent(&devices[2]));
     eventually(20, "C", || {
         world
@@ -277,9 +277,12 @@ async fn rotation_on_demand_reaches_live_and_offline_devices() {
         r.stop().await;
     }
     // Ordering a quarantined or unknown device is refused, per device.
-    control.quarantine("SN-ROT-C", "test").await.unwrap();
+    control
+        .quarantine(&world.id("SN-ROT-C"), "test")
+        .await
+        .unwrap();
     let order = control
-        .rotate(Some(vec!["SN-ROT-C".into(), "SN-NONE".into()]), None)
+        .rotate(Some(vec![world.id("SN-ROT-C"), world.id("SN-NONE")]), None)
         .await
         .unwrap();
     assert!(order.accepted.is_empty());
@@ -296,7 +299,7 @@ async fn revocations_of_expired_certificates_are_forgotten() {
     agent.onboard().await.unwrap();
     let control = world.server.control();
     let record = control
-        .revoke("SN-SHORT", Reason::KeyCompromise)
+        .revoke(&world.id("SN-SHORT"), Reason::KeyCompromise)
         .await
         .unwrap();
     let serial = record.certificates[0].serial.clone();

@@ -69,7 +69,7 @@ async fn a_device_onboards_and_opens_an_operational_session() {
     let serve = async { agent.serve(&session).await };
     let push = async {
         for _ in 0..50 {
-            if world.server.sessions().is_connected("SN-000001") {
+            if world.server.sessions().is_connected(&world.id("SN-000001")) {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -77,7 +77,7 @@ async fn a_device_onboards_and_opens_an_operational_session() {
         let reply = world
             .server
             .sessions()
-            .push("SN-000001", &Command::Ping { nonce: 42 })
+            .push(&world.id("SN-000001"), &Command::Ping { nonce: 42 })
             .await
             .unwrap();
         session.close();
@@ -129,7 +129,8 @@ async fn ed25519_devices_and_eap_tls_policy_work_too() {
             ca_chain,
         } => {
             assert_eq!(ssid, "corp-iot");
-            assert_eq!(identity, "SN-ED25519");
+            // The EAP-TLS identity names the device whole: maker and serial.
+            assert_eq!(identity, world.id("SN-ED25519").to_string());
             assert_eq!(
                 ca_chain.last().map(|c| c.to_vec()),
                 Some(world.owner_root.clone())
@@ -164,6 +165,7 @@ async fn a_dropped_enrollment_completes_on_retry_without_duplicates() {
             .unwrap(),
         Response::Voucher(_)
     ));
+    accept_voucher(&session).await;
     let csr = certs::csr::build_csr(
         "SN-DROP",
         &device_agent::platform::key::CsrSigner::new(pending.as_ref()),
@@ -203,6 +205,7 @@ async fn a_retry_with_a_new_key_supersedes_the_unconfirmed_certificate() {
         .call(&voucher_request(&identity, &session))
         .await
         .unwrap();
+    accept_voucher(&session).await;
     let csr = certs::csr::build_csr("SN-LOST", &lost_key, &session.binding().unwrap()).unwrap();
     session.call(&Request::Enroll { csr }).await.unwrap();
     session.close();

@@ -13,7 +13,7 @@ async fn the_admin_api_imports_lists_and_verifies() {
     let token = onboarder::pki::token(&world.data).unwrap();
     let base = format!("http://{}", world.server.api_addr());
     let client = ApiClient::new(&base, token);
-    let anchor = certs::files::cert_pem(world.manufacturer.root_cert());
+    let anchor = anchor_import(&world.manufacturer);
     let vouchers = protocol::voucher::encode_bundle(&[
         world
             .manufacturer
@@ -63,7 +63,7 @@ async fn the_admin_api_imports_lists_and_verifies() {
         (
             client.devices().unwrap(),
             client.device("SN-API1").unwrap(),
-            client.audit(1, 1000).unwrap(),
+            client.audit(Some(1), 1000).unwrap(),
             client.verify_audit().unwrap(),
             client.device("SN-NONE").unwrap_err().to_string(),
         )
@@ -104,7 +104,8 @@ async fn a_tampered_audit_log_fails_verification() {
     db.insert(&key, protocol::cbor::to_vec(&entry)).unwrap();
     db.flush().unwrap();
     drop(db);
-    let store = onboarder::store::sled::SledStore::open(&data.join("store")).unwrap();
+    let key = onboarder::store::seal::SealingKey::load_or_create(&data.join("store.key")).unwrap();
+    let store = onboarder::store::sled::SledStore::open(&data.join("store"), key).unwrap();
     let (_, head) = store.audit_head().unwrap();
     assert_eq!(
         onboarder::audit::verify_chain(store.audit(1, 1000).unwrap(), &head),

@@ -2,7 +2,7 @@
 //! either side (DESIGN 7).
 
 use device_agent::AgentError;
-use onboarder::core::{DeviceRecord, DeviceState};
+use onboarder::core::{DeviceId, DeviceRecord, DeviceState};
 use onboarder::store::{Change, DeviceWrite, Expect};
 use protocol::message::{ErrorCode, Hello, Request, Response};
 use protocol::voucher::{Assertion, Voucher, VoucherError};
@@ -19,8 +19,8 @@ fn refused(result: Result<device_agent::machine::AgentState, AgentError>) -> Err
 
 /// Puts a record with the given voucher bytes straight into the store, as a registrar with a
 /// bad database (or a rogue one) would have it.
-async fn file_voucher(world: &World, serial: &str, voucher: Vec<u8>) {
-    let record = DeviceRecord::expected(serial, voucher, Some(now() + 30 * DAY), now());
+async fn file_voucher(world: &World, id: DeviceId, voucher: Vec<u8>) {
+    let record = DeviceRecord::expected(id, voucher, Some(now() + 30 * DAY), now());
     world
         .server
         .service()
@@ -96,7 +96,7 @@ async fn voucher_signed_by_the_wrong_key_is_refused_by_the_device() {
     world.expect(&[], 30).await;
     let forger = certs::KeyPair::generate(certs::KeyKind::P256).unwrap();
     let forged = voucher_for(&world, "SN-FORGED", &world.owner_root, &forger);
-    file_voucher(&world, "SN-FORGED", forged).await;
+    file_voucher(&world, world.id("SN-FORGED"), forged).await;
     match world.agent(&device).onboard().await {
         Err(AgentError::Voucher(VoucherError::Signature(SignatureError::Invalid))) => {}
         other => panic!("{other:?}"),
@@ -148,7 +148,7 @@ async fn voucher_for_another_serial_is_refused_by_the_device() {
         .manufacturer
         .voucher("SN-THEIRS", &world.owner_root, now(), now() + DAY)
         .unwrap();
-    file_voucher(&world, "SN-MINE", theirs).await;
+    file_voucher(&world, world.id("SN-MINE"), theirs).await;
     match world.agent(&device).onboard().await {
         Err(AgentError::Voucher(VoucherError::WrongSerial { .. })) => {}
         other => panic!("{other:?}"),
@@ -243,25 +243,26 @@ async fn a_rogue_registrar_gets_no_csr() {
     rogue
         .server
         .service()
-        .import_anchor(&certs::files::cert_pem(world.manufacturer.root_cert()))
+        .import_anchor(&anchor_import(&world.manufacturer))
         .await
         .unwrap();
     let stolen = world.record("SN-VICTIM").unwrap().voucher.unwrap();
-    file_voucher(&rogue, "SN-VICTIM", stolen).await;
+    file_voucher(&rogue, world.id("SN-VICTIM"), stolen).await;
     let agent = device.agent(rogue.server.quic_addr(), &rogue.endpoint);
     match agent.onboard().await {
         Err(AgentError::RogueRegistrar(_)) => {}
         other => panic!("{other:?}"),
     }
     assert!(device.is_factory_fresh());
-    let at_rogue = rogue.record("SN-VICTIM").unwrap();
+    let victim = world.id("SN-VICTIM");
+    let at_rogue = rogue.record_of(&victim).unwrap();
     assert!(
         at_rogue.certificates.is_empty(),
         "the rogue issued something"
     );
     assert!(
         !rogue
-            .actions("SN-VICTIM")
+            .actions_of(&victim)
             .iter()
             .any(|a| a.starts_with("certificate"))
     );
@@ -282,6 +283,7 @@ async fn bad_csrs_are_refused() {
         .call(&voucher_request(&identity, &session))
         .await
         .unwrap();
+    accept_voucher(&session).await;
     let before = world.record("SN-CSR").unwrap();
     let binding = session.binding().unwrap();
     let key = certs::KeyPair::generate(certs::KeyKind::P256).unwrap();

@@ -1,0 +1,232 @@
+//! What one peer, and all peers together, can make the transport hold.
+//!
+//! - Connections: at most `max_connections` in all and `max_connections_per_address` from one
+//!   IP address; the rest are refused before the handshake costs anything.
+//! - Bytes of requests not yet complete: a frame's buffer grows as its bytes arrive (a header
+//!   that announces 64 KiB costs nothing until 64 KiB arrive), and those bytes count against a
+//!   budget per connection and one for the whole server. A frame that would exceed either is
+//!   refused; a frame that stops making progress is dropped after a short stall.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The limits, as configured (`limits` in onboarder.json).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Limits {
+    /// Connections at once, handshakes included.
+    pub max_connections: usize,
+    /// Connections at once from one IP address (devices behind one NAT share it).
+    pub max_connections_per_address: usize,
+    /// Bytes of incomplete requests held per connection.
+    pub frame_bytes_per_connection: usize,
+    /// Bytes of incomplete requests held in all.
+    pub frame_bytes_total: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 200_000,
+            max_connections_per_address: 1_024,
+            frame_bytes_per_connection: 2 * protocol::message::MAX_REQUEST,
+            frame_bytes_total: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl Limits {
+    /// Limits for a fleet on one machine (the demo, the fleet simulator): every device comes
+    /// from the same address.
+    pub fn single_host() -> Self {
+        let limits = Limits::default();
+        Limits {
+            max_connections_per_address: limits.max_connections,
+            ..limits
+        }
+    }
+}
+
+/// Counts connections in all and per address.
+#[derive(Debug)]
+pub struct ConnectionLimits {
+    limits: Limits,
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// A connection counted by [`ConnectionLimits`]; dropping it uncounts it.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    owner: Arc<ConnectionLimits>,
+    ip: IpAddr,
+}
+
+impl ConnectionLimits {
+    /// Counters for `limits`.
+    pub fn new(limits: Limits) -> Arc<Self> {
+        Arc::new(ConnectionLimits {
+            limits,
+            open: Mutex::new((0, HashMap::new())),
+        })
+    }
+
+    /// A slot for a new connection from `ip`, or `None` when a limit is reached.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, per_ip) = &mut *open;
+        let from_ip = per_ip.entry(ip).or_insert(0);
+        if *total >= self.limits.max_connections
+            || *from_ip >= self.limits.max_connections_per_address
+        {
+            if *from_ip == 0 {
+                per_ip.remove(&ip);
+            }
+            return None;
+        }
+        *from_ip += 1;
+        *total += 1;
+        Some(ConnectionSlot {
+            owner: self.clone(),
+            ip,
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut open = self.owner.open.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, per_ip) = &mut *open;
+        *total = total.saturating_sub(1);
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The server-wide budget of bytes of incomplete requests.
+#[derive(Debug, Clone)]
+pub struct FrameBudget {
+    total: Arc<Semaphore>,
+    capacity: usize,
+    per_connection: usize,
+}
+
+/// One connection's share of the [`FrameBudget`].
+#[derive(Debug, Clone)]
+pub struct ConnectionBudget {
+    total: Arc<Semaphore>,
+    connection: Arc<Semaphore>,
+}
+
+/// Bytes held for a frame being received; released when dropped.
+#[derive(Debug, Default)]
+pub struct Held(Vec<OwnedSemaphorePermit>);
+
+/// Which budget a frame ran out of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverBudget {
+    /// The connection's.
+    Connection,
+    /// The server's.
+    Server,
+}
+
+impl FrameBudget {
+    /// A budget of `limits.frame_bytes_total` bytes, `limits.frame_bytes_per_connection` per
+    /// connection.
+    pub fn new(limits: &Limits) -> Self {
+        FrameBudget {
+            total: Arc::new(Semaphore::new(limits.frame_bytes_total)),
+            capacity: limits.frame_bytes_total,
+            per_connection: limits.frame_bytes_per_connection,
+        }
+    }
+
+    /// A new connection's share.
+    pub fn connection(&self) -> ConnectionBudget {
+        ConnectionBudget {
+            total: self.total.clone(),
+            connection: Arc::new(Semaphore::new(self.per_connection)),
+        }
+    }
+
+    /// Bytes of incomplete requests held now, in all.
+    pub fn held(&self) -> usize {
+        self.capacity - self.total.available_permits()
+    }
+}
+
+impl ConnectionBudget {
+    /// Takes `n` more bytes for a frame, or says which budget is exhausted (taking nothing).
+    pub fn take(&self, held: &mut Held, n: usize) -> Result<(), OverBudget> {
+        let n = u32::try_from(n).map_err(|_| OverBudget::Connection)?;
+        let conn = self
+            .connection
+            .clone()
+            .try_acquire_many_owned(n)
+            .map_err(|_| OverBudget::Connection)?;
+        let total = self
+            .total
+            .clone()
+            .try_acquire_many_owned(n)
+            .map_err(|_| OverBudget::Server)?;
+        held.0.push(conn);
+        held.0.push(total);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_counted_per_address_and_in_all() {
+        let limits = ConnectionLimits::new(Limits {
+            max_connections: 3,
+            max_connections_per_address: 2,
+            ..Limits::default()
+        });
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let a1 = limits.admit(a).unwrap();
+        let _a2 = limits.admit(a).unwrap();
+        assert!(limits.admit(a).is_none());
+        let _b1 = limits.admit(b).unwrap();
+        assert!(limits.admit(b).is_none(), "the total is reached");
+        drop(a1);
+        let _a3 = limits.admit(a).unwrap();
+        assert_eq!(limits.open(), 3);
+    }
+
+    #[test]
+    fn frame_bytes_are_bounded_per_connection_and_in_all() {
+        let budget = FrameBudget::new(&Limits {
+            frame_bytes_per_connection: 100,
+            frame_bytes_total: 150,
+            ..Limits::default()
+        });
+        let (one, two) = (budget.connection(), budget.connection());
+        let mut held = Held::default();
+        one.take(&mut held, 60).unwrap();
+        assert_eq!(one.take(&mut held, 60), Err(OverBudget::Connection));
+        let mut other = Held::default();
+        two.take(&mut other, 80).unwrap();
+        assert_eq!(two.take(&mut other, 20), Err(OverBudget::Server));
+        assert_eq!(budget.held(), 140);
+        drop(held);
+        drop(other);
+        assert_eq!(budget.held(), 0);
+    }
+}
