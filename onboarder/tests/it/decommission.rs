@@ -410,6 +410,11 @@ async fn a_decommissioned_device_is_resold_to_a_new_owner() {
         .await
         .unwrap();
     assert_eq!(code_of(&r), ErrorCode::WrongState);
+    // ... and says what its owner must do instead.
+    let protocol::message::Response::Error(e) = r else {
+        unreachable!()
+    };
+    assert!(e.message.contains("new owner onboards it"), "{}", e.message);
     let again = owner_a
         .manufacturer
         .voucher("SN-RESALE", &owner_a.owner_root, now(), now() + DAY)

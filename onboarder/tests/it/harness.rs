@@ -19,6 +19,8 @@ use protocol::message::{Request, Response};
 pub const DAY: u64 = 86_400;
 
 pub struct World {
+    /// Seconds added to the server's clock (see [`World::advance_clock`]).
+    clock_offset: Arc<std::sync::atomic::AtomicU64>,
     pub dir: tempfile::TempDir,
     pub manufacturer: Arc<Manufacturer>,
     pub data: PathBuf,
@@ -59,11 +61,17 @@ impl World {
         config.api_listen = "127.0.0.1:0".parse().unwrap();
         edit(&mut config);
         onboarder::pki::init(&data, &config, now()).unwrap();
-        let server = Server::start(&data, Listen::default()).await.unwrap();
+        let clock_offset = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let offset = clock_offset.clone();
+        let clock = Arc::new(move || now() + offset.load(std::sync::atomic::Ordering::Relaxed));
+        let server = Server::start_with_clock(&data, Listen::default(), clock)
+            .await
+            .unwrap();
         let owner_root =
             certs::files::read_cert(&data.join(onboarder::config::layout::OWNER_ROOT)).unwrap();
         let endpoint = quic::endpoint_for(server.quic_addr()).unwrap();
         World {
+            clock_offset,
             dir,
             manufacturer,
             data,
@@ -161,6 +169,30 @@ impl World {
         .unwrap();
         let name = state.config.unwrap().server_name;
         Session::connect(&self.endpoint, config, self.server.quic_addr(), Some(&name))
+            .await
+            .unwrap()
+    }
+
+    /// Moves the server's clock `secs` seconds on (TLS keeps the real time).
+    pub fn advance_clock(&self, secs: u64) {
+        self.clock_offset
+            .fetch_add(secs, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A bare QUIC connection authenticated with the device's IDevID, for hand-built clients
+    /// that write streams byte by byte.
+    pub async fn raw_connection(&self, device: &Device) -> quinn::Connection {
+        let identity = device.identity();
+        let key: Arc<dyn device_agent::platform::DeviceKey> = Arc::new(identity.key);
+        let config = quic::provisional_config(
+            std::slice::from_ref(&identity.idevid),
+            key,
+            Timeouts::default(),
+        )
+        .unwrap();
+        self.endpoint
+            .connect_with(config, self.server.quic_addr(), "onboarder.invalid")
+            .unwrap()
             .await
             .unwrap()
     }

@@ -3,10 +3,13 @@
 
 mod harness;
 
+mod abuse;
+mod binary;
 mod crash;
 mod decommission;
 mod firmware;
 mod lifecycle;
+mod makers;
 mod onboarding;
 mod operator;
 mod refusals;

@@ -87,6 +87,16 @@ async fn idevid_of_an_unknown_manufacturer_is_refused_at_the_handshake() {
     }
     assert_eq!(world.record("SN-CLONE").unwrap(), before);
     assert!(device.is_factory_fresh());
+    // Refused handshakes leave no audit entry, but they are counted.
+    assert!(
+        world
+            .server
+            .service()
+            .metrics()
+            .snapshot()
+            .handshakes_refused
+            >= 1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,21 +106,33 @@ async fn voucher_signed_by_the_wrong_key_is_refused_by_the_device() {
     world.expect(&[], 30).await;
     let forger = certs::KeyPair::generate(certs::KeyKind::P256).unwrap();
     let forged = voucher_for(&world, "SN-FORGED", &world.owner_root, &forger);
+    // The registrar knows the maker's voucher signer, so an import refuses it ...
+    let report = world
+        .server
+        .service()
+        .import_vouchers(&protocol::voucher::encode_bundle(std::slice::from_ref(
+            &forged,
+        )))
+        .await
+        .unwrap();
+    assert_eq!(report.rejected.len(), 1, "{report:?}");
+    assert!(world.record("SN-FORGED").is_none());
+    // ... and a registrar with a bad database serves it anyway: the device refuses it.
     file_voucher(&world, world.id("SN-FORGED"), forged).await;
+    let before = world.record("SN-FORGED").unwrap();
+    let audit_before = world.actions("SN-FORGED");
     match world.agent(&device).onboard().await {
         Err(AgentError::Voucher(VoucherError::Signature(SignatureError::Invalid))) => {}
         other => panic!("{other:?}"),
     }
     assert!(device.is_factory_fresh());
-    // No CSR was sent: nothing was issued; the device's verdict is on record.
-    let record = world.record("SN-FORGED").unwrap();
-    assert!(record.certificates.is_empty());
+    // Nothing was pinned, moved or issued; the request and the device's verdict are noted.
+    assert_eq!(world.record("SN-FORGED").unwrap(), before);
     let actions = world.actions("SN-FORGED");
-    assert!(
-        actions.contains(&"voucher-rejected".to_string()),
-        "{actions:?}"
+    assert_eq!(
+        actions[audit_before.len()..],
+        ["voucher-issued", "voucher-rejected"]
     );
-    assert!(!actions.iter().any(|a| a.starts_with("certificate")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,12 +171,20 @@ async fn voucher_for_another_serial_is_refused_by_the_device() {
         .voucher("SN-THEIRS", &world.owner_root, now(), now() + DAY)
         .unwrap();
     file_voucher(&world, world.id("SN-MINE"), theirs).await;
+    let before = world.record("SN-MINE").unwrap();
+    let audit_before = world.actions("SN-MINE");
     match world.agent(&device).onboard().await {
         Err(AgentError::Voucher(VoucherError::WrongSerial { .. })) => {}
         other => panic!("{other:?}"),
     }
     assert!(device.is_factory_fresh());
     assert!(world.record("SN-MINE").unwrap().certificates.is_empty());
+    // Nothing was pinned or moved.
+    assert_eq!(world.record("SN-MINE").unwrap(), before);
+    assert_eq!(
+        world.actions("SN-MINE")[audit_before.len()..],
+        ["voucher-issued", "voucher-rejected"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,15 +277,27 @@ async fn a_rogue_registrar_gets_no_csr() {
         .await
         .unwrap();
     let stolen = world.record("SN-VICTIM").unwrap().voucher.unwrap();
-    file_voucher(&rogue, world.id("SN-VICTIM"), stolen).await;
+    let victim = world.id("SN-VICTIM");
+    file_voucher(&rogue, victim.clone(), stolen).await;
+    let at_rogue_before = rogue.record_of(&victim).unwrap();
+    let rogue_audit_before = rogue.actions_of(&victim);
+    let real_before = world.record("SN-VICTIM").unwrap();
+    let real_audit_before = world.actions("SN-VICTIM");
     let agent = device.agent(rogue.server.quic_addr(), &rogue.endpoint);
     match agent.onboard().await {
         Err(AgentError::RogueRegistrar(_)) => {}
         other => panic!("{other:?}"),
     }
     assert!(device.is_factory_fresh());
-    let victim = world.id("SN-VICTIM");
     let at_rogue = rogue.record_of(&victim).unwrap();
+    // Not even the rogue pinned the device's IDevID: it never accepted the voucher.
+    assert_eq!(at_rogue, at_rogue_before);
+    assert_eq!(
+        rogue.actions_of(&victim)[rogue_audit_before.len()..],
+        ["voucher-issued", "voucher-rejected"]
+    );
+    assert_eq!(world.record("SN-VICTIM").unwrap(), real_before);
+    assert_eq!(world.actions("SN-VICTIM"), real_audit_before);
     assert!(
         at_rogue.certificates.is_empty(),
         "the rogue issued something"
