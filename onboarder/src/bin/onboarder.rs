@@ -565,6 +565,7 @@ fn main() -> Result<()> {
             match cmd {
                 DeviceCommand::List { json } => {
                     let devices = client.devices()?;
+                    let names = Names::of(&client)?;
                     if json {
                         println!("{}", serde_json::to_string(&devices)?);
                     } else {
@@ -581,7 +582,7 @@ fn main() -> Result<()> {
                                 .map_or("-".to_string(), |c| c.serial.clone());
                             println!(
                                 "{:<36} {:<12} {:<10} {}",
-                                d.id.to_string(),
+                                names.device(&d.id),
                                 d.state.to_string(),
                                 shown(d.firmware_version.as_deref().unwrap_or("-")),
                                 cert
@@ -602,7 +603,7 @@ fn main() -> Result<()> {
                     if json {
                         println!("{}", serde_json::to_string(&d)?);
                     } else {
-                        println!("device:    {}", d.id);
+                        println!("device:    {}", Names::of(&client)?.device(&d.id));
                         println!("maker:     {}", d.maker);
                         println!("serial:    {}", d.serial);
                         println!("state:     {}", d.state);
@@ -867,10 +868,11 @@ fn main() -> Result<()> {
                             );
                         }
                         if devices {
+                            let names = Names::of(&client)?;
                             for d in &s.devices {
                                 println!(
                                     "  {:<36} wave {} {:<12} {:>9} bytes {}",
-                                    d.device.to_string(),
+                                    names.device(&d.device),
                                     d.wave + 1,
                                     d.state,
                                     d.bytes,
@@ -1017,6 +1019,28 @@ fn decommission(client: &ApiClient, args: DecommissionArgs) -> Result<()> {
     }
     anyhow::ensure!(order.refused.is_empty(), "some devices were refused");
     Ok(())
+}
+
+/// Manufacturers' names, to show devices as operators named their makers (`acme/SN-1`).
+struct Names(std::collections::HashMap<onboarder::core::MakerId, String>);
+
+impl Names {
+    fn of(client: &ApiClient) -> Result<Names> {
+        Ok(Names(
+            client
+                .anchors()?
+                .into_iter()
+                .map(|a| (a.maker, a.name))
+                .collect(),
+        ))
+    }
+
+    fn device(&self, id: &onboarder::core::DeviceId) -> String {
+        match self.0.get(&id.maker) {
+            Some(name) => format!("{name}/{}", id.serial),
+            None => id.to_string(),
+        }
+    }
 }
 
 fn print_campaign(c: &onboarder::core::campaign::Campaign) {

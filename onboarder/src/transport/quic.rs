@@ -104,8 +104,8 @@ struct Shared {
     frames: FrameBudget,
 }
 
-/// Accepts connections until the endpoint is closed. Returns the frame budget's handle
-/// through `frames` so that callers can watch what is held.
+/// Accepts connections until the endpoint is closed, within `limits`; incomplete requests are
+/// held within `frames` (the caller keeps a handle to watch what is held).
 pub async fn serve(
     endpoint: quinn::Endpoint,
     service: Arc<Service>,
@@ -258,52 +258,53 @@ pub enum ReadError {
     Frame(FrameError),
     /// Holding the frame would exceed a budget of incomplete requests.
     OverBudget(OverBudget),
-    /// The stream failed, or no byte arrived for [`STALL`].
+    /// The stream failed, or no byte arrived for 2 s.
     Stream,
 }
 
 /// Reads one frame of at most `limit` bytes from a stream. Its buffer grows as bytes arrive,
 /// counted against `budget` until the frame is complete; a frame that makes no progress for
-/// [`STALL`] is dropped.
+/// two seconds is dropped.
 pub async fn read_frame(
     recv: &mut quinn::RecvStream,
     limit: usize,
     budget: Option<&ConnectionBudget>,
 ) -> Result<Vec<u8>, ReadError> {
+    let mut header = [0u8; frame::HEADER_LEN];
+    let mut got = 0;
+    while got < frame::HEADER_LEN {
+        let chunk = next_chunk(recv, frame::HEADER_LEN - got, got, frame::HEADER_LEN).await?;
+        header[got..got + chunk.len()].copy_from_slice(&chunk);
+        got += chunk.len();
+    }
+    let len = frame::payload_len(header, limit).map_err(ReadError::Frame)?;
+    let expected = frame::HEADER_LEN + len;
     let mut held = Held::default();
-    let mut buf: Vec<u8> = Vec::new();
-    let mut wanted = frame::HEADER_LEN;
-    let mut payload_len = None;
-    loop {
-        if buf.len() == wanted {
-            match payload_len {
-                Some(_) => return Ok(buf.split_off(frame::HEADER_LEN)),
-                None => {
-                    let mut header = [0u8; frame::HEADER_LEN];
-                    header.copy_from_slice(&buf);
-                    let len = frame::payload_len(header, limit).map_err(ReadError::Frame)?;
-                    payload_len = Some(len);
-                    wanted += len;
-                    continue;
-                }
-            }
-        }
-        let chunk = tokio::time::timeout(STALL, recv.read_chunk(wanted - buf.len(), true))
-            .await
-            .map_err(|_| ReadError::Stream)?
-            .map_err(|_| ReadError::Stream)?;
-        let Some(chunk) = chunk else {
-            return Err(ReadError::Frame(FrameError::Truncated {
-                expected: wanted,
-                got: buf.len(),
-            }));
-        };
+    let mut payload = Vec::new();
+    while payload.len() < len {
+        let at = frame::HEADER_LEN + payload.len();
+        let chunk = next_chunk(recv, len - payload.len(), at, expected).await?;
         if let Some(budget) = budget {
             budget
-                .take(&mut held, chunk.bytes.len())
+                .take(&mut held, chunk.len())
                 .map_err(ReadError::OverBudget)?;
         }
-        buf.extend_from_slice(&chunk.bytes);
+        payload.extend_from_slice(&chunk);
+    }
+    Ok(payload)
+}
+
+/// The next at most `max` bytes of a frame of `expected` bytes of which `got` arrived.
+async fn next_chunk(
+    recv: &mut quinn::RecvStream,
+    max: usize,
+    got: usize,
+    expected: usize,
+) -> Result<bytes::Bytes, ReadError> {
+    match tokio::time::timeout(STALL, recv.read_chunk(max, true)).await {
+        Ok(Ok(Some(chunk))) => Ok(chunk.bytes),
+        Ok(Ok(None)) => Err(ReadError::Frame(FrameError::Truncated { expected, got })),
+        Ok(Err(_)) | Err(_) => Err(ReadError::Stream),
     }
 }
 

@@ -262,3 +262,78 @@ async fn vouchers_are_checked_against_their_maker_at_import() {
     assert!(world.record("SN-IMP").is_some());
     assert!(world.record("SN-CROSS").is_none());
 }
+
+/// Two birth certificates of one maker with one serial (a cloned device): the first to accept
+/// the voucher is pinned, the other refused; the operator resets the onboarding and the
+/// rightful device onboards, while what the clone was issued is revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_resets_an_onboarding_a_clone_started() {
+    let world = World::new().await;
+    let genuine = world.device("SN-TWIN");
+    let clone = Device::mint(
+        &world.manufacturer,
+        &world.dir.path().join("clone"),
+        "SN-TWIN",
+    );
+    world.expect(&["SN-TWIN"], 30).await;
+    let id = world.id("SN-TWIN");
+
+    // The clone accepts the voucher and sends a CSR, then goes quiet.
+    let session = world.raw_session(&clone).await;
+    session
+        .call(&voucher_request(&clone.identity(), &session))
+        .await
+        .unwrap();
+    accept_voucher(&session).await;
+    let key = certs::KeyPair::generate(certs::KeyKind::P256).unwrap();
+    let csr = certs::csr::build_csr("SN-TWIN", &key, &session.binding().unwrap()).unwrap();
+    session.call(&Request::Enroll { csr }).await.unwrap();
+    session.close();
+    let taken = world.record_of(&id).unwrap();
+    assert_eq!(taken.state, DeviceState::Onboarding);
+    let clone_cert = taken.pending_certificate().unwrap().serial.clone();
+
+    // The genuine device is refused: another IDevID is pinned.
+    let code = refused_with(world.agent(&genuine).onboard().await);
+    assert_eq!(code, ErrorCode::Unauthorized);
+
+    let record = world
+        .server
+        .control()
+        .reset_onboarding(&id, "clone seen at the warehouse")
+        .await
+        .unwrap();
+    assert_eq!(record.state, DeviceState::Expected);
+    assert!(record.idevid_key.is_none());
+    assert!(record.network.is_none());
+    assert!(record.live_certificates().next().is_none());
+    assert!(
+        world
+            .actions_of(&id)
+            .contains(&"onboarding-reset".to_string())
+    );
+    assert!(
+        world
+            .server
+            .service()
+            .trust()
+            .is_revoked(&clone_cert, now())
+    );
+
+    world.agent(&genuine).onboard().await.unwrap();
+    let record = world.record_of(&id).unwrap();
+    assert_eq!(record.state, DeviceState::Active);
+    assert_eq!(
+        record.idevid_key.as_deref(),
+        Some(genuine.identity().key.public_key().raw())
+    );
+    // Resetting an active device is refused: that is what revocation is for.
+    assert!(
+        world
+            .server
+            .control()
+            .reset_onboarding(&id, "again")
+            .await
+            .is_err()
+    );
+}
