@@ -87,6 +87,13 @@ enum Command {
     /// The tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Counters: devices per state, live sessions, refusals per code, refused handshakes and
+    /// connections, audit entries left out, bytes of incomplete requests held.
+    Stats {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-key devices: they renew their LDevID with a fresh key now (offline devices when
     /// they next connect). Shows progress and a summary; waits up to --wait seconds.
     Rotate {
@@ -662,6 +669,37 @@ fn main() -> Result<()> {
                         );
                     }
                 }
+            }
+        }
+        Command::Stats { json } => {
+            let stats = ApiClient::for_data_dir(&cli.dir)?.stats()?;
+            if json {
+                println!("{}", serde_json::to_string(&stats)?);
+            } else {
+                let states: Vec<String> = stats
+                    .states
+                    .iter()
+                    .map(|(s, n)| format!("{s} {n}"))
+                    .collect();
+                println!("devices:                {}", states.join(", "));
+                println!("sessions:               {}", stats.sessions);
+                let refusals: Vec<String> = stats
+                    .metrics
+                    .refusals
+                    .iter()
+                    .map(|(c, n)| format!("{c} {n}"))
+                    .collect();
+                println!("refusals:               {}", refusals.join(", "));
+                println!(
+                    "handshakes refused:     {}",
+                    stats.metrics.handshakes_refused
+                );
+                println!(
+                    "connections refused:    {}",
+                    stats.metrics.connections_refused
+                );
+                println!("audit entries left out: {}", stats.metrics.audit_suppressed);
+                println!("request bytes held:     {}", stats.frame_bytes_held);
             }
         }
         Command::Rotate {

@@ -110,7 +110,15 @@ pub struct FirmwareJob {
     pub offered_at: u64,
     /// Last change.
     pub updated_at: u64,
+    /// Changes of state the device reported so far (see [`MAX_JOB_TRANSITIONS`]).
+    #[serde(default)]
+    pub transitions: u32,
 }
+
+/// Changes of state a device may report for one update before only its end is accepted. A
+/// resumed download may go back and forth a few times; a device that keeps flipping would
+/// otherwise write an audited state change per report without end.
+pub const MAX_JOB_TRANSITIONS: u32 = 32;
 
 impl FirmwareJob {
     /// The job of `release` in `campaign`, starting in `state` at `now`.
@@ -125,6 +133,7 @@ impl FirmwareJob {
             bytes: 0,
             offered_at: now,
             updated_at: now,
+            transitions: 0,
         }
     }
 }
@@ -254,6 +263,13 @@ pub fn report(
     let action = format!("firmware-{}", state_name(&state));
     let detail = format!("{} (sequence {}) {reason}", job.version, job.sequence);
     let changed_state = job.state != state;
+    if changed_state && !state.is_final() && job.transitions >= MAX_JOB_TRANSITIONS {
+        return Err(LifecycleError::BadRequest(format!(
+            "this update changed state {} times; only its outcome is taken now",
+            job.transitions
+        )));
+    }
+    job.transitions += u32::from(changed_state);
     job.state = state;
     job.bytes = report.bytes;
     job.updated_at = now;

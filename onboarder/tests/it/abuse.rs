@@ -164,3 +164,70 @@ async fn announced_frames_cost_nothing_until_their_bytes_arrive_and_stay_within_
     // And the device itself is still served.
     world.agent(&device).onboard().await.unwrap();
 }
+
+/// A device whose update flips between two states writes a bounded number of audited changes:
+/// after [`onboarder::core::firmware::MAX_JOB_TRANSITIONS`] only the update's outcome is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_flipping_its_update_state_cannot_grow_the_log() {
+    use onboarder::core::firmware::{FirmwareJob, JobState, MAX_JOB_TRANSITIONS};
+    use onboarder::store::{Change, DeviceWrite, Expect};
+    use protocol::message::{FirmwareReport, FirmwareState};
+    let world = World::new().await;
+    let device = world.device("SN-FLIP");
+    world.expect(&["SN-FLIP"], 30).await;
+    world.agent(&device).onboard().await.unwrap();
+    let digest = vec![7u8; 32];
+    let mut record = world.record("SN-FLIP").unwrap();
+    let expect = Expect::Version(record.version);
+    record.firmware_job = Some(FirmwareJob {
+        campaign: "c-flip".into(),
+        digest: digest.clone(),
+        manifest: Vec::new(),
+        version: "9.9.9".into(),
+        sequence: 9,
+        state: JobState::Offered,
+        bytes: 0,
+        offered_at: now(),
+        updated_at: now(),
+        transitions: 0,
+    });
+    world
+        .server
+        .service()
+        .store()
+        .commit(Change {
+            devices: vec![DeviceWrite { record, expect }],
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+    let before = world.audit().len();
+    let session = world.ldevid_session(&device).await;
+    let report = |state| {
+        Request::FirmwareStatus(FirmwareReport {
+            digest: digest.clone(),
+            state,
+            reason: None,
+            bytes: 1,
+        })
+    };
+    for _ in 0..100 {
+        for state in [FirmwareState::Downloading, FirmwareState::Verified] {
+            session.exchange(&report(state)).await.unwrap();
+        }
+    }
+    let grown = world.audit().len() - before;
+    assert!(
+        grown <= MAX_JOB_TRANSITIONS as usize + 5,
+        "{grown} entries for 200 reports"
+    );
+    // The outcome is still taken.
+    let r = session
+        .exchange(&report(FirmwareState::Failed))
+        .await
+        .unwrap();
+    assert!(matches!(r, protocol::message::Response::Ack), "{r:?}");
+    let job = world.record("SN-FLIP").unwrap().firmware_job.unwrap();
+    assert!(matches!(job.state, JobState::Failed { .. }));
+    session.close();
+}

@@ -201,6 +201,7 @@ async fn offer_directly(world: &World, serial: &str, manifest: &[u8], image: &[u
         bytes: 0,
         offered_at: now(),
         updated_at: now(),
+        transitions: 0,
     });
     world
         .server
