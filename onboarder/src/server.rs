@@ -156,8 +156,10 @@ impl Server {
 
     /// Stops listening, closes every connection and waits for the tasks.
     pub async fn shutdown(self) {
-        self.endpoint
-            .close(quic::close::SHUTDOWN.into(), b"server shutting down");
+        self.endpoint.close(
+            crate::transport::close::SHUTDOWN.into(),
+            b"server shutting down",
+        );
         let _ = self.stop.send(true);
         for task in self.tasks {
             let _ = task.await;

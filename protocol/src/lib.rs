@@ -7,6 +7,8 @@
 //! - [`attestation`]: the device-signed wipe attestation of a decommissioning.
 //! - [`cbor`]: CBOR (RFC 8949) encode/decode with a size limit on every decode.
 //! - [`frame`]: length-prefixed framing for QUIC streams, with a maximum frame size.
+//! - `frame_io` (cargo feature `tokio`): reading and writing frames over async streams, with
+//!   buffers that grow as bytes arrive, a hold budget and a stall timeout.
 //! - [`keys`]: public keys and the [`keys::Signer`] trait through which private keys are used.
 //! - [`cose`]: COSE_Sign1 (RFC 9052) signing and verification with a content type per artefact.
 //! - [`manifest`]: the signed firmware manifest (SUIT information model) and its checks.
@@ -25,6 +27,8 @@ pub mod cbor;
 pub mod cose;
 pub mod error;
 pub mod frame;
+#[cfg(feature = "tokio")]
+pub mod frame_io;
 pub mod keys;
 pub mod manifest;
 pub mod message;

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::frame::{self, FrameError};
+use protocol::frame_io;
 use protocol::message::{self, Command, CommandReply, MAX_RESPONSE, Request, Response};
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::client::ResolvesClientCert;
@@ -332,18 +332,23 @@ impl Session {
 }
 
 async fn read_frame(recv: &mut quinn::RecvStream, limit: usize) -> Result<Vec<u8>, AgentError> {
-    let mut header = [0u8; frame::HEADER_LEN];
-    recv.read_exact(&mut header).await.map_err(conn_err)?;
-    let len = frame::payload_len(header, limit)
-        .map_err(|e: FrameError| AgentError::Protocol(e.to_string()))?;
-    let mut payload = vec![0u8; len];
-    recv.read_exact(&mut payload).await.map_err(conn_err)?;
-    Ok(payload)
+    protocol::frame_io::read_frame(
+        recv,
+        limit,
+        None,
+        |_| Ok::<(), std::convert::Infallible>(()),
+    )
+    .await
+    .map_err(|e| match e {
+        frame_io::ReadError::Frame(e) => AgentError::Protocol(e.to_string()),
+        other => conn_err(other),
+    })
 }
 
 async fn write_frame(mut send: quinn::SendStream, payload: &[u8]) -> Result<(), AgentError> {
-    let framed = frame::encode(payload).map_err(|e| AgentError::Protocol(e.to_string()))?;
-    send.write_all(&framed).await.map_err(conn_err)?;
+    frame_io::write_frame(&mut send, payload)
+        .await
+        .map_err(conn_err)?;
     send.finish().map_err(conn_err)?;
     Ok(())
 }

@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::frame::{self, FrameError};
+use protocol::frame::FrameError;
+use protocol::frame_io::{self, ReadError};
 use protocol::message::{self, MAX_REQUEST, Request, Response};
 use quinn::crypto::rustls::QuicServerConfig;
 use rustls_pki_types::CertificateDer;
@@ -33,18 +34,6 @@ const READ_DEADLINE: Duration = Duration::from_secs(10);
 const STALL: Duration = Duration::from_secs(2);
 /// A silent connection is closed after this long (agents send keep-alives more often).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Application close codes.
-pub mod close {
-    /// Normal close.
-    pub const NORMAL: u32 = 0;
-    /// The client certificate does not name a device.
-    pub const UNAUTHORIZED: u32 = 1;
-    /// The server is shutting down.
-    pub const SHUTDOWN: u32 = 2;
-    /// The device's credentials were revoked.
-    pub const REVOKED: u32 = 3;
-}
 
 /// Largest UDP payload path MTU discovery probes for. quinn's default stops at 1452 (Ethernet);
 /// probing higher is safe (a lost probe only ends the search) and pays off where the path
@@ -153,12 +142,12 @@ async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Resul
         Some(Ok(peer)) => peer,
         Some(Err(e)) => {
             service.record_refusal(None, &e).await;
-            conn.close(close::UNAUTHORIZED.into(), e.to_string().as_bytes());
+            conn.close(super::close::UNAUTHORIZED.into(), e.to_string().as_bytes());
             return Ok(());
         }
         None => {
             service.metrics().handshake_refused();
-            conn.close(close::UNAUTHORIZED.into(), b"no client certificate");
+            conn.close(super::close::UNAUTHORIZED.into(), b"no client certificate");
             return Ok(());
         }
     };
@@ -189,7 +178,7 @@ async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Resul
             if peer.kind == CredentialKind::Ldevid && matches!(response, Response::Welcome(_)) {
                 sessions.register(&peer.id, conn);
             }
-            let _ = write_frame(send, message::encode(&response)).await;
+            let _ = super::send_frame(send, &message::encode(&response)).await;
             // A chunk's permit is held until the device has it.
             drop(permit);
         });
@@ -210,7 +199,10 @@ async fn request(
     chunks: &Arc<Semaphore>,
     budget: &ConnectionBudget,
 ) -> Option<(Response, Option<OwnedSemaphorePermit>)> {
-    let read = read_frame(&mut recv, MAX_REQUEST, Some(budget));
+    let mut held = Held::default();
+    let read = frame_io::read_frame(&mut recv, MAX_REQUEST, Some(STALL), |n| {
+        budget.take(&mut held, n)
+    });
     let bytes = match tokio::time::timeout(READ_DEADLINE, read).await {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(ReadError::Frame(e))) => {
@@ -218,7 +210,7 @@ async fn request(
             service.record_refusal(Some(peer), &e).await;
             return Some((Response::Error(e.to_wire()), None));
         }
-        Ok(Err(ReadError::OverBudget(which))) => {
+        Ok(Err(ReadError::Refused(which))) => {
             let e = LifecycleError::Unavailable(match which {
                 OverBudget::Connection => "too many incomplete requests on this connection".into(),
                 OverBudget::Server => "the server is holding too many incomplete requests".into(),
@@ -226,8 +218,10 @@ async fn request(
             service.record_refusal(Some(peer), &e).await;
             return Some((Response::Error(e.to_wire()), None));
         }
-        Ok(Err(ReadError::Stream)) | Err(_) => return None,
+        // The stream died or stalled, or the request took too long: no one to answer.
+        Ok(Err(_)) | Err(_) => return None,
     };
+    drop(held);
     match message::decode::<Request>(&bytes, MAX_REQUEST) {
         Ok(request) => {
             let permit = match request {
@@ -249,76 +243,4 @@ fn frame_to_decode(e: FrameError) -> protocol::DecodeError {
         FrameError::TooLarge { size, limit } => protocol::DecodeError::TooLarge { size, limit },
         other => protocol::DecodeError::Malformed(other.to_string()),
     }
-}
-
-/// Why a frame could not be read.
-#[derive(Debug)]
-pub enum ReadError {
-    /// The frame itself is bad (too large, truncated, empty).
-    Frame(FrameError),
-    /// Holding the frame would exceed a budget of incomplete requests.
-    OverBudget(OverBudget),
-    /// The stream failed, or no byte arrived for 2 s.
-    Stream,
-}
-
-/// Reads one frame of at most `limit` bytes from a stream. Its buffer grows as bytes arrive,
-/// counted against `budget` until the frame is complete; a frame that makes no progress for
-/// two seconds is dropped.
-pub async fn read_frame(
-    recv: &mut quinn::RecvStream,
-    limit: usize,
-    budget: Option<&ConnectionBudget>,
-) -> Result<Vec<u8>, ReadError> {
-    let mut header = [0u8; frame::HEADER_LEN];
-    let mut got = 0;
-    while got < frame::HEADER_LEN {
-        let chunk = next_chunk(recv, frame::HEADER_LEN - got, got, frame::HEADER_LEN).await?;
-        header[got..got + chunk.len()].copy_from_slice(&chunk);
-        got += chunk.len();
-    }
-    let len = frame::payload_len(header, limit).map_err(ReadError::Frame)?;
-    let expected = frame::HEADER_LEN + len;
-    let mut held = Held::default();
-    let mut payload = Vec::new();
-    while payload.len() < len {
-        let at = frame::HEADER_LEN + payload.len();
-        let chunk = next_chunk(recv, len - payload.len(), at, expected).await?;
-        if let Some(budget) = budget {
-            budget
-                .take(&mut held, chunk.len())
-                .map_err(ReadError::OverBudget)?;
-        }
-        payload.extend_from_slice(&chunk);
-    }
-    Ok(payload)
-}
-
-/// The next at most `max` bytes of a frame of `expected` bytes of which `got` arrived.
-async fn next_chunk(
-    recv: &mut quinn::RecvStream,
-    max: usize,
-    got: usize,
-    expected: usize,
-) -> Result<bytes::Bytes, ReadError> {
-    match tokio::time::timeout(STALL, recv.read_chunk(max, true)).await {
-        Ok(Ok(Some(chunk))) => Ok(chunk.bytes),
-        Ok(Ok(None)) => Err(ReadError::Frame(FrameError::Truncated { expected, got })),
-        Ok(Err(_)) | Err(_) => Err(ReadError::Stream),
-    }
-}
-
-/// Writes one frame and finishes the stream. The payload is handed to quinn as it is, not
-/// copied (firmware chunks are most of what the server sends).
-pub async fn write_frame(mut send: quinn::SendStream, payload: Vec<u8>) -> anyhow::Result<()> {
-    let header = frame::header(payload.len())?;
-    send.write_all_chunks(&mut [
-        bytes::Bytes::copy_from_slice(&header),
-        bytes::Bytes::from(payload),
-    ])
-    .await?;
-    send.finish()?;
-    // Wait until the peer has the data, so closing the connection right after cannot lose it.
-    let _ = send.stopped().await;
-    Ok(())
 }

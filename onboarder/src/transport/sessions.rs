@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use protocol::message::{self, Command, CommandReply, MAX_RESPONSE};
 
-use super::quic::{read_frame, write_frame};
 use crate::core::DeviceId;
 
 /// Time allowed for a device to answer a command.
@@ -72,7 +71,7 @@ impl Sessions {
     /// Ends the session of `device`, if any.
     pub fn close(&self, device: &DeviceId, reason: &str) {
         if let Some(conn) = self.map().remove(device) {
-            conn.close(super::quic::close::REVOKED.into(), reason.as_bytes());
+            conn.close(super::close::REVOKED.into(), reason.as_bytes());
         }
     }
 
@@ -90,12 +89,14 @@ impl Sessions {
         let session = |e: &dyn std::fmt::Display| PushError::Session(device.clone(), e.to_string());
         let exchange = async {
             let (send, mut recv) = conn.open_bi().await.map_err(|e| session(&e))?;
-            write_frame(send, message::encode(command))
+            super::send_frame(send, &message::encode(command))
                 .await
                 .map_err(|e| session(&e))?;
-            let bytes = read_frame(&mut recv, MAX_RESPONSE, None)
-                .await
-                .map_err(|e| session(&format!("{e:?}")))?;
+            let bytes = protocol::frame_io::read_frame(&mut recv, MAX_RESPONSE, None, |_| {
+                Ok::<(), std::convert::Infallible>(())
+            })
+            .await
+            .map_err(|e| session(&e))?;
             message::decode::<CommandReply>(&bytes, MAX_RESPONSE)
                 .map_err(|e| PushError::BadReply(device.clone(), e.to_string()))
         };
