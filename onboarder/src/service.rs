@@ -405,10 +405,8 @@ impl Service {
 }
 
 /// Firmware job states: campaign -> device -> state.
-pub(crate) type JobIndex = std::collections::HashMap<
-    String,
-    std::collections::HashMap<DeviceId, core::firmware::JobState>,
->;
+pub(crate) type JobIndex =
+    std::collections::HashMap<String, std::collections::HashMap<DeviceId, core::record::JobState>>;
 
 impl Service {
     /// Records the firmware jobs of records just committed in the job index.

@@ -1,9 +1,10 @@
 //! Who may act on a device record: the checks every request starts with.
 
-use super::device::{DeviceRecord, DeviceState, IssuedCert};
 use super::error::LifecycleError;
 use super::identity::DeviceId;
 use super::peer::DevicePeer;
+use super::record::{DeviceRecord, IssuedCert};
+use super::state::DeviceState;
 
 /// The record of `id`, or the refusal of a device we do not know.
 pub(crate) fn known(

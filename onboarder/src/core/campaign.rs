@@ -12,8 +12,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::error::LifecycleError;
-use super::firmware::JobState;
 use super::identity::DeviceId;
+use super::record::JobState;
 
 /// Where a campaign stands.
 #[non_exhaustive]

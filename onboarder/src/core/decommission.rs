@@ -10,42 +10,19 @@
 use certs::crl::Reason;
 use protocol::attestation::{WipeAttestation, WipeMethod};
 use protocol::message::Response;
-use serde::{Deserialize, Serialize};
 
 use super::access::{known, ldevid};
-use super::device::{CertStatus, DeviceRecord, DeviceState};
+use super::decision::Decision;
 use super::error::LifecycleError;
 use super::identity::DeviceId;
-use super::onboard::Decision;
 use super::peer::{CredentialKind, DevicePeer};
+use super::record::Decommission;
+use super::record::{CertStatus, DeviceRecord};
+use super::state::DeviceState;
 use crate::audit::AuditEvent;
 
 /// How long a decommission order (its nonce) stays valid.
 pub const ORDER_LIFETIME: u64 = 7 * 86_400;
-
-/// A decommission order and, once verified, its evidence.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Decommission {
-    /// The nonce the attestation must echo.
-    #[serde(with = "serde_bytes")]
-    pub nonce: Vec<u8>,
-    /// The method asked for.
-    pub method: WipeMethod,
-    /// When it was ordered.
-    pub requested_at: u64,
-    /// The verified attestation (COSE_Sign1), once received.
-    #[serde(default, with = "serde_bytes")]
-    pub attestation: Option<Vec<u8>>,
-    /// The certificate that signed it, DER.
-    #[serde(default, with = "serde_bytes")]
-    pub signer: Option<Vec<u8>>,
-    /// When it was verified.
-    #[serde(default)]
-    pub attested_at: Option<u64>,
-    /// Why it was forced without an attestation.
-    #[serde(default)]
-    pub forced: Option<String>,
-}
 
 /// Orders an active device to wipe itself. Ordering again while the order is outstanding
 /// changes nothing (the nonce stays).

@@ -4,8 +4,8 @@ use protocol::message::ErrorCode;
 use protocol::{DecodeError, SignatureError};
 use thiserror::Error;
 
-use super::device::DeviceState;
 use super::identity::DeviceId;
+use super::state::DeviceState;
 
 /// A refusal by the lifecycle core. Messages name devices, states and checks, never keys.
 #[non_exhaustive]

@@ -3,10 +3,10 @@
 use protocol::message::{DeviceConfig, Enrollment, NetworkProfile, Response};
 use serde_bytes::ByteBuf;
 
-use super::device::{CertStatus, DeviceRecord, IssuedCert};
 use super::error::LifecycleError;
 use super::identity::DeviceId;
 use super::policy::{Entropy, NetworkPolicy, Registrar};
+use super::record::{CertStatus, DeviceRecord, IssuedCert};
 use crate::audit::AuditEvent;
 
 /// The outcome of an issuance: the response, and audit events (empty on an idempotent retry).

@@ -10,43 +10,15 @@ use protocol::message::{Command, Hello, Response, Status, Welcome};
 use protocol::voucher::{CLOCK_SKEW, Voucher, VoucherRequest};
 
 use super::access::{check_pinned_idevid, ldevid, truncate, usable};
-use super::device::{CertStatus, DeviceRecord, DeviceState, RotationState};
+use super::decision::Decision;
 use super::error::LifecycleError;
 use super::identity::DeviceId;
 use super::issue::issue;
 use super::peer::{CredentialKind, DevicePeer};
 use super::policy::{Entropy, Registrar};
+use super::record::{CertStatus, DeviceRecord, RotationState};
+use super::state::DeviceState;
 use crate::audit::AuditEvent;
-
-/// The outcome of a request that was accepted.
-#[derive(Debug)]
-pub struct Decision {
-    /// The device record to write, if it changed.
-    pub write: Option<DeviceRecord>,
-    /// Audit events to append in the same write.
-    pub events: Vec<AuditEvent>,
-    /// The answer to the device.
-    pub response: Response,
-}
-
-impl Decision {
-    pub(crate) fn reply(response: Response) -> Self {
-        Decision {
-            write: None,
-            events: Vec::new(),
-            response,
-        }
-    }
-
-    /// `record` written with `events`, acknowledged.
-    pub(crate) fn ack(record: DeviceRecord, events: Vec<AuditEvent>) -> Self {
-        Decision {
-            write: Some(record),
-            events,
-            response: Response::Ack,
-        }
-    }
-}
 
 /// RFC 8995 5.1-5.5: checks a signed voucher request and answers with the voucher on file.
 ///

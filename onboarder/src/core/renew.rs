@@ -6,12 +6,13 @@
 //! is then superseded and keeps working for the grace period at most.
 
 use super::access::{ldevid, usable};
-use super::device::{DeviceRecord, DeviceState};
+use super::decision::Decision;
 use super::error::LifecycleError;
 use super::issue::issue;
-use super::onboard::Decision;
 use super::peer::{CredentialKind, DevicePeer};
 use super::policy::{Entropy, Registrar};
+use super::record::DeviceRecord;
+use super::state::DeviceState;
 
 /// Checks a re-enrollment CSR and issues the renewed LDevID.
 pub fn reenroll(

@@ -3,10 +3,11 @@
 use certs::crl::Reason;
 
 use super::access::known;
-use super::device::{CertStatus, DeviceRecord, DeviceState, Rotation, RotationState};
+use super::decision::Decision;
 use super::error::LifecycleError;
 use super::identity::DeviceId;
-use super::onboard::Decision;
+use super::record::{CertStatus, DeviceRecord, Rotation, RotationState};
+use super::state::DeviceState;
 use crate::audit::AuditEvent;
 use protocol::message::Response;
 

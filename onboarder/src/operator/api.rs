@@ -408,7 +408,7 @@ async fn crl(State(api): State<Api>, Path(file): Path<String>) -> Response {
 
 use super::firmware::{CampaignSpec, CampaignStatus, FirmwareKey};
 use crate::core::campaign::Campaign;
-use crate::core::firmware::Release;
+use crate::core::release::Release;
 
 /// Body of `POST /v1/firmware/keys`.
 #[derive(Debug, Deserialize, Serialize)]

@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 use super::OperatorError;
 use crate::audit::AuditEvent;
 use crate::core::campaign::{self, Campaign, CampaignState, Step, Tally};
-use crate::core::firmware::{self, JobState, Release};
+use crate::core::firmware;
+use crate::core::record::JobState;
+use crate::core::release::Release;
 use crate::core::{DeviceId, DeviceRecord, DeviceState};
 use crate::service::Service;
 use crate::store::{Change, StoreError};
@@ -475,9 +477,7 @@ impl Service {
                 status.devices.push(DeviceProgress {
                     device: device.clone(),
                     wave: w,
-                    state: job
-                        .map_or("waiting", |j| firmware::state_name(&j.state))
-                        .to_string(),
+                    state: job.map_or("waiting", |j| j.state.name()).to_string(),
                     reason: job.and_then(|j| match &j.state {
                         JobState::RolledBack { reason }
                         | JobState::Failed { reason }

@@ -166,10 +166,10 @@ async fn announced_frames_cost_nothing_until_their_bytes_arrive_and_stay_within_
 }
 
 /// A device whose update flips between two states writes a bounded number of audited changes:
-/// after [`onboarder::core::firmware::MAX_JOB_TRANSITIONS`] only the update's outcome is taken.
+/// after [`onboarder::core::record::MAX_JOB_TRANSITIONS`] only the update's outcome is taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_flipping_its_update_state_cannot_grow_the_log() {
-    use onboarder::core::firmware::{FirmwareJob, JobState, MAX_JOB_TRANSITIONS};
+    use onboarder::core::record::{FirmwareJob, JobState, MAX_JOB_TRANSITIONS};
     use onboarder::store::{Change, DeviceWrite, Expect};
     use protocol::message::{FirmwareReport, FirmwareState};
     let world = World::new().await;

@@ -8,7 +8,7 @@ use certs::factory::FirmwareRelease;
 use device_agent::platform::FirmwareSlots;
 use device_agent::platform::slots::{FileSlots, SELFTEST_FAIL};
 use onboarder::core::campaign::CampaignState;
-use onboarder::core::firmware::{FirmwareJob, JobState};
+use onboarder::core::record::{FirmwareJob, JobState};
 use onboarder::operator::firmware::{CampaignSpec, Target};
 use onboarder::store::{Change, DeviceWrite, Expect};
 use protocol::message::Command;

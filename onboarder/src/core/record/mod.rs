@@ -1,171 +1,25 @@
-//! Device records and the lifecycle state machine (DESIGN 4).
+//! Everything the server knows about one device, stored as one value so that every change to a
+//! device is one atomic write; and the sub-records it holds.
 //!
-//! ```text
-//! expected --voucher accepted--> onboarding --enrollment confirmed--> active
-//!     ^                              |
-//!     +--- operator resets ----------+
-//!     \___________________________\_____________________________\--> quarantined
-//! ```
-//! A transition is only made through [`DeviceRecord::transition`], which refuses illegal ones.
+//! A transition is only made through [`DeviceRecord::transition`], which refuses illegal ones
+//! (see [`super::state`]).
+
+mod cert;
+mod decommission;
+mod firmware_job;
+mod rotation;
+
+pub use cert::{CertStatus, IssuedCert};
+pub use decommission::Decommission;
+pub use firmware_job::{FirmwareJob, JobState, MAX_JOB_TRANSITIONS};
+pub use rotation::{Rotation, RotationState};
 
 use serde::{Deserialize, Serialize};
 
 use super::error::LifecycleError;
 use super::identity::DeviceId;
+use super::state::DeviceState;
 use protocol::message::NetworkProfile;
-
-/// Where a device is in its life, as the server sees it.
-#[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DeviceState {
-    /// A voucher or allow-list entry was imported; the device has not shown up yet.
-    Expected,
-    /// The device accepted its voucher (it said so, or sent a CSR) and is enrolling; its IDevID
-    /// key is pinned from now on.
-    Onboarding,
-    /// The device holds a confirmed LDevID.
-    Active,
-    /// Stopped by a failed check or an operator: refused everywhere.
-    Quarantined,
-    /// Ordered to wipe itself; waiting for its attestation.
-    Decommissioning,
-    /// Wiped, attestation verified, every credential revoked. This owner never takes it back.
-    Decommissioned,
-    /// Credentials revoked without the device's word (it never answered). Never mistaken for
-    /// an attested decommissioning.
-    DecommissionedUnattested,
-}
-
-impl std::fmt::Display for DeviceState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            DeviceState::Expected => "expected",
-            DeviceState::Onboarding => "onboarding",
-            DeviceState::Active => "active",
-            DeviceState::Quarantined => "quarantined",
-            DeviceState::Decommissioning => "decommissioning",
-            DeviceState::Decommissioned => "decommissioned",
-            DeviceState::DecommissionedUnattested => "decommissioned-unattested",
-        })
-    }
-}
-
-impl DeviceState {
-    /// Whether the state machine allows `self -> to`.
-    pub fn allows(self, to: DeviceState) -> bool {
-        use DeviceState::*;
-        matches!(
-            (self, to),
-            (Expected, Onboarding)
-                | (Onboarding, Expected)
-                | (Onboarding, Active)
-                | (Active, Decommissioning)
-                | (Decommissioning, Decommissioned)
-                | (
-                    Expected | Onboarding | Active | Decommissioning,
-                    Quarantined
-                )
-                | (
-                    Expected | Onboarding | Active | Decommissioning | Quarantined,
-                    DecommissionedUnattested
-                )
-        )
-    }
-}
-
-/// The status of a certificate issued to a device.
-#[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CertStatus {
-    /// Issued, not yet confirmed by the device.
-    Issued,
-    /// Confirmed and in use.
-    Active,
-    /// Replaced by a newer certificate; still accepted for the grace period (or until its
-    /// expiry, whichever is first) so a device can finish switching over.
-    Superseded {
-        /// When the replacement was confirmed.
-        at: u64,
-    },
-    /// Revoked.
-    Revoked {
-        /// RFC 5280 reason.
-        reason: certs::crl::Reason,
-        /// When.
-        at: u64,
-    },
-}
-
-/// A certificate issued to a device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IssuedCert {
-    /// Certificate serial number, lowercase hex.
-    pub serial: String,
-    /// The certificate, DER.
-    #[serde(with = "serde_bytes")]
-    pub der: Vec<u8>,
-    /// Its raw public key.
-    #[serde(with = "serde_bytes")]
-    pub public_key: Vec<u8>,
-    /// Key identifier of the CA that issued it (for its CRL).
-    #[serde(with = "serde_bytes")]
-    pub issuer: Vec<u8>,
-    /// When it was issued.
-    pub issued_at: u64,
-    /// Its notAfter.
-    pub not_after: u64,
-    /// Its status.
-    pub status: CertStatus,
-}
-
-impl IssuedCert {
-    /// Whether the certificate is one of the device's current credentials (issued or active;
-    /// not revoked, not superseded).
-    pub fn is_live(&self) -> bool {
-        matches!(self.status, CertStatus::Issued | CertStatus::Active)
-    }
-
-    /// Whether the certificate may authenticate the device at `now`: live, or superseded less
-    /// than `grace` seconds ago; and not expired.
-    pub fn accepted_at(&self, now: u64, grace: u64) -> bool {
-        now < self.not_after
-            && match self.status {
-                CertStatus::Issued | CertStatus::Active => true,
-                CertStatus::Superseded { at } => now < at.saturating_add(grace),
-                CertStatus::Revoked { .. } => false,
-            }
-    }
-}
-
-/// An operator's order to re-key a device, and how it went.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rotation {
-    /// When it was ordered; a certificate issued at or after this time completes it.
-    pub requested_at: u64,
-    /// How far it got.
-    pub state: RotationState,
-}
-
-/// Progress of a rotation.
-#[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RotationState {
-    /// Waiting for the device.
-    Pending,
-    /// The device confirmed a certificate for a fresh key.
-    Done {
-        /// When.
-        at: u64,
-    },
-    /// The device could not rotate.
-    Failed {
-        /// Why.
-        reason: String,
-    },
-}
 
 /// Everything the server knows about one device. Stored as one value, so that every change to
 /// a device is one atomic write.
@@ -219,10 +73,10 @@ pub struct DeviceRecord {
     pub firmware_sequence: u64,
     /// The last firmware update offered to the device.
     #[serde(default)]
-    pub firmware_job: Option<super::firmware::FirmwareJob>,
+    pub firmware_job: Option<FirmwareJob>,
     /// The decommissioning order and its evidence.
     #[serde(default)]
-    pub decommission: Option<super::decommission::Decommission>,
+    pub decommission: Option<Decommission>,
 }
 
 impl DeviceRecord {
@@ -361,44 +215,6 @@ impl DeviceRecord {
 mod tests {
     use super::*;
     use DeviceState::*;
-
-    #[test]
-    fn only_legal_transitions_are_allowed() {
-        let all = [
-            Expected,
-            Onboarding,
-            Active,
-            Quarantined,
-            Decommissioning,
-            Decommissioned,
-            DecommissionedUnattested,
-        ];
-        let legal = [
-            (Expected, Onboarding),
-            (Onboarding, Expected),
-            (Onboarding, Active),
-            (Active, Decommissioning),
-            (Decommissioning, Decommissioned),
-            (Expected, Quarantined),
-            (Onboarding, Quarantined),
-            (Active, Quarantined),
-            (Decommissioning, Quarantined),
-            (Expected, DecommissionedUnattested),
-            (Onboarding, DecommissionedUnattested),
-            (Active, DecommissionedUnattested),
-            (Decommissioning, DecommissionedUnattested),
-            (Quarantined, DecommissionedUnattested),
-        ];
-        for from in all {
-            for to in all {
-                assert_eq!(
-                    from.allows(to),
-                    legal.contains(&(from, to)),
-                    "{from} -> {to}"
-                );
-            }
-        }
-    }
 
     #[test]
     fn an_illegal_transition_changes_nothing() {

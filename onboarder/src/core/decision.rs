@@ -1,0 +1,37 @@
+//! What a decision of the core asks for: the record to write, the audit events, the answer.
+//! The service commits record and events in one atomic write before it answers.
+
+use protocol::message::Response;
+
+use super::record::DeviceRecord;
+use crate::audit::AuditEvent;
+
+/// The outcome of a request that was accepted.
+#[derive(Debug)]
+pub struct Decision {
+    /// The device record to write, if it changed.
+    pub write: Option<DeviceRecord>,
+    /// Audit events to append in the same write.
+    pub events: Vec<AuditEvent>,
+    /// The answer to the device.
+    pub response: Response,
+}
+
+impl Decision {
+    pub(crate) fn reply(response: Response) -> Self {
+        Decision {
+            write: None,
+            events: Vec::new(),
+            response,
+        }
+    }
+
+    /// `record` written with `events`, acknowledged.
+    pub(crate) fn ack(record: DeviceRecord, events: Vec<AuditEvent>) -> Self {
+        Decision {
+            write: Some(record),
+            events,
+            response: Response::Ack,
+        }
+    }
+}
