@@ -275,7 +275,7 @@ impl Exercise {
     /// A device counts once it runs the new version after its health check; its latency runs
     /// from the offer to its health report; `bytes` adds up what the devices downloaded.
     pub async fn firmware(&self, agents: &[Arc<Agent>], image: Vec<u8>) -> Result<PhaseReport> {
-        use crate::operator::firmware::{CampaignSpec, Target};
+        use crate::service::{CampaignSpec, Target};
         const VERSION: &str = "1.1.0";
         let m = &self.manufacturer;
         let manifest = m.sign_firmware(
@@ -327,12 +327,11 @@ impl Exercise {
         bar.finish_and_clear();
         let id = campaign.id.clone();
         let status = self.api(move |api| api.campaign_status(&id, true)).await?;
-        let by_serial: std::collections::HashMap<&str, &crate::operator::firmware::DeviceProgress> =
-            status
-                .devices
-                .iter()
-                .map(|p| (p.device.serial.as_str(), p))
-                .collect();
+        let by_serial: std::collections::HashMap<&str, &crate::service::DeviceProgress> = status
+            .devices
+            .iter()
+            .map(|p| (p.device.serial.as_str(), p))
+            .collect();
         let mut latencies = Vec::new();
         let mut failed = 0;
         for agent in agents {

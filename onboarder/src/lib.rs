@@ -26,9 +26,11 @@
 
 pub mod audit;
 pub mod config;
+pub mod control;
 pub mod core;
 pub mod demo;
 pub mod exercise;
+pub mod failpoint;
 pub mod metrics;
 pub mod operator;
 pub mod pki;

@@ -218,17 +218,30 @@ pub fn renew_registrar(dir: &Path, config: &Config, pki: &Pki, now: u64) -> Resu
     write_registrar(dir, config, &pki.registrar.issuing.ca, now)
 }
 
-/// Starts a new generation of the issuing CA under the owner root; the current one retires
-/// (it keeps its key to sign CRLs until its certificates have expired). Needs the owner root
-/// key. Returns the new generation number.
-pub fn rollover(dir: &Path, config: &Config, now: u64) -> Result<u32> {
+/// The issuing CA generation in force on disk.
+pub fn current_generation(dir: &Path) -> Result<u32> {
+    Ok(read_generations(dir)?
+        .iter()
+        .map(|g| g.generation)
+        .max()
+        .unwrap_or(0))
+}
+
+/// Brings issuing CA generation `target` into force under the owner root, if it is not yet:
+/// the current one retires (it keeps its key to sign CRLs until its certificates have expired).
+/// Needs the owner root key. Doing it again for the same target changes nothing, so an
+/// interrupted rollover can be finished.
+pub fn rollover_to(dir: &Path, config: &Config, target: u32, now: u64) -> Result<()> {
+    if current_generation(dir)? >= target {
+        return Ok(());
+    }
     let root = Ca::from_parts(
         files::read_cert(&dir.join(layout::OWNER_ROOT))?,
         files::read_key(&dir.join(layout::OWNER_ROOT_KEY))
             .context("the owner root key is needed for a rollover (bring it back online)")?,
     )?;
     let mut generations = read_generations(dir)?;
-    let next = generations.iter().map(|g| g.generation).max().unwrap_or(0) + 1;
+    let next = target;
     let issuing = new_issuing(&root, config, next, now)?;
     write_issuing(dir, next, &issuing, root.cert_der())?;
     for g in &mut generations {
@@ -240,7 +253,7 @@ pub fn rollover(dir: &Path, config: &Config, now: u64) -> Result<u32> {
     });
     // Written last: until then the previous generation stays current.
     write_generations(dir, &generations)?;
-    Ok(next)
+    Ok(())
 }
 
 fn new_token() -> Result<String> {

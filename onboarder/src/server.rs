@@ -9,8 +9,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, layout};
-use crate::operator::control::Control;
+use crate::control::Control;
 use crate::service::{Clock, Service};
+use crate::store::Store;
+use crate::store::images::{DirImages, ImageStore};
 use crate::store::seal::SealingKey;
 use crate::store::sled::SledStore;
 use crate::transport::limits::FrameBudget;
@@ -26,6 +28,38 @@ pub struct Listen {
     pub api: Option<SocketAddr>,
 }
 
+/// Where the server keeps its state.
+#[derive(Clone)]
+pub struct Backends {
+    /// Device records, anchors, revocations, releases, campaigns and the audit log.
+    pub store: Arc<dyn Store>,
+    /// Firmware images.
+    pub images: Arc<dyn ImageStore>,
+}
+
+impl Backends {
+    /// The embedded defaults of the data directory `dir`: sled in `DIR/store` (its secrets
+    /// sealed with `DIR/store.key`) and images in `DIR/firmware`.
+    pub fn embedded(dir: &Path) -> Result<Backends> {
+        let key = SealingKey::load_or_create(&dir.join(layout::STORE_KEY))?;
+        Ok(Backends {
+            store: Arc::new(SledStore::open(&dir.join(layout::STORE), key)?),
+            images: Arc::new(DirImages::new(dir.join(layout::FIRMWARE))),
+        })
+    }
+}
+
+/// How to start a server: what replaces the configured listeners, the clock, the backends.
+#[derive(Clone, Default)]
+pub struct Options {
+    /// Listener addresses that replace the configured ones.
+    pub listen: Listen,
+    /// The clock (the system clock if `None`).
+    pub clock: Option<Clock>,
+    /// The backends (the embedded ones of the data directory if `None`).
+    pub backends: Option<Backends>,
+}
+
 /// A running onboarder.
 pub struct Server {
     quic_addr: SocketAddr,
@@ -39,29 +73,40 @@ pub struct Server {
 impl Server {
     /// Opens the data directory `dir` and starts listening.
     pub async fn start(dir: &Path, listen: Listen) -> Result<Server> {
-        Server::start_with_clock(dir, listen, Arc::new(certs::unix_now)).await
+        Server::start_with(
+            dir,
+            Options {
+                listen,
+                ..Options::default()
+            },
+        )
+        .await
     }
 
-    /// As [`Server::start`], reading time from `clock`.
-    pub async fn start_with_clock(dir: &Path, listen: Listen, clock: Clock) -> Result<Server> {
+    /// Opens the data directory `dir` with `options` and starts listening. Before the first
+    /// device is served, the server finishes what a crash left half done (a CA rollover).
+    pub async fn start_with(dir: &Path, options: Options) -> Result<Server> {
         let mut config = Config::load(dir)?;
-        if let Some(addr) = listen.quic {
+        if let Some(addr) = options.listen.quic {
             config.quic_listen = addr;
         }
-        if let Some(addr) = listen.api {
+        if let Some(addr) = options.listen.api {
             config.api_listen = addr;
         }
+        let clock = options.clock.unwrap_or_else(|| Arc::new(certs::unix_now));
         // The directory holds keys and every device's sealed credentials: its owner only.
         certs::files::create_private_dir(dir)?;
         let pki = crate::pki::load(dir, &config)?;
         let token = crate::pki::token(dir)?;
-        let key = SealingKey::load_or_create(&dir.join(layout::STORE_KEY))?;
-        let store = SledStore::open(&dir.join(layout::STORE), key)?;
+        let backends = match options.backends {
+            Some(b) => b,
+            None => Backends::embedded(dir)?,
+        };
         let service = Arc::new(Service::new(
-            Arc::new(store),
+            backends.store,
+            backends.images,
             pki.registrar,
             pki.owner_root,
-            crate::store::images::Images::new(dir.join(layout::FIRMWARE)),
             clock,
         )?);
         let identity = Arc::new(tls::RegistrarIdentity::new(
@@ -87,7 +132,9 @@ impl Server {
             dir.to_path_buf(),
             config,
         ));
-        // The first CRLs exist before the first device connects.
+        // What a crash left half done is finished, and the first CRLs exist, before the first
+        // device connects.
+        control.resume().await?;
         control.publish_crls().await?;
         let (stop, stopped) = watch::channel(false);
         let mut tasks = vec![

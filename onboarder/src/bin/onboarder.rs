@@ -839,7 +839,7 @@ fn main() -> Result<()> {
                     wave_timeout,
                     json,
                 } => {
-                    use onboarder::operator::firmware::{CampaignSpec, Target};
+                    use onboarder::service::{CampaignSpec, Target};
                     let target = match (all, class) {
                         (true, _) => Target::All,
                         (_, Some(c)) => Target::Class(c),

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::error::LifecycleError;
 use super::identity::DeviceId;
 use super::record::JobState;
+use crate::audit::AuditEvent;
 
 /// Where a campaign stands.
 #[non_exhaustive]
@@ -203,21 +204,29 @@ impl Campaign {
         self.waves.iter().take(self.wave + 1).flatten()
     }
 
-    /// Moves to `to` if the operator may: start from created, pause from running, resume from
-    /// paused, abort from anything but completed.
-    pub fn order(&mut self, to: CampaignState, now: u64) -> Result<(), LifecycleError> {
+    /// Carries out an operator's order, if the campaign's state allows it: start from
+    /// created, pause from running, resume from paused, abort from anything but over.
+    pub fn order(&mut self, order: CampaignOrder, now: u64) -> Result<AuditEvent, LifecycleError> {
         use CampaignState::*;
+        let to = match order {
+            CampaignOrder::Start | CampaignOrder::Resume => Running,
+            CampaignOrder::Pause => Paused {
+                reason: "paused by the operator".into(),
+            },
+            CampaignOrder::Abort => Aborted,
+        };
         let allowed = matches!(
-            (&self.state, &to),
-            (Created, Running)
-                | (Running, Paused { .. })
-                | (Paused { .. }, Running)
-                | (Created | Running | Paused { .. }, Aborted)
+            (&self.state, order),
+            (Created, CampaignOrder::Start)
+                | (Running, CampaignOrder::Pause)
+                | (Paused { .. }, CampaignOrder::Resume)
+                | (Created | Running | Paused { .. }, CampaignOrder::Abort)
         );
         if !allowed {
             return Err(LifecycleError::BadRequest(format!(
-                "campaign {} is {:?}; cannot go to {:?}",
-                self.id, self.state, to
+                "campaign {} is {}; it cannot {order}",
+                self.id,
+                self.state.name()
             )));
         }
         if to == Running {
@@ -225,7 +234,119 @@ impl Campaign {
         }
         self.state = to;
         self.updated_at = now;
-        Ok(())
+        Ok(AuditEvent::operator(
+            None,
+            &format!("campaign-{order}"),
+            self.id.clone(),
+            now,
+        ))
+    }
+
+    /// Applies a step the engine decided: pauses, moves to the next wave, or completes, and
+    /// returns what to audit. Offers and waits change nothing here (offers change devices).
+    pub fn apply(&mut self, step: &Step, now: u64) -> Result<Option<AuditEvent>, LifecycleError> {
+        if self.state != CampaignState::Running {
+            return Err(LifecycleError::BadRequest(format!(
+                "campaign {} is {}: it takes no step",
+                self.id,
+                self.state.name()
+            )));
+        }
+        let (action, detail) = match step {
+            Step::Wait | Step::Offer(_) => return Ok(None),
+            Step::Pause(reason) => {
+                self.state = CampaignState::Paused {
+                    reason: reason.clone(),
+                };
+                ("campaign-paused", format!("{}: {reason}", self.id))
+            }
+            Step::Advance { stragglers } => {
+                if self.wave + 1 >= self.waves.len() {
+                    return Err(LifecycleError::BadRequest(format!(
+                        "campaign {} is in its last wave",
+                        self.id
+                    )));
+                }
+                self.wave += 1;
+                self.wave_started_at = now;
+                let timed_out = if *stragglers > 0 {
+                    format!(
+                        " (the previous wave timed out with {stragglers} of its devices not over)"
+                    )
+                } else {
+                    String::new()
+                };
+                (
+                    "campaign-wave",
+                    format!(
+                        "{}: wave {} of {}{timed_out}",
+                        self.id,
+                        self.wave + 1,
+                        self.waves.len()
+                    ),
+                )
+            }
+            Step::Complete => {
+                self.state = CampaignState::Completed;
+                ("campaign-completed", self.id.clone())
+            }
+        };
+        self.updated_at = now;
+        Ok(Some(AuditEvent::operator(None, action, detail, now)))
+    }
+}
+
+/// An operator's order about a campaign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CampaignOrder {
+    /// Start offering (from created).
+    Start,
+    /// Stop offering (devices updating finish).
+    Pause,
+    /// Offer again (from paused).
+    Resume,
+    /// Stop for good; offers not acted on are cancelled.
+    Abort,
+}
+
+impl std::fmt::Display for CampaignOrder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CampaignOrder::Start => "start",
+            CampaignOrder::Pause => "pause",
+            CampaignOrder::Resume => "resume",
+            CampaignOrder::Abort => "abort",
+        })
+    }
+}
+
+impl std::str::FromStr for CampaignOrder {
+    type Err = LifecycleError;
+
+    fn from_str(s: &str) -> Result<Self, LifecycleError> {
+        match s {
+            "start" => Ok(CampaignOrder::Start),
+            "pause" => Ok(CampaignOrder::Pause),
+            "resume" => Ok(CampaignOrder::Resume),
+            "abort" => Ok(CampaignOrder::Abort),
+            other => Err(LifecycleError::BadRequest(format!(
+                "unknown campaign order {other:?}: start, pause, resume or abort"
+            ))),
+        }
+    }
+}
+
+impl CampaignState {
+    /// Its name, for people.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CampaignState::Created => "created",
+            CampaignState::Running => "running",
+            CampaignState::Paused { .. } => "paused",
+            CampaignState::Completed => "completed",
+            CampaignState::Aborted => "aborted",
+        }
     }
 }
 
@@ -290,9 +411,8 @@ mod tests {
     #[test]
     fn a_wave_that_times_out_lets_the_next_go_but_the_campaign_waits_for_everyone() {
         let mut c = campaign(10);
-        c.order(CampaignState::Paused { reason: "x".into() }, 50)
-            .unwrap();
-        c.order(CampaignState::Running, 100).unwrap();
+        c.order(CampaignOrder::Pause, 50).unwrap();
+        c.order(CampaignOrder::Resume, 100).unwrap();
         assert_eq!(c.wave_started_at, 100);
         let mut t = Tally::default();
         for _ in 0..9 {

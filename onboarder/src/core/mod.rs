@@ -29,6 +29,7 @@ pub mod record;
 pub mod release;
 pub mod renew;
 pub mod revoke;
+pub mod sanitization;
 pub mod state;
 
 pub use decision::Decision;

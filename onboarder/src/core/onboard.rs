@@ -294,3 +294,9 @@ pub fn hello(
         response: Response::Welcome(welcome),
     })
 }
+
+/// Whether answering `peer` with `response` opens its operational session: a device welcomed
+/// on its LDevID may be sent commands from then on.
+pub fn opens_session(peer: &DevicePeer, response: &Response) -> bool {
+    peer.kind == CredentialKind::Ldevid && matches!(response, Response::Welcome(_))
+}

@@ -45,10 +45,10 @@ use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
 use super::OperatorError;
-use super::control::{Control, RolloverReport};
-use super::orders::{Crl, OrderReport, RotationStatus};
 use super::views::{AnchorView, AuditEntryView, DeviceView};
+use crate::control::{Control, RolloverReport};
 use crate::core::DeviceId;
+use crate::service::{Crl, OrderReport, RotationStatus};
 
 /// Most devices or audit entries in one page.
 pub const MAX_PAGE: usize = 10_000;
@@ -257,7 +257,7 @@ async fn list_audit(
             head.saturating_sub(limit as u64) + 1
         }
     };
-    let entries = api.control.service.audit(from, limit)?;
+    let entries = api.control.service.audit_entries(from, limit)?;
     Ok(axum::Json(
         entries.iter().map(AuditEntryView::from).collect(),
     ))
@@ -406,9 +406,9 @@ async fn crl(State(api): State<Api>, Path(file): Path<String>) -> Response {
     }
 }
 
-use super::firmware::{CampaignSpec, CampaignStatus, FirmwareKey};
-use crate::core::campaign::Campaign;
-use crate::core::release::Release;
+use crate::core::campaign::{Campaign, CampaignOrder};
+use crate::core::release::{FirmwareKey, Release};
+use crate::service::{CampaignSpec, CampaignStatus};
 
 /// Body of `POST /v1/firmware/keys`.
 #[derive(Debug, Deserialize, Serialize)]
@@ -525,7 +525,10 @@ async fn order_campaign(
     Path((id, order)): Path<(String, String)>,
 ) -> ApiResult<Campaign> {
     Ok(axum::Json(
-        api.control.service.order_campaign(&id, &order).await?,
+        api.control
+            .service
+            .order_campaign(&id, order.parse::<CampaignOrder>()?)
+            .await?,
     ))
 }
 
@@ -564,7 +567,7 @@ async fn force_decommission(
 async fn sanitization(
     State(api): State<Api>,
     Path(device): Path<String>,
-) -> ApiResult<super::sanitization::SanitizationCertificate> {
+) -> ApiResult<crate::core::sanitization::SanitizationCertificate> {
     let id = api.control.service.resolve(&device)?;
     Ok(axum::Json(
         api.control.service.sanitization_certificate(&id)?,

@@ -8,11 +8,11 @@ use serde::de::DeserializeOwned;
 
 use super::ImportReport;
 use super::api::{QuarantineRequest, RevokeRequest, RolloverRequest, RotateRequest};
-use super::control::RolloverReport;
-use super::orders::{Crl, OrderReport, RotationStatus};
 use super::views::{AnchorView, AuditEntryView, DeviceView};
 use crate::audit::ChainSummary;
 use crate::config::Config;
+use crate::control::RolloverReport;
+use crate::service::{Crl, OrderReport, RotationStatus};
 
 /// Largest API response read.
 const MAX_RESPONSE: u64 = 256 * 1024 * 1024;
@@ -202,7 +202,7 @@ impl ApiClient {
         &self,
         vendor: &str,
         pem: &str,
-    ) -> Result<super::firmware::FirmwareKey> {
+    ) -> Result<crate::core::release::FirmwareKey> {
         self.post_json(
             "/v1/firmware/keys",
             &super::api::FirmwareKeyRequest {
@@ -229,7 +229,7 @@ impl ApiClient {
     /// Creates a campaign.
     pub fn create_campaign(
         &self,
-        spec: &super::firmware::CampaignSpec,
+        spec: &crate::service::CampaignSpec,
     ) -> Result<crate::core::campaign::Campaign> {
         self.post_json("/v1/campaigns", spec)
     }
@@ -248,7 +248,7 @@ impl ApiClient {
         &self,
         id: &str,
         devices: bool,
-    ) -> Result<super::firmware::CampaignStatus> {
+    ) -> Result<crate::service::CampaignStatus> {
         self.get(&format!("/v1/campaigns/{id}?devices={devices}"))
     }
 
@@ -278,7 +278,7 @@ impl ApiClient {
     pub fn sanitization(
         &self,
         device: &str,
-    ) -> Result<super::sanitization::SanitizationCertificate> {
+    ) -> Result<crate::core::sanitization::SanitizationCertificate> {
         self.get(&format!("/v1/devices/{}/sanitization", segment(device)))
     }
 

@@ -4,7 +4,7 @@
 //! and agent versions, the fields of a wipe attestation. Printed as they are, control
 //! characters in them could move the cursor, recolour or erase lines, and forge output (a fake
 //! audit entry, say). Human output passes such text through [`shown`]; JSON output is escaped
-//! by the encoder already.
+//! by the encoder already. Times are shown in RFC 3339 ([`when`]).
 
 use std::borrow::Cow;
 use std::fmt::Write;
@@ -26,6 +26,18 @@ pub fn shown(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// `secs` since the epoch as an RFC 3339 UTC time (`2026-12-02T05:22:38Z`), for people.
+pub fn when(secs: u64) -> String {
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| secs.to_string())
+}
+
 fn needs_escape(c: char) -> bool {
     c.is_control()
         || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
@@ -34,6 +46,11 @@ fn needs_escape(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_rfc3339() {
+        assert_eq!(when(1_796_191_070), "2026-12-02T05:57:50Z");
+    }
 
     #[test]
     fn control_characters_are_escaped() {

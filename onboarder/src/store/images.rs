@@ -1,4 +1,5 @@
-//! Firmware images, content-addressed on disk: `DIR/firmware/<sha256 hex>`.
+//! Firmware images, content-addressed: [`ImageStore`], and its default, a directory
+//! (`DIR/firmware/<sha256 hex>`).
 //!
 //! An image is written once, under the name of its digest, after its digest was checked; it is
 //! never modified. Reads take an offset and a length, so a download can resume anywhere.
@@ -19,9 +20,23 @@ pub const MAX_IMAGE: u64 = 256 * 1024 * 1024;
 /// coherent.
 const HOT_LIMIT: u64 = 64 * 1024 * 1024;
 
+/// Where firmware images are kept. Images are large and written once, so they live apart from
+/// the device records (a database backend may keep them in object storage).
+pub trait ImageStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Stores `image`, whose SHA-256 the caller has checked is `digest`.
+    fn put(&self, digest: &[u8], image: &[u8]) -> Result<(), StoreError>;
+    /// Up to `length` bytes of image `digest` from `offset` (may block: call it off the async
+    /// workers).
+    fn read(&self, digest: &[u8], offset: u64, length: u32) -> Result<Vec<u8>, StoreError>;
+    /// The same, if it can be answered from memory without blocking.
+    fn read_hot(&self, _digest: &[u8], _offset: u64, _length: u32) -> Option<Vec<u8>> {
+        None
+    }
+}
+
 /// The image directory.
 #[derive(Debug, Clone)]
-pub struct Images {
+pub struct DirImages {
     dir: PathBuf,
     hot: Arc<Mutex<Option<Hot>>>,
 }
@@ -32,18 +47,24 @@ struct Hot {
     image: Arc<[u8]>,
 }
 
-impl Images {
+impl DirImages {
     /// Images kept in `dir`.
     pub fn new(dir: PathBuf) -> Self {
-        Images {
+        DirImages {
             dir,
             hot: Arc::default(),
         }
     }
 
+    fn path(&self, digest: &[u8]) -> PathBuf {
+        self.dir.join(certs::inspect::hex(digest))
+    }
+}
+
+impl ImageStore for DirImages {
     /// Up to `length` bytes of image `digest` from `offset`, if it is the image in memory.
     /// Never touches the disk.
-    pub fn read_hot(&self, digest: &[u8], offset: u64, length: u32) -> Option<Vec<u8>> {
+    fn read_hot(&self, digest: &[u8], offset: u64, length: u32) -> Option<Vec<u8>> {
         let image = {
             let hot = self.hot.lock().unwrap_or_else(|e| e.into_inner());
             hot.as_ref().filter(|h| h.digest == digest)?.image.clone()
@@ -51,12 +72,8 @@ impl Images {
         Some(slice(&image, offset, length).to_vec())
     }
 
-    fn path(&self, digest: &[u8]) -> PathBuf {
-        self.dir.join(certs::inspect::hex(digest))
-    }
-
     /// Stores `image`, whose SHA-256 the caller has checked is `digest`.
-    pub fn put(&self, digest: &[u8], image: &[u8]) -> Result<(), StoreError> {
+    fn put(&self, digest: &[u8], image: &[u8]) -> Result<(), StoreError> {
         certs::files::write_private(&self.path(digest), image)
             .map_err(|e| StoreError::Io(e.to_string()))?;
         // The next read loads it again (an upload of the same digest is the same bytes, but the
@@ -68,14 +85,9 @@ impl Images {
         Ok(())
     }
 
-    /// Whether the image is present.
-    pub fn contains(&self, digest: &[u8]) -> bool {
-        self.path(digest).exists()
-    }
-
     /// Up to `length` bytes of image `digest` from `offset`, from the file (blocking); an
     /// image small enough becomes the one kept in memory.
-    pub fn read(&self, digest: &[u8], offset: u64, length: u32) -> Result<Vec<u8>, StoreError> {
+    fn read(&self, digest: &[u8], offset: u64, length: u32) -> Result<Vec<u8>, StoreError> {
         let io = |e: std::io::Error| StoreError::Io(format!("reading image: {e}"));
         let mut file = std::fs::File::open(self.path(digest)).map_err(io)?;
         let size = file.metadata().map_err(io)?.len();
@@ -115,7 +127,7 @@ mod tests {
     #[test]
     fn reads_from_memory_match_reads_from_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let images = Images::new(dir.path().to_path_buf());
+        let images = DirImages::new(dir.path().to_path_buf());
         let image: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let digest = protocol::manifest::sha256(&image);
         images.put(&digest, &image).unwrap();

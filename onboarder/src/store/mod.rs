@@ -8,8 +8,14 @@
 //!
 //! [`sled`] is the embedded default. It groups the changes of many concurrent requests into one
 //! batch and one flush (group commit). Every backend encodes device records through
-//! [`seal::RecordCodec`], which encrypts their network credentials.
+//! [`seal::RecordCodec`], which encrypts their network credentials. Firmware images are kept
+//! apart, behind [`images::ImageStore`] (a directory by default).
+//!
+//! The behaviour every backend must have is one battery of tests
+//! ([`sled`]'s tests run it; the next backend runs the same).
 
+#[cfg(test)]
+pub(crate) mod battery;
 pub mod images;
 pub mod seal;
 pub mod sled;
@@ -21,7 +27,11 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::audit::{AuditEntry, AuditEvent};
-use crate::core::{DeviceId, DeviceRecord, MakerId};
+use crate::core::campaign::Campaign;
+use crate::core::release::{FirmwareKey, Release};
+use crate::core::{DeviceId, DeviceRecord};
+
+pub use crate::core::import::Anchor;
 
 /// Why the store could not serve a request.
 #[non_exhaustive]
@@ -70,33 +80,6 @@ pub struct DeviceWrite {
     pub expect: Expect,
 }
 
-/// A manufacturer trust anchor imported by the operator: the maker of every device whose
-/// IDevID chains to it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Anchor {
-    /// SHA-256 of the certificate, hex.
-    pub fingerprint: String,
-    /// Subject of the certificate.
-    pub subject: String,
-    /// The certificate, DER.
-    #[serde(with = "serde_bytes")]
-    pub der: Vec<u8>,
-    /// When it was imported.
-    pub added_at: u64,
-    /// The maker it stands for (derived from its public key).
-    pub maker: MakerId,
-    /// The operator's short name for the maker, unique among makers (`acme`): what commands
-    /// accept in place of the maker id.
-    pub name: String,
-    /// Its subject key identifier: what vouchers for its devices name as `idevid-issuer`.
-    #[serde(default, with = "serde_bytes")]
-    pub key_id: Option<Vec<u8>>,
-    /// The manufacturer's voucher-signing (MASA) certificate, DER, when the operator gave it:
-    /// vouchers are then checked against it at import.
-    #[serde(default, with = "serde_bytes")]
-    pub masa: Option<Vec<u8>>,
-}
-
 /// A certificate that no longer authenticates its device (revoked, or superseded by a
 /// renewal), indexed by certificate serial for the CRL and the TLS handshake.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +116,12 @@ pub struct Change {
     pub forget_revocations: Vec<String>,
     /// Small named values (counters such as CRL numbers).
     pub meta: Vec<(String, Vec<u8>)>,
+    /// Firmware releases to add (or replace, by digest).
+    pub releases: Vec<Release>,
+    /// Campaigns to write (whole).
+    pub campaigns: Vec<Campaign>,
+    /// Firmware-signing keys to add (or replace, by fingerprint).
+    pub firmware_keys: Vec<FirmwareKey>,
     /// Audit events to append, in order.
     pub audit: Vec<AuditEvent>,
 }
@@ -145,6 +134,9 @@ impl Change {
             && self.revocations.is_empty()
             && self.forget_revocations.is_empty()
             && self.meta.is_empty()
+            && self.releases.is_empty()
+            && self.campaigns.is_empty()
+            && self.firmware_keys.is_empty()
             && self.audit.is_empty()
     }
 }
@@ -172,6 +164,16 @@ pub trait Store: Send + Sync + 'static {
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Named values whose name starts with `prefix`, in name order.
     fn meta_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// One release, by the SHA-256 of its image.
+    fn release(&self, digest: &[u8]) -> Result<Option<Release>, StoreError>;
+    /// Every release.
+    fn releases(&self) -> Result<Vec<Release>, StoreError>;
+    /// One campaign.
+    fn campaign(&self, id: &str) -> Result<Option<Campaign>, StoreError>;
+    /// Every campaign.
+    fn campaigns(&self) -> Result<Vec<Campaign>, StoreError>;
+    /// Every firmware-signing key.
+    fn firmware_keys(&self) -> Result<Vec<FirmwareKey>, StoreError>;
     /// Audit entries from sequence number `from` (1-based), at most `limit`.
     fn audit(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
     /// Sequence number and hash of the last audit entry.

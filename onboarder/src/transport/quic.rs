@@ -19,8 +19,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::limits::{ConnectionBudget, ConnectionLimits, FrameBudget, Held, Limits, OverBudget};
 use super::sessions::Sessions;
-use crate::core::{CredentialKind, DevicePeer, LifecycleError};
-use crate::service::Service;
+use crate::core::{DevicePeer, LifecycleError};
+use crate::service::{Handled, Service};
 
 /// Concurrent request streams per connection.
 pub const MAX_STREAMS: u32 = 16;
@@ -170,15 +170,15 @@ async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Resul
             budget.clone(),
         );
         tokio::spawn(async move {
-            let Some((response, permit)) =
+            let Some((handled, permit)) =
                 request(recv, &service, &peer, &binding, &chunks, &budget).await
             else {
                 return;
             };
-            if peer.kind == CredentialKind::Ldevid && matches!(response, Response::Welcome(_)) {
+            if handled.opened_session {
                 sessions.register(&peer.id, conn);
             }
-            let _ = super::send_frame(send, &message::encode(&response)).await;
+            let _ = super::send_frame(send, &message::encode(&handled.response)).await;
             // A chunk's permit is held until the device has it.
             drop(permit);
         });
@@ -198,7 +198,7 @@ async fn request(
     binding: &[u8],
     chunks: &Arc<Semaphore>,
     budget: &ConnectionBudget,
-) -> Option<(Response, Option<OwnedSemaphorePermit>)> {
+) -> Option<(Handled, Option<OwnedSemaphorePermit>)> {
     let mut held = Held::default();
     let read = frame_io::read_frame(&mut recv, MAX_REQUEST, Some(STALL), |n| {
         budget.take(&mut held, n)
@@ -207,16 +207,14 @@ async fn request(
         Ok(Ok(bytes)) => bytes,
         Ok(Err(ReadError::Frame(e))) => {
             let e = LifecycleError::Decode(frame_to_decode(e));
-            service.record_refusal(Some(peer), &e).await;
-            return Some((Response::Error(e.to_wire()), None));
+            return Some((refuse(service, peer, e).await, None));
         }
         Ok(Err(ReadError::Refused(which))) => {
             let e = LifecycleError::Unavailable(match which {
                 OverBudget::Connection => "too many incomplete requests on this connection".into(),
                 OverBudget::Server => "the server is holding too many incomplete requests".into(),
             });
-            service.record_refusal(Some(peer), &e).await;
-            return Some((Response::Error(e.to_wire()), None));
+            return Some((refuse(service, peer, e).await, None));
         }
         // The stream died or stalled, or the request took too long: no one to answer.
         Ok(Err(_)) | Err(_) => return None,
@@ -230,11 +228,16 @@ async fn request(
             };
             Some((service.handle(peer, binding, request).await, permit))
         }
-        Err(e) => {
-            let e = LifecycleError::Decode(e);
-            service.record_refusal(Some(peer), &e).await;
-            Some((Response::Error(e.to_wire()), None))
-        }
+        Err(e) => Some((refuse(service, peer, LifecycleError::Decode(e)).await, None)),
+    }
+}
+
+/// The answer to a request refused before the service saw it (counted and audited there).
+async fn refuse(service: &Service, peer: &DevicePeer, e: LifecycleError) -> Handled {
+    service.record_refusal(Some(peer), &e).await;
+    Handled {
+        response: Response::Error(e.to_wire()),
+        opened_session: false,
     }
 }
 

@@ -217,7 +217,7 @@ async fn ordered(
     world
         .server
         .service()
-        .decommission(vec![world.id(serial)], WipeMethod::Clear)
+        .decommission(&[world.id(serial)], WipeMethod::Clear)
         .await
         .unwrap();
     let nonce = world.record(serial).unwrap().decommission.unwrap().nonce;

@@ -7,9 +7,10 @@ use std::time::Duration;
 use certs::factory::FirmwareRelease;
 use device_agent::platform::FirmwareSlots;
 use device_agent::platform::slots::{FileSlots, SELFTEST_FAIL};
+use onboarder::core::campaign::CampaignOrder;
 use onboarder::core::campaign::CampaignState;
 use onboarder::core::record::{FirmwareJob, JobState};
-use onboarder::operator::firmware::{CampaignSpec, Target};
+use onboarder::service::{CampaignSpec, Target};
 use onboarder::store::{Change, DeviceWrite, Expect};
 use protocol::message::Command;
 
@@ -77,7 +78,10 @@ async fn run_campaign(
         })
         .await
         .unwrap();
-    service.order_campaign(&campaign.id, "start").await.unwrap();
+    service
+        .order_campaign(&campaign.id, CampaignOrder::Start)
+        .await
+        .unwrap();
     campaign.id
 }
 
@@ -529,7 +533,10 @@ async fn a_silent_device_does_not_hold_back_the_next_wave_past_its_timeout() {
         [world.id("SN-WT-0"), world.id("SN-WT-1")]
     );
     let id = campaign.id;
-    service.order_campaign(&id, "start").await.unwrap();
+    service
+        .order_campaign(&id, CampaignOrder::Start)
+        .await
+        .unwrap();
 
     eventually(30, "the second wave updated", || {
         job(&world, "SN-WT-2").is_some_and(|j| j.state == JobState::Healthy)

@@ -13,7 +13,7 @@ use device_agent::{Agent, AgentOptions, Backoff};
 use onboarder::audit::AuditEntry;
 use onboarder::config::Config;
 use onboarder::core::{DeviceId, DeviceRecord, MakerId};
-use onboarder::server::{Listen, Server};
+use onboarder::server::Server;
 use protocol::message::{Request, Response};
 
 pub const DAY: u64 = 86_400;
@@ -64,9 +64,15 @@ impl World {
         let clock_offset = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let offset = clock_offset.clone();
         let clock = Arc::new(move || now() + offset.load(std::sync::atomic::Ordering::Relaxed));
-        let server = Server::start_with_clock(&data, Listen::default(), clock)
-            .await
-            .unwrap();
+        let server = Server::start_with(
+            &data,
+            onboarder::server::Options {
+                clock: Some(clock),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
         let owner_root =
             certs::files::read_cert(&data.join(onboarder::config::layout::OWNER_ROOT)).unwrap();
         let endpoint = quic::endpoint_for(server.quic_addr()).unwrap();

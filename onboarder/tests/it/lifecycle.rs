@@ -490,7 +490,7 @@ async fn ca_rollover_moves_a_connected_fleet_to_the_new_ca() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_registrar_renews_its_own_certificate_when_two_thirds_have_passed() {
-    use onboarder::server::{Listen, Server};
+    use onboarder::server::Server;
     let dir = tempfile::tempdir().unwrap();
     let mut config = onboarder::config::Config::new("Test Owner");
     config.quic_listen = "127.0.0.1:0".parse().unwrap();
@@ -500,10 +500,12 @@ async fn the_registrar_renews_its_own_certificate_when_two_thirds_have_passed() 
     let before = certs::files::read_certs(&cert_path).unwrap();
     // Started again 250 days later (its certificate lives 365).
     let later = now() + 250 * 86_400;
-    let server = Server::start_with_clock(
+    let server = Server::start_with(
         dir.path(),
-        Listen::default(),
-        std::sync::Arc::new(move || later),
+        onboarder::server::Options {
+            clock: Some(std::sync::Arc::new(move || later)),
+            ..Default::default()
+        },
     )
     .await
     .unwrap();

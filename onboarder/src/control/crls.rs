@@ -1,0 +1,75 @@
+//! Publishing CRLs: signed by the service, written to `DIR/crl/issuing-ca-N.crl` and kept
+//! for the HTTP endpoint; at once after a revocation, when a grace period ends, and at half
+//! their validity.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::Control;
+use crate::config::layout;
+use crate::service::{Crl, OperatorError};
+
+/// The CRL publisher waits this long after a revocation for others to batch with it.
+const CRL_DEBOUNCE: Duration = Duration::from_millis(100);
+
+impl Control {
+    /// Signs and writes fresh CRLs (`DIR/crl/issuing-ca-N.crl`, PEM) and keeps them for the
+    /// HTTP endpoint. Returns when a grace period next ends.
+    pub async fn publish_crls(&self) -> Result<Option<u64>, OperatorError> {
+        let (crls, next_change) = self.service.build_crls(self.config.crl_validity).await?;
+        let dir = self.dir.clone();
+        let written = crls.clone();
+        tokio::task::spawn_blocking(move || {
+            for crl in &written {
+                let pem = certs::files::pem_block("X509 CRL", &crl.der);
+                if let Err(e) = certs::files::write_private(
+                    &dir.join(layout::crl(crl.generation)),
+                    pem.as_bytes(),
+                ) {
+                    tracing::error!("writing the CRL: {e}");
+                }
+            }
+        })
+        .await
+        .map_err(|e| OperatorError::Internal(e.to_string()))?;
+        *self.crls.write().unwrap_or_else(|e| e.into_inner()) = crls;
+        Ok(next_change)
+    }
+
+    /// The CRLs last published.
+    pub fn crls(&self) -> Vec<Crl> {
+        self.crls.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Publishes CRLs now, after every revocation, when a grace period ends, and at half their
+    /// validity, until `stop` turns true.
+    pub async fn run_crl_publisher(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let refresh = Duration::from_secs((self.config.crl_validity / 2).max(1));
+        loop {
+            let next_change = match self.publish_crls().await {
+                Ok(next) => next,
+                Err(e) => {
+                    tracing::error!("publishing CRLs: {e}");
+                    None
+                }
+            };
+            let now = self.service.now();
+            let wait = next_change
+                .map(|at| Duration::from_secs(at.saturating_sub(now).max(1)))
+                .map_or(refresh, |d| d.min(refresh));
+            tokio::select! {
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return;
+                    }
+                }
+                () = tokio::time::sleep(wait) => {}
+                () = self.service.revocations_changed() => {
+                    tokio::time::sleep(CRL_DEBOUNCE).await;
+                }
+            }
+        }
+    }
+}

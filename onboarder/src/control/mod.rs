@@ -1,0 +1,174 @@
+//! The running onboarder as operators act on it: orders that reach beyond the store (pushing
+//! commands to connected devices, ending sessions, publishing CRLs, the CA on disk) and the
+//! background loops. Every state change is the service's; this only carries out what follows.
+//!
+//! - [`push`]: commands to connected devices; [`crls`]: the CRL publisher;
+//!   [`rollover`]: the issuing CA rollover and the registrar's certificate;
+//!   [`campaigns`]: the campaign engine; [`audit`]: the audit budget's summaries.
+
+mod audit;
+mod campaigns;
+mod crls;
+mod push;
+mod rollover;
+
+pub use rollover::RolloverReport;
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use protocol::message::Command;
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::core::DeviceId;
+use crate::service::{Crl, OperatorError, OrderReport, Service};
+use crate::transport::sessions::Sessions;
+use crate::transport::tls::RegistrarIdentity;
+
+/// Decommission orders pushed at once.
+const PUSH_CONCURRENCY: usize = 64;
+
+/// The running onboarder as operators act on it.
+pub struct Control {
+    /// The service.
+    pub service: Arc<Service>,
+    /// Live operational sessions.
+    pub sessions: Arc<Sessions>,
+    /// Bytes of incomplete device requests the transport holds.
+    pub frames: crate::transport::limits::FrameBudget,
+    identity: Arc<RegistrarIdentity>,
+    dir: PathBuf,
+    config: Config,
+    crls: RwLock<Vec<Crl>>,
+    /// One rollover at a time.
+    rollovers: tokio::sync::Mutex<()>,
+}
+
+impl Control {
+    /// Control over the onboarder whose data directory is `dir`.
+    pub fn new(
+        service: Arc<Service>,
+        sessions: Arc<Sessions>,
+        frames: crate::transport::limits::FrameBudget,
+        identity: Arc<RegistrarIdentity>,
+        dir: PathBuf,
+        config: Config,
+    ) -> Self {
+        Control {
+            service,
+            sessions,
+            frames,
+            identity,
+            dir,
+            config,
+            crls: RwLock::new(Vec::new()),
+            rollovers: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Orders a rotation and pushes the command to the devices that are connected, at most
+    /// `rate` per second (the others get it when they next connect).
+    pub async fn rotate(
+        self: &Arc<Self>,
+        devices: Option<Vec<DeviceId>>,
+        rate: Option<u32>,
+    ) -> Result<OrderReport, OperatorError> {
+        let report = self.service.request_rotation(devices).await?;
+        let this = self.clone();
+        let targets = report.accepted.clone();
+        tokio::spawn(async move { this.push_all(targets, Command::Rotate, rate).await });
+        Ok(report)
+    }
+
+    /// Orders devices to wipe themselves, and pushes the order (with each device's own nonce)
+    /// to those connected; the others find it in their next welcome.
+    pub async fn decommission(
+        self: &Arc<Self>,
+        devices: Vec<DeviceId>,
+        method: protocol::attestation::WipeMethod,
+    ) -> Result<OrderReport, OperatorError> {
+        let report = self.service.decommission(&devices, method).await?;
+        let this = self.clone();
+        let targets = report.accepted.clone();
+        tokio::spawn(async move {
+            let limit = Arc::new(Semaphore::new(PUSH_CONCURRENCY));
+            for device in targets {
+                let order = match this.service.device(&device) {
+                    Ok(r) => r.decommission,
+                    Err(_) => None,
+                };
+                let Some(order) = order else { continue };
+                if !this.sessions.is_connected(&device) {
+                    continue;
+                }
+                let Ok(permit) = limit.clone().acquire_owned().await else {
+                    return;
+                };
+                let sessions = this.sessions.clone();
+                tokio::spawn(async move {
+                    let command = Command::Decommission {
+                        nonce: order.nonce,
+                        method: order.method,
+                    };
+                    if let Err(e) = sessions.push(&device, &command).await {
+                        tracing::debug!(%device, "decommission order not pushed: {e}");
+                    }
+                    drop(permit);
+                });
+            }
+        });
+        Ok(report)
+    }
+
+    /// Decommissions a device that never answers: every credential revoked, marked
+    /// decommissioned-unattested; its session (if any) ends and the CRLs are republished.
+    pub async fn force_decommission(
+        &self,
+        device: &DeviceId,
+        reason: &str,
+    ) -> Result<crate::core::DeviceRecord, OperatorError> {
+        let record = self.service.force_decommission(device, reason).await?;
+        self.sessions.close(device, "decommissioned");
+        self.publish_crls().await?;
+        Ok(record)
+    }
+
+    /// Revokes a device's certificates, quarantines it, ends its session, and publishes the
+    /// CRLs before returning, so the revocation is visible everywhere when the operator sees
+    /// it done.
+    pub async fn revoke(
+        &self,
+        device: &DeviceId,
+        reason: certs::crl::Reason,
+    ) -> Result<crate::core::DeviceRecord, OperatorError> {
+        let record = self.service.revoke(device, reason).await?;
+        self.sessions.close(device, "revoked");
+        self.publish_crls().await?;
+        Ok(record)
+    }
+
+    /// Quarantines a device and ends its session.
+    pub async fn quarantine(
+        &self,
+        device: &DeviceId,
+        reason: &str,
+    ) -> Result<crate::core::DeviceRecord, OperatorError> {
+        let record = self.service.quarantine(device, reason).await?;
+        self.sessions.close(device, "quarantined");
+        Ok(record)
+    }
+
+    /// Resets a device stuck in onboarding (see [`Service::reset_onboarding`]) and publishes
+    /// the CRLs when that revoked a certificate.
+    pub async fn reset_onboarding(
+        &self,
+        device: &DeviceId,
+        reason: &str,
+    ) -> Result<crate::core::DeviceRecord, OperatorError> {
+        let record = self.service.reset_onboarding(device, reason).await?;
+        self.sessions.close(device, "onboarding reset");
+        self.publish_crls().await?;
+        Ok(record)
+    }
+}

@@ -1,0 +1,50 @@
+//! Pushing commands to the devices that are connected, at most so many at once or so many a
+//! second; devices that are not connected get their orders in their next welcome.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::message::{Command, CommandReply};
+use tokio::sync::Semaphore;
+
+use super::Control;
+use crate::core::DeviceId;
+
+/// Commands in flight at once when no rate is given.
+const PUSH_CONCURRENCY: usize = 64;
+
+impl Control {
+    /// Pushes `command` to each connected device of `devices`, at most `rate` per second.
+    pub(super) async fn push_all(
+        self: Arc<Self>,
+        devices: Vec<DeviceId>,
+        command: Command,
+        rate: Option<u32>,
+    ) {
+        let limit = Arc::new(Semaphore::new(PUSH_CONCURRENCY));
+        let mut tick = rate
+            .filter(|r| *r > 0)
+            .map(|r| tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(r))));
+        for device in devices {
+            if !self.sessions.is_connected(&device) {
+                continue;
+            }
+            if let Some(tick) = &mut tick {
+                tick.tick().await;
+            }
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                return;
+            };
+            let (sessions, command) = (self.sessions.clone(), command.clone());
+            tokio::spawn(async move {
+                match sessions.push(&device, &command).await {
+                    Ok(CommandReply::Accepted) => {}
+                    Ok(other) => tracing::info!(%device, "command answered {other:?}"),
+                    // The device gets the order in its next welcome.
+                    Err(e) => tracing::debug!(%device, "push failed: {e}"),
+                }
+                drop(permit);
+            });
+        }
+    }
+}

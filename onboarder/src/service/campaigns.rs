@@ -1,0 +1,355 @@
+//! Campaigns: created from a release and a target, ordered by operators, stepped by the
+//! engine. Every rule is the core's ([`crate::core::campaign`]): the waves, the orders an
+//! operator may give, the next step and how it applies; offers, skips and cancellations are
+//! decisions about devices. Campaign writes are serialised among themselves.
+
+use std::collections::{HashMap, HashSet};
+
+use protocol::message::Command;
+use serde::{Deserialize, Serialize};
+
+use super::{OperatorError, Pending, Service};
+use crate::audit::AuditEvent;
+use crate::core::campaign::{self, Campaign, CampaignOrder, CampaignState, Step, Tally};
+use crate::core::firmware;
+use crate::core::record::JobState;
+use crate::core::{DeviceId, DeviceState};
+use crate::store::Change;
+
+/// Time between two campaign engine ticks, in seconds (rate limits are per tick).
+pub const TICK: f64 = 0.25;
+
+/// Which devices a campaign targets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    /// Every active device.
+    All,
+    /// Active devices of one class (as they report it).
+    Class(String),
+    /// These devices, as operators name them (`MAKER/SERIAL`, or a serial only one maker has).
+    Devices(Vec<String>),
+}
+
+/// What an operator asks for when creating a campaign.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CampaignSpec {
+    /// The release: its digest (hex) or its version.
+    pub release: String,
+    /// Which devices.
+    pub target: Target,
+    /// Cumulative percentages of the waves, ending at 100.
+    pub waves: Vec<u8>,
+    /// Failures allowed, in percent of the devices offered so far.
+    pub failure_threshold: u8,
+    /// Offers per second at most.
+    #[serde(default)]
+    pub rate: Option<u32>,
+    /// Seconds a wave may run before the next is offered anyway (silent devices keep their
+    /// offer); `None` waits for every device of the wave.
+    #[serde(default)]
+    pub wave_timeout: Option<u64>,
+}
+
+/// A campaign and where every device of it stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CampaignStatus {
+    /// Identifier.
+    pub id: String,
+    /// Release version.
+    pub version: String,
+    /// State.
+    pub state: CampaignState,
+    /// Wave being offered (0-based).
+    pub wave: usize,
+    /// Per wave.
+    pub waves: Vec<Tally>,
+    /// All waves together.
+    pub total: Tally,
+    /// Per device.
+    pub devices: Vec<DeviceProgress>,
+}
+
+/// One device in a campaign.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceProgress {
+    /// The device.
+    pub device: DeviceId,
+    /// Wave (0-based).
+    pub wave: usize,
+    /// Job state (`waiting` when not offered yet).
+    pub state: String,
+    /// Why it failed or was skipped.
+    pub reason: Option<String>,
+    /// Bytes the device holds.
+    pub bytes: u64,
+    /// Firmware the device runs now.
+    pub running: Option<String>,
+}
+
+impl Service {
+    /// One campaign.
+    pub fn campaign(&self, id: &str) -> Result<Campaign, OperatorError> {
+        self.store
+            .campaign(id)?
+            .ok_or_else(|| OperatorError::NotFound(format!("campaign {id}")))
+    }
+
+    /// Every campaign.
+    pub fn campaigns(&self) -> Result<Vec<Campaign>, OperatorError> {
+        Ok(self.store.campaigns()?)
+    }
+
+    /// Writes `campaign` with `event`.
+    async fn save_campaign(
+        &self,
+        campaign: &Campaign,
+        event: Option<AuditEvent>,
+    ) -> Result<(), OperatorError> {
+        let change = Change {
+            campaigns: vec![campaign.clone()],
+            audit: event.into_iter().collect(),
+            ..Change::default()
+        };
+        self.commit(|_| Ok::<_, OperatorError>(Pending::of(change.clone(), ())))
+            .await
+    }
+
+    /// Creates a campaign (not started).
+    pub async fn create_campaign(&self, spec: CampaignSpec) -> Result<Campaign, OperatorError> {
+        let release = self.find_release(&spec.release)?;
+        if spec.failure_threshold > 100 {
+            return Err(OperatorError::BadInput(
+                "the failure threshold is a percentage".into(),
+            ));
+        }
+        let targets: Vec<DeviceId> = match &spec.target {
+            Target::Devices(named) => {
+                let mut ids = named
+                    .iter()
+                    .map(|n| self.resolve(n))
+                    .collect::<Result<Vec<_>, _>>()?;
+                ids.sort();
+                ids.dedup();
+                ids
+            }
+            Target::All | Target::Class(_) => {
+                let mut ids = Vec::new();
+                self.each_device(|d| {
+                    let class_ok = match &spec.target {
+                        Target::Class(c) => d.class_id.as_deref() == Some(c.as_str()),
+                        _ => true,
+                    };
+                    if d.state == DeviceState::Active && class_ok {
+                        ids.push(d.id.clone());
+                    }
+                })?;
+                ids
+            }
+        };
+        let waves = campaign::plan(&targets, &spec.waves)?;
+        let _guard = self.campaigns.lock().await;
+        let id = format!("c-{}", self.store.campaigns()?.len() + 1);
+        let now = self.now();
+        let campaign = Campaign {
+            id: id.clone(),
+            release: release.digest.clone(),
+            version: release.version.clone(),
+            waves,
+            percentages: spec.waves.clone(),
+            failure_threshold: spec.failure_threshold,
+            rate: spec.rate,
+            wave_timeout: spec.wave_timeout,
+            state: CampaignState::Created,
+            wave: 0,
+            wave_started_at: 0,
+            created_at: now,
+            updated_at: now,
+        };
+        let event = AuditEvent::operator(
+            None,
+            "campaign-created",
+            format!(
+                "{id}: {} to {} devices in waves {:?}",
+                release.version,
+                targets.len(),
+                spec.waves
+            ),
+            now,
+        );
+        self.save_campaign(&campaign, Some(event)).await?;
+        Ok(campaign)
+    }
+
+    /// An operator's order about a campaign. Aborting cancels the offers devices have not
+    /// acted on.
+    pub async fn order_campaign(
+        &self,
+        id: &str,
+        order: CampaignOrder,
+    ) -> Result<Campaign, OperatorError> {
+        let guard = self.campaigns.lock().await;
+        let mut campaign = self.campaign(id)?;
+        let event = campaign.order(order, self.now())?;
+        self.save_campaign(&campaign, Some(event)).await?;
+        drop(guard);
+        if campaign.state == CampaignState::Aborted {
+            let devices: Vec<DeviceId> = campaign.waves.iter().flatten().cloned().collect();
+            self.order(&devices, |device, record, now| {
+                firmware::cancel(device, record, id, now)
+            })
+            .await?;
+        }
+        self.firmware_changed.notify_one();
+        Ok(campaign)
+    }
+
+    /// The job states of a campaign's devices, from the index (built from the store the
+    /// first time a campaign is looked at after a restart).
+    fn job_states(
+        &self,
+        campaign: &Campaign,
+    ) -> Result<HashMap<DeviceId, JobState>, OperatorError> {
+        if let Some(states) = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&campaign.id)
+        {
+            return Ok(states.clone());
+        }
+        let mut states = HashMap::new();
+        for device in campaign.waves.iter().flatten() {
+            if let Some(job) = self
+                .store
+                .device(device)?
+                .and_then(|r| r.firmware_job)
+                .filter(|j| j.campaign == campaign.id)
+            {
+                states.insert(device.clone(), job.state);
+            }
+        }
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(campaign.id.clone(), states.clone());
+        Ok(states)
+    }
+
+    /// Where a campaign stands, per wave; with `devices`, also every device (which reads
+    /// their records).
+    pub fn campaign_status(
+        &self,
+        id: &str,
+        devices: bool,
+    ) -> Result<CampaignStatus, OperatorError> {
+        let campaign = self.campaign(id)?;
+        let states = self.job_states(&campaign)?;
+        let mut status = CampaignStatus {
+            id: campaign.id.clone(),
+            version: campaign.version.clone(),
+            state: campaign.state.clone(),
+            wave: campaign.wave,
+            waves: Vec::new(),
+            total: Tally::default(),
+            devices: Vec::new(),
+        };
+        for (w, wave) in campaign.waves.iter().enumerate() {
+            let mut tally = Tally::default();
+            for device in wave {
+                let state = states.get(device);
+                tally.add(state);
+                status.total.add(state);
+                if !devices {
+                    continue;
+                }
+                let record = self.store.device(device)?;
+                let job = record
+                    .as_ref()
+                    .and_then(|r| r.firmware_job.as_ref())
+                    .filter(|j| j.campaign == campaign.id);
+                status.devices.push(DeviceProgress {
+                    device: device.clone(),
+                    wave: w,
+                    state: job.map_or("waiting", |j| j.state.name()).to_string(),
+                    reason: job.and_then(|j| match &j.state {
+                        JobState::RolledBack { reason }
+                        | JobState::Failed { reason }
+                        | JobState::Skipped { reason } => Some(reason.clone()),
+                        _ => None,
+                    }),
+                    bytes: job.map_or(0, |j| j.bytes),
+                    running: record.and_then(|r| r.firmware_version),
+                });
+            }
+            status.waves.push(tally);
+        }
+        Ok(status)
+    }
+
+    /// One step of every running campaign: offers the next devices (within the rate), pauses
+    /// on too many failures, moves to the next wave when one is over. Returns the commands to
+    /// push to the devices just offered.
+    pub async fn campaign_tick(&self) -> Result<Vec<(DeviceId, Command)>, OperatorError> {
+        let _guard = self.campaigns.lock().await;
+        let mut pushes = Vec::new();
+        for mut campaign in self.store.campaigns()? {
+            if campaign.state != CampaignState::Running {
+                continue;
+            }
+            let release = self
+                .store
+                .release(&campaign.release)?
+                .ok_or_else(|| OperatorError::NotFound("the campaign's release".into()))?;
+            let states = self.job_states(&campaign)?;
+            let (mut offered, mut current, mut unoffered) =
+                (Tally::default(), Tally::default(), Vec::new());
+            for (w, wave) in campaign.waves.iter().enumerate().take(campaign.wave + 1) {
+                for device in wave {
+                    let state = states.get(device);
+                    offered.add(state);
+                    if w == campaign.wave {
+                        current.add(state);
+                        if state.is_none() {
+                            unoffered.push(device.clone());
+                        }
+                    }
+                }
+            }
+            if let Some(rate) = campaign.rate {
+                unoffered.truncate(((f64::from(rate) * TICK).ceil() as usize).max(1));
+            }
+            let now = self.now();
+            let step = campaign.next_step(&offered, &current, unoffered, now);
+            if let Step::Offer(devices) = &step {
+                let report = self
+                    .order(devices, |device, record, now| {
+                        firmware::offer(device, record, &campaign.id, &release, now)
+                    })
+                    .await?;
+                // Devices that cannot take it (quarantined, gone) count as skipped: mark them
+                // so the wave can end.
+                let accepted: HashSet<&DeviceId> = report.accepted.iter().collect();
+                let refused: Vec<DeviceId> = devices
+                    .iter()
+                    .filter(|d| !accepted.contains(d))
+                    .cloned()
+                    .collect();
+                self.order(&refused, |d, r, now| {
+                    firmware::skip(d, r, &campaign.id, &release, now)
+                })
+                .await?;
+                pushes.extend(report.accepted.into_iter().map(|device| {
+                    let update = Command::Update {
+                        manifest: release.manifest.clone(),
+                    };
+                    (device, update)
+                }));
+            }
+            if let Some(event) = campaign.apply(&step, now)? {
+                self.save_campaign(&campaign, Some(event)).await?;
+            }
+        }
+        Ok(pushes)
+    }
+}

@@ -1,0 +1,144 @@
+//! Requests of authenticated devices: a total match over [`Request`], each decided by the core
+//! and committed through the one loop; firmware chunks read from the image store.
+
+use protocol::message::{Request, Response};
+
+use super::Service;
+use crate::audit::AuditEvent;
+use crate::core::{self, DevicePeer, DeviceRecord, LifecycleError, renew};
+
+/// The answer to a device's request, and what the transport must do about its connection.
+#[derive(Debug)]
+pub struct Handled {
+    /// The answer.
+    pub response: Response,
+    /// The device's operational session is open: commands may be pushed on this connection.
+    pub opened_session: bool,
+}
+
+impl Service {
+    /// Handles one request from an authenticated device. `session_binding` is the TLS exporter
+    /// value of the connection it arrived on. Every refusal is counted and audited (within the
+    /// audit budget) and answered with its typed wire error.
+    pub async fn handle(
+        &self,
+        peer: &DevicePeer,
+        session_binding: &[u8],
+        request: Request,
+    ) -> Handled {
+        let result = match &request {
+            Request::FirmwareChunk {
+                digest,
+                offset,
+                length,
+            } => self.chunk(peer, digest, *offset, *length).await,
+            _ => {
+                self.decide_device(&peer.id, |record, now| {
+                    self.decide(peer, session_binding, &request, record, now)
+                })
+                .await
+            }
+        };
+        let response = match result {
+            Ok(response) => response,
+            Err(e) => {
+                self.record_refusal(Some(peer), &e).await;
+                Response::Error(e.to_wire())
+            }
+        };
+        Handled {
+            opened_session: core::onboard::opens_session(peer, &response),
+            response,
+        }
+    }
+
+    fn decide(
+        &self,
+        peer: &DevicePeer,
+        binding: &[u8],
+        request: &Request,
+        record: Option<DeviceRecord>,
+        now: u64,
+    ) -> Result<core::Decision, LifecycleError> {
+        let reg = self.registrar();
+        let reg = reg.as_ref();
+        let grace = reg.policy.superseded_grace;
+        match request {
+            Request::VoucherRequest(signed) => {
+                core::onboard::voucher_request(reg, peer, record, signed, binding, now)
+            }
+            Request::VoucherStatus(status) => {
+                core::onboard::voucher_status(peer, record, status.clone(), now)
+            }
+            Request::Enroll { csr } => {
+                core::onboard::enroll(reg, peer, record, csr, binding, now, self.entropy()?)
+            }
+            Request::EnrollStatus(status) => {
+                core::onboard::enroll_status(peer, record, status.clone(), now)
+            }
+            Request::Hello(hello) => core::onboard::hello(reg, peer, record, hello.clone(), now),
+            Request::Reenroll { csr } => {
+                renew::reenroll(reg, peer, record, csr, binding, now, self.entropy()?)
+            }
+            Request::WipeAttestation(signed) => {
+                core::decommission::attest(peer, record, signed, now, grace)
+            }
+            Request::FirmwareStatus(report) => {
+                core::firmware::report(peer, record, report.clone(), now, grace)
+            }
+            // Served without a decision (see `chunk`); named so the match stays total.
+            Request::FirmwareChunk { .. } => Err(LifecycleError::BadRequest(
+                "a firmware chunk is not a state change".into(),
+            )),
+            _ => Err(LifecycleError::BadRequest(
+                "request not supported by this server".into(),
+            )),
+        }
+    }
+
+    /// Serves a piece of an image offered to the device.
+    async fn chunk(
+        &self,
+        peer: &DevicePeer,
+        digest: &[u8],
+        offset: u64,
+        length: u32,
+    ) -> Result<Response, LifecycleError> {
+        let record = self.store.device(&peer.id)?;
+        let grace = self.registrar().policy.superseded_grace;
+        core::firmware::authorize_download(peer, record, digest, self.now(), grace)?;
+        let length = length.min(protocol::message::MAX_CHUNK);
+        if let Some(bytes) = self.images.read_hot(digest, offset, length) {
+            return Ok(Response::Chunk(bytes));
+        }
+        let images = self.images.clone();
+        let digest = digest.to_vec();
+        let bytes = tokio::task::spawn_blocking(move || images.read(&digest, offset, length))
+            .await
+            .map_err(|e| LifecycleError::Unavailable(e.to_string()))??;
+        Ok(Response::Chunk(bytes))
+    }
+
+    /// Counts a refusal and records it in the audit log within the audit budget (best effort:
+    /// a refusal must not fail louder than the request itself).
+    pub async fn record_refusal(&self, peer: Option<&DevicePeer>, error: &LifecycleError) {
+        let code = error.code();
+        self.metrics.refused(code);
+        let device = peer.map(|p| &p.id);
+        let now = self.now();
+        let event = AuditEvent {
+            at: now,
+            actor: device.map_or("unknown".into(), |d| format!("device:{d}")),
+            device: device.cloned(),
+            action: "refused".into(),
+            detail: format!("{code:?}: {error}"),
+        };
+        tracing::info!(
+            device = device.map(|d| d.to_string()),
+            ?code,
+            "refused: {error}"
+        );
+        let audit = self.within_budget(vec![event], |_| format!("refused:{code:?}"), now);
+        self.commit_audit(audit).await;
+    }
+}

@@ -1,0 +1,42 @@
+//! Why an operator's request to the service failed. The admin API maps each kind to an HTTP
+//! status (`operator::api`); nothing here knows HTTP.
+
+use thiserror::Error;
+
+use crate::audit::AuditError;
+use crate::core::LifecycleError;
+use crate::store::StoreError;
+
+/// Why an operator request failed.
+#[non_exhaustive]
+#[derive(Debug, Error)]
+pub enum OperatorError {
+    /// The input is not acceptable.
+    #[error("{0}")]
+    BadInput(String),
+    /// No such thing.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The audit chain is broken.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// The lifecycle rules refuse the order.
+    #[error(transparent)]
+    Refused(LifecycleError),
+    /// The onboarder could not carry the order out (its PKI files, a background task): nothing
+    /// in the order was wrong.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<LifecycleError> for OperatorError {
+    fn from(e: LifecycleError) -> Self {
+        match e {
+            LifecycleError::UnknownDevice(id) => OperatorError::NotFound(format!("device {id}")),
+            other => OperatorError::Refused(other),
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The firmware repository: manufacturers' firmware-signing keys, and releases accepted only
+//! when their manifest verifies with such a key and their image matches it.
+
+use protocol::manifest::Manifest;
+
+use super::{OperatorError, Pending, Service};
+use crate::audit::AuditEvent;
+use crate::core::release::{FirmwareKey, Release};
+use crate::store::Change;
+
+impl Service {
+    /// Imports a manufacturer's firmware-signing key (PEM `PUBLIC KEY`, Ed25519) for `vendor`.
+    pub async fn import_firmware_key(
+        &self,
+        pem: &str,
+        vendor: &str,
+    ) -> Result<FirmwareKey, OperatorError> {
+        let key = certs::key::public_key_from_pem(pem)
+            .map_err(|e| OperatorError::BadInput(e.to_string()))?;
+        if !matches!(key, protocol::keys::PublicKey::Ed25519(_)) {
+            return Err(OperatorError::BadInput("firmware keys are Ed25519".into()));
+        }
+        let fingerprint = crate::operator::sha256_hex(key.raw());
+        self.commit(|now| {
+            let record = FirmwareKey {
+                vendor_id: vendor.to_string(),
+                key: key.raw().to_vec(),
+                fingerprint: fingerprint.clone(),
+                added_at: now,
+            };
+            let change = Change {
+                firmware_keys: vec![record.clone()],
+                audit: vec![AuditEvent::operator(
+                    None,
+                    "firmware-key-imported",
+                    format!("{vendor} sha256:{fingerprint}"),
+                    now,
+                )],
+                ..Change::default()
+            };
+            Ok::<_, OperatorError>(Pending::of(change, record))
+        })
+        .await
+    }
+
+    /// Imported firmware keys.
+    pub fn firmware_keys(&self) -> Result<Vec<FirmwareKey>, OperatorError> {
+        Ok(self.store.firmware_keys()?)
+    }
+
+    /// Accepts a release after checking it: the manifest verifies with an imported key of its
+    /// vendor, and the image has the manifest's size and digest. The image is stored under its
+    /// digest. Uploading the same release again changes nothing; another image with a sequence
+    /// number already used for the class is refused.
+    pub async fn upload_release(
+        &self,
+        manifest: &[u8],
+        image: &[u8],
+    ) -> Result<Release, OperatorError> {
+        let unverified = Manifest::parse_unverified(manifest)
+            .map_err(|e| OperatorError::BadInput(e.to_string()))?;
+        let verified = self
+            .firmware_keys()?
+            .iter()
+            .filter(|k| k.vendor_id == unverified.vendor_id)
+            .filter_map(|k| protocol::keys::PublicKey::ed25519(&k.key).ok())
+            .find_map(|k| Manifest::open(manifest, &k).ok())
+            .ok_or_else(|| {
+                OperatorError::BadInput(format!(
+                    "the manifest is not signed by a firmware key of {:?}",
+                    unverified.vendor_id
+                ))
+            })?;
+        verified
+            .check_image(image.len() as u64, &protocol::manifest::sha256(image))
+            .map_err(|e| OperatorError::BadInput(e.to_string()))?;
+        if let Some(existing) = self.store.release(&verified.digest)? {
+            return Ok(existing);
+        }
+        // The image first: a release is only on record once its image is there to serve.
+        let images = self.images.clone();
+        let (digest, bytes) = (verified.digest.clone(), image.to_vec());
+        tokio::task::spawn_blocking(move || images.put(&digest, &bytes))
+            .await
+            .map_err(|e| OperatorError::Internal(e.to_string()))??;
+        self.commit(|now| {
+            if let Some(clash) = self.store.releases()?.into_iter().find(|r| {
+                r.vendor_id == verified.vendor_id
+                    && r.class_id == verified.class_id
+                    && r.sequence == verified.sequence
+                    && r.digest != verified.digest
+            }) {
+                return Err(OperatorError::BadInput(format!(
+                    "sequence {} is already release {} of {}",
+                    clash.sequence, clash.version, clash.class_id
+                )));
+            }
+            let release = Release {
+                digest: verified.digest.clone(),
+                manifest: manifest.to_vec(),
+                vendor_id: verified.vendor_id.clone(),
+                class_id: verified.class_id.clone(),
+                sequence: verified.sequence,
+                version: verified.version.clone(),
+                size: verified.size,
+                uploaded_at: now,
+            };
+            let change = Change {
+                releases: vec![release.clone()],
+                audit: vec![AuditEvent::operator(
+                    None,
+                    "firmware-uploaded",
+                    format!(
+                        "{} {} sequence {} sha256:{}",
+                        release.class_id,
+                        release.version,
+                        release.sequence,
+                        certs::inspect::hex(&release.digest)
+                    ),
+                    now,
+                )],
+                ..Change::default()
+            };
+            Ok(Pending::of(change, release))
+        })
+        .await
+    }
+
+    /// Every release.
+    pub fn releases(&self) -> Result<Vec<Release>, OperatorError> {
+        Ok(self.store.releases()?)
+    }
+
+    /// A release by its digest (hex) or its version (when only one release has it).
+    pub(crate) fn find_release(&self, name: &str) -> Result<Release, OperatorError> {
+        if let Some(digest) = certs::inspect::unhex(name)
+            && let Some(r) = self.store.release(&digest)?
+        {
+            return Ok(r);
+        }
+        let mut matches: Vec<Release> = self
+            .releases()?
+            .into_iter()
+            .filter(|r| r.version == name)
+            .collect();
+        match matches.len() {
+            1 => Ok(matches.remove(0)),
+            0 => Err(OperatorError::NotFound(format!("release {name}"))),
+            _ => Err(OperatorError::BadInput(format!(
+                "version {name} is ambiguous; use the digest"
+            ))),
+        }
+    }
+}

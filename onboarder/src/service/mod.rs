@@ -1,0 +1,501 @@
+//! THE door: every state change of the onboarder goes through [`Service::commit`], the one
+//! load -> decide -> commit loop.
+//!
+//! A caller hands the loop a closure that loads what it needs from the store, asks the core for
+//! its decision, and returns the [`Change`] to write with what the device records were before.
+//! The loop commits the change atomically and durably; when a concurrent change moved one of the
+//! devices meanwhile, the store refuses the whole change and the loop decides again on fresh
+//! data. After every commit, and only then, it carries out the effects of the change: revoked or
+//! superseded certificates reach the TLS verifier and wake the CRL publisher, firmware jobs reach
+//! the campaign engine's index. Decisions over many devices go through the same loop in chunks
+//! ([`Service::decide_devices`]).
+//!
+//! The files by job: [`device`] (requests of authenticated devices), [`imports`] (anchors and
+//! vouchers), [`orders`] (operator orders about devices), [`firmware`] (keys and releases),
+//! [`campaigns`], [`crls`], [`queries`] (reads for operators).
+
+mod campaigns;
+mod crls;
+mod device;
+mod error;
+mod firmware;
+mod imports;
+mod orders;
+mod queries;
+mod rollover;
+
+pub use campaigns::{CampaignSpec, CampaignStatus, DeviceProgress, TICK, Target};
+pub use crls::Crl;
+pub use device::Handled;
+pub use error::OperatorError;
+pub use imports::AnchorImport;
+pub use orders::{OrderReport, RotationStatus};
+pub use queries::{ImportReport, Rejected};
+pub use rollover::PendingRollover;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use protocol::message::Response;
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::sync::Notify;
+
+use crate::audit::AuditEvent;
+use crate::core::audit_budget::AuditBudget;
+use crate::core::record::JobState;
+use crate::core::{
+    CertStatus, Decision, DeviceId, DevicePeer, DeviceRecord, Entropy, LifecycleError, Registrar,
+};
+use crate::metrics::Metrics;
+use crate::store::images::ImageStore;
+use crate::store::{Change, DeviceWrite, Expect, Revocation, Store, StoreError};
+use crate::trust::TrustStore;
+
+/// How many times a decision is taken again when concurrent changes keep moving its devices.
+const MAX_ATTEMPTS: usize = 8;
+/// Devices decided on per atomic write in a bulk decision.
+const CHUNK: usize = 1000;
+
+/// Where the service reads the time: the system clock, or another one in tests.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// Firmware job states: campaign -> device -> state.
+type JobIndex = HashMap<String, HashMap<DeviceId, JobState>>;
+
+/// The onboarder's one entry point for devices and operators.
+pub struct Service {
+    store: Arc<dyn Store>,
+    images: Arc<dyn ImageStore>,
+    registrar: RwLock<Arc<Registrar>>,
+    trust: Arc<TrustStore>,
+    owner_root: Vec<u8>,
+    /// Signalled after a commit that revoked or superseded certificates (the CRL publisher
+    /// waits on it).
+    revocations_changed: Notify,
+    /// Signalled after a commit that moved a firmware job (the campaign engine waits on it).
+    firmware_changed: Notify,
+    /// Serialises campaign read-modify-writes (operator orders and the engine).
+    campaigns: tokio::sync::Mutex<()>,
+    /// Firmware job states by campaign and device, kept current by every commit, so the
+    /// campaign engine does not read every device record at every tick.
+    jobs: Mutex<JobIndex>,
+    /// What was refused and shed.
+    metrics: Metrics,
+    /// The audit entries devices may cause without changing anything.
+    budget: Mutex<AuditBudget>,
+    clock: Clock,
+    rng: SystemRandom,
+}
+
+/// A change decided inside [`Service::commit`], with the records its device writes replace
+/// (for the effects) and what to answer once it is durable.
+pub(crate) struct Pending<T> {
+    /// What to write.
+    pub(crate) change: Change,
+    /// The record each device write of `change` replaces, in the same order.
+    pub(crate) previous: Vec<Option<DeviceRecord>>,
+    /// The answer.
+    pub(crate) reply: T,
+}
+
+/// What one device's decision came to, in a bulk decision.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    /// The answer.
+    pub(crate) response: Response,
+    /// Whether its record was written (else nothing changed).
+    pub(crate) wrote: bool,
+    /// Whether it had a record before.
+    pub(crate) existed: bool,
+}
+
+impl<T> Pending<T> {
+    /// A change that writes no device.
+    pub(crate) fn of(change: Change, reply: T) -> Self {
+        Pending {
+            change,
+            previous: Vec::new(),
+            reply,
+        }
+    }
+}
+
+impl Service {
+    /// A service over `store` and `images`, issuing with `registrar`. The trust store is filled
+    /// with the owner root, the manufacturer anchors and the revocations on record.
+    pub fn new(
+        store: Arc<dyn Store>,
+        images: Arc<dyn ImageStore>,
+        registrar: Registrar,
+        owner_root: Vec<u8>,
+        clock: Clock,
+    ) -> Result<Service, StoreError> {
+        let service = Service {
+            store,
+            images,
+            registrar: RwLock::new(Arc::new(registrar)),
+            trust: Arc::new(TrustStore::default()),
+            owner_root,
+            revocations_changed: Notify::new(),
+            firmware_changed: Notify::new(),
+            campaigns: tokio::sync::Mutex::new(()),
+            jobs: Mutex::new(JobIndex::default()),
+            metrics: Metrics::default(),
+            budget: Mutex::new(AuditBudget::default()),
+            clock,
+            rng: SystemRandom::new(),
+        };
+        service.reload_trust()?;
+        service.trust.revoke(service.store.revocations()?);
+        Ok(service)
+    }
+
+    /// The current time.
+    pub fn now(&self) -> u64 {
+        (self.clock)()
+    }
+
+    /// The trust anchors and revocations for client certificates (shared with the TLS
+    /// verifier).
+    pub fn trust(&self) -> Arc<TrustStore> {
+        self.trust.clone()
+    }
+
+    /// The store, for reads.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The firmware image repository.
+    pub fn images(&self) -> &Arc<dyn ImageStore> {
+        &self.images
+    }
+
+    /// The counters of refusals and shed load.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The owner root certificate, DER.
+    pub fn owner_root(&self) -> &[u8] {
+        &self.owner_root
+    }
+
+    /// Resolves after a commit revoked or superseded certificates.
+    pub async fn revocations_changed(&self) {
+        self.revocations_changed.notified().await;
+    }
+
+    /// Resolves after a commit moved a firmware job.
+    pub async fn firmware_changed(&self) {
+        self.firmware_changed.notified().await;
+    }
+
+    /// The registrar context in force.
+    pub fn registrar(&self) -> Arc<Registrar> {
+        self.registrar
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the registrar context (after a CA rollover or a renewal of its certificate).
+    pub fn set_registrar(&self, registrar: Registrar) -> Result<(), StoreError> {
+        *self.registrar.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(registrar);
+        self.reload_trust()
+    }
+
+    /// Rebuilds the anchors: the manufacturers' roots, the owner root, and our own issuing
+    /// CAs (trusting them directly spares every LDevID handshake the check of the issuing CA's
+    /// own signature, which we made ourselves).
+    fn reload_trust(&self) -> Result<(), StoreError> {
+        let makers: Vec<_> = self
+            .store
+            .anchors()?
+            .into_iter()
+            .map(|a| (a.maker, a.der))
+            .collect();
+        let mut ours = vec![self.owner_root.clone()];
+        ours.extend(
+            self.registrar()
+                .generations()
+                .map(|g| g.ca.cert_der().to_vec()),
+        );
+        self.trust.replace(&makers, &ours);
+        Ok(())
+    }
+
+    /// Reads who a client certificate chain (leaf first, already validated by TLS) belongs to.
+    pub fn identify(&self, chain: &[Vec<u8>]) -> Result<DevicePeer, LifecycleError> {
+        let (leaf, intermediates) = chain
+            .split_first()
+            .ok_or_else(|| LifecycleError::Unauthorized("no client certificate".into()))?;
+        let registrar = self.registrar();
+        DevicePeer::from_certificate(
+            leaf,
+            |key_id| registrar.is_ours(key_id),
+            || self.trust.maker_of(leaf, intermediates, self.now()),
+        )
+    }
+
+    /// The one loop: `decide` loads what it needs, decides at the time it is given, and
+    /// returns the change; the loop commits it and carries out its effects, or decides again
+    /// when a concurrent change got there first.
+    pub(crate) async fn commit<T, E: From<StoreError>>(
+        &self,
+        mut decide: impl FnMut(u64) -> Result<Pending<T>, E>,
+    ) -> Result<T, E> {
+        for _ in 0..MAX_ATTEMPTS {
+            let now = self.now();
+            let Pending {
+                mut change,
+                previous,
+                reply,
+            } = decide(now)?;
+            let grace = self.registrar().policy.superseded_grace;
+            let revocations: Vec<Revocation> = change
+                .devices
+                .iter()
+                .zip(previous.iter().chain(std::iter::repeat(&None)))
+                .flat_map(|(w, old)| revocations_between(old.as_ref(), &w.record, grace))
+                .collect();
+            change.revocations.extend(revocations.iter().cloned());
+            let jobs_moved = change
+                .devices
+                .iter()
+                .zip(previous.iter().chain(std::iter::repeat(&None)))
+                .any(|(w, old)| {
+                    w.record.firmware_job != old.as_ref().and_then(|o| o.firmware_job.clone())
+                });
+            let written: Vec<DeviceRecord> =
+                change.devices.iter().map(|w| w.record.clone()).collect();
+            match self.store.commit(change).await {
+                Ok(()) => {
+                    self.note_jobs(&written);
+                    if jobs_moved {
+                        self.firmware_changed.notify_one();
+                    }
+                    if !revocations.is_empty() {
+                        self.trust.revoke(revocations);
+                        self.revocations_changed.notify_one();
+                    }
+                    return Ok(reply);
+                }
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Conflict("the records kept changing; retry".into()).into())
+    }
+
+    /// Decides on each device of `ids` with `decide` (its record, the time) and commits the
+    /// decisions together, `CHUNK` devices per atomic write, through [`Service::commit`].
+    /// Returns each device's answer or refusal; the events of a decision that changes nothing
+    /// are notes, written within the audit budget.
+    pub(crate) async fn decide_devices(
+        &self,
+        ids: &[DeviceId],
+        decide: impl Fn(&DeviceId, Option<DeviceRecord>, u64) -> Result<Decision, LifecycleError>,
+    ) -> Result<Vec<Result<Outcome, LifecycleError>>, StoreError> {
+        let mut outcomes = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(CHUNK) {
+            let decided = self
+                .commit(|now| {
+                    let mut pending = Pending::of(Change::default(), Vec::new());
+                    for id in chunk {
+                        let record = self.store.device(id)?;
+                        let expect = Expect::from(record.as_ref());
+                        match decide(id, record.clone(), now) {
+                            Ok(decision) => {
+                                let Decision {
+                                    write,
+                                    events,
+                                    response,
+                                } = decision;
+                                let outcome = Outcome {
+                                    response,
+                                    wrote: write.is_some(),
+                                    existed: record.is_some(),
+                                };
+                                match write {
+                                    Some(new) => {
+                                        pending.change.audit.extend(events);
+                                        pending.change.devices.push(DeviceWrite {
+                                            record: new,
+                                            expect,
+                                        });
+                                        pending.previous.push(record);
+                                    }
+                                    None => pending.change.audit.extend(self.within_budget(
+                                        events,
+                                        |e| e.action.clone(),
+                                        now,
+                                    )),
+                                }
+                                pending.reply.push(Ok(outcome));
+                            }
+                            Err(e) => pending.reply.push(Err(e)),
+                        }
+                    }
+                    Ok::<_, StoreError>(pending)
+                })
+                .await?;
+            outcomes.extend(decided);
+        }
+        Ok(outcomes)
+    }
+
+    /// Decides on one device and commits the decision (see [`Service::decide_devices`]).
+    pub(crate) async fn decide_device(
+        &self,
+        id: &DeviceId,
+        decide: impl Fn(Option<DeviceRecord>, u64) -> Result<Decision, LifecycleError>,
+    ) -> Result<Response, LifecycleError> {
+        self.decide_devices(std::slice::from_ref(id), |_, record, now| {
+            decide(record, now)
+        })
+        .await
+        .map_err(LifecycleError::from)?
+        .pop()
+        .unwrap_or_else(|| Err(LifecycleError::Unavailable("no decision".into())))
+        .map(|outcome| outcome.response)
+    }
+
+    /// The entries of `events` that the audit budget admits now (each of kind `kind`), with the
+    /// summaries of windows that just ended.
+    fn within_budget(
+        &self,
+        events: Vec<AuditEvent>,
+        kind: impl Fn(&AuditEvent) -> String,
+        now: u64,
+    ) -> Vec<AuditEvent> {
+        let mut budget = self.budget.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for event in events {
+            let kind = kind(&event);
+            let admitted = budget.admit(event, &kind, now);
+            if !admitted.iter().any(|e| e.action != "audit-suppressed") {
+                self.metrics.audit_suppressed(1);
+            }
+            out.extend(admitted);
+        }
+        out
+    }
+
+    /// Writes audit entries that go with no state change (best effort: they must not fail
+    /// louder than what they record).
+    async fn commit_audit(&self, audit: Vec<AuditEvent>) {
+        if audit.is_empty() {
+            return;
+        }
+        let change = Change {
+            audit,
+            ..Change::default()
+        };
+        if let Err(e) = self
+            .commit(|_| Ok::<_, StoreError>(Pending::of(change.clone(), ())))
+            .await
+        {
+            tracing::warn!("could not write audit entries: {e}");
+        }
+    }
+
+    /// Writes the summaries of the audit budget's windows that have ended (called now and then,
+    /// so a flood that stopped is still summed up).
+    pub async fn flush_audit_budget(&self) {
+        let now = self.now();
+        let summaries = self
+            .budget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .flush(now);
+        self.commit_audit(summaries).await;
+    }
+
+    /// Appends an event about the onboarder itself (a rollover, a renewal) to the audit log.
+    pub async fn audit(&self, event: AuditEvent) -> Result<(), StoreError> {
+        let change = Change {
+            audit: vec![event],
+            ..Change::default()
+        };
+        self.commit(|_| Ok::<_, StoreError>(Pending::of(change.clone(), ())))
+            .await
+    }
+
+    /// A fresh nonce for a decommission order.
+    fn nonce(&self) -> Result<[u8; protocol::attestation::NONCE_LEN], LifecycleError> {
+        let mut nonce = [0u8; protocol::attestation::NONCE_LEN];
+        self.rng
+            .fill(&mut nonce)
+            .map_err(|_| LifecycleError::Unavailable("no randomness".into()))?;
+        Ok(nonce)
+    }
+
+    /// Fresh randomness for one issuance.
+    fn entropy(&self) -> Result<Entropy, LifecycleError> {
+        let mut e = Entropy {
+            cert_serial: [0; 16],
+            psk: [0; 16],
+        };
+        self.rng
+            .fill(&mut e.cert_serial)
+            .and_then(|()| self.rng.fill(&mut e.psk))
+            .map_err(|_| LifecycleError::Unavailable("no randomness".into()))?;
+        // Positive, non-zero leading byte: a valid DER INTEGER of fixed length.
+        e.cert_serial[0] = (e.cert_serial[0] & 0x7f) | 0x01;
+        Ok(e)
+    }
+
+    /// Records the firmware jobs of records just committed in the job index.
+    fn note_jobs(&self, records: &[DeviceRecord]) {
+        let mut index = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        for record in records {
+            if let Some(job) = &record.firmware_job {
+                index
+                    .entry(job.campaign.clone())
+                    .or_default()
+                    .insert(record.id.clone(), job.state.clone());
+            }
+        }
+    }
+}
+
+/// The certificates that became revoked or superseded between two versions of a record.
+fn revocations_between(
+    old: Option<&DeviceRecord>,
+    new: &DeviceRecord,
+    grace: u64,
+) -> Vec<Revocation> {
+    new.certificates
+        .iter()
+        .filter(|c| {
+            old.and_then(|o| o.certificate(&c.serial))
+                .map(|o| &o.status)
+                != Some(&c.status)
+        })
+        .filter_map(|c| {
+            let (reason, revoked_at, effective_at) = match c.status {
+                CertStatus::Revoked { reason, at } => (reason, at, at),
+                CertStatus::Superseded { at } => {
+                    (certs::crl::Reason::Superseded, at, at.saturating_add(grace))
+                }
+                _ => return None,
+            };
+            Some(Revocation {
+                cert_serial: c.serial.clone(),
+                issuer: c.issuer.clone(),
+                device: new.id.clone(),
+                reason,
+                revoked_at,
+                effective_at,
+                not_after: c.not_after,
+            })
+        })
+        .collect()
+}
+
+impl From<StoreError> for LifecycleError {
+    fn from(e: StoreError) -> Self {
+        LifecycleError::Unavailable(e.to_string())
+    }
+}

@@ -1,0 +1,223 @@
+//! Reads for operators: devices by name, lists and counts, the audit log and its chain, the
+//! progress of rotations, certificates of sanitization, and the report of an import.
+
+use serde::{Deserialize, Serialize};
+
+use super::{OperatorError, Outcome, Service};
+use crate::audit::{AuditEntry, ChainSummary, ChainVerifier};
+use crate::core::import::{Anchor, Filed};
+use crate::core::record::RotationState;
+use crate::core::sanitization::{self, SanitizationCertificate};
+use crate::core::{DeviceId, DeviceRecord, DeviceState, MakerId};
+
+use super::RotationStatus;
+
+/// Devices read per page when a query walks them all.
+const PAGE: usize = 1000;
+/// Audit entries read per page while verifying the chain.
+const AUDIT_PAGE: usize = 4096;
+
+/// The outcome of a bulk voucher import.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportReport {
+    /// New devices now expected.
+    pub imported: usize,
+    /// Devices whose voucher was replaced (for example a renewed voucher).
+    pub updated: usize,
+    /// Vouchers already on file.
+    pub unchanged: usize,
+    /// Vouchers accepted without a signature check: their manufacturer was imported without
+    /// its voucher-signing (MASA) certificate. Devices still check the signature.
+    #[serde(default)]
+    pub unverified: usize,
+    /// Vouchers refused, with why.
+    pub rejected: Vec<Rejected>,
+}
+
+impl ImportReport {
+    pub(super) fn count(&mut self, filed: &Filed, outcome: &Outcome) {
+        match (outcome.wrote, outcome.existed) {
+            (false, _) => self.unchanged += 1,
+            (true, false) => self.imported += 1,
+            (true, true) => self.updated += 1,
+        }
+        if outcome.wrote && !filed.checked {
+            self.unverified += 1;
+        }
+    }
+}
+
+/// One refused voucher of an import.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejected {
+    /// Position in the bundle.
+    pub index: usize,
+    /// Serial, when the voucher could be read.
+    pub serial: Option<String>,
+    /// Why.
+    pub reason: String,
+}
+
+impl Service {
+    /// The device an operator names: `MAKER/SERIAL` (maker id or name), or a bare `SERIAL`
+    /// when exactly one manufacturer has a device with it.
+    pub fn resolve(&self, reference: &str) -> Result<DeviceId, OperatorError> {
+        let anchors = self.store.anchors()?;
+        if let Some((maker, serial)) = reference.split_once('/') {
+            let maker = anchors
+                .iter()
+                .find(|a| a.name == maker)
+                .map(|a| a.maker.clone())
+                .or_else(|| maker.parse::<MakerId>().ok())
+                .ok_or_else(|| OperatorError::NotFound(format!("manufacturer {maker:?}")))?;
+            return DeviceId::new(maker, serial)
+                .map_err(|e| OperatorError::BadInput(e.to_string()));
+        }
+        let mut makers: Vec<&MakerId> = anchors.iter().map(|a| &a.maker).collect();
+        makers.sort();
+        makers.dedup();
+        let mut found = Vec::new();
+        for maker in makers {
+            let id = DeviceId::new(maker.clone(), reference)
+                .map_err(|e| OperatorError::BadInput(e.to_string()))?;
+            if self.store.device(&id)?.is_some() {
+                found.push(id);
+            }
+        }
+        match found.len() {
+            1 => Ok(found.remove(0)),
+            0 => Err(OperatorError::NotFound(format!("device {reference}"))),
+            _ => {
+                let named: Vec<String> = found
+                    .iter()
+                    .map(|id| {
+                        let name = anchors.iter().find(|a| a.maker == id.maker);
+                        format!(
+                            "{}/{}",
+                            name.map_or(id.maker.as_str(), |a| &a.name),
+                            id.serial
+                        )
+                    })
+                    .collect();
+                Err(OperatorError::BadInput(format!(
+                    "{reference} is ambiguous: {}; name the manufacturer",
+                    named.join(", ")
+                )))
+            }
+        }
+    }
+
+    /// One device.
+    pub fn device(&self, id: &DeviceId) -> Result<DeviceRecord, OperatorError> {
+        self.store
+            .device(id)?
+            .ok_or_else(|| OperatorError::NotFound(format!("device {id}")))
+    }
+
+    /// Devices in id order after `after`.
+    pub fn devices(
+        &self,
+        after: Option<&DeviceId>,
+        limit: usize,
+    ) -> Result<Vec<DeviceRecord>, OperatorError> {
+        Ok(self.store.devices(after, limit)?)
+    }
+
+    /// Walks every device record, page by page.
+    pub(crate) fn each_device(
+        &self,
+        mut visit: impl FnMut(&DeviceRecord),
+    ) -> Result<(), OperatorError> {
+        let mut after: Option<DeviceId> = None;
+        loop {
+            let page = self.store.devices(after.as_ref(), PAGE)?;
+            let Some(last) = page.last() else {
+                return Ok(());
+            };
+            after = Some(last.id.clone());
+            page.iter().for_each(&mut visit);
+        }
+    }
+
+    /// The devices in `state`.
+    pub(crate) fn devices_in(&self, state: DeviceState) -> Result<Vec<DeviceId>, OperatorError> {
+        let mut out = Vec::new();
+        self.each_device(|d| {
+            if d.state == state {
+                out.push(d.id.clone());
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// Number of devices in each state.
+    pub fn state_counts(&self) -> Result<std::collections::BTreeMap<String, u64>, OperatorError> {
+        let mut counts = std::collections::BTreeMap::new();
+        self.each_device(|d| *counts.entry(d.state.to_string()).or_insert(0) += 1)?;
+        Ok(counts)
+    }
+
+    /// Imported manufacturer anchors.
+    pub fn anchors(&self) -> Result<Vec<Anchor>, OperatorError> {
+        Ok(self.store.anchors()?)
+    }
+
+    /// Audit entries from `from`.
+    pub fn audit_entries(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>, OperatorError> {
+        Ok(self.store.audit(from, limit)?)
+    }
+
+    /// Verifies the whole audit chain against the recorded head.
+    pub fn verify_audit(&self) -> Result<ChainSummary, OperatorError> {
+        let (_, head) = self.store.audit_head()?;
+        let mut verifier = ChainVerifier::default();
+        let mut from = 1;
+        loop {
+            let page = self.store.audit(from, AUDIT_PAGE)?;
+            for entry in &page {
+                verifier.push(entry)?;
+            }
+            match page.last() {
+                Some(last) if page.len() == AUDIT_PAGE => from = last.seq + 1,
+                _ => break,
+            }
+        }
+        Ok(verifier.finish(&head)?)
+    }
+
+    /// How the rotations ordered at or after `since` went.
+    pub fn rotation_status(&self, since: u64) -> Result<RotationStatus, OperatorError> {
+        let mut status = RotationStatus::default();
+        self.each_device(|d| {
+            let Some(r) = d.rotation.as_ref().filter(|r| r.requested_at >= since) else {
+                return;
+            };
+            match &r.state {
+                RotationState::Done { .. } => status.rotated += 1,
+                RotationState::Pending => {
+                    status.pending += 1;
+                    status.pending_devices.push(d.id.clone());
+                }
+                RotationState::Failed { reason } => {
+                    status.failed += 1;
+                    status.failures.push((d.id.clone(), reason.clone()));
+                }
+            }
+        })?;
+        Ok(status)
+    }
+
+    /// The certificate of sanitization of an attested decommissioning.
+    pub fn sanitization_certificate(
+        &self,
+        id: &DeviceId,
+    ) -> Result<SanitizationCertificate, OperatorError> {
+        let record = self.device(id)?;
+        let organization = self.registrar().policy.organization.clone();
+        sanitization::certify(&record, &organization).map_err(|e| match e {
+            crate::core::LifecycleError::Unavailable(m) => OperatorError::Internal(m),
+            crate::core::LifecycleError::BadRequest(m) => OperatorError::BadInput(m),
+            other => other.into(),
+        })
+    }
+}

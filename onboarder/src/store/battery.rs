@@ -1,0 +1,156 @@
+//! The behaviour every store backend must have, written once: each backend's tests run
+//! [`run`] on a fresh store of its own.
+
+use crate::audit::{AuditEvent, verify_chain};
+use crate::core::campaign::{Campaign, CampaignState};
+use crate::core::release::{FirmwareKey, Release};
+use crate::core::{DeviceId, DeviceRecord, MakerId};
+use crate::store::{Change, DeviceWrite, Expect, Revocation, Store, StoreError};
+
+fn id(serial: &str) -> DeviceId {
+    DeviceId::new(MakerId::of_spki(b"maker"), serial).unwrap()
+}
+
+fn change(record: DeviceRecord, expect: Expect) -> Change {
+    Change {
+        devices: vec![DeviceWrite { record, expect }],
+        audit: vec![AuditEvent::operator(None, "test", "", 1)],
+        ..Change::default()
+    }
+}
+
+/// Runs every check on the store `open` gives; `open` is called again to see what a store
+/// reopened on the same data holds.
+pub(crate) async fn run(open: impl Fn() -> Box<dyn Store>) {
+    {
+        let store = open();
+        versions_guard_concurrent_writes_and_audit_chains(store.as_ref()).await;
+        revocations_are_indexed_and_forgotten(store.as_ref()).await;
+        the_repository_is_typed(store.as_ref()).await;
+        for i in 0..10 {
+            let r = DeviceRecord::expected(id(&format!("SN-P{i}")), vec![1], None, 1);
+            store.commit(change(r, Expect::Absent)).await.unwrap();
+        }
+    }
+    // Reopened: the data and the audit head are there.
+    let store = open();
+    assert_eq!(store.device_count().unwrap(), 11);
+    assert_eq!(store.devices(Some(&id("SN-P4")), 100).unwrap().len(), 5);
+    let (seq, head) = store.audit_head().unwrap();
+    assert_eq!(seq, 12);
+    verify_chain(store.audit(1, 100).unwrap(), &head).unwrap();
+    assert_eq!(store.revocations().unwrap().len(), 1);
+    assert_eq!(store.releases().unwrap().len(), 1);
+}
+
+async fn versions_guard_concurrent_writes_and_audit_chains(store: &dyn Store) {
+    let r = DeviceRecord::expected(id("SN-1"), vec![1], None, 1);
+    store
+        .commit(change(r.clone(), Expect::Absent))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.commit(change(r.clone(), Expect::Absent)).await,
+        Err(StoreError::Conflict(format!(
+            "{}: expected Absent, found version Some(1)",
+            id("SN-1")
+        )))
+    );
+    let stored = store.device(&id("SN-1")).unwrap().unwrap();
+    assert_eq!(stored.version, 1);
+    store
+        .commit(change(stored.clone(), Expect::Version(1)))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.commit(change(stored, Expect::Version(1))).await,
+        Err(StoreError::Conflict(_))
+    ));
+    // Two successful changes, two audit entries; refused changes left none.
+    let (seq, head) = store.audit_head().unwrap();
+    assert_eq!(seq, 2);
+    verify_chain(store.audit(1, 100).unwrap(), &head).unwrap();
+}
+
+async fn revocations_are_indexed_and_forgotten(store: &dyn Store) {
+    let revocation = |serial: &str| Revocation {
+        cert_serial: serial.into(),
+        issuer: vec![1],
+        device: id("SN-1"),
+        reason: certs::crl::Reason::Superseded,
+        revoked_at: 1,
+        effective_at: 1,
+        not_after: 2,
+    };
+    store
+        .commit(Change {
+            revocations: vec![revocation("aa"), revocation("bb")],
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+    store
+        .commit(Change {
+            forget_revocations: vec!["aa".into()],
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.revocations().unwrap(), [revocation("bb")]);
+}
+
+async fn the_repository_is_typed(store: &dyn Store) {
+    let release = Release {
+        digest: vec![7; 32],
+        manifest: vec![1, 2],
+        vendor_id: "v".into(),
+        class_id: "c".into(),
+        sequence: 3,
+        version: "1.0".into(),
+        size: 10,
+        uploaded_at: 1,
+    };
+    let mut campaign = Campaign {
+        id: "c-1".into(),
+        release: release.digest.clone(),
+        version: "1.0".into(),
+        waves: vec![vec![id("SN-1")]],
+        percentages: vec![100],
+        failure_threshold: 5,
+        rate: None,
+        wave_timeout: None,
+        state: CampaignState::Created,
+        wave: 0,
+        wave_started_at: 0,
+        created_at: 1,
+        updated_at: 1,
+    };
+    let key = FirmwareKey {
+        vendor_id: "v".into(),
+        key: vec![9; 32],
+        fingerprint: "ab".into(),
+        added_at: 1,
+    };
+    store
+        .commit(Change {
+            releases: vec![release.clone()],
+            campaigns: vec![campaign.clone()],
+            firmware_keys: vec![key.clone()],
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+    campaign.state = CampaignState::Running;
+    store
+        .commit(Change {
+            campaigns: vec![campaign.clone()],
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.release(&release.digest).unwrap(), Some(release));
+    assert_eq!(store.release(&[0; 32]).unwrap(), None);
+    assert_eq!(store.campaign("c-1").unwrap(), Some(campaign.clone()));
+    assert_eq!(store.campaigns().unwrap(), [campaign]);
+    assert_eq!(store.firmware_keys().unwrap(), [key]);
+}

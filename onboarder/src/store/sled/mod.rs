@@ -1,0 +1,383 @@
+//! The embedded store on sled, with group commit.
+//!
+//! Layout, in one tree so that one `apply_batch` covers a whole change:
+//!
+//! ```text
+//! d/<maker>/<serial> device record (CBOR, network credentials sealed: see super::seal)
+//! t/<sha256 hex>  trust anchor (CBOR)
+//! r/<cert serial> revocation (CBOR)
+//! R/<sha256 hex>  firmware release (CBOR)
+//! C/<id>          campaign (CBOR)
+//! K/<sha256 hex>  firmware-signing key (CBOR)
+//! m/<name>        named values (CRL numbers, ...)
+//! a/<seq u64 BE>  audit entry (CBOR)
+//! m/audit-head    seq (8 bytes BE) || hash (32 bytes) of the last audit entry
+//! m/format        layout version (one byte); a store of another layout is not opened
+//! ```
+//!
+//! One writer thread owns every write. It takes all changes waiting in its queue (up to
+//! [`MAX_GROUP`]), checks each against the stored versions, applies the accepted ones in one
+//! atomic batch, flushes once, and then answers every waiter. Many devices therefore share one
+//! flush instead of paying one each.
+//!
+//! Durability: sled's flush writes its log with `sync_file_range`, which survives a process
+//! crash (the kill tests check this) but is weaker than `fsync` against power loss.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, oneshot};
+
+mod writer;
+
+use super::seal::{RecordCodec, SealingKey};
+use super::{Anchor, Change, CommitFuture, Revocation, Store, StoreError};
+use crate::audit::{AuditEntry, GENESIS};
+use crate::core::campaign::Campaign;
+use crate::core::release::{FirmwareKey, Release};
+use crate::core::{DeviceId, DeviceRecord};
+use writer::{Job, Writer};
+
+/// Most changes applied in one batch and flush.
+pub const MAX_GROUP: usize = 1024;
+/// Changes waiting for the writer before committers wait for room.
+const QUEUE: usize = 16 * 1024;
+/// Largest stored value decoded.
+const MAX_VALUE: usize = super::seal::MAX_RECORD;
+
+pub(super) const HEAD_KEY: &[u8] = b"m/audit-head";
+const FORMAT_KEY: &[u8] = b"m/format";
+/// Layout 3: devices keyed by maker and serial, network credentials sealed, releases,
+/// campaigns and firmware keys in their own key spaces.
+const FORMAT: u8 = 3;
+
+/// The sled store. Dropping it stops the writer after the queued changes.
+pub struct SledStore {
+    db: sled::Db,
+    codec: std::sync::Arc<RecordCodec>,
+    queue: mpsc::Sender<Job>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore").finish_non_exhaustive()
+    }
+}
+
+pub(super) fn io(e: sled::Error) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+pub(super) fn device_key(id: &DeviceId) -> Vec<u8> {
+    format!("d/{id}").into_bytes()
+}
+
+pub(super) fn audit_key(seq: u64) -> Vec<u8> {
+    let mut k = b"a/".to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub(super) fn decode<T: serde::de::DeserializeOwned>(
+    key: &[u8],
+    value: &[u8],
+) -> Result<T, StoreError> {
+    protocol::cbor::from_slice(value, MAX_VALUE).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        detail: e.to_string(),
+    })
+}
+
+pub(super) fn read_head(db: &sled::Db) -> Result<(u64, [u8; 32]), StoreError> {
+    match db.get(HEAD_KEY).map_err(io)? {
+        None => Ok((0, GENESIS)),
+        Some(v) if v.len() == 40 => {
+            let mut seq = [0u8; 8];
+            seq.copy_from_slice(&v[..8]);
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(&v[8..]);
+            Ok((u64::from_be_bytes(seq), hash))
+        }
+        Some(_) => Err(StoreError::Corrupt {
+            key: "m/audit-head".into(),
+            detail: "wrong length".into(),
+        }),
+    }
+}
+
+/// Refuses a store written in another layout, and marks a new one.
+fn check_format(db: &sled::Db) -> Result<(), StoreError> {
+    match db.get(FORMAT_KEY).map_err(io)? {
+        Some(v) if v.as_ref() == [FORMAT] => Ok(()),
+        Some(v) => Err(StoreError::Io(format!(
+            "the store has layout {:?}; this onboarder reads layout {FORMAT}",
+            v.as_ref()
+        ))),
+        None if db.scan_prefix(b"d/").next().is_some() => Err(StoreError::Io(
+            "the store was written by an onboarder that keyed devices by serial alone; \
+             it cannot be read by this one (start from a new data directory)"
+                .into(),
+        )),
+        None => {
+            db.insert(FORMAT_KEY, &[FORMAT]).map_err(io)?;
+            db.flush().map_err(io)?;
+            Ok(())
+        }
+    }
+}
+
+/// Makes the store's directory and files readable by their owner only. sled creates its files
+/// with the process umask; the onboarder's binary sets 077, and this covers an embedder that
+/// did not.
+#[cfg(unix)]
+fn restrict(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let set = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| StoreError::Io(format!("restricting {}: {e}", path.display())))
+    };
+    set(dir, 0o700)?;
+    let entries = std::fs::read_dir(dir).map_err(|e| StoreError::Io(e.to_string()))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        set(&path, if path.is_dir() { 0o700 } else { 0o600 })?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn restrict(_dir: &Path) -> Result<(), StoreError> {
+    Ok(())
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`, sealing secrets with `key`. Must be called inside
+    /// a Tokio runtime's reach only for [`Store::commit`]; opening itself is synchronous.
+    pub fn open(dir: &Path, key: SealingKey) -> Result<SledStore, StoreError> {
+        certs::files::create_private_dir(dir).map_err(|e| StoreError::Io(e.to_string()))?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(128 * 1024 * 1024)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| {
+                StoreError::Io(format!(
+                    "opening {} (is another onboarder using it?): {e}",
+                    dir.display()
+                ))
+            })?;
+        check_format(&db)?;
+        restrict(dir)?;
+        let head = read_head(&db)?;
+        let codec = std::sync::Arc::new(RecordCodec::new(key));
+        let (queue, rx) = mpsc::channel(QUEUE);
+        let writer_db = db.clone();
+        let writer_codec = codec.clone();
+        let writer = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || {
+                Writer {
+                    db: writer_db,
+                    codec: writer_codec,
+                    head,
+                    versions: HashMap::new(),
+                }
+                .run(rx)
+            })
+            .map_err(|e| StoreError::Io(format!("starting the writer: {e}")))?;
+        Ok(SledStore {
+            db,
+            codec,
+            queue,
+            writer: Some(writer),
+        })
+    }
+}
+
+impl SledStore {
+    fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        self.db
+            .get(key)
+            .map_err(io)?
+            .map(|v| decode(key, &v))
+            .transpose()
+    }
+
+    fn scan<T: serde::de::DeserializeOwned>(&self, prefix: &[u8]) -> Result<Vec<T>, StoreError> {
+        self.db
+            .scan_prefix(prefix)
+            .map(|kv| {
+                let (k, v) = kv.map_err(io)?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+}
+
+pub(super) fn release_key(digest: &[u8]) -> Vec<u8> {
+    format!("R/{}", certs::inspect::hex(digest)).into_bytes()
+}
+
+pub(super) fn campaign_key(id: &str) -> Vec<u8> {
+    format!("C/{id}").into_bytes()
+}
+
+pub(super) fn firmware_key_key(fingerprint: &str) -> Vec<u8> {
+    format!("K/{fingerprint}").into_bytes()
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish what is queued and exit.
+        let (closed, _) = mpsc::channel(1);
+        self.queue = closed;
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Store for SledStore {
+    fn device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+        let key = device_key(id);
+        self.db
+            .get(&key)
+            .map_err(io)?
+            .map(|v| self.codec.decode(&key, &v))
+            .transpose()
+    }
+
+    fn devices(
+        &self,
+        after: Option<&DeviceId>,
+        limit: usize,
+    ) -> Result<Vec<DeviceRecord>, StoreError> {
+        let start = match after {
+            Some(a) => {
+                let mut k = device_key(a);
+                k.push(0);
+                k
+            }
+            None => b"d/".to_vec(),
+        };
+        self.db
+            .range(start..b"d0".to_vec())
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv.map_err(io)?;
+                self.codec.decode(&k, &v)
+            })
+            .collect()
+    }
+
+    fn device_count(&self) -> Result<u64, StoreError> {
+        Ok(self.db.scan_prefix(b"d/").count() as u64)
+    }
+
+    fn anchors(&self) -> Result<Vec<Anchor>, StoreError> {
+        self.scan(b"t/")
+    }
+
+    fn revocations(&self) -> Result<Vec<Revocation>, StoreError> {
+        self.scan(b"r/")
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .db
+            .get(format!("m/{key}"))
+            .map_err(io)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn meta_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.db
+            .scan_prefix(format!("m/{prefix}"))
+            .map(|kv| {
+                let (k, v) = kv.map_err(io)?;
+                let name = String::from_utf8_lossy(&k[2..]).into_owned();
+                Ok((name, v.to_vec()))
+            })
+            .collect()
+    }
+
+    fn release(&self, digest: &[u8]) -> Result<Option<Release>, StoreError> {
+        self.get(&release_key(digest))
+    }
+
+    fn releases(&self) -> Result<Vec<Release>, StoreError> {
+        self.scan(b"R/")
+    }
+
+    fn campaign(&self, id: &str) -> Result<Option<Campaign>, StoreError> {
+        self.get(&campaign_key(id))
+    }
+
+    fn campaigns(&self) -> Result<Vec<Campaign>, StoreError> {
+        self.scan(b"C/")
+    }
+
+    fn firmware_keys(&self) -> Result<Vec<FirmwareKey>, StoreError> {
+        self.scan(b"K/")
+    }
+
+    fn audit(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        self.db
+            .range(audit_key(from.max(1))..b"a0".to_vec())
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv.map_err(io)?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    fn audit_head(&self) -> Result<(u64, [u8; 32]), StoreError> {
+        read_head(&self.db)
+    }
+
+    fn commit(&self, change: Change) -> CommitFuture {
+        let queue = self.queue.clone();
+        Box::pin(async move {
+            if change.is_empty() {
+                return Ok(());
+            }
+            let (done, result) = oneshot::channel();
+            queue
+                .send(Job { change, done })
+                .await
+                .map_err(|_| StoreError::Closed)?;
+            result.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The behaviour every store backend must have, on sled.
+    #[tokio::test]
+    async fn passes_the_store_battery() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        crate::store::battery::run(|| {
+            Box::new(SledStore::open(&path, SealingKey::from_bytes(&[1; 32]).unwrap()).unwrap())
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_store_of_another_layout_is_not_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.insert(b"d/SN-1", b"old".to_vec()).unwrap();
+            db.flush().unwrap();
+        }
+        let opened = SledStore::open(dir.path(), SealingKey::from_bytes(&[1; 32]).unwrap());
+        assert!(matches!(opened, Err(StoreError::Io(m)) if m.contains("serial alone")));
+    }
+}

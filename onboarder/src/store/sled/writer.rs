@@ -1,0 +1,181 @@
+//! The single writer of the sled store: group commit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    HEAD_KEY, MAX_GROUP, audit_key, campaign_key, device_key, firmware_key_key, io, read_head,
+    release_key,
+};
+use crate::audit::AuditEntry;
+use crate::core::DeviceId;
+use crate::store::seal::RecordCodec;
+use crate::store::{Change, Expect, StoreError};
+
+/// A change waiting for the writer, and whom to tell how it went.
+pub(super) struct Job {
+    pub(super) change: Change,
+    pub(super) done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The single writer: owns the audit head and every write.
+pub(super) struct Writer {
+    pub(super) db: sled::Db,
+    pub(super) codec: Arc<RecordCodec>,
+    pub(super) head: (u64, [u8; 32]),
+    /// Versions of the devices written or read so far. The writer is the only one who writes,
+    /// so this stays true, and a version check does not decode a whole record.
+    pub(super) versions: HashMap<DeviceId, u64>,
+}
+
+impl Writer {
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(jobs);
+        }
+    }
+
+    fn commit_group(&mut self, jobs: Vec<Job>) {
+        let mut batch = sled::Batch::default();
+        // Versions written earlier in this group, which later changes must see.
+        let mut written: HashMap<DeviceId, u64> = HashMap::new();
+        let mut head = self.head;
+        let mut results = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            let result = self.stage(&job.change, &mut batch, &mut written, &mut head);
+            results.push(result);
+        }
+        let durable = if results.iter().any(Result::is_ok) {
+            let mut head_value = head.0.to_be_bytes().to_vec();
+            head_value.extend_from_slice(&head.1);
+            batch.insert(HEAD_KEY, head_value);
+            self.db
+                .apply_batch(batch)
+                .and_then(|()| self.db.flush().map(|_| ()))
+                .map_err(io)
+        } else {
+            Ok(())
+        };
+        match durable {
+            Ok(()) => {
+                self.head = head;
+                self.versions.extend(written);
+            }
+            Err(e) => {
+                // The batch may or may not be on disk: trust only what the disk says.
+                self.head = read_head(&self.db).unwrap_or(self.head);
+                self.versions.clear();
+                for r in results.iter_mut().filter(|r| r.is_ok()) {
+                    *r = Err(e.clone());
+                }
+            }
+        }
+        for (job, result) in jobs.into_iter().zip(results) {
+            let _ = job.done.send(result);
+        }
+    }
+
+    /// Checks one change against the store and the group so far; if it holds, adds all its
+    /// writes to the batch. A refused change adds nothing.
+    fn stage(
+        &self,
+        change: &Change,
+        batch: &mut sled::Batch,
+        written: &mut HashMap<DeviceId, u64>,
+        head: &mut (u64, [u8; 32]),
+    ) -> Result<(), StoreError> {
+        let mut next_versions = Vec::with_capacity(change.devices.len());
+        for w in &change.devices {
+            let id = &w.record.id;
+            if next_versions.iter().any(|(s, _)| s == id) {
+                return Err(StoreError::Conflict(format!(
+                    "{id} written twice in one change"
+                )));
+            }
+            let current = match written.get(id) {
+                Some(v) => Some(*v),
+                None => self.device_version(id)?,
+            };
+            let next = match (w.expect, current) {
+                (Expect::Absent, None) => 1,
+                (Expect::Version(v), Some(c)) if v == c => c + 1,
+                (expect, current) => {
+                    return Err(StoreError::Conflict(format!(
+                        "{id}: expected {expect:?}, found version {current:?}"
+                    )));
+                }
+            };
+            next_versions.push((id.clone(), next));
+        }
+        let mut encoded = Vec::with_capacity(next_versions.len());
+        for (w, (_, version)) in change.devices.iter().zip(&next_versions) {
+            let mut record = w.record.clone();
+            record.version = *version;
+            encoded.push(self.codec.encode(&record)?);
+        }
+        for ((id, version), bytes) in next_versions.into_iter().zip(encoded) {
+            batch.insert(device_key(&id), bytes);
+            written.insert(id, version);
+        }
+        for anchor in &change.anchors {
+            let key = format!("t/{}", anchor.fingerprint);
+            batch.insert(key.as_bytes(), protocol::cbor::to_vec(anchor));
+        }
+        for r in &change.revocations {
+            let key = format!("r/{}", r.cert_serial);
+            batch.insert(key.as_bytes(), protocol::cbor::to_vec(r));
+        }
+        for serial in &change.forget_revocations {
+            batch.remove(format!("r/{serial}").as_bytes());
+        }
+        for (name, value) in &change.meta {
+            batch.insert(format!("m/{name}").as_bytes(), value.as_slice());
+        }
+        for release in &change.releases {
+            batch.insert(
+                release_key(&release.digest),
+                protocol::cbor::to_vec(release),
+            );
+        }
+        for campaign in &change.campaigns {
+            batch.insert(campaign_key(&campaign.id), protocol::cbor::to_vec(campaign));
+        }
+        for key in &change.firmware_keys {
+            batch.insert(
+                firmware_key_key(&key.fingerprint),
+                protocol::cbor::to_vec(key),
+            );
+        }
+        for event in &change.audit {
+            let entry = AuditEntry {
+                seq: head.0 + 1,
+                prev: head.1.to_vec(),
+                event: event.clone(),
+            };
+            let hash = entry.hash();
+            batch.insert(audit_key(entry.seq), protocol::cbor::to_vec(&entry));
+            *head = (entry.seq, hash);
+        }
+        Ok(())
+    }
+
+    fn device_version(&self, id: &DeviceId) -> Result<Option<u64>, StoreError> {
+        if let Some(v) = self.versions.get(id) {
+            return Ok(Some(*v));
+        }
+        let key = device_key(id);
+        match self.db.get(&key).map_err(io)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(self.codec.version(&key, &v)?)),
+        }
+    }
+}
