@@ -24,6 +24,16 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::core::{NetworkPolicy, Policy};
+use crate::error::{Error, Result};
+
+/// `Ok` if `condition` holds, else the settings error `why`.
+fn ensure(condition: bool, why: &str) -> Result<()> {
+    if condition {
+        Ok(())
+    } else {
+        Err(Error::Config(why.to_string()))
+    }
+}
 
 /// File names inside the data directory.
 pub mod layout {
@@ -116,17 +126,17 @@ impl Config {
     }
 
     /// Reads `DIR/onboarder.json`.
-    pub fn load(dir: &Path) -> anyhow::Result<Config> {
+    pub fn load(dir: &Path) -> Result<Config> {
         let path = dir.join(layout::CONFIG);
         let bytes = certs::files::read_limited(&path, 1024 * 1024)?;
         let config: Config = serde_json::from_slice(&bytes)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         config.check()?;
         Ok(config)
     }
 
     /// Writes `DIR/onboarder.json`.
-    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+    pub fn save(&self, dir: &Path) -> Result<()> {
         self.check()?;
         let json = serde_json::to_vec_pretty(self)?;
         certs::files::write_private(&dir.join(layout::CONFIG), &json)?;
@@ -134,12 +144,12 @@ impl Config {
     }
 
     /// Refuses settings the onboarder cannot run with.
-    pub fn check(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
+    pub fn check(&self) -> Result<()> {
+        ensure(
             self.api_listen.ip().is_loopback(),
-            "api_listen must be a loopback address: the admin API is for this machine only"
-        );
-        anyhow::ensure!(!self.server_names.is_empty(), "server_names is empty");
+            "api_listen must be a loopback address: the admin API is for this machine only",
+        )?;
+        ensure(!self.server_names.is_empty(), "server_names is empty")?;
         Ok(())
     }
 }

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use crate::error::{Error, Result};
 use certs::factory::{Manufacturer, ManufacturerConfig};
 use certs::{KeyKind, files};
 use device_agent::{Agent, AgentOptions};
@@ -69,20 +69,24 @@ struct Device {
 
 /// Runs the demo.
 pub async fn run(options: DemoOptions) -> Result<DemoReport> {
-    anyhow::ensure!(options.devices > 0, "--devices must be at least 1");
+    if options.devices == 0 {
+        return Err(Error::Config("--devices must be at least 1".into()));
+    }
     let temp;
     let out = match &options.out {
         Some(dir) => {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            anyhow::ensure!(
-                std::fs::read_dir(dir)?.next().is_none(),
-                "{} is not empty; the demo needs a fresh directory",
-                dir.display()
-            );
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            let mut entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+            if entries.next().is_some() {
+                return Err(Error::Config(format!(
+                    "{} is not empty; the demo needs a fresh directory",
+                    dir.display()
+                )));
+            }
             dir.clone()
         }
         None => {
-            temp = tempfile::tempdir()?;
+            temp = tempfile::tempdir().map_err(|e| Error::os("a temporary directory", e))?;
             temp.path().to_path_buf()
         }
     };
@@ -95,8 +99,9 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport> {
 
     let data = out.join("onboarder");
     let mut config = Config::new("Example Owner");
-    config.quic_listen = "127.0.0.1:0".parse()?;
-    config.api_listen = "127.0.0.1:0".parse()?;
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    config.quic_listen = loopback;
+    config.api_listen = loopback;
     // Every agent connects from this machine's one address.
     config.limits = crate::transport::limits::Limits::single_host();
     crate::pki::init(&data, &config, now)?;
@@ -138,10 +143,12 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport> {
     // Each device collects some data of its owner (encrypted at rest), which the
     // decommissioning must destroy.
     for d in &devices {
-        device_agent::platform::wiper::Vault::new(&d.state).put(
-            "telemetry",
-            format!("{} readings ", d.serial).repeat(256).as_bytes(),
-        )?;
+        device_agent::platform::wiper::Vault::new(&d.state)
+            .put(
+                "telemetry",
+                format!("{} readings ", d.serial).repeat(256).as_bytes(),
+            )
+            .map_err(device_agent::AgentError::from)?;
     }
     let fleet = Fleet::start(&agents);
     exercise.connected(agents.len()).await?;
@@ -245,14 +252,14 @@ async fn import(
         name: None,
     };
     let api = api.clone();
-    let report = tokio::task::spawn_blocking(move || -> Result<_> {
-        api.import_anchor(&anchor)?;
-        api.import_vouchers(&bundle)
-    })
-    .await??;
-    anyhow::ensure!(
-        report.rejected.is_empty() && report.imported == devices.len(),
-        "voucher import: {report:?}"
-    );
+    let report =
+        tokio::task::spawn_blocking(move || -> Result<_, crate::operator::client::ClientError> {
+            api.import_anchor(&anchor)?;
+            api.import_vouchers(&bundle)
+        })
+        .await??;
+    if !report.rejected.is_empty() || report.imported != devices.len() {
+        return Err(Error::Failed(format!("voucher import: {report:?}")));
+    }
     Ok(())
 }

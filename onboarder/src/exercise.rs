@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use crate::error::{Error, Result};
+use crate::operator::client::ClientError;
 use certs::factory::Manufacturer;
 use device_agent::Agent;
 use serde::Serialize;
@@ -89,10 +90,10 @@ impl Exercise {
     /// Calls the (blocking) admin API off the async threads.
     pub async fn api<T: Send + 'static>(
         &self,
-        call: impl FnOnce(&ApiClient) -> Result<T> + Send + 'static,
+        call: impl FnOnce(&ApiClient) -> Result<T, ClientError> + Send + 'static,
     ) -> Result<T> {
         let api = self.api.clone();
-        tokio::task::spawn_blocking(move || call(&api)).await?
+        Ok(tokio::task::spawn_blocking(move || call(&api)).await??)
     }
 
     fn bar(&self, phase: &str, len: usize) -> indicatif::ProgressBar {
@@ -119,7 +120,7 @@ impl Exercise {
     async fn wait_for(
         &self,
         limit: Duration,
-        done: impl Fn(&ApiClient) -> Result<bool> + Send + Sync + 'static,
+        done: impl Fn(&ApiClient) -> Result<bool, ClientError> + Send + Sync + 'static,
     ) -> Result<bool> {
         let done = Arc::new(done);
         let deadline = Instant::now() + limit;
@@ -144,7 +145,7 @@ impl Exercise {
         agents: &[Arc<Agent>],
         bar: &indicatif::ProgressBar,
         agent_done: impl Fn(usize, &Agent) -> bool,
-        server_done: impl Fn(&ApiClient) -> Result<bool> + Send + Sync + 'static,
+        server_done: impl Fn(&ApiClient) -> Result<bool, ClientError> + Send + Sync + 'static,
     ) -> Result<()> {
         let server_done = Arc::new(server_done);
         let deadline = Instant::now() + DEVICE_DEADLINE;
@@ -216,8 +217,13 @@ impl Exercise {
                 Ok(api.stats()?.sessions >= count)
             })
             .await?;
-        anyhow::ensure!(ok, "only some of {count} devices connected");
-        Ok(())
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::Failed(format!(
+                "only some of {count} devices connected"
+            )))
+        }
     }
 
     /// With every device in session, the operator orders the whole fleet to re-key. A device
@@ -312,7 +318,7 @@ impl Exercise {
                     rate: None,
                     wave_timeout: None,
                 })?;
-                api.order_campaign(&c.id, "start")
+                api.order_campaign(&c.id, crate::core::campaign::CampaignOrder::Start)
             })
             .await?;
         let id = campaign.id.clone();
@@ -396,7 +402,7 @@ impl Exercise {
                 serials
                     .iter()
                     .map(|s| api.device(s))
-                    .collect::<Result<Vec<_>>>()
+                    .collect::<Result<Vec<_>, _>>()
             })
             .await?;
         // The CRLs are republished shortly after a revocation: wait until they list every

@@ -29,6 +29,7 @@ pub mod config;
 pub mod control;
 pub mod core;
 pub mod demo;
+pub mod error;
 pub mod exercise;
 pub mod failpoint;
 pub mod metrics;

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Error, Result};
 use certs::ca::random_serial;
 use certs::profile::issue_registrar;
 use certs::{Ca, CaName, CertInfo, KeyKind, KeyPair, Validity, files};
@@ -90,11 +90,12 @@ fn read_generations(dir: &Path) -> Result<Vec<Generation>> {
     let generations: Vec<Generation> =
         serde_json::from_slice(&files::read_limited(&path, 1 << 20)?)
             .with_context(|| format!("reading {}", path.display()))?;
-    anyhow::ensure!(
-        !generations.is_empty(),
-        "{} lists no issuing CA",
-        path.display()
-    );
+    if generations.is_empty() {
+        return Err(Error::Config(format!(
+            "{} lists no issuing CA",
+            path.display()
+        )));
+    }
     Ok(generations)
 }
 
@@ -103,22 +104,23 @@ fn read_generations(dir: &Path) -> Result<Vec<Generation>> {
 /// failure leaves nothing behind. `dir` must not exist or be empty; it ends up 0700.
 pub fn init(dir: &Path, config: &Config, now: u64) -> Result<()> {
     config.check()?;
-    if let Ok(mut entries) = std::fs::read_dir(dir) {
-        anyhow::ensure!(
-            entries.next().is_none(),
+    if let Ok(mut entries) = std::fs::read_dir(dir)
+        && entries.next().is_some()
+    {
+        return Err(Error::Config(format!(
             "{} already exists and is not empty",
             dir.display()
-        );
+        )));
     }
     let parent = match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
-    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
     let staging = tempfile::Builder::new()
         .prefix(".onboarder-init-")
         .tempdir_in(&parent)
-        .with_context(|| format!("creating a staging directory in {}", parent.display()))?;
+        .map_err(|e| Error::io(&parent, e))?;
     files::create_private_dir(staging.path())?;
     write_new(staging.path(), config, now)?;
     let staged = staging.keep();
@@ -130,7 +132,7 @@ pub fn init(dir: &Path, config: &Config, now: u64) -> Result<()> {
     })();
     if let Err(e) = moved {
         let _ = std::fs::remove_dir_all(&staged);
-        return Err(e).with_context(|| format!("moving the new onboarder into {}", dir.display()));
+        return Err(Error::io(dir, e));
     }
     Ok(())
 }
@@ -191,8 +193,8 @@ fn write_registrar(dir: &Path, config: &Config, issuing: &Ca, now: u64) -> Resul
         files::certs_pem([cert.as_slice(), issuing.cert_der()]).as_bytes(),
     )?;
     files::write_secret(&next_key, key.to_pem().as_bytes())?;
-    std::fs::rename(&next_key, &key_path).context("installing the registrar key")?;
-    std::fs::rename(&next_cert, &cert_path).context("installing the registrar certificate")?;
+    std::fs::rename(&next_key, &key_path).map_err(|e| Error::io(&key_path, e))?;
+    std::fs::rename(&next_cert, &cert_path).map_err(|e| Error::io(&cert_path, e))?;
     Ok(())
 }
 
@@ -261,7 +263,7 @@ fn new_token() -> Result<String> {
     let mut bytes = [0u8; 32];
     SystemRandom::new()
         .fill(&mut bytes)
-        .map_err(|_| anyhow::anyhow!("no randomness for the admin token"))?;
+        .map_err(|_| Error::Config("no randomness for the admin token".into()))?;
     Ok(certs::inspect::hex(&bytes))
 }
 
@@ -273,7 +275,9 @@ fn load_issuing(dir: &Path, g: &Generation, owner_root: &[u8]) -> Result<Issuing
     .with_context(|| format!("loading issuing CA {}", g.generation))?;
     let key_id = CertInfo::parse(ca.cert_der())?
         .subject_key_id
-        .ok_or_else(|| anyhow::anyhow!("issuing CA {} has no key identifier", g.generation))?;
+        .ok_or_else(|| {
+            Error::Config(format!("issuing CA {} has no key identifier", g.generation))
+        })?;
     Ok(IssuingCa {
         generation: g.generation,
         chain: vec![ca.cert_der().to_vec(), owner_root.to_vec()],
@@ -294,7 +298,7 @@ pub fn load(dir: &Path, config: &Config) -> Result<Pki> {
         .collect::<Result<Vec<_>>>()?;
     let current = issuing
         .pop()
-        .ok_or_else(|| anyhow::anyhow!("no issuing CA"))?;
+        .ok_or_else(|| Error::Config("no issuing CA".into()))?;
     let (server_chain, server_key) = read_registrar(dir)?;
     Ok(Pki {
         registrar: Registrar {
@@ -316,9 +320,9 @@ fn read_registrar(dir: &Path) -> Result<(Vec<Vec<u8>>, KeyPair)> {
     let cert_path = dir.join(layout::SERVER_CERT);
     let key = files::read_key(&dir.join(layout::SERVER_KEY))?;
     let belongs = |chain: &[Vec<u8>]| -> Result<bool> {
-        let leaf = chain
-            .first()
-            .ok_or_else(|| anyhow::anyhow!("{} holds no certificate", layout::SERVER_CERT))?;
+        let leaf = chain.first().ok_or_else(|| {
+            Error::Config(format!("{} holds no certificate", layout::SERVER_CERT))
+        })?;
         Ok(CertInfo::parse(leaf)?.public_key == key.public_key())
     };
     let chain = files::read_certs(&cert_path)?;
@@ -329,23 +333,22 @@ fn read_registrar(dir: &Path) -> Result<(Vec<Vec<u8>>, KeyPair)> {
     if pending.exists() {
         let chain = files::read_certs(&pending)?;
         if belongs(&chain)? {
-            std::fs::rename(&pending, &cert_path)
-                .context("finishing an interrupted registrar renewal")?;
+            std::fs::rename(&pending, &cert_path).map_err(|e| Error::io(&cert_path, e))?;
             return Ok((chain, key));
         }
     }
-    anyhow::bail!(
+    Err(Error::Config(format!(
         "{} does not belong to {}",
         layout::SERVER_KEY,
         layout::SERVER_CERT
-    )
+    )))
 }
 
 /// Reads the admin token.
 pub fn token(dir: &Path) -> Result<String> {
     let bytes = files::read_limited(&dir.join(layout::TOKEN), 1024)?;
     Ok(String::from_utf8(bytes)
-        .context("admin token is not text")?
+        .map_err(|_| Error::Config("the admin token is not text".into()))?
         .trim()
         .to_string())
 }

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use crate::error::{Error, Result};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -114,13 +114,17 @@ impl Server {
             &pki.server_key,
         )?);
         let tls = tls::server_config(identity.clone(), service.trust())?;
-        let endpoint = quic::bind(config.quic_listen, tls)
-            .with_context(|| format!("binding QUIC on {}", config.quic_listen))?;
-        let api = tokio::net::TcpListener::bind(config.api_listen)
+        let endpoint = quic::bind(config.quic_listen, tls)?;
+        let api_listen = config.api_listen;
+        let api = tokio::net::TcpListener::bind(api_listen)
             .await
-            .with_context(|| format!("binding the admin API on {}", config.api_listen))?;
-        let quic_addr = endpoint.local_addr()?;
-        let api_addr = api.local_addr()?;
+            .map_err(|e| Error::os(format!("binding the admin API on {api_listen}"), e))?;
+        let quic_addr = endpoint
+            .local_addr()
+            .map_err(|e| Error::os("the QUIC address", e))?;
+        let api_addr = api
+            .local_addr()
+            .map_err(|e| Error::os("the admin API address", e))?;
         let sessions = Arc::new(Sessions::default());
         let frames = FrameBudget::new(&config.limits);
         let limits = config.limits;

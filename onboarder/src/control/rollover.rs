@@ -68,13 +68,13 @@ impl Control {
         rate: Option<u32>,
     ) -> Result<RolloverReport, OperatorError> {
         let (dir, config, now) = (self.dir.clone(), self.config.clone(), self.service.now());
-        let pki = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let pki = tokio::task::spawn_blocking(move || -> crate::error::Result<_> {
             crate::pki::rollover_to(&dir, &config, pending.generation, now)?;
             crate::pki::load(&dir, &config)
         })
         .await
         .map_err(|e| OperatorError::Internal(e.to_string()))?
-        .map_err(|e| OperatorError::Internal(format!("{e:#}")))?;
+        .map_err(|e| OperatorError::Internal(e.to_string()))?;
         failpoint::hit("rollover-files");
         let mut registrar = pki.registrar;
         registrar.previous_registrar_cert =
@@ -106,7 +106,7 @@ impl Control {
     /// Returns whether it did.
     pub async fn renew_registrar(&self) -> Result<bool, OperatorError> {
         let (dir, config, now) = (self.dir.clone(), self.config.clone(), self.service.now());
-        let renewed = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let renewed = tokio::task::spawn_blocking(move || -> crate::error::Result<_> {
             let pki = crate::pki::load(&dir, &config)?;
             if !crate::pki::registrar_due(&pki, now)? {
                 return Ok(None);
@@ -116,9 +116,7 @@ impl Control {
         })
         .await
         .map_err(|e| OperatorError::Internal(e.to_string()))?
-        .map_err(|e| {
-            OperatorError::Internal(format!("renewing the registrar certificate: {e:#}"))
-        })?;
+        .map_err(|e| OperatorError::Internal(format!("renewing the registrar certificate: {e}")))?;
         let Some(mut pki) = renewed else {
             return Ok(false);
         };

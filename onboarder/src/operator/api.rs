@@ -159,8 +159,22 @@ async fn authenticate(
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The view of a device, with the CA generations of its certificates.
+fn view(api: &Api, record: &crate::core::DeviceRecord) -> DeviceView {
+    DeviceView::new(record, &api.control.service.registrar())
+}
+
+/// Compares a presented token with ours in time that depends on neither: both are hashed to
+/// 32 bytes first (so their lengths do not show), and the digests compared without an early
+/// exit.
+fn constant_time_eq(presented: &[u8], ours: &[u8]) -> bool {
+    let digest = |b: &[u8]| ring::digest::digest(&ring::digest::SHA256, b);
+    let (x, y) = (digest(presented), digest(ours));
+    x.as_ref()
+        .iter()
+        .zip(y.as_ref())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
 }
 
 fn error(status: StatusCode, message: String) -> Response {
@@ -235,7 +249,7 @@ async fn list_devices(
         .transpose()
         .map_err(|e| OperatorError::BadInput(e.to_string()))?;
     let devices = api.control.service.devices(after.as_ref(), page.limit())?;
-    Ok(axum::Json(devices.iter().map(DeviceView::from).collect()))
+    Ok(axum::Json(devices.iter().map(|d| view(&api, d)).collect()))
 }
 
 async fn show_device(State(api): State<Api>, Path(device): Path<String>) -> ApiResult<DeviceView> {
@@ -281,7 +295,7 @@ async fn revoke(
 ) -> ApiResult<DeviceView> {
     let id = api.control.service.resolve(&device)?;
     let record = api.control.revoke(&id, body.reason).await?;
-    Ok(axum::Json(DeviceView::from(&record)))
+    Ok(axum::Json(view(&api, &record)))
 }
 
 /// Body of `POST /v1/devices/{device}/quarantine`.
@@ -298,7 +312,7 @@ async fn quarantine(
 ) -> ApiResult<DeviceView> {
     let id = api.control.service.resolve(&device)?;
     let record = api.control.quarantine(&id, &body.reason).await?;
-    Ok(axum::Json(DeviceView::from(&record)))
+    Ok(axum::Json(view(&api, &record)))
 }
 
 async fn reset_onboarding(
@@ -308,7 +322,7 @@ async fn reset_onboarding(
 ) -> ApiResult<DeviceView> {
     let id = api.control.service.resolve(&device)?;
     let record = api.control.reset_onboarding(&id, &body.reason).await?;
-    Ok(axum::Json(DeviceView::from(&record)))
+    Ok(axum::Json(view(&api, &record)))
 }
 
 /// Resolves what an order names; the names that do not resolve are refused with why.
@@ -561,7 +575,7 @@ async fn force_decommission(
 ) -> ApiResult<DeviceView> {
     let id = api.control.service.resolve(&device)?;
     let record = api.control.force_decommission(&id, &body.reason).await?;
-    Ok(axum::Json(DeviceView::from(&record)))
+    Ok(axum::Json(view(&api, &record)))
 }
 
 async fn sanitization(

@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
 use serde::de::DeserializeOwned;
+use thiserror::Error;
 
 use super::ImportReport;
 use super::api::{QuarantineRequest, RevokeRequest, RolloverRequest, RotateRequest};
@@ -17,6 +17,52 @@ use crate::service::{Crl, OrderReport, RotationStatus};
 /// Largest API response read.
 const MAX_RESPONSE: u64 = 256 * 1024 * 1024;
 
+/// Why a request to the admin API failed.
+#[non_exhaustive]
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// The settings of the data directory could not be read.
+    #[error("reading the onboarder settings in {dir}: {detail}")]
+    Settings {
+        /// The data directory.
+        dir: String,
+        /// Why.
+        detail: String,
+    },
+    /// The onboarder could not be reached.
+    #[error("is the onboarder running at {base}? {detail}")]
+    Unreachable {
+        /// Its address.
+        base: String,
+        /// Why.
+        detail: String,
+    },
+    /// The onboarder refused the request.
+    #[error("{message} (HTTP {status})")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The onboarder's explanation.
+        message: String,
+    },
+    /// The answer could not be read.
+    #[error("reading the API response: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    /// Whether trying again later may work (the onboarder is restarting, or busy).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Unreachable { .. } => true,
+            ClientError::Refused { status, .. } => *status == 503,
+            _ => false,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, ClientError>;
+
 /// An authenticated connection to a running onboarder's admin API.
 pub struct ApiClient {
     agent: ureq::Agent,
@@ -27,9 +73,12 @@ pub struct ApiClient {
 impl ApiClient {
     /// A client for the onboarder whose data directory is `dir`.
     pub fn for_data_dir(dir: &Path) -> Result<ApiClient> {
-        let config = Config::load(dir)
-            .with_context(|| format!("reading the onboarder settings in {}", dir.display()))?;
-        let token = crate::pki::token(dir)?;
+        let settings = |detail: String| ClientError::Settings {
+            dir: dir.display().to_string(),
+            detail,
+        };
+        let config = Config::load(dir).map_err(|e| settings(e.to_string()))?;
+        let token = crate::pki::token(dir).map_err(|e| settings(e.to_string()))?;
         Ok(ApiClient::new(
             &format!("http://{}", config.api_listen),
             token,
@@ -60,15 +109,18 @@ impl ApiClient {
             .with_config()
             .limit(MAX_RESPONSE)
             .read_to_string()
-            .context("reading the API response")?;
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
         if !status.is_success() {
             let message = serde_json::from_str::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
                 .unwrap_or(body);
-            bail!("{message} (HTTP {status})");
+            return Err(ClientError::Refused {
+                status: status.as_u16(),
+                message,
+            });
         }
-        serde_json::from_str(&body).context("decoding the API response")
+        serde_json::from_str(&body).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
     fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
@@ -77,8 +129,15 @@ impl ApiClient {
             .get(format!("{}{path}", self.base))
             .header("Authorization", format!("Bearer {}", self.token))
             .call()
-            .with_context(|| format!("is the onboarder running at {}?", self.base))?;
+            .map_err(|e| self.unreachable(e))?;
         self.read(response)
+    }
+
+    fn unreachable(&self, e: ureq::Error) -> ClientError {
+        ClientError::Unreachable {
+            base: self.base.clone(),
+            detail: e.to_string(),
+        }
     }
 
     fn post<T: DeserializeOwned>(&self, path: &str, body: &[u8], content_type: &str) -> Result<T> {
@@ -88,7 +147,7 @@ impl ApiClient {
             .header("Authorization", format!("Bearer {}", self.token))
             .header("Content-Type", content_type)
             .send(body)
-            .with_context(|| format!("is the onboarder running at {}?", self.base))?;
+            .map_err(|e| self.unreachable(e))?;
         self.read(response)
     }
 
@@ -146,7 +205,8 @@ impl ApiClient {
         path: &str,
         body: &impl serde::Serialize,
     ) -> Result<T> {
-        self.post(path, &serde_json::to_vec(body)?, "application/json")
+        let body = serde_json::to_vec(body).map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.post(path, &body, "application/json")
     }
 
     /// Revokes a device's certificates and quarantines it.
@@ -235,7 +295,11 @@ impl ApiClient {
     }
 
     /// Gives an order about a campaign.
-    pub fn order_campaign(&self, id: &str, order: &str) -> Result<crate::core::campaign::Campaign> {
+    pub fn order_campaign(
+        &self,
+        id: &str,
+        order: crate::core::campaign::CampaignOrder,
+    ) -> Result<crate::core::campaign::Campaign> {
         self.post(
             &format!("/v1/campaigns/{id}/{order}"),
             b"",
@@ -293,16 +357,19 @@ impl ApiClient {
             .agent
             .get(format!("{}/crl/issuing-ca-{generation}.crl", self.base))
             .call()
-            .with_context(|| format!("is the onboarder running at {}?", self.base))?;
-        anyhow::ensure!(
-            response.status().is_success(),
-            "no CRL for generation {generation}"
-        );
-        Ok(response
+            .map_err(|e| self.unreachable(e))?;
+        if !response.status().is_success() {
+            return Err(ClientError::Refused {
+                status: response.status().as_u16(),
+                message: format!("no CRL for generation {generation}"),
+            });
+        }
+        response
             .body_mut()
             .with_config()
             .limit(MAX_RESPONSE)
-            .read_to_vec()?)
+            .read_to_vec()
+            .map_err(|e| ClientError::Decode(e.to_string()))
     }
 
     /// Verifies the audit chain.

@@ -3,6 +3,7 @@
 //! [`crate::control::Control`] when it also reaches devices, files or CRLs).
 
 pub mod api;
+pub mod cli;
 pub mod client;
 pub mod sanitization;
 pub mod terminal;

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditEntry, AuditEvent};
-use crate::core::{CertStatus, DeviceId, DeviceRecord, DeviceState, MakerId};
+use crate::core::{CertStatus, DeviceId, DeviceRecord, DeviceState, MakerId, Registrar};
 use crate::store::Anchor;
 use protocol::message::NetworkProfile;
 
@@ -50,6 +50,9 @@ pub struct CertView {
     pub issued_at: u64,
     /// notAfter.
     pub not_after: u64,
+    /// Generation of the issuing CA that issued it, if it is still known.
+    #[serde(default)]
+    pub generation: Option<u32>,
     /// The certificate, PEM.
     pub pem: String,
 }
@@ -61,6 +64,20 @@ pub struct NetworkView {
     pub kind: String,
     /// SSID.
     pub ssid: String,
+}
+
+impl DeviceView {
+    /// The view of `r`, naming the issuing CA generation of each certificate from `registrar`.
+    pub fn new(r: &DeviceRecord, registrar: &Registrar) -> Self {
+        let mut view = DeviceView::from(r);
+        for (cert, issued) in view.certificates.iter_mut().zip(&r.certificates) {
+            cert.generation = registrar
+                .generations()
+                .find(|g| g.key_id == issued.issuer)
+                .map(|g| g.generation);
+        }
+        view
+    }
 }
 
 impl From<&DeviceRecord> for DeviceView {
@@ -82,6 +99,7 @@ impl From<&DeviceRecord> for DeviceView {
                     status: c.status.clone(),
                     issued_at: c.issued_at,
                     not_after: c.not_after,
+                    generation: None,
                     pem: certs::files::cert_pem(&c.der),
                 })
                 .collect(),

@@ -43,8 +43,11 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const MTU_UPPER_BOUND: u16 = 16384;
 
 /// Binds the QUIC endpoint.
-pub fn bind(addr: SocketAddr, tls: rustls::ServerConfig) -> anyhow::Result<quinn::Endpoint> {
-    let crypto = QuicServerConfig::try_from(tls)?;
+pub fn bind(addr: SocketAddr, tls: rustls::ServerConfig) -> crate::error::Result<quinn::Endpoint> {
+    use crate::error::Error;
+    let os = |e: std::io::Error| Error::os(format!("binding QUIC on {addr}"), e);
+    let crypto = QuicServerConfig::try_from(tls)
+        .map_err(|e| Error::Config(format!("QUIC TLS settings: {e}")))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(MTU_UPPER_BOUND);
@@ -54,20 +57,21 @@ pub fn bind(addr: SocketAddr, tls: rustls::ServerConfig) -> anyhow::Result<quinn
     transport
         .max_concurrent_bidi_streams(MAX_STREAMS.into())
         .max_concurrent_uni_streams(0u32.into())
-        .max_idle_timeout(Some(IDLE_TIMEOUT.try_into()?))
+        .max_idle_timeout(IDLE_TIMEOUT.try_into().ok())
         .stream_receive_window((128u32 * 1024).into())
         .receive_window((256u32 * 1024).into())
         .send_window(1024 * 1024)
         .mtu_discovery_config(Some(mtu));
     config.transport_config(Arc::new(transport));
-    let runtime =
-        quinn::default_runtime().ok_or_else(|| anyhow::anyhow!("QUIC needs a Tokio runtime"))?;
-    Ok(quinn::Endpoint::new(
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| Error::Config("QUIC needs a Tokio runtime".into()))?;
+    quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(config),
-        udp_socket(addr)?,
+        udp_socket(addr).map_err(os)?,
         runtime,
-    )?)
+    )
+    .map_err(os)
 }
 
 /// Socket buffer asked for; the kernel caps it at `net.core.rmem_max`/`wmem_max`.
@@ -83,6 +87,16 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// Why a connection ended before its device was served (logged at debug level).
+#[derive(Debug)]
+struct ConnectionEnd(String);
+
+impl std::fmt::Display for ConnectionEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// What every connection shares.
@@ -125,13 +139,13 @@ pub async fn serve(
     }
 }
 
-async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Result<()> {
+async fn connection(incoming: quinn::Incoming, shared: &Shared) -> Result<(), ConnectionEnd> {
     let service = &shared.service;
     let conn = match incoming.await {
         Ok(conn) => conn,
         Err(e) => {
             service.metrics().handshake_refused();
-            return Err(e.into());
+            return Err(ConnectionEnd(e.to_string()));
         }
     };
     let chain: Option<Vec<Vec<u8>>> = conn
@@ -153,7 +167,7 @@ async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Resul
     };
     let mut binding = [0u8; protocol::EXPORTER_LEN];
     conn.export_keying_material(&mut binding, protocol::EXPORTER_LABEL, b"")
-        .map_err(|_| anyhow::anyhow!("TLS exporter unavailable"))?;
+        .map_err(|_| ConnectionEnd("TLS exporter unavailable".into()))?;
     let peer = Arc::new(peer);
     let budget = shared.frames.connection();
     let result = loop {

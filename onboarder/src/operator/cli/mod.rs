@@ -1,0 +1,231 @@
+//! The `onboarder` command line: the clap tree and what each command prints. Commands act
+//! through the admin API of a running onboarder (found from its data directory), except
+//! `init`, `serve` and `demo`, which the binary runs itself.
+//!
+//! Output follows the habits of `kubectl` and `step`: a table or a few lines for people
+//! (device-supplied text escaped, times in RFC 3339), `--json` for scripts, progress on stderr
+//! when it is a terminal, and a non-zero exit when the command did not fully succeed.
+
+mod audit;
+mod devices;
+mod firmware;
+mod follow;
+mod orders;
+
+use std::fmt::Display;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use super::client::ApiClient;
+use crate::config::{Config, layout};
+use crate::core::NetworkPolicy;
+use crate::error::{Error, Result};
+
+/// Trusted onboarding and lifecycle server for IoT devices.
+///
+/// Quick start:
+///   onboarder demo --devices 100                 # everything, end to end, on loopback
+///
+/// Running your own:
+///   onboarder init --org "Example Owner"         # owner CA, server certificate, admin token
+///   onboarder serve &                            # QUIC for devices, admin API on loopback
+///   onboarder anchor import acme/root-ca.pem --masa acme/masa.pem --name acme
+///   onboarder voucher import vouchers.cbor
+///   onboarder device list
+///
+/// Devices are named MAKER/SERIAL (the manufacturer's name or maker id, then the serial), or
+/// by their serial alone when only one manufacturer has a device with it.
+#[derive(Parser)]
+#[command(name = "onboarder", version, verbatim_doc_comment)]
+pub struct Cli {
+    /// Data directory of the onboarder.
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "ONBOARDER_DIR",
+        default_value = "onboarder-data"
+    )]
+    pub dir: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create a data directory: owner root and issuing CA, server certificate, admin token.
+    Init(InitArgs),
+    /// Run the server until interrupted.
+    Serve,
+    /// Run every lifecycle phase with N real agents against a real server on loopback.
+    Demo(DemoArgs),
+    /// Manufacturer trust anchors (which IDevIDs are accepted).
+    #[command(subcommand)]
+    Anchor(devices::AnchorCommand),
+    /// Vouchers (which devices are expected).
+    #[command(subcommand)]
+    Voucher(devices::VoucherCommand),
+    /// Devices.
+    #[command(subcommand)]
+    Device(devices::DeviceCommand),
+    /// The tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// Counters: devices per state, live sessions, refusals per code, refused handshakes and
+    /// connections, audit entries left out, bytes of incomplete requests held.
+    Stats {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-key devices: they renew their LDevID with a fresh key now (offline devices when
+    /// they next connect). Shows progress and a summary; waits up to --wait seconds.
+    Rotate(orders::RotateArgs),
+    /// Revoke every certificate of a device and quarantine it; its session ends, the CRL lists
+    /// the certificates, and the handshake refuses them.
+    Revoke(orders::RevokeArgs),
+    /// End of life: order devices to wipe themselves and attest it (or force it for devices
+    /// that never answer), and print certificates of sanitization.
+    Decommission(orders::DecommissionArgs),
+    /// The owner's certificate authorities.
+    #[command(subcommand)]
+    Ca(orders::CaCommand),
+    /// Certificate revocation lists.
+    #[command(subcommand)]
+    Crl(orders::CrlCommand),
+    /// Firmware: signing keys and the release repository.
+    #[command(subcommand)]
+    Firmware(firmware::FirmwareCommand),
+    /// Staged firmware rollouts.
+    #[command(subcommand)]
+    Campaign(firmware::CampaignCommand),
+}
+
+/// `onboarder init`.
+#[derive(clap::Args)]
+pub struct InitArgs {
+    /// Data directory (overrides --dir).
+    pub path: Option<PathBuf>,
+    /// Organization name in the owner's certificates.
+    #[arg(long, default_value = "Example Owner")]
+    pub org: String,
+    /// UDP address devices connect to.
+    #[arg(long, default_value = "0.0.0.0:4433")]
+    pub listen: SocketAddr,
+    /// Admin API address (loopback only).
+    #[arg(long, default_value = "127.0.0.1:4480")]
+    pub api: SocketAddr,
+    /// DNS names and IP addresses in the server certificate; the first is what devices check
+    /// on operational sessions.
+    #[arg(long = "name", default_values_t = ["onboarder.local".to_string(), "localhost".to_string(), "127.0.0.1".to_string()])]
+    pub names: Vec<String>,
+    /// Wi-Fi network name given to devices.
+    #[arg(long, default_value = "iot-devices")]
+    pub ssid: String,
+    /// Give devices an EAP-TLS profile (the LDevID is the credential) instead of a
+    /// per-device Wi-Fi passphrase.
+    #[arg(long)]
+    pub eap_tls: bool,
+    /// LDevID lifetime in days.
+    #[arg(long, default_value_t = 90)]
+    pub ldevid_days: u64,
+}
+
+/// `onboarder demo`.
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// Number of devices.
+    #[arg(long, default_value_t = 100)]
+    pub devices: usize,
+    /// Keep everything in this (new or empty) directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print the report as JSON (the last line of stdout).
+    #[arg(long)]
+    pub json: bool,
+    /// Devices working at the same time.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Percentage of the fleet decommissioned in the last phase.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub decommission: u8,
+}
+
+/// Writes one line to stdout. A reader that went away (`| head`) ends the command quietly
+/// (see [`is_broken_pipe`]).
+pub(crate) fn emit(line: impl Display) -> Result<()> {
+    writeln!(std::io::stdout().lock(), "{line}").map_err(|e| Error::os("writing the output", e))
+}
+
+/// Prints a line to stdout, returning from the function when stdout is gone.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::operator::cli::emit(format_args!($($arg)*))?
+    };
+}
+pub(crate) use say;
+
+/// Prints `value` as one line of JSON.
+pub(crate) fn json(value: &impl serde::Serialize) -> Result<()> {
+    emit(serde_json::to_string(value)?)
+}
+
+/// Whether `error` only says that the reader of stdout went away.
+pub fn is_broken_pipe(error: &Error) -> bool {
+    matches!(error, Error::Os { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+/// Creates a data directory as `onboarder init` asked.
+pub fn init(dir: PathBuf, args: InitArgs) -> Result<()> {
+    let dir = args.path.unwrap_or(dir);
+    let mut config = Config::new(&args.org);
+    config.quic_listen = args.listen;
+    config.api_listen = args.api;
+    config.policy.server_name = args.names.first().cloned().unwrap_or_default();
+    config.server_names = args.names;
+    config.policy.ldevid_lifetime = args.ldevid_days * 86_400;
+    config.policy.network = if args.eap_tls {
+        NetworkPolicy::EapTls { ssid: args.ssid }
+    } else {
+        NetworkPolicy::Wifi { ssid: args.ssid }
+    };
+    crate::pki::init(&dir, &config, certs::unix_now())?;
+    say!("initialised {}", dir.display());
+    say!(
+        "  owner root CA: {}",
+        dir.join(layout::OWNER_ROOT).display()
+    );
+    say!(
+        "  admin token:   {} (mode 0600)",
+        dir.join(layout::TOKEN).display()
+    );
+    say!("next: onboarder --dir {} serve", dir.display());
+    Ok(())
+}
+
+/// Runs an operator command against the onboarder whose data directory is `dir`.
+pub fn run(dir: PathBuf, command: Command) -> Result<()> {
+    let client = ApiClient::for_data_dir(&dir)?;
+    match command {
+        Command::Init(_) | Command::Serve | Command::Demo(_) => Err(Error::Config(
+            "init, serve and demo are run by the onboarder binary itself".into(),
+        )),
+        Command::Anchor(cmd) => devices::anchor(&client, cmd),
+        Command::Voucher(cmd) => devices::voucher(&client, cmd),
+        Command::Device(cmd) => devices::device(&client, cmd),
+        Command::Audit(cmd) => audit::audit(&client, cmd),
+        Command::Stats { json } => audit::stats(&client, json),
+        Command::Rotate(args) => orders::rotate(&client, args),
+        Command::Revoke(args) => orders::revoke(&client, args),
+        Command::Decommission(args) => orders::decommission(&client, args),
+        Command::Ca(cmd) => orders::ca(&client, cmd),
+        Command::Crl(cmd) => orders::crl(&client, &dir, cmd),
+        Command::Firmware(cmd) => firmware::firmware(&client, cmd),
+        Command::Campaign(cmd) => firmware::campaign(&client, cmd),
+    }
+}
