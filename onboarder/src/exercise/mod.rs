@@ -13,66 +13,20 @@ use crate::error::{Error, Result};
 use crate::operator::client::ClientError;
 use certs::factory::Manufacturer;
 use device_agent::Agent;
-use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::core::DeviceState;
 use crate::core::campaign::CampaignState;
 use crate::operator::client::ApiClient;
 
+mod fleet;
+mod report;
+
+pub use fleet::{Fleet, incompressible_image};
+pub use report::PhaseReport;
+
 /// How long one device may take for one phase before it counts as failed.
 pub const DEVICE_DEADLINE: Duration = Duration::from_secs(300);
-
-/// Results of one phase.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PhaseReport {
-    /// Devices that completed the phase.
-    pub ok: usize,
-    /// Devices that did not.
-    pub failed: usize,
-    /// Wall-clock duration of the phase.
-    pub seconds: f64,
-    /// Completed devices per second.
-    pub per_second: f64,
-    /// Median latency of one device's phase, milliseconds.
-    pub p50_ms: f64,
-    /// 99th percentile latency, milliseconds.
-    pub p99_ms: f64,
-    /// Largest latency, milliseconds.
-    pub max_ms: f64,
-    /// Bytes transferred, for phases that move data.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bytes: Option<u64>,
-}
-
-impl PhaseReport {
-    /// A report from the latencies of the devices that succeeded.
-    pub fn new(latencies: &mut [Duration], failed: usize, elapsed: Duration) -> Self {
-        latencies.sort();
-        let pct = |p: f64| -> f64 {
-            if latencies.is_empty() {
-                return 0.0;
-            }
-            let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
-            round(latencies[i].as_secs_f64() * 1000.0)
-        };
-        let seconds = elapsed.as_secs_f64();
-        PhaseReport {
-            ok: latencies.len(),
-            failed,
-            seconds: round(seconds),
-            per_second: round(latencies.len() as f64 / seconds.max(1e-9)),
-            p50_ms: pct(0.50),
-            p99_ms: pct(0.99),
-            max_ms: pct(1.0),
-            bytes: None,
-        }
-    }
-}
-
-fn round(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
-}
 
 /// What the phases act through.
 pub struct Exercise {
@@ -473,54 +427,4 @@ fn current_key(agent: &Agent) -> Option<Vec<u8>> {
     let state = agent.load_state().ok()?;
     let info = certs::CertInfo::parse(state.ldevid.as_ref()?).ok()?;
     Some(info.public_key.raw().to_vec())
-}
-
-/// Every agent running its loop (sessions, commands, renewals, updates) in the background.
-pub struct Fleet {
-    stop: tokio::sync::watch::Sender<bool>,
-    runners: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Fleet {
-    /// Starts every agent's loop.
-    pub fn start(agents: &[Arc<Agent>]) -> Fleet {
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let runners = agents
-            .iter()
-            .map(|agent| {
-                let (agent, mut stopped) = (agent.clone(), stopped.clone());
-                tokio::spawn(async move {
-                    let _ = agent
-                        .run(async move {
-                            let _ = stopped.wait_for(|s| *s).await;
-                        })
-                        .await;
-                })
-            })
-            .collect();
-        Fleet { stop, runners }
-    }
-
-    /// Stops every loop and waits for them.
-    pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        for r in self.runners {
-            let _ = r.await;
-        }
-    }
-}
-
-/// A firmware image of `size` bytes that does not compress (xorshift), so a transfer is
-/// honest.
-pub fn incompressible_image(size: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut image = Vec::with_capacity(size + 8);
-    while image.len() < size {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        image.extend_from_slice(&x.to_le_bytes());
-    }
-    image.truncate(size);
-    image
 }

@@ -1,0 +1,55 @@
+//! The fleet of agents a phase drives, and the image a firmware phase ships.
+
+use std::sync::Arc;
+
+use device_agent::Agent;
+
+/// Every agent running its loop (sessions, commands, renewals, updates) in the background.
+pub struct Fleet {
+    stop: tokio::sync::watch::Sender<bool>,
+    runners: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Fleet {
+    /// Starts every agent's loop.
+    pub fn start(agents: &[Arc<Agent>]) -> Fleet {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let runners = agents
+            .iter()
+            .map(|agent| {
+                let (agent, mut stopped) = (agent.clone(), stopped.clone());
+                tokio::spawn(async move {
+                    let _ = agent
+                        .run(async move {
+                            let _ = stopped.wait_for(|s| *s).await;
+                        })
+                        .await;
+                })
+            })
+            .collect();
+        Fleet { stop, runners }
+    }
+
+    /// Stops every loop and waits for them.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for r in self.runners {
+            let _ = r.await;
+        }
+    }
+}
+
+/// A firmware image of `size` bytes that does not compress (xorshift), so a transfer is
+/// honest.
+pub fn incompressible_image(size: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut image = Vec::with_capacity(size + 8);
+    while image.len() < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        image.extend_from_slice(&x.to_le_bytes());
+    }
+    image.truncate(size);
+    image
+}

@@ -1,0 +1,199 @@
+//! Routes about devices: manufacturer anchors, voucher imports, device records, orders about
+//! one device, decommissioning and its certificates, and the audit log.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::{Api, ApiResult, Page, view};
+use crate::core::DeviceId;
+use crate::operator::OperatorError;
+use crate::operator::views::{AnchorView, AuditEntryView, DeviceView};
+use crate::service::OrderReport;
+
+pub(super) async fn list_anchors(State(api): State<Api>) -> ApiResult<Vec<AnchorView>> {
+    Ok(axum::Json(
+        api.control
+            .service
+            .anchors()?
+            .iter()
+            .map(AnchorView::from)
+            .collect(),
+    ))
+}
+
+pub(super) async fn import_anchor(
+    State(api): State<Api>,
+    axum::Json(body): axum::Json<crate::service::AnchorImport>,
+) -> ApiResult<Vec<AnchorView>> {
+    let added = api.control.service.import_anchor(&body).await?;
+    Ok(axum::Json(added.iter().map(AnchorView::from).collect()))
+}
+
+pub(super) async fn import_vouchers(
+    State(api): State<Api>,
+    body: Bytes,
+) -> ApiResult<crate::service::ImportReport> {
+    Ok(axum::Json(
+        api.control.service.import_vouchers(&body).await?,
+    ))
+}
+
+pub(super) async fn list_devices(
+    State(api): State<Api>,
+    Query(page): Query<Page>,
+) -> ApiResult<Vec<DeviceView>> {
+    let after = page
+        .after
+        .as_deref()
+        .map(|a| a.parse::<DeviceId>())
+        .transpose()
+        .map_err(|e| OperatorError::BadInput(e.to_string()))?;
+    let devices = api.control.service.devices(after.as_ref(), page.limit())?;
+    Ok(axum::Json(devices.iter().map(|d| view(&api, d)).collect()))
+}
+
+pub(super) async fn show_device(
+    State(api): State<Api>,
+    Path(device): Path<String>,
+) -> ApiResult<DeviceView> {
+    let id = api.control.service.resolve(&device)?;
+    Ok(axum::Json(DeviceView::from(
+        &api.control.service.device(&id)?,
+    )))
+}
+
+pub(super) async fn list_audit(
+    State(api): State<Api>,
+    Query(page): Query<Page>,
+) -> ApiResult<Vec<AuditEntryView>> {
+    let limit = page.limit();
+    let from = match page.from {
+        Some(from) => from,
+        None => {
+            let (head, _) = api.control.service.store().audit_head()?;
+            head.saturating_sub(limit as u64) + 1
+        }
+    };
+    let entries = api.control.service.audit_entries(from, limit)?;
+    Ok(axum::Json(
+        entries.iter().map(AuditEntryView::from).collect(),
+    ))
+}
+
+pub(super) async fn verify_audit(State(api): State<Api>) -> ApiResult<crate::audit::ChainSummary> {
+    Ok(axum::Json(api.control.service.verify_audit()?))
+}
+
+/// Body of `POST /v1/devices/{device}/revoke`.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct RevokeRequest {
+    /// RFC 5280 reason (kebab-case).
+    pub reason: certs::crl::Reason,
+}
+
+pub(super) async fn revoke(
+    State(api): State<Api>,
+    Path(device): Path<String>,
+    axum::Json(body): axum::Json<RevokeRequest>,
+) -> ApiResult<DeviceView> {
+    let id = api.control.service.resolve(&device)?;
+    let record = api.control.revoke(&id, body.reason).await?;
+    Ok(axum::Json(view(&api, &record)))
+}
+
+/// Body of `POST /v1/devices/{device}/quarantine`.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct QuarantineRequest {
+    /// Why, for the audit log.
+    pub reason: String,
+}
+
+pub(super) async fn quarantine(
+    State(api): State<Api>,
+    Path(device): Path<String>,
+    axum::Json(body): axum::Json<QuarantineRequest>,
+) -> ApiResult<DeviceView> {
+    let id = api.control.service.resolve(&device)?;
+    let record = api.control.quarantine(&id, &body.reason).await?;
+    Ok(axum::Json(view(&api, &record)))
+}
+
+pub(super) async fn reset_onboarding(
+    State(api): State<Api>,
+    Path(device): Path<String>,
+    axum::Json(body): axum::Json<QuarantineRequest>,
+) -> ApiResult<DeviceView> {
+    let id = api.control.service.resolve(&device)?;
+    let record = api.control.reset_onboarding(&id, &body.reason).await?;
+    Ok(axum::Json(view(&api, &record)))
+}
+
+/// Resolves what an order names; the names that do not resolve are refused with why.
+pub(super) fn resolve_all(api: &Api, named: &[String]) -> (Vec<DeviceId>, Vec<(String, String)>) {
+    let (mut ids, mut refused) = (Vec::new(), Vec::new());
+    for name in named {
+        match api.control.service.resolve(name) {
+            Ok(id) => ids.push(id),
+            Err(e) => refused.push((name.clone(), e.to_string())),
+        }
+    }
+    (ids, refused)
+}
+
+/// Body of `POST /v1/decommissions`.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct DecommissionRequest {
+    /// Devices to decommission.
+    pub devices: Vec<String>,
+    /// Sanitization method.
+    pub method: protocol::attestation::WipeMethod,
+}
+
+pub(super) async fn decommission(
+    State(api): State<Api>,
+    axum::Json(body): axum::Json<DecommissionRequest>,
+) -> ApiResult<OrderReport> {
+    if body.devices.is_empty() {
+        return Err(OperatorError::BadInput("name the devices".into()));
+    }
+    let (ids, unknown) = resolve_all(&api, &body.devices);
+    let mut report = api.control.decommission(ids, body.method).await?;
+    report.refused.extend(unknown);
+    Ok(axum::Json(report))
+}
+
+pub(super) async fn force_decommission(
+    State(api): State<Api>,
+    Path(device): Path<String>,
+    axum::Json(body): axum::Json<QuarantineRequest>,
+) -> ApiResult<DeviceView> {
+    let id = api.control.service.resolve(&device)?;
+    let record = api.control.force_decommission(&id, &body.reason).await?;
+    Ok(axum::Json(view(&api, &record)))
+}
+
+pub(super) async fn sanitization(
+    State(api): State<Api>,
+    Path(device): Path<String>,
+) -> ApiResult<crate::core::sanitization::SanitizationCertificate> {
+    let id = api.control.service.resolve(&device)?;
+    Ok(axum::Json(
+        api.control.service.sanitization_certificate(&id)?,
+    ))
+}
+
+pub(super) async fn sanitization_html(
+    State(api): State<Api>,
+    Path(device): Path<String>,
+) -> Result<Response, OperatorError> {
+    let id = api.control.service.resolve(&device)?;
+    let certificate = api.control.service.sanitization_certificate(&id)?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        certificate.to_html(),
+    )
+        .into_response())
+}

@@ -1,0 +1,119 @@
+//! Routes about the fleet as a whole: rotations, the CA rollover, CRLs and the counters.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::devices::resolve_all;
+use super::{Api, ApiResult, error};
+use crate::control::RolloverReport;
+use crate::operator::OperatorError;
+use crate::service::{Crl, OrderReport, RotationStatus};
+
+/// Body of `POST /v1/rotations`.
+#[derive(Debug, Deserialize, Serialize, Default)]
+pub struct RotateRequest {
+    /// Devices to re-key.
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// Every active device instead.
+    #[serde(default)]
+    pub all: bool,
+    /// Commands pushed per second at most.
+    #[serde(default)]
+    pub rate: Option<u32>,
+}
+
+pub(super) async fn rotate(
+    State(api): State<Api>,
+    axum::Json(body): axum::Json<RotateRequest>,
+) -> ApiResult<OrderReport> {
+    if !body.all && body.devices.is_empty() {
+        return Err(OperatorError::BadInput(
+            "name devices or ask for all".into(),
+        ));
+    }
+    if body.all {
+        return Ok(axum::Json(api.control.rotate(None, body.rate).await?));
+    }
+    let (ids, unknown) = resolve_all(&api, &body.devices);
+    let mut report = api.control.rotate(Some(ids), body.rate).await?;
+    report.refused.extend(unknown);
+    Ok(axum::Json(report))
+}
+
+/// Query of `GET /v1/rotations`.
+#[derive(Debug, Deserialize, Serialize, Default)]
+pub struct Since {
+    /// Only rotations ordered at or after this time.
+    pub since: Option<u64>,
+}
+
+pub(super) async fn rotation_status(
+    State(api): State<Api>,
+    Query(q): Query<Since>,
+) -> ApiResult<RotationStatus> {
+    Ok(axum::Json(
+        api.control.service.rotation_status(q.since.unwrap_or(0))?,
+    ))
+}
+
+/// Body of `POST /v1/ca/rollover`.
+#[derive(Debug, Deserialize, Serialize, Default)]
+pub struct RolloverRequest {
+    /// Rotation commands pushed per second at most.
+    #[serde(default)]
+    pub rate: Option<u32>,
+}
+
+pub(super) async fn rollover(
+    State(api): State<Api>,
+    axum::Json(body): axum::Json<RolloverRequest>,
+) -> ApiResult<RolloverReport> {
+    Ok(axum::Json(api.control.rollover(body.rate).await?))
+}
+
+pub(super) async fn list_crls(State(api): State<Api>) -> ApiResult<Vec<Crl>> {
+    Ok(axum::Json(api.control.crls()))
+}
+
+pub(super) async fn crl(State(api): State<Api>, Path(file): Path<String>) -> Response {
+    let generation = file
+        .strip_prefix("issuing-ca-")
+        .and_then(|f| f.strip_suffix(".crl"))
+        .and_then(|n| n.parse::<u32>().ok());
+    match api
+        .control
+        .crls()
+        .into_iter()
+        .find(|c| Some(c.generation) == generation)
+    {
+        Some(c) => ([(header::CONTENT_TYPE, "application/pkix-crl")], c.der).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no CRL {file}")),
+    }
+}
+
+/// Counters for dashboards and load tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Stats {
+    /// Devices per lifecycle state.
+    pub states: std::collections::BTreeMap<String, u64>,
+    /// Live operational sessions.
+    pub sessions: usize,
+    /// Bytes of incomplete device requests held now.
+    pub frame_bytes_held: usize,
+    /// Refusals and shed load.
+    #[serde(flatten)]
+    pub metrics: crate::metrics::MetricsSnapshot,
+}
+
+pub(super) async fn stats(State(api): State<Api>) -> ApiResult<Stats> {
+    let states = api.control.service.state_counts()?;
+    Ok(axum::Json(Stats {
+        states,
+        sessions: api.control.sessions.len(),
+        frame_bytes_held: api.control.frames.held(),
+        metrics: api.control.service.metrics().snapshot(),
+    }))
+}
