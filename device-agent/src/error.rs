@@ -37,6 +37,11 @@ pub enum AgentError {
     /// The server could not be reached or the connection failed.
     #[error("connection: {0}")]
     Connection(String),
+    /// The server refused the device's certificate (a TLS alert about it in the handshake, or
+    /// the connection closed as unauthorized or revoked): nothing changes until an operator
+    /// acts, so it is not retried soon.
+    #[error("credential refused by the server: {0}")]
+    CredentialRefused(String),
     /// The server refused the request.
     #[error("refused by the server ({code:?}): {message}")]
     Refused {
@@ -70,7 +75,8 @@ pub enum AgentError {
 
 impl AgentError {
     /// Whether trying again later may succeed without anyone changing anything (network
-    /// trouble, a busy or restarting server), as opposed to a refusal that needs an operator.
+    /// trouble, a busy or restarting server), as opposed to a refusal that needs an operator
+    /// (a refused credential, a refused request, a failed check).
     pub fn is_transient(&self) -> bool {
         match self {
             AgentError::Connection(_) => true,

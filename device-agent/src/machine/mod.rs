@@ -1,11 +1,19 @@
 //! The agent's decisions, with no I/O: what it stores, which checks a voucher, a registrar and
-//! an enrollment must pass, and how commands are answered. The driver feeds these functions
-//! what it read from the network and carries out what they return.
+//! an enrollment must pass, how commands are answered, and what comes next at each step of
+//! onboarding ([`onboarding::remaining`]), a session ([`session`]), a renewal ([`renewal`]),
+//! an update ([`firmware::plan`] and the trial's states), a decommissioning
+//! ([`decommission`]), after a crash ([`recovery`]) and after a failure ([`backoff`]). The
+//! driver feeds these functions what it read from the network and the platform, and carries
+//! out what they return.
 
+pub mod backoff;
 pub mod commands;
+pub mod decommission;
 pub mod firmware;
 pub mod onboarding;
+pub mod recovery;
 pub mod renewal;
+pub mod session;
 
 use protocol::message::{DeviceConfig, NetworkProfile};
 use serde::{Deserialize, Serialize};

@@ -121,3 +121,23 @@ pub fn check_enrollment(
     .map_err(|e| bad(format!("LDevID chain: {e}")))?;
     Ok(info)
 }
+
+/// What `onboard` has left to do, from the stored state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remaining {
+    /// Nothing: onboarded and confirmed.
+    Nothing,
+    /// The enrollment is stored but the server has not heard so: confirm it.
+    Confirm,
+    /// Everything: voucher, checks, CSR, enrollment.
+    Enroll,
+}
+
+/// What is left of onboarding for a device in `state`.
+pub fn remaining(state: &crate::machine::AgentState) -> Remaining {
+    match state.phase {
+        crate::machine::Phase::Enrolled { confirmed: true } => Remaining::Nothing,
+        crate::machine::Phase::Enrolled { confirmed: false } => Remaining::Confirm,
+        crate::machine::Phase::Factory => Remaining::Enroll,
+    }
+}

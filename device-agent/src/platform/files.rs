@@ -15,25 +15,10 @@ use std::sync::{Arc, Mutex};
 use certs::{KeyKind, KeyPair, files};
 use protocol::message::NetworkProfile;
 
+use super::layout;
 use super::{DeviceKey, KeyStore, NetworkApplier, StateStore};
 use crate::error::PlatformError;
 use crate::machine::AgentState;
-
-/// File names in the state directory.
-pub mod layout {
-    /// Agent state.
-    pub const STATE: &str = "state.cbor";
-    /// Current LDevID key.
-    pub const LDEVID_KEY: &str = "ldevid.key";
-    /// Pending LDevID key.
-    pub const PENDING_KEY: &str = "ldevid-pending.key";
-    /// LDevID certificate (copy).
-    pub const LDEVID_CERT: &str = "ldevid.pem";
-    /// CA chain (copy).
-    pub const CHAIN: &str = "chain.pem";
-    /// Network credentials.
-    pub const NETWORK: &str = "network.json";
-}
 
 /// Largest state file read.
 const MAX_STATE: u64 = 1024 * 1024;
@@ -99,7 +84,7 @@ impl KeyStore for FileKeyStore {
 
     fn destroy_ldevid_keys(&self) -> Result<(), PlatformError> {
         for name in [layout::LDEVID_KEY, layout::PENDING_KEY] {
-            let (_, clean) = super::wiper::overwrite_and_remove(&self.state_dir.join(name))?;
+            let (_, clean) = super::shred::overwrite_and_remove(&self.state_dir.join(name))?;
             if !clean {
                 return Err(PlatformError::Key(format!(
                     "{name} survived its destruction"
@@ -140,7 +125,7 @@ impl FileStateStore {
 
 impl StateStore for FileStateStore {
     fn reset(&self, state: &AgentState) -> Result<(), PlatformError> {
-        super::wiper::overwrite_and_remove(&self.dir.join(layout::STATE))?;
+        super::shred::overwrite_and_remove(&self.dir.join(layout::STATE))?;
         *self.exported.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.save(state)
     }

@@ -1,11 +1,14 @@
 //! What the agent needs from the device it runs on, as traits: keys ([`KeyStore`], whose keys
 //! are [`DeviceKey`] handles so a secure element or TPM can hold them), persistent state
 //! ([`StateStore`]) and the network configuration ([`NetworkApplier`]). [`files`] has the
-//! reference implementations on a Linux file system.
+//! reference implementations on a Linux file system ([`layout`] names its files, [`shred`]
+//! overwrites them before removal).
 
 pub mod files;
 pub mod key;
+pub mod layout;
 pub mod memory;
+pub mod shred;
 pub mod slots;
 pub mod wiper;
 

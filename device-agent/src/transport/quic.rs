@@ -225,6 +225,34 @@ fn conn_err(e: impl std::fmt::Display) -> AgentError {
     AgentError::Connection(e.to_string())
 }
 
+/// TLS alerts that say the server refuses this device's certificate (RFC 8446 6.2): bad,
+/// unsupported, revoked, expired or unknown certificate, unknown CA, access denied, a signature
+/// in the chain or of the handshake that does not verify (decrypt_error), certificate required.
+const CERTIFICATE_ALERTS: [u8; 9] = [42, 43, 44, 45, 46, 48, 49, 51, 116];
+
+/// The agent's error for a connection that ended: a refusal of the device's credential (a
+/// certificate alert in the handshake, or our server's unauthorized and revoked close codes)
+/// is permanent; anything else is connection trouble, tried again later.
+fn connection_error(e: &quinn::ConnectionError) -> AgentError {
+    match e {
+        quinn::ConnectionError::ConnectionClosed(close) => {
+            let code = u64::from(close.error_code);
+            let alert = code.checked_sub(0x100).and_then(|a| u8::try_from(a).ok());
+            if alert.is_some_and(|a| CERTIFICATE_ALERTS.contains(&a)) {
+                return AgentError::CredentialRefused(e.to_string());
+            }
+            conn_err(e)
+        }
+        // The onboarder's close codes 1 (unauthorized) and 3 (revoked).
+        quinn::ConnectionError::ApplicationClosed(close)
+            if matches!(close.error_code.into_inner(), 1 | 3) =>
+        {
+            AgentError::CredentialRefused(e.to_string())
+        }
+        other => conn_err(other),
+    }
+}
+
 impl Session {
     /// Connects with `config`. On an operational session `server_name` is checked against the
     /// server's certificate; on a provisional one it is not.
@@ -238,7 +266,7 @@ impl Session {
             .connect_with(config, server, server_name.unwrap_or(PROVISIONAL_NAME))
             .map_err(conn_err)?
             .await
-            .map_err(conn_err)?;
+            .map_err(|e| connection_error(&e))?;
         Ok(Session { conn })
     }
 
@@ -264,7 +292,7 @@ impl Session {
     /// refused certificate shows up as a lost stream in TLS 1.3).
     fn explain(&self, e: AgentError) -> AgentError {
         match (e, self.conn.close_reason()) {
-            (AgentError::Connection(_), Some(reason)) => AgentError::Connection(reason.to_string()),
+            (AgentError::Connection(_), Some(reason)) => connection_error(&reason),
             (e, _) => e,
         }
     }

@@ -171,7 +171,9 @@ async fn a_device_wipes_itself_attests_and_is_revoked_and_certified() {
         }))
         .await
     {
-        Err(device_agent::AgentError::Connection(msg)) => assert!(msg.contains("evoked"), "{msg}"),
+        Err(device_agent::AgentError::CredentialRefused(msg)) => {
+            assert!(msg.contains("evoked"), "{msg}")
+        }
         other => panic!("expected a handshake refusal, got {other:?}"),
     }
 

@@ -285,6 +285,7 @@ pub fn fast_options() -> AgentOptions {
         backoff: Backoff {
             initial: Duration::from_millis(100),
             max: Duration::from_secs(2),
+            refused: Duration::from_secs(5),
         },
         ..AgentOptions::default()
     }

@@ -117,7 +117,7 @@ async fn a_revoked_device_is_refused_at_the_handshake_and_listed_in_the_crl() {
     running.stop().await;
     let before = world.record("SN-STOLEN").unwrap();
     match world.agent(&device).connect().await {
-        Err(AgentError::Connection(msg)) => assert!(msg.contains("evoked"), "{msg}"),
+        Err(AgentError::CredentialRefused(msg)) => assert!(msg.contains("evoked"), "{msg}"),
         other => panic!("expected a handshake refusal, got {other:?}"),
     }
     assert_eq!(world.record("SN-STOLEN").unwrap(), before);

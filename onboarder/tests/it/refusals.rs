@@ -77,7 +77,7 @@ async fn idevid_of_an_unknown_manufacturer_is_refused_at_the_handshake() {
     .unwrap();
     let device = Device::mint(&rogue, &world.dir.path().join("rogue"), "SN-CLONE");
     match world.agent(&device).onboard().await {
-        Err(AgentError::Connection(msg)) => {
+        Err(AgentError::CredentialRefused(msg)) => {
             assert!(
                 msg.contains("certificate") || msg.contains("alert"),
                 "{msg}"

@@ -1,0 +1,212 @@
+//! The agent's async side: it reads and writes state through the platform traits, talks to the
+//! onboarder through [`crate::transport::quic`], and asks [`crate::machine`] what to accept and
+//! what comes next. By job: [`onboard`] (voucher, checks, enrollment), [`session`] (the
+//! operational session, crash recovery, serving commands), [`renew`], [`firmware`] (update,
+//! trial boot), [`decommission`] and [`run`] (the loop that ties them, with its backoff).
+
+mod decommission;
+mod firmware;
+mod onboard;
+mod renew;
+mod run;
+mod session;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use certs::Identity;
+use protocol::message::{Command, Response, Status};
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::error::{AgentError, PlatformError};
+use crate::machine::{AgentState, renewal};
+use crate::platform::{FirmwareSlots, KeyStore, NetworkApplier, Platform, StateStore, Wiper};
+use crate::transport::quic::Timeouts;
+
+/// Version of this agent, reported to the server.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub use crate::machine::backoff::Backoff;
+pub use crate::machine::session::Stop;
+
+/// Settings of an agent.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// Firmware version string reported until a firmware update changes it.
+    pub firmware_version: String,
+    /// Connection timeouts.
+    pub timeouts: Timeouts,
+    /// Retry delays.
+    pub backoff: Backoff,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        AgentOptions {
+            firmware_version: "1.0.0".into(),
+            timeouts: Timeouts::default(),
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// What an agent did, for operators and tests.
+#[derive(Debug, Default)]
+pub struct AgentStats {
+    /// Operational sessions opened.
+    pub sessions: AtomicU64,
+    /// Attempts of the run loop that failed (each is followed by a backoff).
+    pub failures: AtomicU64,
+    /// Renewals completed.
+    pub renewals: AtomicU64,
+    /// Duration of the last renewal in microseconds, from the decision to renew to the
+    /// confirming session.
+    pub last_renewal_us: AtomicU64,
+    /// Firmware updates that ended healthy.
+    pub updates: AtomicU64,
+    /// Firmware bytes downloaded.
+    pub firmware_bytes: AtomicU64,
+    /// Duration of the last firmware update in microseconds, from the offer to the health
+    /// report.
+    pub last_update_us: AtomicU64,
+    /// Duration of the decommissioning in microseconds, from the order to the server's
+    /// acknowledgement of the attestation.
+    pub decommission_us: AtomicU64,
+}
+
+/// Bytes asked for per firmware chunk.
+pub const CHUNK: u32 = protocol::message::MAX_CHUNK;
+
+/// One device's agent.
+pub struct Agent {
+    identity: Arc<Identity>,
+    keys: Arc<dyn KeyStore>,
+    state: Arc<dyn StateStore>,
+    network: Arc<dyn NetworkApplier>,
+    slots: Arc<dyn FirmwareSlots>,
+    wiper: Arc<dyn Wiper>,
+    server: SocketAddr,
+    endpoint: quinn::Endpoint,
+    options: AgentOptions,
+    rng: SystemRandom,
+    /// Set while this agent itself runs a trial boot (so it is not taken for a crash).
+    updating: std::sync::atomic::AtomicBool,
+    /// Commands from the last welcome, carried out before anything pushed.
+    welcome: Mutex<Vec<Command>>,
+    stats: AgentStats,
+}
+
+impl Agent {
+    /// An agent over the given platform, talking to `server` through `endpoint`.
+    pub fn new(
+        identity: Arc<Identity>,
+        platform: Platform,
+        server: SocketAddr,
+        endpoint: quinn::Endpoint,
+        options: AgentOptions,
+    ) -> Agent {
+        Agent {
+            identity,
+            keys: platform.keys,
+            state: platform.state,
+            network: platform.network,
+            slots: platform.slots,
+            wiper: platform.wiper,
+            updating: std::sync::atomic::AtomicBool::new(false),
+            server,
+            endpoint,
+            options,
+            rng: SystemRandom::new(),
+            welcome: Mutex::new(Vec::new()),
+            stats: AgentStats::default(),
+        }
+    }
+
+    /// An agent on the reference file platform: the factory identity in `identity_dir`, its own
+    /// state in `state_dir`.
+    pub fn with_files(
+        identity_dir: &std::path::Path,
+        state_dir: &std::path::Path,
+        server: SocketAddr,
+        endpoint: quinn::Endpoint,
+        options: AgentOptions,
+    ) -> Result<Agent, AgentError> {
+        let identity = Identity::load(identity_dir, certs::unix_now())?;
+        let kind = identity.key.kind();
+        Ok(Agent::new(
+            Arc::new(identity),
+            Platform::files(identity_dir, state_dir, kind),
+            server,
+            endpoint,
+            options,
+        ))
+    }
+
+    /// The device serial.
+    pub fn serial(&self) -> &str {
+        &self.identity.serial
+    }
+
+    /// What the agent did so far.
+    pub fn stats(&self) -> &AgentStats {
+        &self.stats
+    }
+
+    /// The saved state, or the factory state.
+    pub fn load_state(&self) -> Result<AgentState, AgentError> {
+        Ok(self
+            .state
+            .load()?
+            .unwrap_or_else(|| AgentState::factory(&self.options.firmware_version)))
+    }
+
+    pub(crate) fn now(&self) -> u64 {
+        certs::unix_now()
+    }
+
+    /// Saves the state off the async threads: storage may be slow (flash, fsync), and an
+    /// agent embedded in a busy process must not stall its other tasks.
+    pub(crate) async fn save(&self, state: &AgentState) -> Result<(), AgentError> {
+        let (store, state) = (self.state.clone(), state.clone());
+        blocking(move || store.save(&state)).await
+    }
+
+    /// When to renew a certificate valid until `not_after`, with this agent's own jitter.
+    pub(crate) fn renew_at(&self, not_after: u64) -> u64 {
+        let mut b = [0u8; 4];
+        let _ = self.rng.fill(&mut b);
+        let jitter = f64::from(u32::from_be_bytes(b)) / f64::from(u32::MAX) * 2.0 - 1.0;
+        renewal::renew_at(self.now(), not_after, jitter)
+    }
+
+    /// `delay` scaled by a random factor in [0.5, 1.5), so a fleet does not retry in step.
+    pub(crate) fn jitter(&self, delay: Duration) -> Duration {
+        let mut b = [0u8; 1];
+        let _ = self.rng.fill(&mut b);
+        delay.mul_f64(0.5 + f64::from(b[0]) / 256.0)
+    }
+}
+pub(crate) fn unexpected(wanted: &str, got: &Response) -> AgentError {
+    AgentError::Protocol(format!("expected {wanted}, got {got:?}"))
+}
+
+/// Runs a platform call on the blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, PlatformError> + Send + 'static,
+) -> Result<T, AgentError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| {
+            AgentError::Platform(PlatformError::Key(format!("platform task failed: {e}")))
+        })?
+        .map_err(AgentError::Platform)
+}
+
+pub(crate) fn failure(e: &AgentError) -> Status {
+    Status {
+        ok: false,
+        reason: Some(e.to_string()),
+    }
+}

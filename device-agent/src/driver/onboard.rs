@@ -1,0 +1,139 @@
+//! Onboarding (DESIGN 3): the provisional session, the voucher and its checks, the CSR, the
+//! enrollment stored in one write, and its confirmation.
+
+use protocol::message::{Request, Response, Status};
+use ring::rand::SecureRandom;
+
+use super::{Agent, blocking, failure, unexpected};
+use crate::error::AgentError;
+use crate::machine::onboarding::{self, Remaining};
+use crate::machine::{AgentState, Phase};
+use crate::transport::quic::{self, Session};
+
+impl Agent {
+    pub(super) async fn provisional_session(&self) -> Result<Session, AgentError> {
+        let config = quic::provisional_config(
+            std::slice::from_ref(&self.identity.idevid),
+            self.keys.idevid_key()?,
+            self.options.timeouts,
+        )?;
+        Session::connect(&self.endpoint, config, self.server, None).await
+    }
+
+    /// Onboards the device if it is not onboarded yet (DESIGN 3), and returns its state.
+    /// Safe to call again after any failure or crash: it resumes where the device stands.
+    pub async fn onboard(&self) -> Result<AgentState, AgentError> {
+        let mut state = self.load_state()?;
+        self.recover_keys(&state)?;
+        let remaining = onboarding::remaining(&state);
+        if remaining == Remaining::Nothing {
+            return Ok(state);
+        }
+        let session = self.provisional_session().await?;
+        let result = match remaining {
+            Remaining::Confirm => self.confirm(&session, &mut state).await,
+            _ => self.enroll(&session, &mut state).await,
+        };
+        session.close();
+        result.map(|()| state)
+    }
+
+    async fn enroll(&self, session: &Session, state: &mut AgentState) -> Result<(), AgentError> {
+        let now = self.now();
+        let presented = session.server_chain();
+        let registrar = presented
+            .first()
+            .ok_or_else(|| AgentError::RogueRegistrar("no registrar certificate".into()))?;
+        let binding = session.binding()?;
+        let mut nonce = [0u8; 16];
+        self.rng
+            .fill(&mut nonce)
+            .map_err(|_| AgentError::Protocol("no randomness".into()))?;
+        let request = onboarding::voucher_request(&self.identity, &nonce, registrar, &binding, now)
+            .sign(self.keys.idevid_key()?.as_ref())?;
+        let signed_voucher = match session.call(&Request::VoucherRequest(request)).await? {
+            Response::Voucher(v) => v,
+            other => return Err(unexpected("a voucher", &other)),
+        };
+        // Voucher first, then the registrar against the CA it pins (RFC 8995 5.6).
+        let checked = onboarding::accept_voucher(&self.identity, &signed_voucher, &nonce, now)
+            .and_then(|voucher| {
+                onboarding::check_registrar(&voucher.pinned_domain_cert, &presented, now)
+                    .map(|()| voucher)
+            });
+        let voucher = match checked {
+            Ok(v) => v,
+            Err(e) => {
+                self.report(session, Request::VoucherStatus(failure(&e)))
+                    .await;
+                return Err(e);
+            }
+        };
+        session
+            .call(&Request::VoucherStatus(Status {
+                ok: true,
+                reason: None,
+            }))
+            .await?;
+        let key = self.pending_key().await?;
+        let csr = certs::csr::build_csr(
+            &self.identity.serial,
+            &crate::platform::key::CsrSigner::new(key.as_ref()),
+            &binding,
+        )?;
+        let enrollment = match session.call(&Request::Enroll { csr }).await? {
+            Response::Enrolled(e) => e,
+            other => return Err(unexpected("an enrollment", &other)),
+        };
+        let info = match onboarding::check_enrollment(
+            &enrollment,
+            &self.identity.serial,
+            &key.public_key(),
+            &voucher.pinned_domain_cert,
+            now,
+        ) {
+            Ok(info) => info,
+            Err(e) => {
+                self.report(session, Request::EnrollStatus(failure(&e)))
+                    .await;
+                return Err(e);
+            }
+        };
+        // Store everything in one write, then promote the key: a crash in between is repaired
+        // by `recover_keys`.
+        state.phase = Phase::Enrolled { confirmed: false };
+        state.owner_ca = Some(voucher.pinned_domain_cert);
+        state.ldevid = Some(enrollment.certificate);
+        state.chain = enrollment.chain;
+        state.network = Some(enrollment.network);
+        state.config = Some(enrollment.config);
+        state.renew_at = Some(self.renew_at(info.not_after));
+        self.save(state).await?;
+        self.commit_pending_key().await?;
+        self.confirm(session, state).await
+    }
+
+    /// Applies the network credentials and tells the server the enrollment is stored.
+    async fn confirm(&self, session: &Session, state: &mut AgentState) -> Result<(), AgentError> {
+        if let Some(network) = state.network.clone() {
+            let applier = self.network.clone();
+            blocking(move || applier.apply(&network)).await?;
+        }
+        session
+            .call(&Request::EnrollStatus(Status {
+                ok: true,
+                reason: None,
+            }))
+            .await?;
+        state.phase = Phase::Enrolled { confirmed: true };
+        self.save(state).await
+    }
+
+    /// Best-effort status report: the device is already refusing, so a lost report changes
+    /// nothing.
+    pub(super) async fn report(&self, session: &Session, request: Request) {
+        if let Err(e) = session.call(&request).await {
+            tracing::debug!("status report not delivered: {e}");
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The run loop: onboard, keep the operational session, answer commands, renew on time,
+//! update firmware, and try again after failures with the delays of
+//! [`crate::machine::backoff`].
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::{Agent, Stop};
+use crate::error::AgentError;
+use crate::machine::backoff::{self, Attempt};
+
+impl Agent {
+    /// Runs `op`, retrying transient failures (see [`AgentError::is_transient`]) with jittered
+    /// exponential backoff until `deadline` has passed.
+    pub async fn retrying<T, F, Fut>(&self, deadline: Duration, mut op: F) -> Result<T, AgentError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, AgentError>>,
+    {
+        let start = tokio::time::Instant::now();
+        let mut delay = self.options.backoff.initial;
+        loop {
+            match op().await {
+                Err(e) if e.is_transient() && start.elapsed() + delay < deadline => {
+                    tracing::debug!(serial = self.serial(), "retrying: {e}");
+                    tokio::time::sleep(self.jitter(delay)).await;
+                    delay = (delay * 2).min(self.options.backoff.max);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Runs the device until `shutdown` completes or the owner decommissions it. After a
+    /// decommissioning the device is bare (factory state) and the loop ends: what comes next
+    /// (a new owner) is a new provisioning. A refused credential is tried again only after
+    /// the long `Backoff::refused` delay.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+        tokio::pin!(shutdown);
+        let mut waited: Option<Duration> = None;
+        loop {
+            let sessions_before = self.stats.sessions.load(Ordering::Relaxed);
+            let attempt = async {
+                self.onboard().await?;
+                let mut session = self.connect().await?;
+                loop {
+                    match self.serve(&session).await? {
+                        Stop::Closed => {
+                            tracing::info!(
+                                serial = self.serial(),
+                                "session closed: {}",
+                                session.closed().await
+                            );
+                            return Ok::<bool, AgentError>(false);
+                        }
+                        Stop::Renew => session = self.renew(session).await?,
+                        Stop::Update(manifest) => session = self.update(session, manifest).await?,
+                        Stop::Decommission { nonce, method } => {
+                            self.decommission(&session, nonce, method).await?;
+                            session.close();
+                            return Ok::<bool, AgentError>(true);
+                        }
+                    }
+                }
+            };
+            let result = tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                result = attempt => result,
+            };
+            let had_session = self.stats.sessions.load(Ordering::Relaxed) > sessions_before;
+            let outcome = match &result {
+                Ok(true) => {
+                    tracing::info!(
+                        serial = self.serial(),
+                        "decommissioned: back in the factory state"
+                    );
+                    return Ok(());
+                }
+                Ok(false) => Attempt::HadSession { failed: false },
+                Err(_) if had_session => Attempt::HadSession { failed: true },
+                Err(e) => Attempt::Failed {
+                    permanent: matches!(e, AgentError::CredentialRefused(_)),
+                },
+            };
+            waited = backoff::wait(waited, outcome, &self.options.backoff);
+            if let Err(e) = result {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                let delay = waited.unwrap_or(self.options.backoff.initial);
+                if matches!(outcome, Attempt::Failed { permanent: true }) {
+                    tracing::error!(serial = self.serial(), "{e}; trying again in {delay:?}");
+                } else {
+                    tracing::warn!(serial = self.serial(), "{e}; retrying in {delay:?}");
+                }
+                tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    () = tokio::time::sleep(self.jitter(delay)) => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! The operational session: repairing what a crash left (keys, a trial boot), opening it with
+//! the right certificate (a renewed one first: using it confirms it), delivering what is
+//! pending, and serving commands until something ends it.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use protocol::message::{Hello, Request, Response};
+
+use super::{AGENT_VERSION, Agent, Stop, blocking, unexpected};
+use crate::error::{AgentError, PlatformError};
+use crate::machine::commands;
+use crate::machine::recovery::{self, KeyRepair};
+use crate::machine::session::{self, Credential, Delivery};
+use crate::machine::{AgentState, Renewal};
+use crate::platform::DeviceKey;
+use crate::transport::quic::{self, Session};
+
+impl Agent {
+    /// Finishes a key promotion a crash interrupted: the stored LDevID must have its key
+    /// current.
+    pub(super) fn recover_keys(&self, state: &AgentState) -> Result<(), AgentError> {
+        let current = self.keys.ldevid_key()?.map(|k| k.public_key());
+        let pending = self.keys.pending_ldevid_key()?.map(|k| k.public_key());
+        match recovery::keys(state, current.as_ref(), pending.as_ref())? {
+            KeyRepair::None => Ok(()),
+            KeyRepair::PromotePending => Ok(self.keys.commit_pending_ldevid_key()?),
+        }
+    }
+
+    /// A trial boot that this agent is not running was interrupted (the device restarted in
+    /// it): go back to the previous image, as a bootloader's watchdog would.
+    async fn recover_firmware(&self, state: &mut AgentState) -> Result<(), AgentError> {
+        let updating = self.updating.load(Ordering::SeqCst);
+        let Some(back) = recovery::interrupted_trial(state, updating) else {
+            return Ok(());
+        };
+        let slots = self.slots.clone();
+        blocking(move || {
+            if slots.in_trial()? {
+                slots.rollback()
+            } else {
+                Ok(())
+            }
+        })
+        .await?;
+        *state = back;
+        self.save(state).await
+    }
+
+    async fn open(
+        &self,
+        state: &AgentState,
+        ldevid: &[u8],
+        chain: &[serde_bytes::ByteBuf],
+        key: Arc<dyn DeviceKey>,
+    ) -> Result<Session, AgentError> {
+        let (Some(owner_ca), Some(config)) = (&state.owner_ca, &state.config) else {
+            return Err(AgentError::Protocol("the device is not onboarded".into()));
+        };
+        let mut presented = vec![ldevid.to_vec()];
+        presented.extend(chain.iter().take(1).map(|c| c.to_vec()));
+        let mut timeouts = self.options.timeouts;
+        timeouts.keep_alive =
+            Duration::from_secs(config.heartbeat_secs.max(1).into()).min(timeouts.keep_alive);
+        let tls = quic::operational_config(&presented, key, owner_ca, timeouts)?;
+        let session =
+            Session::connect(&self.endpoint, tls, self.server, Some(&config.server_name)).await?;
+        let welcome = session
+            .call(&Request::Hello(Hello {
+                agent_version: AGENT_VERSION.into(),
+                firmware_version: state.firmware_version.clone(),
+                firmware_sequence: state.firmware_sequence,
+                class_id: self.identity.product.class_id.clone(),
+            }))
+            .await?;
+        match welcome {
+            Response::Welcome(w) => {
+                *self.welcome.lock().unwrap_or_else(|e| e.into_inner()) = w.commands;
+            }
+            other => return Err(unexpected("a welcome", &other)),
+        }
+        self.stats.sessions.fetch_add(1, Ordering::Relaxed);
+        Ok(session)
+    }
+
+    /// Opens the operational session and says hello. A renewal stored but not yet confirmed
+    /// is completed first: opening a session with the new certificate is the confirmation.
+    /// What a crash left undelivered (a wipe attestation, a firmware report) goes first.
+    pub async fn connect(&self) -> Result<Session, AgentError> {
+        let session = self.open_session().await?;
+        let mut state = self.load_state()?;
+        match session::pending(&state) {
+            Delivery::Attestation(_) => {
+                // Wiped before a crash: finish delivering the evidence, then the device is
+                // bare.
+                self.deliver_attestation(&session, &mut state).await?;
+                session.close();
+                return Err(AgentError::Protocol(
+                    "the device was decommissioned; it is back in its factory state".into(),
+                ));
+            }
+            Delivery::Report(report) => {
+                session.call(&Request::FirmwareStatus(report)).await?;
+                state.pending_report = None;
+                self.save(&state).await?;
+            }
+            Delivery::Nothing => {}
+        }
+        Ok(session)
+    }
+
+    pub(super) async fn open_session(&self) -> Result<Session, AgentError> {
+        let mut state = self.load_state()?;
+        self.recover_keys(&state)?;
+        self.recover_firmware(&mut state).await?;
+        if let Credential::Renewal(renewal) = session::credential(&state)? {
+            let key = self
+                .keys
+                .pending_ldevid_key()?
+                .ok_or_else(|| PlatformError::Key("the renewal's key is missing".into()))?;
+            match self
+                .open(&state, &renewal.ldevid, &renewal.chain, key)
+                .await
+            {
+                Ok(session) => {
+                    self.promote(&state, renewal).await?;
+                    return Ok(session);
+                }
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => {
+                    // The server refuses the new certificate: keep the current one.
+                    tracing::warn!(serial = self.serial(), "renewed certificate refused: {e}");
+                    state.renewal = None;
+                    self.save(&state).await?;
+                }
+            }
+        }
+        let ldevid = state
+            .ldevid
+            .clone()
+            .ok_or_else(|| AgentError::Protocol("the device is not onboarded".into()))?;
+        let key = self
+            .keys
+            .ldevid_key()?
+            .ok_or_else(|| PlatformError::Key("no LDevID key".into()))?;
+        self.open(&state, &ldevid, &state.chain, key).await
+    }
+
+    /// Makes a confirmed renewal current: state first, then the key (see `recover_keys`).
+    async fn promote(&self, state: &AgentState, renewal: Renewal) -> Result<(), AgentError> {
+        let not_after = certs::CertInfo::parse(&renewal.ldevid)?.not_after;
+        let next = session::promoted(state, renewal, self.renew_at(not_after));
+        self.save(&next).await?;
+        self.commit_pending_key().await?;
+        self.stats.renewals.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Answers commands on `session` until it closes, the LDevID must be renewed, or a
+    /// command asks for work (an update, a decommissioning).
+    pub async fn serve(&self, session: &Session) -> Result<Stop, AgentError> {
+        let welcome = std::mem::take(&mut *self.welcome.lock().unwrap_or_else(|e| e.into_inner()));
+        if let Some(stop) = session::welcome(&welcome) {
+            return Ok(stop);
+        }
+        let renew_at = self.load_state()?.renew_at;
+        let due = async {
+            match renew_at {
+                Some(at) => {
+                    let wait = at.saturating_sub(self.now());
+                    tokio::time::sleep(Duration::from_secs(wait)).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(due);
+        loop {
+            tokio::select! {
+                () = &mut due => return Ok(Stop::Renew),
+                next = session.next_command() => {
+                    let Some(next) = next else { return Ok(Stop::Closed) };
+                    let (command, send) = next?;
+                    let (reply, action) = match command {
+                        Ok(command) => commands::handle(&command),
+                        Err(e) => (commands::unsupported(&e.to_string()), commands::Action::None),
+                    };
+                    Session::reply(send, &reply).await?;
+                    if let Some(stop) = session::stop_for(action) {
+                        return Ok(stop);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! What a crash may have left half done, and how the agent finishes it before anything else:
+//! a renewed key stored but not promoted, and a trial boot the device restarted in.
+
+use certs::CertInfo;
+use protocol::keys::PublicKey;
+use protocol::message::{FirmwareReport, FirmwareState};
+
+use super::AgentState;
+use crate::error::AgentError;
+
+/// How the key store must be repaired to match the stored LDevID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRepair {
+    /// Nothing to do: the current key is the LDevID's (or there is no LDevID).
+    None,
+    /// The pending key is the LDevID's: the promotion was interrupted; finish it.
+    PromotePending,
+}
+
+/// Compares the stored LDevID's key with the key store's current and pending keys.
+pub fn keys(
+    state: &AgentState,
+    current: Option<&PublicKey>,
+    pending: Option<&PublicKey>,
+) -> Result<KeyRepair, AgentError> {
+    let Some(cert) = &state.ldevid else {
+        return Ok(KeyRepair::None);
+    };
+    let wanted = CertInfo::parse(cert)?.public_key;
+    if current == Some(&wanted) {
+        return Ok(KeyRepair::None);
+    }
+    if pending == Some(&wanted) {
+        return Ok(KeyRepair::PromotePending);
+    }
+    Err(crate::error::PlatformError::Key("no key for the stored LDevID".into()).into())
+}
+
+/// A trial boot that this agent is not running was interrupted (the device restarted in it):
+/// the state to go back to the previous image with, and the report to deliver. `None` when
+/// no trial was interrupted. The caller rolls the slots back if they are still in trial.
+pub fn interrupted_trial(state: &AgentState, updating: bool) -> Option<AgentState> {
+    if updating {
+        return None;
+    }
+    let trial = state.trial.as_ref()?;
+    let mut next = state.clone();
+    next.trial = None;
+    next.firmware_version = trial.previous_version.clone();
+    next.pending_report = Some(FirmwareReport {
+        digest: trial.digest.clone(),
+        state: FirmwareState::RolledBack,
+        reason: Some("the trial boot was interrupted".into()),
+        bytes: 0,
+    });
+    Some(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::Trial;
+
+    #[test]
+    fn an_interrupted_trial_goes_back_and_reports() {
+        let mut state = AgentState::factory("1.0.0");
+        assert_eq!(interrupted_trial(&state, false), None);
+        state.trial = Some(Trial {
+            digest: vec![1],
+            previous_version: "1.0.0".into(),
+        });
+        state.firmware_version = "2.0.0".into();
+        assert_eq!(interrupted_trial(&state, true), None, "our own trial");
+        let back = interrupted_trial(&state, false).unwrap();
+        assert_eq!(back.firmware_version, "1.0.0");
+        assert!(back.trial.is_none());
+        assert_eq!(
+            back.pending_report.unwrap().state,
+            FirmwareState::RolledBack
+        );
+    }
+
+    #[test]
+    fn keys_are_repaired_only_toward_the_stored_certificate() {
+        let state = AgentState::factory("1.0.0");
+        assert_eq!(keys(&state, None, None).unwrap(), KeyRepair::None);
+    }
+}
