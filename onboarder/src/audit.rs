@@ -3,6 +3,10 @@
 //! The store appends entries in the same atomic write as the state change they describe, and
 //! assigns sequence numbers and hashes itself, so the chain has no gaps and no forks. Anyone with
 //! the entries can re-check the chain with [`verify_chain`].
+//!
+//! An entry's hash is over the bytes it was stored as, not over a re-encoding of what this build
+//! decodes from them: an entry written by an older or newer build (a field this one does not
+//! know, or lacks) still verifies. Entries carry their layout's version (`format`).
 
 use ring::digest::{SHA256, digest};
 use serde::{Deserialize, Serialize};
@@ -58,6 +62,13 @@ impl AuditEvent {
     }
 }
 
+/// Layout of the entries this build writes: 2 records its version; 1 is the layout before
+/// (no `format` field).
+pub const FORMAT: u8 = 2;
+
+/// Largest stored audit entry decoded (a wipe attestation is the largest detail).
+const MAX_ENTRY: usize = 1024 * 1024;
+
 /// One link of the chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
@@ -68,12 +79,49 @@ pub struct AuditEntry {
     pub prev: Vec<u8>,
     /// The event.
     pub event: AuditEvent,
+    /// The layout it was written in ([`FORMAT`]; 1 when absent).
+    #[serde(default = "format_1")]
+    pub format: u8,
+    /// The bytes it was stored as (its hash is over them); empty for an entry not stored yet.
+    #[serde(skip)]
+    pub stored: Vec<u8>,
+}
+
+fn format_1() -> u8 {
+    1
 }
 
 impl AuditEntry {
-    /// The entry's hash: SHA-256 of its CBOR encoding.
+    /// A new entry `seq` after the entry whose hash is `prev`, with its stored form.
+    pub fn new(seq: u64, prev: [u8; 32], event: AuditEvent) -> Self {
+        let mut entry = AuditEntry {
+            seq,
+            prev: prev.to_vec(),
+            event,
+            format: FORMAT,
+            stored: Vec::new(),
+        };
+        entry.stored = protocol::cbor::to_vec(&entry);
+        entry
+    }
+
+    /// An entry read back from its stored bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, protocol::DecodeError> {
+        let mut entry: AuditEntry = protocol::cbor::from_slice(bytes, MAX_ENTRY)?;
+        entry.stored = bytes.to_vec();
+        Ok(entry)
+    }
+
+    /// The entry's hash: SHA-256 of its stored bytes (of its encoding, if not stored yet).
     pub fn hash(&self) -> [u8; 32] {
-        let d = digest(&SHA256, &protocol::cbor::to_vec(self));
+        let encoded;
+        let bytes = if self.stored.is_empty() {
+            encoded = protocol::cbor::to_vec(self);
+            &encoded
+        } else {
+            &self.stored
+        };
+        let d = digest(&SHA256, bytes);
         let mut out = [0u8; 32];
         out.copy_from_slice(d.as_ref());
         out
@@ -176,11 +224,11 @@ mod tests {
         let mut prev = GENESIS;
         let mut out = Vec::new();
         for seq in 1..=n {
-            let e = AuditEntry {
+            let e = AuditEntry::new(
                 seq,
-                prev: prev.to_vec(),
-                event: AuditEvent::operator(None, "enrolled", format!("#{seq}"), seq),
-            };
+                prev,
+                AuditEvent::operator(None, "enrolled", format!("#{seq}"), seq),
+            );
             prev = e.hash();
             out.push(e);
         }
@@ -194,10 +242,54 @@ mod tests {
         assert_eq!(verify_chain(Vec::new(), &GENESIS).unwrap().entries, 0);
     }
 
+    /// An entry is hashed over the bytes it was stored as: one written before the format was
+    /// recorded, or by a build that knows a field this one does not, still verifies.
+    #[test]
+    fn entries_of_other_layouts_still_verify() {
+        #[derive(Serialize)]
+        struct Old<'a> {
+            seq: u64,
+            #[serde(with = "serde_bytes")]
+            prev: &'a [u8],
+            event: AuditEvent,
+        }
+        #[derive(Serialize)]
+        struct Newer<'a> {
+            seq: u64,
+            #[serde(with = "serde_bytes")]
+            prev: &'a [u8],
+            event: AuditEvent,
+            format: u8,
+            witness: &'a str,
+        }
+        let event = AuditEvent::operator(None, "enrolled", "x", 1);
+        let old = protocol::cbor::to_vec(&Old {
+            seq: 1,
+            prev: &GENESIS,
+            event: event.clone(),
+        });
+        let first = AuditEntry::decode(&old).unwrap();
+        assert_eq!(first.format, 1);
+        let h1 = first.hash();
+        let newer = protocol::cbor::to_vec(&Newer {
+            seq: 2,
+            prev: &h1,
+            event,
+            format: 3,
+            witness: "a field this build does not know",
+        });
+        let second = AuditEntry::decode(&newer).unwrap();
+        let head: [u8; 32] = digest(&SHA256, &newer).as_ref().try_into().unwrap();
+        assert_eq!(second.hash(), head);
+        assert_eq!(verify_chain([first, second], &head).unwrap().entries, 2);
+    }
+
     #[test]
     fn tampering_removal_and_truncation_are_detected() {
+        // Someone rewrote the stored bytes of entry 3.
         let (mut entries, head) = chain(5);
         entries[2].event.detail = "changed".into();
+        entries[2].stored = protocol::cbor::to_vec(&entries[2]);
         assert_eq!(verify_chain(entries, &head), Err(AuditError::BrokenLink(4)));
         let (mut entries, head) = chain(5);
         entries.remove(1);

@@ -329,7 +329,10 @@ impl Store for SledStore {
             .take(limit)
             .map(|kv| {
                 let (k, v) = kv.map_err(io)?;
-                decode(&k, &v)
+                AuditEntry::decode(&v).map_err(|e| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    detail: e.to_string(),
+                })
             })
             .collect()
     }

@@ -156,13 +156,9 @@ impl Writer {
             );
         }
         for event in &change.audit {
-            let entry = AuditEntry {
-                seq: head.0 + 1,
-                prev: head.1.to_vec(),
-                event: event.clone(),
-            };
+            let entry = AuditEntry::new(head.0 + 1, head.1, event.clone());
             let hash = entry.hash();
-            batch.insert(audit_key(entry.seq), protocol::cbor::to_vec(&entry));
+            batch.insert(audit_key(entry.seq), entry.stored);
             *head = (entry.seq, hash);
         }
         Ok(())
