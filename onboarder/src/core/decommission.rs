@@ -212,3 +212,118 @@ pub fn force(
         )],
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::testkit::{Kit, NOW};
+    use protocol::attestation::WipedTarget;
+    use protocol::message::ErrorCode;
+
+    fn attestation(serial: &str, nonce: &[u8], verified: bool) -> WipeAttestation {
+        WipeAttestation {
+            serial: serial.into(),
+            manufacturer: "Kit Devices".into(),
+            model: "sensor-1".into(),
+            firmware_version: "1.0.0".into(),
+            agent_version: "0.1.0".into(),
+            nonce: nonce.to_vec(),
+            method: WipeMethod::Clear,
+            targets: vec![WipedTarget {
+                target: "application-data".into(),
+                bytes: 10,
+                method: WipeMethod::Clear,
+                verification: "read-back".into(),
+                verified,
+            }],
+            started_on: NOW,
+            finished_on: NOW,
+        }
+    }
+
+    #[test]
+    fn an_attestation_is_taken_only_signed_bound_fresh_and_complete() {
+        let kit = Kit::new();
+        let (record, key, peer) = kit.onboarded("SN-1");
+        let id = record.id.clone();
+        let nonce = [5u8; 32];
+        let ordered = order(&id, Some(record), WipeMethod::Clear, &nonce, NOW)
+            .unwrap()
+            .write
+            .unwrap();
+        assert_eq!(ordered.state, DeviceState::Decommissioning);
+        let signed = |a: WipeAttestation, k: &certs::KeyPair| a.sign(k).unwrap();
+        let code = |r: Result<Decision, LifecycleError>| r.unwrap_err().code();
+        let att =
+            |r: &DeviceRecord, bytes: Vec<u8>, now| attest(&peer, Some(r.clone()), &bytes, now, 0);
+        // Another order's nonce: a replay.
+        assert_eq!(
+            code(att(
+                &ordered,
+                signed(attestation("SN-1", &[6; 32], true), &key),
+                NOW
+            )),
+            ErrorCode::StaleRequest
+        );
+        // Signed by another key than the certificate's.
+        let other = certs::KeyPair::generate(certs::KeyKind::P256).unwrap();
+        assert_eq!(
+            code(att(
+                &ordered,
+                signed(attestation("SN-1", &nonce, true), &other),
+                NOW
+            )),
+            ErrorCode::BadSignature
+        );
+        // Another device's.
+        assert_eq!(
+            code(att(
+                &ordered,
+                signed(attestation("SN-2", &nonce, true), &key),
+                NOW
+            )),
+            ErrorCode::WrongSerial
+        );
+        // A target that failed its check.
+        assert_eq!(
+            code(att(
+                &ordered,
+                signed(attestation("SN-1", &nonce, false), &key),
+                NOW
+            )),
+            ErrorCode::BadRequest
+        );
+        // Older than the order's lifetime (7 days).
+        let good = signed(attestation("SN-1", &nonce, true), &key);
+        assert_eq!(
+            code(att(&ordered, good.clone(), NOW + ORDER_LIFETIME + 1)),
+            ErrorCode::StaleRequest
+        );
+        // In time: decommissioned, every certificate revoked, credentials gone.
+        let done = att(&ordered, good.clone(), NOW + ORDER_LIFETIME - 1).unwrap();
+        let done = done.write.unwrap();
+        assert_eq!(done.state, DeviceState::Decommissioned);
+        assert!(done.live_certificates().next().is_none() && done.network.is_none());
+        // Nothing more is accepted from it.
+        assert_eq!(code(att(&done, good, NOW)), ErrorCode::WrongState);
+    }
+
+    #[test]
+    fn a_forced_decommissioning_revokes_without_the_device() {
+        let kit = Kit::new();
+        let (record, _, _) = kit.onboarded("SN-1");
+        let id = record.id.clone();
+        let forced = force(&id, Some(record), "stolen", NOW)
+            .unwrap()
+            .write
+            .unwrap();
+        assert_eq!(forced.state, DeviceState::DecommissionedUnattested);
+        assert!(forced.live_certificates().next().is_none());
+        assert!(
+            force(&id, Some(forced), "again", NOW)
+                .unwrap()
+                .write
+                .is_none()
+        );
+    }
+}

@@ -222,3 +222,202 @@ pub fn skip(
         )],
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::testkit::{Kit, NOW};
+    use protocol::message::ErrorCode;
+
+    fn release(sequence: u64, class: &str) -> Release {
+        Release {
+            digest: vec![sequence as u8; 32],
+            manifest: vec![1],
+            vendor_id: "Kit Devices".into(),
+            class_id: class.into(),
+            sequence,
+            version: format!("{sequence}.0"),
+            size: 100,
+            uploaded_at: NOW,
+        }
+    }
+
+    fn report(digest: &[u8], state: FirmwareState) -> FirmwareReport {
+        FirmwareReport {
+            digest: digest.to_vec(),
+            state,
+            reason: None,
+            bytes: 1,
+        }
+    }
+
+    #[test]
+    fn offers_never_go_backwards_nor_to_another_class_nor_to_inactive_devices() {
+        let kit = Kit::new();
+        let (mut record, _, _) = kit.onboarded("SN-1");
+        record.class_id = Some("sensor-1".into());
+        record.firmware_sequence = 5;
+        let id = record.id.clone();
+        let job = |d: Decision| d.write.unwrap().firmware_job.unwrap().state;
+        assert!(matches!(
+            job(offer(&id, Some(record.clone()), "c", &release(5, "sensor-1"), NOW).unwrap()),
+            JobState::Skipped { .. }
+        ));
+        assert!(matches!(
+            job(offer(&id, Some(record.clone()), "c", &release(6, "other"), NOW).unwrap()),
+            JobState::Skipped { .. }
+        ));
+        let offered = offer(&id, Some(record.clone()), "c", &release(6, "sensor-1"), NOW).unwrap();
+        let offered = offered.write.unwrap();
+        assert_eq!(
+            offered.firmware_job.as_ref().unwrap().state,
+            JobState::Offered
+        );
+        // The same campaign again changes nothing.
+        assert!(
+            offer(&id, Some(offered), "c", &release(6, "sensor-1"), NOW)
+                .unwrap()
+                .write
+                .is_none()
+        );
+        let expected = kit.expected("SN-2");
+        assert_eq!(
+            offer(
+                &expected.id.clone(),
+                Some(expected),
+                "c",
+                &release(6, "sensor-1"),
+                NOW
+            )
+            .unwrap_err()
+            .code(),
+            ErrorCode::WrongState
+        );
+    }
+
+    #[test]
+    fn downloads_are_for_the_offered_image_only_over_the_ldevid() {
+        let kit = Kit::new();
+        let (record, _, peer) = kit.onboarded("SN-1");
+        let (_, idevid) = kit.device("SN-1");
+        let id = record.id.clone();
+        let r = release(6, "sensor-1");
+        let offered = offer(&id, Some(record), "c", &r, NOW)
+            .unwrap()
+            .write
+            .unwrap();
+        authorize_download(&peer, Some(offered.clone()), &r.digest, NOW, 0).unwrap();
+        let code = |e: Result<(), LifecycleError>| e.unwrap_err().code();
+        assert_eq!(
+            code(authorize_download(
+                &peer,
+                Some(offered.clone()),
+                &[0; 32],
+                NOW,
+                0
+            )),
+            ErrorCode::Unauthorized
+        );
+        assert_eq!(
+            code(authorize_download(
+                &idevid,
+                Some(offered),
+                &r.digest,
+                NOW,
+                0
+            )),
+            ErrorCode::Unauthorized
+        );
+    }
+
+    #[test]
+    fn reports_move_the_job_and_a_flip_flop_is_cut_off() {
+        let kit = Kit::new();
+        let (record, _, peer) = kit.onboarded("SN-1");
+        let id = record.id.clone();
+        let r = release(6, "sensor-1");
+        let mut record = offer(&id, Some(record), "c", &r, NOW)
+            .unwrap()
+            .write
+            .unwrap();
+        let e = crate::core::firmware::report(
+            &peer,
+            Some(record.clone()),
+            report(&[0; 32], FirmwareState::Downloading),
+            NOW,
+            0,
+        )
+        .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::BadRequest, "an image never offered");
+        let mut flips = 0;
+        for i in 0..100 {
+            let state = if i % 2 == 0 {
+                FirmwareState::Downloading
+            } else {
+                FirmwareState::Verified
+            };
+            match crate::core::firmware::report(
+                &peer,
+                Some(record.clone()),
+                report(&r.digest, state),
+                NOW,
+                0,
+            ) {
+                Ok(d) => {
+                    if let Some(w) = d.write {
+                        record = w;
+                        flips += 1;
+                    }
+                }
+                Err(e) => assert_eq!(e.code(), ErrorCode::BadRequest),
+            }
+        }
+        assert_eq!(flips, MAX_JOB_TRANSITIONS as usize);
+        // The outcome is still taken, and it is final.
+        let healthy = crate::core::firmware::report(
+            &peer,
+            Some(record),
+            report(&r.digest, FirmwareState::Healthy),
+            NOW,
+            0,
+        )
+        .unwrap()
+        .write
+        .unwrap();
+        assert_eq!(healthy.firmware_sequence, 6);
+        assert!(
+            crate::core::firmware::report(
+                &peer,
+                Some(healthy),
+                report(&r.digest, FirmwareState::Downloading),
+                NOW,
+                0
+            )
+            .unwrap()
+            .write
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn cancelling_touches_only_offers_not_acted_on() {
+        let kit = Kit::new();
+        let (record, _, _) = kit.onboarded("SN-1");
+        let id = record.id.clone();
+        let offered = offer(&id, Some(record), "c", &release(6, "s"), NOW)
+            .unwrap()
+            .write
+            .unwrap();
+        let cancelled = cancel(&id, Some(offered.clone()), "c", NOW)
+            .unwrap()
+            .write
+            .unwrap();
+        assert_eq!(cancelled.firmware_job.unwrap().state, JobState::Cancelled);
+        assert!(
+            cancel(&id, Some(offered), "another", NOW)
+                .unwrap()
+                .write
+                .is_none()
+        );
+    }
+}

@@ -31,6 +31,8 @@ pub mod renew;
 pub mod revoke;
 pub mod sanitization;
 pub mod state;
+#[cfg(test)]
+pub(crate) mod testkit;
 
 pub use decision::Decision;
 pub use error::LifecycleError;

@@ -57,3 +57,78 @@ fn public_key_from_raw(raw: &[u8]) -> Option<protocol::keys::PublicKey> {
         .or_else(|_| protocol::keys::PublicKey::ed25519(raw))
         .ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::testkit::{BINDING, Kit, NOW, entropy};
+    use certs::{KeyKind, KeyPair};
+    use protocol::message::ErrorCode;
+
+    #[test]
+    fn a_renewal_issues_for_a_fresh_key_only_over_the_ldevid() {
+        let kit = Kit::new();
+        let (record, current_key, peer) = kit.onboarded("SN-1");
+        let (_, idevid) = kit.device("SN-1");
+        let fresh = KeyPair::generate(KeyKind::P256).unwrap();
+        let csr = kit.csr("SN-1", &fresh);
+        let code = |r: Result<Decision, LifecycleError>| r.unwrap_err().code();
+        assert_eq!(
+            code(reenroll(
+                &kit.registrar,
+                &idevid,
+                Some(record.clone()),
+                &csr,
+                &BINDING,
+                NOW,
+                entropy(5)
+            )),
+            ErrorCode::Unauthorized
+        );
+        // The current key again is no re-key.
+        let same = kit.csr("SN-1", &current_key);
+        assert_eq!(
+            code(reenroll(
+                &kit.registrar,
+                &peer,
+                Some(record.clone()),
+                &same,
+                &BINDING,
+                NOW,
+                entropy(5)
+            )),
+            ErrorCode::CsrPolicy
+        );
+        let d = reenroll(
+            &kit.registrar,
+            &peer,
+            Some(record.clone()),
+            &csr,
+            &BINDING,
+            NOW,
+            entropy(5),
+        )
+        .unwrap();
+        let renewed = d.write.unwrap();
+        assert_eq!(renewed.certificates.len(), 2);
+        assert_eq!(
+            renewed.pending_certificate().unwrap().public_key,
+            fresh.public_key().raw()
+        );
+        // A quarantined device renews nothing.
+        let mut quarantined = record;
+        quarantined.state = crate::core::DeviceState::Quarantined;
+        assert_eq!(
+            code(reenroll(
+                &kit.registrar,
+                &peer,
+                Some(quarantined),
+                &csr,
+                &BINDING,
+                NOW,
+                entropy(6)
+            )),
+            ErrorCode::Quarantined
+        );
+    }
+}

@@ -152,3 +152,98 @@ pub fn reset_onboarding(
         )],
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::testkit::{Kit, NOW};
+    use protocol::message::ErrorCode;
+
+    #[test]
+    fn revocation_revokes_every_live_certificate_once() {
+        let kit = Kit::new();
+        let (record, _, _) = kit.onboarded("SN-1");
+        let id = record.id.clone();
+        let d = revoke(&id, Some(record), Reason::KeyCompromise, NOW).unwrap();
+        let revoked = d.write.unwrap();
+        assert_eq!(revoked.state, DeviceState::Quarantined);
+        assert!(revoked.live_certificates().next().is_none());
+        // Again: nothing left to revoke, nothing written.
+        let again = revoke(&id, Some(revoked), Reason::KeyCompromise, NOW).unwrap();
+        assert!(again.write.is_none());
+        assert_eq!(
+            revoke(&kit.id("SN-NONE"), None, Reason::KeyCompromise, NOW)
+                .unwrap_err()
+                .code(),
+            ErrorCode::UnknownDevice
+        );
+    }
+
+    #[test]
+    fn rotations_are_for_active_devices_and_ordered_once() {
+        let kit = Kit::new();
+        let (record, _, _) = kit.onboarded("SN-1");
+        let id = record.id.clone();
+        let ordered = request_rotation(&id, Some(record), NOW)
+            .unwrap()
+            .write
+            .unwrap();
+        assert_eq!(
+            ordered.rotation.as_ref().unwrap().state,
+            RotationState::Pending
+        );
+        assert!(
+            request_rotation(&id, Some(ordered.clone()), NOW + 1)
+                .unwrap()
+                .write
+                .is_none()
+        );
+        let expected = kit.expected("SN-2");
+        assert_eq!(
+            request_rotation(&expected.id.clone(), Some(expected), NOW)
+                .unwrap_err()
+                .code(),
+            ErrorCode::WrongState
+        );
+        let quarantined = quarantine(&id, Some(ordered), "test", NOW)
+            .unwrap()
+            .write
+            .unwrap();
+        assert_eq!(quarantined.state, DeviceState::Quarantined);
+    }
+
+    #[test]
+    fn a_reset_undoes_an_onboarding_and_nothing_further() {
+        let kit = Kit::new();
+        let (_, peer) = kit.device("SN-1");
+        let record = kit.expected("SN-1");
+        let ok = protocol::message::Status {
+            ok: true,
+            reason: None,
+        };
+        let onboarding = crate::core::onboard::voucher_status(&peer, Some(record), ok, NOW)
+            .unwrap()
+            .write
+            .unwrap();
+        let id = onboarding.id.clone();
+        let reset = reset_onboarding(&id, Some(onboarding), "clone", NOW).unwrap();
+        let back = reset.write.unwrap();
+        assert_eq!(back.state, DeviceState::Expected);
+        assert!(back.idevid_key.is_none());
+        assert_eq!(reset.events[0].action, "onboarding-reset");
+        // An expected device: nothing to do. An active one: refused (that is revocation).
+        assert!(
+            reset_onboarding(&id, Some(back), "again", NOW)
+                .unwrap()
+                .write
+                .is_none()
+        );
+        let (active, _, _) = kit.onboarded("SN-2");
+        assert_eq!(
+            reset_onboarding(&active.id.clone(), Some(active), "no", NOW)
+                .unwrap_err()
+                .code(),
+            ErrorCode::WrongState
+        );
+    }
+}

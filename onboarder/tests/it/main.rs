@@ -12,4 +12,5 @@ mod lifecycle;
 mod makers;
 mod onboarding;
 mod operator;
+mod purity;
 mod refusals;
