@@ -48,3 +48,45 @@ pub fn unsupported(why: &str) -> CommandReply {
         message: why.to_string(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use protocol::attestation::WipeMethod;
+
+    use super::*;
+
+    #[test]
+    fn each_command_gets_its_reply_and_leaves_its_work() {
+        assert_eq!(
+            handle(&Command::Ping { nonce: 7 }),
+            (CommandReply::Pong { nonce: 7 }, Action::None)
+        );
+        assert_eq!(
+            handle(&Command::Rotate),
+            (CommandReply::Accepted, Action::Renew)
+        );
+        assert_eq!(
+            handle(&Command::Update {
+                manifest: vec![1, 2]
+            }),
+            (CommandReply::Accepted, Action::Update(vec![1, 2]))
+        );
+        assert_eq!(
+            handle(&Command::Decommission {
+                nonce: vec![3; 16],
+                method: WipeMethod::PurgeCryptographicErase
+            }),
+            (
+                CommandReply::Accepted,
+                Action::Decommission {
+                    nonce: vec![3; 16],
+                    method: WipeMethod::PurgeCryptographicErase
+                }
+            )
+        );
+        match unsupported("no") {
+            CommandReply::Error(e) => assert_eq!(e.code, ErrorCode::Unsupported),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

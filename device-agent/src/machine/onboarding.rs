@@ -141,3 +141,277 @@ pub fn remaining(state: &crate::machine::AgentState) -> Remaining {
         crate::machine::Phase::Factory => Remaining::Enroll,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Every check on its own, on a fixed clock, with real keys and certificates.
+
+    use certs::factory::{Manufacturer, ManufacturerConfig};
+    use certs::profile::{self, LdevidProfile};
+    use certs::{Ca, CaName, KeyKind, KeyPair, Validity};
+    use protocol::message::{DeviceConfig, NetworkProfile};
+    use protocol::voucher::VoucherError;
+
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+    const NONCE: [u8; 16] = [9; 16];
+
+    struct Owner {
+        root: Ca,
+        issuing: Ca,
+    }
+
+    fn ca_name(o: &str) -> CaName {
+        CaName {
+            organization: o.into(),
+            common_name: format!("{o} CA"),
+        }
+    }
+
+    fn serial() -> [u8; 16] {
+        certs::ca::random_serial().unwrap()
+    }
+
+    fn domain(name: &str) -> Owner {
+        let root = Ca::root(
+            &ca_name(name),
+            KeyPair::generate(KeyKind::P256).unwrap(),
+            Validity::starting(NOW - 10, 10 * 365 * 86_400),
+            &serial(),
+        )
+        .unwrap();
+        let issuing = root
+            .intermediate(
+                &ca_name(&format!("{name} Issuing")),
+                KeyPair::generate(KeyKind::P256).unwrap(),
+                Validity::starting(NOW - 10, 5 * 365 * 86_400),
+                &serial(),
+            )
+            .unwrap();
+        Owner { root, issuing }
+    }
+
+    fn maker() -> (Manufacturer, Identity) {
+        maker_named("Test Devices")
+    }
+
+    /// An online voucher for `identity`, pinning `pinned`, with `edit` applied before signing.
+    fn voucher(
+        maker: &Manufacturer,
+        identity: &Identity,
+        pinned: &[u8],
+        edit: impl FnOnce(&mut Voucher),
+    ) -> Vec<u8> {
+        let mut voucher = Voucher {
+            created_on: NOW,
+            expires_on: None,
+            assertion: Assertion::Proximity,
+            serial_number: identity.serial.clone(),
+            idevid_issuer: Some(identity.idevid_issuer().to_vec()),
+            pinned_domain_cert: pinned.to_vec(),
+            nonce: Some(NONCE.to_vec()),
+        };
+        edit(&mut voucher);
+        voucher.sign(maker.masa_key()).unwrap()
+    }
+
+    fn registrar(ca: &Ca) -> Vec<u8> {
+        profile::issue_registrar(
+            ca,
+            "Owner",
+            &["onboarder.local".to_string()],
+            &KeyPair::generate(KeyKind::P256).unwrap(),
+            Validity::starting(NOW - 10, 86_400),
+            &serial(),
+        )
+        .unwrap()
+    }
+
+    fn enrollment(ca: &Ca, serial_number: &str, key: &KeyPair) -> Enrollment {
+        let certificate = profile::issue_ldevid(
+            ca,
+            &LdevidProfile {
+                serial: serial_number,
+                common_name: serial_number,
+                organization: "Owner",
+            },
+            &key.spki_der(),
+            Validity::starting(NOW - 10, 86_400),
+            &serial(),
+        )
+        .unwrap();
+        Enrollment {
+            certificate,
+            chain: vec![serde_bytes::ByteBuf::from(ca.cert_der().to_vec())],
+            network: NetworkProfile::Wifi {
+                ssid: "s".into(),
+                psk: "p".into(),
+            },
+            config: DeviceConfig {
+                server_name: "onboarder.local".into(),
+                heartbeat_secs: 30,
+            },
+        }
+    }
+
+    #[test]
+    fn a_good_voucher_is_accepted_and_each_fault_is_refused_by_name() {
+        let (maker, identity) = maker();
+        let owner = domain("Owner");
+        let pinned = owner.root.cert_der();
+        let good = voucher(&maker, &identity, pinned, |_| {});
+        let accepted = accept_voucher(&identity, &good, &NONCE, NOW).unwrap();
+        assert_eq!(accepted.pinned_domain_cert, pinned);
+
+        let refused = |signed: &[u8], nonce: &[u8], now: u64| {
+            accept_voucher(&identity, signed, nonce, now).unwrap_err()
+        };
+        // Replayed from another session: another nonce.
+        assert!(matches!(
+            refused(&good, &[1; 16], NOW),
+            AgentError::Voucher(VoucherError::NonceMismatch)
+        ));
+        // Another device's voucher.
+        let other = voucher(&maker, &identity, pinned, |v| {
+            v.serial_number = "SN-2".into()
+        });
+        assert!(matches!(
+            refused(&other, &NONCE, NOW),
+            AgentError::Voucher(VoucherError::WrongSerial { .. })
+        ));
+        // Another IDevID issuer.
+        let issuer = voucher(&maker, &identity, pinned, |v| {
+            v.idevid_issuer = Some(vec![1; 20])
+        });
+        assert!(matches!(
+            refused(&issuer, &NONCE, NOW),
+            AgentError::Voucher(VoucherError::WrongIssuer)
+        ));
+        // Expired.
+        let expired = voucher(&maker, &identity, pinned, |v| {
+            v.expires_on = Some(NOW - 1);
+            v.created_on = NOW - 100;
+        });
+        assert!(matches!(
+            refused(&expired, &NONCE, NOW),
+            AgentError::Voucher(VoucherError::Expired { .. })
+        ));
+        // Signed by another manufacturer.
+        let (stranger, _) = maker_named("Stranger Devices");
+        let forged = voucher(&stranger, &identity, pinned, |_| {});
+        assert!(matches!(
+            refused(&forged, &NONCE, NOW),
+            AgentError::Voucher(VoucherError::Signature(_))
+        ));
+        // Tampered after signing: one byte of the payload flipped.
+        let mut tampered = good.clone();
+        let at = tampered.len() / 2;
+        tampered[at] ^= 1;
+        assert!(matches!(
+            refused(&tampered, &NONCE, NOW),
+            AgentError::Voucher(_)
+        ));
+        // Outliving the CA it pins.
+        let long = voucher(&maker, &identity, pinned, |v| {
+            v.expires_on = Some(NOW + 20 * 365 * 86_400)
+        });
+        assert!(matches!(
+            refused(&long, &NONCE, NOW),
+            AgentError::RogueRegistrar(_)
+        ));
+    }
+
+    fn maker_named(name: &str) -> (Manufacturer, Identity) {
+        let maker = Manufacturer::create(ManufacturerConfig::new(name), NOW).unwrap();
+        let identity = maker.mint("SN-1", KeyKind::P256, NOW).unwrap();
+        (maker, identity)
+    }
+
+    #[test]
+    fn the_registrar_must_chain_to_the_pinned_ca_and_be_a_registrar() {
+        let owner = domain("Owner");
+        let pinned = owner.root.cert_der();
+        let chain = |leaf: Vec<u8>, ca: &Ca| vec![leaf, ca.cert_der().to_vec()];
+        check_registrar(
+            pinned,
+            &chain(registrar(&owner.issuing), &owner.issuing),
+            NOW,
+        )
+        .unwrap();
+
+        let rogue = domain("Rogue");
+        assert!(matches!(
+            check_registrar(
+                pinned,
+                &chain(registrar(&rogue.issuing), &rogue.issuing),
+                NOW
+            ),
+            Err(AgentError::RogueRegistrar(_))
+        ));
+        assert!(matches!(
+            check_registrar(pinned, &[], NOW),
+            Err(AgentError::RogueRegistrar(_))
+        ));
+        // A device certificate of the right CA is not a registrar.
+        let device = enrollment(
+            &owner.issuing,
+            "SN-1",
+            &KeyPair::generate(KeyKind::P256).unwrap(),
+        );
+        assert!(matches!(
+            check_registrar(pinned, &chain(device.certificate, &owner.issuing), NOW),
+            Err(AgentError::RogueRegistrar(_))
+        ));
+        // Expired by the time it is presented.
+        assert!(matches!(
+            check_registrar(
+                pinned,
+                &chain(registrar(&owner.issuing), &owner.issuing),
+                NOW + 2 * 86_400
+            ),
+            Err(AgentError::RogueRegistrar(_))
+        ));
+    }
+
+    #[test]
+    fn an_enrollment_must_name_this_device_hold_its_key_and_chain_to_the_pinned_ca() {
+        let owner = domain("Owner");
+        let pinned = owner.root.cert_der();
+        let key = KeyPair::generate(KeyKind::P256).unwrap();
+        let good = enrollment(&owner.issuing, "SN-1", &key);
+        let info = check_enrollment(&good, "SN-1", &key.public_key(), pinned, NOW).unwrap();
+        assert_eq!(info.subject_serial.as_deref(), Some("SN-1"));
+
+        let refused = |e: &Enrollment, key: &PublicKey| {
+            matches!(
+                check_enrollment(e, "SN-1", key, pinned, NOW),
+                Err(AgentError::BadEnrollment(_))
+            )
+        };
+        assert!(refused(
+            &enrollment(&owner.issuing, "SN-2", &key),
+            &key.public_key()
+        ));
+        let other_key = KeyPair::generate(KeyKind::P256).unwrap();
+        assert!(refused(&good, &other_key.public_key()));
+        let rogue = domain("Rogue");
+        assert!(refused(
+            &enrollment(&rogue.issuing, "SN-1", &key),
+            &key.public_key()
+        ));
+        let mut garbage = good.clone();
+        garbage.certificate.truncate(10);
+        assert!(refused(&garbage, &key.public_key()));
+    }
+
+    #[test]
+    fn onboarding_resumes_where_the_stored_state_left_it() {
+        let mut state = crate::machine::AgentState::factory("1.0.0");
+        assert_eq!(remaining(&state), Remaining::Enroll);
+        state.phase = crate::machine::Phase::Enrolled { confirmed: false };
+        assert_eq!(remaining(&state), Remaining::Confirm);
+        state.phase = crate::machine::Phase::Enrolled { confirmed: true };
+        assert_eq!(remaining(&state), Remaining::Nothing);
+    }
+}
