@@ -147,12 +147,11 @@ fn codecs(c: &mut Criterion) {
     roundtrip(
         &mut group,
         "request: firmware status",
-        Request::FirmwareStatus(FirmwareReport {
-            digest: digest.clone(),
-            state: FirmwareState::Healthy,
-            reason: None,
-            bytes: 1 << 20,
-        }),
+        Request::FirmwareStatus(FirmwareReport::progress(
+            &digest,
+            FirmwareState::Healthy,
+            1 << 20,
+        )),
     );
     roundtrip(
         &mut group,

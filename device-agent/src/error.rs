@@ -24,6 +24,23 @@ pub enum PlatformError {
     Wipe(String),
 }
 
+/// Why the server refused the device's credential, from its TLS alert (RFC 8446 6.2) or its
+/// close code.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialRefusal {
+    /// The certificate is revoked (certificate_revoked, or the onboarder's revoked close code).
+    Revoked,
+    /// The certificate has expired (certificate_expired).
+    Expired,
+    /// The certificate's issuer is not trusted there (unknown_ca): another owner, or a
+    /// manufacturer the owner never imported.
+    UnknownIssuer,
+    /// Any other refusal: a bad, unsupported or unknown certificate, access denied, a signature
+    /// that does not verify, a certificate required, the onboarder's unauthorized close code.
+    Rejected,
+}
+
 /// Why the agent could not complete a step.
 #[non_exhaustive]
 #[derive(Debug, Error)]
@@ -40,8 +57,13 @@ pub enum AgentError {
     /// The server refused the device's certificate (a TLS alert about it in the handshake, or
     /// the connection closed as unauthorized or revoked): nothing changes until an operator
     /// acts, so it is not retried soon.
-    #[error("credential refused by the server: {0}")]
-    CredentialRefused(String),
+    #[error("credential refused by the server ({reason:?}): {detail}")]
+    CredentialRefused {
+        /// Why, as far as the server said.
+        reason: CredentialRefusal,
+        /// What the connection reported.
+        detail: String,
+    },
     /// The server refused the request.
     #[error("refused by the server ({code:?}): {message}")]
     Refused {

@@ -7,17 +7,20 @@
 //!   persisted state, command replies.
 //! - [`transport`]: the QUIC client (provisional TLS for onboarding, pinned TLS afterwards).
 //! - [`driver`]: [`Agent`], which ties them together: `onboard`, `connect`, `run`.
+//! - [`clock`]: the one source of wall-clock time, which tests may move forward.
 //!
 //! The agent never sends anything secret (a CSR, a status) before the voucher and the
 //! registrar's certificate passed its checks, and stores an enrollment in one atomic write.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
 
+pub mod clock;
 pub mod driver;
 pub mod error;
 pub mod machine;
 pub mod platform;
 pub mod transport;
 
+pub use clock::Clock;
 pub use driver::{Agent, AgentOptions, Backoff};
-pub use error::{AgentError, PlatformError};
+pub use error::{AgentError, CredentialRefusal, PlatformError};

@@ -107,13 +107,13 @@ impl Server {
             backends.images,
             pki.registrar,
             pki.owner_root,
-            clock,
+            clock.clone(),
         )?);
         let identity = Arc::new(tls::RegistrarIdentity::new(
             &pki.server_chain,
             &pki.server_key,
         )?);
-        let tls = tls::server_config(identity.clone(), service.trust())?;
+        let tls = tls::server_config(identity.clone(), service.trust(), clock)?;
         let endpoint = quic::bind(config.quic_listen, tls)?;
         let api_listen = config.api_listen;
         let api = tokio::net::TcpListener::bind(api_listen)

@@ -137,6 +137,49 @@ pub enum ManifestError {
     WrongDigest,
 }
 
+/// Why a device refused an update, as a code the onboarder can count and act on (the report's
+/// text gives the details).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FirmwareRefusal {
+    /// The manifest could not be decoded.
+    Malformed,
+    /// The signature is not the manufacturer's (forged or tampered).
+    Signature,
+    /// For another vendor.
+    WrongVendor,
+    /// For another class of device.
+    WrongClass,
+    /// Not newer than what the device runs (rollback or replay).
+    Rollback,
+    /// The manifest has expired.
+    Expired,
+    /// The image is not of the announced size.
+    WrongSize,
+    /// The image is not the announced one.
+    WrongDigest,
+    /// A refusal this version does not know (sent by a newer agent).
+    #[serde(other)]
+    Unknown,
+}
+
+impl ManifestError {
+    /// The refusal's code.
+    pub fn refusal(&self) -> FirmwareRefusal {
+        match self {
+            ManifestError::Decode(_) => FirmwareRefusal::Malformed,
+            ManifestError::Signature(_) => FirmwareRefusal::Signature,
+            ManifestError::WrongVendor { .. } => FirmwareRefusal::WrongVendor,
+            ManifestError::WrongClass { .. } => FirmwareRefusal::WrongClass,
+            ManifestError::Rollback { .. } => FirmwareRefusal::Rollback,
+            ManifestError::Expired { .. } => FirmwareRefusal::Expired,
+            ManifestError::WrongSize { .. } => FirmwareRefusal::WrongSize,
+            ManifestError::WrongDigest => FirmwareRefusal::WrongDigest,
+        }
+    }
+}
+
 impl Manifest {
     /// A manifest for `image`, with its size and SHA-256.
     pub fn for_image(image: &[u8]) -> ManifestBuilder {

@@ -126,9 +126,42 @@ pub struct FirmwareReport {
     /// Why, for `failed` and `rolled-back`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The refusal's code, for `failed` when the device refused the manifest or the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<crate::manifest::FirmwareRefusal>,
     /// Bytes of the image the device holds so far.
     #[serde(default)]
     pub bytes: u64,
+}
+
+impl FirmwareReport {
+    /// Progress (or success) with image `digest`, holding `bytes` of it.
+    pub fn progress(digest: &[u8], state: FirmwareState, bytes: u64) -> Self {
+        FirmwareReport {
+            digest: digest.to_vec(),
+            state,
+            reason: None,
+            refusal: None,
+            bytes,
+        }
+    }
+
+    /// The manifest or the image of `digest` was refused.
+    pub fn refused(digest: &[u8], error: &crate::manifest::ManifestError) -> Self {
+        FirmwareReport {
+            reason: Some(error.to_string()),
+            refusal: Some(error.refusal()),
+            ..FirmwareReport::progress(digest, FirmwareState::Failed, 0)
+        }
+    }
+
+    /// The image failed its health check and the previous one runs again.
+    pub fn rolled_back(digest: &[u8], reason: String, bytes: u64) -> Self {
+        FirmwareReport {
+            reason: Some(reason),
+            ..FirmwareReport::progress(digest, FirmwareState::RolledBack, bytes)
+        }
+    }
 }
 
 /// Success or failure reported by a device, with a reason on failure.
@@ -439,6 +472,26 @@ mod tests {
         let code: ErrorCode =
             crate::cbor::from_slice(&crate::cbor::to_vec("code-from-the-future"), 64).unwrap();
         assert_eq!(code, ErrorCode::Unknown);
+    }
+
+    #[test]
+    fn refusal_codes_round_trip_and_unknown_ones_decode() {
+        let error = crate::manifest::ManifestError::Rollback {
+            offered: 3,
+            installed: 7,
+        };
+        let report = FirmwareReport::refused(&[1; 32], &error);
+        let back: FirmwareReport =
+            crate::cbor::from_slice(&crate::cbor::to_vec(&report), 1024).unwrap();
+        assert_eq!(back, report);
+        assert_eq!(
+            back.refusal,
+            Some(crate::manifest::FirmwareRefusal::Rollback)
+        );
+        // A code from a newer agent is kept as unknown, the report still read.
+        let newer: crate::manifest::FirmwareRefusal =
+            crate::cbor::from_slice(&crate::cbor::to_vec(&"quantum-fault"), 64).unwrap();
+        assert_eq!(newer, crate::manifest::FirmwareRefusal::Unknown);
     }
 
     #[test]

@@ -19,22 +19,9 @@ use crate::transport::quic::Session;
 const HEALTH_DEADLINE: Duration = Duration::from_secs(120);
 
 impl Agent {
-    /// Reports the progress of a firmware update (best effort: a lost report is repeated by the
-    /// next state change or by the next offer).
-    async fn report_firmware(
-        &self,
-        session: &Session,
-        digest: &[u8],
-        state: FirmwareState,
-        reason: Option<String>,
-        bytes: u64,
-    ) {
-        let report = FirmwareReport {
-            digest: digest.to_vec(),
-            state,
-            reason,
-            bytes,
-        };
+    /// Reports on a firmware update (best effort: a lost report is repeated by the next state
+    /// change or by the next offer).
+    async fn report_firmware(&self, session: &Session, report: FirmwareReport) {
         if let Err(e) = session.call(&Request::FirmwareStatus(report)).await {
             tracing::debug!(serial = self.serial(), "firmware report not delivered: {e}");
         }
@@ -48,23 +35,16 @@ impl Agent {
         let state = self.load_state()?;
         let manifest = match firmware::plan(&signed, &self.identity.product, &state, self.now()) {
             UpdatePlan::AlreadyRunning { digest, size } => {
-                self.report_firmware(&session, &digest, FirmwareState::Healthy, None, size)
-                    .await;
+                let healthy = FirmwareReport::progress(&digest, FirmwareState::Healthy, size);
+                self.report_firmware(&session, healthy).await;
                 return Ok(session);
             }
             UpdatePlan::Refuse { digest, reason } => {
-                let why = AgentError::from(reason).to_string();
                 if let Some(digest) = digest {
-                    self.report_firmware(
-                        &session,
-                        &digest,
-                        FirmwareState::Failed,
-                        Some(why.clone()),
-                        0,
-                    )
-                    .await;
+                    self.report_firmware(&session, FirmwareReport::refused(&digest, &reason))
+                        .await;
                 }
-                tracing::warn!(serial = self.serial(), "{why}");
+                tracing::warn!(serial = self.serial(), "{}", AgentError::from(reason));
                 return Ok(session);
             }
             UpdatePlan::Install(manifest) => manifest,
@@ -76,31 +56,18 @@ impl Agent {
                 let slots = self.slots.clone();
                 let d = digest.clone();
                 blocking(move || slots.discard(&d)).await?;
-                let reason = Some(AgentError::Firmware(e).to_string());
-                self.report_firmware(&session, &digest, FirmwareState::Failed, reason, 0)
+                self.report_firmware(&session, FirmwareReport::refused(&digest, &e))
                     .await;
                 return Ok(session);
             }
             Err(e) => return Err(e),
         }
-        self.report_firmware(
-            &session,
-            &digest,
-            FirmwareState::Verified,
-            None,
-            manifest.size,
-        )
-        .await;
+        let verified = FirmwareReport::progress(&digest, FirmwareState::Verified, manifest.size);
+        self.report_firmware(&session, verified).await;
         let (slots, d, m) = (self.slots.clone(), digest.clone(), signed.clone());
         blocking(move || slots.install(&d, &m)).await?;
-        self.report_firmware(
-            &session,
-            &digest,
-            FirmwareState::Installed,
-            None,
-            manifest.size,
-        )
-        .await;
+        let installed = FirmwareReport::progress(&digest, FirmwareState::Installed, manifest.size);
+        self.report_firmware(&session, installed).await;
 
         // "Reboot" into the new image, on trial.
         self.updating.store(true, Ordering::SeqCst);
@@ -122,8 +89,8 @@ impl Agent {
             let (slots, d) = (self.slots.clone(), digest.clone());
             blocking(move || slots.discard(&d)).await?;
         }
-        self.report_firmware(session, &digest, FirmwareState::Downloading, None, offset)
-            .await;
+        let downloading = FirmwareReport::progress(&digest, FirmwareState::Downloading, offset);
+        self.report_firmware(session, downloading).await;
         let mut extra = 0u64;
         loop {
             let want = firmware::want(offset, manifest.size, CHUNK);
@@ -186,14 +153,12 @@ impl Agent {
                 // The state as the session left it (a renewal may have been promoted).
                 let now = self.load_state()?;
                 self.save(&firmware::committed(&now, manifest)).await?;
-                self.report_firmware(
-                    &session,
+                let healthy = FirmwareReport::progress(
                     &manifest.digest,
                     FirmwareState::Healthy,
-                    None,
                     manifest.size,
-                )
-                .await;
+                );
+                self.report_firmware(&session, healthy).await;
                 self.stats.updates.fetch_add(1, Ordering::Relaxed);
                 Ok(session)
             }

@@ -40,6 +40,8 @@ pub struct AgentOptions {
     pub timeouts: Timeouts,
     /// Retry delays.
     pub backoff: Backoff,
+    /// Wall-clock time (the system's by default).
+    pub clock: crate::Clock,
 }
 
 impl Default for AgentOptions {
@@ -48,6 +50,7 @@ impl Default for AgentOptions {
             firmware_version: "1.0.0".into(),
             timeouts: Timeouts::default(),
             backoff: Backoff::default(),
+            clock: crate::Clock::system(),
         }
     }
 }
@@ -133,7 +136,7 @@ impl Agent {
         endpoint: quinn::Endpoint,
         options: AgentOptions,
     ) -> Result<Agent, AgentError> {
-        let identity = Identity::load(identity_dir, certs::unix_now())?;
+        let identity = Identity::load(identity_dir, options.clock.now())?;
         let kind = identity.key.kind();
         Ok(Agent::new(
             Arc::new(identity),
@@ -163,7 +166,7 @@ impl Agent {
     }
 
     pub(crate) fn now(&self) -> u64 {
-        certs::unix_now()
+        self.options.clock.now()
     }
 
     /// Saves the state off the async threads: storage may be slow (flash, fsync), and an

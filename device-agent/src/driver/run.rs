@@ -80,7 +80,7 @@ impl Agent {
                 Ok(false) => Attempt::HadSession { failed: false },
                 Err(_) if had_session => Attempt::HadSession { failed: true },
                 Err(e) => Attempt::Failed {
-                    permanent: matches!(e, AgentError::CredentialRefused(_)),
+                    permanent: matches!(e, AgentError::CredentialRefused { .. }),
                 },
             };
             waited = backoff::wait(waited, outcome, &self.options.backoff);

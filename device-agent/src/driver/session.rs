@@ -64,7 +64,8 @@ impl Agent {
         let mut timeouts = self.options.timeouts;
         timeouts.keep_alive =
             Duration::from_secs(config.heartbeat_secs.max(1).into()).min(timeouts.keep_alive);
-        let tls = quic::operational_config(&presented, key, owner_ca, timeouts)?;
+        let tls =
+            quic::operational_config(&presented, key, owner_ca, timeouts, &self.options.clock)?;
         let session =
             Session::connect(&self.endpoint, tls, self.server, Some(&config.server_name)).await?;
         let welcome = session
@@ -168,10 +169,7 @@ impl Agent {
         let renew_at = self.load_state()?.renew_at;
         let due = async {
             match renew_at {
-                Some(at) => {
-                    let wait = at.saturating_sub(self.now());
-                    tokio::time::sleep(Duration::from_secs(wait)).await
-                }
+                Some(at) => self.options.clock.sleep_until(at).await,
                 None => std::future::pending().await,
             }
         };

@@ -109,12 +109,11 @@ pub fn rolled_back(state: &AgentState, manifest: &Manifest, reason: String) -> A
     if let Some(trial) = next.trial.take() {
         next.firmware_version = trial.previous_version;
     }
-    next.pending_report = Some(protocol::message::FirmwareReport {
-        digest: manifest.digest.clone(),
-        state: protocol::message::FirmwareState::RolledBack,
-        reason: Some(reason),
-        bytes: manifest.size,
-    });
+    next.pending_report = Some(protocol::message::FirmwareReport::rolled_back(
+        &manifest.digest,
+        reason,
+        manifest.size,
+    ));
     next
 }
 

@@ -3,7 +3,7 @@
 
 use certs::CertInfo;
 use protocol::keys::PublicKey;
-use protocol::message::{FirmwareReport, FirmwareState};
+use protocol::message::FirmwareReport;
 
 use super::AgentState;
 use crate::error::AgentError;
@@ -47,12 +47,11 @@ pub fn interrupted_trial(state: &AgentState, updating: bool) -> Option<AgentStat
     let mut next = state.clone();
     next.trial = None;
     next.firmware_version = trial.previous_version.clone();
-    next.pending_report = Some(FirmwareReport {
-        digest: trial.digest.clone(),
-        state: FirmwareState::RolledBack,
-        reason: Some("the trial boot was interrupted".into()),
-        bytes: 0,
-    });
+    next.pending_report = Some(FirmwareReport::rolled_back(
+        &trial.digest,
+        "the trial boot was interrupted".into(),
+        0,
+    ));
     Some(next)
 }
 
@@ -76,7 +75,7 @@ mod tests {
         assert!(back.trial.is_none());
         assert_eq!(
             back.pending_report.unwrap().state,
-            FirmwareState::RolledBack
+            protocol::message::FirmwareState::RolledBack
         );
     }
 

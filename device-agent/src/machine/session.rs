@@ -134,12 +134,11 @@ mod tests {
     fn an_attestation_goes_before_a_report() {
         let mut state = AgentState::factory("1.0.0");
         assert_eq!(pending(&state), Delivery::Nothing);
-        state.pending_report = Some(FirmwareReport {
-            digest: vec![1],
-            state: protocol::message::FirmwareState::Healthy,
-            reason: None,
-            bytes: 0,
-        });
+        state.pending_report = Some(FirmwareReport::progress(
+            &[1],
+            protocol::message::FirmwareState::Healthy,
+            0,
+        ));
         assert!(matches!(pending(&state), Delivery::Report(_)));
         state.pending_attestation = Some(vec![9]);
         assert_eq!(pending(&state), Delivery::Attestation(vec![9]));

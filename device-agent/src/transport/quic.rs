@@ -19,7 +19,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::error::AgentError;
+use crate::error::{AgentError, CredentialRefusal};
 use crate::platform::DeviceKey;
 use crate::platform::key::TlsKey;
 
@@ -161,18 +161,20 @@ pub fn provisional_config(
     quic_config(tls, timeouts)
 }
 
-/// The operational (LDevID) configuration, trusting only the pinned owner CA.
+/// The operational (LDevID) configuration, trusting only the pinned owner CA, at the time of
+/// `clock`.
 pub fn operational_config(
     ldevid_chain: &[Vec<u8>],
     key: Arc<dyn DeviceKey>,
     owner_ca: &[u8],
     timeouts: Timeouts,
+    clock: &crate::Clock,
 ) -> Result<quinn::ClientConfig, AgentError> {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from(owner_ca.to_vec()))
         .map_err(|e| AgentError::Connection(format!("owner CA: {e}")))?;
-    let tls = rustls::ClientConfig::builder_with_provider(provider())
+    let tls = rustls::ClientConfig::builder_with_details(provider(), Arc::new(clock.clone()))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| AgentError::Connection(e.to_string()))?
         .with_root_certificates(roots)
@@ -225,10 +227,25 @@ fn conn_err(e: impl std::fmt::Display) -> AgentError {
     AgentError::Connection(e.to_string())
 }
 
-/// TLS alerts that say the server refuses this device's certificate (RFC 8446 6.2): bad,
+fn refused(reason: CredentialRefusal, e: &quinn::ConnectionError) -> AgentError {
+    AgentError::CredentialRefused {
+        reason,
+        detail: e.to_string(),
+    }
+}
+
+/// The refusal a TLS alert says, if it is about this device's certificate (RFC 8446 6.2): bad,
 /// unsupported, revoked, expired or unknown certificate, unknown CA, access denied, a signature
 /// in the chain or of the handshake that does not verify (decrypt_error), certificate required.
-const CERTIFICATE_ALERTS: [u8; 9] = [42, 43, 44, 45, 46, 48, 49, 51, 116];
+fn certificate_alert(alert: u8) -> Option<CredentialRefusal> {
+    match alert {
+        44 => Some(CredentialRefusal::Revoked),
+        45 => Some(CredentialRefusal::Expired),
+        48 => Some(CredentialRefusal::UnknownIssuer),
+        42 | 43 | 46 | 49 | 51 | 116 => Some(CredentialRefusal::Rejected),
+        _ => None,
+    }
+}
 
 /// The agent's error for a connection that ended: a refusal of the device's credential (a
 /// certificate alert in the handshake, or our server's unauthorized and revoked close codes)
@@ -238,17 +255,17 @@ fn connection_error(e: &quinn::ConnectionError) -> AgentError {
         quinn::ConnectionError::ConnectionClosed(close) => {
             let code = u64::from(close.error_code);
             let alert = code.checked_sub(0x100).and_then(|a| u8::try_from(a).ok());
-            if alert.is_some_and(|a| CERTIFICATE_ALERTS.contains(&a)) {
-                return AgentError::CredentialRefused(e.to_string());
+            match alert.and_then(certificate_alert) {
+                Some(reason) => refused(reason, e),
+                None => conn_err(e),
             }
-            conn_err(e)
         }
         // The onboarder's close codes 1 (unauthorized) and 3 (revoked).
-        quinn::ConnectionError::ApplicationClosed(close)
-            if matches!(close.error_code.into_inner(), 1 | 3) =>
-        {
-            AgentError::CredentialRefused(e.to_string())
-        }
+        quinn::ConnectionError::ApplicationClosed(close) => match close.error_code.into_inner() {
+            1 => refused(CredentialRefusal::Rejected, e),
+            3 => refused(CredentialRefusal::Revoked, e),
+            _ => conn_err(e),
+        },
         other => conn_err(other),
     }
 }
@@ -379,4 +396,26 @@ async fn write_frame(mut send: quinn::SendStream, payload: &[u8]) -> Result<(), 
         .map_err(conn_err)?;
     send.finish().map_err(conn_err)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_alerts_about_the_certificate_are_refusals() {
+        assert_eq!(certificate_alert(44), Some(CredentialRefusal::Revoked));
+        assert_eq!(certificate_alert(45), Some(CredentialRefusal::Expired));
+        assert_eq!(
+            certificate_alert(48),
+            Some(CredentialRefusal::UnknownIssuer)
+        );
+        for alert in [42, 43, 46, 49, 51, 116] {
+            assert_eq!(certificate_alert(alert), Some(CredentialRefusal::Rejected));
+        }
+        // handshake_failure, internal_error, protocol_version: connection trouble.
+        for alert in [40, 80, 70, 0] {
+            assert_eq!(certificate_alert(alert), None, "{alert}");
+        }
+    }
 }

@@ -399,7 +399,10 @@ mod tests {
         for _ in 0..9 {
             t.add(Some(&JobState::Healthy));
         }
-        t.add(Some(&JobState::Failed { reason: "x".into() }));
+        t.add(Some(&JobState::Failed {
+            reason: "x".into(),
+            refusal: None,
+        }));
         assert_eq!(
             c.next_step(&t, &t, vec![], 0),
             Step::Advance { stragglers: 0 }

@@ -130,6 +130,7 @@ pub fn report(
         },
         _ => JobState::Failed {
             reason: reason.clone(),
+            refusal: report.refusal,
         },
     };
     if job.state == state && job.bytes == report.bytes {
@@ -243,12 +244,7 @@ mod tests {
     }
 
     fn report(digest: &[u8], state: FirmwareState) -> FirmwareReport {
-        FirmwareReport {
-            digest: digest.to_vec(),
-            state,
-            reason: None,
-            bytes: 1,
-        }
+        FirmwareReport::progress(digest, state, 1)
     }
 
     #[test]
@@ -397,6 +393,41 @@ mod tests {
             .write
             .is_none()
         );
+    }
+
+    #[test]
+    fn a_refusal_is_recorded_with_its_code_and_leaves_the_firmware_alone() {
+        let kit = Kit::new();
+        let (record, _, peer) = kit.onboarded("SN-1");
+        let r = release(6, "sensor-1");
+        let record = offer(&record.id.clone(), Some(record), "c", &r, NOW)
+            .unwrap()
+            .write
+            .unwrap();
+        let refusal = protocol::manifest::ManifestError::Rollback {
+            offered: 6,
+            installed: 9,
+        };
+        let failed = crate::core::firmware::report(
+            &peer,
+            Some(record.clone()),
+            FirmwareReport::refused(&r.digest, &refusal),
+            NOW,
+            0,
+        )
+        .unwrap()
+        .write
+        .unwrap();
+        let job = failed.firmware_job.as_ref().unwrap();
+        assert!(matches!(
+            &job.state,
+            JobState::Failed {
+                refusal: Some(protocol::manifest::FirmwareRefusal::Rollback),
+                reason,
+            } if reason.contains("rollback")
+        ));
+        assert_eq!(failed.firmware_sequence, record.firmware_sequence);
+        assert_eq!(failed.firmware_version, record.firmware_version);
     }
 
     #[test]

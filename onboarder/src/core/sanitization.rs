@@ -77,21 +77,20 @@ pub fn certify(
 ) -> Result<SanitizationCertificate, LifecycleError> {
     let id = &record.id;
     let order = record.decommission.as_ref();
+    let uncertifiable = || LifecycleError::WrongState {
+        device: id.clone(),
+        state: record.state,
+        action: "certifying a sanitization without a verified wipe attestation",
+    };
     let (Some(signed), Some(signer), Some(validated_on)) = (
         order.and_then(|o| o.attestation.as_ref()),
         order.and_then(|o| o.signer.as_ref()),
         order.and_then(|o| o.attested_at),
     ) else {
-        return Err(LifecycleError::BadRequest(format!(
-            "{id} is {}: there is no verified wipe attestation to certify",
-            record.state
-        )));
+        return Err(uncertifiable());
     };
     if record.state != DeviceState::Decommissioned {
-        return Err(LifecycleError::BadRequest(format!(
-            "{id} is {}",
-            record.state
-        )));
+        return Err(uncertifiable());
     }
     // Verified when it was received; decoded here for its fields.
     let a = WipeAttestation::parse_unverified(signed)

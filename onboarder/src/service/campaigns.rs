@@ -274,7 +274,7 @@ impl Service {
                     state: job.map_or("waiting", |j| j.state.name()).to_string(),
                     reason: job.and_then(|j| match &j.state {
                         JobState::RolledBack { reason }
-                        | JobState::Failed { reason }
+                        | JobState::Failed { reason, .. }
                         | JobState::Skipped { reason } => Some(reason.clone()),
                         _ => None,
                     }),

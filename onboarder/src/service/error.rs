@@ -23,6 +23,12 @@ pub enum OperatorError {
     /// The audit chain is broken.
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// A firmware release was refused: its manifest or its image does not check out.
+    #[error("release refused: {0}")]
+    Release(#[from] protocol::manifest::ManifestError),
+    /// A firmware release whose manifest no imported key of its vendor signed.
+    #[error("the manifest is not signed by a firmware key of {0:?}")]
+    UntrustedRelease(String),
     /// The lifecycle rules refuse the order.
     #[error(transparent)]
     Refused(LifecycleError),

@@ -58,22 +58,15 @@ impl Service {
         image: &[u8],
     ) -> Result<Release, OperatorError> {
         let unverified = Manifest::parse_unverified(manifest)
-            .map_err(|e| OperatorError::BadInput(e.to_string()))?;
+            .map_err(protocol::manifest::ManifestError::from)?;
         let verified = self
             .firmware_keys()?
             .iter()
             .filter(|k| k.vendor_id == unverified.vendor_id)
             .filter_map(|k| protocol::keys::PublicKey::ed25519(&k.key).ok())
             .find_map(|k| Manifest::open(manifest, &k).ok())
-            .ok_or_else(|| {
-                OperatorError::BadInput(format!(
-                    "the manifest is not signed by a firmware key of {:?}",
-                    unverified.vendor_id
-                ))
-            })?;
-        verified
-            .check_image(image.len() as u64, &protocol::manifest::sha256(image))
-            .map_err(|e| OperatorError::BadInput(e.to_string()))?;
+            .ok_or_else(|| OperatorError::UntrustedRelease(unverified.vendor_id.clone()))?;
+        verified.check_image(image.len() as u64, &protocol::manifest::sha256(image))?;
         if let Some(existing) = self.store.release(&verified.digest)? {
             return Ok(existing);
         }

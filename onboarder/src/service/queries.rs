@@ -216,7 +216,6 @@ impl Service {
         let organization = self.registrar().policy.organization.clone();
         sanitization::certify(&record, &organization).map_err(|e| match e {
             crate::core::LifecycleError::Unavailable(m) => OperatorError::Internal(m),
-            crate::core::LifecycleError::BadRequest(m) => OperatorError::BadInput(m),
             other => other.into(),
         })
     }

@@ -11,6 +11,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 
+use crate::service::Clock;
 use crate::trust::TrustStore;
 
 /// The one crypto provider (rustls and quinn default to different ones; naming it avoids a
@@ -158,15 +159,35 @@ impl ResolvesServerCert for RegistrarIdentity {
     }
 }
 
-/// The server's TLS configuration: the registrar's identity, mandatory client certificates.
+/// The service's clock as TLS's: certificates are checked at the time every other rule uses.
+struct ClockTime(Clock);
+
+impl std::fmt::Debug for ClockTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClockTime")
+    }
+}
+
+impl rustls::time_provider::TimeProvider for ClockTime {
+    fn current_time(&self) -> Option<UnixTime> {
+        Some(UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+            (self.0)(),
+        )))
+    }
+}
+
+/// The server's TLS configuration: the registrar's identity, mandatory client certificates,
+/// checked at the time of `clock`.
 pub fn server_config(
     identity: Arc<RegistrarIdentity>,
     trust: Arc<TrustStore>,
+    clock: Clock,
 ) -> Result<rustls::ServerConfig, rustls::Error> {
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(DeviceCertVerifier::new(trust)))
-        .with_cert_resolver(identity);
+    let mut config =
+        rustls::ServerConfig::builder_with_details(provider(), Arc::new(ClockTime(clock)))
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(Arc::new(DeviceCertVerifier::new(trust)))
+            .with_cert_resolver(identity);
     config.alpn_protocols = vec![protocol::ALPN.to_vec()];
     Ok(config)
 }

@@ -51,9 +51,13 @@ async fn a_flood_from_one_device_is_counted_not_written_and_others_still_onboard
             }
         }
     };
-    // A real device onboards during the flood.
+    // A real device onboards during the flood, once the server is refusing it.
     let onboard = async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        eventually(30, "the flood under way", || {
+            let refused = world.server.service().metrics().snapshot().refusals;
+            refused.get("BadRequest").copied().unwrap_or(0) >= 20
+        })
+        .await;
         world.agent(&honest).onboard().await
     };
     let ((), onboarded) = tokio::join!(flood, onboard);
@@ -203,14 +207,7 @@ async fn a_device_flipping_its_update_state_cannot_grow_the_log() {
         .unwrap();
     let before = world.audit().len();
     let session = world.ldevid_session(&device).await;
-    let report = |state| {
-        Request::FirmwareStatus(FirmwareReport {
-            digest: digest.clone(),
-            state,
-            reason: None,
-            bytes: 1,
-        })
-    };
+    let report = |state| Request::FirmwareStatus(FirmwareReport::progress(&digest, state, 1));
     for _ in 0..100 {
         for state in [FirmwareState::Downloading, FirmwareState::Verified] {
             session.exchange(&report(state)).await.unwrap();

@@ -309,6 +309,7 @@ async fn held_frames_stay_within_budget_in_the_server_process() {
         .collect();
     let rss_before = server.rss_kib();
     let mut held = Vec::new();
+    let mut connections = Vec::new();
     for i in 0..CONNECTIONS {
         let conn = endpoints[i % endpoints.len()]
             .connect_with(config.clone(), quic, "onboarder.invalid")
@@ -324,6 +325,7 @@ async fn held_frames_stay_within_budget_in_the_server_process() {
             // A stream keeps its connection open.
             held.push((send, recv));
         }
+        connections.push(conn);
     }
     let mut peak_held = 0;
     let mut rss_peak = 0;
@@ -346,7 +348,12 @@ async fn held_frames_stay_within_budget_in_the_server_process() {
     }
     assert!(released, "stalled frames still held");
     drop(held);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    for conn in connections {
+        conn.close(0u32.into(), b"done");
+    }
+    for endpoint in &endpoints {
+        endpoint.wait_idle().await;
+    }
     let rss_after = server.rss_kib();
     let refused = stats().await.metrics.refusals.get("Unavailable").copied();
     eprintln!(

@@ -1,13 +1,17 @@
 //! The server is killed (SIGKILL) while a fleet onboards, and restarted on the same store.
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use certs::factory::{Manufacturer, ManufacturerConfig};
+use device_agent::machine::{AgentState, Phase};
+use device_agent::platform::{Platform, StateStore};
+use device_agent::{Agent, PlatformError};
 use onboarder::core::DeviceState;
 use onboarder::operator::client::ApiClient;
 
@@ -58,6 +62,80 @@ fn wait_ready(client: &ApiClient) {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("the onboarder did not come up");
+}
+
+/// The state of every device, by serial, in the store of the data directory `data` (no server
+/// running).
+fn states_on_disk(data: &Path) -> HashMap<String, DeviceState> {
+    let backends = onboarder::server::Backends::embedded(data).unwrap();
+    let records = backends.store.devices(None, FLEET + 1).unwrap();
+    assert_eq!(records.len(), FLEET);
+    records
+        .into_iter()
+        .map(|r| (r.id.serial.clone(), r.state))
+        .collect()
+}
+
+/// Devices whose storage holds a received enrollment back until released.
+const SLOW: usize = 10;
+
+#[derive(Default, Clone)]
+struct SlowStorage {
+    /// Saves held back right now.
+    held: Arc<AtomicUsize>,
+    released: Arc<AtomicBool>,
+}
+
+impl SlowStorage {
+    fn agent(&self, d: &Device, server: SocketAddr, endpoint: &quinn::Endpoint) -> Agent {
+        let identity = d.identity();
+        let mut platform = Platform::files(&d.identity_dir, &d.state_dir, identity.key.kind());
+        platform.state = Arc::new(SlowState {
+            inner: platform.state.clone(),
+            storage: self.clone(),
+        });
+        Agent::new(
+            Arc::new(identity),
+            platform,
+            server,
+            endpoint.clone(),
+            fast_options(),
+        )
+    }
+
+    fn held(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    fn release(&self) {
+        self.released.store(true, Ordering::SeqCst);
+    }
+}
+
+struct SlowState {
+    inner: Arc<dyn StateStore>,
+    storage: SlowStorage,
+}
+
+impl StateStore for SlowState {
+    fn load(&self) -> Result<Option<AgentState>, PlatformError> {
+        self.inner.load()
+    }
+
+    fn save(&self, state: &AgentState) -> Result<(), PlatformError> {
+        if state.phase == (Phase::Enrolled { confirmed: false }) {
+            self.storage.held.fetch_add(1, Ordering::SeqCst);
+            while !self.storage.released.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            self.storage.held.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.inner.save(state)
+    }
+
+    fn reset(&self, state: &AgentState) -> Result<(), PlatformError> {
+        self.inner.reset(state)
+    }
 }
 
 /// User and system CPU seconds a process has used so far.
@@ -132,8 +210,16 @@ async fn killed_server_restarts_and_every_device_completes_exactly_once() {
     let done = Arc::new(AtomicUsize::new(0));
     let limit = Arc::new(tokio::sync::Semaphore::new(200));
     let mut tasks = Vec::new();
-    for d in &devices {
-        let agent = d.agent(quic, &endpoint);
+    // The first devices store slowly: each holds its enrollment, received but not yet
+    // saved, until the server is dead. The kill lands in the middle of their enrollment by
+    // construction; the rest of the fleet is wherever the kill finds it.
+    let storage = SlowStorage::default();
+    for (i, d) in devices.iter().enumerate() {
+        let agent = if i < SLOW {
+            storage.agent(d, quic, &endpoint)
+        } else {
+            d.agent(quic, &endpoint)
+        };
         let (done, limit) = (done.clone(), limit.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = limit.acquire_owned().await.unwrap();
@@ -150,14 +236,35 @@ async fn killed_server_restarts_and_every_device_completes_exactly_once() {
             result.map_err(|e| format!("{}: {e}", agent.serial()))
         }));
     }
-    while done.load(Ordering::SeqCst) < FLEET / 4 {
+    while done.load(Ordering::SeqCst) < FLEET / 4 || storage.held() < SLOW {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let first_cpu = cpu_seconds(child.id());
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let killed_at = done.load(Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // What the dead server left on disk: the kill landed mid-enrollment (devices that accepted
+    // their voucher and hold no confirmed certificate yet), with others done and others not
+    // started.
+    let left = {
+        let data = data.clone();
+        tokio::task::spawn_blocking(move || states_on_disk(&data))
+            .await
+            .unwrap()
+    };
+    let count = |s: DeviceState| left.values().filter(|&&x| x == s).count();
+    eprintln!(
+        "at the kill: {} expected, {} onboarding, {} active",
+        count(DeviceState::Expected),
+        count(DeviceState::Onboarding),
+        count(DeviceState::Active)
+    );
+    for d in &devices[..SLOW] {
+        assert_eq!(left[&d.serial()], DeviceState::Onboarding, "{}", d.serial());
+    }
+    assert!(count(DeviceState::Active) > 0 && count(DeviceState::Expected) > 0);
+    // The slow devices store their enrollment now, and find the server gone.
+    storage.release();
     let mut child = serve(&data);
     let mut failures = Vec::new();
     for t in tasks {

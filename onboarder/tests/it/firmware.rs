@@ -2,7 +2,6 @@
 //! a release that fails its health check.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use certs::factory::FirmwareRelease;
 use device_agent::platform::FirmwareSlots;
@@ -10,8 +9,10 @@ use device_agent::platform::slots::{FileSlots, SELFTEST_FAIL};
 use onboarder::core::campaign::CampaignOrder;
 use onboarder::core::campaign::CampaignState;
 use onboarder::core::record::{FirmwareJob, JobState};
+use onboarder::service::OperatorError;
 use onboarder::service::{CampaignSpec, Target};
 use onboarder::store::{Change, DeviceWrite, Expect};
+use protocol::manifest::{FirmwareRefusal, ManifestError};
 use protocol::message::Command;
 
 use crate::harness::*;
@@ -116,14 +117,10 @@ async fn a_campaign_updates_every_device_in_waves() {
         .unwrap();
     let mut bad = img.clone();
     bad[7] ^= 1;
-    assert!(
-        world
-            .server
-            .service()
-            .upload_release(&manifest, &bad)
-            .await
-            .is_err()
-    );
+    assert!(matches!(
+        world.server.service().upload_release(&manifest, &bad).await,
+        Err(OperatorError::Release(ManifestError::WrongDigest))
+    ));
 
     let id = run_campaign(
         &world,
@@ -230,13 +227,36 @@ async fn offer_directly(world: &World, serial: &str, manifest: &[u8], image: &[u
         .unwrap();
 }
 
+/// `manifest` with the digest of `from` replaced by that of `to`, its signature left as it was.
+fn retarget(manifest: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let sha = |b: &[u8]| {
+        ring::digest::digest(&ring::digest::SHA256, b)
+            .as_ref()
+            .to_vec()
+    };
+    let (old, new) = (sha(from), sha(to));
+    let at = manifest
+        .windows(old.len())
+        .position(|w| w == old.as_slice())
+        .expect("the manifest names its image's digest");
+    let mut tampered = manifest.to_vec();
+    tampered[at..at + new.len()].copy_from_slice(&new);
+    assert_eq!(
+        protocol::manifest::Manifest::parse_unverified(&tampered)
+            .unwrap()
+            .digest,
+        new
+    );
+    tampered
+}
+
 async fn refused_with(
     world: &World,
     device: &Device,
     serial: &str,
     manifest: &[u8],
     image: &[u8],
-    reason: &str,
+    refusal: FirmwareRefusal,
 ) {
     let slots = FileSlots::new(&device.state_dir.join("firmware"));
     let before = (
@@ -249,16 +269,19 @@ async fn refused_with(
     })
     .await;
     match job(world, serial).unwrap().state {
-        JobState::Failed { reason: r } => assert!(r.contains(reason), "{reason:?} not in {r:?}"),
-        other => panic!("expected a refusal for {reason}, got {other:?}"),
+        JobState::Failed {
+            refusal: Some(r),
+            reason,
+        } => assert_eq!(r, refusal, "{reason}"),
+        other => panic!("expected a refusal for {refusal:?}, got {other:?}"),
     }
     // Nothing installed, the counter untouched.
-    assert_eq!(slots.active_image().unwrap(), before.0, "{reason}");
+    assert_eq!(slots.active_image().unwrap(), before.0, "{refusal:?}");
     assert!(!slots.in_trial().unwrap());
     assert_eq!(
         world.record(serial).unwrap().firmware_sequence,
         before.1,
-        "{reason}"
+        "{refusal:?}"
     );
 }
 
@@ -274,14 +297,22 @@ async fn the_device_refuses_every_bad_image_and_manifest() {
 
     let mut flipped = img.clone();
     flipped[100_000] ^= 0x10;
-    refused_with(&world, d, "SN-GUARD", &good, &flipped, "digest").await;
+    refused_with(
+        &world,
+        d,
+        "SN-GUARD",
+        &good,
+        &flipped,
+        FirmwareRefusal::WrongDigest,
+    )
+    .await;
     refused_with(
         &world,
         d,
         "SN-GUARD",
         &good,
         &img[..150_000],
-        "image is 150000 bytes",
+        FirmwareRefusal::WrongSize,
     )
     .await;
     let mut longer = img.clone();
@@ -292,7 +323,7 @@ async fn the_device_refuses_every_bad_image_and_manifest() {
         "SN-GUARD",
         &good,
         &longer,
-        "the manifest says 200000",
+        FirmwareRefusal::WrongSize,
     )
     .await;
 
@@ -304,7 +335,28 @@ async fn the_device_refuses_every_bad_image_and_manifest() {
     let forged = other_maker
         .sign_firmware(&img, &release("3.0.1", 4), now())
         .unwrap();
-    refused_with(&world, d, "SN-GUARD", &forged, &img, "signature").await;
+    refused_with(
+        &world,
+        d,
+        "SN-GUARD",
+        &forged,
+        &img,
+        FirmwareRefusal::Signature,
+    )
+    .await;
+    // The manufacturer's own manifest, altered after signing: it announces another image (the
+    // planted one), and the signature no longer covers what it says.
+    let other_image = image(200_000, 3);
+    let tampered = retarget(&good, &img, &other_image);
+    refused_with(
+        &world,
+        d,
+        "SN-GUARD",
+        &tampered,
+        &other_image,
+        FirmwareRefusal::Signature,
+    )
+    .await;
     let gateway = m
         .sign_firmware(
             &img,
@@ -315,7 +367,15 @@ async fn the_device_refuses_every_bad_image_and_manifest() {
             now(),
         )
         .unwrap();
-    refused_with(&world, d, "SN-GUARD", &gateway, &img, "class").await;
+    refused_with(
+        &world,
+        d,
+        "SN-GUARD",
+        &gateway,
+        &img,
+        FirmwareRefusal::WrongClass,
+    )
+    .await;
     let expired = m
         .sign_firmware(
             &img,
@@ -326,7 +386,15 @@ async fn the_device_refuses_every_bad_image_and_manifest() {
             now(),
         )
         .unwrap();
-    refused_with(&world, d, "SN-GUARD", &expired, &img, "expired").await;
+    refused_with(
+        &world,
+        d,
+        "SN-GUARD",
+        &expired,
+        &img,
+        FirmwareRefusal::Expired,
+    )
+    .await;
 
     // Install sequence 7 for real, then a lower one (rollback) and another image claiming 7
     // (replay of the sequence) are refused.
@@ -346,7 +414,7 @@ async fn the_device_refuses_every_bad_image_and_manifest() {
         "SN-GUARD",
         &old,
         &other,
-        "not higher than the installed 7",
+        FirmwareRefusal::Rollback,
     )
     .await;
     let replay = m
@@ -358,7 +426,7 @@ async fn the_device_refuses_every_bad_image_and_manifest() {
         "SN-GUARD",
         &replay,
         &other,
-        "not higher than the installed 7",
+        FirmwareRefusal::Rollback,
     )
     .await;
     assert_eq!(
@@ -642,8 +710,18 @@ async fn an_unhealthy_release_rolls_back_and_pauses_the_campaign() {
         .await;
         assert_eq!(world.record(&p.device.serial).unwrap().firmware_sequence, 0);
     }
-    // It stays paused.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // It stays paused: the engine's next steps offer the release to nobody.
+    for _ in 0..3 {
+        assert!(
+            world
+                .server
+                .service()
+                .campaign_tick()
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
     assert!(matches!(
         world.server.service().campaign(&id).unwrap().state,
         CampaignState::Paused { .. }

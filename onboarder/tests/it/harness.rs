@@ -19,8 +19,9 @@ use protocol::message::{Request, Response};
 pub const DAY: u64 = 86_400;
 
 pub struct World {
-    /// Seconds added to the server's clock (see [`World::advance_clock`]).
-    clock_offset: Arc<std::sync::atomic::AtomicU64>,
+    /// The one clock of the server, its TLS and every agent of this world (see
+    /// [`World::advance_clock`]).
+    pub clock: device_agent::Clock,
     pub dir: tempfile::TempDir,
     pub manufacturer: Arc<Manufacturer>,
     pub data: PathBuf,
@@ -61,13 +62,12 @@ impl World {
         config.api_listen = "127.0.0.1:0".parse().unwrap();
         edit(&mut config);
         onboarder::pki::init(&data, &config, now()).unwrap();
-        let clock_offset = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let offset = clock_offset.clone();
-        let clock = Arc::new(move || now() + offset.load(std::sync::atomic::Ordering::Relaxed));
+        let clock = device_agent::Clock::system();
+        let server_clock = clock.clone();
         let server = Server::start_with(
             &data,
             onboarder::server::Options {
-                clock: Some(clock),
+                clock: Some(Arc::new(move || server_clock.now())),
                 ..Default::default()
             },
         )
@@ -77,7 +77,7 @@ impl World {
             certs::files::read_cert(&data.join(onboarder::config::layout::OWNER_ROOT)).unwrap();
         let endpoint = quic::endpoint_for(server.quic_addr()).unwrap();
         World {
-            clock_offset,
+            clock,
             dir,
             manufacturer,
             data,
@@ -120,8 +120,16 @@ impl World {
         id_of(&self.manufacturer, serial)
     }
 
+    /// The agent of `device`, on this world's clock.
     pub fn agent(&self, device: &Device) -> Agent {
-        device.agent(self.server.quic_addr(), &self.endpoint)
+        device.agent_with(
+            self.server.quic_addr(),
+            &self.endpoint,
+            AgentOptions {
+                clock: self.clock.clone(),
+                ..fast_options()
+            },
+        )
     }
 
     /// The record of this world's manufacturer's device `serial`.
@@ -171,6 +179,7 @@ impl World {
             keys.ldevid_key().unwrap().unwrap(),
             state.owner_ca.as_ref().unwrap(),
             Timeouts::default(),
+            &self.clock,
         )
         .unwrap();
         let name = state.config.unwrap().server_name;
@@ -179,10 +188,9 @@ impl World {
             .unwrap()
     }
 
-    /// Moves the server's clock `secs` seconds on (TLS keeps the real time).
+    /// Moves the clock of the server, its TLS and this world's agents `secs` seconds on.
     pub fn advance_clock(&self, secs: u64) {
-        self.clock_offset
-            .fetch_add(secs, std::sync::atomic::Ordering::Relaxed);
+        self.clock.advance(secs);
     }
 
     /// A bare QUIC connection authenticated with the device's IDevID, for hand-built clients
@@ -218,6 +226,17 @@ impl World {
             .unwrap()
     }
 }
+
+/// What an owner leaves in a device's state directory (the firmware slots are not the owner's).
+const OWNER_FILES: [&str; 7] = [
+    device_agent::platform::layout::STATE,
+    device_agent::platform::layout::LDEVID_KEY,
+    device_agent::platform::layout::PENDING_KEY,
+    device_agent::platform::layout::LDEVID_CERT,
+    device_agent::platform::layout::CHAIN,
+    device_agent::platform::layout::NETWORK,
+    "data",
+];
 
 /// A device on disk: its factory identity and its agent state directory.
 pub struct Device {
@@ -260,18 +279,37 @@ impl Device {
     }
 
     pub fn agent(&self, server: std::net::SocketAddr, endpoint: &quinn::Endpoint) -> Agent {
+        self.agent_with(server, endpoint, fast_options())
+    }
+
+    pub fn agent_with(
+        &self,
+        server: std::net::SocketAddr,
+        endpoint: &quinn::Endpoint,
+        options: AgentOptions,
+    ) -> Agent {
         Agent::with_files(
             &self.identity_dir,
             &self.state_dir,
             server,
             endpoint.clone(),
-            fast_options(),
+            options,
         )
         .unwrap()
     }
 
+    /// No trace of an owner: no agent state, no LDevID key (current or pending), certificate
+    /// or chain, no network credentials and no owner data.
     pub fn is_factory_fresh(&self) -> bool {
-        !self.state_dir.join("state.cbor").exists() && !self.state_dir.join("ldevid.key").exists()
+        self.owner_files().is_empty()
+    }
+
+    /// The files of an owner this device still holds.
+    pub fn owner_files(&self) -> Vec<&'static str> {
+        OWNER_FILES
+            .into_iter()
+            .filter(|name| self.state_dir.join(name).exists())
+            .collect()
     }
 }
 
@@ -389,4 +427,20 @@ pub fn anchor_import(m: &Manufacturer) -> onboarder::operator::AnchorImport {
         masa_pem: Some(certs::files::cert_pem(m.masa_cert())),
         name: None,
     }
+}
+
+/// The "factory fresh" check itself: any one owner file is enough to fail it.
+#[test]
+fn factory_fresh_notices_every_owner_file() {
+    let m = Manufacturer::create(ManufacturerConfig::new("Test Devices"), now()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::mint(&m, dir.path(), "SN-FRESH");
+    assert!(device.is_factory_fresh());
+    for name in OWNER_FILES {
+        let path = device.state_dir.join(name);
+        std::fs::write(&path, b"x").unwrap();
+        assert_eq!(device.owner_files(), [name]);
+        std::fs::remove_file(&path).unwrap();
+    }
+    assert!(device.is_factory_fresh());
 }

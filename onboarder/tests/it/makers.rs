@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use certs::factory::{Manufacturer, ManufacturerConfig};
 use device_agent::AgentError;
-use onboarder::core::DeviceState;
+use onboarder::core::{DeviceState, LifecycleError};
+use onboarder::service::OperatorError;
 use protocol::message::{ErrorCode, Hello, Request, Status};
 
 use crate::harness::*;
@@ -328,12 +329,11 @@ async fn an_operator_resets_an_onboarding_a_clone_started() {
         Some(genuine.identity().key.public_key().raw())
     );
     // Resetting an active device is refused: that is what revocation is for.
-    assert!(
-        world
-            .server
-            .control()
-            .reset_onboarding(&id, "again")
-            .await
-            .is_err()
-    );
+    assert!(matches!(
+        world.server.control().reset_onboarding(&id, "again").await,
+        Err(OperatorError::Refused(LifecycleError::WrongState {
+            state: DeviceState::Active,
+            ..
+        }))
+    ));
 }

@@ -1,7 +1,7 @@
 //! Hostile and broken inputs: each is refused with a typed error, and nothing changes on
 //! either side (DESIGN 7).
 
-use device_agent::AgentError;
+use device_agent::{AgentError, CredentialRefusal};
 use onboarder::core::{DeviceId, DeviceRecord, DeviceState};
 use onboarder::store::{Change, DeviceWrite, Expect};
 use protocol::message::{ErrorCode, Hello, Request, Response};
@@ -77,12 +77,12 @@ async fn idevid_of_an_unknown_manufacturer_is_refused_at_the_handshake() {
     .unwrap();
     let device = Device::mint(&rogue, &world.dir.path().join("rogue"), "SN-CLONE");
     match world.agent(&device).onboard().await {
-        Err(AgentError::CredentialRefused(msg)) => {
-            assert!(
-                msg.contains("certificate") || msg.contains("alert"),
-                "{msg}"
-            )
-        }
+        // The counterfeit maker took the genuine one's name, so its birth certificate names an
+        // issuer the server knows, whose signature it does not bear (decrypt_error).
+        Err(AgentError::CredentialRefused {
+            reason: CredentialRefusal::Rejected,
+            ..
+        }) => {}
         other => panic!("expected a handshake refusal, got {other:?}"),
     }
     assert_eq!(world.record("SN-CLONE").unwrap(), before);
@@ -140,10 +140,10 @@ async fn expired_voucher_is_refused() {
     let world = World::new().await;
     let device = world.device("SN-LATE");
     world.expect(&[], 30).await;
-    // A voucher that expires two seconds from now, imported while still valid.
+    // A voucher that expires a minute from now, imported while still valid.
     let voucher = world
         .manufacturer
-        .voucher("SN-LATE", &world.owner_root, now(), now() + 2)
+        .voucher("SN-LATE", &world.owner_root, now(), now() + 60)
         .unwrap();
     let report = world
         .server
@@ -153,7 +153,7 @@ async fn expired_voucher_is_refused() {
         .unwrap();
     assert_eq!(report.imported, 1);
     let before = world.record("SN-LATE").unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    world.advance_clock(61);
     // (The device's own expiry check is covered in protocol::voucher.)
     let code = refused(world.agent(&device).onboard().await);
     assert_eq!(code, ErrorCode::VoucherExpired);

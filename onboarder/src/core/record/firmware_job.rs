@@ -28,6 +28,9 @@ pub enum JobState {
     Failed {
         /// Why.
         reason: String,
+        /// The device's refusal code, when it refused the manifest or the image.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        refusal: Option<protocol::manifest::FirmwareRefusal>,
     },
     /// Not offered: the device already runs this sequence number or a higher one.
     Skipped {

@@ -212,7 +212,9 @@ fn error(status: StatusCode, message: String) -> Response {
 impl IntoResponse for OperatorError {
     fn into_response(self) -> Response {
         let status = match &self {
-            OperatorError::BadInput(_) => StatusCode::BAD_REQUEST,
+            OperatorError::BadInput(_)
+            | OperatorError::Release(_)
+            | OperatorError::UntrustedRelease(_) => StatusCode::BAD_REQUEST,
             OperatorError::NotFound(_) => StatusCode::NOT_FOUND,
             OperatorError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             OperatorError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
