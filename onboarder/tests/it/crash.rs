@@ -19,11 +19,11 @@ use crate::harness::*;
 
 const FLEET: usize = 1000;
 
-fn onboarder() -> Command {
+pub(crate) fn onboarder() -> Command {
     Command::new(env!("CARGO_BIN_EXE_onboarder"))
 }
 
-fn run(args: &[&str]) -> String {
+pub(crate) fn run(args: &[&str]) -> String {
     let out = onboarder().args(args).output().unwrap();
     assert!(
         out.status.success(),
@@ -33,7 +33,7 @@ fn run(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn free_ports() -> (SocketAddr, SocketAddr) {
+pub(crate) fn free_ports() -> (SocketAddr, SocketAddr) {
     let udp = UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -45,7 +45,7 @@ fn free_ports() -> (SocketAddr, SocketAddr) {
     (udp, tcp)
 }
 
-fn serve(dir: &Path) -> Child {
+pub(crate) fn serve(dir: &Path) -> Child {
     onboarder()
         .args(["--dir", dir.to_str().unwrap(), "serve"])
         .stdout(Stdio::null())
@@ -54,7 +54,7 @@ fn serve(dir: &Path) -> Child {
         .unwrap()
 }
 
-fn wait_ready(client: &ApiClient) {
+pub(crate) fn wait_ready(client: &ApiClient) {
     for _ in 0..200 {
         if client.anchors().is_ok() {
             return;

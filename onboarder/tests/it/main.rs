@@ -14,3 +14,4 @@ mod onboarding;
 mod operator;
 mod purity;
 mod refusals;
+mod rollover_kill;

@@ -1,0 +1,187 @@
+//! The server is killed (SIGKILL) at each step of a CA rollover and restarted on the same
+//! data directory: the rollover is finished at start, and the connected fleet ends on the new
+//! CA generation.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use certs::factory::{Manufacturer, ManufacturerConfig};
+use onboarder::core::{CertStatus, DeviceState};
+use onboarder::operator::client::ApiClient;
+use onboarder::service::AnchorImport;
+
+use crate::crash::{free_ports, onboarder, run, serve, wait_ready};
+use crate::harness::*;
+
+const FLEET: usize = 20;
+
+/// The points between the rollover's steps (onboarder/src/control/rollover.rs), in order.
+const POINTS: [&str; 4] = [
+    "rollover-decided",
+    "rollover-files",
+    "rollover-renewed",
+    "rollover-ordered",
+];
+
+/// A server that stops at `point`; returns once it has reached it.
+fn serve_until(dir: &Path, point: &str) -> Child {
+    let mut child = onboarder()
+        .args(["--dir", dir.to_str().unwrap(), "serve"])
+        .env("ONBOARDER_FAILPOINT", point)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let wanted = format!("failpoint {point} reached");
+    let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
+    let reached = lines.any(|line| line.contains(&wanted));
+    // The rest of the server runs on and may still write: keep its stderr open.
+    std::thread::spawn(move || lines.for_each(drop));
+    if !reached {
+        let status = child.wait().unwrap();
+        panic!("the server ended ({status}) without reaching {point}");
+    }
+    child
+}
+
+/// Blocking API calls off the async threads.
+async fn api<T: Send + 'static>(
+    client: &Arc<ApiClient>,
+    call: impl FnOnce(&ApiClient) -> T + Send + 'static,
+) -> T {
+    let client = client.clone();
+    tokio::task::spawn_blocking(move || call(&client))
+        .await
+        .unwrap()
+}
+
+/// Whether every device is active with exactly one live certificate, of CA `generation`.
+fn fleet_on(client: &ApiClient, generation: u32) -> bool {
+    let Ok(devices) = client.devices() else {
+        return false;
+    };
+    devices.len() == FLEET
+        && devices.iter().all(|d| {
+            let live: Vec<_> = d
+                .certificates
+                .iter()
+                .filter(|c| matches!(c.status, CertStatus::Active | CertStatus::Issued))
+                .collect();
+            d.state == DeviceState::Active
+                && live.len() == 1
+                && live[0].generation == Some(generation)
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollover_killed_at_any_step_is_finished_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("onboarder");
+    let (quic, api_addr) = free_ports();
+    run(&[
+        "init",
+        data.to_str().unwrap(),
+        "--listen",
+        &quic.to_string(),
+        "--api",
+        &api_addr.to_string(),
+    ]);
+    let m = Manufacturer::create(ManufacturerConfig::new("Roll Devices"), now()).unwrap();
+    let serials: Vec<String> = (0..FLEET).map(|i| format!("SN-RK{i:03}")).collect();
+    let devices: Vec<Device> = serials
+        .iter()
+        .map(|s| Device::mint(&m, dir.path(), s))
+        .collect();
+    let owner_root =
+        certs::files::read_cert(&data.join(onboarder::config::layout::OWNER_ROOT)).unwrap();
+    let bundle = protocol::voucher::encode_bundle(
+        &serials
+            .iter()
+            .map(|s| m.voucher(s, &owner_root, now(), now() + DAY).unwrap())
+            .collect::<Vec<_>>(),
+    );
+    let anchor = AnchorImport {
+        pem: certs::files::cert_pem(m.root_cert()),
+        masa_pem: Some(certs::files::cert_pem(m.masa_cert())),
+        name: None,
+    };
+
+    let mut child = serve(&data);
+    let client = Arc::new(ApiClient::for_data_dir(&data).unwrap());
+    api(&client, wait_ready).await;
+    api(&client, move |c| {
+        c.import_anchor(&anchor).unwrap();
+        c.import_vouchers(&bundle).unwrap();
+    })
+    .await;
+    let endpoint = device_agent::transport::quic::endpoint_for(quic).unwrap();
+    let running: Vec<Running> = devices
+        .iter()
+        .map(|d| Running::start(d.agent(quic, &endpoint)))
+        .collect();
+    let poll = |generation: u32| {
+        let client = client.clone();
+        async move {
+            for _ in 0..600 {
+                if api(&client, move |c| fleet_on(c, generation)).await {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            panic!("the fleet did not end on CA generation {generation}");
+        }
+    };
+    poll(1).await;
+
+    for (i, point) in POINTS.iter().enumerate() {
+        let generation = i as u32 + 2;
+        // Stop the server, start it again set to stop at `point`, and roll over.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let stopping = {
+            let data = data.clone();
+            let point = point.to_string();
+            std::thread::spawn(move || serve_until(&data, &point))
+        };
+        api(&client, wait_ready).await;
+        let order = {
+            let client = client.clone();
+            std::thread::spawn(move || client.rollover(None))
+        };
+        let mut stopped = tokio::task::spawn_blocking(move || stopping.join().unwrap())
+            .await
+            .unwrap();
+        stopped.kill().unwrap(); // SIGKILL, mid-rollover
+        stopped.wait().unwrap();
+        assert!(
+            order.join().unwrap().is_err(),
+            "the order cannot have been answered"
+        );
+        // Restarted: the rollover is finished, not repeated, and the fleet follows.
+        child = serve(&data);
+        api(&client, wait_ready).await;
+        poll(generation).await;
+        let crls = api(&client, |c| c.crls().unwrap()).await;
+        let generations: Vec<u32> = crls.iter().map(|c| c.generation).collect();
+        assert_eq!(
+            generations.iter().max(),
+            Some(&generation),
+            "killed at {point}: {generations:?}"
+        );
+        eprintln!("killed at {point}: the fleet is on generation {generation}");
+    }
+    let summary = api(&client, |c| c.verify_audit().unwrap()).await;
+    assert!(summary.entries > 0);
+    for r in &running {
+        assert!(r.agent.stats().renewals.load(Ordering::Relaxed) >= POINTS.len() as u64);
+    }
+    for r in running {
+        r.stop().await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
