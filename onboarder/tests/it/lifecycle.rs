@@ -144,6 +144,75 @@ async fn a_revoked_device_is_refused_at_the_handshake_and_listed_in_the_crl() {
     assert_eq!(on_disk, certs::files::pem_block("X509 CRL", &crl.der));
 }
 
+/// One order revokes several devices through the service's one loop: the TLS verifier refuses
+/// each of them at the next handshake and the CRL publisher, told by the same commit, lists
+/// every one of their certificates in the next CRL; the others are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_revocation_reaches_the_tls_verifier_and_the_next_crl() {
+    let world = World::new().await;
+    let serials: Vec<String> = (0..6).map(|i| format!("SN-BATCH-{i}")).collect();
+    let refs: Vec<&str> = serials.iter().map(String::as_str).collect();
+    world.expect(&refs, 30).await;
+    let devices: Vec<Device> = serials.iter().map(|s| world.device(s)).collect();
+    for d in &devices {
+        world.agent(d).onboard().await.unwrap();
+    }
+    let first_crl = world.server.control().crls()[0].number;
+    let (revoked, kept) = devices.split_at(4);
+    let ids: Vec<_> = serials[..4].iter().map(|s| world.id(s)).collect();
+
+    let report = world
+        .server
+        .service()
+        .revoke_all(&ids, Reason::KeyCompromise)
+        .await
+        .unwrap();
+    assert_eq!(report.accepted, ids);
+    assert!(report.refused.is_empty());
+
+    let trust = world.server.service().trust();
+    let mut serials_revoked = Vec::new();
+    for d in revoked {
+        let record = world.record(&d.serial()).unwrap();
+        assert_eq!(record.state, DeviceState::Quarantined);
+        for c in &record.certificates {
+            assert!(
+                trust.is_revoked(&c.serial, world.clock.now()),
+                "{}",
+                c.serial
+            );
+            serials_revoked.push(c.serial.clone());
+        }
+        match world.agent(d).connect().await {
+            Err(AgentError::CredentialRefused {
+                reason: CredentialRefusal::Revoked,
+                ..
+            }) => {}
+            other => panic!(
+                "{}: expected a handshake refusal, got {other:?}",
+                d.serial()
+            ),
+        }
+    }
+    for d in kept {
+        world.agent(d).connect().await.unwrap().close();
+    }
+    // The publisher was told by the commit: no one asks it here.
+    eventually(10, "a new CRL", || {
+        world.server.control().crls()[0].number > first_crl
+    })
+    .await;
+    let crl = world.server.control().crls().remove(0);
+    let (_, parsed) = x509_parser::parse_x509_crl(&crl.der).unwrap();
+    let mut listed: Vec<String> = parsed
+        .iter_revoked_certificates()
+        .map(|r| certs::inspect::hex(r.raw_serial()))
+        .collect();
+    listed.sort();
+    serials_revoked.sort();
+    assert_eq!(listed, serials_revoked);
+}
+
 /// The agent dies at each step of a renewal; a fresh agent on the same disk recovers, and the
 /// server ends with exactly one live certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
