@@ -1,0 +1,264 @@
+use super::*;
+use crate::core::testkit::{BINDING, Kit, NOW, entropy};
+use certs::KeyPair;
+use protocol::message::ErrorCode;
+
+fn ok() -> Status {
+    Status {
+        ok: true,
+        reason: None,
+    }
+}
+
+#[test]
+fn a_voucher_request_answers_the_voucher_and_writes_nothing() {
+    let kit = Kit::new();
+    let (identity, peer) = kit.device("SN-1");
+    let record = kit.expected("SN-1");
+    let d = voucher_request(
+        &kit.registrar,
+        &peer,
+        Some(record.clone()),
+        &kit.voucher_request(&identity),
+        &BINDING,
+        NOW,
+    )
+    .unwrap();
+    assert!(
+        d.write.is_none(),
+        "nothing is pinned before the voucher is accepted"
+    );
+    assert_eq!(d.events[0].action, "voucher-issued");
+    assert!(matches!(d.response, Response::Voucher(v) if Some(&v) == record.voucher.as_ref()));
+}
+
+#[test]
+fn voucher_requests_are_refused_with_typed_errors() {
+    let kit = Kit::new();
+    let (identity, peer) = kit.device("SN-1");
+    let record = kit.expected("SN-1");
+    let signed = kit.voucher_request(&identity);
+    let reg = &kit.registrar;
+    let code = |r: Result<Decision, LifecycleError>| r.unwrap_err().code();
+    // Unknown device.
+    assert_eq!(
+        code(voucher_request(reg, &peer, None, &signed, &BINDING, NOW)),
+        ErrorCode::UnknownDevice
+    );
+    // Another session's binding (a replay).
+    assert_eq!(
+        code(voucher_request(
+            reg,
+            &peer,
+            Some(record.clone()),
+            &signed,
+            &[9; 32],
+            NOW
+        )),
+        ErrorCode::StaleRequest
+    );
+    // Made long ago.
+    assert_eq!(
+        code(voucher_request(
+            reg,
+            &peer,
+            Some(record.clone()),
+            &signed,
+            &BINDING,
+            NOW + 3600
+        )),
+        ErrorCode::StaleRequest
+    );
+    // Signed by another key than the IDevID's.
+    let (other, _) = kit.device("SN-2");
+    assert_eq!(
+        code(voucher_request(
+            reg,
+            &peer,
+            Some(record.clone()),
+            &kit.voucher_request(&other),
+            &BINDING,
+            NOW
+        )),
+        ErrorCode::BadSignature
+    );
+    // An expired voucher on file.
+    let mut late = record.clone();
+    late.voucher_expires_on = Some(NOW);
+    assert_eq!(
+        code(voucher_request(
+            reg,
+            &peer,
+            Some(late),
+            &signed,
+            &BINDING,
+            NOW
+        )),
+        ErrorCode::VoucherExpired
+    );
+    // A device further on.
+    let mut active = record.clone();
+    active.state = DeviceState::Active;
+    assert_eq!(
+        code(voucher_request(
+            reg,
+            &peer,
+            Some(active),
+            &signed,
+            &BINDING,
+            NOW
+        )),
+        ErrorCode::WrongState
+    );
+    // A voucher naming another IDevID issuer.
+    let mut voucher = Voucher::parse_unverified(record.voucher.as_ref().unwrap()).unwrap();
+    voucher.idevid_issuer = Some(vec![1, 2, 3]);
+    let mut crossed = record.clone();
+    crossed.voucher = Some(voucher.sign(kit.maker.masa_key()).unwrap());
+    assert_eq!(
+        code(voucher_request(
+            reg,
+            &peer,
+            Some(crossed),
+            &signed,
+            &BINDING,
+            NOW
+        )),
+        ErrorCode::Unauthorized
+    );
+}
+
+#[test]
+fn accepting_the_voucher_pins_the_idevid_and_a_clone_is_refused_after() {
+    let kit = Kit::new();
+    let (_, peer) = kit.device("SN-1");
+    let (_, clone) = kit.device("SN-1");
+    let record = kit.expected("SN-1");
+    // A rejection is a note: nothing changes.
+    let no = Status {
+        ok: false,
+        reason: Some("not my owner".into()),
+    };
+    let d = voucher_status(&peer, Some(record.clone()), no, NOW).unwrap();
+    assert!(d.write.is_none());
+    assert_eq!(d.events[0].action, "voucher-rejected");
+    // Acceptance moves to onboarding and pins this IDevID.
+    let d = voucher_status(&peer, Some(record.clone()), ok(), NOW).unwrap();
+    let pinned = d.write.unwrap();
+    assert_eq!(pinned.state, DeviceState::Onboarding);
+    assert_eq!(pinned.idevid_key.as_deref(), Some(peer.public_key.raw()));
+    // Saying it again changes nothing and says nothing.
+    let d = voucher_status(&peer, Some(pinned.clone()), ok(), NOW).unwrap();
+    assert!(d.write.is_none() && d.events.is_empty());
+    // Another IDevID of the same maker and serial is refused from now on.
+    let e = voucher_status(&clone, Some(pinned), ok(), NOW).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Unauthorized);
+}
+
+#[test]
+fn enrollment_needs_the_accepted_voucher_and_a_retry_gets_the_same_certificate() {
+    let kit = Kit::new();
+    let (_, peer) = kit.device("SN-1");
+    let record = kit.expected("SN-1");
+    let key = KeyPair::generate(certs::KeyKind::P256).unwrap();
+    let csr = kit.csr("SN-1", &key);
+    let e = enroll(
+        &kit.registrar,
+        &peer,
+        Some(record.clone()),
+        &csr,
+        &BINDING,
+        NOW,
+        entropy(1),
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.code(),
+        ErrorCode::WrongState,
+        "before the voucher is accepted"
+    );
+    let onboarding = voucher_status(&peer, Some(record), ok(), NOW)
+        .unwrap()
+        .write
+        .unwrap();
+    let first = enroll(
+        &kit.registrar,
+        &peer,
+        Some(onboarding.clone()),
+        &csr,
+        &BINDING,
+        NOW,
+        entropy(1),
+    )
+    .unwrap();
+    let issued = first.write.clone().unwrap();
+    assert_eq!(issued.certificates.len(), 1);
+    let again = enroll(
+        &kit.registrar,
+        &peer,
+        Some(issued.clone()),
+        &csr,
+        &BINDING,
+        NOW,
+        entropy(2),
+    )
+    .unwrap();
+    assert!(again.write.is_none(), "a retry writes nothing");
+    assert_eq!(
+        format!("{:?}", again.response),
+        format!("{:?}", first.response)
+    );
+    // A CSR for another serial, or for the IDevID's own key, is refused.
+    let wrong = kit.csr("SN-OTHER", &key);
+    let e = enroll(
+        &kit.registrar,
+        &peer,
+        Some(onboarding.clone()),
+        &wrong,
+        &BINDING,
+        NOW,
+        entropy(3),
+    )
+    .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::CsrPolicy);
+    let unbound = certs::csr::build_csr("SN-1", &key, &[0; 32]).unwrap();
+    let e = enroll(
+        &kit.registrar,
+        &peer,
+        Some(onboarding),
+        &unbound,
+        &BINDING,
+        NOW,
+        entropy(3),
+    )
+    .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::StaleRequest);
+}
+
+#[test]
+fn a_welcome_carries_what_the_device_missed_and_only_ldevids_get_one() {
+    let kit = Kit::new();
+    let (mut record, _, ldevid) = kit.onboarded("SN-1");
+    let (_, idevid) = kit.device("SN-1");
+    let hi = || Hello {
+        agent_version: "a".into(),
+        firmware_version: "1.0.0".into(),
+        firmware_sequence: 0,
+        class_id: "sensor-1".into(),
+    };
+    let e = hello(&kit.registrar, &idevid, Some(record.clone()), hi(), NOW).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Unauthorized);
+    record.rotation = Some(super::super::record::Rotation {
+        requested_at: NOW,
+        state: RotationState::Pending,
+    });
+    let d = hello(&kit.registrar, &ldevid, Some(record.clone()), hi(), NOW).unwrap();
+    let Response::Welcome(w) = &d.response else {
+        panic!("{:?}", d.response)
+    };
+    assert_eq!(w.commands, [Command::Rotate]);
+    assert!(opens_session(&ldevid, &d.response));
+    assert!(!opens_session(&idevid, &d.response));
+    // The versions it reports are recorded.
+    assert_eq!(d.write.unwrap().agent_version.as_deref(), Some("a"));
+}
