@@ -2,9 +2,11 @@
 //! (later) updated and decommissioned by an onboarder.
 //!
 //! - [`platform`]: traits for what the device provides ([`platform::KeyStore`],
-//!   [`platform::StateStore`], [`platform::NetworkApplier`]) and file-based defaults.
+//!   [`platform::StateStore`], [`platform::NetworkApplier`], [`platform::FirmwareSlots`],
+//!   [`platform::Wiper`]) and file-based defaults.
 //! - [`machine`]: the device's decisions without I/O: voucher, registrar and enrollment checks,
-//!   persisted state, command replies.
+//!   persisted state, command replies, and what comes next at each step of onboarding, a
+//!   session, a renewal, an update, a decommissioning, after a crash and after a failure.
 //! - [`transport`]: the QUIC client (provisional TLS for onboarding, pinned TLS afterwards).
 //! - [`driver`]: [`Agent`], which ties them together: `onboard`, `connect`, `run`.
 //! - [`clock`]: the one source of wall-clock time, which tests may move forward.

@@ -2,18 +2,26 @@
 //!
 //! One core, thin edges (DESIGN 4):
 //!
-//! - [`core`]: the lifecycle rules (device states, voucher and enrollment decisions, the audit
-//!   budget) with no I/O; time and randomness are arguments. A device is
-//!   [`core::DeviceId`]: the manufacturer anchor its IDevID chains to, and its serial.
-//! - [`service`]: load record -> core decides -> one atomic, durable commit -> reply.
-//! - [`store`]: the [`store::Store`] trait and its sled implementation (group commit).
+//! - [`core`]: the lifecycle rules (device states, every decision on a device request or an
+//!   order, voucher import, campaign steps, the audit budget) as pure functions; time and
+//!   randomness are arguments, and a test keeps I/O out. A device is [`core::DeviceId`]: the
+//!   manufacturer anchor its IDevID chains to, and its serial.
+//! - [`service`]: the one door. [`service::Service`] and its one load -> decide -> commit loop
+//!   (batched for orders over many devices), which carries out every effect of a commit (TLS
+//!   revocations, CRL notice, job index, campaign wake-up); every state change goes through it.
+//! - [`store`]: the [`store::Store`] and [`store::images::ImageStore`] traits, which the server
+//!   takes as parameters ([`server::Backends`]); `store/sled/` is the embedded backend.
 //! - [`audit`]: the hash-chained audit log; [`metrics`]: counters of what was refused or shed.
 //! - [`transport`]: QUIC (quinn + rustls): authenticates devices by certificate, frames
 //!   requests, calls the service; keeps operational sessions for pushed commands.
-//! - [`operator`]: operator actions, the admin HTTP API (axum) and its client.
+//! - [`control`]: the background loops: command push, CRL publisher, CA and registrar
+//!   rollover (finished at start if a crash interrupted it), campaign engine.
+//! - [`operator`]: the operator's edges: the admin HTTP API (axum), its client, views, and the
+//!   command line by topic.
 //! - [`config`], [`pki`], [`server`]: the data directory, the owner PKI, and the wiring.
 //! - [`exercise`]: the lifecycle phases driven through the admin API with real agents.
 //! - [`demo`]: the end-to-end demonstration on embedded defaults.
+//! - [`failpoint`]: named crash points for the kill tests.
 //!
 //! Order of calls for a device request: the QUIC transport accepts a connection whose client
 //! certificate the TLS verifier checked against [`trust::TrustStore`] (within the connection

@@ -55,7 +55,7 @@ enum Command {
         /// Number of devices.
         #[arg(long, default_value_t = 1)]
         count: u32,
-        /// Where to write the device directories (OUT/<serial>/).
+        /// Where to write the device directories (`OUT/SERIAL/`).
         #[arg(long)]
         out: PathBuf,
         /// Key type of the device keys.

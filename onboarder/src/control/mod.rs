@@ -2,9 +2,9 @@
 //! commands to connected devices, ending sessions, publishing CRLs, the CA on disk) and the
 //! background loops. Every state change is the service's; this only carries out what follows.
 //!
-//! - [`push`]: commands to connected devices; [`crls`]: the CRL publisher;
-//!   [`rollover`]: the issuing CA rollover and the registrar's certificate;
-//!   [`campaigns`]: the campaign engine; [`audit`]: the audit budget's summaries.
+//! - `push`: commands to connected devices; `crls`: the CRL publisher;
+//!   `rollover`: the issuing CA rollover and the registrar's certificate;
+//!   `campaigns`: the campaign engine; `audit`: the audit budget's summaries.
 
 mod audit;
 mod campaigns;

@@ -1,4 +1,4 @@
-//! THE door: every state change of the onboarder goes through [`Service::commit`], the one
+//! THE door: every state change of the onboarder goes through `Service::commit`, the one
 //! load -> decide -> commit loop.
 //!
 //! A caller hands the loop a closure that loads what it needs from the store, asks the core for
@@ -8,11 +8,11 @@
 //! data. After every commit, and only then, it carries out the effects of the change: revoked or
 //! superseded certificates reach the TLS verifier and wake the CRL publisher, firmware jobs reach
 //! the campaign engine's index. Decisions over many devices go through the same loop in chunks
-//! ([`Service::decide_devices`]).
+//! (`Service::decide_devices`).
 //!
-//! The files by job: [`device`] (requests of authenticated devices), [`imports`] (anchors and
-//! vouchers), [`orders`] (operator orders about devices), [`firmware`] (keys and releases),
-//! [`campaigns`], [`crls`], [`queries`] (reads for operators).
+//! The files by job: `device` (requests of authenticated devices), `imports` (anchors and
+//! vouchers), `orders` (operator orders about devices), `firmware` (keys and releases),
+//! `campaigns`, `crls`, `queries` (reads for operators).
 
 mod audit;
 mod campaigns;

@@ -1,6 +1,6 @@
 //! The admin API: HTTP on loopback, bearer-token authenticated, JSON out. Routes by topic:
-//! [`devices`] (anchors, vouchers, devices and orders about them, the audit log), [`fleet`]
-//! (rotations, the CA rollover, CRLs, counters) and [`firmware`] (keys, releases, campaigns).
+//! `devices` (anchors, vouchers, devices and orders about them, the audit log), `fleet`
+//! (rotations, the CA rollover, CRLs, counters) and `firmware` (keys, releases, campaigns).
 //!
 //! A device is named `MAKER/SERIAL` (the maker id or the manufacturer's name; `/` written
 //! `%2F` in a path), or by its serial alone when only one manufacturer has a device with it.
