@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -23,7 +23,7 @@ pub(crate) fn onboarder() -> Command {
     Command::new(env!("CARGO_BIN_EXE_onboarder"))
 }
 
-pub(crate) fn run(args: &[&str]) -> String {
+fn run(args: &[&str]) -> String {
     let out = onboarder().args(args).output().unwrap();
     assert!(
         out.status.success(),
@@ -33,7 +33,7 @@ pub(crate) fn run(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-pub(crate) fn free_ports() -> (SocketAddr, SocketAddr) {
+fn free_ports() -> (SocketAddr, SocketAddr) {
     let udp = UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -43,6 +43,22 @@ pub(crate) fn free_ports() -> (SocketAddr, SocketAddr) {
         .local_addr()
         .unwrap();
     (udp, tcp)
+}
+
+/// `onboarder init` of a data directory in `root`, on free loopback ports: the directory, the
+/// QUIC address and the admin API address.
+pub(crate) fn init(root: &Path) -> (PathBuf, SocketAddr, SocketAddr) {
+    let data = root.join("onboarder");
+    let (quic, api) = free_ports();
+    run(&[
+        "init",
+        data.to_str().unwrap(),
+        "--listen",
+        &quic.to_string(),
+        "--api",
+        &api.to_string(),
+    ]);
+    (data, quic, api)
 }
 
 pub(crate) fn serve(dir: &Path) -> Child {
@@ -158,16 +174,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_server_restarts_and_every_device_completes_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("onboarder");
-    let (quic, api) = free_ports();
-    run(&[
-        "init",
-        data.to_str().unwrap(),
-        "--listen",
-        &quic.to_string(),
-        "--api",
-        &api.to_string(),
-    ]);
+    let (data, quic, _) = init(dir.path());
 
     // The manufacturer's side: devices, anchor, vouchers (through the factory's library).
     let m =

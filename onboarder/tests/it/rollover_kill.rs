@@ -13,7 +13,7 @@ use onboarder::core::{CertStatus, DeviceState};
 use onboarder::operator::client::ApiClient;
 use onboarder::service::AnchorImport;
 
-use crate::crash::{free_ports, onboarder, run, serve, wait_ready};
+use crate::crash::{init, onboarder, serve, wait_ready};
 use crate::harness::*;
 
 const FLEET: usize = 20;
@@ -80,16 +80,7 @@ fn fleet_on(client: &ApiClient, generation: u32) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollover_killed_at_any_step_is_finished_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("onboarder");
-    let (quic, api_addr) = free_ports();
-    run(&[
-        "init",
-        data.to_str().unwrap(),
-        "--listen",
-        &quic.to_string(),
-        "--api",
-        &api_addr.to_string(),
-    ]);
+    let (data, quic, _) = init(dir.path());
     let m = Manufacturer::create(ManufacturerConfig::new("Roll Devices"), now()).unwrap();
     let serials: Vec<String> = (0..FLEET).map(|i| format!("SN-RK{i:03}")).collect();
     let devices: Vec<Device> = serials
