@@ -174,37 +174,29 @@ async fn announced_frames_cost_nothing_until_their_bytes_arrive_and_stay_within_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_flipping_its_update_state_cannot_grow_the_log() {
     use onboarder::core::record::{FirmwareJob, JobState, MAX_JOB_TRANSITIONS};
-    use onboarder::store::{Change, DeviceWrite, Expect};
     use protocol::message::{FirmwareReport, FirmwareState};
     let world = World::new().await;
     let device = world.device("SN-FLIP");
     world.expect(&["SN-FLIP"], 30).await;
     world.agent(&device).onboard().await.unwrap();
     let digest = vec![7u8; 32];
-    let mut record = world.record("SN-FLIP").unwrap();
-    let expect = Expect::Version(record.version);
-    record.firmware_job = Some(FirmwareJob {
-        campaign: "c-flip".into(),
-        digest: digest.clone(),
-        manifest: Vec::new(),
-        version: "9.9.9".into(),
-        sequence: 9,
-        state: JobState::Offered,
-        bytes: 0,
-        offered_at: now(),
-        updated_at: now(),
-        transitions: 0,
-    });
     world
-        .server
-        .service()
-        .store()
-        .commit(Change {
-            devices: vec![DeviceWrite { record, expect }],
-            ..Change::default()
-        })
-        .await
-        .unwrap();
+        .plant_job(
+            "SN-FLIP",
+            FirmwareJob {
+                campaign: "c-flip".into(),
+                digest: digest.clone(),
+                manifest: Vec::new(),
+                version: "9.9.9".into(),
+                sequence: 9,
+                state: JobState::Offered,
+                bytes: 0,
+                offered_at: now(),
+                updated_at: now(),
+                transitions: 0,
+            },
+        )
+        .await;
     let before = world.audit().len();
     let session = world.ldevid_session(&device).await;
     let report = |state| Request::FirmwareStatus(FirmwareReport::progress(&digest, state, 1));

@@ -11,7 +11,6 @@ use onboarder::core::campaign::CampaignState;
 use onboarder::core::record::{FirmwareJob, JobState};
 use onboarder::service::OperatorError;
 use onboarder::service::{CampaignSpec, Target};
-use onboarder::store::{Change, DeviceWrite, Expect};
 use protocol::manifest::{FirmwareRefusal, ManifestError};
 use protocol::message::Command;
 
@@ -190,30 +189,23 @@ async fn offer_directly(world: &World, serial: &str, manifest: &[u8], image: &[u
         .images()
         .put(&claimed.digest, image)
         .unwrap();
-    let mut record = world.record(serial).unwrap();
-    let expect = Expect::Version(record.version);
-    record.firmware_job = Some(FirmwareJob {
-        campaign: format!("planted-{}", claimed.version),
-        digest: claimed.digest.clone(),
-        manifest: manifest.to_vec(),
-        version: claimed.version.clone(),
-        sequence: claimed.sequence,
-        state: JobState::Offered,
-        bytes: 0,
-        offered_at: now(),
-        updated_at: now(),
-        transitions: 0,
-    });
     world
-        .server
-        .service()
-        .store()
-        .commit(Change {
-            devices: vec![DeviceWrite { record, expect }],
-            ..Change::default()
-        })
-        .await
-        .unwrap();
+        .plant_job(
+            serial,
+            FirmwareJob {
+                campaign: format!("planted-{}", claimed.version),
+                digest: claimed.digest.clone(),
+                manifest: manifest.to_vec(),
+                version: claimed.version.clone(),
+                sequence: claimed.sequence,
+                state: JobState::Offered,
+                bytes: 0,
+                offered_at: now(),
+                updated_at: now(),
+                transitions: 0,
+            },
+        )
+        .await;
     world
         .server
         .sessions()

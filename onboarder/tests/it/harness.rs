@@ -188,6 +188,23 @@ impl World {
             .unwrap()
     }
 
+    /// Writes `job` onto `serial`'s record straight into the store, past every check of the
+    /// service, as a compromised server could.
+    pub async fn plant_job(&self, serial: &str, job: onboarder::core::record::FirmwareJob) {
+        let mut record = self.record(serial).unwrap();
+        let expect = onboarder::store::Expect::Version(record.version);
+        record.firmware_job = Some(job);
+        self.server
+            .service()
+            .store()
+            .commit(onboarder::store::Change {
+                devices: vec![onboarder::store::DeviceWrite { record, expect }],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
     /// Moves the clock of the server, its TLS and this world's agents `secs` seconds on.
     pub fn advance_clock(&self, secs: u64) {
         self.clock.advance(secs);
@@ -196,16 +213,12 @@ impl World {
     /// A bare QUIC connection authenticated with the device's IDevID, for hand-built clients
     /// that write streams byte by byte.
     pub async fn raw_connection(&self, device: &Device) -> quinn::Connection {
-        let identity = device.identity();
-        let key: Arc<dyn device_agent::platform::DeviceKey> = Arc::new(identity.key);
-        let config = quic::provisional_config(
-            std::slice::from_ref(&identity.idevid),
-            key,
-            Timeouts::default(),
-        )
-        .unwrap();
         self.endpoint
-            .connect_with(config, self.server.quic_addr(), "onboarder.invalid")
+            .connect_with(
+                idevid_config(device),
+                self.server.quic_addr(),
+                "onboarder.invalid",
+            )
             .unwrap()
             .await
             .unwrap()
@@ -213,18 +226,27 @@ impl World {
 
     /// A hand-driven IDevID session for hostile inputs.
     pub async fn raw_session(&self, device: &Device) -> Session {
-        let identity = device.identity();
-        let key: Arc<dyn device_agent::platform::DeviceKey> = Arc::new(identity.key);
-        let config = quic::provisional_config(
-            std::slice::from_ref(&identity.idevid),
-            key,
-            Timeouts::default(),
+        Session::connect(
+            &self.endpoint,
+            idevid_config(device),
+            self.server.quic_addr(),
+            None,
         )
-        .unwrap();
-        Session::connect(&self.endpoint, config, self.server.quic_addr(), None)
-            .await
-            .unwrap()
+        .await
+        .unwrap()
     }
+}
+
+/// The onboarding TLS configuration of `device` (its IDevID).
+fn idevid_config(device: &Device) -> quinn::ClientConfig {
+    let identity = device.identity();
+    let key: Arc<dyn device_agent::platform::DeviceKey> = Arc::new(identity.key);
+    quic::provisional_config(
+        std::slice::from_ref(&identity.idevid),
+        key,
+        Timeouts::default(),
+    )
+    .unwrap()
 }
 
 /// What an owner leaves in a device's state directory (the firmware slots are not the owner's).
