@@ -334,7 +334,7 @@ fn ceiling(c: &mut Criterion) {
         device_agent::transport::quic::endpoint_for(bench.server.quic_addr()).unwrap()
     };
     let config = device_agent::transport::quic::provisional_config(
-        std::slice::from_ref(&device.idevid),
+        std::slice::from_ref(&device.identity.idevid),
         key,
         Default::default(),
     )

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::ca::{Ca, CaName, Validity, random_serial};
 use crate::error::CertError;
 use crate::files;
-use crate::identity::Identity;
+use crate::identity::{Birth, Identity};
 use crate::inspect::CertInfo;
 use crate::key::{KeyKind, KeyPair};
 use crate::profile::{IdevidProfile, issue_idevid, issue_signer, validate_serial};
@@ -235,7 +235,7 @@ impl Manufacturer {
     }
 
     /// Mints the birth identity of device `serial`: a fresh key and its IDevID.
-    pub fn mint(&self, serial: &str, kind: KeyKind, now: u64) -> Result<Identity, CertError> {
+    pub fn mint(&self, serial: &str, kind: KeyKind, now: u64) -> Result<Birth, CertError> {
         validate_serial(serial)?;
         let key = KeyPair::generate(kind)?;
         let hw_type = self.config.hw_type_oid()?;
@@ -252,14 +252,14 @@ impl Manufacturer {
             &random_serial()?,
             now,
         )?;
-        Identity::new(
+        let identity = Identity::new(
             idevid,
-            key,
             self.root.cert_der().to_vec(),
             self.masa_cert.clone(),
             self.product(),
             now,
-        )
+        )?;
+        Birth::new(identity, key)
     }
 
     /// Signs a nonceless voucher for `serial`, pinning `owner_ca` (DER), valid until

@@ -1,8 +1,10 @@
-//! A device's birth identity as the factory leaves it on the device.
+//! A device's birth identity as the factory leaves it on the device: certificates only. The
+//! IDevID's private key is the key store's business: a file next to these ([`Birth`], for
+//! devices whose key the factory made) or an object in a secure element that never leaves it.
 //!
 //! ```text
 //! DIR/idevid.pem             the IDevID certificate
-//! DIR/idevid.key             its private key (PKCS#8, mode 0600)
+//! DIR/idevid.key             its private key (PKCS#8, mode 0600), when it is kept in a file
 //! DIR/manufacturer-root.pem  the manufacturer root CA (anchor for IDevIDs and the MASA cert)
 //! DIR/masa.pem               the manufacturer's voucher-signing certificate (the voucher anchor)
 //! DIR/firmware.pub           the manufacturer's firmware-signing public key (Ed25519)
@@ -51,15 +53,13 @@ struct ProductFile {
     class_id: String,
 }
 
-/// A device's birth identity.
-#[derive(Debug)]
+/// A device's birth identity: its certificates and what they say.
+#[derive(Debug, Clone)]
 pub struct Identity {
     /// The device serial (from the IDevID subject).
     pub serial: String,
     /// IDevID certificate, DER.
     pub idevid: Vec<u8>,
-    /// IDevID private key.
-    pub key: KeyPair,
     /// Manufacturer root CA, DER.
     pub manufacturer_root: Vec<u8>,
     /// Voucher-signing certificate, DER.
@@ -73,22 +73,16 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Assembles an identity and checks that it hangs together: the key is the IDevID's, and
-    /// both the IDevID and the voucher signer chain to the manufacturer root at `now`.
+    /// Assembles an identity and checks that it hangs together: both the IDevID and the
+    /// voucher signer chain to the manufacturer root at `now`.
     pub fn new(
         idevid: Vec<u8>,
-        key: KeyPair,
         manufacturer_root: Vec<u8>,
         masa_cert: Vec<u8>,
         product: Product,
         now: u64,
     ) -> Result<Identity, CertError> {
         let info = CertInfo::parse(&idevid)?;
-        if info.public_key != key.public_key() {
-            return Err(CertError::Key(
-                "the IDevID private key does not belong to the IDevID certificate".into(),
-            ));
-        }
         let serial = info.device_serial()?.to_string();
         let anchors = [manufacturer_root.clone()];
         chain::verify(&idevid, &[], &anchors, now, Usage::ClientAuth)?;
@@ -97,7 +91,6 @@ impl Identity {
         Ok(Identity {
             serial,
             idevid,
-            key,
             manufacturer_root,
             masa_cert,
             info,
@@ -106,11 +99,10 @@ impl Identity {
         })
     }
 
-    /// Loads and checks an identity directory.
+    /// Loads and checks the certificates of an identity directory.
     pub fn load(dir: &Path, now: u64) -> Result<Identity, CertError> {
         Identity::new(
             files::read_cert(&dir.join(layout::IDEVID_CERT))?,
-            files::read_key(&dir.join(layout::IDEVID_KEY))?,
             files::read_cert(&dir.join(layout::MANUFACTURER_ROOT))?,
             files::read_cert(&dir.join(layout::MASA_CERT))?,
             load_product(dir)?,
@@ -118,13 +110,12 @@ impl Identity {
         )
     }
 
-    /// Writes the identity directory (the key with mode 0600).
+    /// Writes the certificates of the identity directory.
     pub fn save(&self, dir: &Path) -> Result<(), CertError> {
         files::write_public(
             &dir.join(layout::IDEVID_CERT),
             files::cert_pem(&self.idevid).as_bytes(),
         )?;
-        files::write_secret(&dir.join(layout::IDEVID_KEY), self.key.to_pem().as_bytes())?;
         files::write_public(
             &dir.join(layout::MANUFACTURER_ROOT),
             files::cert_pem(&self.manufacturer_root).as_bytes(),
@@ -147,9 +138,57 @@ impl Identity {
         files::write_public(&dir.join(layout::PRODUCT), &json)
     }
 
+    /// Checks that `key` is the IDevID's public key (a key store holding another key would
+    /// fail every handshake with a less clear error).
+    pub fn check_key(&self, key: &protocol::keys::PublicKey) -> Result<(), CertError> {
+        if &self.info.public_key != key {
+            return Err(CertError::Key(
+                "the IDevID private key does not belong to the IDevID certificate".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The kind of the IDevID's key: new operational keys are made of the same kind.
+    pub fn key_kind(&self) -> crate::KeyKind {
+        crate::KeyKind::of(&self.info.public_key)
+    }
+
     /// The authority key identifier of the IDevID, which vouchers name as `idevid-issuer`.
     pub fn idevid_issuer(&self) -> &[u8] {
         self.info.authority_key_id.as_deref().unwrap_or_default()
+    }
+}
+
+/// A device as a factory that makes software keys leaves it: the identity and the IDevID key,
+/// saved side by side (the key with mode 0600).
+#[derive(Debug)]
+pub struct Birth {
+    /// The certificates.
+    pub identity: Identity,
+    /// The IDevID private key.
+    pub key: KeyPair,
+}
+
+impl Birth {
+    /// Pairs an identity with its key, checking they belong together.
+    pub fn new(identity: Identity, key: KeyPair) -> Result<Birth, CertError> {
+        identity.check_key(&key.public_key())?;
+        Ok(Birth { identity, key })
+    }
+
+    /// Loads an identity directory with its key file.
+    pub fn load(dir: &Path, now: u64) -> Result<Birth, CertError> {
+        Birth::new(
+            Identity::load(dir, now)?,
+            files::read_key(&dir.join(layout::IDEVID_KEY))?,
+        )
+    }
+
+    /// Writes the identity directory and the key file.
+    pub fn save(&self, dir: &Path) -> Result<(), CertError> {
+        self.identity.save(dir)?;
+        files::write_secret(&dir.join(layout::IDEVID_KEY), self.key.to_pem().as_bytes())
     }
 }
 

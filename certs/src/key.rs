@@ -21,6 +21,16 @@ pub enum KeyKind {
     Ed25519,
 }
 
+impl KeyKind {
+    /// The kind of `key`.
+    pub fn of(key: &PublicKey) -> KeyKind {
+        match key {
+            PublicKey::P256(_) => KeyKind::P256,
+            PublicKey::Ed25519(_) => KeyKind::Ed25519,
+        }
+    }
+}
+
 /// A private key with its public half.
 pub struct KeyPair {
     kind: KeyKind,

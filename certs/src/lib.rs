@@ -30,7 +30,7 @@ pub mod profile;
 
 pub use ca::{Ca, CaName, Validity};
 pub use error::{CertError, ChainError, CsrError};
-pub use identity::Identity;
+pub use identity::{Birth, Identity};
 pub use inspect::CertInfo;
 pub use key::{KeyKind, KeyPair};
 

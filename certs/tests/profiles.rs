@@ -5,7 +5,7 @@ use certs::chain::{self, Usage};
 use certs::csr::{CsrPolicy, build_csr, check_csr};
 use certs::factory::{Manufacturer, ManufacturerConfig};
 use certs::profile::{issue_ldevid, issue_registrar};
-use certs::{Ca, CaName, CertInfo, ChainError, Identity, KeyKind, KeyPair, Validity};
+use certs::{Birth, Ca, CaName, CertInfo, ChainError, Identity, KeyKind, KeyPair, Validity};
 use protocol::voucher::{Voucher, VoucherExpectation};
 
 const NOW: u64 = 1_790_000_000;
@@ -48,7 +48,7 @@ fn owner() -> (Ca, Ca) {
 fn idevid_profile_reads_back() {
     let m = manufacturer();
     for kind in [KeyKind::P256, KeyKind::Ed25519] {
-        let id = m.mint("SN-000042", kind, NOW).unwrap();
+        let id = m.mint("SN-000042", kind, NOW).unwrap().identity;
         let info = &id.info;
         assert_eq!(info.subject_serial.as_deref(), Some("SN-000042"));
         let hmn = info.hardware_module.as_ref().unwrap();
@@ -77,11 +77,20 @@ fn idevid_profile_reads_back() {
 fn identity_bundle_round_trips_through_files() {
     let m = manufacturer();
     let dir = tempfile::tempdir().unwrap();
-    let id = m.mint("SN-1", KeyKind::P256, NOW).unwrap();
-    id.save(dir.path()).unwrap();
-    let again = Identity::load(dir.path(), NOW).unwrap();
-    assert_eq!(again.serial, "SN-1");
-    assert_eq!(again.idevid, id.idevid);
+    let birth = m.mint("SN-1", KeyKind::P256, NOW).unwrap();
+    birth.save(dir.path()).unwrap();
+    let again = Birth::load(dir.path(), NOW).unwrap();
+    assert_eq!(again.identity.serial, "SN-1");
+    assert_eq!(again.identity.idevid, birth.identity.idevid);
+    assert_eq!(again.key.public_key(), birth.key.public_key());
+    // The certificates alone load without the key file: a key in a secure element has none.
+    std::fs::remove_file(dir.path().join("idevid.key")).unwrap();
+    let certificates = Identity::load(dir.path(), NOW).unwrap();
+    certificates.check_key(&birth.key.public_key()).unwrap();
+    assert!(matches!(
+        certificates.check_key(&KeyPair::generate(KeyKind::P256).unwrap().public_key()),
+        Err(certs::CertError::Key(_))
+    ));
     // An identity from another manufacturer's root does not load.
     let other = manufacturer();
     certs::files::write_public(
@@ -117,7 +126,8 @@ fn manufacturer_round_trips_through_files() {
 fn ldevid_and_registrar_profiles_chain_to_the_owner() {
     let m = manufacturer();
     let (root, issuing) = owner();
-    let id = m.mint("SN-7", KeyKind::P256, NOW).unwrap();
+    let birth = m.mint("SN-7", KeyKind::P256, NOW).unwrap();
+    let id = &birth.identity;
     let new_key = KeyPair::generate(KeyKind::P256).unwrap();
     let csr = build_csr("SN-7", &new_key, &[1; 32]).unwrap();
     let checked = check_csr(
@@ -125,7 +135,7 @@ fn ldevid_and_registrar_profiles_chain_to_the_owner() {
         &CsrPolicy {
             serial: &id.serial,
             binding: &[1; 32],
-            forbidden_keys: &[id.key.public_key()],
+            forbidden_keys: &[birth.key.public_key()],
         },
     )
     .unwrap();
@@ -194,7 +204,7 @@ fn ldevid_and_registrar_profiles_chain_to_the_owner() {
 fn vouchers_pin_the_owner_and_name_the_idevid_issuer() {
     let m = manufacturer();
     let (root, _) = owner();
-    let id = m.mint("SN-9", KeyKind::P256, NOW).unwrap();
+    let id = m.mint("SN-9", KeyKind::P256, NOW).unwrap().identity;
     let signed = m.voucher("SN-9", root.cert_der(), NOW, NOW + 3600).unwrap();
     let masa = CertInfo::parse(m.masa_cert()).unwrap().public_key;
     let v = Voucher::open(&signed, &masa).unwrap();

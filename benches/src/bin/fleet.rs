@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use certs::factory::{Manufacturer, ManufacturerConfig};
-use certs::{Identity, KeyKind, KeyPair, unix_now};
+use certs::{Birth, KeyKind, unix_now};
 use clap::Parser;
 use device_agent::platform::Platform;
 use device_agent::{Agent, AgentOptions};
@@ -188,7 +188,7 @@ async fn main() -> Result<()> {
         minting.push(tokio::task::spawn_blocking(move || {
             part.iter()
                 .map(|s| m.mint(s, KeyKind::P256, now))
-                .collect::<Result<Vec<Identity>, _>>()
+                .collect::<Result<Vec<Birth>, _>>()
         }));
     }
     let mut identities = Vec::with_capacity(cli.devices);
@@ -219,11 +219,10 @@ async fn main() -> Result<()> {
     let agents = identities
         .into_iter()
         .enumerate()
-        .map(|(i, identity)| {
-            let key = KeyPair::from_pkcs8_der(identity.key.pkcs8_der())?;
+        .map(|(i, birth)| {
             Ok(Arc::new(Agent::new(
-                Arc::new(identity),
-                Platform::memory(key),
+                Arc::new(birth.identity),
+                Platform::memory(birth.key),
                 quic,
                 endpoints[i % endpoints.len()].clone(),
                 AgentOptions::default(),

@@ -190,8 +190,7 @@ fn main() -> Result<()> {
             let mut serials = Vec::new();
             for _ in 0..count {
                 let serial = m.next_serial();
-                let identity = m.mint(&serial, kind, now)?;
-                identity.save(&out.join(&serial))?;
+                m.mint(&serial, kind, now)?.save(&out.join(&serial))?;
                 // Save the counter after every device so a crash never reuses a serial.
                 m.save_config(&dir)?;
                 serials.push(serial);

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use protocol::message::Request;
 
-use super::{AGENT_VERSION, Agent, blocking};
+use super::{AGENT_VERSION, Agent, blocking, off_thread};
 use crate::error::{AgentError, PlatformError};
 use crate::machine::AgentState;
 use crate::machine::decommission::{self, Wiped};
@@ -43,7 +43,8 @@ impl Agent {
             .keys
             .ldevid_key()?
             .ok_or_else(|| PlatformError::Key("no LDevID key to sign the attestation".into()))?;
-        let mut state = decommission::wiped(&state, attestation.sign(key.as_ref())?);
+        let signed = off_thread(move || Ok(attestation.sign(key.as_ref())?)).await?;
+        let mut state = decommission::wiped(&state, signed);
         self.save(&state).await?;
         self.deliver_attestation(session, &mut state).await?;
         self.stats

@@ -137,7 +137,7 @@ impl Agent {
         options: AgentOptions,
     ) -> Result<Agent, AgentError> {
         let identity = Identity::load(identity_dir, options.clock.now())?;
-        let kind = identity.key.kind();
+        let kind = identity.key_kind();
         Ok(Agent::new(
             Arc::new(identity),
             Platform::files(identity_dir, state_dir, kind),
@@ -176,6 +176,27 @@ impl Agent {
         blocking(move || store.save(&state)).await
     }
 
+    /// The IDevID key from the key store, checked against the IDevID certificate.
+    pub(crate) fn birth_key(&self) -> Result<Arc<dyn crate::platform::DeviceKey>, AgentError> {
+        let key = self.keys.idevid_key()?;
+        self.identity.check_key(&key.public_key())?;
+        Ok(key)
+    }
+
+    /// A CSR for `key`, bound to `binding`, signed off the async workers.
+    pub(crate) async fn csr(
+        &self,
+        key: Arc<dyn crate::platform::DeviceKey>,
+        binding: Vec<u8>,
+    ) -> Result<Vec<u8>, AgentError> {
+        let serial = self.identity.serial.clone();
+        off_thread(move || {
+            let signer = crate::platform::key::CsrSigner::new(key.as_ref());
+            Ok(certs::csr::build_csr(&serial, &signer, &binding)?)
+        })
+        .await
+    }
+
     /// When to renew a certificate valid until `not_after`, with this agent's own jitter.
     pub(crate) fn renew_at(&self, not_after: u64) -> u64 {
         let mut b = [0u8; 4];
@@ -193,6 +214,16 @@ impl Agent {
 }
 pub(crate) fn unexpected(wanted: &str, got: &Response) -> AgentError {
     AgentError::Protocol(format!("expected {wanted}, got {got:?}"))
+}
+
+/// Runs work that may block for a while (a signature by a secure element or a TPM takes
+/// 100-300 ms) on the blocking pool, so the agent's other tasks go on.
+pub(crate) async fn off_thread<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, AgentError> + Send + 'static,
+) -> Result<T, AgentError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        AgentError::Platform(PlatformError::Key(format!("signing task failed: {e}")))
+    })?
 }
 
 /// Runs a platform call on the blocking pool.

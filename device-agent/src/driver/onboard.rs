@@ -4,7 +4,7 @@
 use protocol::message::{Request, Response, Status};
 use ring::rand::SecureRandom;
 
-use super::{Agent, blocking, failure, unexpected};
+use super::{Agent, blocking, failure, off_thread, unexpected};
 use crate::error::AgentError;
 use crate::machine::onboarding::{self, Remaining};
 use crate::machine::{AgentState, Phase};
@@ -14,7 +14,7 @@ impl Agent {
     pub(super) async fn provisional_session(&self) -> Result<Session, AgentError> {
         let config = quic::provisional_config(
             std::slice::from_ref(&self.identity.idevid),
-            self.keys.idevid_key()?,
+            self.birth_key()?,
             self.options.timeouts,
         )?;
         Session::connect(&self.endpoint, config, self.server, None).await
@@ -49,8 +49,10 @@ impl Agent {
         self.rng
             .fill(&mut nonce)
             .map_err(|_| AgentError::Protocol("no randomness".into()))?;
-        let request = onboarding::voucher_request(&self.identity, &nonce, registrar, &binding, now)
-            .sign(self.keys.idevid_key()?.as_ref())?;
+        let unsigned =
+            onboarding::voucher_request(&self.identity, &nonce, registrar, &binding, now);
+        let key = self.birth_key()?;
+        let request = off_thread(move || Ok(unsigned.sign(key.as_ref())?)).await?;
         let signed_voucher = match session.call(&Request::VoucherRequest(request)).await? {
             Response::Voucher(v) => v,
             other => return Err(unexpected("a voucher", &other)),
@@ -76,11 +78,7 @@ impl Agent {
             }))
             .await?;
         let key = self.pending_key().await?;
-        let csr = certs::csr::build_csr(
-            &self.identity.serial,
-            &crate::platform::key::CsrSigner::new(key.as_ref()),
-            &binding,
-        )?;
+        let csr = self.csr(key.clone(), binding.to_vec()).await?;
         let enrollment = match session.call(&Request::Enroll { csr }).await? {
             Response::Enrolled(e) => e,
             other => return Err(unexpected("an enrollment", &other)),

@@ -34,11 +34,7 @@ impl Agent {
     pub async fn request_renewal(&self, session: &Session) -> Result<Enrollment, AgentError> {
         let state = self.load_state()?;
         let key = self.pending_key().await?;
-        let csr = certs::csr::build_csr(
-            &self.identity.serial,
-            &crate::platform::key::CsrSigner::new(key.as_ref()),
-            &session.binding()?,
-        )?;
+        let csr = self.csr(key.clone(), session.binding()?.to_vec()).await?;
         let enrollment = match session.call(&Request::Reenroll { csr }).await? {
             Response::Enrolled(e) => *e,
             other => return Err(unexpected("a renewed certificate", &other)),

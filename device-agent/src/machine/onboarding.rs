@@ -324,7 +324,7 @@ mod tests {
 
     fn maker_named(name: &str) -> (Manufacturer, Identity) {
         let maker = Manufacturer::create(ManufacturerConfig::new(name), NOW).unwrap();
-        let identity = maker.mint("SN-1", KeyKind::P256, NOW).unwrap();
+        let identity = maker.mint("SN-1", KeyKind::P256, NOW).unwrap().identity;
         (maker, identity)
     }
 

@@ -86,10 +86,20 @@ impl rustls::sign::SigningKey for TlsKey {
 }
 
 impl rustls::sign::Signer for TlsKey {
+    /// rustls signs inside the connection's task; a secure element may take a few hundred
+    /// milliseconds, so on a multi-threaded runtime the worker hands its other tasks over first.
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
-        self.0
-            .sign_x509(message)
-            .map_err(|e| rustls::Error::General(e.to_string()))
+        let sign = || {
+            self.0
+                .sign_x509(message)
+                .map_err(|e| rustls::Error::General(e.to_string()))
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(sign)
+            }
+            _ => sign(),
+        }
     }
 
     fn scheme(&self) -> SignatureScheme {

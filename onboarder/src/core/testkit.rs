@@ -3,7 +3,7 @@
 //! certificates, no I/O.
 
 use certs::factory::{Manufacturer, ManufacturerConfig};
-use certs::{Ca, CaName, Identity, KeyKind, KeyPair, Validity};
+use certs::{Birth, Ca, CaName, KeyKind, KeyPair, Validity};
 use protocol::message::{Response, Status};
 
 use super::decision::Decision;
@@ -106,15 +106,15 @@ impl Kit {
     }
 
     /// A device fresh from the factory, and the peer its IDevID makes.
-    pub(crate) fn device(&self, serial: &str) -> (Identity, DevicePeer) {
-        let identity = self.maker.mint(serial, KeyKind::P256, NOW).unwrap();
+    pub(crate) fn device(&self, serial: &str) -> (Birth, DevicePeer) {
+        let birth = self.maker.mint(serial, KeyKind::P256, NOW).unwrap();
         let peer = DevicePeer::from_certificate(
-            &identity.idevid,
+            &birth.identity.idevid,
             |_| false,
             || Some(self.maker_id.clone()),
         )
         .unwrap();
-        (identity, peer)
+        (birth, peer)
     }
 
     /// The record of an expected device, with this maker's voucher for it.
@@ -126,16 +126,16 @@ impl Kit {
         DeviceRecord::expected(self.id(serial), voucher, Some(NOW + 86_400), NOW - 60)
     }
 
-    /// A voucher request from `identity` in the test session.
-    pub(crate) fn voucher_request(&self, identity: &Identity) -> Vec<u8> {
+    /// A voucher request from the device `birth` in the test session.
+    pub(crate) fn voucher_request(&self, birth: &Birth) -> Vec<u8> {
         device_agent::machine::onboarding::voucher_request(
-            identity,
+            &birth.identity,
             &[1; 16],
             &self.registrar.registrar_cert,
             &BINDING,
             NOW,
         )
-        .sign(&identity.key)
+        .sign(&birth.key)
         .unwrap()
     }
 

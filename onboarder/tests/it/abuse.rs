@@ -25,17 +25,17 @@ async fn a_flood_from_one_device_is_counted_not_written_and_others_still_onboard
 
     const EACH: usize = 400;
     let session = Arc::new(world.raw_session(&flooder).await);
-    let identity = Arc::new(flooder.identity());
+    let birth = Arc::new(flooder.birth());
     let flood = {
         let session = session.clone();
-        let identity = identity.clone();
+        let birth = birth.clone();
         async move {
             let garbage = frame::encode(b"\xff\xfe not a message \x00").unwrap();
             let rejected = Request::VoucherStatus(Status {
                 ok: false,
                 reason: Some("no thanks".into()),
             });
-            let request = voucher_request(&identity, &session);
+            let request = voucher_request(&birth, &session);
             for _ in 0..EACH {
                 let (a, b, c) = tokio::join!(
                     session.exchange_raw(&garbage),

@@ -189,11 +189,10 @@ async fn device_supplied_text_is_escaped_in_audit_show() {
     // A device forging an operator's line, with escape codes to hide its own.
     let forged =
         "fine\n      99 1700000000 operator           anchor-imported          evil\x1b[2K\x1b[1A";
-    let identity = device.identity();
-    let key: std::sync::Arc<dyn device_agent::platform::DeviceKey> =
-        std::sync::Arc::new(identity.key);
+    let birth = device.birth();
+    let key: std::sync::Arc<dyn device_agent::platform::DeviceKey> = std::sync::Arc::new(birth.key);
     let config = device_agent::transport::quic::provisional_config(
-        std::slice::from_ref(&identity.idevid),
+        std::slice::from_ref(&birth.identity.idevid),
         key,
         Default::default(),
     )
@@ -295,11 +294,10 @@ async fn held_frames_stay_within_budget_in_the_server_process() {
     )
     .await;
     let device = Device::mint(&maker, &root.path().join("devices"), "SN-HOLDER");
-    let identity = device.identity();
-    let key: std::sync::Arc<dyn device_agent::platform::DeviceKey> =
-        std::sync::Arc::new(identity.key);
+    let birth = device.birth();
+    let key: std::sync::Arc<dyn device_agent::platform::DeviceKey> = std::sync::Arc::new(birth.key);
     let config = device_agent::transport::quic::provisional_config(
-        std::slice::from_ref(&identity.idevid),
+        std::slice::from_ref(&birth.identity.idevid),
         key,
         Default::default(),
     )

@@ -105,7 +105,7 @@ struct SlowStorage {
 impl SlowStorage {
     fn agent(&self, d: &Device, server: SocketAddr, endpoint: &quinn::Endpoint) -> Agent {
         let identity = d.identity();
-        let mut platform = Platform::files(&d.identity_dir, &d.state_dir, identity.key.kind());
+        let mut platform = Platform::files(&d.identity_dir, &d.state_dir, identity.key_kind());
         platform.state = Arc::new(SlowState {
             inner: platform.state.clone(),
             storage: self.clone(),

@@ -421,7 +421,7 @@ async fn a_decommissioned_device_is_resold_to_a_new_owner() {
     let before = owner_a.record("SN-RESALE").unwrap();
     let session = owner_a.raw_session(&device).await;
     let r = session
-        .exchange(&voucher_request(&device.identity(), &session))
+        .exchange(&voucher_request(&device.birth(), &session))
         .await
         .unwrap();
     assert_eq!(code_of(&r), ErrorCode::WrongState);

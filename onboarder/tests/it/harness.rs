@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use certs::factory::{Manufacturer, ManufacturerConfig};
-use certs::{Identity, KeyKind};
+use certs::{Birth, Identity, KeyKind};
 use device_agent::transport::quic::{self, Session, Timeouts};
 use device_agent::{Agent, AgentOptions, Backoff};
 use onboarder::audit::AuditEntry;
@@ -239,10 +239,10 @@ impl World {
 
 /// The onboarding TLS configuration of `device` (its IDevID).
 fn idevid_config(device: &Device) -> quinn::ClientConfig {
-    let identity = device.identity();
-    let key: Arc<dyn device_agent::platform::DeviceKey> = Arc::new(identity.key);
+    let birth = device.birth();
+    let key: Arc<dyn device_agent::platform::DeviceKey> = Arc::new(birth.key);
     quic::provisional_config(
-        std::slice::from_ref(&identity.idevid),
+        std::slice::from_ref(&birth.identity.idevid),
         key,
         Timeouts::default(),
     )
@@ -296,8 +296,14 @@ impl Device {
         self.serial.clone()
     }
 
+    /// The device's certificates.
     pub fn identity(&self) -> Identity {
         Identity::load(&self.identity_dir, now()).unwrap()
+    }
+
+    /// The device's certificates and its IDevID key.
+    pub fn birth(&self) -> Birth {
+        Birth::load(&self.identity_dir, now()).unwrap()
     }
 
     pub fn agent(&self, server: std::net::SocketAddr, endpoint: &quinn::Endpoint) -> Agent {
@@ -360,16 +366,16 @@ pub fn code_of(response: &Response) -> protocol::message::ErrorCode {
 }
 
 /// A signed voucher request as the real agent would build it, for `session`.
-pub fn voucher_request(identity: &Identity, session: &Session) -> Request {
+pub fn voucher_request(birth: &Birth, session: &Session) -> Request {
     let registrar = session.server_chain()[0].clone();
     let req = device_agent::machine::onboarding::voucher_request(
-        identity,
+        &birth.identity,
         &[7; 16],
         &registrar,
         &session.binding().unwrap(),
         now(),
     );
-    Request::VoucherRequest(req.sign(&identity.key).unwrap())
+    Request::VoucherRequest(req.sign(&birth.key).unwrap())
 }
 
 /// Tells the server, over a hand-driven session, that the device accepts its voucher (what the

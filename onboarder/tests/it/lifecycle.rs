@@ -42,7 +42,7 @@ async fn bad_renewals_are_refused_and_change_nothing() {
     let r = session.exchange(&reenroll(csr)).await.unwrap();
     assert_eq!(code_of(&r), ErrorCode::CsrPolicy);
     // The IDevID's key.
-    let csr = certs::csr::build_csr("SN-RENEW", &device.identity().key, &binding).unwrap();
+    let csr = certs::csr::build_csr("SN-RENEW", &device.birth().key, &binding).unwrap();
     let r = session.exchange(&reenroll(csr)).await.unwrap();
     assert_eq!(code_of(&r), ErrorCode::CsrPolicy);
     // Made for another session (exporter mismatch).
@@ -561,7 +561,7 @@ async fn ca_rollover_moves_a_connected_fleet_to_the_new_ca() {
         .count();
     assert_eq!(renewals, 1);
     let response = midway
-        .exchange(&voucher_request(&late.identity(), &midway))
+        .exchange(&voucher_request(&late.birth(), &midway))
         .await
         .unwrap();
     assert!(

@@ -105,9 +105,9 @@ async fn a_hand_built_client_with_another_makers_idevid_is_refused_at_each_step(
     let audit_before = world.actions_of(&a_id);
 
     let session = world.raw_session(&squatter).await;
-    let identity = squatter.identity();
+    let birth = squatter.birth();
     let ask = session
-        .exchange(&voucher_request(&identity, &session))
+        .exchange(&voucher_request(&birth, &session))
         .await
         .unwrap();
     assert_eq!(code_of(&ask), ErrorCode::UnknownDevice);
@@ -282,7 +282,7 @@ async fn an_operator_resets_an_onboarding_a_clone_started() {
     // The clone accepts the voucher and sends a CSR, then goes quiet.
     let session = world.raw_session(&clone).await;
     session
-        .call(&voucher_request(&clone.identity(), &session))
+        .call(&voucher_request(&clone.birth(), &session))
         .await
         .unwrap();
     accept_voucher(&session).await;
@@ -326,7 +326,7 @@ async fn an_operator_resets_an_onboarding_a_clone_started() {
     assert_eq!(record.state, DeviceState::Active);
     assert_eq!(
         record.idevid_key.as_deref(),
-        Some(genuine.identity().key.public_key().raw())
+        Some(genuine.birth().key.public_key().raw())
     );
     // Resetting an active device is refused: that is what revocation is for.
     assert!(matches!(

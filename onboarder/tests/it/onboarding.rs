@@ -37,7 +37,7 @@ async fn a_device_onboards_and_opens_an_operational_session() {
     )
     .unwrap();
     // ...with a fresh key, not the IDevID's.
-    assert_ne!(info.public_key, device.identity().key.public_key());
+    assert_ne!(info.public_key, device.birth().key.public_key());
     // ...and a unique Wi-Fi passphrase, applied to the network configuration.
     let Some(NetworkProfile::Wifi { psk, .. }) = &state.network else {
         panic!("no Wi-Fi profile")
@@ -147,7 +147,7 @@ async fn a_dropped_enrollment_completes_on_retry_without_duplicates() {
     let world = World::new().await;
     let device = world.device("SN-DROP");
     world.expect(&["SN-DROP"], 30).await;
-    let identity = device.identity();
+    let birth = device.birth();
 
     // By hand: voucher, then a CSR for the key the agent will find pending; then the
     // connection is gone before anything is stored.
@@ -160,7 +160,7 @@ async fn a_dropped_enrollment_completes_on_retry_without_duplicates() {
     let session = world.raw_session(&device).await;
     assert!(matches!(
         session
-            .call(&voucher_request(&identity, &session))
+            .call(&voucher_request(&birth, &session))
             .await
             .unwrap(),
         Response::Voucher(_)
@@ -198,11 +198,11 @@ async fn a_retry_with_a_new_key_supersedes_the_unconfirmed_certificate() {
     let world = World::new().await;
     let device = world.device("SN-LOST");
     world.expect(&["SN-LOST"], 30).await;
-    let identity = device.identity();
+    let birth = device.birth();
     let lost_key = certs::KeyPair::generate(certs::KeyKind::P256).unwrap();
     let session = world.raw_session(&device).await;
     session
-        .call(&voucher_request(&identity, &session))
+        .call(&voucher_request(&birth, &session))
         .await
         .unwrap();
     accept_voucher(&session).await;

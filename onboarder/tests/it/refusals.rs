@@ -192,12 +192,12 @@ async fn stale_and_replayed_voucher_requests_are_refused() {
     let world = World::new().await;
     let device = world.device("SN-REPLAY");
     world.expect(&["SN-REPLAY"], 30).await;
-    let identity = device.identity();
+    let birth = device.birth();
     let before = world.record("SN-REPLAY").unwrap();
 
     // Captured in one session, replayed in another.
     let first = world.raw_session(&device).await;
-    let captured = voucher_request(&identity, &first);
+    let captured = voucher_request(&birth, &first);
     first.close();
     let second = world.raw_session(&device).await;
     let code = code_of(&second.exchange(&captured).await.unwrap());
@@ -206,13 +206,13 @@ async fn stale_and_replayed_voucher_requests_are_refused() {
     // Made an hour ago (a stale nonce), in this very session.
     let registrar = second.server_chain()[0].clone();
     let mut old = device_agent::machine::onboarding::voucher_request(
-        &identity,
+        &birth.identity,
         &[1; 16],
         &registrar,
         &second.binding().unwrap(),
         now() - 3600,
     );
-    let stale = Request::VoucherRequest(old.sign(&identity.key).unwrap());
+    let stale = Request::VoucherRequest(old.sign(&birth.key).unwrap());
     assert_eq!(
         code_of(&second.exchange(&stale).await.unwrap()),
         ErrorCode::StaleRequest
@@ -221,7 +221,7 @@ async fn stale_and_replayed_voucher_requests_are_refused() {
     // Naming another serial than the certificate's.
     old.created_on = now();
     old.serial_number = "SN-SOMEONE-ELSE".into();
-    let wrong = Request::VoucherRequest(old.sign(&identity.key).unwrap());
+    let wrong = Request::VoucherRequest(old.sign(&birth.key).unwrap());
     assert_eq!(
         code_of(&second.exchange(&wrong).await.unwrap()),
         ErrorCode::WrongSerial
@@ -244,19 +244,19 @@ async fn proximity_mismatch_is_refused() {
     let world = World::new().await;
     let device = world.device("SN-FAR");
     world.expect(&["SN-FAR"], 30).await;
-    let identity = device.identity();
+    let birth = device.birth();
     let before = world.record("SN-FAR").unwrap();
     let session = world.raw_session(&device).await;
     // The device claims to have seen another registrar's certificate.
     let req = device_agent::machine::onboarding::voucher_request(
-        &identity,
+        &birth.identity,
         &[1; 16],
         &world.owner_root,
         &session.binding().unwrap(),
         now(),
     );
     let response = session
-        .exchange(&Request::VoucherRequest(req.sign(&identity.key).unwrap()))
+        .exchange(&Request::VoucherRequest(req.sign(&birth.key).unwrap()))
         .await
         .unwrap();
     assert_eq!(code_of(&response), ErrorCode::ProximityMismatch);
@@ -319,10 +319,10 @@ async fn bad_csrs_are_refused() {
     let world = World::new().await;
     let device = world.device("SN-CSR");
     world.expect(&["SN-CSR"], 30).await;
-    let identity = device.identity();
+    let birth = device.birth();
     let session = world.raw_session(&device).await;
     session
-        .call(&voucher_request(&identity, &session))
+        .call(&voucher_request(&birth, &session))
         .await
         .unwrap();
     accept_voucher(&session).await;
@@ -342,7 +342,7 @@ async fn bad_csrs_are_refused() {
     let r = session.exchange(&enroll(tampered)).await.unwrap();
     assert_eq!(code_of(&r), ErrorCode::CsrInvalid);
 
-    let idevid_key = certs::csr::build_csr("SN-CSR", &identity.key, &binding).unwrap();
+    let idevid_key = certs::csr::build_csr("SN-CSR", &birth.key, &binding).unwrap();
     let r = session.exchange(&enroll(idevid_key)).await.unwrap();
     assert_eq!(code_of(&r), ErrorCode::CsrPolicy);
 
@@ -413,7 +413,7 @@ async fn oversized_truncated_garbage_and_future_frames_are_refused() {
     // The connection is still usable for a proper request.
     assert!(matches!(
         session
-            .call(&voucher_request(&device.identity(), &session))
+            .call(&voucher_request(&device.birth(), &session))
             .await
             .unwrap(),
         Response::Voucher(_)
@@ -452,13 +452,13 @@ async fn credentials_are_only_good_for_their_own_requests() {
     agent.onboard().await.unwrap();
     let session = world.raw_session(&device).await;
     let r = session
-        .exchange(&voucher_request(&device.identity(), &session))
+        .exchange(&voucher_request(&device.birth(), &session))
         .await
         .unwrap();
     assert_eq!(code_of(&r), ErrorCode::WrongState);
     let op = agent.connect().await.unwrap();
     let r = op
-        .exchange(&voucher_request(&device.identity(), &op))
+        .exchange(&voucher_request(&device.birth(), &op))
         .await
         .unwrap();
     assert_eq!(code_of(&r), ErrorCode::Unauthorized);
