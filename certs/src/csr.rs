@@ -126,7 +126,7 @@ mod tests {
 
     #[test]
     fn accepts_a_good_csr_of_either_key_kind() {
-        for kind in [KeyKind::P256, KeyKind::Ed25519] {
+        for kind in [KeyKind::P256, KeyKind::P384, KeyKind::Ed25519] {
             let key = KeyPair::generate(kind).unwrap();
             let csr = build_csr("SN-1", &key, &[7; 32]).unwrap();
             let checked = check_csr(&csr, &policy(&[])).unwrap();

@@ -1,4 +1,4 @@
-//! Key pairs: ECDSA P-256 (the default; what secure elements hold) and Ed25519.
+//! Key pairs: ECDSA P-256 (the default; what secure elements hold), ECDSA P-384 and Ed25519.
 //!
 //! A [`KeyPair`] signs X.509 structures (through rcgen) and COSE artefacts (through
 //! [`protocol::keys::Signer`]). Private keys are PKCS#8 v1 so that OpenSSL 3.0 and Python
@@ -6,7 +6,10 @@
 
 use protocol::keys::{Algorithm, PublicKey, Signer};
 use ring::rand::{SecureRandom, SystemRandom};
-use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+use ring::signature::{
+    ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair,
+    EcdsaSigningAlgorithm,
+};
 use rustls_pki_types::PrivatePkcs8KeyDer;
 
 use crate::error::CertError;
@@ -17,6 +20,8 @@ pub enum KeyKind {
     /// ECDSA on NIST P-256.
     #[default]
     P256,
+    /// ECDSA on NIST P-384.
+    P384,
     /// Ed25519.
     Ed25519,
 }
@@ -26,6 +31,7 @@ impl KeyKind {
     pub fn of(key: &PublicKey) -> KeyKind {
         match key {
             PublicKey::P256(_) => KeyKind::P256,
+            PublicKey::P384(_) => KeyKind::P384,
             PublicKey::Ed25519(_) => KeyKind::Ed25519,
         }
     }
@@ -35,8 +41,8 @@ impl KeyKind {
 pub struct KeyPair {
     kind: KeyKind,
     x509: rcgen::KeyPair,
-    /// For P-256 only: the same key producing COSE's fixed-length signatures.
-    cose_p256: Option<EcdsaKeyPair>,
+    /// For the NIST curves: the same key producing COSE's fixed-length signatures.
+    cose_ecdsa: Option<EcdsaKeyPair>,
 }
 
 impl std::fmt::Debug for KeyPair {
@@ -55,10 +61,13 @@ impl KeyPair {
     pub fn generate(kind: KeyKind) -> Result<Self, CertError> {
         let rng = SystemRandom::new();
         let pkcs8 = match kind {
-            KeyKind::P256 => EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-                .map_err(|_| CertError::Key("P-256 key generation failed".into()))?
-                .as_ref()
-                .to_vec(),
+            KeyKind::P256 | KeyKind::P384 => {
+                let (alg, _) = ecdsa(kind);
+                EcdsaKeyPair::generate_pkcs8(alg, &rng)
+                    .map_err(|_| CertError::Key(format!("{kind:?} key generation failed")))?
+                    .as_ref()
+                    .to_vec()
+            }
             KeyKind::Ed25519 => {
                 let mut seed = [0u8; 32];
                 rng.fill(&mut seed)
@@ -74,27 +83,26 @@ impl KeyPair {
     /// Reads a PKCS#8 private key (DER).
     pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, CertError> {
         let pkcs8 = PrivatePkcs8KeyDer::from(der);
-        if let Ok(x509) =
-            rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ECDSA_P256_SHA256)
-        {
-            let cose = EcdsaKeyPair::from_pkcs8(
-                &ECDSA_P256_SHA256_FIXED_SIGNING,
-                der,
-                &SystemRandom::new(),
-            )
-            .map_err(|_| CertError::Key("unreadable P-256 key".into()))?;
-            return Ok(Self {
-                kind: KeyKind::P256,
-                x509,
-                cose_p256: Some(cose),
-            });
+        for kind in [KeyKind::P256, KeyKind::P384] {
+            let (cose_alg, x509_alg) = ecdsa(kind);
+            if let Ok(x509) = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, x509_alg) {
+                let cose = EcdsaKeyPair::from_pkcs8(cose_alg, der, &SystemRandom::new())
+                    .map_err(|_| CertError::Key(format!("unreadable {kind:?} key")))?;
+                return Ok(Self {
+                    kind,
+                    x509,
+                    cose_ecdsa: Some(cose),
+                });
+            }
         }
         let x509 = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519)
-            .map_err(|_| CertError::Key("not a PKCS#8 P-256 or Ed25519 private key".into()))?;
+            .map_err(|_| {
+                CertError::Key("not a PKCS#8 P-256, P-384 or Ed25519 private key".into())
+            })?;
         Ok(Self {
             kind: KeyKind::Ed25519,
             x509,
-            cose_p256: None,
+            cose_ecdsa: None,
         })
     }
 
@@ -131,6 +139,7 @@ impl KeyPair {
         let raw = self.x509.public_key_raw();
         match self.kind {
             KeyKind::P256 => PublicKey::P256(raw.to_vec()),
+            KeyKind::P384 => PublicKey::P384(raw.to_vec()),
             // rcgen only builds Ed25519 pairs from 32-byte public keys.
             KeyKind::Ed25519 => PublicKey::Ed25519(raw.try_into().unwrap_or([0; 32])),
         }
@@ -151,6 +160,7 @@ impl Signer for KeyPair {
     fn algorithm(&self) -> Algorithm {
         match self.kind {
             KeyKind::P256 => Algorithm::Es256,
+            KeyKind::P384 => Algorithm::Es384,
             KeyKind::Ed25519 => Algorithm::EdDsa,
         }
     }
@@ -160,7 +170,7 @@ impl Signer for KeyPair {
     }
 
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, protocol::SignatureError> {
-        match &self.cose_p256 {
+        match &self.cose_ecdsa {
             Some(kp) => kp
                 .sign(&SystemRandom::new(), message)
                 .map(|s| s.as_ref().to_vec())
@@ -187,6 +197,25 @@ impl rcgen::SigningKey for KeyPair {
     }
 }
 
+/// ring's COSE-form and rcgen's X.509 signing algorithms for an ECDSA kind.
+fn ecdsa(
+    kind: KeyKind,
+) -> (
+    &'static EcdsaSigningAlgorithm,
+    &'static rcgen::SignatureAlgorithm,
+) {
+    match kind {
+        KeyKind::P384 => (
+            &ECDSA_P384_SHA384_FIXED_SIGNING,
+            &rcgen::PKCS_ECDSA_P384_SHA384,
+        ),
+        _ => (
+            &ECDSA_P256_SHA256_FIXED_SIGNING,
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+        ),
+    }
+}
+
 /// DER SubjectPublicKeyInfo of a wire-form public key.
 pub fn spki_of(key: &PublicKey) -> Vec<u8> {
     use yasna::models::ObjectIdentifier;
@@ -198,6 +227,12 @@ pub fn spki_of(key: &PublicKey) -> Vec<u8> {
                         .write_oid(&ObjectIdentifier::from_slice(&[1, 2, 840, 10045, 2, 1]));
                     w.next()
                         .write_oid(&ObjectIdentifier::from_slice(&[1, 2, 840, 10045, 3, 1, 7]));
+                }
+                PublicKey::P384(_) => {
+                    w.next()
+                        .write_oid(&ObjectIdentifier::from_slice(&[1, 2, 840, 10045, 2, 1]));
+                    w.next()
+                        .write_oid(&ObjectIdentifier::from_slice(&[1, 3, 132, 0, 34]));
                 }
                 PublicKey::Ed25519(_) => {
                     w.next()
@@ -238,15 +273,20 @@ pub fn public_key_from_spki(
             .as_ref()
             .and_then(|p| p.as_oid().ok())
             .ok_or_else(|| CertError::Key("EC key without a named curve".into()))?;
-        if curve != x509_parser::oid_registry::OID_EC_P256 {
-            return Err(CertError::Key(format!("EC curve {curve} is not P-256")));
+        if curve == x509_parser::oid_registry::OID_EC_P256 {
+            PublicKey::p256(raw).map_err(|e| CertError::Key(e.to_string()))
+        } else if curve == x509_parser::oid_registry::OID_NIST_EC_P384 {
+            PublicKey::p384(raw).map_err(|e| CertError::Key(e.to_string()))
+        } else {
+            Err(CertError::Key(format!(
+                "EC curve {curve} is not P-256 or P-384"
+            )))
         }
-        PublicKey::p256(raw).map_err(|e| CertError::Key(e.to_string()))
     } else if alg.algorithm == OID_SIG_ED25519 {
         PublicKey::ed25519(raw).map_err(|e| CertError::Key(e.to_string()))
     } else {
         Err(CertError::Key(format!(
-            "key algorithm {} is not P-256 or Ed25519",
+            "key algorithm {} is not ECDSA (P-256, P-384) or Ed25519",
             alg.algorithm
         )))
     }
@@ -258,7 +298,7 @@ mod tests {
 
     #[test]
     fn pem_round_trip_and_cose_signing_for_both_kinds() {
-        for kind in [KeyKind::P256, KeyKind::Ed25519] {
+        for kind in [KeyKind::P256, KeyKind::P384, KeyKind::Ed25519] {
             let key = KeyPair::generate(kind).unwrap();
             let again = KeyPair::from_pem(&key.to_pem()).unwrap();
             assert_eq!(again.public_key(), key.public_key());
@@ -270,7 +310,7 @@ mod tests {
 
     #[test]
     fn public_keys_round_trip_through_spki_pem() {
-        for kind in [KeyKind::P256, KeyKind::Ed25519] {
+        for kind in [KeyKind::P256, KeyKind::P384, KeyKind::Ed25519] {
             let key = KeyPair::generate(kind).unwrap();
             assert_eq!(spki_of(&key.public_key()), key.spki_der());
             assert_eq!(

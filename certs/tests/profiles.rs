@@ -47,7 +47,7 @@ fn owner() -> (Ca, Ca) {
 #[test]
 fn idevid_profile_reads_back() {
     let m = manufacturer();
-    for kind in [KeyKind::P256, KeyKind::Ed25519] {
+    for kind in [KeyKind::P256, KeyKind::P384, KeyKind::Ed25519] {
         let id = m.mint("SN-000042", kind, NOW).unwrap().identity;
         let info = &id.info;
         assert_eq!(info.subject_serial.as_deref(), Some("SN-000042"));

@@ -101,7 +101,8 @@ impl Signed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::test_signers::{Ed, P256};
+    use crate::keys::Algorithm;
+    use crate::keys::test_signers::{Ecdsa, Ed, P256};
 
     const CT: &str = "application/test+cbor";
 
@@ -109,6 +110,7 @@ mod tests {
     fn sign_and_verify_with_both_algorithms() {
         for signer in [
             Box::new(P256::generate()) as Box<dyn Signer>,
+            Box::new(Ecdsa::generate(Algorithm::Es384)),
             Box::new(Ed::from_seed(3)),
         ] {
             let bytes = sign(b"payload".to_vec(), CT, signer.as_ref()).unwrap();

@@ -4,7 +4,7 @@
 //! TPM) implements [`Signer`], and the artefacts here call it. Verification needs only the raw
 //! public key, so an independent implementation can check every artefact.
 
-use ring::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
+use ring::signature::{ECDSA_P256_SHA256_FIXED, ECDSA_P384_SHA384_FIXED, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 
 use crate::error::SignatureError;
@@ -15,6 +15,8 @@ use crate::error::SignatureError;
 pub enum Algorithm {
     /// ECDSA on P-256 with SHA-256; signatures are the 64-byte `r || s` of RFC 9053.
     Es256,
+    /// ECDSA on P-384 with SHA-384; signatures are the 96-byte `r || s`.
+    Es384,
     /// Ed25519 (COSE "EdDSA").
     EdDsa,
 }
@@ -24,16 +26,20 @@ impl Algorithm {
     pub fn cose(self) -> coset::iana::Algorithm {
         match self {
             Algorithm::Es256 => coset::iana::Algorithm::ES256,
+            Algorithm::Es384 => coset::iana::Algorithm::ES384,
             Algorithm::EdDsa => coset::iana::Algorithm::EdDSA,
         }
     }
 }
 
-/// A public key in its raw form: the SEC1 uncompressed point for P-256, 32 bytes for Ed25519.
+/// A public key in its raw form: the SEC1 uncompressed point for the NIST curves, 32 bytes
+/// for Ed25519.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub enum PublicKey {
     /// ECDSA P-256, 65-byte uncompressed SEC1 point.
     P256(Vec<u8>),
+    /// ECDSA P-384, 97-byte uncompressed SEC1 point.
+    P384(Vec<u8>),
     /// Ed25519, 32 bytes.
     Ed25519([u8; 32]),
 }
@@ -42,6 +48,7 @@ impl std::fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (kind, raw) = match self {
             PublicKey::P256(raw) => ("P256", raw.as_slice()),
+            PublicKey::P384(raw) => ("P384", raw.as_slice()),
             PublicKey::Ed25519(raw) => ("Ed25519", raw.as_slice()),
         };
         write!(f, "{kind}(")?;
@@ -63,6 +70,16 @@ impl PublicKey {
         Ok(PublicKey::P256(sec1.to_vec()))
     }
 
+    /// A P-384 key from its uncompressed SEC1 encoding.
+    pub fn p384(sec1: &[u8]) -> Result<Self, SignatureError> {
+        if sec1.len() != 97 || sec1[0] != 0x04 {
+            return Err(SignatureError::MalformedKey(
+                "P-384 key must be a 97-byte uncompressed point",
+            ));
+        }
+        Ok(PublicKey::P384(sec1.to_vec()))
+    }
+
     /// An Ed25519 key from its 32 raw bytes.
     pub fn ed25519(raw: &[u8]) -> Result<Self, SignatureError> {
         let raw: [u8; 32] = raw
@@ -75,6 +92,7 @@ impl PublicKey {
     pub fn algorithm(&self) -> Algorithm {
         match self {
             PublicKey::P256(_) => Algorithm::Es256,
+            PublicKey::P384(_) => Algorithm::Es384,
             PublicKey::Ed25519(_) => Algorithm::EdDsa,
         }
     }
@@ -82,7 +100,7 @@ impl PublicKey {
     /// The raw key bytes.
     pub fn raw(&self) -> &[u8] {
         match self {
-            PublicKey::P256(raw) => raw,
+            PublicKey::P256(raw) | PublicKey::P384(raw) => raw,
             PublicKey::Ed25519(raw) => raw,
         }
     }
@@ -91,6 +109,9 @@ impl PublicKey {
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), SignatureError> {
         match self {
             PublicKey::P256(raw) => UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, raw)
+                .verify(message, signature)
+                .map_err(|_| SignatureError::Invalid),
+            PublicKey::P384(raw) => UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, raw)
                 .verify(message, signature)
                 .map_err(|_| SignatureError::Invalid),
             PublicKey::Ed25519(raw) => {
@@ -107,7 +128,8 @@ impl PublicKey {
 
 /// Something that holds a private key and signs with it.
 ///
-/// ES256 signers return the 64-byte fixed-length `r || s` form that COSE uses.
+/// ECDSA signers return the fixed-length `r || s` form that COSE uses (64 bytes for ES256, 96
+/// for ES384).
 pub trait Signer: Send + Sync {
     /// The algorithm of this key.
     fn algorithm(&self) -> Algorithm;
@@ -122,28 +144,47 @@ pub(crate) mod test_signers {
     //! Software signers for this crate's own tests (real keys live in `certs`).
     use super::*;
     use ring::rand::SystemRandom;
-    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+    use ring::signature::{
+        ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, KeyPair,
+    };
 
-    pub(crate) struct P256(EcdsaKeyPair);
+    /// An ECDSA key on P-256 or P-384.
+    pub(crate) struct Ecdsa(EcdsaKeyPair, Algorithm);
+
+    /// P-256, the common case.
+    pub(crate) struct P256;
 
     impl P256 {
-        pub(crate) fn generate() -> Self {
+        pub(crate) fn generate() -> Ecdsa {
+            Ecdsa::generate(Algorithm::Es256)
+        }
+    }
+
+    impl Ecdsa {
+        pub(crate) fn generate(algorithm: Algorithm) -> Self {
+            let alg = match algorithm {
+                Algorithm::Es384 => &ECDSA_P384_SHA384_FIXED_SIGNING,
+                _ => &ECDSA_P256_SHA256_FIXED_SIGNING,
+            };
             let rng = SystemRandom::new();
-            let pkcs8 =
-                EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+            let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).unwrap();
             Self(
-                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-                    .unwrap(),
+                EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).unwrap(),
+                algorithm,
             )
         }
     }
 
-    impl Signer for P256 {
+    impl Signer for Ecdsa {
         fn algorithm(&self) -> Algorithm {
-            Algorithm::Es256
+            self.1
         }
         fn public_key(&self) -> PublicKey {
-            PublicKey::p256(self.0.public_key().as_ref()).unwrap()
+            let raw = self.0.public_key().as_ref();
+            match self.1 {
+                Algorithm::Es384 => PublicKey::p384(raw).unwrap(),
+                _ => PublicKey::p256(raw).unwrap(),
+            }
         }
         fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignatureError> {
             Ok(self
@@ -179,13 +220,14 @@ pub(crate) mod test_signers {
 
 #[cfg(test)]
 mod tests {
-    use super::test_signers::{Ed, P256};
+    use super::test_signers::{Ecdsa, Ed, P256};
     use super::*;
 
     #[test]
-    fn both_algorithms_sign_and_verify() {
+    fn every_algorithm_signs_and_verifies() {
         for signer in [
             Box::new(P256::generate()) as Box<dyn Signer>,
+            Box::new(Ecdsa::generate(Algorithm::Es384)),
             Box::new(Ed::from_seed(1)),
         ] {
             let sig = signer.sign(b"msg").unwrap();
@@ -201,6 +243,7 @@ mod tests {
     fn malformed_keys_are_refused() {
         assert!(PublicKey::p256(&[4u8; 64]).is_err());
         assert!(PublicKey::p256(&[2u8; 65]).is_err());
+        assert!(PublicKey::p384(&[4u8; 65]).is_err());
         assert!(PublicKey::ed25519(&[0u8; 31]).is_err());
     }
 }

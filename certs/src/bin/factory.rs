@@ -130,6 +130,7 @@ enum SbomFormat {
 #[derive(Clone, Copy, ValueEnum)]
 enum KeyType {
     P256,
+    P384,
     Ed25519,
 }
 
@@ -185,6 +186,7 @@ fn main() -> Result<()> {
                 .with_context(|| format!("loading manufacturer from {}", dir.display()))?;
             let kind = match key_type {
                 KeyType::P256 => KeyKind::P256,
+                KeyType::P384 => KeyKind::P384,
                 KeyType::Ed25519 => KeyKind::Ed25519,
             };
             let mut serials = Vec::new();

@@ -191,7 +191,7 @@ impl Agent {
     ) -> Result<Vec<u8>, AgentError> {
         let serial = self.identity.serial.clone();
         off_thread(move || {
-            let signer = crate::platform::key::CsrSigner::new(key.as_ref());
+            let signer = crate::platform::key::CsrSigner::new(key.as_ref())?;
             Ok(certs::csr::build_csr(&serial, &signer, &binding)?)
         })
         .await

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use protocol::SignatureError;
-use protocol::keys::{Algorithm, PublicKey, Signer};
+use protocol::keys::{Algorithm, Signer};
+
+use crate::error::PlatformError;
 use rustls::SignatureScheme;
 
 /// A private key the agent can sign with but never reads.
@@ -21,19 +23,56 @@ impl DeviceKey for certs::KeyPair {
     }
 }
 
+/// How rcgen and rustls name the signatures of `algorithm`, or `None` for one this agent cannot
+/// use (a key store may hold keys of any kind: they are refused by name, never taken for
+/// another).
+fn names(
+    algorithm: Algorithm,
+) -> Option<(
+    &'static rcgen::SignatureAlgorithm,
+    SignatureScheme,
+    rustls::SignatureAlgorithm,
+)> {
+    use rustls::SignatureAlgorithm as Tls;
+    match algorithm {
+        Algorithm::Es256 => Some((
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            SignatureScheme::ECDSA_NISTP256_SHA256,
+            Tls::ECDSA,
+        )),
+        Algorithm::Es384 => Some((
+            &rcgen::PKCS_ECDSA_P384_SHA384,
+            SignatureScheme::ECDSA_NISTP384_SHA384,
+            Tls::ECDSA,
+        )),
+        Algorithm::EdDsa => Some((&rcgen::PKCS_ED25519, SignatureScheme::ED25519, Tls::ED25519)),
+        _ => None,
+    }
+}
+
+fn unsupported(key: &dyn DeviceKey) -> PlatformError {
+    PlatformError::Key(format!(
+        "the key's algorithm {:?} is not supported (P-256, P-384 and Ed25519 are)",
+        key.algorithm()
+    ))
+}
+
 /// rcgen's view of a device key, for building CSRs.
 pub struct CsrSigner<'a> {
     key: &'a dyn DeviceKey,
     raw: Vec<u8>,
+    algorithm: &'static rcgen::SignatureAlgorithm,
 }
 
 impl<'a> CsrSigner<'a> {
-    /// Wraps `key`.
-    pub fn new(key: &'a dyn DeviceKey) -> Self {
-        CsrSigner {
+    /// Wraps `key`, or says why its algorithm cannot sign a CSR.
+    pub fn new(key: &'a dyn DeviceKey) -> Result<Self, PlatformError> {
+        let (algorithm, _, _) = names(key.algorithm()).ok_or_else(|| unsupported(key))?;
+        Ok(CsrSigner {
             raw: key.public_key().raw().to_vec(),
             key,
-        }
+            algorithm,
+        })
     }
 }
 
@@ -42,10 +81,7 @@ impl rcgen::PublicKeyData for CsrSigner<'_> {
         &self.raw
     }
     fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
-        match self.key.algorithm() {
-            Algorithm::EdDsa => &rcgen::PKCS_ED25519,
-            _ => &rcgen::PKCS_ECDSA_P256_SHA256,
-        }
+        self.algorithm
     }
 }
 
@@ -59,29 +95,34 @@ impl rcgen::SigningKey for CsrSigner<'_> {
 
 /// rustls's view of a device key, for TLS client authentication.
 #[derive(Debug, Clone)]
-pub struct TlsKey(pub Arc<dyn DeviceKey>);
+pub struct TlsKey {
+    key: Arc<dyn DeviceKey>,
+    scheme: SignatureScheme,
+    algorithm: rustls::SignatureAlgorithm,
+}
 
 impl TlsKey {
-    fn scheme(&self) -> SignatureScheme {
-        match self.0.algorithm() {
-            Algorithm::EdDsa => SignatureScheme::ED25519,
-            _ => SignatureScheme::ECDSA_NISTP256_SHA256,
-        }
+    /// Wraps `key`, or says why its algorithm cannot authenticate in TLS.
+    pub fn new(key: Arc<dyn DeviceKey>) -> Result<Self, PlatformError> {
+        let (_, scheme, algorithm) =
+            names(key.algorithm()).ok_or_else(|| unsupported(key.as_ref()))?;
+        Ok(TlsKey {
+            key,
+            scheme,
+            algorithm,
+        })
     }
 }
 
 impl rustls::sign::SigningKey for TlsKey {
     fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn rustls::sign::Signer>> {
         offered
-            .contains(&self.scheme())
+            .contains(&self.scheme)
             .then(|| Box::new(self.clone()) as Box<dyn rustls::sign::Signer>)
     }
 
     fn algorithm(&self) -> rustls::SignatureAlgorithm {
-        match self.0.public_key() {
-            PublicKey::Ed25519(_) => rustls::SignatureAlgorithm::ED25519,
-            PublicKey::P256(_) => rustls::SignatureAlgorithm::ECDSA,
-        }
+        self.algorithm
     }
 }
 
@@ -90,7 +131,7 @@ impl rustls::sign::Signer for TlsKey {
     /// milliseconds, so on a multi-threaded runtime the worker hands its other tasks over first.
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
         let sign = || {
-            self.0
+            self.key
                 .sign_x509(message)
                 .map_err(|e| rustls::Error::General(e.to_string()))
         };
@@ -103,6 +144,6 @@ impl rustls::sign::Signer for TlsKey {
     }
 
     fn scheme(&self) -> SignatureScheme {
-        TlsKey::scheme(self)
+        self.scheme
     }
 }

@@ -98,15 +98,15 @@ impl ResolvesClientCert for ClientCert {
     }
 }
 
-fn client_cert(chain: &[Vec<u8>], key: Arc<dyn DeviceKey>) -> Arc<ClientCert> {
+fn client_cert(chain: &[Vec<u8>], key: Arc<dyn DeviceKey>) -> Result<Arc<ClientCert>, AgentError> {
     let chain = chain
         .iter()
         .map(|c| CertificateDer::from(c.clone()))
         .collect();
-    Arc::new(ClientCert(Arc::new(CertifiedKey::new(
+    Ok(Arc::new(ClientCert(Arc::new(CertifiedKey::new(
         chain,
-        Arc::new(TlsKey(key)),
-    ))))
+        Arc::new(TlsKey::new(key)?),
+    )))))
 }
 
 /// Timeouts of a connection.
@@ -157,7 +157,7 @@ pub fn provisional_config(
         .map_err(|e| AgentError::Connection(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(ProvisionalVerifier(provider)))
-        .with_client_cert_resolver(client_cert(idevid_chain, key));
+        .with_client_cert_resolver(client_cert(idevid_chain, key)?);
     quic_config(tls, timeouts)
 }
 
@@ -178,7 +178,7 @@ pub fn operational_config(
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| AgentError::Connection(e.to_string()))?
         .with_root_certificates(roots)
-        .with_client_cert_resolver(client_cert(ldevid_chain, key));
+        .with_client_cert_resolver(client_cert(ldevid_chain, key)?);
     quic_config(tls, timeouts)
 }
 

@@ -38,7 +38,8 @@ async fn bad_renewals_are_refused_and_change_nothing() {
         certs::KeyKind::P256,
     );
     let old = keys.ldevid_key().unwrap().unwrap();
-    let csr = certs::csr::build_csr("SN-RENEW", &CsrSigner::new(old.as_ref()), &binding).unwrap();
+    let csr = certs::csr::build_csr("SN-RENEW", &CsrSigner::new(old.as_ref()).unwrap(), &binding)
+        .unwrap();
     let r = session.exchange(&reenroll(csr)).await.unwrap();
     assert_eq!(code_of(&r), ErrorCode::CsrPolicy);
     // The IDevID's key.

@@ -141,6 +141,44 @@ async fn ed25519_devices_and_eap_tls_policy_work_too() {
     agent.connect().await.unwrap().close();
 }
 
+/// A device with P-384 keys onboards, opens its session and renews: its LDevID keys are of the
+/// IDevID's kind, and every signature (voucher request, CSR, TLS, COSE) is ES384.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p384_devices_onboard_and_renew() {
+    let world = World::new().await;
+    let dir = world.dir.path().join("p384");
+    world
+        .manufacturer
+        .mint("SN-P384", certs::KeyKind::P384, now())
+        .unwrap()
+        .save(&dir.join("identity"))
+        .unwrap();
+    std::fs::create_dir_all(dir.join("state")).unwrap();
+    let device = Device::at("SN-P384", dir.join("identity"), dir.join("state"));
+    world.expect(&["SN-P384"], 30).await;
+    let agent = world.agent(&device);
+    let state = agent.onboard().await.unwrap();
+    let first = CertInfo::parse(state.ldevid.as_ref().unwrap()).unwrap();
+    assert!(matches!(
+        first.public_key,
+        protocol::keys::PublicKey::P384(_)
+    ));
+    let session = agent.connect().await.unwrap();
+    let session = agent.renew(session).await.unwrap();
+    session.close();
+    let renewed = agent.load_state().unwrap();
+    let second = CertInfo::parse(renewed.ldevid.as_ref().unwrap()).unwrap();
+    assert!(matches!(
+        second.public_key,
+        protocol::keys::PublicKey::P384(_)
+    ));
+    assert_ne!(first.public_key, second.public_key);
+    assert_eq!(
+        world.record("SN-P384").unwrap().state,
+        onboarder::core::DeviceState::Active
+    );
+}
+
 /// The connection drops after the server issued the LDevID but before the device stored it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_enrollment_completes_on_retry_without_duplicates() {
@@ -168,7 +206,7 @@ async fn a_dropped_enrollment_completes_on_retry_without_duplicates() {
     accept_voucher(&session).await;
     let csr = certs::csr::build_csr(
         "SN-DROP",
-        &device_agent::platform::key::CsrSigner::new(pending.as_ref()),
+        &device_agent::platform::key::CsrSigner::new(pending.as_ref()).unwrap(),
         &session.binding().unwrap(),
     )
     .unwrap();
