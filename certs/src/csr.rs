@@ -40,6 +40,70 @@ pub fn build_csr(
         .to_vec())
 }
 
+/// Builds the CSR of a device's birth key, made on the device (in its secure element), for the
+/// factory to certify as its IDevID ([`crate::factory::Manufacturer::certify`]): subject
+/// serialNumber = CN = `serial`, no session binding (the factory line is the trusted channel).
+pub fn build_birth_csr(serial: &str, key: &impl rcgen::SigningKey) -> Result<Vec<u8>, CertError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = device_subject(serial, serial, "device")?;
+    Ok(params.serialize_request(key)?.der().to_vec())
+}
+
+/// What a well-formed CSR with a valid self-signature asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedCsr {
+    /// The subject serialNumber (empty when there is none).
+    pub serial: String,
+    /// The requested key.
+    pub public_key: PublicKey,
+    /// The requested key as DER SubjectPublicKeyInfo, for issuance.
+    pub spki_der: Vec<u8>,
+    /// The challengePassword (the session binding), if any.
+    pub binding: Option<String>,
+}
+
+/// Decodes a CSR within the size limit and checks its self-signature (the proof of
+/// possession of the key).
+pub fn parse_csr(der_bytes: &[u8]) -> Result<ParsedCsr, CsrError> {
+    if der_bytes.len() > MAX_CSR {
+        return Err(CsrError::Malformed(format!(
+            "{} bytes exceeds the limit of {MAX_CSR}",
+            der_bytes.len()
+        )));
+    }
+    let (rest, csr) = X509CertificationRequest::from_der(der_bytes)
+        .map_err(|e| CsrError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(CsrError::Malformed("trailing bytes".into()));
+    }
+    csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
+    let info = &csr.certification_request_info;
+    let serial = info
+        .subject
+        .iter_attributes()
+        .find(|a| {
+            a.attr_type()
+                .iter()
+                .is_some_and(|it| it.eq(der::OID_SERIAL_NUMBER.iter().copied()))
+        })
+        .and_then(|a| a.as_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let public_key = public_key_from_spki(&info.subject_pki).map_err(|_| CsrError::KeyType)?;
+    let binding = info
+        .iter_attributes()
+        .find_map(|a| match a.parsed_attribute() {
+            ParsedCriAttribute::ChallengePassword(p) => Some(p.0.clone()),
+            _ => None,
+        });
+    Ok(ParsedCsr {
+        serial,
+        public_key,
+        spki_der: info.subject_pki.raw.to_vec(),
+        binding,
+    })
+}
+
 /// What the server requires of a CSR.
 #[derive(Debug, Clone, Copy)]
 pub struct CsrPolicy<'a> {
@@ -63,51 +127,22 @@ pub struct CheckedCsr {
 /// Checks a CSR: well-formed, self-signature valid, subject is the device's serial, key type
 /// accepted and fresh, and bound to this session.
 pub fn check_csr(der_bytes: &[u8], policy: &CsrPolicy<'_>) -> Result<CheckedCsr, CsrError> {
-    if der_bytes.len() > MAX_CSR {
-        return Err(CsrError::Malformed(format!(
-            "{} bytes exceeds the limit of {MAX_CSR}",
-            der_bytes.len()
-        )));
-    }
-    let (rest, csr) = X509CertificationRequest::from_der(der_bytes)
-        .map_err(|e| CsrError::Malformed(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(CsrError::Malformed("trailing bytes".into()));
-    }
-    csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
-    let info = &csr.certification_request_info;
-    let found = info
-        .subject
-        .iter_attributes()
-        .find(|a| {
-            a.attr_type()
-                .iter()
-                .is_some_and(|it| it.eq(der::OID_SERIAL_NUMBER.iter().copied()))
-        })
-        .and_then(|a| a.as_str().ok())
-        .unwrap_or_default();
-    if found != policy.serial {
+    let csr = parse_csr(der_bytes)?;
+    if csr.serial != policy.serial {
         return Err(CsrError::WrongSubject {
             expected: policy.serial.to_string(),
-            found: found.to_string(),
+            found: csr.serial,
         });
     }
-    let public_key = public_key_from_spki(&info.subject_pki).map_err(|_| CsrError::KeyType)?;
-    if policy.forbidden_keys.contains(&public_key) {
+    if policy.forbidden_keys.contains(&csr.public_key) {
         return Err(CsrError::KeyReuse);
     }
-    let binding = info
-        .iter_attributes()
-        .find_map(|a| match a.parsed_attribute() {
-            ParsedCriAttribute::ChallengePassword(p) => Some(p.0.clone()),
-            _ => None,
-        });
-    if binding.as_deref() != Some(hex(policy.binding).as_str()) {
+    if csr.binding.as_deref() != Some(hex(policy.binding).as_str()) {
         return Err(CsrError::BindingMismatch);
     }
     Ok(CheckedCsr {
-        public_key,
-        spki_der: info.subject_pki.raw.to_vec(),
+        public_key: csr.public_key,
+        spki_der: csr.spki_der,
     })
 }
 

@@ -262,6 +262,37 @@ impl Manufacturer {
         Birth::new(identity, key)
     }
 
+    /// Certifies a key the device made itself (in its secure element, where it stays): the
+    /// CSR's self-signature proves the device holds the key, and its subject serialNumber is
+    /// the serial the IDevID will carry. The factory line is the trusted channel between the
+    /// device and this call. Returns the device's identity (certificates only).
+    pub fn certify(&self, csr: &[u8], now: u64) -> Result<Identity, CertError> {
+        let csr = crate::csr::parse_csr(csr)?;
+        validate_serial(&csr.serial)?;
+        let subject = rcgen::SubjectPublicKeyInfo::from_der(&csr.spki_der)?;
+        let hw_type = self.config.hw_type_oid()?;
+        let idevid = issue_idevid(
+            &self.root,
+            &IdevidProfile {
+                serial: &csr.serial,
+                manufacturer: &self.config.name,
+                hw_type: &hw_type,
+                mud_url: self.config.mud_url.as_deref(),
+                masa_url: self.config.masa_url.as_deref(),
+            },
+            &subject,
+            &random_serial()?,
+            now,
+        )?;
+        Identity::new(
+            idevid,
+            self.root.cert_der().to_vec(),
+            self.masa_cert.clone(),
+            self.product(),
+            now,
+        )
+    }
+
     /// Signs a nonceless voucher for `serial`, pinning `owner_ca` (DER), valid until
     /// `expires_on`: the kind an owner imports in bulk ahead of time.
     pub fn voucher(

@@ -230,3 +230,44 @@ fn vouchers_pin_the_owner_and_name_the_idevid_issuer() {
         .is_err()
     );
 }
+
+#[test]
+fn the_factory_certifies_a_key_the_device_made_and_nothing_else() {
+    let m = manufacturer();
+    for kind in [KeyKind::P256, KeyKind::P384] {
+        let key = KeyPair::generate(kind).unwrap();
+        let csr = certs::csr::build_birth_csr("SN-BORN", &key).unwrap();
+        let identity = m.certify(&csr, NOW).unwrap();
+        assert_eq!(identity.serial, "SN-BORN");
+        identity.check_key(&key.public_key()).unwrap();
+        assert_eq!(
+            identity.idevid_issuer(),
+            m.mint("SN-X", kind, NOW).unwrap().identity.idevid_issuer()
+        );
+    }
+    // A CSR whose signature does not hold: not proof that the device has the key.
+    let key = KeyPair::generate(KeyKind::P256).unwrap();
+    let mut tampered = certs::csr::build_birth_csr("SN-BORN", &key).unwrap();
+    let at = tampered.windows(7).position(|w| w == b"SN-BORN").unwrap();
+    tampered[at + 6] = b'X';
+    assert!(matches!(
+        m.certify(&tampered, NOW),
+        Err(certs::CertError::Csr(certs::CsrError::BadSignature))
+    ));
+    // A serial the factory would never mint.
+    let csr = {
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CustomDnType(vec![2, 5, 4, 5]), "SN BORN/..");
+        params.serialize_request(&key).unwrap().der().to_vec()
+    };
+    assert!(matches!(
+        m.certify(&csr, NOW),
+        Err(certs::CertError::Profile(_))
+    ));
+    assert!(matches!(
+        m.certify(&[0x30, 0x03, 0x02, 0x01, 0x00], NOW),
+        Err(certs::CertError::Csr(certs::CsrError::Malformed(_)))
+    ));
+}

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// Typical use:
 ///   factory init ./acme --name "Acme Sensors"
 ///   factory mint --dir ./acme --count 10 --out ./devices
+///   factory certify --dir ./acme device.csr --out ./devices/SN-000042   (key made on the device)
 ///   factory voucher --dir ./acme --owner-ca owner-root.pem --serials-from ./devices --out vouchers.cbor
 ///   factory sign-firmware --dir ./acme image.bin --version 1.1.0 --sequence 2
 #[derive(Parser)]
@@ -62,6 +63,23 @@ enum Command {
         #[arg(long, value_enum, default_value_t = KeyType::P256)]
         key_type: KeyType,
         /// Print the minted serials as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Certify a key the device made itself (in its secure element): writes the device's
+    /// identity directory (IDevID and anchors, no key) from the CSR `device-agent make-key`
+    /// printed. The CSR's signature proves the device holds the key; its subject
+    /// serialNumber is the serial.
+    Certify {
+        /// Manufacturer directory.
+        #[arg(long, env = "FACTORY_DIR", default_value = "manufacturer")]
+        dir: PathBuf,
+        /// The device's CSR (PEM or DER).
+        csr: PathBuf,
+        /// The device's identity directory to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Print the serial as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -203,6 +221,30 @@ fn main() -> Result<()> {
                 for s in &serials {
                     println!("{}", out.join(s).display());
                 }
+            }
+        }
+        Command::Certify {
+            dir,
+            csr,
+            out,
+            json,
+        } => {
+            let m = Manufacturer::load(&dir)
+                .with_context(|| format!("loading manufacturer from {}", dir.display()))?;
+            let bytes = files::read_limited(&csr, certs::csr::MAX_CSR as u64 * 2)
+                .with_context(|| format!("reading {}", csr.display()))?;
+            let der = match pem::parse(&bytes) {
+                Ok(block) => block.into_contents(),
+                Err(_) => bytes,
+            };
+            let identity = m
+                .certify(&der, now)
+                .with_context(|| format!("certifying {}", csr.display()))?;
+            identity.save(&out)?;
+            if json {
+                println!("{}", serde_json::json!({ "certified": identity.serial }));
+            } else {
+                println!("certified {} in {}", identity.serial, out.display());
             }
         }
         Command::Voucher {

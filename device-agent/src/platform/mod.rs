@@ -8,6 +8,8 @@ pub mod files;
 pub mod key;
 pub mod layout;
 pub mod memory;
+#[cfg(feature = "pkcs11")]
+pub mod pkcs11;
 pub mod shred;
 pub mod slots;
 pub mod wiper;

@@ -8,6 +8,7 @@ mod binary;
 mod crash;
 mod decommission;
 mod firmware;
+mod hsm;
 mod lifecycle;
 mod makers;
 mod onboarding;
