@@ -113,6 +113,26 @@ pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, CertError> {
     Ok(out)
 }
 
+/// A random secret of `len` bytes kept as hex in `path` (mode 0600): made on first use, read
+/// after. For keys that must outlive a restart (the store's sealing key, QUIC's stateless
+/// reset key).
+pub fn secret(path: &Path, len: usize) -> Result<Vec<u8>, CertError> {
+    use ring::rand::SecureRandom;
+    if !path.exists() {
+        let mut key = vec![0u8; len];
+        ring::rand::SystemRandom::new()
+            .fill(&mut key)
+            .map_err(|_| CertError::Key("no randomness".into()))?;
+        write_secret(path, crate::inspect::hex(&key).as_bytes())?;
+    }
+    let text = read_limited(path, 4 * len as u64 + 64)?;
+    std::str::from_utf8(&text)
+        .ok()
+        .and_then(|t| crate::inspect::unhex(t.trim()))
+        .filter(|k| k.len() == len)
+        .ok_or_else(|| CertError::Key(format!("{} is not a {len}-byte hex key", path.display())))
+}
+
 /// Reads a PEM text file.
 pub fn read_pem_text(path: &Path) -> Result<String, CertError> {
     let bytes = read_limited(path, MAX_PEM_FILE)?;

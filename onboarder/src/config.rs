@@ -67,6 +67,9 @@ pub mod layout {
     pub const SERVER_CERT: &str = "tls/server.pem";
     /// Registrar key.
     pub const SERVER_KEY: &str = "tls/server.key";
+    /// QUIC's stateless reset key (0600): kept across restarts so a restarted server can tell
+    /// devices at once that their old connections are gone (RFC 9000 10.3).
+    pub const RESET_KEY: &str = "tls/reset.key";
     /// sled database.
     pub const STORE: &str = "store";
     /// Key that seals network credentials in the store (0600), kept outside it.
@@ -117,7 +120,7 @@ impl Config {
                     ssid: "iot-devices".into(),
                 },
                 server_name: "onboarder.local".into(),
-                heartbeat_secs: 30,
+                heartbeat_secs: 10,
                 superseded_grace: 3600,
             },
             crl_validity: 86_400,

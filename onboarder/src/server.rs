@@ -114,7 +114,8 @@ impl Server {
             &pki.server_key,
         )?);
         let tls = tls::server_config(identity.clone(), service.trust(), clock)?;
-        let endpoint = quic::bind(config.quic_listen, tls)?;
+        let reset_key = certs::files::secret(&dir.join(layout::RESET_KEY), 32)?;
+        let endpoint = quic::bind(config.quic_listen, tls, &reset_key)?;
         let api_listen = config.api_listen;
         let api = tokio::net::TcpListener::bind(api_listen)
             .await

@@ -176,6 +176,20 @@ impl Agent {
         blocking(move || store.save(&state)).await
     }
 
+    /// A connection to the onboarder, given up after the connect timeout.
+    pub(crate) async fn connect_to(
+        &self,
+        tls: quinn::ClientConfig,
+        server_name: Option<&str>,
+    ) -> Result<crate::transport::quic::Session, AgentError> {
+        let connect = self.options.timeouts.connect;
+        let attempt =
+            crate::transport::quic::Session::connect(&self.endpoint, tls, self.server, server_name);
+        tokio::time::timeout(connect, attempt).await.map_err(|_| {
+            AgentError::Connection(format!("no answer from the onboarder within {connect:?}"))
+        })?
+    }
+
     /// The IDevID key from the key store, checked against the IDevID certificate.
     pub(crate) fn birth_key(&self) -> Result<Arc<dyn crate::platform::DeviceKey>, AgentError> {
         let key = self.keys.idevid_key()?;

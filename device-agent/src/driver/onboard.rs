@@ -17,7 +17,7 @@ impl Agent {
             self.birth_key()?,
             self.options.timeouts,
         )?;
-        Session::connect(&self.endpoint, config, self.server, None).await
+        self.connect_to(config, None).await
     }
 
     /// Onboards the device if it is not onboarded yet (DESIGN 3), and returns its state.

@@ -61,13 +61,13 @@ impl Agent {
         };
         let mut presented = vec![ldevid.to_vec()];
         presented.extend(chain.iter().take(1).map(|c| c.to_vec()));
-        let mut timeouts = self.options.timeouts;
-        timeouts.keep_alive =
-            Duration::from_secs(config.heartbeat_secs.max(1).into()).min(timeouts.keep_alive);
+        let timeouts = self
+            .options
+            .timeouts
+            .with_heartbeat(Duration::from_secs(config.heartbeat_secs.into()));
         let tls =
             quic::operational_config(&presented, key, owner_ca, timeouts, &self.options.clock)?;
-        let session =
-            Session::connect(&self.endpoint, tls, self.server, Some(&config.server_name)).await?;
+        let session = self.connect_to(tls, Some(&config.server_name)).await?;
         let welcome = session
             .call(&Request::Hello(Hello {
                 agent_version: AGENT_VERSION.into(),

@@ -112,17 +112,35 @@ fn client_cert(chain: &[Vec<u8>], key: Arc<dyn DeviceKey>) -> Result<Arc<ClientC
 /// Timeouts of a connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
+    /// How long a handshake may take before the attempt is given up (and retried after the
+    /// backoff): a server that is down must not hold the device for a whole idle timeout.
+    pub connect: Duration,
     /// A connection with no traffic for this long is considered dead.
     pub idle: Duration,
-    /// Keep-alive interval (must be well below `idle`).
+    /// Keep-alive interval until the onboarder sets its own (the enrollment's
+    /// `heartbeat_secs`).
     pub keep_alive: Duration,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
+            connect: Duration::from_secs(10),
             idle: Duration::from_secs(30),
             keep_alive: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Timeouts {
+    /// These timeouts with the keep-alive the onboarder asked for, and an idle timeout of at
+    /// least three keep-alives.
+    pub fn with_heartbeat(self, heartbeat: Duration) -> Timeouts {
+        let keep_alive = heartbeat.max(Duration::from_secs(1));
+        Timeouts {
+            keep_alive,
+            idle: self.idle.max(keep_alive * 3),
+            ..self
         }
     }
 }

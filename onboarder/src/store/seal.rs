@@ -47,20 +47,8 @@ impl SealingKey {
     /// Reads the key file at `path` (hex), creating it (0600) with a fresh key if it does not
     /// exist.
     pub fn load_or_create(path: &Path) -> Result<SealingKey, StoreError> {
-        let io = |e: String| StoreError::Io(format!("store key {}: {e}", path.display()));
-        if !path.exists() {
-            let mut key = [0u8; KEY_LEN];
-            SystemRandom::new()
-                .fill(&mut key)
-                .map_err(|_| io("no randomness".into()))?;
-            certs::files::write_secret(path, certs::inspect::hex(&key).as_bytes())
-                .map_err(|e| io(e.to_string()))?;
-        }
-        let text = certs::files::read_limited(path, 1024).map_err(|e| io(e.to_string()))?;
-        let bytes = std::str::from_utf8(&text)
-            .ok()
-            .and_then(|t| certs::inspect::unhex(t.trim()))
-            .ok_or_else(|| io("not a hex key".into()))?;
+        let bytes = certs::files::secret(path, KEY_LEN)
+            .map_err(|e| StoreError::Io(format!("store key {}: {e}", path.display())))?;
         SealingKey::from_bytes(&bytes)
     }
 

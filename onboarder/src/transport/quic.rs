@@ -43,7 +43,14 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const MTU_UPPER_BOUND: u16 = 16384;
 
 /// Binds the QUIC endpoint.
-pub fn bind(addr: SocketAddr, tls: rustls::ServerConfig) -> crate::error::Result<quinn::Endpoint> {
+/// Binds the QUIC listener. `reset_key` keys the stateless resets: the same key after a restart
+/// lets the new process reset the connections of the old one as soon as a device sends on one,
+/// instead of the device waiting out its idle timeout.
+pub fn bind(
+    addr: SocketAddr,
+    tls: rustls::ServerConfig,
+    reset_key: &[u8],
+) -> crate::error::Result<quinn::Endpoint> {
     use crate::error::Error;
     let os = |e: std::io::Error| Error::os(format!("binding QUIC on {addr}"), e);
     let crypto = QuicServerConfig::try_from(tls)
@@ -65,8 +72,21 @@ pub fn bind(addr: SocketAddr, tls: rustls::ServerConfig) -> crate::error::Result
     config.transport_config(Arc::new(transport));
     let runtime = quinn::default_runtime()
         .ok_or_else(|| Error::Config("QUIC needs a Tokio runtime".into()))?;
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key);
+    // Connection ids keyed from the same secret: the restarted process must recognize its
+    // predecessor's ids as its own to reset them (quinn drops packets with ids it did not make).
+    let cid_key = ring::hmac::sign(&reset_key, b"connection ids");
+    let cid_key = u64::from_be_bytes(cid_key.as_ref()[..8].try_into().unwrap_or_default());
+    let mut endpoint = quinn::EndpointConfig::new(Arc::new(reset_key));
+    endpoint.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    // One reset per millisecond at most (quinn's default is one per 20 ms): a restarted server
+    // must reset every device's connection, and a reset is always smaller than the packet that
+    // caused it, so it amplifies nothing.
+    endpoint.min_reset_interval(Duration::from_millis(1));
     quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        endpoint,
         Some(config),
         udp_socket(addr).map_err(os)?,
         runtime,

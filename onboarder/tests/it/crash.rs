@@ -46,7 +46,8 @@ fn free_ports() -> (SocketAddr, SocketAddr) {
 }
 
 /// `onboarder init` of a data directory in `root`, on free loopback ports: the directory, the
-/// QUIC address and the admin API address.
+/// QUIC address and the admin API address. Devices are told to send a keep-alive every second,
+/// so they notice a dead connection quickly.
 pub(crate) fn init(root: &Path) -> (PathBuf, SocketAddr, SocketAddr) {
     let data = root.join("onboarder");
     let (quic, api) = free_ports();
@@ -58,6 +59,9 @@ pub(crate) fn init(root: &Path) -> (PathBuf, SocketAddr, SocketAddr) {
         "--api",
         &api.to_string(),
     ]);
+    let mut config = onboarder::config::Config::load(&data).unwrap();
+    config.policy.heartbeat_secs = 1;
+    config.save(&data).unwrap();
     (data, quic, api)
 }
 

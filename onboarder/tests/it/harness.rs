@@ -60,6 +60,8 @@ impl World {
         let mut config = Config::new("Test Owner");
         config.quic_listen = "127.0.0.1:0".parse().unwrap();
         config.api_listen = "127.0.0.1:0".parse().unwrap();
+        // Agents notice a dead connection within a second or two.
+        config.policy.heartbeat_secs = 1;
         edit(&mut config);
         onboarder::pki::init(&data, &config, now()).unwrap();
         let clock = device_agent::Clock::system();
@@ -345,6 +347,7 @@ impl Device {
 pub fn fast_options() -> AgentOptions {
     AgentOptions {
         timeouts: Timeouts {
+            connect: Duration::from_secs(2),
             idle: Duration::from_secs(5),
             keep_alive: Duration::from_secs(1),
         },

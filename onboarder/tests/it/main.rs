@@ -14,5 +14,6 @@ mod makers;
 mod onboarding;
 mod operator;
 mod purity;
+mod reconnect;
 mod refusals;
 mod rollover_kill;
