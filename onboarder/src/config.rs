@@ -122,6 +122,7 @@ impl Config {
                 server_name: "onboarder.local".into(),
                 heartbeat_secs: 10,
                 superseded_grace: 3600,
+                reenroll_expired: true,
             },
             crl_validity: 86_400,
             limits: crate::transport::limits::Limits::default(),

@@ -213,10 +213,14 @@ impl Agent {
 
     /// When to renew a certificate valid until `not_after`, with this agent's own jitter.
     pub(crate) fn renew_at(&self, not_after: u64) -> u64 {
+        renewal::renew_at(self.now(), not_after, self.unit_jitter() * 2.0 - 1.0)
+    }
+
+    /// A random number in [0, 1).
+    pub(crate) fn unit_jitter(&self) -> f64 {
         let mut b = [0u8; 4];
         let _ = self.rng.fill(&mut b);
-        let jitter = f64::from(u32::from_be_bytes(b)) / f64::from(u32::MAX) * 2.0 - 1.0;
-        renewal::renew_at(self.now(), not_after, jitter)
+        f64::from(u32::from_be_bytes(b)) / (f64::from(u32::MAX) + 1.0)
     }
 
     /// `delay` scaled by a random factor in [0.5, 1.5), so a fleet does not retry in step.

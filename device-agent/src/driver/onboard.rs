@@ -77,6 +77,42 @@ impl Agent {
                 reason: None,
             }))
             .await?;
+        self.enroll_key(session, &binding, voucher.pinned_domain_cert, state)
+            .await
+    }
+
+    /// Enrolls again with the IDevID, without a voucher: the LDevID expired while the device
+    /// was offline (the onboarder refused it as expired). The registrar must chain to the
+    /// owner CA the first voucher pinned; the owner's policy decides whether it may.
+    pub async fn reenroll(&self) -> Result<AgentState, AgentError> {
+        let mut state = self.load_state()?;
+        let owner_ca = state
+            .owner_ca
+            .clone()
+            .ok_or_else(|| AgentError::Protocol("the device is not onboarded".into()))?;
+        let session = self.provisional_session().await?;
+        let result = async {
+            onboarding::check_registrar(&owner_ca, &session.server_chain(), self.now())?;
+            let binding = session.binding()?;
+            self.enroll_key(&session, &binding, owner_ca, &mut state)
+                .await
+        }
+        .await;
+        session.close();
+        tracing::info!(serial = self.serial(), "enrolled again with the IDevID");
+        result.map(|()| state)
+    }
+
+    /// A fresh key, its CSR bound to `session`, the LDevID checked against `pinned_ca` and
+    /// stored with everything that came with it in one write, then confirmed.
+    async fn enroll_key(
+        &self,
+        session: &Session,
+        binding: &[u8],
+        pinned_ca: Vec<u8>,
+        state: &mut AgentState,
+    ) -> Result<(), AgentError> {
+        let now = self.now();
         let key = self.pending_key().await?;
         let csr = self.csr(key.clone(), binding.to_vec()).await?;
         let enrollment = match session.call(&Request::Enroll { csr }).await? {
@@ -87,7 +123,7 @@ impl Agent {
             &enrollment,
             &self.identity.serial,
             &key.public_key(),
-            &voucher.pinned_domain_cert,
+            &pinned_ca,
             now,
         ) {
             Ok(info) => info,
@@ -100,8 +136,9 @@ impl Agent {
         // Store everything in one write, then promote the key: a crash in between is repaired
         // by `recover_keys`.
         state.phase = Phase::Enrolled { confirmed: false };
-        state.owner_ca = Some(voucher.pinned_domain_cert);
+        state.owner_ca = Some(pinned_ca);
         state.ldevid = Some(enrollment.certificate);
+        state.renewal = None;
         state.chain = enrollment.chain;
         state.network = Some(enrollment.network);
         state.config = Some(enrollment.config);

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::{Agent, Stop};
 use crate::error::AgentError;
 use crate::machine::backoff::{self, Attempt};
+use crate::machine::recovery;
 
 impl Agent {
     /// Runs `op`, retrying transient failures (see [`AgentError::is_transient`]) with jittered
@@ -43,7 +44,23 @@ impl Agent {
             let sessions_before = self.stats.sessions.load(Ordering::Relaxed);
             let attempt = async {
                 self.onboard().await?;
-                let mut session = self.connect().await?;
+                let mut session = match self.connect().await {
+                    Err(AgentError::CredentialRefused { reason, detail })
+                        if recovery::reenroll_after(reason) =>
+                    {
+                        // Refused a new enrollment too: only the owner can change that, so it
+                        // waits as long as any refused credential.
+                        self.reenroll().await.map_err(|e| match e {
+                            AgentError::Refused { message, .. } => AgentError::CredentialRefused {
+                                reason,
+                                detail: format!("{detail}; enrolling again refused: {message}"),
+                            },
+                            other => other,
+                        })?;
+                        self.connect().await?
+                    }
+                    other => other?,
+                };
                 loop {
                     match self.serve(&session).await? {
                         Stop::Closed => {

@@ -12,6 +12,7 @@ use super::{AGENT_VERSION, Agent, Stop, blocking, unexpected};
 use crate::error::{AgentError, PlatformError};
 use crate::machine::commands;
 use crate::machine::recovery::{self, KeyRepair};
+use crate::machine::renewal;
 use crate::machine::session::{self, Credential, Delivery};
 use crate::machine::{AgentState, Renewal};
 use crate::platform::DeviceKey;
@@ -166,10 +167,28 @@ impl Agent {
         if let Some(stop) = session::welcome(&welcome) {
             return Ok(stop);
         }
-        let renew_at = self.load_state()?.renew_at;
+        let state = self.load_state()?;
+        let not_after = state
+            .ldevid
+            .as_deref()
+            .and_then(|c| certs::CertInfo::parse(c).ok())
+            .map_or(0, |info| info.not_after);
         let due = async {
-            match renew_at {
-                Some(at) => self.options.clock.sleep_until(at).await,
+            match state.renew_at {
+                Some(at) => {
+                    let clock = &self.options.clock;
+                    clock.sleep_until(at).await;
+                    let now = clock.now();
+                    let extra = renewal::spread_after(now, at, not_after, self.unit_jitter());
+                    if extra > 0 {
+                        tracing::info!(
+                            serial = self.serial(),
+                            "renewal {}s late (the clock moved?): spread over {extra}s",
+                            now - at
+                        );
+                        clock.sleep_until(now + extra).await;
+                    }
+                }
                 None => std::future::pending().await,
             }
         };

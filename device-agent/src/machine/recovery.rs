@@ -6,7 +6,7 @@ use protocol::keys::PublicKey;
 use protocol::message::FirmwareReport;
 
 use super::AgentState;
-use crate::error::AgentError;
+use crate::error::{AgentError, CredentialRefusal};
 
 /// How the key store must be repaired to match the stored LDevID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +55,13 @@ pub fn interrupted_trial(state: &AgentState, updating: bool) -> Option<AgentStat
     Some(next)
 }
 
+/// Whether a refusal of the LDevID calls for enrolling again with the IDevID: only when the
+/// onboarder says it has expired (the device was offline through its renewal window). The
+/// onboarder's clock decides, not the device's, which may be wrong.
+pub fn reenroll_after(reason: CredentialRefusal) -> bool {
+    reason == CredentialRefusal::Expired
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +90,17 @@ mod tests {
     fn keys_are_repaired_only_toward_the_stored_certificate() {
         let state = AgentState::factory("1.0.0");
         assert_eq!(keys(&state, None, None).unwrap(), KeyRepair::None);
+    }
+
+    #[test]
+    fn only_an_expired_ldevid_calls_for_enrolling_again() {
+        assert!(reenroll_after(CredentialRefusal::Expired));
+        for other in [
+            CredentialRefusal::Revoked,
+            CredentialRefusal::UnknownIssuer,
+            CredentialRefusal::Rejected,
+        ] {
+            assert!(!reenroll_after(other), "{other:?}");
+        }
     }
 }

@@ -134,8 +134,10 @@ pub fn voucher_status(
     Ok(Decision::ack(record, vec![event]))
 }
 
-/// EST simpleenroll: checks the CSR and issues the LDevID with network credentials. Only a
-/// device that accepted its voucher (and so is onboarding, its IDevID pinned) may enroll.
+/// EST simpleenroll: checks the CSR and issues the LDevID with network credentials. A device
+/// that accepted its voucher (and so is onboarding, its IDevID pinned) may enroll; so may an
+/// active device whose every LDevID expired while it was offline, with its pinned IDevID, if
+/// the owner's policy allows it (`reenroll_expired`).
 pub fn enroll(
     reg: &Registrar,
     peer: &DevicePeer,
@@ -147,7 +149,12 @@ pub fn enroll(
 ) -> Result<Decision, LifecycleError> {
     peer.require(CredentialKind::Idevid, "enrollment")?;
     let mut record = usable(peer, record)?;
-    record.require_state(&[DeviceState::Onboarding], "enrollment")?;
+    let reenrolling = record.state == DeviceState::Active;
+    if reenrolling {
+        check_reenrollment(reg, &record, now)?;
+    } else {
+        record.require_state(&[DeviceState::Onboarding], "enrollment")?;
+    }
     check_pinned_idevid(peer, &record)?;
     let checked = certs::csr::check_csr(
         csr,
@@ -157,12 +164,49 @@ pub fn enroll(
             forbidden_keys: std::slice::from_ref(&peer.public_key),
         },
     )?;
-    let issued = issue(reg, &mut record, &checked, "LDevID", now, &entropy)?;
+    let mut issued = issue(reg, &mut record, &checked, "LDevID", now, &entropy)?;
+    if reenrolling && issued.changed {
+        issued.events.push(AuditEvent::device(
+            &peer.id,
+            "reenrolled-with-idevid",
+            "every LDevID had expired; a new one was issued on the pinned IDevID",
+            now,
+        ));
+    }
     Ok(Decision {
         write: issued.changed.then_some(record),
         events: issued.events,
         response: issued.response,
     })
+}
+
+/// An active device may enroll again with its IDevID only if the policy allows it and none of
+/// its certificates works any more (otherwise it renews with the one it has).
+fn check_reenrollment(
+    reg: &Registrar,
+    record: &DeviceRecord,
+    now: u64,
+) -> Result<(), LifecycleError> {
+    let refused = |action| LifecycleError::WrongState {
+        device: record.id.clone(),
+        state: record.state,
+        action,
+    };
+    if !reg.policy.reenroll_expired {
+        return Err(refused(
+            "enrolling again with the IDevID (the owner's policy does not allow it)",
+        ));
+    }
+    if record
+        .certificates
+        .iter()
+        .any(|c| c.status == CertStatus::Active && c.not_after > now)
+    {
+        return Err(refused(
+            "enrolling again with the IDevID while an LDevID is valid",
+        ));
+    }
+    Ok(())
 }
 
 /// The device stored its enrollment (or failed to). Success activates the device.

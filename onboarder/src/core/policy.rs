@@ -37,10 +37,18 @@ pub struct Policy {
     /// if that comes first), in seconds.
     #[serde(default = "default_grace")]
     pub superseded_grace: u64,
+    /// Whether an active device whose every LDevID expired (it was offline through its
+    /// renewal window) may get a new one by enrolling again with its pinned IDevID.
+    #[serde(default = "default_reenroll")]
+    pub reenroll_expired: bool,
 }
 
 fn default_grace() -> u64 {
     3600
+}
+
+fn default_reenroll() -> bool {
+    true
 }
 
 /// One generation of issuing CA.

@@ -214,6 +214,77 @@ async fn a_batch_revocation_reaches_the_tls_verifier_and_the_next_crl() {
     assert_eq!(listed, serials_revoked);
 }
 
+/// A device offline through its whole renewal window comes back with an expired LDevID: the
+/// onboarder refuses it as expired, and the agent enrolls again with its pinned IDevID (no
+/// voucher: the registrar must chain to the owner CA it pinned), audited on the server. When
+/// the owner's policy says no, the re-enrollment is refused and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ldevid_expired_offline_is_replaced_through_the_idevid_when_the_policy_allows() {
+    for allowed in [true, false] {
+        let world = World::with_config(|c| {
+            c.policy.ldevid_lifetime = DAY;
+            c.policy.reenroll_expired = allowed;
+        })
+        .await;
+        let device = world.device("SN-LATE");
+        world.expect(&["SN-LATE"], 30).await;
+        world.agent(&device).onboard().await.unwrap();
+        let first = world.record("SN-LATE").unwrap().certificates[0]
+            .serial
+            .clone();
+
+        // Two days without a connection.
+        world.advance_clock(2 * DAY);
+        let agent = world.agent(&device);
+        match agent.connect().await {
+            Err(AgentError::CredentialRefused {
+                reason: CredentialRefusal::Expired,
+                ..
+            }) => {}
+            other => panic!("expected the expired LDevID refused, got {other:?}"),
+        }
+        let before = world.record("SN-LATE").unwrap();
+        let state_before = agent.load_state().unwrap();
+        let running = Running::start(world.agent(&device));
+        if allowed {
+            eventually(20, "a new LDevID in use", || {
+                running.agent.stats().sessions.load(Ordering::Relaxed) >= 1
+            })
+            .await;
+            running.stop().await;
+            let record = world.record("SN-LATE").unwrap();
+            assert_eq!(record.state, DeviceState::Active);
+            let live: Vec<_> = record
+                .certificates
+                .iter()
+                .filter(|c| c.status == CertStatus::Active && c.not_after > world.clock.now())
+                .collect();
+            assert_eq!(live.len(), 1);
+            assert_ne!(live[0].serial, first);
+            assert!(
+                world
+                    .actions("SN-LATE")
+                    .contains(&"reenrolled-with-idevid".to_string())
+            );
+        } else {
+            // The agent keeps trying, slowly; the onboarder's records do not move.
+            eventually(20, "a refused attempt", || {
+                running.agent.stats().failures.load(Ordering::Relaxed) >= 1
+            })
+            .await;
+            running.stop().await;
+            let after = world.record("SN-LATE").unwrap();
+            assert_eq!(after, before);
+            assert_eq!(world.agent(&device).load_state().unwrap(), state_before);
+            assert!(
+                !world
+                    .actions("SN-LATE")
+                    .contains(&"reenrolled-with-idevid".to_string())
+            );
+        }
+    }
+}
+
 /// The agent dies at each step of a renewal; a fresh agent on the same disk recovers, and the
 /// server ends with exactly one live certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -436,11 +507,17 @@ async fn a_fleet_renews_before_expiry_spread_in_time() {
         world.advance_clock(STEP);
         lived += STEP;
         let now = world.clock.now();
+        // A renewal woken this late waits a random part of an hour more (no storm after a
+        // clock jump): the clock moves on by ten minutes at each look until all are done.
         eventually(60, "the renewals due now", || {
-            running.iter().all(|r| {
+            let done = running.iter().all(|r| {
                 let state = r.agent.load_state().unwrap();
                 state.renewal.is_none() && state.renew_at.is_some_and(|at| at > now)
-            })
+            });
+            if !done {
+                world.advance_clock(600);
+            }
+            done
         })
         .await;
     }

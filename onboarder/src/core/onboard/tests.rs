@@ -262,3 +262,78 @@ fn a_welcome_carries_what_the_device_missed_and_only_ldevids_get_one() {
     // The versions it reports are recorded.
     assert_eq!(d.write.unwrap().agent_version.as_deref(), Some("a"));
 }
+
+#[test]
+fn an_active_device_enrolls_again_with_its_idevid_only_once_every_ldevid_expired() {
+    let kit = Kit::new();
+    let (_, peer) = kit.device("SN-1");
+    let record = Kit::apply(
+        kit.expected("SN-1"),
+        &voucher_status(&peer, Some(kit.expected("SN-1")), ok(), NOW).unwrap(),
+    );
+    let key = KeyPair::generate(certs::KeyKind::P256).unwrap();
+    let enroll_at = |reg: &Registrar, record: &DeviceRecord, key: &KeyPair, now: u64| {
+        enroll(
+            reg,
+            &peer,
+            Some(record.clone()),
+            &kit.csr("SN-1", key),
+            &BINDING,
+            now,
+            entropy(2),
+        )
+    };
+    let record = Kit::apply(
+        record.clone(),
+        &enroll_at(&kit.registrar, &record, &key, NOW).unwrap(),
+    );
+    let active = Kit::apply(
+        record.clone(),
+        &enroll_status(&peer, Some(record), ok(), NOW).unwrap(),
+    );
+    assert_eq!(active.state, DeviceState::Active);
+    let expiry = active.certificates[0].not_after;
+    let fresh = KeyPair::generate(certs::KeyKind::P256).unwrap();
+
+    // Still valid: renew with it instead.
+    let e = enroll_at(&kit.registrar, &active, &fresh, expiry - 1).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::WrongState);
+    // Expired, and the policy says no.
+    let mut strict = Kit::new();
+    strict.registrar.policy.reenroll_expired = false;
+    let e = enroll_at(&strict.registrar, &active, &fresh, expiry + 1).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::WrongState);
+    // Expired, and allowed: a new LDevID, audited, confirmed like a first enrollment.
+    let d = enroll_at(&kit.registrar, &active, &fresh, expiry + 1).unwrap();
+    assert!(
+        d.events
+            .iter()
+            .any(|e| e.action == "reenrolled-with-idevid")
+    );
+    let renewed = Kit::apply(active.clone(), &d);
+    assert_eq!(renewed.certificates.len(), 2);
+    let confirmed = Kit::apply(
+        renewed.clone(),
+        &enroll_status(&peer, Some(renewed), ok(), expiry + 2).unwrap(),
+    );
+    assert_eq!(confirmed.state, DeviceState::Active);
+    assert!(
+        confirmed
+            .certificates
+            .iter()
+            .any(|c| c.status == CertStatus::Active && c.not_after > expiry + 2)
+    );
+    // Another device's IDevID cannot do it.
+    let (_, stranger) = kit.device("SN-1");
+    let e = enroll(
+        &kit.registrar,
+        &stranger,
+        Some(active),
+        &kit.csr("SN-1", &fresh),
+        &BINDING,
+        expiry + 1,
+        entropy(3),
+    )
+    .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Unauthorized);
+}

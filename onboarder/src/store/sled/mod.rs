@@ -386,8 +386,7 @@ mod tests {
             match &opened {
                 Err(StoreError::Io(m)) if m.contains("another onboarder") => {
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                    opened =
-                        SledStore::open(dir.path(), SealingKey::from_bytes(&[1; 32]).unwrap());
+                    opened = SledStore::open(dir.path(), SealingKey::from_bytes(&[1; 32]).unwrap());
                 }
                 _ => break,
             }
