@@ -11,7 +11,6 @@ mod renew;
 mod run;
 mod session;
 
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +22,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use crate::error::{AgentError, PlatformError};
 use crate::machine::{AgentState, renewal};
 use crate::platform::{FirmwareSlots, KeyStore, NetworkApplier, Platform, StateStore, Wiper};
+use crate::transport::ServerAddress;
 use crate::transport::quic::Timeouts;
 
 /// Version of this agent, reported to the server.
@@ -90,7 +90,7 @@ pub struct Agent {
     network: Arc<dyn NetworkApplier>,
     slots: Arc<dyn FirmwareSlots>,
     wiper: Arc<dyn Wiper>,
-    server: SocketAddr,
+    server: ServerAddress,
     endpoint: quinn::Endpoint,
     options: AgentOptions,
     rng: SystemRandom,
@@ -102,11 +102,12 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// An agent over the given platform, talking to `server` through `endpoint`.
+    /// An agent over the given platform, talking to `server` (an address, or a DNS name
+    /// resolved at each connection) through `endpoint`.
     pub fn new(
         identity: Arc<Identity>,
         platform: Platform,
-        server: SocketAddr,
+        server: impl Into<ServerAddress>,
         endpoint: quinn::Endpoint,
         options: AgentOptions,
     ) -> Agent {
@@ -118,7 +119,7 @@ impl Agent {
             slots: platform.slots,
             wiper: platform.wiper,
             updating: std::sync::atomic::AtomicBool::new(false),
-            server,
+            server: server.into(),
             endpoint,
             options,
             rng: SystemRandom::new(),
@@ -132,7 +133,7 @@ impl Agent {
     pub fn with_files(
         identity_dir: &std::path::Path,
         state_dir: &std::path::Path,
-        server: SocketAddr,
+        server: impl Into<ServerAddress>,
         endpoint: quinn::Endpoint,
         options: AgentOptions,
     ) -> Result<Agent, AgentError> {
@@ -176,18 +177,40 @@ impl Agent {
         blocking(move || store.save(&state)).await
     }
 
-    /// A connection to the onboarder, given up after the connect timeout.
+    /// A connection to the onboarder: each of its addresses in turn, each given up after the
+    /// connect timeout.
     pub(crate) async fn connect_to(
         &self,
         tls: quinn::ClientConfig,
         server_name: Option<&str>,
     ) -> Result<crate::transport::quic::Session, AgentError> {
         let connect = self.options.timeouts.connect;
-        let attempt =
-            crate::transport::quic::Session::connect(&self.endpoint, tls, self.server, server_name);
-        tokio::time::timeout(connect, attempt).await.map_err(|_| {
-            AgentError::Connection(format!("no answer from the onboarder within {connect:?}"))
-        })?
+        let ipv6 = self
+            .endpoint
+            .local_addr()
+            .map_err(|e| AgentError::Connection(format!("the agent's socket: {e}")))?
+            .is_ipv6();
+        let mut last = None;
+        for addr in self.server.resolve(ipv6).await? {
+            let attempt = crate::transport::quic::Session::connect(
+                &self.endpoint,
+                tls.clone(),
+                addr,
+                server_name,
+            );
+            let error = match tokio::time::timeout(connect, attempt).await {
+                Ok(Ok(session)) => return Ok(session),
+                // A refusal is the onboarder's answer: another address would say the same.
+                Ok(Err(e @ AgentError::CredentialRefused { .. })) => return Err(e),
+                Ok(Err(e)) => e,
+                Err(_) => {
+                    AgentError::Connection(format!("no answer from {addr} within {connect:?}"))
+                }
+            };
+            tracing::debug!(serial = self.serial(), "{addr}: {error}");
+            last = Some(error);
+        }
+        Err(last.unwrap_or_else(|| AgentError::Connection("no address to try".into())))
     }
 
     /// The IDevID key from the key store, checked against the IDevID certificate.

@@ -282,3 +282,32 @@ async fn repeated_confirmations_change_nothing() {
     assert_eq!(world.record("SN-TWICE").unwrap(), before);
     assert_eq!(world.audit().len(), audit_before);
 }
+
+/// The agent is given the onboarder's DNS name: it resolves it at each connection and tries
+/// each address (here `localhost`), onboards and opens its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_reaches_the_onboarder_by_its_dns_name() {
+    let world = World::new().await;
+    let device = world.device("SN-DNS");
+    world.expect(&["SN-DNS"], 30).await;
+    let name = format!("localhost:{}", world.server.quic_addr().port());
+    let server: device_agent::transport::ServerAddress = name.parse().unwrap();
+    assert!(matches!(
+        server,
+        device_agent::transport::ServerAddress::Name(_)
+    ));
+    let agent = device_agent::Agent::with_files(
+        &device.identity_dir,
+        &device.state_dir,
+        server,
+        world.endpoint.clone(),
+        fast_options(),
+    )
+    .unwrap();
+    agent.onboard().await.unwrap();
+    agent.connect().await.unwrap().close();
+    assert_eq!(
+        world.record("SN-DNS").unwrap().state,
+        onboarder::core::DeviceState::Active
+    );
+}
