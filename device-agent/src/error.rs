@@ -22,6 +22,9 @@ pub enum PlatformError {
     /// Sanitization failed.
     #[error("wipe: {0}")]
     Wipe(String),
+    /// The network could not be configured.
+    #[error("network: {0}")]
+    Network(String),
 }
 
 /// Why the server refused the device's credential, from its TLS alert (RFC 8446 6.2) or its

@@ -47,6 +47,10 @@ impl Agent {
         let mut state = decommission::wiped(&state, signed);
         self.save(&state).await?;
         self.deliver_attestation(session, &mut state).await?;
+        tracing::info!(
+            serial = self.serial(),
+            "decommissioned: wiped ({method}) and attested; back in the factory state"
+        );
         self.stats
             .decommission_us
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);

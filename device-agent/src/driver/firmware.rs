@@ -66,6 +66,11 @@ impl Agent {
         self.report_firmware(&session, verified).await;
         let (slots, d, m) = (self.slots.clone(), digest.clone(), signed.clone());
         blocking(move || slots.install(&d, &m)).await?;
+        tracing::info!(
+            serial = self.serial(),
+            "firmware {} installed; booting it on trial",
+            manifest.version
+        );
         let installed = FirmwareReport::progress(&digest, FirmwareState::Installed, manifest.size);
         self.report_firmware(&session, installed).await;
 
@@ -88,6 +93,14 @@ impl Agent {
         if discard {
             let (slots, d) = (self.slots.clone(), digest.clone());
             blocking(move || slots.discard(&d)).await?;
+        }
+        if offset > 0 {
+            tracing::info!(
+                serial = self.serial(),
+                "firmware {}: resuming the download at byte {offset} of {}",
+                manifest.version,
+                manifest.size
+            );
         }
         let downloading = FirmwareReport::progress(&digest, FirmwareState::Downloading, offset);
         self.report_firmware(session, downloading).await;
@@ -159,6 +172,11 @@ impl Agent {
                     manifest.size,
                 );
                 self.report_firmware(&session, healthy).await;
+                tracing::info!(
+                    serial = self.serial(),
+                    "firmware {} healthy and committed",
+                    manifest.version
+                );
                 self.stats.updates.fetch_add(1, Ordering::Relaxed);
                 Ok(session)
             }

@@ -148,6 +148,12 @@ impl Agent {
         ))
     }
 
+    /// Waits until every connection of the agent's socket has closed (after the run loop
+    /// ended, so the onboarder hears the close).
+    pub async fn wait_idle(&self) {
+        self.endpoint.wait_idle().await;
+    }
+
     /// The device serial.
     pub fn serial(&self) -> &str {
         &self.identity.serial

@@ -145,7 +145,13 @@ impl Agent {
         state.renew_at = Some(self.renew_at(info.not_after));
         self.save(state).await?;
         self.commit_pending_key().await?;
-        self.confirm(session, state).await
+        self.confirm(session, state).await?;
+        tracing::info!(
+            serial = self.serial(),
+            "onboarded: LDevID until {}",
+            crate::clock::rfc3339(info.not_after)
+        );
+        Ok(())
     }
 
     /// Applies the network credentials and tells the server the enrollment is stored.

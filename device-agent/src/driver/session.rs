@@ -84,6 +84,7 @@ impl Agent {
             other => return Err(unexpected("a welcome", &other)),
         }
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(serial = self.serial(), "session open");
         Ok(session)
     }
 
@@ -156,6 +157,11 @@ impl Agent {
         let next = session::promoted(state, renewal, self.renew_at(not_after));
         self.save(&next).await?;
         self.commit_pending_key().await?;
+        tracing::info!(
+            serial = self.serial(),
+            "renewed: a new LDevID until {}",
+            crate::clock::rfc3339(not_after)
+        );
         self.stats.renewals.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

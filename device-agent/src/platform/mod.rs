@@ -5,6 +5,7 @@
 //! overwrites them before removal).
 
 pub mod files;
+pub mod hooks;
 pub mod key;
 pub mod layout;
 pub mod memory;

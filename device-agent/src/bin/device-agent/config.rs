@@ -1,0 +1,263 @@
+//! The daemon's settings: flags, then environment variables, then the configuration file
+//! (TOML), then defaults. The README documents the file.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use device_agent::platform::hooks::{HookNetwork, HookedSlots, HookedWiper, Hooks};
+use device_agent::platform::slots::FileSlots;
+use device_agent::platform::{KeyStore, Platform};
+use device_agent::transport::ServerAddress;
+use device_agent::transport::quic::Timeouts;
+use serde::Deserialize;
+
+/// Where the configuration file is looked for when none is named.
+pub const DEFAULT_CONFIG: &str = "/etc/device-agent/agent.toml";
+/// Largest configuration file read.
+const MAX_CONFIG: u64 = 64 * 1024;
+
+/// The configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    /// The onboarder: `host:port` or an address.
+    pub server: Option<String>,
+    /// The factory identity directory.
+    pub identity: Option<PathBuf>,
+    /// The agent's own state directory (made 0700).
+    pub state: Option<PathBuf>,
+    /// Where the firmware slots live (default: STATE/firmware).
+    pub firmware_dir: Option<PathBuf>,
+    /// Version of the firmware the device shipped with.
+    pub firmware_version: Option<String>,
+    /// Log filter (`info`, `device_agent=debug`, ...).
+    pub log: Option<String>,
+    /// Where the keys live.
+    #[serde(default)]
+    pub keys: Keys,
+    /// Connection timeouts.
+    #[serde(default)]
+    pub timeouts: TimeoutsFile,
+    /// The device maker's hooks.
+    #[serde(default)]
+    pub hooks: Hooks,
+}
+
+/// The key store.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(not(feature = "pkcs11"), allow(dead_code))]
+pub struct Keys {
+    /// `files` (the default: keys in the identity and state directories) or `pkcs11`.
+    #[serde(default)]
+    pub store: Store,
+    /// The PKCS#11 module.
+    pub module: Option<PathBuf>,
+    /// The PKCS#11 token's label.
+    pub token: Option<String>,
+    /// A file holding the user PIN (DEVICE_AGENT_PKCS11_PIN takes precedence).
+    pub pin_file: Option<PathBuf>,
+    /// Kind of the keys the device makes: `p256` (default), `p384` or `ed25519` (files only).
+    pub kind: Option<String>,
+}
+
+/// Which key store.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Store {
+    /// Files.
+    #[default]
+    Files,
+    /// A PKCS#11 token.
+    Pkcs11,
+}
+
+/// Timeouts, in seconds.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsFile {
+    /// Handshake.
+    pub connect_secs: Option<u64>,
+    /// Idle connection.
+    pub idle_secs: Option<u64>,
+    /// Keep-alive until the onboarder sets its own.
+    pub keep_alive_secs: Option<u64>,
+}
+
+impl File {
+    /// Reads `path`; a missing default file is an empty configuration.
+    pub fn load(path: Option<&Path>) -> Result<File> {
+        let (path, named) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG), false),
+        };
+        if !named && !path.exists() {
+            return Ok(File::default());
+        }
+        let bytes = certs::files::read_limited(&path, MAX_CONFIG)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let text = std::str::from_utf8(&bytes)
+            .with_context(|| format!("{} is not UTF-8", path.display()))?;
+        toml::from_str(text).with_context(|| format!("{}", path.display()))
+    }
+}
+
+/// What the flags and the environment say (each overrides the file).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Overrides {
+    /// Configuration file [default: /etc/device-agent/agent.toml if it exists].
+    #[arg(long, env = "DEVICE_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The onboarder, `host:port` (a DNS name, tried address by address) or an address.
+    #[arg(long, env = "DEVICE_AGENT_SERVER")]
+    pub server: Option<String>,
+    /// Factory identity directory (IDevID and anchors; its key, unless it is in a token).
+    #[arg(long, env = "DEVICE_AGENT_IDENTITY")]
+    pub identity: Option<PathBuf>,
+    /// The agent's own state directory.
+    #[arg(long, env = "DEVICE_AGENT_STATE")]
+    pub state: Option<PathBuf>,
+}
+
+/// Everything the daemon runs with.
+pub struct Settings {
+    /// The onboarder (not needed to make a key).
+    server: Option<ServerAddress>,
+    /// Identity directory.
+    pub identity: PathBuf,
+    /// State directory.
+    pub state: PathBuf,
+    /// Firmware slots directory.
+    pub firmware_dir: PathBuf,
+    /// Factory firmware version.
+    pub firmware_version: String,
+    /// Log filter, if set.
+    pub log: Option<String>,
+    /// Keys.
+    pub keys: Keys,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Hooks.
+    pub hooks: Hooks,
+}
+
+impl Settings {
+    /// Flags over the environment over the file over defaults.
+    pub fn resolve(overrides: &Overrides) -> Result<Settings> {
+        let file = File::load(overrides.config.as_deref())?;
+        let server = match overrides.server.clone().or(file.server) {
+            Some(text) => Some(text.parse::<ServerAddress>()?),
+            None => None,
+        };
+        let state = overrides
+            .state
+            .clone()
+            .or(file.state)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/device-agent"));
+        let defaults = Timeouts::default();
+        let secs = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_secs);
+        Ok(Settings {
+            server,
+            identity: overrides
+                .identity
+                .clone()
+                .or(file.identity)
+                .unwrap_or_else(|| PathBuf::from("/etc/device-agent/identity")),
+            firmware_dir: file.firmware_dir.unwrap_or_else(|| state.join("firmware")),
+            state,
+            firmware_version: file.firmware_version.unwrap_or_else(|| "1.0.0".into()),
+            log: file.log,
+            keys: file.keys,
+            timeouts: Timeouts {
+                connect: secs(file.timeouts.connect_secs, defaults.connect),
+                idle: secs(file.timeouts.idle_secs, defaults.idle),
+                keep_alive: secs(file.timeouts.keep_alive_secs, defaults.keep_alive),
+            },
+            hooks: file.hooks,
+        })
+    }
+
+    /// The onboarder.
+    pub fn server(&self) -> Result<&ServerAddress> {
+        self.server.as_ref().context(
+            "no onboarder: give --server, DEVICE_AGENT_SERVER or `server` in the configuration",
+        )
+    }
+
+    /// The kind of keys the device makes.
+    pub fn key_kind(&self) -> Result<certs::KeyKind> {
+        Ok(match self.keys.kind.as_deref() {
+            None | Some("p256") => certs::KeyKind::P256,
+            Some("p384") => certs::KeyKind::P384,
+            Some("ed25519") => certs::KeyKind::Ed25519,
+            Some(other) => bail!("keys.kind {other:?}: p256, p384 or ed25519"),
+        })
+    }
+
+    /// The key store the configuration names.
+    pub fn key_store(&self, kind: certs::KeyKind) -> Result<Arc<dyn KeyStore>> {
+        Ok(match self.keys.store {
+            Store::Files => Arc::new(device_agent::platform::files::FileKeyStore::new(
+                &self.identity,
+                &self.state,
+                kind,
+            )),
+            #[cfg(feature = "pkcs11")]
+            Store::Pkcs11 => Arc::new(self.pkcs11(kind)?),
+            #[cfg(not(feature = "pkcs11"))]
+            Store::Pkcs11 => bail!("this device-agent was built without the pkcs11 feature"),
+        })
+    }
+
+    #[cfg(feature = "pkcs11")]
+    /// The PKCS#11 key store.
+    pub fn pkcs11(
+        &self,
+        kind: certs::KeyKind,
+    ) -> Result<device_agent::platform::pkcs11::Pkcs11KeyStore> {
+        let module = self.keys.module.clone().context("keys.module is not set")?;
+        let token = self.keys.token.clone().context("keys.token is not set")?;
+        let pin = match std::env::var("DEVICE_AGENT_PKCS11_PIN") {
+            Ok(pin) => pin,
+            Err(_) => {
+                let path = self
+                    .keys
+                    .pin_file
+                    .as_ref()
+                    .context("no PIN: set DEVICE_AGENT_PKCS11_PIN or keys.pin_file")?;
+                let bytes = certs::files::read_limited(path, 1024)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                String::from_utf8(bytes)
+                    .context("the PIN file is not text")?
+                    .trim()
+                    .to_string()
+            }
+        };
+        let config = device_agent::platform::pkcs11::Pkcs11Config { module, token, pin };
+        Ok(device_agent::platform::pkcs11::Pkcs11KeyStore::open(
+            &config, kind,
+        )?)
+    }
+
+    /// The platform: the key store, the state and firmware directories, the hooks.
+    pub fn platform(&self, kind: certs::KeyKind) -> Result<Platform> {
+        let mut platform = Platform::files(&self.identity, &self.state, kind);
+        platform.keys = self.key_store(kind)?;
+        let slots: Arc<dyn device_agent::platform::FirmwareSlots> =
+            Arc::new(FileSlots::new(&self.firmware_dir));
+        platform.slots = Arc::new(HookedSlots::new(
+            slots,
+            self.hooks.clone(),
+            &self.firmware_dir,
+        ));
+        if let Some(hook) = &self.hooks.wipe {
+            platform.wiper = Arc::new(HookedWiper::new(platform.wiper.clone(), hook.clone()));
+        }
+        if let Some(hook) = &self.hooks.network {
+            platform.network = Arc::new(HookNetwork::new(hook.clone()));
+        }
+        Ok(platform)
+    }
+}
