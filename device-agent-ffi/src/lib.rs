@@ -129,7 +129,7 @@ pub unsafe extern "C" fn da_agent_new(
         let made = runtime.block_on(async {
             certs::files::create_private_dir(std::path::Path::new(&state))
                 .map_err(|e| AgentError::Platform(e.into()))?;
-            let endpoint = device_agent::transport::quic::endpoint_for(server.first().await?)?;
+            let endpoint = device_agent::transport::Endpoint::for_server(server.first().await?)?;
             Agent::with_files(
                 std::path::Path::new(&identity),
                 std::path::Path::new(&state),

@@ -22,8 +22,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 use crate::error::{AgentError, PlatformError};
 use crate::machine::{AgentState, renewal};
 use crate::platform::{FirmwareSlots, KeyStore, NetworkApplier, Platform, StateStore, Wiper};
-use crate::transport::ServerAddress;
 use crate::transport::quic::Timeouts;
+use crate::transport::{Endpoint, ServerAddress};
 
 /// Version of this agent, reported to the server.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -91,7 +91,7 @@ pub struct Agent {
     slots: Arc<dyn FirmwareSlots>,
     wiper: Arc<dyn Wiper>,
     server: ServerAddress,
-    endpoint: quinn::Endpoint,
+    endpoint: Endpoint,
     options: AgentOptions,
     rng: SystemRandom,
     /// Set while this agent itself runs a trial boot (so it is not taken for a crash).
@@ -108,7 +108,7 @@ impl Agent {
         identity: Arc<Identity>,
         platform: Platform,
         server: impl Into<ServerAddress>,
-        endpoint: quinn::Endpoint,
+        endpoint: impl Into<Endpoint>,
         options: AgentOptions,
     ) -> Agent {
         Agent {
@@ -120,7 +120,7 @@ impl Agent {
             wiper: platform.wiper,
             updating: std::sync::atomic::AtomicBool::new(false),
             server: server.into(),
-            endpoint,
+            endpoint: endpoint.into(),
             options,
             rng: SystemRandom::new(),
             welcome: Mutex::new(Vec::new()),
@@ -134,7 +134,7 @@ impl Agent {
         identity_dir: &std::path::Path,
         state_dir: &std::path::Path,
         server: impl Into<ServerAddress>,
-        endpoint: quinn::Endpoint,
+        endpoint: impl Into<Endpoint>,
         options: AgentOptions,
     ) -> Result<Agent, AgentError> {
         let identity = Identity::load(identity_dir, options.clock.now())?;
@@ -151,7 +151,7 @@ impl Agent {
     /// Waits until every connection of the agent's socket has closed (after the run loop
     /// ended, so the onboarder hears the close).
     pub async fn wait_idle(&self) {
-        self.endpoint.wait_idle().await;
+        self.endpoint.quinn().wait_idle().await;
     }
 
     /// The device serial.
@@ -193,13 +193,14 @@ impl Agent {
         let connect = self.options.timeouts.connect;
         let ipv6 = self
             .endpoint
+            .quinn()
             .local_addr()
             .map_err(|e| AgentError::Connection(format!("the agent's socket: {e}")))?
             .is_ipv6();
         let mut last = None;
         for addr in self.server.resolve(ipv6).await? {
             let attempt = crate::transport::quic::Session::connect(
-                &self.endpoint,
+                self.endpoint.quinn(),
                 tls.clone(),
                 addr,
                 server_name,

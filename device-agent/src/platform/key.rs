@@ -95,7 +95,7 @@ impl rcgen::SigningKey for CsrSigner<'_> {
 
 /// rustls's view of a device key, for TLS client authentication.
 #[derive(Debug, Clone)]
-pub struct TlsKey {
+pub(crate) struct TlsKey {
     key: Arc<dyn DeviceKey>,
     scheme: SignatureScheme,
     algorithm: rustls::SignatureAlgorithm,
@@ -103,7 +103,7 @@ pub struct TlsKey {
 
 impl TlsKey {
     /// Wraps `key`, or says why its algorithm cannot authenticate in TLS.
-    pub fn new(key: Arc<dyn DeviceKey>) -> Result<Self, PlatformError> {
+    pub(crate) fn new(key: Arc<dyn DeviceKey>) -> Result<Self, PlatformError> {
         let (_, scheme, algorithm) =
             names(key.algorithm()).ok_or_else(|| unsupported(key.as_ref()))?;
         Ok(TlsKey {

@@ -116,7 +116,7 @@ async fn agent(settings: &Settings) -> Result<Agent> {
         None => identity.key_kind(),
     };
     let platform = settings.platform(kind)?;
-    let endpoint = device_agent::transport::quic::endpoint_for(server.first().await?)?;
+    let endpoint = device_agent::transport::Endpoint::for_server(server.first().await?)?;
     Ok(Agent::new(
         Arc::new(identity),
         platform,
