@@ -5,11 +5,16 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The directory cargo put this package's libraries in (the test binary lives in `deps/`
-/// below it).
-fn target_dir() -> PathBuf {
+/// The static library cargo built for this test: `cargo test` leaves it in `deps/`, next to
+/// the test binary (only `cargo build` copies it one level up).
+fn static_library() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+    let deps = exe.parent().unwrap();
+    let name = "libdevice_agent_ffi.a";
+    [deps.join(name), deps.parent().unwrap().join(name)]
+        .into_iter()
+        .find(|path| path.exists())
+        .unwrap_or_else(|| panic!("{name} was not built in {}", deps.display()))
 }
 
 #[test]
@@ -30,8 +35,7 @@ fn the_committed_header_is_the_generated_one() {
 async fn a_c_program_onboards_a_device_through_the_c_api() {
     let dir = tempfile::tempdir().unwrap();
     let program = dir.path().join("onboard");
-    let lib = target_dir().join("libdevice_agent_ffi.a");
-    assert!(lib.exists(), "{} was not built", lib.display());
+    let lib = static_library();
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let out = Command::new(&cc)
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/onboard.c"))
