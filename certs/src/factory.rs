@@ -317,6 +317,48 @@ impl Manufacturer {
         Ok(voucher.sign(&self.masa_key)?)
     }
 
+    /// As a MASA (RFC 8995 5.5): a voucher bound to the device's nonce, pinning `owner_ca`,
+    /// for the voucher request `signed_request` that the device presenting `idevid` signed. The
+    /// IDevID must be one of this manufacturer's, and the request its own. Such a voucher is
+    /// fresh by its nonce, so a device without a trustworthy clock can take its time from it.
+    pub fn nonced_voucher(
+        &self,
+        idevid: &[u8],
+        signed_request: &[u8],
+        owner_ca: &[u8],
+        now: u64,
+    ) -> Result<Vec<u8>, CertError> {
+        crate::chain::verify(
+            idevid,
+            &[],
+            &[self.root.cert_der().to_vec()],
+            now,
+            crate::chain::Usage::ClientAuth,
+        )?;
+        let info = CertInfo::parse(idevid)?;
+        let request = protocol::voucher::VoucherRequest::open(signed_request, &info.public_key)
+            .map_err(|e| CertError::Profile(format!("voucher request: {e}")))?;
+        let serial = info.device_serial()?;
+        if request.serial_number != serial || request.nonce.is_empty() {
+            return Err(CertError::Profile(format!(
+                "a voucher request for {:?} with a nonce of {} bytes, from the IDevID of {serial:?}",
+                request.serial_number,
+                request.nonce.len()
+            )));
+        }
+        CertInfo::parse(owner_ca)?;
+        let voucher = Voucher {
+            created_on: now,
+            expires_on: None,
+            assertion: Assertion::Proximity,
+            serial_number: serial.to_string(),
+            idevid_issuer: CertInfo::parse(self.root.cert_der())?.subject_key_id,
+            pinned_domain_cert: owner_ca.to_vec(),
+            nonce: Some(request.nonce),
+        };
+        Ok(voucher.sign(&self.masa_key)?)
+    }
+
     /// What devices of this manufacturer check firmware against.
     pub fn product(&self) -> crate::identity::Product {
         crate::identity::Product {

@@ -74,7 +74,9 @@ pub struct Identity {
 
 impl Identity {
     /// Assembles an identity and checks that it hangs together: both the IDevID and the
-    /// voucher signer chain to the manufacturer root at `now`.
+    /// voucher signer chain to the manufacturer root at `now`, or at the IDevID's birth when
+    /// `now` is earlier (a device whose clock was never set, or reset to years ago, is no
+    /// older than its birth certificate; a nonced voucher sets its clock later).
     pub fn new(
         idevid: Vec<u8>,
         manufacturer_root: Vec<u8>,
@@ -84,6 +86,7 @@ impl Identity {
     ) -> Result<Identity, CertError> {
         let info = CertInfo::parse(&idevid)?;
         let serial = info.device_serial()?.to_string();
+        let now = now.max(info.not_before);
         let anchors = [manufacturer_root.clone()];
         chain::verify(&idevid, &[], &anchors, now, Usage::ClientAuth)?;
         let masa_info = CertInfo::parse(&masa_cert)?;

@@ -1,5 +1,6 @@
-//! Wall-clock time for the agent: the system's, or the system's moved forward by hand (tests
-//! and simulators live through a certificate's lifetime in moments this way). Everything that
+//! Wall-clock time for the agent: the system's, corrected when a signed answer shows it wrong
+//! (a nonced voucher's creation time, see [`Clock::set`]), or moved forward by hand (tests and
+//! simulators live through a certificate's lifetime in moments this way). Everything that
 //! reads the time goes through one [`Clock`]: the checks of vouchers and certificates, TLS's
 //! own checks, renewal. A wait for a moment of wall-clock time ([`Clock::sleep_until`]) wakes
 //! when the clock is moved, and re-reads the clock at least once a minute so a clock set late
@@ -17,8 +18,9 @@ const RECHECK: u64 = 60;
 /// The agent's clock; clones share it.
 #[derive(Debug, Clone)]
 pub struct Clock {
-    /// Seconds added to the system's time; moving it wakes every waiter.
-    ahead: Arc<watch::Sender<u64>>,
+    /// Seconds added to the system's time (negative when it runs ahead); moving it wakes
+    /// every waiter.
+    ahead: Arc<watch::Sender<i64>>,
 }
 
 impl Default for Clock {
@@ -37,13 +39,22 @@ impl Clock {
 
     /// Seconds since the Unix epoch.
     pub fn now(&self) -> u64 {
-        certs::unix_now().saturating_add(*self.ahead.borrow())
+        certs::unix_now().saturating_add_signed(*self.ahead.borrow())
     }
 
     /// Moves this clock (and every clone of it) `secs` seconds forward.
     pub fn advance(&self, secs: u64) {
+        let secs = i64::try_from(secs).unwrap_or(i64::MAX);
         self.ahead
             .send_modify(|ahead| *ahead = ahead.saturating_add(secs));
+    }
+
+    /// Sets this clock (and every clone) to read `at` now: the system's clock is wrong and a
+    /// trustworthy source said what time it is.
+    pub fn set(&self, at: u64) {
+        let system = i64::try_from(certs::unix_now()).unwrap_or(i64::MAX);
+        let at = i64::try_from(at).unwrap_or(i64::MAX);
+        self.ahead.send_replace(at.saturating_sub(system));
     }
 
     /// Returns once the clock reads `at` or later.
@@ -102,5 +113,11 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(clock.now() >= at);
+        // Set back years, then forward again: the reading follows.
+        let system = certs::unix_now();
+        clock.set(system - 3 * 365 * 86_400);
+        assert!(clock.now().abs_diff(system - 3 * 365 * 86_400) <= 1);
+        clock.set(system + 10);
+        assert!(clock.now().abs_diff(system + 10) <= 1);
     }
 }

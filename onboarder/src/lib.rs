@@ -40,6 +40,7 @@ pub mod demo;
 pub mod error;
 pub mod exercise;
 pub mod failpoint;
+pub mod masa;
 pub mod metrics;
 pub mod operator;
 pub mod pki;

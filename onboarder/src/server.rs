@@ -58,6 +58,8 @@ pub struct Options {
     pub clock: Option<Clock>,
     /// The backends (the embedded ones of the data directory if `None`).
     pub backends: Option<Backends>,
+    /// A manufacturers' voucher service for nonced vouchers (see [`crate::masa`]).
+    pub masa: Option<Arc<dyn crate::masa::Masa>>,
 }
 
 /// A running onboarder.
@@ -102,13 +104,16 @@ impl Server {
             Some(b) => b,
             None => Backends::embedded(dir)?,
         };
-        let service = Arc::new(Service::new(
-            backends.store,
-            backends.images,
-            pki.registrar,
-            pki.owner_root,
-            clock.clone(),
-        )?);
+        let service = Arc::new(
+            Service::new(
+                backends.store,
+                backends.images,
+                pki.registrar,
+                pki.owner_root,
+                clock.clone(),
+            )?
+            .with_masa(options.masa),
+        );
         let identity = Arc::new(tls::RegistrarIdentity::new(
             &pki.server_chain,
             &pki.server_key,

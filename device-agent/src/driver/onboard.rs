@@ -24,6 +24,15 @@ impl Agent {
     /// Safe to call again after any failure or crash: it resumes where the device stands.
     pub async fn onboard(&self) -> Result<AgentState, AgentError> {
         let mut state = self.load_state()?;
+        if let Some(floor) = state.clock_floor.filter(|floor| *floor > self.now()) {
+            tracing::warn!(
+                serial = self.serial(),
+                was = self.now(),
+                now = floor,
+                "the clock reads before the last enrollment: set to it"
+            );
+            self.options.clock.set(floor);
+        }
         self.recover_keys(&state)?;
         let remaining = onboarding::remaining(&state);
         if remaining == Remaining::Nothing {
@@ -57,28 +66,44 @@ impl Agent {
             Response::Voucher(v) => v,
             other => return Err(unexpected("a voucher", &other)),
         };
-        // Voucher first, then the registrar against the CA it pins (RFC 8995 5.6).
+        // Voucher first, then the registrar against the CA it pins (RFC 8995 5.6), at the
+        // time the voucher gives when the device's clock is wrong.
         let checked = onboarding::accept_voucher(&self.identity, &signed_voucher, &nonce, now)
-            .and_then(|voucher| {
-                onboarding::check_registrar(&voucher.pinned_domain_cert, &presented, now)
-                    .map(|()| voucher)
+            .and_then(|accepted| {
+                let now = accepted.time.unwrap_or(now);
+                onboarding::check_registrar(&accepted.voucher.pinned_domain_cert, &presented, now)
+                    .map(|()| accepted)
             });
-        let voucher = match checked {
-            Ok(v) => v,
+        let accepted = match checked {
+            Ok(a) => a,
             Err(e) => {
                 self.report(session, Request::VoucherStatus(failure(&e)))
                     .await;
                 return Err(e);
             }
         };
+        if let Some(time) = accepted.time {
+            tracing::warn!(
+                serial = self.serial(),
+                was = now,
+                now = time,
+                "the clock was wrong: set from the nonced voucher"
+            );
+            self.options.clock.set(time);
+        }
         session
             .call(&Request::VoucherStatus(Status {
                 ok: true,
                 reason: None,
             }))
             .await?;
-        self.enroll_key(session, &binding, voucher.pinned_domain_cert, state)
-            .await
+        self.enroll_key(
+            session,
+            &binding,
+            accepted.voucher.pinned_domain_cert,
+            state,
+        )
+        .await
     }
 
     /// Enrolls again with the IDevID, without a voucher: the LDevID expired while the device
@@ -143,6 +168,7 @@ impl Agent {
         state.network = Some(enrollment.network);
         state.config = Some(enrollment.config);
         state.renew_at = Some(self.renew_at(info.not_after));
+        state.clock_floor = Some(now);
         self.save(state).await?;
         self.commit_pending_key().await?;
         self.confirm(session, state).await?;

@@ -79,6 +79,11 @@ pub struct AgentState {
     /// itself and keeps only what it needs to deliver this.
     #[serde(default, with = "serde_bytes")]
     pub pending_attestation: Option<Vec<u8>>,
+    /// The time at the last enrollment, which the device's certificates were checked at: after
+    /// a restart, a clock that reads earlier (no battery-backed clock, or one reset) is moved
+    /// up to it, as the time the voucher gave is lost with the process.
+    #[serde(default)]
+    pub clock_floor: Option<u64>,
 }
 
 /// What ran before a trial boot.
@@ -119,6 +124,7 @@ impl AgentState {
             trial: None,
             pending_report: None,
             pending_attestation: None,
+            clock_floor: None,
         }
     }
 

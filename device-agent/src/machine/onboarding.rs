@@ -11,7 +11,7 @@ use certs::chain::{self, Usage};
 use certs::{CertInfo, Identity};
 use protocol::keys::PublicKey;
 use protocol::message::Enrollment;
-use protocol::voucher::{Assertion, Voucher, VoucherExpectation, VoucherRequest};
+use protocol::voucher::{Assertion, CLOCK_SKEW, Voucher, VoucherExpectation, VoucherRequest};
 
 use crate::error::AgentError;
 
@@ -33,15 +33,31 @@ pub fn voucher_request(
     }
 }
 
+/// A voucher the device accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The voucher.
+    pub voucher: Voucher,
+    /// The time to take, when the device's clock disagrees with a voucher bound to its nonce
+    /// (fresh by the nonce, so made moments ago): the voucher's creation time.
+    pub time: Option<u64>,
+}
+
 /// Verifies a voucher: the manufacturer's signature (with the voucher-signing key from the
-/// factory), this device's serial and IDevID issuer, and freshness.
+/// factory), this device's serial and IDevID issuer, and freshness: by the nonce when it
+/// carries this request's nonce (then its creation time is the time, whatever the device's
+/// clock says), else by its expiry against the device's clock.
 pub fn accept_voucher(
     identity: &Identity,
     signed: &[u8],
     nonce: &[u8],
     now: u64,
-) -> Result<Voucher, AgentError> {
+) -> Result<Accepted, AgentError> {
     let voucher = Voucher::open(signed, &identity.masa_info.public_key)?;
+    let fresh_by_nonce = voucher.nonce.as_deref() == Some(nonce) && !nonce.is_empty();
+    let time = (fresh_by_nonce && voucher.created_on.abs_diff(now) > CLOCK_SKEW)
+        .then_some(voucher.created_on);
+    let now = time.unwrap_or(now);
     voucher.check(
         &VoucherExpectation {
             serial: &identity.serial,
@@ -60,7 +76,7 @@ pub fn accept_voucher(
             ));
         }
     }
-    Ok(voucher)
+    Ok(Accepted { voucher, time })
 }
 
 /// Checks the registrar's certificate chain (as presented in the TLS handshake) against the
@@ -262,7 +278,20 @@ mod tests {
         let pinned = owner.root.cert_der();
         let good = voucher(&maker, &identity, pinned, |_| {});
         let accepted = accept_voucher(&identity, &good, &NONCE, NOW).unwrap();
-        assert_eq!(accepted.pinned_domain_cert, pinned);
+        assert_eq!(accepted.voucher.pinned_domain_cert, pinned);
+        assert_eq!(accepted.time, None, "the clock agrees");
+        // Bound to this request's nonce, it gives its time to a clock years off either way;
+        // one without a nonce proves nothing about now and gives none.
+        for wrong in [NOW - 3 * 365 * 86_400, NOW + 2 * 365 * 86_400] {
+            let accepted = accept_voucher(&identity, &good, &NONCE, wrong).unwrap();
+            assert_eq!(accepted.time, Some(NOW));
+        }
+        let bulk = voucher(&maker, &identity, pinned, |v| {
+            v.nonce = None;
+            v.expires_on = Some(NOW + 86_400);
+        });
+        let accepted = accept_voucher(&identity, &bulk, &NONCE, NOW + 3600).unwrap();
+        assert_eq!(accepted.time, None);
 
         let refused = |signed: &[u8], nonce: &[u8], now: u64| {
             accept_voucher(&identity, signed, nonce, now).unwrap_err()

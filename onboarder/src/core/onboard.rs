@@ -20,7 +20,14 @@ use super::record::{CertStatus, DeviceRecord, RotationState};
 use super::state::DeviceState;
 use crate::audit::AuditEvent;
 
-/// RFC 8995 5.1-5.5: checks a signed voucher request and answers with the voucher on file.
+/// RFC 8995 5.1-5.5: checks a signed voucher request and answers with a voucher: `nonced`, the
+/// one the maker's MASA just made for this very request, or else the one on file (imported in
+/// bulk).
+///
+/// A nonced voucher is fresh by the device's nonce and the request is bound to this TLS
+/// session, so the request's own creation time is not held against it: that is how a device
+/// whose clock is wrong (years off, or never set) onboards, and takes its time from the
+/// voucher. With a bulk voucher, the request must be of now, give or take the clock skew.
 ///
 /// Nothing is written: the device has not shown yet that it accepts the voucher, so nothing is
 /// pinned to its key and a device that is not the rightful one (it will refuse the voucher)
@@ -32,29 +39,31 @@ pub fn voucher_request(
     signed: &[u8],
     session_binding: &[u8],
     now: u64,
+    nonced: Option<Vec<u8>>,
 ) -> Result<Decision, LifecycleError> {
-    peer.require(CredentialKind::Idevid, "a voucher request")?;
-    let record = usable(peer, record)?;
-    record.require_state(
-        &[DeviceState::Expected, DeviceState::Onboarding],
-        "a voucher request",
-    )?;
-    check_pinned_idevid(peer, &record)?;
-    let request = VoucherRequest::open(signed, &peer.public_key)?;
-    if request.serial_number != peer.id.serial {
-        return Err(LifecycleError::WrongSerial {
-            expected: peer.id.serial.clone(),
-            found: request.serial_number,
+    let (record, request) = check_voucher_request(reg, peer, record, signed, session_binding)?;
+    if let Some(voucher) = nonced {
+        let made = Voucher::parse_unverified(&voucher)?;
+        if made.nonce.as_deref() != Some(request.nonce.as_slice())
+            || made.serial_number != peer.id.serial
+        {
+            return Err(LifecycleError::Unavailable(
+                "the MASA's voucher does not answer this request".into(),
+            ));
+        }
+        return Ok(Decision {
+            write: None,
+            events: vec![AuditEvent::device(
+                &peer.id,
+                "voucher-issued",
+                format!(
+                    "nonced, from the MASA, to IDevID certificate {}",
+                    peer.cert_serial
+                ),
+                now,
+            )],
+            response: Response::Voucher(voucher),
         });
-    }
-    let seen = &request.proximity_registrar_cert;
-    if *seen != reg.registrar_cert && reg.previous_registrar_cert.as_ref() != Some(seen) {
-        return Err(LifecycleError::ProximityMismatch);
-    }
-    if request.session_binding != session_binding {
-        return Err(LifecycleError::StaleRequest(
-            "the voucher request was made in another TLS session".into(),
-        ));
     }
     if request.created_on.abs_diff(now) > CLOCK_SKEW {
         return Err(LifecycleError::StaleRequest(format!(
@@ -90,6 +99,42 @@ pub fn voucher_request(
         )],
         response: Response::Voucher(voucher),
     })
+}
+
+/// What makes a voucher request worth answering, whoever answers it: an expected device
+/// with the IDevID on record, asking in this TLS session through this registrar. The service
+/// asks a MASA only for a request that passes (a stranger costs the maker no signature).
+pub fn check_voucher_request(
+    reg: &Registrar,
+    peer: &DevicePeer,
+    record: Option<DeviceRecord>,
+    signed: &[u8],
+    session_binding: &[u8],
+) -> Result<(DeviceRecord, VoucherRequest), LifecycleError> {
+    peer.require(CredentialKind::Idevid, "a voucher request")?;
+    let record = usable(peer, record)?;
+    record.require_state(
+        &[DeviceState::Expected, DeviceState::Onboarding],
+        "a voucher request",
+    )?;
+    check_pinned_idevid(peer, &record)?;
+    let request = VoucherRequest::open(signed, &peer.public_key)?;
+    if request.serial_number != peer.id.serial {
+        return Err(LifecycleError::WrongSerial {
+            expected: peer.id.serial.clone(),
+            found: request.serial_number,
+        });
+    }
+    let seen = &request.proximity_registrar_cert;
+    if *seen != reg.registrar_cert && reg.previous_registrar_cert.as_ref() != Some(seen) {
+        return Err(LifecycleError::ProximityMismatch);
+    }
+    if request.session_binding != session_binding {
+        return Err(LifecycleError::StaleRequest(
+            "the voucher request was made in another TLS session".into(),
+        ));
+    }
+    Ok((record, request))
 }
 
 /// RFC 8995 5.7: the device's verdict on the voucher. Acceptance starts the onboarding: the

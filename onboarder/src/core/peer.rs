@@ -38,6 +38,9 @@ pub struct DevicePeer {
     pub issuer_key_id: Option<Vec<u8>>,
     /// SHA-256 of the certificate (DER).
     pub cert_sha256: [u8; 32],
+    /// The IDevID certificate (DER), which a MASA needs to check the device's voucher request;
+    /// `None` for an LDevID.
+    pub idevid: Option<Vec<u8>>,
 }
 
 impl DevicePeer {
@@ -81,6 +84,7 @@ impl DevicePeer {
             public_key: info.public_key,
             issuer_key_id: info.authority_key_id,
             cert_sha256,
+            idevid: (kind == CredentialKind::Idevid).then(|| leaf_der.to_vec()),
         })
     }
 

@@ -32,6 +32,23 @@ impl Service {
                 offset,
                 length,
             } => self.chunk(peer, digest, *offset, *length).await,
+            Request::VoucherRequest(signed) => {
+                // The MASA is asked before the decision (which does no I/O), and only for a
+                // request the core would answer.
+                let nonced = self.nonced_voucher(peer, signed, session_binding).await;
+                self.decide_device(&peer.id, |record, now| {
+                    core::onboard::voucher_request(
+                        self.registrar().as_ref(),
+                        peer,
+                        record,
+                        signed,
+                        session_binding,
+                        now,
+                        nonced.clone(),
+                    )
+                })
+                .await
+            }
             _ => {
                 self.decide_device(&peer.id, |record, now| {
                     self.decide(peer, session_binding, &request, record, now)
@@ -64,9 +81,10 @@ impl Service {
         let reg = reg.as_ref();
         let grace = reg.policy.superseded_grace;
         match request {
-            Request::VoucherRequest(signed) => {
-                core::onboard::voucher_request(reg, peer, record, signed, binding, now)
-            }
+            // Decided in `handle`, after the MASA was asked.
+            Request::VoucherRequest(_) => Err(LifecycleError::BadRequest(
+                "a voucher request is decided with its MASA answer".into(),
+            )),
             Request::VoucherStatus(status) => {
                 core::onboard::voucher_status(peer, record, status.clone(), now)
             }
@@ -93,6 +111,36 @@ impl Service {
             _ => Err(LifecycleError::BadRequest(
                 "request not supported by this server".into(),
             )),
+        }
+    }
+
+    /// A nonced voucher from the MASA of the device's maker, if the owner has one and it
+    /// answers; `None` falls back to the voucher imported in bulk.
+    async fn nonced_voucher(
+        &self,
+        peer: &DevicePeer,
+        signed: &[u8],
+        binding: &[u8],
+    ) -> Option<Vec<u8>> {
+        let (masa, idevid) = (self.masa.as_ref()?, peer.idevid.as_ref()?);
+        let record = self.store.device(&peer.id).ok()?;
+        core::onboard::check_voucher_request(
+            self.registrar().as_ref(),
+            peer,
+            record,
+            signed,
+            binding,
+        )
+        .ok()?;
+        match masa
+            .voucher(&peer.id.maker, idevid, signed, &self.owner_root)
+            .await
+        {
+            Ok(voucher) => Some(voucher),
+            Err(e) => {
+                tracing::warn!(device = %peer.id, "the MASA did not answer: {e}");
+                None
+            }
         }
     }
 

@@ -85,6 +85,8 @@ pub struct Service {
     budget: Mutex<AuditBudget>,
     clock: Clock,
     rng: SystemRandom,
+    /// The manufacturers' voucher service, if the owner has one.
+    masa: Option<Arc<dyn crate::masa::Masa>>,
 }
 
 /// A change decided inside [`Service::commit`], with the records its device writes replace
@@ -144,10 +146,17 @@ impl Service {
             budget: Mutex::new(AuditBudget::default()),
             clock,
             rng: SystemRandom::new(),
+            masa: None,
         };
         service.reload_trust()?;
         service.trust.revoke(service.store.revocations()?);
         Ok(service)
+    }
+
+    /// Asks `masa` for a nonced voucher at every voucher request of its maker's devices.
+    pub fn with_masa(mut self, masa: Option<Arc<dyn crate::masa::Masa>>) -> Service {
+        self.masa = masa;
+        self
     }
 
     /// The current time.

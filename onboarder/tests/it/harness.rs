@@ -13,6 +13,7 @@ use device_agent::{Agent, AgentOptions, Backoff};
 use onboarder::audit::AuditEntry;
 use onboarder::config::Config;
 use onboarder::core::{DeviceId, DeviceRecord, MakerId};
+use onboarder::masa::FactoryMasa;
 use onboarder::server::Server;
 use protocol::message::{Request, Response};
 
@@ -42,15 +43,27 @@ impl World {
     pub async fn with_config(edit: impl FnOnce(&mut Config)) -> World {
         let manufacturer =
             Arc::new(Manufacturer::create(ManufacturerConfig::new("Test Devices"), now()).unwrap());
-        World::build(manufacturer, edit).await
+        World::build(manufacturer, edit, false).await
+    }
+
+    /// A world whose onboarder asks the manufacturer's MASA for a nonced voucher at each
+    /// voucher request.
+    pub async fn with_masa() -> World {
+        let manufacturer =
+            Arc::new(Manufacturer::create(ManufacturerConfig::new("Test Devices"), now()).unwrap());
+        World::build(manufacturer, |_| {}, true).await
     }
 
     /// Another owner of devices made by `manufacturer`.
     pub async fn for_manufacturer(manufacturer: Arc<Manufacturer>) -> World {
-        World::build(manufacturer, |_| {}).await
+        World::build(manufacturer, |_| {}, false).await
     }
 
-    async fn build(manufacturer: Arc<Manufacturer>, edit: impl FnOnce(&mut Config)) -> World {
+    async fn build(
+        manufacturer: Arc<Manufacturer>,
+        edit: impl FnOnce(&mut Config),
+        masa: bool,
+    ) -> World {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
@@ -66,10 +79,16 @@ impl World {
         onboarder::pki::init(&data, &config, now()).unwrap();
         let clock = device_agent::Clock::system();
         let server_clock = clock.clone();
+        let server_clock: onboarder::service::Clock = Arc::new(move || server_clock.now());
+        let masa = masa.then(|| {
+            let masa = FactoryMasa::new(manufacturer.clone(), server_clock.clone()).unwrap();
+            Arc::new(masa) as Arc<dyn onboarder::masa::Masa>
+        });
         let server = Server::start_with(
             &data,
             onboarder::server::Options {
-                clock: Some(Arc::new(move || server_clock.now())),
+                clock: Some(server_clock),
+                masa,
                 ..Default::default()
             },
         )

@@ -311,3 +311,96 @@ async fn the_agent_reaches_the_onboarder_by_its_dns_name() {
         onboarder::core::DeviceState::Active
     );
 }
+
+/// A device whose clock is wrong (no battery-backed clock, or one reset to years ago, or
+/// years ahead) onboards when the owner asks the maker's MASA for a voucher bound to the
+/// device's nonce: fresh by the nonce, its creation time sets the device's clock, which holds
+/// after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_with_a_wrong_clock_onboards_with_a_nonced_voucher_and_takes_its_time() {
+    const YEAR: u64 = 365 * DAY;
+    let world = World::with_masa().await;
+    world.expect(&["SN-BEHIND", "SN-AHEAD"], 30).await;
+    for (serial, wrong) in [
+        ("SN-BEHIND", now() - 3 * YEAR),
+        ("SN-AHEAD", now() + 2 * YEAR),
+    ] {
+        let device = world.device(serial);
+        let clock = device_agent::Clock::system();
+        clock.set(wrong);
+        let options = || device_agent::AgentOptions {
+            clock: clock.clone(),
+            ..fast_options()
+        };
+        let agent = device.agent_with(world.server.quic_addr(), &world.endpoint, options());
+        agent.onboard().await.unwrap();
+        assert!(
+            clock.now().abs_diff(now()) <= 5,
+            "{serial}: the clock was set"
+        );
+        agent.connect().await.unwrap().close();
+        assert_eq!(world.record(serial).unwrap().state, DeviceState::Active);
+        let id = world.id(serial);
+        let issued = world
+            .audit()
+            .into_iter()
+            .map(|e| e.event)
+            .find(|e| e.action == "voucher-issued" && e.device.as_ref() == Some(&id))
+            .unwrap();
+        assert!(issued.detail.contains("nonced"), "{issued:?}");
+
+        // After a restart the system clock is as wrong as before: behind, it is moved up to
+        // the time of the enrollment and the operational session opens.
+        if wrong < now() {
+            let clock = device_agent::Clock::system();
+            clock.set(wrong);
+            let agent = device.agent_with(
+                world.server.quic_addr(),
+                &world.endpoint,
+                device_agent::AgentOptions {
+                    clock: clock.clone(),
+                    ..fast_options()
+                },
+            );
+            agent.onboard().await.unwrap();
+            assert!(
+                clock.now() + 60 >= now(),
+                "{serial}: the clock was moved up"
+            );
+            agent.connect().await.unwrap().close();
+        }
+    }
+}
+
+/// Without a MASA the onboarder has only vouchers imported in bulk, which prove nothing
+/// about now: a device whose clock is years off is refused, typed, and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_masa_a_device_with_a_wrong_clock_is_refused_and_nothing_changes() {
+    let world = World::new().await;
+    world.expect(&["SN-BEHIND"], 30).await;
+    let device = world.device("SN-BEHIND");
+    let before = world.record("SN-BEHIND").unwrap();
+    let clock = device_agent::Clock::system();
+    clock.set(now() - 3 * 365 * DAY);
+    let agent = device.agent_with(
+        world.server.quic_addr(),
+        &world.endpoint,
+        device_agent::AgentOptions {
+            clock: clock.clone(),
+            ..fast_options()
+        },
+    );
+    match agent.onboard().await {
+        Err(device_agent::AgentError::Refused { code, .. }) => {
+            assert_eq!(code, protocol::message::ErrorCode::StaleRequest)
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(world.record("SN-BEHIND").unwrap(), before);
+    assert!(clock.now() + 365 * DAY < now(), "the clock was not touched");
+    assert!(
+        !world
+            .actions_of(&world.id("SN-BEHIND"))
+            .contains(&"voucher-issued".to_string())
+    );
+}

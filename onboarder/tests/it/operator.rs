@@ -104,8 +104,20 @@ async fn a_tampered_audit_log_fails_verification() {
     db.insert(&key, protocol::cbor::to_vec(&entry)).unwrap();
     db.flush().unwrap();
     drop(db);
-    let key = onboarder::store::seal::SealingKey::load_or_create(&data.join("store.key")).unwrap();
-    let store = onboarder::store::sled::SledStore::open(&data.join("store"), key).unwrap();
+    // sled's flusher thread lets go of the file lock a moment after the drop.
+    let mut store = None;
+    for _ in 0..100 {
+        let key =
+            onboarder::store::seal::SealingKey::load_or_create(&data.join("store.key")).unwrap();
+        match onboarder::store::sled::SledStore::open(&data.join("store"), key) {
+            Ok(s) => {
+                store = Some(s);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+    let store = store.expect("the store stayed locked after the rewrite");
     let (_, head) = store.audit_head().unwrap();
     assert_eq!(
         onboarder::audit::verify_chain(store.audit(1, 1000).unwrap(), &head),

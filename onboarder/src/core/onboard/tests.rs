@@ -22,6 +22,7 @@ fn a_voucher_request_answers_the_voucher_and_writes_nothing() {
         &kit.voucher_request(&identity),
         &BINDING,
         NOW,
+        None,
     )
     .unwrap();
     assert!(
@@ -30,6 +31,75 @@ fn a_voucher_request_answers_the_voucher_and_writes_nothing() {
     );
     assert_eq!(d.events[0].action, "voucher-issued");
     assert!(matches!(d.response, Response::Voucher(v) if Some(&v) == record.voucher.as_ref()));
+}
+
+/// A MASA's voucher answers only the request it was made for; the request's creation time is
+/// not held against it (the device's clock may be years off), everything else still is.
+#[test]
+fn a_nonced_voucher_answers_its_own_request_whatever_the_device_clock() {
+    let kit = Kit::new();
+    let (identity, peer) = kit.device("SN-1");
+    let record = kit.expected("SN-1");
+    let signed = kit.voucher_request(&identity);
+    let nonced = |request: &[u8]| {
+        kit.maker
+            .nonced_voucher(&identity.identity.idevid, request, &kit.owner_root, NOW)
+            .unwrap()
+    };
+    let years_later = NOW + 3 * 365 * 86_400;
+    let voucher = nonced(&signed);
+    let d = voucher_request(
+        &kit.registrar,
+        &peer,
+        Some(record.clone()),
+        &signed,
+        &BINDING,
+        years_later,
+        Some(voucher.clone()),
+    )
+    .unwrap();
+    assert!(d.write.is_none());
+    assert!(d.events[0].detail.contains("nonced"));
+    assert!(matches!(d.response, Response::Voucher(v) if v == voucher));
+
+    // Made for another request (another nonce): not an answer.
+    let other = device_agent::machine::onboarding::voucher_request(
+        &identity.identity,
+        &[2; 16],
+        &kit.registrar.registrar_cert,
+        &BINDING,
+        NOW,
+    )
+    .sign(&identity.key)
+    .unwrap();
+    let err = voucher_request(
+        &kit.registrar,
+        &peer,
+        Some(record.clone()),
+        &signed,
+        &BINDING,
+        NOW,
+        Some(nonced(&other)),
+    )
+    .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Unavailable);
+    // The MASA's answer does not make a stranger known, nor excuse another session.
+    for (record, binding) in [(None, BINDING), (Some(record), [9; 32])] {
+        let err = voucher_request(
+            &kit.registrar,
+            &peer,
+            record,
+            &signed,
+            &binding,
+            NOW,
+            Some(voucher.clone()),
+        )
+        .unwrap_err();
+        assert!(matches!(
+            err.code(),
+            ErrorCode::UnknownDevice | ErrorCode::StaleRequest
+        ));
+    }
 }
 
 #[test]
@@ -42,7 +112,9 @@ fn voucher_requests_are_refused_with_typed_errors() {
     let code = |r: Result<Decision, LifecycleError>| r.unwrap_err().code();
     // Unknown device.
     assert_eq!(
-        code(voucher_request(reg, &peer, None, &signed, &BINDING, NOW)),
+        code(voucher_request(
+            reg, &peer, None, &signed, &BINDING, NOW, None
+        )),
         ErrorCode::UnknownDevice
     );
     // Another session's binding (a replay).
@@ -53,7 +125,8 @@ fn voucher_requests_are_refused_with_typed_errors() {
             Some(record.clone()),
             &signed,
             &[9; 32],
-            NOW
+            NOW,
+            None
         )),
         ErrorCode::StaleRequest
     );
@@ -65,7 +138,8 @@ fn voucher_requests_are_refused_with_typed_errors() {
             Some(record.clone()),
             &signed,
             &BINDING,
-            NOW + 3600
+            NOW + 3600,
+            None
         )),
         ErrorCode::StaleRequest
     );
@@ -78,7 +152,8 @@ fn voucher_requests_are_refused_with_typed_errors() {
             Some(record.clone()),
             &kit.voucher_request(&other),
             &BINDING,
-            NOW
+            NOW,
+            None
         )),
         ErrorCode::BadSignature
     );
@@ -92,7 +167,8 @@ fn voucher_requests_are_refused_with_typed_errors() {
             Some(late),
             &signed,
             &BINDING,
-            NOW
+            NOW,
+            None
         )),
         ErrorCode::VoucherExpired
     );
@@ -106,7 +182,8 @@ fn voucher_requests_are_refused_with_typed_errors() {
             Some(active),
             &signed,
             &BINDING,
-            NOW
+            NOW,
+            None
         )),
         ErrorCode::WrongState
     );
@@ -122,7 +199,8 @@ fn voucher_requests_are_refused_with_typed_errors() {
             Some(crossed),
             &signed,
             &BINDING,
-            NOW
+            NOW,
+            None
         )),
         ErrorCode::Unauthorized
     );
