@@ -8,6 +8,7 @@ use super::{Agent, blocking, failure, off_thread, unexpected};
 use crate::error::AgentError;
 use crate::machine::onboarding::{self, Remaining};
 use crate::machine::{AgentState, Phase};
+use crate::platform::ClientCredential;
 use crate::transport::quic::{self, Session};
 
 impl Agent {
@@ -182,10 +183,7 @@ impl Agent {
 
     /// Applies the network credentials and tells the server the enrollment is stored.
     async fn confirm(&self, session: &Session, state: &mut AgentState) -> Result<(), AgentError> {
-        if let Some(network) = state.network.clone() {
-            let applier = self.network.clone();
-            blocking(move || applier.apply(&network)).await?;
-        }
+        self.apply_network(state).await?;
         session
             .call(&Request::EnrollStatus(Status {
                 ok: true,
@@ -194,6 +192,22 @@ impl Agent {
             .await?;
         state.phase = Phase::Enrolled { confirmed: true };
         self.save(state).await
+    }
+
+    /// Hands the network credentials and the current LDevID to the network stack.
+    pub(super) async fn apply_network(&self, state: &AgentState) -> Result<(), AgentError> {
+        let (Some(network), Some(certificate)) = (state.network.clone(), state.ldevid.clone())
+        else {
+            return Ok(());
+        };
+        let client = ClientCredential {
+            certificate,
+            chain: state.chain.iter().map(|c| c.to_vec()).collect(),
+            key: self.keys.ldevid_key_location(),
+        };
+        let applier = self.network.clone();
+        blocking(move || applier.apply(&network, &client)).await?;
+        Ok(())
     }
 
     /// Best-effort status report: the device is already refusing, so a lost report changes

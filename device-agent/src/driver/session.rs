@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use protocol::message::{Hello, Request, Response};
+use protocol::message::{Hello, NetworkProfile, Request, Response};
 
 use super::{AGENT_VERSION, Agent, Stop, blocking, unexpected};
 use crate::error::{AgentError, PlatformError};
@@ -157,6 +157,9 @@ impl Agent {
         let next = session::promoted(state, renewal, self.renew_at(not_after));
         self.save(&next).await?;
         self.commit_pending_key().await?;
+        if matches!(next.network, Some(NetworkProfile::EapTls { .. })) {
+            self.apply_network(&next).await?;
+        }
         tracing::info!(
             serial = self.serial(),
             "renewed: a new LDevID until {}",

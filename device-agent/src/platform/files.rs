@@ -16,7 +16,7 @@ use certs::{KeyKind, KeyPair, files};
 use protocol::message::NetworkProfile;
 
 use super::layout;
-use super::{DeviceKey, KeyStore, NetworkApplier, StateStore};
+use super::{ClientCredential, DeviceKey, KeyLocation, KeyStore, NetworkApplier, StateStore};
 use crate::error::PlatformError;
 use crate::machine::AgentState;
 
@@ -92,6 +92,12 @@ impl KeyStore for FileKeyStore {
             }
         }
         Ok(())
+    }
+
+    fn ldevid_key_location(&self) -> KeyLocation {
+        KeyLocation::File {
+            path: self.state_dir.join(layout::LDEVID_KEY),
+        }
     }
 
     fn commit_pending_ldevid_key(&self) -> Result<(), PlatformError> {
@@ -184,18 +190,27 @@ impl FileNetwork {
 }
 
 impl NetworkApplier for FileNetwork {
-    fn apply(&self, profile: &NetworkProfile) -> Result<(), PlatformError> {
+    fn apply(
+        &self,
+        profile: &NetworkProfile,
+        client: &ClientCredential,
+    ) -> Result<(), PlatformError> {
         let json = match profile {
             NetworkProfile::Wifi { ssid, psk } => {
                 serde_json::json!({"kind": "wifi", "ssid": ssid, "psk": psk})
             }
-            NetworkProfile::EapTls { ssid, identity, .. } => serde_json::json!({
+            NetworkProfile::EapTls {
+                ssid,
+                identity,
+                ca_chain,
+            } => serde_json::json!({
                 "kind": "eap-tls",
                 "ssid": ssid,
                 "identity": identity,
-                "client_cert": layout::LDEVID_CERT,
-                "client_key": layout::LDEVID_KEY,
-                "ca_cert": layout::CHAIN,
+                "client_cert": files::cert_pem(&client.certificate),
+                "client_chain": files::certs_pem(client.chain.iter().map(Vec::as_slice)),
+                "client_key": client.key,
+                "ca_cert": files::certs_pem(ca_chain.iter().map(|c| c.as_slice())),
             }),
             _ => serde_json::json!({"kind": "unknown"}),
         };

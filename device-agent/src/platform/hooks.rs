@@ -4,8 +4,10 @@
 //!
 //! Each hook runs after the agent's own part of the step, with `DEVICE_AGENT_STEP` (install,
 //! boot, health, wipe, network), `DEVICE_AGENT_FIRMWARE_DIR` and, for firmware steps,
-//! `DEVICE_AGENT_DIGEST` (hex) in its environment; the network hook reads the profile as JSON
-//! on its standard input. Exit status 0 is success; anything else fails the step with the
+//! `DEVICE_AGENT_DIGEST` (hex) in its environment; the network hook reads JSON on its standard
+//! input: `profile` (Wi-Fi or EAP-TLS), and for EAP-TLS the LDevID (`client_cert`,
+//! `client_chain`, PEM) and where its key is (`client_key`: a file path or a PKCS#11 URI). It
+//! runs again after every renewal, as the old certificate is revoked soon after. Exit status 0 is success; anything else fails the step with the
 //! first line of what the hook wrote on stderr (a failed health hook rolls the update back, a
 //! failed wipe hook fails the decommissioning, so no attestation claims a wipe that did not
 //! happen). A hook gets at most [`HOOK_TIMEOUT`].
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 use protocol::attestation::{WipeMethod, WipedTarget};
 use protocol::message::NetworkProfile;
 
-use super::{FirmwareSlots, NetworkApplier, Wiper};
+use super::{ClientCredential, FirmwareSlots, NetworkApplier, Wiper};
 use crate::error::PlatformError;
 
 /// How long a hook may run before it is killed and the step fails.
@@ -37,7 +39,7 @@ pub struct Hooks {
     pub health: Option<PathBuf>,
     /// After the agent wiped the owner's data and credentials.
     pub wipe: Option<PathBuf>,
-    /// To apply network credentials (the profile as JSON on stdin).
+    /// To apply network credentials (JSON on stdin, see the module docs).
     pub network: Option<PathBuf>,
 }
 
@@ -209,9 +211,18 @@ impl HookNetwork {
 }
 
 impl NetworkApplier for HookNetwork {
-    fn apply(&self, profile: &NetworkProfile) -> Result<(), PlatformError> {
-        let json = serde_json::to_vec(profile)
-            .map_err(|e| PlatformError::Network(format!("the network profile: {e}")))?;
+    fn apply(
+        &self,
+        profile: &NetworkProfile,
+        client: &ClientCredential,
+    ) -> Result<(), PlatformError> {
+        let json = serde_json::to_vec(&serde_json::json!({
+            "profile": profile,
+            "client_cert": certs::files::cert_pem(&client.certificate),
+            "client_chain": certs::files::certs_pem(client.chain.iter().map(Vec::as_slice)),
+            "client_key": client.key,
+        }))
+        .map_err(|e| PlatformError::Network(format!("the network profile: {e}")))?;
         run(&self.hook, "network", &[], Some(&json)).map_err(PlatformError::Network)
     }
 }

@@ -83,7 +83,11 @@ impl StateStore for MemoryState {
 }
 
 impl NetworkApplier for MemoryState {
-    fn apply(&self, profile: &NetworkProfile) -> Result<(), PlatformError> {
+    fn apply(
+        &self,
+        profile: &NetworkProfile,
+        _client: &super::ClientCredential,
+    ) -> Result<(), PlatformError> {
         *lock(&self.network) = Some(profile.clone());
         Ok(())
     }

@@ -76,6 +76,43 @@ pub trait KeyStore: Send + Sync {
     fn commit_pending_ldevid_key(&self) -> Result<(), PlatformError>;
     /// Destroys every LDevID key (current and pending); the IDevID key stays.
     fn destroy_ldevid_keys(&self) -> Result<(), PlatformError>;
+    /// Where another program of the device (the Wi-Fi supplicant, for EAP-TLS) finds the
+    /// current LDevID key, which never leaves the store.
+    fn ldevid_key_location(&self) -> KeyLocation {
+        KeyLocation::Private
+    }
+}
+
+/// Where the current LDevID private key is, for the network stack's EAP-TLS.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum KeyLocation {
+    /// A PEM file readable by the device's network stack.
+    File {
+        /// Its path.
+        path: std::path::PathBuf,
+    },
+    /// An object in a PKCS#11 token, as an RFC 7512 URI (wpa_supplicant takes it through its
+    /// OpenSSL engine or provider).
+    Pkcs11 {
+        /// `pkcs11:token=...;object=ldevid;type=private`.
+        uri: String,
+    },
+    /// Held where no other program reaches it (an embedded store): EAP-TLS needs the
+    /// platform's own network integration.
+    Private,
+}
+
+/// The device's operational credential as its network stack needs it for EAP-TLS: redone at
+/// every new LDevID (onboarding, renewal), as the old certificate is revoked soon after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCredential {
+    /// The LDevID (DER).
+    pub certificate: Vec<u8>,
+    /// Its CA chain, issuing CA first (DER).
+    pub chain: Vec<Vec<u8>>,
+    /// Where its key is.
+    pub key: KeyLocation,
 }
 
 /// The agent's persistent state, saved atomically as a whole.
@@ -127,6 +164,10 @@ pub trait Wiper: Send + Sync {
 
 /// Applies network credentials to the device's network stack.
 pub trait NetworkApplier: Send + Sync {
-    /// Configures the network with `profile`.
-    fn apply(&self, profile: &NetworkProfile) -> Result<(), PlatformError>;
+    /// Configures the network with `profile`; an EAP-TLS profile authenticates with `client`.
+    fn apply(
+        &self,
+        profile: &NetworkProfile,
+        client: &ClientCredential,
+    ) -> Result<(), PlatformError>;
 }

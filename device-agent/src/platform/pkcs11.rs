@@ -21,7 +21,7 @@ use protocol::SignatureError;
 use protocol::keys::{Algorithm, PublicKey, Signer};
 use ring::digest;
 
-use super::{DeviceKey, KeyStore};
+use super::{DeviceKey, KeyLocation, KeyStore};
 use crate::error::PlatformError;
 
 /// Label of the birth key.
@@ -55,6 +55,7 @@ impl std::fmt::Debug for Pkcs11Config {
 /// The key store in a PKCS#11 token.
 pub struct Pkcs11KeyStore {
     session: Arc<Mutex<Session>>,
+    token: String,
     curve: Curve,
     /// Kept so the module stays loaded as long as the session lives.
     _context: Pkcs11,
@@ -144,6 +145,7 @@ impl Pkcs11KeyStore {
         }
         Ok(Pkcs11KeyStore {
             session: Arc::new(Mutex::new(session)),
+            token: config.token.clone(),
             curve,
             _context: context,
         })
@@ -324,6 +326,28 @@ impl KeyStore for Pkcs11KeyStore {
         self.destroy(PENDING)?;
         self.destroy(LDEVID)
     }
+
+    fn ldevid_key_location(&self) -> KeyLocation {
+        KeyLocation::Pkcs11 {
+            uri: format!(
+                "pkcs11:token={};object={LDEVID};type=private",
+                uri_escape(&self.token)
+            ),
+        }
+    }
+}
+
+/// Percent-encodes what RFC 7512 does not allow as is in a path attribute value.
+fn uri_escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// A private key object in the token, with its public half read once.

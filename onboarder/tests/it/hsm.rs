@@ -82,7 +82,12 @@ fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_with_its_keys_in_a_token_onboards_renews_and_is_decommissioned() {
-    let world = World::new().await;
+    let world = World::with_config(|c| {
+        c.policy.network = onboarder::core::NetworkPolicy::EapTls {
+            ssid: "corp-iot".into(),
+        }
+    })
+    .await;
     let config = token("sn-hsm");
     let store = Arc::new(Pkcs11KeyStore::open(&config, certs::KeyKind::P256).unwrap());
 
@@ -132,6 +137,19 @@ async fn a_device_with_its_keys_in_a_token_onboards_renews_and_is_decommissioned
         store.ldevid_key().unwrap().map(|k| k.public_key())
     );
     assert!(store.protected(pkcs11::LDEVID).unwrap());
+    // The supplicant is told where the key is, not given it.
+    let network = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join("state/network.json")).unwrap()).unwrap()
+    };
+    assert_eq!(network()["kind"], "eap-tls");
+    assert_eq!(
+        network()["client_key"],
+        serde_json::json!({"kind": "pkcs11", "uri": "pkcs11:token=sn-hsm;object=ldevid;type=private"})
+    );
+    assert_eq!(
+        network()["client_cert"],
+        certs::files::cert_pem(state.ldevid.as_ref().unwrap())
+    );
 
     // Renewal: a fresh key in the token, the old one destroyed.
     let a = agent();
@@ -141,6 +159,13 @@ async fn a_device_with_its_keys_in_a_token_onboards_renews_and_is_decommissioned
     assert_ne!(renewed, first.public_key);
     assert!(store.pending_ldevid_key().unwrap().is_none());
     assert!(store.protected(pkcs11::LDEVID).unwrap());
+    // EAP-TLS was redone with the new certificate (the old one is revoked soon).
+    let current = a.load_state().unwrap().ldevid.unwrap();
+    assert_eq!(
+        certs::CertInfo::parse(&current).unwrap().public_key,
+        renewed
+    );
+    assert_eq!(network()["client_cert"], certs::files::cert_pem(&current));
 
     // Decommissioning: the operational keys are destroyed in the token; the birth key stays.
     let running = Running::start(agent());
@@ -158,8 +183,12 @@ async fn a_device_with_its_keys_in_a_token_onboards_renews_and_is_decommissioned
         world.record("SN-HSM").unwrap().state == DeviceState::Decommissioned
     })
     .await;
+    // The agent destroys its LDevID key last, once the server acknowledged the attestation.
+    eventually(5, "the LDevID key destroyed", || {
+        store.ldevid_key().unwrap().is_none()
+    })
+    .await;
     running.stop().await;
-    assert!(store.ldevid_key().unwrap().is_none());
     assert_eq!(store.idevid_key().unwrap().public_key(), born.public_key());
 
     // Never a private key on the device's disk.
