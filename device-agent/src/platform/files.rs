@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! IDENTITY/idevid.key          IDevID key (from the factory; read only)
-//! STATE/state.cbor             agent state, written atomically (0600: it holds the Wi-Fi PSK)
+//! STATE/state.cbor             agent state, written atomically (0600), its network credentials
+//!                              sealed under the data key of [`super::wiper::Vault`] (destroying
+//!                              that key at a decommissioning erases every old copy too)
 //! STATE/ldevid.key             current LDevID key (0600)
 //! STATE/ldevid-pending.key     LDevID key waiting for its certificate (0600)
 //! STATE/ldevid.pem, chain.pem  copies of the LDevID and its CA chain, for tools like openssl
@@ -111,10 +113,22 @@ impl KeyStore for FileKeyStore {
     }
 }
 
+/// What `state.cbor` holds: the state without its network credentials, and those sealed.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Stored {
+    state: AgentState,
+    #[serde(default, with = "serde_bytes")]
+    network: Option<Vec<u8>>,
+}
+
+/// The name the network credentials are sealed under.
+const SEALED_NETWORK: &str = "network";
+
 /// State in one CBOR file, replaced atomically.
 #[derive(Debug)]
 pub struct FileStateStore {
     dir: PathBuf,
+    vault: super::wiper::Vault,
     /// The LDevID last copied to `ldevid.pem`, so the copies are only rewritten on change.
     exported: Mutex<Option<Vec<u8>>>,
 }
@@ -124,6 +138,7 @@ impl FileStateStore {
     pub fn new(dir: &Path) -> Self {
         FileStateStore {
             dir: dir.to_path_buf(),
+            vault: super::wiper::Vault::new(dir),
             exported: Mutex::new(None),
         }
     }
@@ -142,15 +157,43 @@ impl StateStore for FileStateStore {
             return Ok(None);
         }
         let bytes = files::read_limited(&path, MAX_STATE)?;
-        protocol::cbor::from_slice(&bytes, MAX_STATE as usize)
-            .map(Some)
-            .map_err(|e| PlatformError::Corrupt(format!("{}: {e}", path.display())))
+        let corrupt =
+            |e: protocol::DecodeError| PlatformError::Corrupt(format!("{}: {e}", path.display()));
+        let stored = match protocol::cbor::from_slice::<Stored>(&bytes, MAX_STATE as usize) {
+            Ok(stored) => stored,
+            // Written before the credentials were sealed: the state alone.
+            Err(_) => Stored {
+                state: protocol::cbor::from_slice(&bytes, MAX_STATE as usize).map_err(corrupt)?,
+                network: None,
+            },
+        };
+        let mut state = stored.state;
+        if let Some(sealed) = stored.network {
+            // `None` when the data key was destroyed: the credentials were erased with it.
+            state.network = match self.vault.open(SEALED_NETWORK, &sealed)? {
+                Some(plain) => {
+                    Some(protocol::cbor::from_slice(&plain, MAX_STATE as usize).map_err(corrupt)?)
+                }
+                None => None,
+            };
+        }
+        Ok(Some(state))
     }
 
     fn save(&self, state: &AgentState) -> Result<(), PlatformError> {
+        let mut stored = Stored {
+            state: state.clone(),
+            network: None,
+        };
+        if let Some(network) = stored.state.network.take() {
+            stored.network = Some(
+                self.vault
+                    .seal(SEALED_NETWORK, &protocol::cbor::to_vec(&network))?,
+            );
+        }
         files::write_secret(
             &self.dir.join(layout::STATE),
-            &protocol::cbor::to_vec(state),
+            &protocol::cbor::to_vec(&stored),
         )?;
         // Copies for people and tools; the state file above is the truth.
         let mut exported = self.exported.lock().unwrap_or_else(|e| e.into_inner());
@@ -263,5 +306,42 @@ mod tests {
         assert_eq!(store.load().unwrap(), Some(state));
         std::fs::write(dir.path().join(layout::STATE), b"\xff\x00junk").unwrap();
         assert!(matches!(store.load(), Err(PlatformError::Corrupt(_))));
+    }
+
+    /// The Wi-Fi passphrase is never in the state file in clear; it is gone once the data key
+    /// is destroyed (a decommissioning), a changed byte is refused, and a state written before
+    /// sealing still loads.
+    #[test]
+    fn network_credentials_are_sealed_in_the_state_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStateStore::new(dir.path());
+        let mut state = AgentState::factory("1.0.0");
+        state.network = Some(NetworkProfile::Wifi {
+            ssid: "plant-7".into(),
+            psk: "correct-horse-battery-staple".into(),
+        });
+        store.save(&state).unwrap();
+        let raw = std::fs::read(dir.path().join(layout::STATE)).unwrap();
+        assert!(!raw.windows(13).any(|w| w == b"correct-horse"));
+        assert_eq!(store.load().unwrap(), Some(state.clone()));
+
+        let mut tampered = raw.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        std::fs::write(dir.path().join(layout::STATE), &tampered).unwrap();
+        assert!(matches!(store.load(), Err(PlatformError::Corrupt(_))));
+
+        std::fs::write(dir.path().join(layout::STATE), &raw).unwrap();
+        std::fs::remove_file(dir.path().join("data/dek.key")).unwrap();
+        let erased = store.load().unwrap().unwrap();
+        assert_eq!(erased.network, None);
+        assert_eq!(erased.phase, state.phase);
+
+        std::fs::write(
+            dir.path().join(layout::STATE),
+            protocol::cbor::to_vec(&state),
+        )
+        .unwrap();
+        assert_eq!(store.load().unwrap(), Some(state));
     }
 }

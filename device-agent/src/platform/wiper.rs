@@ -71,6 +71,22 @@ impl Vault {
 
     /// Stores `data` under `name`, encrypted.
     pub fn put(&self, name: &str, data: &[u8]) -> Result<(), PlatformError> {
+        let sealed = self.seal(name, data)?;
+        Ok(certs::files::write_secret(&self.path(name)?, &sealed)?)
+    }
+
+    /// The data stored under `name`, if any.
+    pub fn get(&self, name: &str) -> Result<Option<Vec<u8>>, PlatformError> {
+        let path = self.path(name)?;
+        if !path.exists() {
+            return Ok(None);
+        }
+        let bytes = certs::files::read_limited(&path, MAX_ITEM)?;
+        self.open(name, &bytes)
+    }
+
+    /// `data` encrypted under the data key, bound to `name`: nonce || ciphertext || tag.
+    pub(crate) fn seal(&self, name: &str, data: &[u8]) -> Result<Vec<u8>, PlatformError> {
         let key = self.key()?;
         let mut nonce = [0u8; NONCE_LEN];
         SystemRandom::new()
@@ -85,16 +101,15 @@ impl Vault {
         .map_err(|_| PlatformError::Wipe("encryption failed".into()))?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&sealed);
-        Ok(certs::files::write_secret(&self.path(name)?, &out)?)
+        Ok(out)
     }
 
-    /// The data stored under `name`, if any.
-    pub fn get(&self, name: &str) -> Result<Option<Vec<u8>>, PlatformError> {
-        let path = self.path(name)?;
-        if !path.exists() {
+    /// What [`Vault::seal`] sealed under `name`; `None` once the data key was destroyed (the
+    /// cryptographic erase of a decommissioning: what was sealed is gone).
+    pub(crate) fn open(&self, name: &str, bytes: &[u8]) -> Result<Option<Vec<u8>>, PlatformError> {
+        if !self.dir.join("dek.key").exists() {
             return Ok(None);
         }
-        let bytes = certs::files::read_limited(&path, MAX_ITEM)?;
         let (nonce, sealed) = bytes
             .split_at_checked(NONCE_LEN)
             .ok_or_else(|| PlatformError::Corrupt(format!("{name}: too short")))?;

@@ -139,11 +139,13 @@ async fn a_device_wipes_itself_attests_and_is_revoked_and_certified() {
     device.identity();
 
     // The old LDevID is refused at the handshake.
-    let old_state: device_agent::machine::AgentState = protocol::cbor::from_slice(
-        &std::fs::read(keep.path().join("state.cbor")).unwrap(),
-        1 << 20,
-    )
-    .unwrap();
+    let old_state: device_agent::machine::AgentState = {
+        use device_agent::platform::StateStore;
+        device_agent::platform::files::FileStateStore::new(keep.path())
+            .load()
+            .unwrap()
+            .unwrap()
+    };
     let old_key: Arc<dyn device_agent::platform::DeviceKey> =
         Arc::new(certs::files::read_key(&keep.path().join("ldevid.key")).unwrap());
     let config = device_agent::transport::quic::operational_config(

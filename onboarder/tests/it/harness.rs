@@ -184,11 +184,13 @@ impl World {
     /// A hand-driven LDevID session (no hello), with the credential the device holds.
     pub async fn ldevid_session(&self, device: &Device) -> Session {
         use device_agent::platform::KeyStore;
-        let state: device_agent::machine::AgentState = protocol::cbor::from_slice(
-            &std::fs::read(device.state_dir.join("state.cbor")).unwrap(),
-            1 << 20,
-        )
-        .unwrap();
+        let state: device_agent::machine::AgentState = {
+            use device_agent::platform::StateStore;
+            device_agent::platform::files::FileStateStore::new(&device.state_dir)
+                .load()
+                .unwrap()
+                .unwrap()
+        };
         let keys = device_agent::platform::files::FileKeyStore::new(
             &device.identity_dir,
             &device.state_dir,
