@@ -126,6 +126,7 @@ fn codecs(c: &mut Criterion) {
         firmware_version: "1.0.0".into(),
         firmware_sequence: 1,
         class_id: "sensor-1".into(),
+        hardware: device_agent::hardware_facts(),
     };
     roundtrip(&mut group, "request: hello", Request::Hello(hello));
     roundtrip(

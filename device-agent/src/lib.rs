@@ -57,5 +57,5 @@ pub mod platform;
 pub mod transport;
 
 pub use clock::Clock;
-pub use driver::{Agent, AgentOptions, Backoff};
+pub use driver::{Agent, AgentOptions, Backoff, hardware_facts};
 pub use error::{AgentError, CredentialRefusal, PlatformError};

@@ -56,6 +56,16 @@ fn the_sample_configuration_parses_and_mistakes_are_named() {
     );
     let (ok, text) = run("serevr = \"x:1\"\n", &[]);
     assert!(!ok && text.contains("unknown field `serevr`"), "{text}");
+    let (ok, text) = run("firmware_version_file = \"/nonexistent/sw-version\"\n", &[]);
+    assert!(
+        !ok && text.contains("reading the firmware version"),
+        "{text}"
+    );
+    let (ok, text) = run(
+        &format!("[hardware]\nboard = \"{}\"\n", "x".repeat(200)),
+        &[],
+    );
+    assert!(!ok && text.contains("hardware fact \"board\""), "{text}");
     let (ok, text) = run("", &[]);
     assert!(!ok && text.contains("no onboarder"), "{text}");
     // A flag overrides the file.
@@ -126,16 +136,20 @@ impl Owner {
             .await
             .unwrap();
         let config = root.join("agent.toml");
+        // The platform keeps the running version in a file, which wins over the string.
+        std::fs::write(root.join("sw-version"), "1.0.7\nbuilt by ci\n").unwrap();
         std::fs::write(
             &config,
             format!(
                 "server = \"localhost:{port}\"\nidentity = \"{id}\"\nstate = \"{state}\"\n\
-                 firmware_dir = \"{fw}\"\nfirmware_version = \"1.0.0\"\n\n[timeouts]\n\
-                 connect_secs = 2\nidle_secs = 5\n",
+                 firmware_dir = \"{fw}\"\nfirmware_version = \"1.0.0\"\n\
+                 firmware_version_file = \"{version}\"\n\n[timeouts]\n\
+                 connect_secs = 2\nidle_secs = 5\n\n[hardware]\nboard = \"rev-c\"\n",
                 port = self.server.quic_addr().port(),
                 id = root.join("identity").display(),
                 state = root.join("state").display(),
                 fw = root.join("slots").display(),
+                version = root.join("sw-version").display(),
             ),
         )
         .unwrap();
@@ -196,6 +210,17 @@ async fn sigterm_in_a_download_stops_cleanly_and_the_download_resumes() {
     })
     .await;
     let id = id.unwrap();
+    // What the platform said reached the device's record.
+    let record = service.device(&id).unwrap();
+    assert_eq!(record.firmware_version.as_deref(), Some("1.0.7"));
+    assert_eq!(
+        record.hardware.get("board").map(String::as_str),
+        Some("rev-c")
+    );
+    assert_eq!(
+        record.hardware.get("arch").map(String::as_str),
+        Some(std::env::consts::ARCH)
+    );
     // Connected and idle, the daemon stays small: 16 MiB for this debug build (11 MiB when
     // measured; BENCHMARKS.md has the release build at 8.4 MB against its 10 MB target).
     let status = std::fs::read_to_string(format!("/proc/{}/status", first.id())).unwrap();

@@ -6,6 +6,8 @@
 //! Every message is a CBOR array `[version, body]`, so a peer speaking another version is refused
 //! with [`DecodeError::UnsupportedVersion`] before its body is interpreted.
 
+use std::collections::BTreeMap;
+
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -174,6 +176,11 @@ pub struct Status {
     pub reason: Option<String>,
 }
 
+/// Most hardware facts a hello may carry.
+pub const MAX_HARDWARE_FACTS: usize = 16;
+/// Longest name or value of a hardware fact, in bytes.
+pub const MAX_HARDWARE_FACT_LEN: usize = 128;
+
 /// What a device says about itself when it opens an operational session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
@@ -187,6 +194,11 @@ pub struct Hello {
     /// Device class (model), as firmware manifests name it.
     #[serde(default)]
     pub class_id: String,
+    /// What the platform says about the hardware (`arch`, `kernel`, the maker's own such as
+    /// `board` or `ram-mb`): at most [`MAX_HARDWARE_FACTS`], each name and value at most
+    /// [`MAX_HARDWARE_FACT_LEN`] bytes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hardware: BTreeMap<String, String>,
 }
 
 /// The onboarder's answer to a [`Request`].

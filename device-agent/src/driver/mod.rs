@@ -42,6 +42,20 @@ pub struct AgentOptions {
     pub backoff: Backoff,
     /// Wall-clock time (the system's by default).
     pub clock: crate::Clock,
+    /// Hardware facts reported at each session (see [`hardware_facts`] for what the system
+    /// says; the device maker adds its own, such as `board` or `ram-mb`).
+    pub hardware: std::collections::BTreeMap<String, String>,
+}
+
+/// What the running system says about the hardware: `arch`, `os` and, on Linux, `kernel`.
+pub fn hardware_facts() -> std::collections::BTreeMap<String, String> {
+    let mut facts = std::collections::BTreeMap::new();
+    facts.insert("arch".into(), std::env::consts::ARCH.into());
+    facts.insert("os".into(), std::env::consts::OS.into());
+    if let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") {
+        facts.insert("kernel".into(), release.trim().to_string());
+    }
+    facts
 }
 
 impl Default for AgentOptions {
@@ -51,6 +65,7 @@ impl Default for AgentOptions {
             timeouts: Timeouts::default(),
             backoff: Backoff::default(),
             clock: crate::Clock::system(),
+            hardware: hardware_facts(),
         }
     }
 }

@@ -75,6 +75,7 @@ impl Agent {
                 firmware_version: state.firmware_version.clone(),
                 firmware_sequence: state.firmware_sequence,
                 class_id: self.identity.product.class_id.clone(),
+                hardware: self.options.hardware.clone(),
             }))
             .await?;
         match welcome {

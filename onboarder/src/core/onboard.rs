@@ -6,7 +6,11 @@
 //! commits record and events in one atomic write before replying. Retrying a request gives the
 //! same answer and writes nothing new.
 
-use protocol::message::{Command, Hello, Response, Status, Welcome};
+use std::collections::BTreeMap;
+
+use protocol::message::{
+    Command, Hello, MAX_HARDWARE_FACT_LEN, MAX_HARDWARE_FACTS, Response, Status, Welcome,
+};
 use protocol::voucher::{CLOCK_SKEW, Voucher, VoucherRequest};
 
 use super::access::{check_pinned_idevid, ldevid, truncate, usable};
@@ -310,6 +314,26 @@ fn activation_events(id: &DeviceId, changes: Vec<(String, String)>, now: u64) ->
         .collect()
 }
 
+/// Hardware facts are the device's word, kept on its record: bounded in number and size so a
+/// device cannot grow its record (and every read of it) at will.
+fn check_hardware(facts: &BTreeMap<String, String>) -> Result<(), LifecycleError> {
+    if facts.len() > MAX_HARDWARE_FACTS {
+        return Err(LifecycleError::BadRequest(format!(
+            "{} hardware facts; at most {MAX_HARDWARE_FACTS}",
+            facts.len()
+        )));
+    }
+    match facts.iter().find(|(k, v)| {
+        k.is_empty() || k.len() > MAX_HARDWARE_FACT_LEN || v.len() > MAX_HARDWARE_FACT_LEN
+    }) {
+        Some((name, _)) => Err(LifecycleError::BadRequest(format!(
+            "hardware fact {:?}: names of 1 to {MAX_HARDWARE_FACT_LEN} bytes and values of at most {MAX_HARDWARE_FACT_LEN}",
+            name.chars().take(32).collect::<String>()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Opens an operational session. The LDevID must be one the device may still use. Using a
 /// certificate not yet confirmed confirms it (the device evidently stored it), which is how a
 /// renewal completes. The welcome carries what the device missed while it was away.
@@ -340,12 +364,15 @@ pub fn hello(
         &[DeviceState::Active, DeviceState::Decommissioning],
         "an operational session",
     )?;
+    check_hardware(&hello.hardware)?;
     if record.agent_version.as_deref() != Some(hello.agent_version.as_str())
         || record.firmware_version.as_deref() != Some(hello.firmware_version.as_str())
         || record.firmware_sequence != hello.firmware_sequence
         || record.class_id.as_deref() != Some(hello.class_id.as_str())
+        || record.hardware != hello.hardware
     {
         record.class_id = Some(hello.class_id);
+        record.hardware = hello.hardware;
         record.agent_version = Some(hello.agent_version);
         record.firmware_version = Some(hello.firmware_version);
         record.firmware_sequence = hello.firmware_sequence;

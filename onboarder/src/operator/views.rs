@@ -35,6 +35,9 @@ pub struct DeviceView {
     pub agent_version: Option<String>,
     /// Firmware version last reported.
     pub firmware_version: Option<String>,
+    /// Hardware facts last reported.
+    #[serde(default)]
+    pub hardware: std::collections::BTreeMap<String, String>,
     /// Why quarantined.
     pub quarantine_reason: Option<String>,
 }
@@ -119,6 +122,7 @@ impl From<&DeviceRecord> for DeviceView {
             }),
             agent_version: r.agent_version.clone(),
             firmware_version: r.firmware_version.clone(),
+            hardware: r.hardware.clone(),
             quarantine_reason: r.quarantine_reason.clone(),
         }
     }

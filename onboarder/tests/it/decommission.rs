@@ -173,6 +173,7 @@ async fn a_device_wipes_itself_attests_and_is_revoked_and_certified() {
             firmware_version: "y".into(),
             firmware_sequence: 0,
             class_id: "sensor-1".into(),
+            hardware: Default::default(),
         }))
         .await
     {

@@ -669,6 +669,19 @@ async fn an_unhealthy_release_rolls_back_and_pauses_the_campaign() {
         )
     })
     .await;
+    // The first failure pauses the campaign; the other device of the wave, already under way,
+    // fails on its own a moment later.
+    eventually(20, "both devices of the first wave to fail", || {
+        world
+            .server
+            .service()
+            .campaign_status(&id, false)
+            .unwrap()
+            .waves[0]
+            .failed
+            == 2
+    })
+    .await;
     let status = world.server.service().campaign_status(&id, true).unwrap();
     assert_eq!(status.wave, 0);
     assert_eq!(status.waves[0].failed, 2, "{status:?}");

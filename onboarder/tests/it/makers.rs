@@ -130,6 +130,7 @@ async fn a_hand_built_client_with_another_makers_idevid_is_refused_at_each_step(
         firmware_version: "y".into(),
         firmware_sequence: 0,
         class_id: "sensor-1".into(),
+        hardware: Default::default(),
     });
     assert_eq!(
         code_of(&session.exchange(&hello).await.unwrap()),

@@ -32,6 +32,13 @@ pub struct File {
     pub firmware_dir: Option<PathBuf>,
     /// Version of the firmware the device shipped with.
     pub firmware_version: Option<String>,
+    /// A file whose first line is the running firmware's version, as the platform keeps it
+    /// (`/etc/sw-version`, ...); it wins over `firmware_version`.
+    pub firmware_version_file: Option<PathBuf>,
+    /// The maker's hardware facts (`board = "rev-c"`), added to those the system gives
+    /// (`arch`, `os`, `kernel`) and reported at each session.
+    #[serde(default)]
+    pub hardware: std::collections::BTreeMap<String, String>,
     /// Log filter (`info`, `device_agent=debug`, ...).
     pub log: Option<String>,
     /// Where the keys live.
@@ -104,6 +111,54 @@ impl File {
     }
 }
 
+/// The firmware version: the platform's file, the configured string, or 1.0.0.
+fn firmware_version(file: &File) -> Result<String> {
+    let Some(path) = &file.firmware_version_file else {
+        return Ok(file
+            .firmware_version
+            .clone()
+            .unwrap_or_else(|| "1.0.0".into()));
+    };
+    let bytes = certs::files::read_limited(path, 4096)
+        .with_context(|| format!("reading the firmware version in {}", path.display()))?;
+    let version = String::from_utf8_lossy(&bytes)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    if version.is_empty() || version.len() > 64 {
+        bail!(
+            "{}: the first line should be the firmware version (1 to 64 bytes)",
+            path.display()
+        );
+    }
+    Ok(version)
+}
+
+/// The system's hardware facts with the maker's over them, within what a hello may carry.
+fn hardware(
+    maker: std::collections::BTreeMap<String, String>,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    use protocol::message::{MAX_HARDWARE_FACT_LEN, MAX_HARDWARE_FACTS};
+    let mut facts = device_agent::hardware_facts();
+    facts.extend(maker);
+    if facts.len() > MAX_HARDWARE_FACTS {
+        bail!(
+            "{} hardware facts with the system's own; at most {MAX_HARDWARE_FACTS}",
+            facts.len()
+        );
+    }
+    if let Some((name, _)) = facts.iter().find(|(k, v)| {
+        k.is_empty() || k.len() > MAX_HARDWARE_FACT_LEN || v.len() > MAX_HARDWARE_FACT_LEN
+    }) {
+        bail!(
+            "hardware fact {name:?}: names of 1 to {MAX_HARDWARE_FACT_LEN} bytes, values of at most {MAX_HARDWARE_FACT_LEN}"
+        );
+    }
+    Ok(facts)
+}
+
 /// What the flags and the environment say (each overrides the file).
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct Overrides {
@@ -133,6 +188,8 @@ pub struct Settings {
     pub firmware_dir: PathBuf,
     /// Factory firmware version.
     pub firmware_version: String,
+    /// Hardware facts.
+    pub hardware: std::collections::BTreeMap<String, String>,
     /// Log filter, if set.
     pub log: Option<String>,
     /// Keys.
@@ -147,6 +204,7 @@ impl Settings {
     /// Flags over the environment over the file over defaults.
     pub fn resolve(overrides: &Overrides) -> Result<Settings> {
         let file = File::load(overrides.config.as_deref())?;
+        let firmware_version = firmware_version(&file)?;
         let server = match overrides.server.clone().or(file.server) {
             Some(text) => Some(text.parse::<ServerAddress>()?),
             None => None,
@@ -167,7 +225,8 @@ impl Settings {
                 .unwrap_or_else(|| PathBuf::from("/etc/device-agent/identity")),
             firmware_dir: file.firmware_dir.unwrap_or_else(|| state.join("firmware")),
             state,
-            firmware_version: file.firmware_version.unwrap_or_else(|| "1.0.0".into()),
+            firmware_version,
+            hardware: hardware(file.hardware)?,
             log: file.log,
             keys: file.keys,
             timeouts: Timeouts {

@@ -124,6 +124,7 @@ async fn agent(settings: &Settings) -> Result<Agent> {
         endpoint,
         AgentOptions {
             firmware_version: settings.firmware_version.clone(),
+            hardware: settings.hardware.clone(),
             timeouts: settings.timeouts,
             ..AgentOptions::default()
         },

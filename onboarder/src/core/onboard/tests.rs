@@ -323,6 +323,7 @@ fn a_welcome_carries_what_the_device_missed_and_only_ldevids_get_one() {
         firmware_version: "1.0.0".into(),
         firmware_sequence: 0,
         class_id: "sensor-1".into(),
+        hardware: [("arch".to_string(), "riscv64".to_string())].into(),
     };
     let e = hello(&kit.registrar, &idevid, Some(record.clone()), hi(), NOW).unwrap_err();
     assert_eq!(e.code(), ErrorCode::Unauthorized);
@@ -337,8 +338,28 @@ fn a_welcome_carries_what_the_device_missed_and_only_ldevids_get_one() {
     assert_eq!(w.commands, [Command::Rotate]);
     assert!(opens_session(&ldevid, &d.response));
     assert!(!opens_session(&idevid, &d.response));
-    // The versions it reports are recorded.
-    assert_eq!(d.write.unwrap().agent_version.as_deref(), Some("a"));
+    // The versions and hardware it reports are recorded.
+    let written = d.write.unwrap();
+    assert_eq!(written.agent_version.as_deref(), Some("a"));
+    assert_eq!(written.hardware, hi().hardware);
+    // Said again, nothing is written.
+    let again = hello(&kit.registrar, &ldevid, Some(written.clone()), hi(), NOW).unwrap();
+    assert!(again.write.is_none());
+    // Facts past the bounds are refused, and nothing is written.
+    let too_many = Hello {
+        hardware: (0..=protocol::message::MAX_HARDWARE_FACTS)
+            .map(|i| (format!("f{i}"), "x".to_string()))
+            .collect(),
+        ..hi()
+    };
+    let too_long = Hello {
+        hardware: [("board".to_string(), "x".repeat(129))].into(),
+        ..hi()
+    };
+    for bad in [too_many, too_long] {
+        let e = hello(&kit.registrar, &ldevid, Some(written.clone()), bad, NOW).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::BadRequest);
+    }
 }
 
 #[test]

@@ -68,6 +68,9 @@ pub struct DeviceRecord {
     /// Device class (model) the device reports.
     #[serde(default)]
     pub class_id: Option<String>,
+    /// Hardware facts the device last reported.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub hardware: std::collections::BTreeMap<String, String>,
     /// Sequence number of the firmware the device reports it runs.
     #[serde(default)]
     pub firmware_sequence: u64,
@@ -98,6 +101,7 @@ impl DeviceRecord {
             quarantine_reason: None,
             rotation: None,
             class_id: None,
+            hardware: Default::default(),
             firmware_sequence: 0,
             firmware_job: None,
             decommission: None,

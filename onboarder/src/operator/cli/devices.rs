@@ -278,6 +278,9 @@ pub(super) fn device(client: &ApiClient, cmd: DeviceCommand) -> Result<()> {
                 "agent:     {}",
                 shown(d.agent_version.as_deref().unwrap_or("-"))
             );
+            for (name, value) in &d.hardware {
+                say!("hardware:  {}={}", shown(name), shown(value));
+            }
             if let Some(n) = &d.network {
                 say!("network:   {} {}", n.kind, shown(&n.ssid));
             }
