@@ -1,7 +1,7 @@
 //! The `device-agent` daemon as a device maker ships it: its systemd unit, its configuration
 //! file, and its life against a real onboarder (run in this process): onboarding by DNS name,
 //! logs fit for a file, a clean stop on SIGTERM in the middle of a firmware download, and the
-//! download resumed after the restart.
+//! download resumed after the restart; and a device whose keys live in a (software) TPM 2.0.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -320,4 +320,305 @@ async fn sigterm_in_a_download_stops_cleanly_and_the_download_resumes() {
         "{text}"
     );
     owner.server.shutdown().await;
+}
+
+/// A software TPM 2.0 (swtpm) behind the TPM2 access broker (tpm2-abrmd, on a private D-Bus
+/// session bus), with one tpm2-pkcs11 token: the TPM as a device's PKCS#11 module sees it.
+/// Everything is stopped when it is dropped.
+struct Tpm {
+    dir: tempfile::TempDir,
+    children: Vec<Child>,
+    env: Vec<(String, String)>,
+}
+
+/// Where Debian puts tpm2-pkcs11's module.
+const TPM_MODULE: &str = "/usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_pkcs11.so";
+
+/// Two free consecutive TCP ports: swtpm's TCTI finds the control port right after the
+/// command port.
+fn free_tcp_ports() -> (u16, u16) {
+    loop {
+        let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = first.local_addr().unwrap().port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return (port, port + 1);
+        }
+    }
+}
+
+impl Tpm {
+    fn start() -> Tpm {
+        for tool in ["swtpm", "tpm2-abrmd", "tpm2_ptool", "dbus-daemon"] {
+            let found = ["/usr/bin", "/usr/sbin", "/bin", "/sbin"]
+                .iter()
+                .any(|d| Path::new(d).join(tool).exists());
+            assert!(found, "{tool} is not installed; ./scripts/test installs it");
+        }
+        assert!(Path::new(TPM_MODULE).exists(), "{TPM_MODULE} is missing");
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().to_path_buf();
+        let path = |name: &str| base.join(name);
+        for d in ["tpm", "store"] {
+            std::fs::create_dir_all(path(d)).unwrap();
+        }
+        let (server, ctrl) = free_tcp_ports();
+        let bus = format!("unix:path={}", path("bus").display());
+        let name = format!("com.intel.tss2.Tabrmd.test{}", std::process::id());
+        let tcti = format!("tabrmd:bus_type=session,bus_name={name}");
+        let quiet = |c: &mut Command| {
+            c.stdout(Stdio::null()).stderr(Stdio::null());
+        };
+        let mut tpm = Tpm {
+            env: vec![
+                ("DBUS_SESSION_BUS_ADDRESS".into(), bus.clone()),
+                ("TPM2_PKCS11_TCTI".into(), tcti.clone()),
+                ("TPM2TOOLS_TCTI".into(), tcti),
+                (
+                    "TPM2_PKCS11_STORE".into(),
+                    path("store").display().to_string(),
+                ),
+                ("TPM2_PKCS11_LOG_LEVEL".into(), "0".into()),
+            ],
+            children: Vec::new(),
+            dir,
+        };
+        let mut swtpm = Command::new("swtpm");
+        swtpm.args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"]);
+        swtpm
+            .arg("--tpmstate")
+            .arg(format!("dir={}", path("tpm").display()));
+        swtpm.args([
+            "--server",
+            &format!("type=tcp,port={server},bindaddr=127.0.0.1"),
+            "--ctrl",
+            &format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"),
+        ]);
+        quiet(&mut swtpm);
+        tpm.children.push(swtpm.spawn().unwrap());
+        let mut dbus = Command::new("dbus-daemon");
+        dbus.args(["--session", "--nofork", &format!("--address={bus}")]);
+        quiet(&mut dbus);
+        tpm.children.push(dbus.spawn().unwrap());
+        // The broker needs both the TPM and the bus up; it is ready when a tool gets through.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !path("bus").exists() || std::net::TcpStream::connect(("127.0.0.1", server)).is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "swtpm or dbus-daemon did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut abrmd = Command::new("tpm2-abrmd");
+        abrmd.args(["--session", "--allow-root"]);
+        abrmd.arg(format!("--tcti=swtpm:host=127.0.0.1,port={server}"));
+        abrmd.arg(format!("--dbus-name={name}"));
+        abrmd.env("DBUS_SESSION_BUS_ADDRESS", &bus);
+        abrmd.stdout(Stdio::null());
+        abrmd.stderr(std::fs::File::create(path("abrmd.log")).unwrap());
+        tpm.children.push(abrmd.spawn().unwrap());
+        let store = path("store").display().to_string();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = tpm.ptool(&["init", "--path", &store]);
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tpm2_ptool init: {}\ntpm2-abrmd: {}",
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(path("abrmd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let out = tpm.ptool(&[
+            "addtoken",
+            "--pid=1",
+            "--sopin=5678",
+            "--userpin=1234",
+            "--label=device",
+            "--path",
+            &store,
+        ]);
+        assert!(
+            out.status.success(),
+            "tpm2_ptool addtoken: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tpm
+    }
+
+    fn ptool(&self, args: &[&str]) -> std::process::Output {
+        Command::new("tpm2_ptool")
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap()
+    }
+
+    /// The device agent, with this TPM in its environment.
+    fn agent(&self, args: &[&str], log: &Path) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("DEVICE_AGENT_PKCS11_PIN", "1234")
+            .env_remove("RUST_LOG")
+            .env_remove("DEVICE_AGENT_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap());
+        c
+    }
+}
+
+impl Drop for Tpm {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().rev() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A device whose birth key is made in a TPM 2.0 (through tpm2-pkcs11, the same PKCS#11 key
+/// store as for a secure element) and certified by the factory from its CSR: the daemon
+/// onboards, rotates its operational key in the TPM on the owner's order and is
+/// decommissioned, and no private key is ever on its disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_with_its_keys_in_a_tpm_onboards_rotates_and_is_decommissioned() {
+    let tpm = Tpm::start();
+    let owner = Owner::start().await;
+    let root = tpm.dir.path().join("device");
+    std::fs::create_dir_all(&root).unwrap();
+    let config = root.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "server = \"localhost:{port}\"\nidentity = \"{id}\"\nstate = \"{state}\"\n\n\
+             [keys]\nstore = \"pkcs11\"\nmodule = \"{TPM_MODULE}\"\ntoken = \"device\"\n\n\
+             [timeouts]\nconnect_secs = 2\nidle_secs = 5\n",
+            port = owner.server.quic_addr().port(),
+            id = root.join("identity").display(),
+            state = root.join("state").display(),
+        ),
+    )
+    .unwrap();
+
+    // At the factory: the key is born in the TPM, the factory certifies its CSR.
+    let csr_path = root.join("device.csr");
+    let config_arg = config.to_str().unwrap();
+    let log = root.join("make-key.log");
+    let status = tpm
+        .agent(
+            &[
+                "make-key",
+                "--config",
+                config_arg,
+                "--serial",
+                "SN-TPM",
+                "--csr",
+                csr_path.to_str().unwrap(),
+            ],
+            &log,
+        )
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    // openssl checks the CSR's signature (made inside the TPM) and hands the factory its DER.
+    let der = root.join("device.csr.der");
+    let out = Command::new("openssl")
+        .args(["req", "-verify", "-in"])
+        .arg(&csr_path)
+        .args(["-outform", "DER", "-out"])
+        .arg(&der)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csr = std::fs::read(&der).unwrap();
+    let now = certs::unix_now();
+    let identity = owner.maker.certify(&csr, now).unwrap();
+    identity.save(&root.join("identity")).unwrap();
+    let owner_root = certs::files::read_cert(
+        &owner
+            .dir
+            .path()
+            .join("onboarder")
+            .join(onboarder::config::layout::OWNER_ROOT),
+    )
+    .unwrap();
+    let service = owner.server.service();
+    service
+        .import_vouchers(&protocol::voucher::encode_bundle(&[owner
+            .maker
+            .voucher("SN-TPM", &owner_root, now, now + 86_400)
+            .unwrap()]))
+        .await
+        .unwrap();
+
+    // At the owner's: onboarding, a rotation, a decommissioning.
+    let log = root.join("daemon.log");
+    let mut daemon = tpm
+        .agent(&["run", "--config", config_arg], &log)
+        .spawn()
+        .unwrap();
+    let mut id = None;
+    until(60, "the device onboarded and connected", || {
+        id = service.resolve("daemon/SN-TPM").ok();
+        id.as_ref()
+            .is_some_and(|id| owner.server.sessions().is_connected(id))
+    })
+    .await;
+    let id = id.unwrap();
+    let first = service.device(&id).unwrap().certificates;
+    assert_eq!(first.len(), 1);
+    let control = owner.server.control();
+    let order = control.rotate(Some(vec![id.clone()]), None).await.unwrap();
+    until(60, "the rotation", || {
+        service.rotation_status(order.at).unwrap().rotated == 1
+    })
+    .await;
+    control
+        .decommission(vec![id.clone()], protocol::attestation::WipeMethod::Clear)
+        .await
+        .unwrap();
+    until(60, "the attested decommissioning", || {
+        service.device(&id).unwrap().state == onboarder::core::DeviceState::Decommissioned
+    })
+    .await;
+    let status = daemon.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{status}: {text}");
+    let record = service.device(&id).unwrap();
+    assert_eq!(record.certificates.len(), 2, "{record:?}");
+    // Two operational keys, both made in the TPM.
+    assert_ne!(
+        record.certificates[0].public_key,
+        record.certificates[1].public_key
+    );
+
+    // Never a private key on the device's disk.
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                assert!(
+                    !String::from_utf8_lossy(&bytes).contains("PRIVATE KEY"),
+                    "{} holds a private key",
+                    path.display()
+                );
+            }
+        }
+    }
 }

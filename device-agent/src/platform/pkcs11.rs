@@ -1,6 +1,13 @@
-//! Keys in a PKCS#11 token (a secure element, an HSM, SoftHSM2): generated inside it as
-//! sensitive, non-extractable objects and used only through it, so no private key ever exists
-//! in the agent's memory or on its disk.
+//! Keys in a PKCS#11 token (a secure element, an HSM, SoftHSM2, or a TPM 2.0 through
+//! tpm2-pkcs11): generated inside it as sensitive, non-extractable objects and used only
+//! through it, so no private key ever exists in the agent's memory or on its disk.
+//!
+//! A TPM is reached through PKCS#11 rather than a TPM store of our own: tpm2-pkcs11 (Debian
+//! `libtpm2-pkcs11-1`) keeps its keys under the TPM's storage hierarchy, wrapped so only that
+//! TPM can load them, and brings the TPM's own resource management (through the access broker,
+//! `tpm2-abrmd`, or the kernel's `/dev/tpmrm0`). The daemon's tests run a whole lifecycle on a
+//! software TPM (swtpm). What a native store (tss-esapi) would add is attestation of the key
+//! (TPM2_Certify against the EK), which BRSKI does not ask for today.
 //!
 //! Objects are found by label: `idevid` (the birth key, made once by [`Pkcs11KeyStore::
 //! make_idevid_key`] or provisioned by the device maker), `ldevid` and `ldevid-pending`. A
