@@ -404,6 +404,7 @@ fn ceiling(c: &mut Criterion) {
                 &certs::csr::CsrPolicy {
                     serial: "SN-CEILING",
                     binding: &[2; 32],
+                    binding_required: true,
                     forbidden_keys: &[],
                 },
             )

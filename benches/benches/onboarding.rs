@@ -60,6 +60,7 @@ fn crypto(c: &mut Criterion) {
                 &CsrPolicy {
                     serial: "SN-1",
                     binding: &[3; 32],
+                    binding_required: true,
                     forbidden_keys: &[],
                 },
             )

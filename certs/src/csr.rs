@@ -111,6 +111,9 @@ pub struct CsrPolicy<'a> {
     pub serial: &'a str,
     /// The exporter value of the session the CSR arrived on.
     pub binding: &'a [u8],
+    /// Whether the CSR must carry it (our protocol always does; an EST client may not be able
+    /// to, and the owner's policy decides). A binding present must match either way.
+    pub binding_required: bool,
     /// Keys the new certificate must not reuse (the IDevID key; on re-key, the current key).
     pub forbidden_keys: &'a [PublicKey],
 }
@@ -122,6 +125,17 @@ pub struct CheckedCsr {
     pub public_key: PublicKey,
     /// The requested key as DER SubjectPublicKeyInfo, for issuance.
     pub spki_der: Vec<u8>,
+}
+
+/// Whether a challengePassword carries `binding`: hex (our agent), or base64 as RFC 7030 3.5
+/// puts a channel binding value (the RFC 9266 tls-exporter value, for EST clients).
+fn binds(value: &str, binding: &[u8]) -> bool {
+    use base64::Engine;
+    let value = value.trim();
+    value.eq_ignore_ascii_case(&hex(binding))
+        || base64::engine::general_purpose::STANDARD
+            .decode(value)
+            .is_ok_and(|decoded| decoded == binding)
 }
 
 /// Checks a CSR: well-formed, self-signature valid, subject is the device's serial, key type
@@ -137,8 +151,10 @@ pub fn check_csr(der_bytes: &[u8], policy: &CsrPolicy<'_>) -> Result<CheckedCsr,
     if policy.forbidden_keys.contains(&csr.public_key) {
         return Err(CsrError::KeyReuse);
     }
-    if csr.binding.as_deref() != Some(hex(policy.binding).as_str()) {
-        return Err(CsrError::BindingMismatch);
+    match csr.binding.as_deref() {
+        Some(value) if binds(value, policy.binding) => {}
+        None if !policy.binding_required => {}
+        _ => return Err(CsrError::BindingMismatch),
     }
     Ok(CheckedCsr {
         public_key: csr.public_key,
@@ -155,8 +171,34 @@ mod tests {
         CsrPolicy {
             serial: "SN-1",
             binding: &[7; 32],
+            binding_required: true,
             forbidden_keys: forbidden,
         }
+    }
+
+    /// A CSR without a binding passes only where the policy does not require one; a binding
+    /// is read in hex or base64, and a wrong one never passes.
+    #[test]
+    fn a_binding_is_required_or_optional_but_never_wrong() {
+        let key = KeyPair::generate(KeyKind::P256).unwrap();
+        let unbound = build_birth_csr("SN-1", &key).unwrap();
+        assert_eq!(
+            check_csr(&unbound, &policy(&[])),
+            Err(CsrError::BindingMismatch)
+        );
+        let optional = CsrPolicy {
+            binding_required: false,
+            ..policy(&[])
+        };
+        assert!(check_csr(&unbound, &optional).is_ok());
+        let wrong = build_csr("SN-1", &key, &[8; 32]).unwrap();
+        assert_eq!(check_csr(&wrong, &optional), Err(CsrError::BindingMismatch));
+        assert!(binds(&hex(&[7; 32]).to_uppercase(), &[7; 32]));
+        assert!(binds(
+            "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=",
+            &[7; 32]
+        ));
+        assert!(!binds("BwcH", &[7; 32]));
     }
 
     #[test]

@@ -69,6 +69,23 @@ pub fn utf8_string_set(s: &str) -> Vec<u8> {
     yasna::construct_der(|w| w.write_set(|w| w.next().write_utf8_string(s)))
 }
 
+/// EST CsrAttrs (RFC 7030 4.5.2) of our policy: the challengePassword (where the channel
+/// binding goes), a P-256 key (id-ecPublicKey with prime256v1) and ECDSA with SHA-256.
+pub fn est_csr_attributes() -> Vec<u8> {
+    let oid = ObjectIdentifier::from_slice;
+    yasna::construct_der(|w| {
+        w.write_sequence(|w| {
+            w.next().write_oid(&oid(OID_CHALLENGE_PASSWORD));
+            w.next().write_sequence(|w| {
+                w.next().write_oid(&oid(&[1, 2, 840, 10045, 2, 1]));
+                w.next()
+                    .write_set(|w| w.next().write_oid(&oid(&[1, 2, 840, 10045, 3, 1, 7])));
+            });
+            w.next().write_oid(&oid(&[1, 2, 840, 10045, 4, 3, 2]));
+        })
+    })
+}
+
 fn oid_to_string(oid: &ObjectIdentifier) -> String {
     oid.components()
         .iter()

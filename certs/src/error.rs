@@ -94,14 +94,14 @@ pub enum CsrError {
         /// What the CSR asks for.
         found: String,
     },
-    /// The key type is not one we issue for (P-256 or Ed25519).
-    #[error("CSR key type is not accepted (P-256 or Ed25519 only)")]
+    /// The key type is not one we issue for (P-256, P-384 or Ed25519).
+    #[error("CSR key type is not accepted (P-256, P-384 or Ed25519 only)")]
     KeyType,
     /// The key is one the device already uses (IDevID key, or the old LDevID key on re-key).
     #[error("CSR reuses an existing key; a fresh key is required")]
     KeyReuse,
     /// The CSR is not bound to this TLS session.
-    #[error("CSR session binding is missing or belongs to another session")]
+    #[error("CSR session binding (challengePassword) is missing or belongs to another session")]
     BindingMismatch,
 }
 

@@ -26,6 +26,7 @@ pub mod files;
 pub mod identity;
 pub mod inspect;
 pub mod key;
+pub mod pkcs7;
 pub mod profile;
 
 pub use ca::{Ca, CaName, Validity};

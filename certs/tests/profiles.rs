@@ -135,6 +135,7 @@ fn ldevid_and_registrar_profiles_chain_to_the_owner() {
         &CsrPolicy {
             serial: &id.serial,
             binding: &[1; 32],
+            binding_required: true,
             forbidden_keys: &[birth.key.public_key()],
         },
     )

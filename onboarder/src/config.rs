@@ -85,6 +85,10 @@ pub struct Config {
     pub quic_listen: SocketAddr,
     /// TCP address of the admin API; loopback only.
     pub api_listen: SocketAddr,
+    /// TCP address of the standard interfaces over HTTPS (EST), if any. `onboarder init`
+    /// sets 0.0.0.0:8443; a library user opts in.
+    #[serde(default)]
+    pub https_listen: Option<SocketAddr>,
     /// Names in the registrar certificate; the first is the one devices check.
     pub server_names: Vec<String>,
     /// Issuance policy.
@@ -108,6 +112,7 @@ impl Config {
         Config {
             quic_listen: SocketAddr::from(([0, 0, 0, 0], 4433)),
             api_listen: SocketAddr::from(([127, 0, 0, 1], 4480)),
+            https_listen: None,
             server_names: vec![
                 "onboarder.local".into(),
                 "localhost".into(),
@@ -123,6 +128,7 @@ impl Config {
                 heartbeat_secs: 10,
                 superseded_grace: 3600,
                 reenroll_expired: true,
+                require_csr_binding: false,
             },
             crl_validity: 86_400,
             limits: crate::transport::limits::Limits::default(),

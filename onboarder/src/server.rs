@@ -26,6 +26,8 @@ pub struct Listen {
     pub quic: Option<SocketAddr>,
     /// Admin API (TCP) address.
     pub api: Option<SocketAddr>,
+    /// HTTPS (TCP) address of the standard interfaces; turns them on.
+    pub https: Option<SocketAddr>,
 }
 
 /// Where the server keeps its state.
@@ -66,6 +68,7 @@ pub struct Options {
 pub struct Server {
     quic_addr: SocketAddr,
     api_addr: SocketAddr,
+    https_addr: Option<SocketAddr>,
     control: Arc<Control>,
     endpoint: quinn::Endpoint,
     stop: watch::Sender<bool>,
@@ -95,6 +98,9 @@ impl Server {
         if let Some(addr) = options.listen.api {
             config.api_listen = addr;
         }
+        if let Some(addr) = options.listen.https {
+            config.https_listen = Some(addr);
+        }
         let clock = options.clock.unwrap_or_else(|| Arc::new(certs::unix_now));
         // The directory holds keys and every device's sealed credentials: its owner only.
         certs::files::create_private_dir(dir)?;
@@ -118,7 +124,27 @@ impl Server {
             &pki.server_chain,
             &pki.server_key,
         )?);
-        let tls = tls::server_config(identity.clone(), service.trust(), clock)?;
+        let tls = tls::server_config(identity.clone(), service.trust(), clock.clone())?;
+        let https = match config.https_listen {
+            Some(addr) => {
+                let listener = crate::transport::https::bind(addr).await?;
+                let tls = crate::transport::https::server_config(
+                    identity.clone(),
+                    service.trust(),
+                    clock,
+                )?;
+                Some((listener, tls))
+            }
+            None => None,
+        };
+        let https_addr = match &https {
+            Some((listener, _)) => Some(
+                listener
+                    .local_addr()
+                    .map_err(|e| Error::os("the HTTPS address", e))?,
+            ),
+            None => None,
+        };
         let reset_key = certs::files::secret(&dir.join(layout::RESET_KEY), 32)?;
         let endpoint = quic::bind(config.quic_listen, tls, &reset_key)?;
         let api_listen = config.api_listen;
@@ -160,6 +186,15 @@ impl Server {
             tokio::spawn(control.clone().run_campaigns(stopped.clone())),
             tokio::spawn(control.clone().run_registrar_renewal(stopped.clone())),
         ];
+        if let Some((listener, tls)) = https {
+            tasks.push(tokio::spawn(crate::transport::https::serve(
+                listener,
+                tls,
+                service.clone(),
+                limits,
+                stopped.clone(),
+            )));
+        }
         let api_control = control.clone();
         tasks.push(tokio::spawn(async move {
             let mut stopped = stopped;
@@ -170,10 +205,11 @@ impl Server {
                 tracing::error!("admin API failed: {e}");
             }
         }));
-        tracing::info!(%quic_addr, %api_addr, "onboarder listening");
+        tracing::info!(%quic_addr, %api_addr, ?https_addr, "onboarder listening");
         Ok(Server {
             quic_addr,
             api_addr,
+            https_addr,
             control,
             endpoint,
             stop,
@@ -184,6 +220,11 @@ impl Server {
     /// Where devices connect (UDP).
     pub fn quic_addr(&self) -> SocketAddr {
         self.quic_addr
+    }
+
+    /// Where the standard interfaces (EST) listen (TCP), if they are on.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
     }
 
     /// Where the admin API listens (TCP, loopback).

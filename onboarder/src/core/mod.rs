@@ -37,7 +37,7 @@ pub(crate) mod testkit;
 pub use decision::Decision;
 pub use error::LifecycleError;
 pub use identity::{DeviceId, MakerId};
-pub use peer::{CredentialKind, DevicePeer};
+pub use peer::{Channel, CredentialKind, DevicePeer};
 pub use policy::{Entropy, IssuingCa, NetworkPolicy, Policy, Registrar};
 pub use record::{CertStatus, DeviceRecord, IssuedCert, Rotation, RotationState};
 pub use state::DeviceState;

@@ -18,7 +18,7 @@ use super::decision::Decision;
 use super::error::LifecycleError;
 use super::identity::DeviceId;
 use super::issue::issue;
-use super::peer::{CredentialKind, DevicePeer};
+use super::peer::{Channel, CredentialKind, DevicePeer};
 use super::policy::{Entropy, Registrar};
 use super::record::{CertStatus, DeviceRecord, RotationState};
 use super::state::DeviceState;
@@ -186,7 +186,10 @@ pub fn voucher_status(
 /// EST simpleenroll: checks the CSR and issues the LDevID with network credentials. A device
 /// that accepted its voucher (and so is onboarding, its IDevID pinned) may enroll; so may an
 /// active device whose every LDevID expired while it was offline, with its pinned IDevID, if
-/// the owner's policy allows it (`reenroll_expired`).
+/// the owner's policy allows it (`reenroll_expired`). A standard EST client (over HTTPS) of an
+/// expected device may enroll without the voucher exchange, which plain EST does not have: its
+/// IDevID authenticated it, the owner expects it, and asking for a certificate is its
+/// acceptance, so its IDevID is pinned then.
 pub fn enroll(
     reg: &Registrar,
     peer: &DevicePeer,
@@ -199,9 +202,10 @@ pub fn enroll(
     peer.require(CredentialKind::Idevid, "enrollment")?;
     let mut record = usable(peer, record)?;
     let reenrolling = record.state == DeviceState::Active;
+    let without_voucher = record.state == DeviceState::Expected && peer.channel == Channel::Https;
     if reenrolling {
         check_reenrollment(reg, &record, now)?;
-    } else {
+    } else if !without_voucher {
         record.require_state(&[DeviceState::Onboarding], "enrollment")?;
     }
     check_pinned_idevid(peer, &record)?;
@@ -210,10 +214,27 @@ pub fn enroll(
         &certs::csr::CsrPolicy {
             serial: &peer.id.serial,
             binding: session_binding,
+            binding_required: peer.binding_required(&reg.policy),
             forbidden_keys: std::slice::from_ref(&peer.public_key),
         },
     )?;
+    let mut pinned = Vec::new();
+    if without_voucher {
+        record.transition(DeviceState::Onboarding, "enrolling over EST", now)?;
+        record.idevid_key = Some(peer.public_key.raw().to_vec());
+        pinned.push(AuditEvent::device(
+            &peer.id,
+            "est-enrollment",
+            format!(
+                "an expected device enrolls over EST without a voucher exchange; IDevID certificate {} pinned",
+                peer.cert_serial
+            ),
+            now,
+        ));
+    }
     let mut issued = issue(reg, &mut record, &checked, "LDevID", now, &entropy)?;
+    pinned.append(&mut issued.events);
+    issued.events = pinned;
     if reenrolling && issued.changed {
         issued.events.push(AuditEvent::device(
             &peer.id,
@@ -307,6 +328,28 @@ pub fn enroll_status(
     Ok(Decision::ack(record, events))
 }
 
+/// Using a certificate not yet confirmed confirms it (the device evidently stored it): the
+/// device becomes active on it. Nothing happens for a confirmed one.
+pub(crate) fn confirm_by_use(
+    peer: &DevicePeer,
+    record: &mut DeviceRecord,
+    cert: &super::record::IssuedCert,
+    now: u64,
+) -> Result<Vec<AuditEvent>, LifecycleError> {
+    if cert.status != CertStatus::Issued {
+        return Ok(Vec::new());
+    }
+    let changes = record.activate(&cert.serial, now)?;
+    let mut events = vec![AuditEvent::device(
+        &peer.id,
+        "enrolled",
+        format!("LDevID {} confirmed by use", cert.serial),
+        now,
+    )];
+    events.extend(activation_events(&peer.id, changes, now));
+    Ok(events)
+}
+
 fn activation_events(id: &DeviceId, changes: Vec<(String, String)>, now: u64) -> Vec<AuditEvent> {
     changes
         .into_iter()
@@ -347,19 +390,8 @@ pub fn hello(
     peer.require(CredentialKind::Ldevid, "an operational session")?;
     let mut record = usable(peer, record)?;
     let cert = ldevid(peer, &record, now, reg.policy.superseded_grace)?.clone();
-    let mut events = Vec::new();
-    let mut changed = false;
-    if cert.status == CertStatus::Issued {
-        let changes = record.activate(&cert.serial, now)?;
-        events.push(AuditEvent::device(
-            &peer.id,
-            "enrolled",
-            format!("LDevID {} confirmed by use", cert.serial),
-            now,
-        ));
-        events.extend(activation_events(&peer.id, changes, now));
-        changed = true;
-    }
+    let events = confirm_by_use(peer, &mut record, &cert, now)?;
+    let mut changed = !events.is_empty();
     record.require_state(
         &[DeviceState::Active, DeviceState::Decommissioning],
         "an operational session",

@@ -22,6 +22,17 @@ pub enum CredentialKind {
     Ldevid,
 }
 
+/// Which transport the peer came over: a fact about the connection, which some rules weigh
+/// (a CSR's binding is part of our QUIC protocol, optional to a standard EST client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Channel {
+    /// Our protocol over QUIC.
+    #[default]
+    Quic,
+    /// The standard interfaces over HTTPS (EST, BRSKI).
+    Https,
+}
+
 /// A device authenticated by its TLS client certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DevicePeer {
@@ -41,6 +52,8 @@ pub struct DevicePeer {
     /// The IDevID certificate (DER), which a MASA needs to check the device's voucher request;
     /// `None` for an LDevID.
     pub idevid: Option<Vec<u8>>,
+    /// The transport it came over (set by the transport; QUIC unless it says otherwise).
+    pub channel: Channel,
 }
 
 impl DevicePeer {
@@ -85,7 +98,19 @@ impl DevicePeer {
             issuer_key_id: info.authority_key_id,
             cert_sha256,
             idevid: (kind == CredentialKind::Idevid).then(|| leaf_der.to_vec()),
+            channel: Channel::Quic,
         })
+    }
+
+    /// The same peer, over `channel`.
+    pub fn over(mut self, channel: Channel) -> DevicePeer {
+        self.channel = channel;
+        self
+    }
+
+    /// Whether a CSR from this peer must carry its session's binding.
+    pub fn binding_required(&self, policy: &super::policy::Policy) -> bool {
+        self.channel == Channel::Quic || policy.require_csr_binding
     }
 
     /// Refuses unless the peer used `kind` of credential.

@@ -41,6 +41,12 @@ pub struct Policy {
     /// renewal window) may get a new one by enrolling again with its pinned IDevID.
     #[serde(default = "default_reenroll")]
     pub reenroll_expired: bool,
+    /// Whether a CSR that arrives over HTTPS (EST) must carry the TLS session's channel
+    /// binding (RFC 9266 tls-exporter, in its challengePassword). A binding present is always
+    /// checked, and our QUIC protocol always carries one; a client made of curl and openssl
+    /// cannot, so this is off by default.
+    #[serde(default)]
+    pub require_csr_binding: bool,
 }
 
 fn default_grace() -> u64 {

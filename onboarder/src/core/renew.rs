@@ -26,8 +26,10 @@ pub fn reenroll(
 ) -> Result<Decision, LifecycleError> {
     peer.require(CredentialKind::Ldevid, "re-enrollment")?;
     let mut record = usable(peer, record)?;
+    let cert = ldevid(peer, &record, now, reg.policy.superseded_grace)?.clone();
+    // An EST client has no other way to say it stored its certificate than to use it.
+    let mut events = super::onboard::confirm_by_use(peer, &mut record, &cert, now)?;
     record.require_state(&[DeviceState::Active], "re-enrollment")?;
-    ldevid(peer, &record, now, reg.policy.superseded_grace)?;
     let idevid = record
         .idevid_key
         .as_deref()
@@ -41,20 +43,27 @@ pub fn reenroll(
         &certs::csr::CsrPolicy {
             serial: &peer.id.serial,
             binding: session_binding,
+            binding_required: peer.binding_required(&reg.policy),
             forbidden_keys: &forbidden,
         },
     )?;
     let issued = issue(reg, &mut record, &checked, "renewed LDevID", now, &entropy)?;
+    let changed = issued.changed || !events.is_empty();
+    events.extend(issued.events);
     Ok(Decision {
-        write: issued.changed.then_some(record),
-        events: issued.events,
+        write: changed.then_some(record),
+        events,
         response: issued.response,
     })
 }
 
+/// The pinned IDevID key from its raw bytes (the length tells the kind apart: 65 bytes for
+/// P-256, 97 for P-384, 32 for Ed25519).
 fn public_key_from_raw(raw: &[u8]) -> Option<protocol::keys::PublicKey> {
-    protocol::keys::PublicKey::p256(raw)
-        .or_else(|_| protocol::keys::PublicKey::ed25519(raw))
+    use protocol::keys::PublicKey;
+    PublicKey::p256(raw)
+        .or_else(|_| PublicKey::p384(raw))
+        .or_else(|_| PublicKey::ed25519(raw))
         .ok()
 }
 
@@ -130,5 +139,16 @@ mod tests {
             )),
             ErrorCode::Quarantined
         );
+    }
+
+    /// The pinned IDevID key is recognised for every kind a device may have, so a renewal
+    /// cannot slip the birth key in as a "fresh" key.
+    #[test]
+    fn the_pinned_idevid_key_is_read_back_for_every_kind() {
+        for kind in [KeyKind::P256, KeyKind::P384, KeyKind::Ed25519] {
+            let key = KeyPair::generate(kind).unwrap().public_key();
+            assert_eq!(public_key_from_raw(key.raw()), Some(key), "{kind:?}");
+        }
+        assert_eq!(public_key_from_raw(&[4; 7]), None);
     }
 }

@@ -2,9 +2,11 @@
 //! No lifecycle rule lives here.
 //!
 //! - [`quic`]: the native QUIC listener; [`tls`]: its TLS configuration and client verifier.
+//! - [`https`]: the standard interfaces (EST) over HTTPS, with the same verifier.
 //! - [`sessions`]: live operational sessions, for commands pushed to devices.
 //! - [`limits`]: what peers may make the listener hold.
 
+pub mod https;
 pub mod limits;
 pub mod quic;
 pub mod sessions;

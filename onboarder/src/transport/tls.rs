@@ -1,4 +1,4 @@
-//! TLS for the QUIC listener: TLS 1.3 only, ring as the one crypto provider, and a client
+//! TLS for the device listeners (QUIC: TLS 1.3 only; HTTPS: see [`super::https`]), ring as the one crypto provider, and a client
 //! verifier that accepts IDevIDs from imported manufacturers and LDevIDs from our own CA.
 
 use std::sync::{Arc, RwLock};
@@ -32,14 +32,26 @@ pub fn provider() -> Arc<CryptoProvider> {
 pub struct DeviceCertVerifier {
     trust: Arc<TrustStore>,
     provider: Arc<CryptoProvider>,
+    mandatory: bool,
 }
 
 impl DeviceCertVerifier {
-    /// A verifier reading anchors from `trust` at every handshake.
+    /// A verifier reading anchors from `trust` at every handshake; a client certificate is
+    /// required.
     pub fn new(trust: Arc<TrustStore>) -> Self {
         DeviceCertVerifier {
             trust,
             provider: provider(),
+            mandatory: true,
+        }
+    }
+
+    /// The same, but a client may present none (HTTPS: some EST resources are public); one it
+    /// presents is checked as strictly.
+    pub fn optional(trust: Arc<TrustStore>) -> Self {
+        DeviceCertVerifier {
+            mandatory: false,
+            ..DeviceCertVerifier::new(trust)
         }
     }
 }
@@ -60,6 +72,10 @@ fn certificate_error(e: webpki::Error) -> rustls::Error {
 impl ClientCertVerifier for DeviceCertVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
     }
 
     fn verify_client_cert(
@@ -160,7 +176,7 @@ impl ResolvesServerCert for RegistrarIdentity {
 }
 
 /// The service's clock as TLS's: certificates are checked at the time every other rule uses.
-struct ClockTime(Clock);
+pub struct ClockTime(pub Clock);
 
 impl std::fmt::Debug for ClockTime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -45,6 +45,9 @@ fn init(root: &Path, edit: impl FnOnce(&mut Config)) -> (PathBuf, std::net::Sock
         &quic,
         "--api",
         &api,
+        // Tests run side by side: no fixed HTTPS port.
+        "--https",
+        "off",
     ])
     .stdout(Stdio::null())
     .status()

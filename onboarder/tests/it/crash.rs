@@ -58,6 +58,9 @@ pub(crate) fn init(root: &Path) -> (PathBuf, SocketAddr, SocketAddr) {
         &quic.to_string(),
         "--api",
         &api.to_string(),
+        // Tests run side by side: no fixed HTTPS port.
+        "--https",
+        "off",
     ]);
     let mut config = onboarder::config::Config::load(&data).unwrap();
     config.policy.heartbeat_secs = 1;

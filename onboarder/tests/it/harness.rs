@@ -89,6 +89,10 @@ impl World {
             onboarder::server::Options {
                 clock: Some(server_clock),
                 masa,
+                listen: onboarder::server::Listen {
+                    https: Some("127.0.0.1:0".parse().unwrap()),
+                    ..Default::default()
+                },
                 ..Default::default()
             },
         )

@@ -7,6 +7,7 @@ mod abuse;
 mod binary;
 mod crash;
 mod decommission;
+mod est;
 mod firmware;
 mod hsm;
 mod lifecycle;

@@ -436,3 +436,67 @@ fn an_active_device_enrolls_again_with_its_idevid_only_once_every_ldevid_expired
     .unwrap_err();
     assert_eq!(e.code(), ErrorCode::Unauthorized);
 }
+
+/// Plain EST has no voucher exchange: an expected device enrolls over HTTPS with its IDevID
+/// alone (pinned then), with or without its session's binding unless the owner requires it;
+/// over our QUIC protocol the voucher comes first and the binding is always required.
+#[test]
+fn an_expected_device_enrolls_over_est_without_a_voucher_exchange() {
+    use crate::core::Channel;
+    let mut kit = Kit::new();
+    let (_, quic) = kit.device("SN-1");
+    let https = quic.clone().over(Channel::Https);
+    let record = kit.expected("SN-1");
+    let key = KeyPair::generate(certs::KeyKind::P256).unwrap();
+    let unbound = certs::csr::build_birth_csr("SN-1", &key).unwrap();
+    let enroll_with = |reg: &Registrar, peer: &DevicePeer, csr: &[u8]| {
+        enroll(
+            reg,
+            peer,
+            Some(record.clone()),
+            csr,
+            &BINDING,
+            NOW,
+            entropy(1),
+        )
+    };
+    // Over QUIC: the voucher first.
+    assert_eq!(
+        enroll_with(&kit.registrar, &quic, &kit.csr("SN-1", &key))
+            .unwrap_err()
+            .code(),
+        ErrorCode::WrongState
+    );
+    // Over HTTPS, unbound: enrolled, the IDevID pinned, the way it came audited.
+    let d = enroll_with(&kit.registrar, &https, &unbound).unwrap();
+    let written = d.write.unwrap();
+    assert_eq!(written.state, crate::core::DeviceState::Onboarding);
+    assert_eq!(written.idevid_key.as_deref(), Some(quic.public_key.raw()));
+    assert_eq!(written.certificates.len(), 1);
+    assert_eq!(d.events[0].action, "est-enrollment");
+    assert!(matches!(d.response, Response::Enrolled(_)));
+    // The owner may require the binding; a bound CSR passes, an unbound one does not.
+    kit.registrar.policy.require_csr_binding = true;
+    assert_eq!(
+        enroll_with(&kit.registrar, &https, &unbound)
+            .unwrap_err()
+            .code(),
+        ErrorCode::StaleRequest
+    );
+    assert!(enroll_with(&kit.registrar, &https, &kit.csr("SN-1", &key)).is_ok());
+    // A stranger's IDevID over HTTPS is no more welcome than over QUIC.
+    assert_eq!(
+        enroll(
+            &kit.registrar,
+            &https,
+            None,
+            &unbound,
+            &BINDING,
+            NOW,
+            entropy(1)
+        )
+        .unwrap_err()
+        .code(),
+        ErrorCode::UnknownDevice
+    );
+}

@@ -120,6 +120,9 @@ pub struct InitArgs {
     /// Admin API address (loopback only).
     #[arg(long, default_value = "127.0.0.1:4480")]
     pub api: SocketAddr,
+    /// TCP address of the standard interfaces (EST over HTTPS); `off` for none.
+    #[arg(long, default_value = "0.0.0.0:8443", value_parser = parse_https)]
+    pub https: HttpsListen,
     /// DNS names and IP addresses in the server certificate; the first is what devices check
     /// on operational sessions.
     #[arg(long = "name", default_values_t = ["onboarder.local".to_string(), "localhost".to_string(), "127.0.0.1".to_string()])]
@@ -180,12 +183,27 @@ pub fn is_broken_pipe(error: &Error) -> bool {
     matches!(error, Error::Os { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
+/// Where the HTTPS listener goes, if anywhere (`off`).
+#[derive(Debug, Clone, Copy)]
+pub struct HttpsListen(Option<SocketAddr>);
+
+fn parse_https(text: &str) -> std::result::Result<HttpsListen, String> {
+    match text {
+        "off" => Ok(HttpsListen(None)),
+        _ => text
+            .parse()
+            .map(|addr| HttpsListen(Some(addr)))
+            .map_err(|e| format!("{e}: an address or `off`")),
+    }
+}
+
 /// Creates a data directory as `onboarder init` asked.
 pub fn init(dir: PathBuf, args: InitArgs) -> Result<()> {
     let dir = args.path.unwrap_or(dir);
     let mut config = Config::new(&args.org);
     config.quic_listen = args.listen;
     config.api_listen = args.api;
+    config.https_listen = args.https.0;
     config.policy.server_name = args.names.first().cloned().unwrap_or_default();
     config.server_names = args.names;
     config.policy.ldevid_lifetime = args.ldevid_days * 86_400;

@@ -1,0 +1,201 @@
+//! EST (RFC 7030, with the corrections of RFC 8951) under `/.well-known/est/`:
+//!
+//! - `GET cacerts`: the owner's CA certificates (issuing CA, root) as base64 PKCS#7 certs-only;
+//!   for anyone.
+//! - `GET csrattrs`: what our policy wants in a CSR: the challengePassword carrying the channel
+//!   binding, a P-256 key, ECDSA with SHA-256.
+//! - `POST simpleenroll`: a base64 PKCS#10 CSR from a device authenticated by its IDevID;
+//!   answers its LDevID as base64 PKCS#7 certs-only. The device must be expected (a voucher or
+//!   the owner's allow-list), or have accepted its voucher over BRSKI.
+//! - `POST simplereenroll`: the same with the device's current LDevID, for a fresh key.
+//!
+//! Bodies are base64 whatever `Content-Transfer-Encoding` says (RFC 8951 3: receivers ignore
+//! it); answers carry `Content-Transfer-Encoding: base64` for older clients. Bodies over
+//! [`MAX_BODY`] are refused with 413, bodies that are not base64 with 400, other media types
+//! with 415. Refusals of the core come back with their wire code and message.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Extension, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use protocol::message::{ErrorCode, Request, Response as Answer};
+
+use super::Caller;
+use crate::service::Service;
+
+/// Largest request body: a base64 CSR is a few KiB.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// The EST routes.
+pub fn router(service: Arc<Service>) -> Router {
+    Router::new()
+        .route("/.well-known/est/cacerts", get(cacerts))
+        .route("/.well-known/est/csrattrs", get(csrattrs))
+        .route("/.well-known/est/simpleenroll", post(simpleenroll))
+        .route("/.well-known/est/simplereenroll", post(simplereenroll))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(service)
+}
+
+async fn cacerts(State(service): State<Arc<Service>>) -> Response {
+    let registrar = service.registrar();
+    let certs: Vec<&[u8]> = registrar.issuing.chain.iter().map(Vec::as_slice).collect();
+    pkcs7(&certs::pkcs7::certs_only(&certs))
+}
+
+async fn csrattrs() -> Response {
+    base64_body("application/csrattrs", &certs::der::est_csr_attributes())
+}
+
+async fn simpleenroll(
+    State(service): State<Arc<Service>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    enroll(&service, &caller, &headers, &body, |csr| Request::Enroll {
+        csr,
+    })
+    .await
+}
+
+async fn simplereenroll(
+    State(service): State<Arc<Service>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    enroll(&service, &caller, &headers, &body, |csr| {
+        Request::Reenroll { csr }
+    })
+    .await
+}
+
+/// Both enrollments: authenticate, decode, ask the service, encode.
+async fn enroll(
+    service: &Service,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: &[u8],
+    request: impl FnOnce(Vec<u8>) -> Request,
+) -> Response {
+    let Some(peer) = caller.peer.as_deref() else {
+        return refusal(
+            StatusCode::UNAUTHORIZED,
+            "a client certificate (the device's IDevID or LDevID) is required",
+        );
+    };
+    if !media_type_is(headers, "application/pkcs10") {
+        return refusal(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be application/pkcs10 (a base64 PKCS#10 CSR)",
+        );
+    }
+    let csr = match decode_base64(body) {
+        Ok(csr) => csr,
+        Err(why) => return refusal(StatusCode::BAD_REQUEST, &why),
+    };
+    let handled = service.handle(peer, &caller.binding, request(csr)).await;
+    match handled.response {
+        Answer::Enrolled(enrollment) => {
+            pkcs7(&certs::pkcs7::certs_only(&[&enrollment.certificate]))
+        }
+        Answer::Error(e) => refusal(status_of(e.code), &e.message),
+        other => refusal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("unexpected answer {other:?}"),
+        ),
+    }
+}
+
+/// The HTTP status of a refusal of the core.
+fn status_of(code: ErrorCode) -> StatusCode {
+    use ErrorCode as C;
+    match code {
+        C::Unauthorized | C::UnknownDevice | C::Quarantined | C::NoVoucher | C::VoucherExpired => {
+            StatusCode::FORBIDDEN
+        }
+        C::WrongState => StatusCode::CONFLICT,
+        C::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        C::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// Whether the request's Content-Type is `expected` (parameters aside).
+fn media_type_is(headers: &HeaderMap, expected: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(expected))
+}
+
+/// Base64 with line breaks and other white space anywhere, as EST clients send it.
+fn decode_base64(body: &[u8]) -> Result<Vec<u8>, String> {
+    let compact: Vec<u8> = body
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    if compact.is_empty() {
+        return Err("the body is empty; a base64 PKCS#10 CSR was expected".into());
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(&compact)
+        .map_err(|e| format!("the body is not base64: {e}"))
+}
+
+fn pkcs7(der: &[u8]) -> Response {
+    base64_body("application/pkcs7-mime; smime-type=certs-only", der)
+}
+
+/// A base64 body, 64 characters a line as PEM and libest do.
+fn base64_body(content_type: &'static str, der: &[u8]) -> Response {
+    let text = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut body = String::with_capacity(text.len() + text.len() / 64 + 1);
+    for line in text.as_bytes().chunks(64) {
+        body.push_str(&String::from_utf8_lossy(line));
+        body.push('\n');
+    }
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(
+        "content-transfer-encoding",
+        HeaderValue::from_static("base64"),
+    );
+    response
+}
+
+fn refusal(status: StatusCode, why: &str) -> Response {
+    (status, format!("{why}\n")).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_is_read_across_lines_and_refused_when_broken() {
+        assert_eq!(decode_base64(b"AQID\r\nBA==\n").unwrap(), [1, 2, 3, 4]);
+        assert!(decode_base64(b"not base64!").is_err());
+        assert!(decode_base64(b" \n").is_err());
+    }
+
+    #[test]
+    fn media_types_are_compared_without_parameters() {
+        let mut headers = HeaderMap::new();
+        assert!(!media_type_is(&headers, "application/pkcs10"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("Application/PKCS10; charset=x"),
+        );
+        assert!(media_type_is(&headers, "application/pkcs10"));
+    }
+}

@@ -1,0 +1,145 @@
+//! The standard interfaces over HTTPS, for devices and tools we did not write: EST (RFC 7030,
+//! [`est`]). Like the QUIC listener it authenticates (the same client-certificate verifier, so
+//! revoked certificates are refused in the handshake), decodes, calls the
+//! [`crate::service::Service`] and encodes; no lifecycle rule lives here.
+//!
+//! TLS 1.3 and 1.2 (EST clients often speak 1.2). A client certificate is asked for but not
+//! required at the TLS layer: `cacerts` is for anyone (RFC 7030 4.1.1), everything else needs
+//! an IDevID or LDevID and is refused without one. The session binding a CSR may carry is the
+//! RFC 9266 tls-exporter value of the connection.
+
+pub mod est;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Extension;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::watch;
+
+use crate::core::{Channel, DevicePeer};
+use crate::error::{Error, Result};
+use crate::service::Service;
+use crate::transport::limits::ConnectionLimits;
+
+/// RFC 9266: the label of the tls-exporter channel binding.
+pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-Channel-Binding";
+/// How long a client may take over its TLS handshake, and to send a request's headers.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who is on the other end of one HTTPS connection.
+#[derive(Clone)]
+pub struct Caller {
+    /// The device its client certificate names, if it presented one.
+    pub peer: Option<Arc<DevicePeer>>,
+    /// The connection's channel binding (RFC 9266 tls-exporter, 32 bytes).
+    pub binding: [u8; 32],
+}
+
+/// The HTTPS listener's TLS configuration: the registrar's identity (the same as on QUIC), TLS
+/// 1.3 and 1.2, client certificates asked for and checked by the QUIC listener's verifier.
+pub fn server_config(
+    identity: Arc<super::tls::RegistrarIdentity>,
+    trust: Arc<crate::trust::TrustStore>,
+    clock: crate::service::Clock,
+) -> std::result::Result<rustls::ServerConfig, rustls::Error> {
+    let mut config = rustls::ServerConfig::builder_with_details(
+        super::tls::provider(),
+        Arc::new(super::tls::ClockTime(clock)),
+    )
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+    .with_client_cert_verifier(Arc::new(super::tls::DeviceCertVerifier::optional(trust)))
+    .with_cert_resolver(identity);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Binds the listener.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::os(format!("binding HTTPS on {addr}"), e))
+}
+
+/// Serves connections until `stopped` turns true.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: rustls::ServerConfig,
+    service: Arc<Service>,
+    limits: crate::transport::limits::Limits,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let connections = ConnectionLimits::new(limits);
+    let router = est::router(service.clone());
+    loop {
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::debug!("HTTPS accept: {e}");
+                    continue;
+                }
+            },
+            _ = stopped.wait_for(|s| *s) => return,
+        };
+        let Some(slot) = connections.admit(remote.ip()) else {
+            service.metrics().connection_refused();
+            continue;
+        };
+        let (acceptor, service, router) = (acceptor.clone(), service.clone(), router.clone());
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                _ => {
+                    service.metrics().handshake_refused();
+                    return;
+                }
+            };
+            let Some(caller) = caller(&service, tls.get_ref().1).await else {
+                return;
+            };
+            let app = TowerToHyperService::new(router.layer(Extension(caller)));
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HANDSHAKE_TIMEOUT)
+                .serve_connection(TokioIo::new(tls), app);
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!("HTTPS connection from {remote}: {e}");
+                    }
+                }
+                _ = stopped.wait_for(|s| *s) => connection.as_mut().graceful_shutdown(),
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// Who the connection's client certificate names; `None` (the connection is dropped) when it
+/// presented one that names no device.
+async fn caller(service: &Service, conn: &rustls::ServerConnection) -> Option<Caller> {
+    let mut binding = [0u8; 32];
+    conn.export_keying_material(&mut binding, EXPORTER_LABEL, None)
+        .ok()?;
+    let chain: Option<Vec<Vec<u8>>> = conn
+        .peer_certificates()
+        .map(|certs| certs.iter().map(|c| c.to_vec()).collect());
+    let peer = match chain {
+        None => None,
+        Some(chain) => match service.identify(&chain) {
+            Ok(peer) => Some(Arc::new(peer.over(Channel::Https))),
+            Err(e) => {
+                service.record_refusal(None, &e).await;
+                return None;
+            }
+        },
+    };
+    Some(Caller { peer, binding })
+}

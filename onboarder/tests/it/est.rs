@@ -1,0 +1,160 @@
+//! EST over HTTPS refuses bad input with the status RFC 7030 and HTTP give it, and a refusal
+//! changes nothing: too large (413), another media type (415), not base64 (400), a CSR for
+//! another device or reusing the birth key (400), no client certificate (401), a certificate
+//! of no maker we know (refused in the handshake). curl is the client.
+
+use std::path::Path;
+use std::process::Command;
+
+use base64::Engine;
+
+use crate::harness::*;
+
+/// What curl got: its exit code, the HTTP status (0 when there was none) and the body.
+struct Reply {
+    exit: Option<i32>,
+    status: u16,
+    body: String,
+}
+
+fn curl(world: &World, resource: &str, client: Option<(&Path, &Path)>, args: &[&str]) -> Reply {
+    let port = world.server.https_addr().unwrap().port();
+    let owner_root = world.data.join(onboarder::config::layout::OWNER_ROOT);
+    let mut cmd = Command::new("curl");
+    cmd.args(["--silent", "--show-error", "--write-out", "\n%{http_code}"])
+        .arg("--cacert")
+        .arg(&owner_root);
+    if let Some((cert, key)) = client {
+        cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+    }
+    let out = cmd
+        .args(args)
+        .arg(format!(
+            "https://localhost:{port}/.well-known/est/{resource}"
+        ))
+        .output()
+        .expect("curl is installed by scripts/test");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    Reply {
+        exit: out.status.code(),
+        status: status.trim().parse().unwrap_or(0),
+        body: body.to_string(),
+    }
+}
+
+fn b64(der: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(der)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_est_requests_are_refused_with_their_status_and_change_nothing() {
+    let world = World::new().await;
+    world.expect(&["SN-EST-BAD"], 30).await;
+    let device = world.device("SN-EST-BAD");
+    let before = world.record("SN-EST-BAD").unwrap();
+    let cert = device.identity_dir.join("idevid.pem");
+    let key = device.identity_dir.join("idevid.key");
+    let idevid = Some((cert.as_path(), key.as_path()));
+    let fresh = certs::KeyPair::generate(certs::KeyKind::P256).unwrap();
+    let good_csr = b64(&certs::csr::build_birth_csr("SN-EST-BAD", &fresh).unwrap());
+    let post = |body: &str, media: &str| -> Vec<String> {
+        vec![
+            "-H".into(),
+            format!("Content-Type: {media}"),
+            "--data-binary".into(),
+            body.into(),
+        ]
+    };
+    let send = |client, body: &str, media: &str| {
+        let args = post(body, media);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        curl(&world, "simpleenroll", client, &args)
+    };
+
+    // Too large for any CSR: refused before it is read whole.
+    let big = "A".repeat(200 * 1024);
+    let dir = tempfile::tempdir().unwrap();
+    let big_file = dir.path().join("big.b64");
+    std::fs::write(&big_file, &big).unwrap();
+    // (curl waits for the verdict before sending a body it announced, as it may; otherwise
+    // the server's early answer can meet a connection reset while curl is still sending.)
+    let args = [
+        "-H",
+        "Content-Type: application/pkcs10",
+        "-H",
+        "Expect: 100-continue",
+        "--data-binary",
+        &format!("@{}", big_file.display()),
+    ];
+    let reply = curl(&world, "simpleenroll", idevid, &args);
+    assert_eq!(reply.status, 413, "{}", reply.body);
+    // Another media type.
+    let reply = send(idevid, &good_csr, "text/plain");
+    assert_eq!(reply.status, 415, "{}", reply.body);
+    // Not base64; base64 but not DER.
+    let reply = send(idevid, "not base64 at all!", "application/pkcs10");
+    assert_eq!(reply.status, 400);
+    assert!(reply.body.contains("not base64"), "{}", reply.body);
+    let reply = send(idevid, &b64(b"garbage"), "application/pkcs10");
+    assert_eq!(reply.status, 400);
+    assert!(reply.body.contains("malformed CSR"), "{}", reply.body);
+    // A CSR for another device; one for the birth key itself.
+    let other = b64(&certs::csr::build_birth_csr("SN-OTHER", &fresh).unwrap());
+    let reply = send(idevid, &other, "application/pkcs10");
+    assert_eq!(reply.status, 400);
+    assert!(reply.body.contains("SN-OTHER"), "{}", reply.body);
+    let birth = device.birth();
+    let reuse = b64(&certs::csr::build_birth_csr("SN-EST-BAD", &birth.key).unwrap());
+    let reply = send(idevid, &reuse, "application/pkcs10");
+    assert_eq!(reply.status, 400);
+    assert!(reply.body.contains("reuses"), "{}", reply.body);
+    // No client certificate.
+    let reply = send(None, &good_csr, "application/pkcs10");
+    assert_eq!(reply.status, 401, "{}", reply.body);
+    // A certificate of a maker the owner never imported: no HTTP at all.
+    let stranger = certs::factory::Manufacturer::create(
+        certs::factory::ManufacturerConfig::new("Stranger"),
+        now(),
+    )
+    .unwrap();
+    let stranger_dir = dir.path().join("stranger");
+    stranger
+        .mint("SN-EST-BAD", certs::KeyKind::P256, now())
+        .unwrap()
+        .save(&stranger_dir)
+        .unwrap();
+    let (stranger_cert, stranger_key) = (
+        stranger_dir.join("idevid.pem"),
+        stranger_dir.join("idevid.key"),
+    );
+    let reply = send(
+        Some((stranger_cert.as_path(), stranger_key.as_path())),
+        &good_csr,
+        "application/pkcs10",
+    );
+    assert_eq!(reply.status, 0);
+    assert!(matches!(reply.exit, Some(35 | 56)), "{:?}", reply.exit);
+
+    // Nothing changed, nothing was issued.
+    assert_eq!(world.record("SN-EST-BAD").unwrap(), before);
+    let actions = world.actions("SN-EST-BAD");
+    assert!(
+        !actions.iter().any(|a| a == "certificate-issued"),
+        "{actions:?}"
+    );
+
+    // The same device with a good request is enrolled (the refusals locked nothing).
+    let reply = send(idevid, &good_csr, "application/pkcs10");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let p7 = base64::engine::general_purpose::STANDARD
+        .decode(reply.body.split_whitespace().collect::<String>())
+        .unwrap();
+    let issued = certs::pkcs7::certificates(&p7).unwrap();
+    assert_eq!(issued.len(), 1);
+    let info = certs::CertInfo::parse(&issued[0]).unwrap();
+    assert_eq!(info.public_key, fresh.public_key());
+    // Anyone may read the CA certificates.
+    let reply = curl(&world, "cacerts", None, &[]);
+    assert_eq!(reply.status, 200);
+}
