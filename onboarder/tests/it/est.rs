@@ -158,3 +158,68 @@ async fn bad_est_requests_are_refused_with_their_status_and_change_nothing() {
     let reply = curl(&world, "cacerts", None, &[]);
     assert_eq!(reply.status, 200);
 }
+
+/// Every file under `dir`, with its bytes.
+fn files(dir: &Path, out: &mut Vec<(std::path::PathBuf, Vec<u8>)>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files(&path, out);
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            out.push((path, bytes));
+        }
+    }
+}
+
+/// A device that cannot make a key gets one from the server (RFC 7030 4.4): the key as PKCS#8
+/// and its certificate, in one multipart answer; the key is nowhere in the server's files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serverkeygen_hands_a_device_its_key_and_certificate_and_keeps_no_copy() {
+    let world = World::new().await;
+    world.expect(&["SN-KEYGEN"], 30).await;
+    let device = world.device("SN-KEYGEN");
+    let cert = device.identity_dir.join("idevid.pem");
+    let key = device.identity_dir.join("idevid.key");
+    let throwaway = certs::KeyPair::generate(certs::KeyKind::P256).unwrap();
+    let csr = b64(&certs::csr::build_birth_csr("SN-KEYGEN", &throwaway).unwrap());
+    let reply = curl(
+        &world,
+        "serverkeygen",
+        Some((cert.as_path(), key.as_path())),
+        &[
+            "-H",
+            "Content-Type: application/pkcs10",
+            "--data-binary",
+            &csr,
+        ],
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let parts: Vec<Vec<u8>> = reply
+        .body
+        .split("--est-serverkeygen-boundary")
+        .filter_map(|part| part.split_once("\r\n\r\n"))
+        .map(|(_, b)| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.split_whitespace().collect::<String>())
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(parts.len(), 2, "{}", reply.body);
+    let made = certs::KeyPair::from_pkcs8_der(&parts[0]).unwrap();
+    let issued = certs::pkcs7::certificates(&parts[1]).unwrap();
+    let info = certs::CertInfo::parse(&issued[0]).unwrap();
+    assert_eq!(info.public_key, made.public_key());
+    assert_ne!(info.public_key, throwaway.public_key());
+    assert_eq!(info.device_serial().unwrap(), "SN-KEYGEN");
+    let record = world.record("SN-KEYGEN").unwrap();
+    assert_eq!(record.certificates.len(), 1);
+    let mut stored = Vec::new();
+    files(&world.data, &mut stored);
+    for (path, bytes) in stored {
+        assert!(
+            !bytes.windows(parts[0].len()).any(|w| w == parts[0]),
+            "the key is in {}",
+            path.display()
+        );
+    }
+}

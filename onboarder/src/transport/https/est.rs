@@ -8,6 +8,11 @@
 //!   answers its LDevID as base64 PKCS#7 certs-only. The device must be expected (a voucher or
 //!   the owner's allow-list), or have accepted its voucher over BRSKI.
 //! - `POST simplereenroll`: the same with the device's current LDevID, for a fresh key.
+//! - `POST serverkeygen` (RFC 7030 4.4): for a device that cannot make a key. The server makes
+//!   a P-256 key, enrolls it exactly as `simpleenroll` would (the core checks a CSR we sign with
+//!   it for the device the client certificate names, bound to the connection), and answers
+//!   `multipart/mixed`: the key as base64 PKCS#8, then the certificate. The key is never
+//!   stored or logged; TLS protects it on the way.
 //!
 //! Bodies are base64 whatever `Content-Transfer-Encoding` says (RFC 8951 3: receivers ignore
 //! it); answers carry `Content-Transfer-Encoding: base64` for older clients. Bodies over
@@ -26,6 +31,7 @@ use base64::Engine;
 use protocol::message::{ErrorCode, Request, Response as Answer};
 
 use super::Caller;
+use crate::core::DevicePeer;
 use crate::service::Service;
 
 /// Largest request body: a base64 CSR is a few KiB.
@@ -38,6 +44,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/.well-known/est/csrattrs", get(csrattrs))
         .route("/.well-known/est/simpleenroll", post(simpleenroll))
         .route("/.well-known/est/simplereenroll", post(simplereenroll))
+        .route("/.well-known/est/serverkeygen", post(serverkeygen))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(service)
 }
@@ -76,6 +83,41 @@ async fn simplereenroll(
     .await
 }
 
+async fn serverkeygen(
+    State(service): State<Arc<Service>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (peer, csr) = match authenticated_csr(&caller, &headers, &body) {
+        Ok(request) => request,
+        Err(refused) => return refused.into_response(),
+    };
+    // The client's CSR says what it asks for; its key is not the one it gets.
+    if let Err(e) = certs::csr::parse_csr(&csr) {
+        return refusal(StatusCode::BAD_REQUEST, &e.to_string()).into_response();
+    }
+    let made = certs::KeyPair::generate(certs::KeyKind::P256).and_then(|key| {
+        certs::csr::build_csr(&peer.id.serial, &key, &caller.binding).map(|csr| (key, csr))
+    });
+    let (key, csr) = match made {
+        Ok(made) => made,
+        Err(e) => {
+            return refusal(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()).into_response();
+        }
+    };
+    match enrolled(&service, peer, &caller, Request::Enroll { csr }).await {
+        Ok(certificate) => multipart(&[
+            ("application/pkcs8", key.pkcs8_der()),
+            (
+                "application/pkcs7-mime; smime-type=certs-only",
+                &certs::pkcs7::certs_only(&[&certificate]),
+            ),
+        ]),
+        Err(refused) => refused.into_response(),
+    }
+}
+
 /// Both enrollments: authenticate, decode, ask the service, encode.
 async fn enroll(
     service: &Service,
@@ -84,32 +126,56 @@ async fn enroll(
     body: &[u8],
     request: impl FnOnce(Vec<u8>) -> Request,
 ) -> Response {
+    let (peer, csr) = match authenticated_csr(caller, headers, body) {
+        Ok(request) => request,
+        Err(refused) => return refused.into_response(),
+    };
+    match enrolled(service, peer, caller, request(csr)).await {
+        Ok(certificate) => pkcs7(&certs::pkcs7::certs_only(&[&certificate])),
+        Err(refused) => refused.into_response(),
+    }
+}
+
+/// The device the client certificate names and the CSR in the body, or the refusal.
+fn authenticated_csr<'a>(
+    caller: &'a Caller,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(&'a DevicePeer, Vec<u8>), Refusal> {
     let Some(peer) = caller.peer.as_deref() else {
-        return refusal(
+        return Err(refusal(
             StatusCode::UNAUTHORIZED,
             "a client certificate (the device's IDevID or LDevID) is required",
-        );
+        ));
     };
     if !media_type_is(headers, "application/pkcs10") {
-        return refusal(
+        return Err(refusal(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "the body must be application/pkcs10 (a base64 PKCS#10 CSR)",
-        );
+        ));
     }
-    let csr = match decode_base64(body) {
-        Ok(csr) => csr,
-        Err(why) => return refusal(StatusCode::BAD_REQUEST, &why),
-    };
-    let handled = service.handle(peer, &caller.binding, request(csr)).await;
-    match handled.response {
-        Answer::Enrolled(enrollment) => {
-            pkcs7(&certs::pkcs7::certs_only(&[&enrollment.certificate]))
-        }
-        Answer::Error(e) => refusal(status_of(e.code), &e.message),
-        other => refusal(
+    let csr = decode_base64(body).map_err(|why| refusal(StatusCode::BAD_REQUEST, &why))?;
+    Ok((peer, csr))
+}
+
+/// The certificate the service issued for `request`, or its refusal as HTTP.
+async fn enrolled(
+    service: &Service,
+    peer: &DevicePeer,
+    caller: &Caller,
+    request: Request,
+) -> Result<Vec<u8>, Refusal> {
+    match service
+        .handle(peer, &caller.binding, request)
+        .await
+        .response
+    {
+        Answer::Enrolled(enrollment) => Ok(enrollment.certificate),
+        Answer::Error(e) => Err(refusal(status_of(e.code), &e.message)),
+        other => Err(refusal(
             StatusCode::INTERNAL_SERVER_ERROR,
             &format!("unexpected answer {other:?}"),
-        ),
+        )),
     }
 }
 
@@ -151,19 +217,43 @@ fn decode_base64(body: &[u8]) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("the body is not base64: {e}"))
 }
 
+/// A `multipart/mixed` body of base64 parts (RFC 7030 4.4.2).
+fn multipart(parts: &[(&str, &[u8])]) -> Response {
+    const BOUNDARY: &str = "est-serverkeygen-boundary";
+    let mut body = String::new();
+    for (content_type, der) in parts {
+        body.push_str(&format!(
+            "--{BOUNDARY}\r\nContent-Type: {content_type}\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        ));
+        body.push_str(&lines(der));
+    }
+    body.push_str(&format!("--{BOUNDARY}--\r\n"));
+    let mut response = body.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("multipart/mixed; boundary=est-serverkeygen-boundary"),
+    );
+    response
+}
+
 fn pkcs7(der: &[u8]) -> Response {
     base64_body("application/pkcs7-mime; smime-type=certs-only", der)
 }
 
-/// A base64 body, 64 characters a line as PEM and libest do.
-fn base64_body(content_type: &'static str, der: &[u8]) -> Response {
+/// Base64, 64 characters a line as PEM and libest write it.
+fn lines(der: &[u8]) -> String {
     let text = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut body = String::with_capacity(text.len() + text.len() / 64 + 1);
+    let mut body = String::with_capacity(text.len() + text.len() / 32 + 2);
     for line in text.as_bytes().chunks(64) {
         body.push_str(&String::from_utf8_lossy(line));
-        body.push('\n');
+        body.push_str("\r\n");
     }
-    let mut response = body.into_response();
+    body
+}
+
+/// A base64 body.
+fn base64_body(content_type: &'static str, der: &[u8]) -> Response {
+    let mut response = lines(der).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(
@@ -173,8 +263,17 @@ fn base64_body(content_type: &'static str, der: &[u8]) -> Response {
     response
 }
 
-fn refusal(status: StatusCode, why: &str) -> Response {
-    (status, format!("{why}\n")).into_response()
+/// A refusal: its status and why, for people.
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.0, format!("{}\n", self.1)).into_response()
+    }
+}
+
+fn refusal(status: StatusCode, why: &str) -> Refusal {
+    Refusal(status, why.to_string())
 }
 
 #[cfg(test)]
