@@ -74,17 +74,7 @@ impl Clock {
     }
 }
 
-/// `secs` since the epoch as RFC 3339 (UTC), for people reading logs.
-pub fn rfc3339(secs: u64) -> String {
-    i64::try_from(secs)
-        .ok()
-        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| secs.to_string())
-}
+pub use certs::rfc3339;
 
 /// TLS checks certificates against this clock too.
 impl rustls::time_provider::TimeProvider for Clock {

@@ -28,14 +28,7 @@ pub fn shown(text: &str) -> Cow<'_, str> {
 
 /// `secs` since the epoch as an RFC 3339 UTC time (`2026-12-02T05:22:38Z`), for people.
 pub fn when(secs: u64) -> String {
-    i64::try_from(secs)
-        .ok()
-        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| secs.to_string())
+    certs::rfc3339(secs)
 }
 
 fn needs_escape(c: char) -> bool {
