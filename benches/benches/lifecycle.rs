@@ -415,6 +415,7 @@ fn ceiling(c: &mut Criterion) {
                     serial: "SN-CEILING",
                     common_name: "SN-CEILING",
                     organization: "O",
+                    crl_url: None,
                 },
                 &checked.spki_der,
                 certs::Validity::starting(unix_now(), 86_400),

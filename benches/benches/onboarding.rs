@@ -71,6 +71,7 @@ fn crypto(c: &mut Criterion) {
                     serial: "SN-1",
                     common_name: "SN-1",
                     organization: "Owner",
+                    crl_url: None,
                 },
                 &checked.spki_der,
                 Validity::starting(now, 90 * 86_400),

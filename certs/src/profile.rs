@@ -121,6 +121,9 @@ pub struct LdevidProfile<'a> {
     pub common_name: &'a str,
     /// Owner organization (subject O).
     pub organization: &'a str,
+    /// Where relying parties (a RADIUS server, a TLS peer) fetch the issuing CA's CRL: the
+    /// certificate's CRL distribution point.
+    pub crl_url: Option<&'a str>,
 }
 
 /// Issues an LDevID for the key in `subject_spki` (DER SubjectPublicKeyInfo, from a checked
@@ -140,6 +143,13 @@ pub fn issue_ldevid(
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.serial_number = Some(SerialNumber::from_slice(cert_serial));
     params.use_authority_key_identifier_extension = true;
+    params.crl_distribution_points = profile
+        .crl_url
+        .map(|url| rcgen::CrlDistributionPoint {
+            uris: vec![url.to_string()],
+        })
+        .into_iter()
+        .collect();
     validity.apply(&mut params)?;
     ca.sign(&params, &subject)
 }

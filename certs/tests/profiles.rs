@@ -146,6 +146,7 @@ fn ldevid_and_registrar_profiles_chain_to_the_owner() {
             serial: "SN-7",
             common_name: "SN-7",
             organization: "Owner",
+            crl_url: None,
         },
         &checked.spki_der,
         Validity::starting(NOW, 90 * 86400),

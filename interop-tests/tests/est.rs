@@ -15,6 +15,18 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// openssl's output (stdout and stderr), asserting it succeeded.
+fn openssl(args: &[&str]) -> String {
+    let out = Command::new("openssl").args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "openssl {args:?}: {text}");
+    text
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_and_openssl_enroll_and_reenroll_over_est_and_are_refused_once_revoked() {
     let dir = tempfile::tempdir().unwrap();
@@ -22,12 +34,19 @@ async fn curl_and_openssl_enroll_and_reenroll_over_est_and_are_refused_once_revo
     let mut config = onboarder::config::Config::new("EST Owner");
     config.quic_listen = "127.0.0.1:0".parse().unwrap();
     config.api_listen = "127.0.0.1:0".parse().unwrap();
+    // The CRL distribution point names the HTTPS port, so it is chosen before the start.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    config.policy.crl_url = Some(format!("https://localhost:{port}/crl"));
     let now = certs::unix_now();
     onboarder::pki::init(&data, &config, now).unwrap();
     let server = Server::start(
         &data,
         Listen {
-            https: Some("127.0.0.1:0".parse().unwrap()),
+            https: Some(format!("127.0.0.1:{port}").parse().unwrap()),
             ..Listen::default()
         },
     )
@@ -65,7 +84,6 @@ async fn curl_and_openssl_enroll_and_reenroll_over_est_and_are_refused_once_revo
         .unwrap();
     let work = dir.path().join("client");
     std::fs::create_dir_all(&work).unwrap();
-    let port = server.https_addr().unwrap().port();
     let est = format!("https://localhost:{port}/.well-known/est");
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/est-client.sh");
@@ -136,5 +154,40 @@ async fn curl_and_openssl_enroll_and_reenroll_over_est_and_are_refused_once_revo
         String::from_utf8_lossy(&refused.stderr)
     );
     assert_eq!(service.device(&id).unwrap().certificates.len(), 2);
+
+    // Relying parties find the CRL where the certificate says, and it lists the certificate.
+    let text = openssl(&[
+        "x509",
+        "-in",
+        path(&work.join("renewed.pem")),
+        "-noout",
+        "-text",
+    ]);
+    let url = format!("https://localhost:{port}/crl/issuing-ca-1.crl");
+    assert!(text.contains(&format!("URI:{url}")), "{text}");
+    let crl = work.join("crl.der");
+    let fetched = Command::new("curl")
+        .args(["--silent", "--show-error", "--fail", "--cacert"])
+        .arg(&owner_root)
+        .arg("-o")
+        .arg(&crl)
+        .arg(&url)
+        .status()
+        .unwrap();
+    assert!(fetched.success());
+    let listed = openssl(&[
+        "crl",
+        "-inform",
+        "DER",
+        "-in",
+        path(&crl),
+        "-CAfile",
+        path(&work.join("cacerts.pem")),
+        "-noout",
+        "-text",
+    ]);
+    let serial = record.certificates[1].serial.to_uppercase();
+    assert!(listed.contains("verify OK"), "{listed}");
+    assert!(listed.contains(&serial), "{serial} not in {listed}");
     server.shutdown().await;
 }

@@ -129,6 +129,7 @@ impl Config {
                 superseded_grace: 3600,
                 reenroll_expired: true,
                 require_csr_binding: false,
+                crl_url: None,
             },
             crl_validity: 86_400,
             limits: crate::transport::limits::Limits::default(),

@@ -187,10 +187,12 @@ impl Server {
             tokio::spawn(control.clone().run_registrar_renewal(stopped.clone())),
         ];
         if let Some((listener, tls)) = https {
+            let crls = control.clone();
             tasks.push(tokio::spawn(crate::transport::https::serve(
                 listener,
                 tls,
                 service.clone(),
+                Arc::new(move |file: &str| crls.crl_file(file)),
                 limits,
                 stopped.clone(),
             )));

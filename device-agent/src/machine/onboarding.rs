@@ -251,6 +251,7 @@ mod tests {
                 serial: serial_number,
                 common_name: serial_number,
                 organization: "Owner",
+                crl_url: None,
             },
             &key.spki_der(),
             Validity::starting(NOW - 10, 86_400),

@@ -43,6 +43,21 @@ impl Control {
         self.crls.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The CRL published as `file` (`issuing-ca-N.crl`, the name every certificate's CRL
+    /// distribution point gives), DER.
+    pub fn crl_file(&self, file: &str) -> Option<Vec<u8>> {
+        let generation = file
+            .strip_prefix("issuing-ca-")
+            .and_then(|f| f.strip_suffix(".crl"))
+            .and_then(|n| n.parse::<u32>().ok())?;
+        self.crls
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|c| c.generation == generation)
+            .map(|c| c.der.clone())
+    }
+
     /// Publishes CRLs now, after every revocation, when a grace period ends, and at half their
     /// validity, until `stop` turns true.
     pub async fn run_crl_publisher(self: Arc<Self>, mut stop: watch::Receiver<bool>) {

@@ -68,12 +68,18 @@ pub(crate) fn issue(
     }
     let validity = certs::Validity::starting(now, reg.policy.ldevid_lifetime);
     let name = id.to_string();
+    let crl_url = reg
+        .policy
+        .crl_url
+        .as_deref()
+        .map(|base| format!("{base}/issuing-ca-{}.crl", reg.issuing.generation));
     let der = certs::profile::issue_ldevid(
         &reg.issuing.ca,
         &certs::profile::LdevidProfile {
             serial: &id.serial,
             common_name: &name,
             organization: &reg.policy.organization,
+            crl_url: crl_url.as_deref(),
         },
         &checked.spki_der,
         validity,

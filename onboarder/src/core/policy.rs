@@ -47,6 +47,11 @@ pub struct Policy {
     /// cannot, so this is off by default.
     #[serde(default)]
     pub require_csr_binding: bool,
+    /// Where the issuing CAs' CRLs are published (`https://HOST:PORT/crl`): every LDevID
+    /// names `{crl_url}/issuing-ca-{generation}.crl` as its CRL distribution point. `onboarder
+    /// init` sets it from the first server name and the HTTPS port.
+    #[serde(default)]
+    pub crl_url: Option<String>,
 }
 
 fn default_grace() -> u64 {

@@ -79,17 +79,8 @@ pub(super) async fn list_crls(State(api): State<Api>) -> ApiResult<Vec<Crl>> {
 }
 
 pub(super) async fn crl(State(api): State<Api>, Path(file): Path<String>) -> Response {
-    let generation = file
-        .strip_prefix("issuing-ca-")
-        .and_then(|f| f.strip_suffix(".crl"))
-        .and_then(|n| n.parse::<u32>().ok());
-    match api
-        .control
-        .crls()
-        .into_iter()
-        .find(|c| Some(c.generation) == generation)
-    {
-        Some(c) => ([(header::CONTENT_TYPE, "application/pkix-crl")], c.der).into_response(),
+    match api.control.crl_file(&file) {
+        Some(der) => ([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no CRL {file}")),
     }
 }

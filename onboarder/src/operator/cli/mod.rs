@@ -204,6 +204,10 @@ pub fn init(dir: PathBuf, args: InitArgs) -> Result<()> {
     config.quic_listen = args.listen;
     config.api_listen = args.api;
     config.https_listen = args.https.0;
+    config.policy.crl_url = match (args.https.0, args.names.first()) {
+        (Some(https), Some(name)) => Some(format!("https://{name}:{}/crl", https.port())),
+        _ => None,
+    };
     config.policy.server_name = args.names.first().cloned().unwrap_or_default();
     config.server_names = args.names;
     config.policy.ldevid_lifetime = args.ldevid_days * 86_400;

@@ -226,6 +226,8 @@ fn multipart(parts: &[(&str, &[u8])]) -> Response {
             "--{BOUNDARY}\r\nContent-Type: {content_type}\r\nContent-Transfer-Encoding: base64\r\n\r\n"
         ));
         body.push_str(&lines(der));
+        // The line break before a boundary belongs to the boundary (RFC 2046 5.1.1).
+        body.push_str("\r\n");
     }
     body.push_str(&format!("--{BOUNDARY}--\r\n"));
     let mut response = body.into_response();
@@ -240,13 +242,13 @@ fn pkcs7(der: &[u8]) -> Response {
     base64_body("application/pkcs7-mime; smime-type=certs-only", der)
 }
 
-/// Base64, 64 characters a line as PEM and libest write it.
+/// Base64, 64 characters a line as PEM and libest write it (LF: `base64 -d` refuses CR).
 fn lines(der: &[u8]) -> String {
     let text = base64::engine::general_purpose::STANDARD.encode(der);
     let mut body = String::with_capacity(text.len() + text.len() / 32 + 2);
     for line in text.as_bytes().chunks(64) {
         body.push_str(&String::from_utf8_lossy(line));
-        body.push_str("\r\n");
+        body.push('\n');
     }
     body
 }

@@ -1,5 +1,6 @@
 //! The standard interfaces over HTTPS, for devices and tools we did not write: EST (RFC 7030,
-//! [`est`]). Like the QUIC listener it authenticates (the same client-certificate verifier, so
+//! [`est`]), and the CRLs that every certificate we issue names as its distribution point
+//! (`/crl/issuing-ca-N.crl`, DER, for anyone). Like the QUIC listener it authenticates (the same client-certificate verifier, so
 //! revoked certificates are refused in the handshake), decodes, calls the
 //! [`crate::service::Service`] and encodes; no lifecycle rule lives here.
 //!
@@ -28,6 +29,9 @@ use crate::transport::limits::ConnectionLimits;
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-Channel-Binding";
 /// How long a client may take over its TLS handshake, and to send a request's headers.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The CRL published under a file name (`issuing-ca-N.crl`), DER.
+pub type Crls = Arc<dyn Fn(&str) -> Option<Vec<u8>> + Send + Sync>;
 
 /// Who is on the other end of one HTTPS connection.
 #[derive(Clone)]
@@ -68,12 +72,17 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: rustls::ServerConfig,
     service: Arc<Service>,
+    crls: Crls,
     limits: crate::transport::limits::Limits,
     mut stopped: watch::Receiver<bool>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let connections = ConnectionLimits::new(limits);
-    let router = est::router(service.clone());
+    let router = est::router(service.clone()).merge(
+        axum::Router::new()
+            .route("/crl/{file}", axum::routing::get(crl))
+            .with_state(crls),
+    );
     loop {
         let (tcp, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -119,6 +128,18 @@ pub async fn serve(
             }
             drop(slot);
         });
+    }
+}
+
+async fn crl(
+    axum::extract::State(crls): axum::extract::State<Crls>,
+    axum::extract::Path(file): axum::extract::Path<String>,
+) -> axum::response::Response {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    match crls(&file) {
+        Some(der) => ([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response(),
+        None => (StatusCode::NOT_FOUND, format!("no CRL {file}\n")).into_response(),
     }
 }
 
