@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod est;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 

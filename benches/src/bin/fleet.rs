@@ -5,6 +5,10 @@
 //! memory per connected idle device.
 //!
 //!     cargo build --release --workspace && target/release/fleet --devices 10000 --json
+//!
+//! With `--est` the devices are EST clients instead (RFC 7030 over HTTPS, a TLS connection per
+//! request as a standard client makes): phases `est_enroll` (simpleenroll with the IDevID) and
+//! `est_reenroll` (simplereenroll with the new LDevID).
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -46,6 +50,10 @@ struct Cli {
     /// Print the report as JSON (the last line of stdout).
     #[arg(long)]
     json: bool,
+    /// The devices enroll and re-enroll over EST (HTTPS) instead of living their lifecycle
+    /// over QUIC.
+    #[arg(long)]
+    est: bool,
 }
 
 /// One phase, with the server's cost.
@@ -147,8 +155,12 @@ async fn main() -> Result<()> {
     config.api_listen = format!("127.0.0.1:{}", free_port()?).parse()?;
     // Every simulated device connects from this machine's one address.
     config.limits = onboarder::transport::limits::Limits::single_host();
+    let https: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    if cli.est {
+        config.https_listen = Some(https);
+    }
     onboarder::pki::init(&data, &config, now)?;
-    let binary = match cli.server {
+    let binary = match cli.server.clone() {
         Some(b) => b,
         None => std::env::current_exe()?.with_file_name("onboarder"),
     };
@@ -213,6 +225,55 @@ async fn main() -> Result<()> {
         Ok(())
     })
     .await??;
+    if cli.est {
+        let est = benches::est::EstServer {
+            addr: https,
+            owner_root,
+        };
+        let all = Instant::now();
+        let cpu_start = proc.cpu_seconds();
+        let mut phases = BTreeMap::new();
+        let mut credentials: Vec<(String, benches::est::Credential)> = identities
+            .into_iter()
+            .map(|birth| {
+                let serial = birth.identity.serial.clone();
+                let idevid = benches::est::Credential {
+                    certificate: birth.identity.idevid,
+                    key: birth.key,
+                };
+                (serial, idevid)
+            })
+            .collect();
+        for (name, resource) in [
+            ("est_enroll", "simpleenroll"),
+            ("est_reenroll", "simplereenroll"),
+        ] {
+            let cpu = proc.cpu_seconds();
+            let (report, next) = est_phase(&est, resource, credentials, cli.concurrency).await;
+            credentials = next;
+            phases.insert(
+                name.to_string(),
+                Phase {
+                    server_cpu_ms_per_op: round(
+                        (proc.cpu_seconds() - cpu) * 1000.0 / report.ok.max(1) as f64,
+                    ),
+                    server_rss_mib: round(proc.status_kib("VmRSS:") / 1024.0),
+                    report,
+                },
+            );
+        }
+        let report = Report {
+            devices: cli.devices,
+            phases,
+            server: ServerReport {
+                peak_rss_mib: round(proc.status_kib("VmHWM:") / 1024.0),
+                rss_per_idle_device_kib: 0.0,
+                cpu_seconds: round(proc.cpu_seconds() - cpu_start),
+            },
+            total_seconds: round(all.elapsed().as_secs_f64()),
+        };
+        return finish(&cli, report);
+    }
     let endpoints = (0..4)
         .map(|_| device_agent::transport::quic::endpoint_for(quic))
         .collect::<Result<Vec<_>, _>>()?;
@@ -297,6 +358,58 @@ async fn main() -> Result<()> {
         },
         total_seconds: round(total.as_secs_f64()),
     };
+    finish(&cli, report)
+}
+
+/// One EST phase over every device, `concurrency` at a time: each device's next credential
+/// (the one it got, or the one it had if it failed).
+async fn est_phase(
+    est: &benches::est::EstServer,
+    resource: &'static str,
+    credentials: Vec<(String, benches::est::Credential)>,
+    concurrency: usize,
+) -> (PhaseReport, Vec<(String, benches::est::Credential)>) {
+    let started = Instant::now();
+    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (serial, credential) in credentials {
+        let (est, permits) = (est.clone(), permits.clone());
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let at = Instant::now();
+            let result = est.enroll(resource, &serial, &credential).await;
+            (serial, credential, result, at.elapsed())
+        });
+    }
+    let (mut latencies, mut failed, mut next) = (Vec::new(), 0, Vec::new());
+    while let Some(done) = tasks.join_next().await {
+        let Ok((serial, old, result, took)) = done else {
+            failed += 1;
+            continue;
+        };
+        match result {
+            Ok(new) => {
+                latencies.push(took);
+                next.push((serial, new));
+            }
+            Err(e) => {
+                if failed == 0 {
+                    eprintln!("{serial}: {resource}: {e:#}");
+                }
+                failed += 1;
+                next.push((serial, old));
+            }
+        }
+    }
+    (
+        PhaseReport::new(&mut latencies, failed, started.elapsed()),
+        next,
+    )
+}
+
+/// Prints the report (a table for people unless `--json`; the JSON line last) and fails when a
+/// device failed a phase.
+fn finish(cli: &Cli, report: Report) -> Result<()> {
     if !cli.json {
         for (name, p) in &report.phases {
             let r = &p.report;
