@@ -205,7 +205,17 @@ pub fn enroll(
     let without_voucher = record.state == DeviceState::Expected && peer.channel == Channel::Https;
     if reenrolling {
         check_reenrollment(reg, &record, now)?;
-    } else if !without_voucher {
+    } else if without_voucher {
+        // The owner expects the device as long as its voucher is good, on either transport.
+        if let Some(expires_on) = record.voucher_expires_on
+            && expires_on <= now
+        {
+            return Err(LifecycleError::VoucherExpired {
+                device: record.id,
+                expires_on,
+            });
+        }
+    } else {
         record.require_state(&[DeviceState::Onboarding], "enrollment")?;
     }
     check_pinned_idevid(peer, &record)?;

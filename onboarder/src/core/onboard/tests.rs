@@ -484,6 +484,23 @@ fn an_expected_device_enrolls_over_est_without_a_voucher_exchange() {
         ErrorCode::StaleRequest
     );
     assert!(enroll_with(&kit.registrar, &https, &kit.csr("SN-1", &key)).is_ok());
+    // Nor once the owner's expectation (the voucher) lapsed.
+    let mut lapsed = record.clone();
+    lapsed.voucher_expires_on = Some(NOW - 1);
+    assert_eq!(
+        enroll(
+            &kit.registrar,
+            &https,
+            Some(lapsed),
+            &unbound,
+            &BINDING,
+            NOW,
+            entropy(1)
+        )
+        .unwrap_err()
+        .code(),
+        ErrorCode::VoucherExpired
+    );
     // A stranger's IDevID over HTTPS is no more welcome than over QUIC.
     assert_eq!(
         enroll(
