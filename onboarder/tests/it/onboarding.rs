@@ -312,6 +312,18 @@ async fn the_agent_reaches_the_onboarder_by_its_dns_name() {
     );
 }
 
+/// The agent of `device` in `world`, on its own clock set to read `at`.
+fn agent_at(world: &World, device: &Device, at: u64) -> (device_agent::Agent, device_agent::Clock) {
+    let clock = device_agent::Clock::system();
+    clock.set(at);
+    let options = device_agent::AgentOptions {
+        clock: clock.clone(),
+        ..fast_options()
+    };
+    let agent = device.agent_with(world.server.quic_addr(), &world.endpoint, options);
+    (agent, clock)
+}
+
 /// A device whose clock is wrong (no battery-backed clock, or one reset to years ago, or
 /// years ahead) onboards when the owner asks the maker's MASA for a voucher bound to the
 /// device's nonce: fresh by the nonce, its creation time sets the device's clock, which holds
@@ -326,13 +338,7 @@ async fn a_device_with_a_wrong_clock_onboards_with_a_nonced_voucher_and_takes_it
         ("SN-AHEAD", now() + 2 * YEAR),
     ] {
         let device = world.device(serial);
-        let clock = device_agent::Clock::system();
-        clock.set(wrong);
-        let options = || device_agent::AgentOptions {
-            clock: clock.clone(),
-            ..fast_options()
-        };
-        let agent = device.agent_with(world.server.quic_addr(), &world.endpoint, options());
+        let (agent, clock) = agent_at(&world, &device, wrong);
         agent.onboard().await.unwrap();
         assert!(
             clock.now().abs_diff(now()) <= 5,
@@ -352,16 +358,7 @@ async fn a_device_with_a_wrong_clock_onboards_with_a_nonced_voucher_and_takes_it
         // After a restart the system clock is as wrong as before: behind, it is moved up to
         // the time of the enrollment and the operational session opens.
         if wrong < now() {
-            let clock = device_agent::Clock::system();
-            clock.set(wrong);
-            let agent = device.agent_with(
-                world.server.quic_addr(),
-                &world.endpoint,
-                device_agent::AgentOptions {
-                    clock: clock.clone(),
-                    ..fast_options()
-                },
-            );
+            let (agent, clock) = agent_at(&world, &device, wrong);
             agent.onboard().await.unwrap();
             assert!(
                 clock.now() + 60 >= now(),
@@ -380,16 +377,7 @@ async fn without_a_masa_a_device_with_a_wrong_clock_is_refused_and_nothing_chang
     world.expect(&["SN-BEHIND"], 30).await;
     let device = world.device("SN-BEHIND");
     let before = world.record("SN-BEHIND").unwrap();
-    let clock = device_agent::Clock::system();
-    clock.set(now() - 3 * 365 * DAY);
-    let agent = device.agent_with(
-        world.server.quic_addr(),
-        &world.endpoint,
-        device_agent::AgentOptions {
-            clock: clock.clone(),
-            ..fast_options()
-        },
-    );
+    let (agent, clock) = agent_at(&world, &device, now() - 3 * 365 * DAY);
     match agent.onboard().await {
         Err(device_agent::AgentError::Refused { code, .. }) => {
             assert_eq!(code, protocol::message::ErrorCode::StaleRequest)
