@@ -223,3 +223,89 @@ async fn serverkeygen_hands_a_device_its_key_and_certificate_and_keeps_no_copy()
         );
     }
 }
+
+/// A pledge's status reports (RFC 8995 5.7, 5.9.4) over HTTPS: its verdict on the voucher is
+/// noted, and its enrollment status confirms the certificate EST gave it, which makes the
+/// device active; malformed reports are refused and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brski_status_reports_confirm_an_est_enrollment() {
+    let world = World::new().await;
+    world.expect(&["SN-BRSKI"], 30).await;
+    let device = world.device("SN-BRSKI");
+    let cert = device.identity_dir.join("idevid.pem");
+    let key = device.identity_dir.join("idevid.key");
+    let idevid = Some((cert.as_path(), key.as_path()));
+    let fresh = certs::KeyPair::generate(certs::KeyKind::P256).unwrap();
+    let csr = b64(&certs::csr::build_birth_csr("SN-BRSKI", &fresh).unwrap());
+    let reply = curl(
+        &world,
+        "simpleenroll",
+        idevid,
+        &[
+            "-H",
+            "Content-Type: application/pkcs10",
+            "--data-binary",
+            &csr,
+        ],
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let enrolled = world.record("SN-BRSKI").unwrap();
+    assert_eq!(enrolled.state, onboarder::core::DeviceState::Onboarding);
+
+    let brski = |resource: &str, client, media: &str, body: &str| {
+        let port = world.server.https_addr().unwrap().port();
+        let owner_root = world.data.join(onboarder::config::layout::OWNER_ROOT);
+        let mut cmd = Command::new("curl");
+        cmd.args(["--silent", "--write-out", "%{http_code}", "-o", "/dev/null"])
+            .arg("--cacert")
+            .arg(&owner_root);
+        if let Some((cert, key)) = client {
+            let (cert, key): (&Path, &Path) = (cert, key);
+            cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+        }
+        let out = cmd
+            .args([
+                "-H",
+                &format!("Content-Type: {media}"),
+                "--data-binary",
+                body,
+            ])
+            .arg(format!(
+                "https://localhost:{port}/.well-known/brski/{resource}"
+            ))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .parse::<u16>()
+            .unwrap_or(0)
+    };
+    let ok = r#"{"version": 1, "status": true}"#;
+    for (client, media, body, status) in [
+        (idevid, "text/plain", ok, 415),
+        (idevid, "application/json", "{not json", 400),
+        (
+            idevid,
+            "application/json",
+            r#"{"version": 2, "status": true}"#,
+            400,
+        ),
+        (None, "application/json", ok, 401),
+    ] {
+        assert_eq!(brski("enrollstatus", client, media, body), status, "{body}");
+    }
+    assert_eq!(world.record("SN-BRSKI").unwrap(), enrolled);
+
+    let rejected = r#"{"version":"1","status":false,"reason":"voucher for another registrar","reason-context":{"seen":"x"}}"#;
+    assert_eq!(
+        brski("voucher_status", idevid, "application/json", rejected),
+        200
+    );
+    assert_eq!(world.record("SN-BRSKI").unwrap(), enrolled);
+    assert_eq!(brski("enrollstatus", idevid, "application/json", ok), 200);
+    let record = world.record("SN-BRSKI").unwrap();
+    assert_eq!(record.state, onboarder::core::DeviceState::Active);
+    let actions = world.actions("SN-BRSKI");
+    for expected in ["est-enrollment", "voucher-rejected", "enrolled"] {
+        assert!(actions.iter().any(|a| a == expected), "{actions:?}");
+    }
+}

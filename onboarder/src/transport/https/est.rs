@@ -180,7 +180,7 @@ async fn enrolled(
 }
 
 /// The HTTP status of a refusal of the core.
-fn status_of(code: ErrorCode) -> StatusCode {
+pub(super) fn status_of(code: ErrorCode) -> StatusCode {
     use ErrorCode as C;
     match code {
         C::Unauthorized | C::UnknownDevice | C::Quarantined | C::NoVoucher | C::VoucherExpired => {
@@ -194,7 +194,7 @@ fn status_of(code: ErrorCode) -> StatusCode {
 }
 
 /// Whether the request's Content-Type is `expected` (parameters aside).
-fn media_type_is(headers: &HeaderMap, expected: &str) -> bool {
+pub(super) fn media_type_is(headers: &HeaderMap, expected: &str) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -266,7 +266,7 @@ fn base64_body(content_type: &'static str, der: &[u8]) -> Response {
 }
 
 /// A refusal: its status and why, for people.
-struct Refusal(StatusCode, String);
+pub(super) struct Refusal(StatusCode, String);
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
@@ -274,7 +274,7 @@ impl IntoResponse for Refusal {
     }
 }
 
-fn refusal(status: StatusCode, why: &str) -> Refusal {
+pub(super) fn refusal(status: StatusCode, why: &str) -> Refusal {
     Refusal(status, why.to_string())
 }
 

@@ -1,5 +1,5 @@
 //! The standard interfaces over HTTPS, for devices and tools we did not write: EST (RFC 7030,
-//! [`est`]), and the CRLs that every certificate we issue names as its distribution point
+//! [`est`]), BRSKI's status reports (RFC 8995, [`brski`]), and the CRLs that every certificate we issue names as its distribution point
 //! (`/crl/issuing-ca-N.crl`, DER, for anyone). Like the QUIC listener it authenticates (the same client-certificate verifier, so
 //! revoked certificates are refused in the handshake), decodes, calls the
 //! [`crate::service::Service`] and encodes; no lifecycle rule lives here.
@@ -9,6 +9,7 @@
 //! an IDevID or LDevID and is refused without one. The session binding a CSR may carry is the
 //! RFC 9266 tls-exporter value of the connection.
 
+pub mod brski;
 pub mod est;
 
 use std::net::SocketAddr;
@@ -78,11 +79,13 @@ pub async fn serve(
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let connections = ConnectionLimits::new(limits);
-    let router = est::router(service.clone()).merge(
-        axum::Router::new()
-            .route("/crl/{file}", axum::routing::get(crl))
-            .with_state(crls),
-    );
+    let router = est::router(service.clone())
+        .merge(brski::router(service.clone()))
+        .merge(
+            axum::Router::new()
+                .route("/crl/{file}", axum::routing::get(crl))
+                .with_state(crls),
+        );
     loop {
         let (tcp, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {

@@ -1,0 +1,120 @@
+//! BRSKI (RFC 8995) status telemetry under `/.well-known/brski/`, for pledges we did not write:
+//!
+//! - `POST voucher_status` (5.7): the pledge's verdict on its voucher, with its IDevID;
+//! - `POST enrollstatus` (5.9.4): whether it stored its certificate, with its IDevID or new
+//!   LDevID; success makes the device active, as our agent's confirmation does over QUIC.
+//!
+//! Both take `application/json`: `{"version": 1, "status": true|false, "reason": "...",
+//! "reason-context": {...}}`. Anything else is refused (415, or 400 with the reason).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Extension, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use protocol::message::{Request, Response as Answer, Status};
+use serde::Deserialize;
+
+use super::Caller;
+use super::est::{media_type_is, refusal, status_of};
+use crate::service::Service;
+
+/// Largest status report.
+pub const MAX_BODY: usize = 16 * 1024;
+
+/// The BRSKI status routes.
+pub fn router(service: Arc<Service>) -> Router {
+    Router::new()
+        .route("/.well-known/brski/voucher_status", post(voucher_status))
+        .route("/.well-known/brski/enrollstatus", post(enrollstatus))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(service)
+}
+
+/// A status report (RFC 8995 5.7 and 5.9.4).
+#[derive(Debug, Deserialize)]
+struct Report {
+    version: serde_json::Value,
+    status: bool,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default, rename = "reason-context")]
+    reason_context: Option<serde_json::Value>,
+}
+
+async fn voucher_status(
+    State(service): State<Arc<Service>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    report(&service, &caller, &headers, &body, Request::VoucherStatus).await
+}
+
+async fn enrollstatus(
+    State(service): State<Arc<Service>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    report(&service, &caller, &headers, &body, Request::EnrollStatus).await
+}
+
+async fn report(
+    service: &Service,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: &[u8],
+    request: impl FnOnce(Status) -> Request,
+) -> Response {
+    let Some(peer) = caller.peer.as_deref() else {
+        return refusal(StatusCode::UNAUTHORIZED, "a client certificate is required")
+            .into_response();
+    };
+    if !media_type_is(headers, "application/json") {
+        return refusal(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be application/json",
+        )
+        .into_response();
+    }
+    let report: Report = match serde_json::from_slice(body) {
+        Ok(report) => report,
+        Err(e) => {
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                &format!("not a status report: {e}"),
+            )
+            .into_response();
+        }
+    };
+    if report.version != serde_json::json!(1) && report.version != serde_json::json!("1") {
+        return refusal(StatusCode::BAD_REQUEST, "status report version 1 only").into_response();
+    }
+    // The reason and its context go to the audit log as the device gave them (the core
+    // shortens them).
+    let reason = match (report.reason, report.reason_context) {
+        (Some(r), Some(c)) => Some(format!("{r} ({c})")),
+        (r, c) => r.or(c.map(|c| c.to_string())),
+    };
+    let status = Status {
+        ok: report.status,
+        reason,
+    };
+    match service
+        .handle(peer, &caller.binding, request(status))
+        .await
+        .response
+    {
+        Answer::Ack => StatusCode::OK.into_response(),
+        Answer::Error(e) => refusal(status_of(e.code), &e.message).into_response(),
+        other => refusal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("unexpected answer {other:?}"),
+        )
+        .into_response(),
+    }
+}
