@@ -13,7 +13,10 @@
 //!   takes as parameters ([`server::Backends`]); `store/sled/` is the embedded backend.
 //! - [`audit`]: the hash-chained audit log; [`metrics`]: counters of what was refused or shed.
 //! - [`transport`]: QUIC (quinn + rustls): authenticates devices by certificate, frames
-//!   requests, calls the service; keeps operational sessions for pushed commands.
+//!   requests, calls the service; keeps operational sessions for pushed commands. Its
+//!   [`transport::https`] listener opens the same service to standard clients (EST, BRSKI's
+//!   status reports) and serves the CRLs.
+//! - [`masa`]: where nonced vouchers come from, for devices without a trustworthy clock.
 //! - [`control`]: the background loops: command push, CRL publisher, CA and registrar
 //!   rollover (finished at start if a crash interrupted it), campaign engine.
 //! - [`operator`]: the operator's edges: the admin HTTP API (axum), its client, views, and the
