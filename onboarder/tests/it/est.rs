@@ -136,7 +136,12 @@ async fn bad_est_requests_are_refused_with_their_status_and_change_nothing() {
     assert_eq!(reply.status, 0);
     assert!(matches!(reply.exit, Some(35 | 56)), "{:?}", reply.exit);
 
-    // Nothing changed, nothing was issued.
+    // Nothing changed, nothing was issued; every refusal is counted (415, two 400s of the
+    // transport, two of the core, the 401; the 413 is axum's own).
+    let counted = world.server.service().metrics().snapshot().refusals;
+    let count = |code: &str| counted.get(code).copied().unwrap_or(0);
+    assert!(count("BadRequest") >= 2, "{counted:?}");
+    assert!(count("Unauthorized") >= 1, "{counted:?}");
     assert_eq!(world.record("SN-EST-BAD").unwrap(), before);
     let actions = world.actions("SN-EST-BAD");
     assert!(

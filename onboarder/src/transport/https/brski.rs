@@ -19,7 +19,7 @@ use protocol::message::{Request, Response as Answer, Status};
 use serde::Deserialize;
 
 use super::Caller;
-use super::est::{media_type_is, refusal, status_of};
+use super::est::{media_type_is, refusal, rejected, status_of};
 use crate::service::Service;
 
 /// Largest status report.
@@ -71,11 +71,16 @@ async fn report(
     request: impl FnOnce(Status) -> Request,
 ) -> Response {
     let Some(peer) = caller.peer.as_deref() else {
-        return refusal(StatusCode::UNAUTHORIZED, "a client certificate is required")
-            .into_response();
+        return rejected(
+            service,
+            StatusCode::UNAUTHORIZED,
+            "a client certificate is required",
+        )
+        .into_response();
     };
     if !media_type_is(headers, "application/json") {
-        return refusal(
+        return rejected(
+            service,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "the body must be application/json",
         )
@@ -92,7 +97,12 @@ async fn report(
         }
     };
     if report.version != serde_json::json!(1) && report.version != serde_json::json!("1") {
-        return refusal(StatusCode::BAD_REQUEST, "status report version 1 only").into_response();
+        return rejected(
+            service,
+            StatusCode::BAD_REQUEST,
+            "status report version 1 only",
+        )
+        .into_response();
     }
     // The reason and its context go to the audit log as the device gave them (the core
     // shortens them).

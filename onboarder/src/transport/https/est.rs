@@ -89,13 +89,13 @@ async fn serverkeygen(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (peer, csr) = match authenticated_csr(&caller, &headers, &body) {
+    let (peer, csr) = match authenticated_csr(&service, &caller, &headers, &body) {
         Ok(request) => request,
         Err(refused) => return refused.into_response(),
     };
     // The client's CSR says what it asks for; its key is not the one it gets.
     if let Err(e) = certs::csr::parse_csr(&csr) {
-        return refusal(StatusCode::BAD_REQUEST, &e.to_string()).into_response();
+        return rejected(&service, StatusCode::BAD_REQUEST, &e.to_string()).into_response();
     }
     let made = certs::KeyPair::generate(certs::KeyKind::P256).and_then(|key| {
         certs::csr::build_csr(&peer.id.serial, &key, &caller.binding).map(|csr| (key, csr))
@@ -126,7 +126,7 @@ async fn enroll(
     body: &[u8],
     request: impl FnOnce(Vec<u8>) -> Request,
 ) -> Response {
-    let (peer, csr) = match authenticated_csr(caller, headers, body) {
+    let (peer, csr) = match authenticated_csr(service, caller, headers, body) {
         Ok(request) => request,
         Err(refused) => return refused.into_response(),
     };
@@ -138,23 +138,27 @@ async fn enroll(
 
 /// The device the client certificate names and the CSR in the body, or the refusal.
 fn authenticated_csr<'a>(
+    service: &Service,
     caller: &'a Caller,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(&'a DevicePeer, Vec<u8>), Refusal> {
     let Some(peer) = caller.peer.as_deref() else {
-        return Err(refusal(
+        return Err(rejected(
+            service,
             StatusCode::UNAUTHORIZED,
             "a client certificate (the device's IDevID or LDevID) is required",
         ));
     };
     if !media_type_is(headers, "application/pkcs10") {
-        return Err(refusal(
+        return Err(rejected(
+            service,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "the body must be application/pkcs10 (a base64 PKCS#10 CSR)",
         ));
     }
-    let csr = decode_base64(body).map_err(|why| refusal(StatusCode::BAD_REQUEST, &why))?;
+    let csr =
+        decode_base64(body).map_err(|why| rejected(service, StatusCode::BAD_REQUEST, &why))?;
     Ok((peer, csr))
 }
 
@@ -276,6 +280,17 @@ impl IntoResponse for Refusal {
 
 pub(super) fn refusal(status: StatusCode, why: &str) -> Refusal {
     Refusal(status, why.to_string())
+}
+
+/// A refusal this transport makes itself (the service counts its own), counted with the
+/// service's refusals so `/v1/stats` shows malformed traffic too.
+pub(super) fn rejected(service: &Service, status: StatusCode, why: &str) -> Refusal {
+    service.metrics().refused(match status {
+        StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::TooLarge,
+        _ => ErrorCode::BadRequest,
+    });
+    refusal(status, why)
 }
 
 #[cfg(test)]
