@@ -735,3 +735,72 @@ async fn an_unhealthy_release_rolls_back_and_pauses_the_campaign() {
         r.stop().await;
     }
 }
+
+/// An offered image downloads over HTTPS with a plain client (curl) and the device's LDevID:
+/// whole, or by byte ranges to resume; another device, a birth certificate or no certificate
+/// gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offered_image_downloads_over_https_whole_or_by_ranges() {
+    let world = World::new().await;
+    trust_firmware(&world).await;
+    world.expect(&["SN-HTTPS", "SN-OTHER"], 30).await;
+    let device = world.device("SN-HTTPS");
+    let other = world.device("SN-OTHER");
+    world.agent(&device).onboard().await.unwrap();
+    world.agent(&other).onboard().await.unwrap();
+    let img = image(300_000, 7);
+    let manifest = world
+        .manufacturer
+        .sign_firmware(&img, &release("6.0.0", 1), now())
+        .unwrap();
+    let r = world
+        .server
+        .service()
+        .upload_release(&manifest, &img)
+        .await
+        .unwrap();
+    let hex = certs::inspect::hex(&r.digest);
+    run_campaign(&world, &hex, &["SN-HTTPS"], vec![100], 100).await;
+    eventually(10, "the offer", || job(&world, "SN-HTTPS").is_some()).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = world.server.https_addr().unwrap().port();
+    let owner_root = world.data.join(onboarder::config::layout::OWNER_ROOT);
+    let get = |client: Option<&Device>, range: Option<&str>, name: &str| {
+        let out = dir.path().join(name);
+        let mut cmd = std::process::Command::new("curl");
+        cmd.args(["--silent", "--write-out", "%{http_code}", "-o"])
+            .arg(&out)
+            .arg("--cacert")
+            .arg(&owner_root);
+        if let Some(d) = client {
+            cmd.arg("--cert")
+                .arg(d.state_dir.join("ldevid.pem"))
+                .arg("--key")
+                .arg(d.state_dir.join("ldevid.key"));
+        }
+        if let Some(range) = range {
+            cmd.args(["-H", &format!("Range: bytes={range}")]);
+        }
+        let status = cmd
+            .arg(format!("https://localhost:{port}/firmware/{hex}"))
+            .output()
+            .unwrap();
+        let code: u16 = String::from_utf8_lossy(&status.stdout).parse().unwrap_or(0);
+        (code, std::fs::read(&out).unwrap_or_default())
+    };
+    assert_eq!(get(Some(&device), None, "whole"), (200, img.clone()));
+    assert_eq!(
+        get(Some(&device), Some("1000-1999"), "part"),
+        (206, img[1000..2000].to_vec())
+    );
+    assert_eq!(
+        get(Some(&device), Some("299990-"), "tail"),
+        (206, img[299_990..].to_vec())
+    );
+    assert_eq!(get(Some(&device), Some("400000-"), "past").0, 416);
+    assert_eq!(get(Some(&device), Some("9-1"), "backwards").0, 416);
+    let (code, _) = get(Some(&other), None, "other");
+    assert!(matches!(code, 403 | 409), "{code}");
+    assert_eq!(get(None, None, "anonymous").0, 401);
+}

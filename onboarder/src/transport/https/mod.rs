@@ -1,5 +1,6 @@
 //! The standard interfaces over HTTPS, for devices and tools we did not write: EST (RFC 7030,
-//! [`est`]), BRSKI's status reports (RFC 8995, [`brski`]), and the CRLs that every certificate we issue names as its distribution point
+//! [`est`]), BRSKI's status reports (RFC 8995, [`brski`]), firmware images with byte ranges
+//! ([`firmware`]), and the CRLs that every certificate we issue names as its distribution point
 //! (`/crl/issuing-ca-N.crl`, DER, for anyone). Like the QUIC listener it authenticates (the same client-certificate verifier, so
 //! revoked certificates are refused in the handshake), decodes, calls the
 //! [`crate::service::Service`] and encodes; no lifecycle rule lives here.
@@ -11,6 +12,7 @@
 
 pub mod brski;
 pub mod est;
+pub mod firmware;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -81,6 +83,7 @@ pub async fn serve(
     let connections = ConnectionLimits::new(limits);
     let router = est::router(service.clone())
         .merge(brski::router(service.clone()))
+        .merge(firmware::router(service.clone()))
         .merge(
             axum::Router::new()
                 .route("/crl/{file}", axum::routing::get(crl))
