@@ -5,8 +5,8 @@
 //! - `GET csrattrs`: what our policy wants in a CSR: the challengePassword carrying the channel
 //!   binding, a P-256 key, ECDSA with SHA-256.
 //! - `POST simpleenroll`: a base64 PKCS#10 CSR from a device authenticated by its IDevID;
-//!   answers its LDevID as base64 PKCS#7 certs-only. The device must be expected (a voucher or
-//!   the owner's allow-list), or have accepted its voucher over BRSKI.
+//!   answers its LDevID as base64 PKCS#7 certs-only. The device must be expected (the owner
+//!   imported a voucher for it, still good), or have accepted its voucher.
 //! - `POST simplereenroll`: the same with the device's current LDevID, for a fresh key.
 //! - `POST serverkeygen` (RFC 7030 4.4): for a device that cannot make a key. The server makes
 //!   a P-256 key, enrolls it exactly as `simpleenroll` would (the core checks a CSR we sign with
