@@ -19,7 +19,7 @@ use protocol::message::{Request, Response as Answer, Status};
 use serde::Deserialize;
 
 use super::Caller;
-use super::est::{media_type_is, refusal, rejected, status_of};
+use super::answer::{device, media_type_is, not_expected, rejected};
 use crate::service::Service;
 
 /// Largest status report.
@@ -70,13 +70,9 @@ async fn report(
     body: &[u8],
     request: impl FnOnce(Status) -> Request,
 ) -> Response {
-    let Some(peer) = caller.peer.as_deref() else {
-        return rejected(
-            service,
-            StatusCode::UNAUTHORIZED,
-            "a client certificate is required",
-        )
-        .into_response();
+    let peer = match device(service, caller) {
+        Ok(peer) => peer,
+        Err(refused) => return refused.into_response(),
     };
     if !media_type_is(headers, "application/json") {
         return rejected(
@@ -89,7 +85,8 @@ async fn report(
     let report: Report = match serde_json::from_slice(body) {
         Ok(report) => report,
         Err(e) => {
-            return refusal(
+            return rejected(
+                service,
                 StatusCode::BAD_REQUEST,
                 &format!("not a status report: {e}"),
             )
@@ -120,11 +117,6 @@ async fn report(
         .response
     {
         Answer::Ack => StatusCode::OK.into_response(),
-        Answer::Error(e) => refusal(status_of(e.code), &e.message).into_response(),
-        other => refusal(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("unexpected answer {other:?}"),
-        )
-        .into_response(),
+        other => not_expected(other).into_response(),
     }
 }

@@ -28,9 +28,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
-use protocol::message::{ErrorCode, Request, Response as Answer};
+use protocol::message::{Request, Response as Answer};
 
 use super::Caller;
+use super::answer::{Refusal, device, media_type_is, not_expected, refusal, rejected};
 use crate::core::DevicePeer;
 use crate::service::Service;
 
@@ -143,13 +144,7 @@ fn authenticated_csr<'a>(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(&'a DevicePeer, Vec<u8>), Refusal> {
-    let Some(peer) = caller.peer.as_deref() else {
-        return Err(rejected(
-            service,
-            StatusCode::UNAUTHORIZED,
-            "a client certificate (the device's IDevID or LDevID) is required",
-        ));
-    };
+    let peer = device(service, caller)?;
     if !media_type_is(headers, "application/pkcs10") {
         return Err(rejected(
             service,
@@ -175,35 +170,8 @@ async fn enrolled(
         .response
     {
         Answer::Enrolled(enrollment) => Ok(enrollment.certificate),
-        Answer::Error(e) => Err(refusal(status_of(e.code), &e.message)),
-        other => Err(refusal(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("unexpected answer {other:?}"),
-        )),
+        other => Err(not_expected(other)),
     }
-}
-
-/// The HTTP status of a refusal of the core.
-pub(super) fn status_of(code: ErrorCode) -> StatusCode {
-    use ErrorCode as C;
-    match code {
-        C::Unauthorized | C::UnknownDevice | C::Quarantined | C::NoVoucher | C::VoucherExpired => {
-            StatusCode::FORBIDDEN
-        }
-        C::WrongState => StatusCode::CONFLICT,
-        C::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        C::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::BAD_REQUEST,
-    }
-}
-
-/// Whether the request's Content-Type is `expected` (parameters aside).
-pub(super) fn media_type_is(headers: &HeaderMap, expected: &str) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case(expected))
 }
 
 /// Base64 with line breaks and other white space anywhere, as EST clients send it.
@@ -269,30 +237,6 @@ fn base64_body(content_type: &'static str, der: &[u8]) -> Response {
     response
 }
 
-/// A refusal: its status and why, for people.
-pub(super) struct Refusal(StatusCode, String);
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        (self.0, format!("{}\n", self.1)).into_response()
-    }
-}
-
-pub(super) fn refusal(status: StatusCode, why: &str) -> Refusal {
-    Refusal(status, why.to_string())
-}
-
-/// A refusal this transport makes itself (the service counts its own), counted with the
-/// service's refusals so `/v1/stats` shows malformed traffic too.
-pub(super) fn rejected(service: &Service, status: StatusCode, why: &str) -> Refusal {
-    service.metrics().refused(match status {
-        StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
-        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::TooLarge,
-        _ => ErrorCode::BadRequest,
-    });
-    refusal(status, why)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,16 +246,5 @@ mod tests {
         assert_eq!(decode_base64(b"AQID\r\nBA==\n").unwrap(), [1, 2, 3, 4]);
         assert!(decode_base64(b"not base64!").is_err());
         assert!(decode_base64(b" \n").is_err());
-    }
-
-    #[test]
-    fn media_types_are_compared_without_parameters() {
-        let mut headers = HeaderMap::new();
-        assert!(!media_type_is(&headers, "application/pkcs10"));
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("Application/PKCS10; charset=x"),
-        );
-        assert!(media_type_is(&headers, "application/pkcs10"));
     }
 }

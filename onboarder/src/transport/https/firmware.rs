@@ -18,7 +18,7 @@ use axum::routing::get;
 use protocol::message::{MAX_CHUNK, Request, Response as Answer};
 
 use super::Caller;
-use super::est::{refusal, rejected, status_of};
+use super::answer::{device, not_expected, refusal, rejected};
 use crate::core::DevicePeer;
 use crate::service::Service;
 
@@ -35,13 +35,9 @@ async fn image(
     Path(digest): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(peer) = caller.peer.clone() else {
-        return rejected(
-            &service,
-            StatusCode::UNAUTHORIZED,
-            "the device's LDevID is required",
-        )
-        .into_response();
+    let peer = match device(&service, &caller) {
+        Ok(peer) => peer.clone(),
+        Err(refused) => return refused.into_response(),
     };
     let Some(digest) = certs::inspect::unhex(&digest).filter(|d| d.len() == 32) else {
         return rejected(&service, StatusCode::BAD_REQUEST, "not a SHA-256 in hex").into_response();
@@ -131,12 +127,7 @@ async fn chunk(
         .response
     {
         Answer::Chunk(bytes) => Ok(bytes),
-        Answer::Error(e) => Err(refusal(status_of(e.code), &e.message).into_response()),
-        other => Err(refusal(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("unexpected answer {other:?}"),
-        )
-        .into_response()),
+        other => Err(not_expected(other).into_response()),
     }
 }
 

@@ -10,6 +10,7 @@
 //! an IDevID or LDevID and is refused without one. The session binding a CSR may carry is the
 //! RFC 9266 tls-exporter value of the connection.
 
+mod answer;
 pub mod brski;
 pub mod est;
 pub mod firmware;
