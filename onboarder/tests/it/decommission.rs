@@ -1,6 +1,5 @@
 //! End of life: wipe, signed attestation, revocation, certificate of sanitization, resale.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use certs::crl::Reason;
@@ -14,20 +13,6 @@ use protocol::attestation::{NONCE_LEN, WipeAttestation, WipeMethod, WipedTarget}
 use protocol::message::{ErrorCode, NetworkProfile, Request};
 
 use crate::harness::*;
-
-/// Every file under `dir`, recursively, with its bytes.
-fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push((path.display().to_string(), std::fs::read(&path).unwrap()));
-        }
-    }
-    out
-}
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
@@ -132,7 +117,11 @@ async fn a_device_wipes_itself_attests_and_is_revoked_and_certified() {
             ("the LDevID key (DER)", &ldevid_der[..]),
             ("the Wi-Fi passphrase", psk.as_bytes()),
         ] {
-            assert!(!contains(bytes, needle), "{what} found in {name}");
+            assert!(
+                !contains(bytes, needle),
+                "{what} found in {}",
+                name.display()
+            );
         }
     }
     assert!(device.identity_dir.join("idevid.key").exists());

@@ -136,12 +136,13 @@ async fn bad_est_requests_are_refused_with_their_status_and_change_nothing() {
     assert_eq!(reply.status, 0);
     assert!(matches!(reply.exit, Some(35 | 56)), "{:?}", reply.exit);
 
-    // Nothing changed, nothing was issued; every refusal is counted (415, two 400s of the
-    // transport, two of the core, the 401; the 413 is axum's own).
+    // Nothing changed, nothing was issued; every refusal is counted (the 413, the 415, two 400s
+    // of the transport, two of the core, the 401).
     let counted = world.server.service().metrics().snapshot().refusals;
     let count = |code: &str| counted.get(code).copied().unwrap_or(0);
     assert!(count("BadRequest") >= 2, "{counted:?}");
     assert!(count("Unauthorized") >= 1, "{counted:?}");
+    assert!(count("TooLarge") >= 1, "{counted:?}");
     assert_eq!(world.record("SN-EST-BAD").unwrap(), before);
     let actions = world.actions("SN-EST-BAD");
     assert!(
@@ -162,18 +163,6 @@ async fn bad_est_requests_are_refused_with_their_status_and_change_nothing() {
     // Anyone may read the CA certificates.
     let reply = curl(&world, "cacerts", None, &[]);
     assert_eq!(reply.status, 200);
-}
-
-/// Every file under `dir`, with its bytes.
-fn files(dir: &Path, out: &mut Vec<(std::path::PathBuf, Vec<u8>)>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files(&path, out);
-        } else if let Ok(bytes) = std::fs::read(&path) {
-            out.push((path, bytes));
-        }
-    }
 }
 
 /// A device that cannot make a key gets one from the server (RFC 7030 4.4): the key as PKCS#8
@@ -218,9 +207,7 @@ async fn serverkeygen_hands_a_device_its_key_and_certificate_and_keeps_no_copy()
     assert_eq!(info.device_serial().unwrap(), "SN-KEYGEN");
     let record = world.record("SN-KEYGEN").unwrap();
     assert_eq!(record.certificates.len(), 1);
-    let mut stored = Vec::new();
-    files(&world.data, &mut stored);
-    for (path, bytes) in stored {
+    for (path, bytes) in files_under(&world.data) {
         assert!(
             !bytes.windows(parts[0].len()).any(|w| w == parts[0]),
             "the key is in {}",

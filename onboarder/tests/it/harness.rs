@@ -448,6 +448,29 @@ impl Running {
     }
 }
 
+/// Every file under `dir`, recursively, with its bytes. A file that vanishes while it is
+/// walked is left out: a stopped agent's last state write may still be renaming its temporary
+/// file on the blocking pool, and what is gone is not on the disk.
+pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            match std::fs::read(&path) {
+                Ok(bytes) => out.push((path, bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => panic!("{}: {e}", path.display()),
+            }
+        }
+    }
+    out
+}
+
 /// Waits (polling) until `check` holds, for at most `secs` seconds.
 pub async fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);

@@ -63,23 +63,6 @@ fn token(label: &str) -> Pkcs11Config {
     }
 }
 
-/// Every file under `dir`, with its bytes.
-fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                out.extend(files(&path));
-            } else {
-                let bytes = std::fs::read(&path).unwrap();
-                out.push((path, bytes));
-            }
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_with_its_keys_in_a_token_onboards_renews_and_is_decommissioned() {
     let world = World::with_config(|c| {
@@ -192,7 +175,7 @@ async fn a_device_with_its_keys_in_a_token_onboards_renews_and_is_decommissioned
     assert_eq!(store.idevid_key().unwrap().public_key(), born.public_key());
 
     // Never a private key on the device's disk.
-    let on_disk = files(&dir);
+    let on_disk = files_under(&dir);
     assert!(!on_disk.is_empty());
     for (path, bytes) in on_disk {
         assert!(

@@ -1,7 +1,11 @@
 //! How the HTTPS resources answer: refusals with their HTTP status (and counted when this
 //! transport makes them), the authenticated device or 401, and the service's wire answers.
 
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use protocol::message::{ErrorCode, Response as Answer};
 
@@ -32,6 +36,27 @@ pub(super) fn rejected(service: &Service, status: StatusCode, why: &str) -> Refu
         _ => ErrorCode::BadRequest,
     });
     refusal(status, why)
+}
+
+/// Refuses (413, counted) a request whose announced body is longer than `limit` before any of
+/// it is read: a client that asked for `100 Continue` hears the verdict instead of sending a
+/// body the server would drop half way (which it would see as a reset). A body sent without a
+/// length is cut at the same limit by the routes' `DefaultBodyLimit`.
+pub(super) async fn announced_size(
+    State((service, limit)): State<(Arc<Service>, usize)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit as u64) {
+        let why = format!("the body is larger than {limit} bytes");
+        return rejected(&service, StatusCode::PAYLOAD_TOO_LARGE, &why).into_response();
+    }
+    next.run(request).await
 }
 
 /// The device the connection's client certificate names, or 401.

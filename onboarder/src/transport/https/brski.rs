@@ -19,7 +19,7 @@ use protocol::message::{Request, Response as Answer, Status};
 use serde::Deserialize;
 
 use super::Caller;
-use super::answer::{device, media_type_is, not_expected, rejected};
+use super::answer::{self, device, media_type_is, not_expected, rejected};
 use crate::service::Service;
 
 /// Largest status report.
@@ -31,6 +31,10 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/.well-known/brski/voucher_status", post(voucher_status))
         .route("/.well-known/brski/enrollstatus", post(enrollstatus))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            (service.clone(), MAX_BODY),
+            answer::announced_size,
+        ))
         .with_state(service)
 }
 

@@ -31,7 +31,7 @@ use base64::Engine;
 use protocol::message::{Request, Response as Answer};
 
 use super::Caller;
-use super::answer::{Refusal, device, media_type_is, not_expected, refusal, rejected};
+use super::answer::{self, Refusal, device, media_type_is, not_expected, refusal, rejected};
 use crate::core::DevicePeer;
 use crate::service::Service;
 
@@ -47,6 +47,10 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/.well-known/est/simplereenroll", post(simplereenroll))
         .route("/.well-known/est/serverkeygen", post(serverkeygen))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            (service.clone(), MAX_BODY),
+            answer::announced_size,
+        ))
         .with_state(service)
 }
 
