@@ -13,6 +13,7 @@ use std::path::Path;
 use protocol::voucher::{Assertion, Voucher};
 use serde::{Deserialize, Serialize};
 
+use crate::brski::Encoding;
 use crate::ca::{Ca, CaName, Validity, random_serial};
 use crate::error::CertError;
 use crate::files;
@@ -43,6 +44,8 @@ pub mod layout {
     pub const FIRMWARE_PUB: &str = "firmware.pub";
     /// Firmware-signing private key.
     pub const FIRMWARE_KEY: &str = "firmware.key";
+    /// The online MASA's log of the vouchers it signed (JSON lines).
+    pub const MASA_LOG: &str = "masa-log.jsonl";
 }
 
 /// A manufacturer's settings.
@@ -302,6 +305,19 @@ impl Manufacturer {
         now: u64,
         expires_on: u64,
     ) -> Result<Vec<u8>, CertError> {
+        self.voucher_in(Encoding::Cose, serial, owner_ca, now, expires_on)
+    }
+
+    /// [`Manufacturer::voucher`] in the given encoding: CMS-signed JSON (RFC 8366) for BRSKI
+    /// pledges and tools such as `openssl cms -verify`, COSE for our agent.
+    pub fn voucher_in(
+        &self,
+        encoding: Encoding,
+        serial: &str,
+        owner_ca: &[u8],
+        now: u64,
+        expires_on: u64,
+    ) -> Result<Vec<u8>, CertError> {
         validate_serial(serial)?;
         CertInfo::parse(owner_ca)?;
         let issuer = CertInfo::parse(self.root.cert_der())?.subject_key_id;
@@ -314,7 +330,7 @@ impl Manufacturer {
             pinned_domain_cert: owner_ca.to_vec(),
             nonce: None,
         };
-        Ok(voucher.sign(&self.masa_key)?)
+        crate::brski::sign_voucher(&voucher, encoding, &self.masa_key, &self.masa_cert, now)
     }
 
     /// As a MASA (RFC 8995 5.5): a voucher bound to the device's nonce, pinning `owner_ca`,
@@ -336,7 +352,7 @@ impl Manufacturer {
             crate::chain::Usage::ClientAuth,
         )?;
         let info = CertInfo::parse(idevid)?;
-        let request = protocol::voucher::VoucherRequest::open(signed_request, &info.public_key)
+        let request = crate::brski::open_request(signed_request, &info.public_key)
             .map_err(|e| CertError::Profile(format!("voucher request: {e}")))?;
         let serial = info.device_serial()?;
         if request.serial_number != serial || request.nonce.is_empty() {
@@ -356,7 +372,9 @@ impl Manufacturer {
             pinned_domain_cert: owner_ca.to_vec(),
             nonce: Some(request.nonce),
         };
-        Ok(voucher.sign(&self.masa_key)?)
+        // Answered in the request's own encoding.
+        let encoding = Encoding::of(signed_request);
+        crate::brski::sign_voucher(&voucher, encoding, &self.masa_key, &self.masa_cert, now)
     }
 
     /// What devices of this manufacturer check firmware against.
@@ -386,6 +404,25 @@ impl Manufacturer {
         manifest.expires_on = release.expires_on;
         manifest.sbom = release.sbom.clone();
         Ok(manifest.sign(&self.firmware_key)?)
+    }
+
+    /// A TLS server certificate for the MASA under `names`, issued by the root (which
+    /// registrars trust already, for IDevIDs), valid a year, with a fresh key.
+    pub fn masa_tls(
+        &self,
+        names: &[String],
+        now: u64,
+    ) -> Result<(Vec<Vec<u8>>, KeyPair), CertError> {
+        let key = KeyPair::generate(KeyKind::P256)?;
+        let cert = crate::profile::issue_registrar(
+            &self.root,
+            &self.config.name,
+            names,
+            &key,
+            Validity::starting(now, 365 * 86_400),
+            &random_serial()?,
+        )?;
+        Ok((vec![cert, self.root.cert_der().to_vec()], key))
     }
 
     /// The voucher-signing key, for tests that need a voucher with chosen fields.

@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 ///   factory mint --dir ./acme --count 10 --out ./devices
 ///   factory certify --dir ./acme device.csr --out ./devices/SN-000042   (key made on the device)
 ///   factory voucher --dir ./acme --owner-ca owner-root.pem --serials-from ./devices --out vouchers.cbor
+///   factory voucher --dir ./acme --owner-ca owner-root.pem --serial SN-1 --format cms --each ./v --out v.cbor
 ///   factory sign-firmware --dir ./acme image.bin --version 1.1.0 --sequence 2
 #[derive(Parser)]
 #[command(name = "factory", version, verbatim_doc_comment)]
@@ -100,10 +101,20 @@ enum Command {
         /// Days until the vouchers expire.
         #[arg(long, default_value_t = 30)]
         expires_in_days: u64,
-        /// Output bundle (CBOR).
+        /// Output bundle (CBOR), what `onboarder import vouchers` takes.
         #[arg(long)]
         out: PathBuf,
+        /// How each voucher is signed: `cose` (COSE_Sign1, what our agent reads) or `cms`
+        /// (CMS-signed JSON, RFC 8366, what BRSKI pledges and `openssl cms -verify` read).
+        #[arg(long, value_enum, default_value_t = VoucherFormat::Cose)]
+        format: VoucherFormat,
+        /// Also write each voucher on its own, as DIR/SERIAL.voucher (for `openssl cms`).
+        #[arg(long, value_name = "DIR")]
+        each: Option<PathBuf>,
     },
+    /// The manufacturer's online voucher service (MASA, RFC 8995 5.5).
+    #[command(subcommand)]
+    Masa(MasaCommand),
     /// Sign a firmware image: writes its manifest (COSE_Sign1, Ed25519), verifiable by any COSE
     /// library with firmware.pub.
     SignFirmware {
@@ -137,6 +148,39 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum MasaCommand {
+    /// Answer registrars' voucher requests over HTTPS until interrupted: a nonced voucher,
+    /// CMS-signed JSON (or COSE for a COSE pledge request), pinning the owner whose registrar
+    /// asked, for any device of this manufacturer; every voucher is logged in
+    /// DIR/masa-log.jsonl and registrars read it back with requestauditlog.
+    ///
+    ///   factory masa serve --dir ./acme --owner owner-root.pem --name masa.acme.example
+    #[command(verbatim_doc_comment)]
+    Serve {
+        /// Manufacturer directory.
+        #[arg(long, env = "FACTORY_DIR", default_value = "manufacturer")]
+        dir: PathBuf,
+        /// An owner that bought devices: its root CA certificate (PEM). Registrars whose
+        /// certificate chains to it get vouchers pinning it. Repeat for several owners.
+        #[arg(long = "owner", required = true)]
+        owners: Vec<PathBuf>,
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0:9443")]
+        listen: std::net::SocketAddr,
+        /// Names for the MASA's TLS certificate (issued by the manufacturer root at start);
+        /// the IDevIDs' MASA URL should name one.
+        #[arg(long = "name", default_values_t = ["localhost".to_string()])]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum VoucherFormat {
+    Cose,
+    Cms,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -254,6 +298,8 @@ fn main() -> Result<()> {
             serials_from,
             expires_in_days,
             out,
+            format,
+            each,
         } => {
             let m = Manufacturer::load(&dir)
                 .with_context(|| format!("loading manufacturer from {}", dir.display()))?;
@@ -278,13 +324,28 @@ fn main() -> Result<()> {
                 bail!("no serials given (use --serial or --serials-from)");
             }
             let expires = now + expires_in_days * 86_400;
+            let encoding = match format {
+                VoucherFormat::Cose => certs::brski::Encoding::Cose,
+                VoucherFormat::Cms => certs::brski::Encoding::Cms,
+            };
             let vouchers = serials
                 .iter()
-                .map(|s| m.voucher(s, &owner, now, expires))
+                .map(|s| m.voucher_in(encoding, s, &owner, now, expires))
                 .collect::<Result<Vec<_>, _>>()?;
             files::write_public(&out, &protocol::voucher::encode_bundle(&vouchers))?;
+            if let Some(each) = each {
+                for (serial, voucher) in serials.iter().zip(&vouchers) {
+                    files::write_public(&each.join(format!("{serial}.voucher")), voucher)?;
+                }
+            }
             println!("signed {} vouchers into {}", vouchers.len(), out.display());
         }
+        Command::Masa(MasaCommand::Serve {
+            dir,
+            owners,
+            listen,
+            names,
+        }) => masa_serve(&dir, &owners, listen, &names, now)?,
         Command::SignFirmware {
             dir,
             image,
@@ -344,4 +405,59 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs the MASA until Ctrl-C or SIGTERM.
+fn masa_serve(
+    dir: &std::path::Path,
+    owners: &[PathBuf],
+    listen: std::net::SocketAddr,
+    names: &[String],
+    now: u64,
+) -> Result<()> {
+    use std::sync::Arc;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let m = Manufacturer::load(dir)
+        .with_context(|| format!("loading manufacturer from {}", dir.display()))?;
+    let owners = owners
+        .iter()
+        .map(|p| files::read_cert(p).with_context(|| format!("reading {}", p.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let (chain, key) = m.masa_tls(names, now)?;
+    let tls = certs::masa::serve::tls_config(&chain, &key).map_err(anyhow::Error::msg)?;
+    let masa = Arc::new(certs::masa::MasaService::new(
+        m,
+        owners,
+        Some(&dir.join(certs::factory::layout::MASA_LOG)),
+    )?);
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let (ready, bound) = tokio::sync::oneshot::channel();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(certs::masa::serve::serve(listen, tls, masa, ready, stopped));
+        match bound.await {
+            Ok(addr) => println!("MASA listening on https://{addr}"),
+            Err(_) => {
+                return match server.await {
+                    Ok(Err(e)) => {
+                        Err(anyhow::Error::new(e).context(format!("listening on {listen}")))
+                    }
+                    _ => Err(anyhow::anyhow!("the MASA stopped before listening")),
+                };
+            }
+        }
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        let _ = stop.send(true);
+        let _ = server.await;
+        Ok(())
+    })
 }

@@ -53,7 +53,7 @@ pub fn accept_voucher(
     nonce: &[u8],
     now: u64,
 ) -> Result<Accepted, AgentError> {
-    let voucher = Voucher::open(signed, &identity.masa_info.public_key)?;
+    let voucher = certs::brski::open_voucher(signed, &identity.masa_info.public_key)?;
     let fresh_by_nonce = voucher.nonce.as_deref() == Some(nonce) && !nonce.is_empty();
     let time = (fresh_by_nonce && voucher.created_on.abs_diff(now) > CLOCK_SKEW)
         .then_some(voucher.created_on);

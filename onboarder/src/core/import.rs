@@ -92,7 +92,8 @@ pub fn file_vouchers(
     bundle
         .iter()
         .map(|bytes| {
-            let voucher = Voucher::parse_unverified(bytes).map_err(|e| (None, e.to_string()))?;
+            let voucher =
+                certs::brski::parse_voucher_unverified(bytes).map_err(|e| (None, e.to_string()))?;
             let serial = voucher.serial_number.clone();
             let reject = |reason: String| (Some(serial.clone()), reason);
             let (maker, checked) = voucher_maker(&voucher, bytes, signers).map_err(reject)?;
@@ -165,7 +166,7 @@ fn voucher_maker(
         .filter(|s| {
             s.masa
                 .as_ref()
-                .is_some_and(|k| Voucher::open(bytes, k).is_ok())
+                .is_some_and(|k| certs::brski::open_voucher(bytes, k).is_ok())
         })
         .map(|s| &s.maker)
         .collect();

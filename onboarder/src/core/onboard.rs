@@ -8,10 +8,11 @@
 
 use std::collections::BTreeMap;
 
+use certs::brski::Encoding;
 use protocol::message::{
     Command, Hello, MAX_HARDWARE_FACT_LEN, MAX_HARDWARE_FACTS, Response, Status, Welcome,
 };
-use protocol::voucher::{CLOCK_SKEW, Voucher, VoucherRequest};
+use protocol::voucher::{CLOCK_SKEW, VoucherRequest};
 
 use super::access::{check_pinned_idevid, ldevid, truncate, usable};
 use super::decision::Decision;
@@ -47,7 +48,7 @@ pub fn voucher_request(
 ) -> Result<Decision, LifecycleError> {
     let (record, request) = check_voucher_request(reg, peer, record, signed, session_binding)?;
     if let Some(voucher) = nonced {
-        let made = Voucher::parse_unverified(&voucher)?;
+        let made = certs::brski::parse_voucher_unverified(&voucher)?;
         if made.nonce.as_deref() != Some(request.nonce.as_slice())
             || made.serial_number != peer.id.serial
         {
@@ -87,8 +88,18 @@ pub fn voucher_request(
             expires_on,
         });
     }
+    // A pledge reads the encoding it asked in (RFC 8995 vouchers are CMS, our agent's COSE).
+    if Encoding::of(&voucher) != Encoding::of(signed) {
+        return Err(LifecycleError::BadRequest(format!(
+            "the voucher imported for {} is {:?} and the request {:?}: import one in the \
+             pledge's encoding (`factory voucher --format`)",
+            record.id,
+            Encoding::of(&voucher),
+            Encoding::of(signed)
+        )));
+    }
     // The voucher is for IDevIDs of one issuer (RFC 8366 idevid-issuer): the device's.
-    if let Some(issuer) = Voucher::parse_unverified(&voucher)?.idevid_issuer
+    if let Some(issuer) = certs::brski::parse_voucher_unverified(&voucher)?.idevid_issuer
         && peer.issuer_key_id.as_deref() != Some(issuer.as_slice())
     {
         return Err(protocol::voucher::VoucherError::WrongIssuer.into());
@@ -122,7 +133,7 @@ pub fn check_voucher_request(
         "a voucher request",
     )?;
     check_pinned_idevid(peer, &record)?;
-    let request = VoucherRequest::open(signed, &peer.public_key)?;
+    let request = certs::brski::open_request(signed, &peer.public_key)?;
     if request.serial_number != peer.id.serial {
         return Err(LifecycleError::WrongSerial {
             expected: peer.id.serial.clone(),
@@ -133,7 +144,10 @@ pub fn check_voucher_request(
     if *seen != reg.registrar_cert && reg.previous_registrar_cert.as_ref() != Some(seen) {
         return Err(LifecycleError::ProximityMismatch);
     }
-    if request.session_binding != session_binding {
+    // A BRSKI pledge's JSON request has no binding (RFC 8995 has none): over HTTPS its TLS
+    // client certificate, nonce and creation time make it fresh. Over QUIC one is required.
+    let unbound = peer.channel == Channel::Https && request.session_binding.is_empty();
+    if !unbound && request.session_binding != session_binding {
         return Err(LifecycleError::StaleRequest(
             "the voucher request was made in another TLS session".into(),
         ));

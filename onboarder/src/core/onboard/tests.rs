@@ -188,7 +188,8 @@ fn voucher_requests_are_refused_with_typed_errors() {
         ErrorCode::WrongState
     );
     // A voucher naming another IDevID issuer.
-    let mut voucher = Voucher::parse_unverified(record.voucher.as_ref().unwrap()).unwrap();
+    let mut voucher =
+        protocol::voucher::Voucher::parse_unverified(record.voucher.as_ref().unwrap()).unwrap();
     voucher.idevid_issuer = Some(vec![1, 2, 3]);
     let mut crossed = record.clone();
     crossed.voucher = Some(voucher.sign(kit.maker.masa_key()).unwrap());

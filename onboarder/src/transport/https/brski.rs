@@ -1,20 +1,25 @@
-//! BRSKI (RFC 8995) status telemetry under `/.well-known/brski/`, for pledges we did not write:
+//! BRSKI (RFC 8995) under `/.well-known/brski/`, for pledges we did not write:
 //!
+//! - `POST requestvoucher` (5.2): the pledge's CMS-signed JSON voucher request
+//!   (`application/voucher-cms+json`, binary DER), with its IDevID as TLS client certificate;
+//!   the answer is the voucher, CMS-signed by the maker's MASA (imported, or asked online);
 //! - `POST voucher_status` (5.7): the pledge's verdict on its voucher, with its IDevID;
 //! - `POST enrollstatus` (5.9.4): whether it stored its certificate, with its IDevID or new
 //!   LDevID; success makes the device active, as our agent's confirmation does over QUIC.
 //!
-//! Both take `application/json`: `{"version": 1, "status": true|false, "reason": "...",
-//! "reason-context": {...}}`. Anything else is refused (415, or 400 with the reason).
+//! The status reports take `application/json`: `{"version": 1, "status": true|false,
+//! "reason": "...", "reason-context": {...}}`. Anything else is refused (415, or 400 with the
+//! reason). `requestauditlog` is the MASA's (RFC 8995 5.8), served by `factory masa serve`.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Extension, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use certs::brski::{Encoding, VOUCHER_CMS};
 use protocol::message::{Request, Response as Answer, Status};
 use serde::Deserialize;
 
@@ -28,6 +33,7 @@ pub const MAX_BODY: usize = 16 * 1024;
 /// The BRSKI status routes.
 pub fn router(service: Arc<Service>) -> Router {
     Router::new()
+        .route("/.well-known/brski/requestvoucher", post(requestvoucher))
         .route("/.well-known/brski/voucher_status", post(voucher_status))
         .route("/.well-known/brski/enrollstatus", post(enrollstatus))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -47,6 +53,41 @@ struct Report {
     reason: Option<String>,
     #[serde(default, rename = "reason-context")]
     reason_context: Option<serde_json::Value>,
+}
+
+/// RFC 8995 5.2: a pledge's voucher request, CMS-signed JSON with its IDevID (binary DER, as
+/// `openssl cms -sign -outform DER` makes it), answered with the voucher in the same encoding:
+/// the one the owner imported for it, or a nonced one from its maker's MASA.
+async fn requestvoucher(
+    State(service): State<Arc<Service>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let peer = match device(&service, &caller) {
+        Ok(peer) => peer,
+        Err(refused) => return refused.into_response(),
+    };
+    if !media_type_is(&headers, VOUCHER_CMS) {
+        let why = format!("the body must be {VOUCHER_CMS}");
+        return rejected(&service, StatusCode::UNSUPPORTED_MEDIA_TYPE, &why).into_response();
+    }
+    let request = Request::VoucherRequest(body.to_vec());
+    match service
+        .handle(peer, &caller.binding, request)
+        .await
+        .response
+    {
+        Answer::Voucher(voucher) => (
+            [(
+                header::CONTENT_TYPE,
+                Encoding::of(&voucher).voucher_media_type(),
+            )],
+            voucher,
+        )
+            .into_response(),
+        other => not_expected(other).into_response(),
+    }
 }
 
 async fn voucher_status(
