@@ -101,3 +101,79 @@ async fn a_curl_and_openssl_pledge_onboards_with_an_imported_cms_voucher() {
     enrolled_like_a_quic_device(&owner, "pm", "SN-PLEDGE").await;
     owner.server.shutdown().await;
 }
+
+/// `factory masa serve` as a child process, stopped when dropped.
+struct MasaProcess(std::process::Child);
+
+impl MasaProcess {
+    /// Serves `maker_dir` for `owner` on `port`, once it says it listens.
+    fn start(maker_dir: &std::path::Path, owner: &Owner, port: u16) -> MasaProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(common::factory_binary())
+            .args(["masa", "serve", "--name", "localhost"])
+            .arg("--dir")
+            .arg(maker_dir)
+            .arg("--owner")
+            .arg(&owner.owner_root)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("MASA listening on https://"), "{line:?}");
+        MasaProcess(child)
+    }
+}
+
+impl Drop for MasaProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// No voucher imported: the onboarder asks the MASA the IDevID names (`factory masa serve`,
+/// which knows this owner), admits the device it vouches for, and hands the pledge the nonced
+/// CMS voucher, which the pledge checks against its nonce. The MASA logged the voucher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_curl_and_openssl_pledge_onboards_with_a_voucher_from_factory_masa_serve() {
+    let masa_port = common::free_port();
+    let owner = Owner::start_with("BRSKI Owner", |c| {
+        c.online_masa = Some(onboarder::config::OnlineMasa { url: None });
+        c.policy.admit_vouched = true;
+    })
+    .await;
+    let now = certs::unix_now();
+    let maker = Manufacturer::create(
+        ManufacturerConfig {
+            masa_url: Some(format!("https://localhost:{masa_port}")),
+            ..ManufacturerConfig::new("Online Makers")
+        },
+        now,
+    )
+    .unwrap();
+    let maker_dir = owner.dir.path().join("maker");
+    maker.save(&maker_dir).unwrap();
+    owner.import_maker(&maker, "om").await;
+    let _masa = MasaProcess::start(&maker_dir, &owner, masa_port);
+
+    let text = pledge(&owner, &maker, "SN-ONLINE", true);
+    assert!(text.contains("pledge enrolled"), "{text}");
+    let id = owner.service.resolve("om/SN-ONLINE").unwrap();
+    let actions = owner.actions(&id);
+    assert_eq!(
+        actions.first().map(String::as_str),
+        Some("admitted-by-masa"),
+        "{actions:?}"
+    );
+    enrolled_like_a_quic_device(&owner, "om", "SN-ONLINE").await;
+    let log = std::fs::read_to_string(maker_dir.join(certs::factory::layout::MASA_LOG)).unwrap();
+    assert_eq!(log.lines().count(), 1, "{log}");
+    assert!(log.contains("\"serial\":\"SN-ONLINE\""), "{log}");
+    owner.server.shutdown().await;
+}

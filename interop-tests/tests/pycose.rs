@@ -1,24 +1,12 @@
 //! Python pycose verifies the firmware manifest written by `factory sign-firmware` with only
 //! the manufacturer's public key, and refuses it once one byte is changed.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
-/// The `factory` binary of the `certs` package, built beside this test (by `cargo test
-/// --workspace`, or here if it is missing).
-fn factory_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let binary = profile_dir.join("factory");
-    if !binary.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "certs", "--bin", "factory"])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    binary
-}
+use common::factory_binary;
 
 fn factory(args: &[&str]) {
     let out = Command::new(factory_binary()).args(args).output().unwrap();

@@ -78,6 +78,14 @@ pub mod layout {
     pub const FIRMWARE: &str = "firmware";
 }
 
+/// How the registrar reaches manufacturers' MASAs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OnlineMasa {
+    /// The MASA asked for a device whose IDevID names none (`https://HOST:PORT`).
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
 /// Settings of one onboarder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {
@@ -89,6 +97,10 @@ pub struct Config {
     /// sets 0.0.0.0:8443; a library user opts in.
     #[serde(default)]
     pub https_listen: Option<SocketAddr>,
+    /// Ask manufacturers' MASAs online (RFC 8995 5.5) for nonced vouchers, at the URL each
+    /// IDevID names or else at `url`. `None`: vouchers come from imports only.
+    #[serde(default)]
+    pub online_masa: Option<OnlineMasa>,
     /// Names in the registrar certificate; the first is the one devices check.
     pub server_names: Vec<String>,
     /// Issuance policy.
@@ -129,8 +141,10 @@ impl Config {
                 superseded_grace: 3600,
                 reenroll_expired: true,
                 require_csr_binding: false,
+                admit_vouched: false,
                 crl_url: None,
             },
+            online_masa: None,
             crl_validity: 86_400,
             limits: crate::transport::limits::Limits::default(),
         }

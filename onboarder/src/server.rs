@@ -118,7 +118,16 @@ impl Server {
                 pki.owner_root,
                 clock.clone(),
             )?
-            .with_masa(options.masa),
+            .with_masa(match (options.masa, &config.online_masa) {
+                (Some(masa), _) => Some(masa),
+                (None, Some(online)) => Some(Arc::new(crate::masa::https::HttpsMasa::new(
+                    online.url.clone(),
+                    pki.server_chain.clone(),
+                    certs::KeyPair::from_pkcs8_der(pki.server_key.pkcs8_der())?,
+                    clock.clone(),
+                )) as Arc<dyn crate::masa::Masa>),
+                (None, None) => None,
+            }),
         );
         let identity = Arc::new(tls::RegistrarIdentity::new(
             &pki.server_chain,

@@ -28,6 +28,22 @@ pub fn openssl(args: &[&str]) -> String {
     text
 }
 
+/// The `factory` binary of the `certs` package, built beside this test (by `cargo test
+/// --workspace`, or here if it is missing).
+pub fn factory_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let binary = profile_dir.join("factory");
+    if !binary.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "certs", "--bin", "factory"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    binary
+}
+
 /// A port free now, for a listener started later.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -48,9 +64,18 @@ pub struct Owner {
 
 impl Owner {
     pub async fn start(name: &str) -> Owner {
+        Owner::start_with(name, |_| {}).await
+    }
+
+    /// An owner whose configuration `tune` changed first.
+    pub async fn start_with(
+        name: &str,
+        tune: impl FnOnce(&mut onboarder::config::Config),
+    ) -> Owner {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("onboarder");
         let mut config = onboarder::config::Config::new(name);
+        tune(&mut config);
         config.quic_listen = "127.0.0.1:0".parse().unwrap();
         config.api_listen = "127.0.0.1:0".parse().unwrap();
         // The CRL distribution point names the HTTPS port, so it is chosen before the start.

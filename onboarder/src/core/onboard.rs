@@ -14,7 +14,7 @@ use protocol::message::{
 };
 use protocol::voucher::{CLOCK_SKEW, VoucherRequest};
 
-use super::access::{check_pinned_idevid, ldevid, truncate, usable};
+use super::access::{check_pinned_idevid, known, ldevid, truncate, usable};
 use super::decision::Decision;
 use super::error::LifecycleError;
 use super::identity::DeviceId;
@@ -56,6 +56,9 @@ pub fn voucher_request(
                 "the MASA's voucher does not answer this request".into(),
             ));
         }
+        let Some(_) = record else {
+            return admit_vouched(reg, peer, voucher, &made, now);
+        };
         return Ok(Decision {
             write: None,
             events: vec![AuditEvent::device(
@@ -70,6 +73,7 @@ pub fn voucher_request(
             response: Response::Voucher(voucher),
         });
     }
+    let record = known(&peer.id, record)?;
     if request.created_on.abs_diff(now) > CLOCK_SKEW {
         return Err(LifecycleError::StaleRequest(format!(
             "the voucher request was created at {}, now is {now}",
@@ -116,23 +120,67 @@ pub fn voucher_request(
     })
 }
 
+/// A device no voucher was imported for, admitted because its maker's MASA vouched for it
+/// (`policy.admit_vouched`): its record is made from the voucher, which must pin our root.
+fn admit_vouched(
+    reg: &Registrar,
+    peer: &DevicePeer,
+    voucher: Vec<u8>,
+    made: &protocol::voucher::Voucher,
+    now: u64,
+) -> Result<Decision, LifecycleError> {
+    if reg.owner_root() != Some(made.pinned_domain_cert.as_slice()) {
+        return Err(LifecycleError::Unavailable(
+            "the MASA's voucher pins another owner's root".into(),
+        ));
+    }
+    let record = DeviceRecord::expected(peer.id.clone(), voucher.clone(), None, now);
+    Ok(Decision {
+        write: Some(record),
+        events: vec![
+            AuditEvent::device(
+                &peer.id,
+                "admitted-by-masa",
+                "no voucher was imported; its maker's MASA vouched for it",
+                now,
+            ),
+            AuditEvent::device(
+                &peer.id,
+                "voucher-issued",
+                format!(
+                    "nonced, from the MASA, to IDevID certificate {}",
+                    peer.cert_serial
+                ),
+                now,
+            ),
+        ],
+        response: Response::Voucher(voucher),
+    })
+}
+
 /// What makes a voucher request worth answering, whoever answers it: an expected device
-/// with the IDevID on record, asking in this TLS session through this registrar. The service
-/// asks a MASA only for a request that passes (a stranger costs the maker no signature).
+/// with the IDevID on record (or, when the policy admits devices the MASA vouches for, one
+/// without a record), asking in this TLS session through this registrar. The service asks a
+/// MASA only for a request that passes (a stranger costs the maker no signature).
 pub fn check_voucher_request(
     reg: &Registrar,
     peer: &DevicePeer,
     record: Option<DeviceRecord>,
     signed: &[u8],
     session_binding: &[u8],
-) -> Result<(DeviceRecord, VoucherRequest), LifecycleError> {
+) -> Result<(Option<DeviceRecord>, VoucherRequest), LifecycleError> {
     peer.require(CredentialKind::Idevid, "a voucher request")?;
-    let record = usable(peer, record)?;
-    record.require_state(
-        &[DeviceState::Expected, DeviceState::Onboarding],
-        "a voucher request",
-    )?;
-    check_pinned_idevid(peer, &record)?;
+    let record = match record {
+        None if reg.policy.admit_vouched => None,
+        record => Some(usable(peer, record)?),
+    };
+    if let Some(record) = &record {
+        record.require_state(
+            &[DeviceState::Expected, DeviceState::Onboarding],
+            "a voucher request",
+        )?;
+        check_pinned_idevid(peer, record)?;
+    }
     let request = certs::brski::open_request(signed, &peer.public_key)?;
     if request.serial_number != peer.id.serial {
         return Err(LifecycleError::WrongSerial {

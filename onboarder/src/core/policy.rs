@@ -47,6 +47,12 @@ pub struct Policy {
     /// cannot, so this is off by default.
     #[serde(default)]
     pub require_csr_binding: bool,
+    /// Admit a device no voucher was imported for when its maker's MASA vouches for it to us
+    /// (a nonced voucher pinning our root, for the device's own request): BRSKI's registrar
+    /// policy of trusting the manufacturer's sales records. Off by default: the owner lists
+    /// its devices by importing their vouchers.
+    #[serde(default)]
+    pub admit_vouched: bool,
     /// Where the issuing CAs' CRLs are published (`https://HOST:PORT/crl`): every LDevID
     /// names `{crl_url}/issuing-ca-{generation}.crl` as its CRL distribution point. `onboarder
     /// init` sets it from the first server name and the HTTPS port.
@@ -97,6 +103,11 @@ impl Registrar {
     /// Every generation, oldest first, the current one last.
     pub fn generations(&self) -> impl Iterator<Item = &IssuingCa> {
         self.retired.iter().chain(std::iter::once(&self.issuing))
+    }
+
+    /// The owner root our issuing CA chains to: what vouchers must pin.
+    pub fn owner_root(&self) -> Option<&[u8]> {
+        self.issuing.chain.last().map(Vec::as_slice)
     }
 
     /// Whether `key_id` is one of our issuing CAs: a client certificate it issued is an

@@ -132,8 +132,18 @@ impl Service {
             binding,
         )
         .ok()?;
+        let anchors: Vec<_> = self
+            .store
+            .anchors()
+            .ok()?
+            .into_iter()
+            .filter(|a| a.maker == peer.id.maker)
+            .collect();
+        if anchors.is_empty() {
+            return None;
+        }
         match masa
-            .voucher(&peer.id.maker, idevid, signed, &self.owner_root)
+            .voucher(&anchors, idevid, signed, &self.owner_root)
             .await
         {
             Ok(voucher) => Some(voucher),

@@ -17,6 +17,8 @@ struct Reply {
     body: String,
 }
 
+/// curl at `https://localhost:PORT/.well-known/{resource}` (`est/cacerts`), with the IDevID or
+/// LDevID `client` if given, trusting the owner root.
 fn curl(world: &World, resource: &str, client: Option<(&Path, &Path)>, args: &[&str]) -> Reply {
     let port = world.server.https_addr().unwrap().port();
     let owner_root = world.data.join(onboarder::config::layout::OWNER_ROOT);
@@ -29,9 +31,7 @@ fn curl(world: &World, resource: &str, client: Option<(&Path, &Path)>, args: &[&
     }
     let out = cmd
         .args(args)
-        .arg(format!(
-            "https://localhost:{port}/.well-known/est/{resource}"
-        ))
+        .arg(format!("https://localhost:{port}/.well-known/{resource}"))
         .output()
         .expect("curl is installed by scripts/test");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -69,7 +69,7 @@ async fn bad_est_requests_are_refused_with_their_status_and_change_nothing() {
     let send = |client, body: &str, media: &str| {
         let args = post(body, media);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        curl(&world, "simpleenroll", client, &args)
+        curl(&world, "est/simpleenroll", client, &args)
     };
 
     // Too large for any CSR: refused before it is read whole.
@@ -87,7 +87,7 @@ async fn bad_est_requests_are_refused_with_their_status_and_change_nothing() {
         "--data-binary",
         &format!("@{}", big_file.display()),
     ];
-    let reply = curl(&world, "simpleenroll", idevid, &args);
+    let reply = curl(&world, "est/simpleenroll", idevid, &args);
     assert_eq!(reply.status, 413, "{}", reply.body);
     // Another media type.
     let reply = send(idevid, &good_csr, "text/plain");
@@ -161,7 +161,7 @@ async fn bad_est_requests_are_refused_with_their_status_and_change_nothing() {
     let info = certs::CertInfo::parse(&issued[0]).unwrap();
     assert_eq!(info.public_key, fresh.public_key());
     // Anyone may read the CA certificates.
-    let reply = curl(&world, "cacerts", None, &[]);
+    let reply = curl(&world, "est/cacerts", None, &[]);
     assert_eq!(reply.status, 200);
 }
 
@@ -178,7 +178,7 @@ async fn serverkeygen_hands_a_device_its_key_and_certificate_and_keeps_no_copy()
     let csr = b64(&certs::csr::build_birth_csr("SN-KEYGEN", &throwaway).unwrap());
     let reply = curl(
         &world,
-        "serverkeygen",
+        "est/serverkeygen",
         Some((cert.as_path(), key.as_path())),
         &[
             "-H",
@@ -231,7 +231,7 @@ async fn brski_status_reports_confirm_an_est_enrollment() {
     let csr = b64(&certs::csr::build_birth_csr("SN-BRSKI", &fresh).unwrap());
     let reply = curl(
         &world,
-        "simpleenroll",
+        "est/simpleenroll",
         idevid,
         &[
             "-H",
@@ -245,31 +245,9 @@ async fn brski_status_reports_confirm_an_est_enrollment() {
     assert_eq!(enrolled.state, onboarder::core::DeviceState::Onboarding);
 
     let brski = |resource: &str, client, media: &str, body: &str| {
-        let port = world.server.https_addr().unwrap().port();
-        let owner_root = world.data.join(onboarder::config::layout::OWNER_ROOT);
-        let mut cmd = Command::new("curl");
-        cmd.args(["--silent", "--write-out", "%{http_code}", "-o", "/dev/null"])
-            .arg("--cacert")
-            .arg(&owner_root);
-        if let Some((cert, key)) = client {
-            let (cert, key): (&Path, &Path) = (cert, key);
-            cmd.arg("--cert").arg(cert).arg("--key").arg(key);
-        }
-        let out = cmd
-            .args([
-                "-H",
-                &format!("Content-Type: {media}"),
-                "--data-binary",
-                body,
-            ])
-            .arg(format!(
-                "https://localhost:{port}/.well-known/brski/{resource}"
-            ))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .parse::<u16>()
-            .unwrap_or(0)
+        let media = format!("Content-Type: {media}");
+        let args = ["-H", &media, "--data-binary", body];
+        curl(&world, &format!("brski/{resource}"), client, &args).status
     };
     let ok = r#"{"version": 1, "status": true}"#;
     for (client, media, body, status) in [
@@ -300,4 +278,223 @@ async fn brski_status_reports_confirm_an_est_enrollment() {
     for expected in ["est-enrollment", "voucher-rejected", "enrolled"] {
         assert!(actions.iter().any(|a| a == expected), "{actions:?}");
     }
+}
+
+/// A pledge's CMS voucher request for `serial`, signed with `key` (its IDevID's, or not),
+/// naming `registrar` as the certificate it saw, made at `created`.
+fn pledge_request(
+    birth: &certs::Birth,
+    key: &certs::KeyPair,
+    serial: &str,
+    registrar: &[u8],
+    created: u64,
+) -> Vec<u8> {
+    let request = protocol::voucher::VoucherRequest {
+        created_on: created,
+        assertion: protocol::voucher::Assertion::Proximity,
+        serial_number: serial.into(),
+        nonce: vec![5; 16],
+        proximity_registrar_cert: registrar.to_vec(),
+        session_binding: Vec::new(),
+    };
+    certs::cms::sign(
+        certs::brski::OID_JSON_VOUCHER,
+        &certs::brski::request_json(&request),
+        key,
+        &birth.identity.idevid,
+        &[],
+        now(),
+    )
+    .unwrap()
+}
+
+/// BRSKI requestvoucher refuses what RFC 8995 and HTTP say to refuse, and a refusal changes
+/// nothing: another media type (415), too large (413), not CMS (400), signed by a key that
+/// is not the IDevID's (400), for another serial (400), made long ago (400), naming another
+/// registrar (400), asking CMS when a COSE voucher was imported (400), no client certificate
+/// (401). Then the same device's good request gets its CMS voucher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_voucher_requests_are_refused_with_their_status_and_change_nothing() {
+    let world = World::new().await;
+    let service = world.server.service();
+    service
+        .import_anchor(&anchor_import(&world.manufacturer))
+        .await
+        .unwrap();
+    let voucher = |serial: &str, encoding| {
+        world
+            .manufacturer
+            .voucher_in(encoding, serial, &world.owner_root, now(), now() + DAY)
+            .unwrap()
+    };
+    service
+        .import_vouchers(&protocol::voucher::encode_bundle(&[
+            voucher("SN-PVR", certs::brski::Encoding::Cms),
+            voucher("SN-COSE", certs::brski::Encoding::Cose),
+        ]))
+        .await
+        .unwrap();
+    let (device, cose_device) = (world.device("SN-PVR"), world.device("SN-COSE"));
+    let before = world.record("SN-PVR").unwrap();
+    let birth = device.birth();
+    let registrar =
+        certs::files::read_certs(&world.data.join(onboarder::config::layout::SERVER_CERT))
+            .unwrap()
+            .remove(0);
+    let good = pledge_request(&birth, &birth.key, "SN-PVR", &registrar, now());
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        format!("@{}", path.display())
+    };
+    let cert = device.identity_dir.join("idevid.pem");
+    let key = device.identity_dir.join("idevid.key");
+    let idevid = Some((cert.as_path(), key.as_path()));
+    let post = |client, media: &str, body: &str| {
+        let media = format!("Content-Type: {media}");
+        let args = [
+            "-H",
+            &media,
+            "-H",
+            "Expect: 100-continue",
+            "--data-binary",
+            body,
+        ];
+        curl(&world, "brski/requestvoucher", client, &args)
+    };
+    let cms = certs::brski::VOUCHER_CMS;
+    let stranger_key = certs::KeyPair::generate(certs::KeyKind::P256).unwrap();
+    let other_registrar =
+        certs::files::read_cert(&world.data.join(onboarder::config::layout::OWNER_ROOT)).unwrap();
+    let cases = [
+        (
+            "media",
+            idevid,
+            "application/json",
+            file("good", &good),
+            415,
+            "",
+        ),
+        (
+            "large",
+            idevid,
+            cms,
+            file("large", &vec![0x30; 100 * 1024]),
+            413,
+            "larger",
+        ),
+        (
+            "garbage",
+            idevid,
+            cms,
+            file("garbage", b"0garbage"),
+            400,
+            "malformed",
+        ),
+        (
+            "signer",
+            idevid,
+            cms,
+            file(
+                "signer",
+                &pledge_request(&birth, &stranger_key, "SN-PVR", &registrar, now()),
+            ),
+            400,
+            "signature",
+        ),
+        (
+            "serial",
+            idevid,
+            cms,
+            file(
+                "serial",
+                &pledge_request(&birth, &birth.key, "SN-OTHER", &registrar, now()),
+            ),
+            400,
+            "SN-OTHER",
+        ),
+        (
+            "stale",
+            idevid,
+            cms,
+            file(
+                "stale",
+                &pledge_request(&birth, &birth.key, "SN-PVR", &registrar, now() - DAY),
+            ),
+            400,
+            "created",
+        ),
+        (
+            "proximity",
+            idevid,
+            cms,
+            file(
+                "proximity",
+                &pledge_request(&birth, &birth.key, "SN-PVR", &other_registrar, now()),
+            ),
+            400,
+            "proximity",
+        ),
+        ("anonymous", None, cms, file("anonymous", &good), 401, ""),
+    ];
+    for (what, client, media, body, status, says) in cases {
+        let reply = post(client, media, &body);
+        assert_eq!(reply.status, status, "{what}: {}", reply.body);
+        assert!(reply.body.contains(says), "{what}: {}", reply.body);
+        assert_eq!(world.record("SN-PVR").unwrap(), before, "{what}");
+    }
+    // A COSE voucher was imported for this one: a CMS request cannot be answered with it.
+    let cose_birth = cose_device.birth();
+    let cose_cert = cose_device.identity_dir.join("idevid.pem");
+    let cose_key = cose_device.identity_dir.join("idevid.key");
+    let reply = post(
+        Some((cose_cert.as_path(), cose_key.as_path())),
+        cms,
+        &file(
+            "cose",
+            &pledge_request(&cose_birth, &cose_birth.key, "SN-COSE", &registrar, now()),
+        ),
+    );
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(reply.body.contains("format"), "{}", reply.body);
+    assert!(
+        !world
+            .actions("SN-PVR")
+            .iter()
+            .any(|a| a == "voucher-issued")
+    );
+
+    // The good request: the voucher imported for it, as CMS (binary, so curl writes it
+    // itself); still nothing written.
+    let answer = std::process::Command::new("curl")
+        .args(["--silent", "--fail", "--cacert"])
+        .arg(world.data.join(onboarder::config::layout::OWNER_ROOT))
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .args([
+            "-H",
+            &format!("Content-Type: {cms}"),
+            "--data-binary",
+            &file("good3", &good),
+        ])
+        .arg(format!(
+            "https://localhost:{}/.well-known/brski/requestvoucher",
+            world.server.https_addr().unwrap().port()
+        ))
+        .output()
+        .unwrap();
+    assert!(answer.status.success());
+    let v = certs::brski::open_voucher(&answer.stdout, &world.manufacturer.masa_key().public_key())
+        .unwrap();
+    assert_eq!(v.serial_number, "SN-PVR");
+    assert_eq!(world.record("SN-PVR").unwrap(), before);
+    assert!(
+        world
+            .actions("SN-PVR")
+            .iter()
+            .any(|a| a == "voucher-issued")
+    );
 }

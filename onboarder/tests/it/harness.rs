@@ -59,6 +59,14 @@ impl World {
         World::build(manufacturer, |_| {}, false).await
     }
 
+    /// Another owner of devices made by `manufacturer`, its configuration edited first.
+    pub async fn for_manufacturer_with(
+        manufacturer: Arc<Manufacturer>,
+        edit: impl FnOnce(&mut Config),
+    ) -> World {
+        World::build(manufacturer, edit, false).await
+    }
+
     async fn build(
         manufacturer: Arc<Manufacturer>,
         edit: impl FnOnce(&mut Config),
@@ -469,6 +477,16 @@ pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         }
     }
     out
+}
+
+/// The code of the server's refusal an onboarding ended with.
+pub fn refused(
+    result: Result<device_agent::machine::AgentState, device_agent::AgentError>,
+) -> protocol::message::ErrorCode {
+    match result {
+        Err(device_agent::AgentError::Refused { code, .. }) => code,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }
 
 /// Waits (polling) until `check` holds, for at most `secs` seconds.

@@ -12,6 +12,7 @@ mod firmware;
 mod hsm;
 mod lifecycle;
 mod makers;
+mod masa;
 mod onboarding;
 mod operator;
 mod purity;

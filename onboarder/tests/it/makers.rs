@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use certs::factory::{Manufacturer, ManufacturerConfig};
-use device_agent::AgentError;
 use onboarder::core::{DeviceState, LifecycleError};
 use onboarder::service::OperatorError;
 use protocol::message::{ErrorCode, Hello, Request, Status};
@@ -14,13 +13,6 @@ use crate::harness::*;
 /// A second manufacturer; its factory numbers devices from SN-000001 too.
 fn other_maker() -> Arc<Manufacturer> {
     Arc::new(Manufacturer::create(ManufacturerConfig::new("Other Devices"), now()).unwrap())
-}
-
-fn refused_with(result: Result<device_agent::machine::AgentState, AgentError>) -> ErrorCode {
-    match result {
-        Err(AgentError::Refused { code, .. }) => code,
-        other => panic!("expected a refusal, got {other:?}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,7 +68,7 @@ async fn another_makers_device_cannot_take_the_serial_and_the_genuine_device_sti
     let audit_before = world.actions_of(&a_id);
 
     // Maker B's genuine device, running the stock agent.
-    let code = refused_with(world.agent(&squatter).onboard().await);
+    let code = refused(world.agent(&squatter).onboard().await);
     assert_eq!(code, ErrorCode::UnknownDevice);
     assert!(squatter.is_factory_fresh());
     // Nothing pinned, changed or locked; no record made for B's device.
@@ -296,7 +288,7 @@ async fn an_operator_resets_an_onboarding_a_clone_started() {
     let clone_cert = taken.pending_certificate().unwrap().serial.clone();
 
     // The genuine device is refused: another IDevID is pinned.
-    let code = refused_with(world.agent(&genuine).onboard().await);
+    let code = refused(world.agent(&genuine).onboard().await);
     assert_eq!(code, ErrorCode::Unauthorized);
 
     let record = world

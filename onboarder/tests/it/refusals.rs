@@ -10,13 +10,6 @@ use protocol::{SignatureError, frame, message};
 
 use crate::harness::*;
 
-fn refused(result: Result<device_agent::machine::AgentState, AgentError>) -> ErrorCode {
-    match result {
-        Err(AgentError::Refused { code, .. }) => code,
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-}
-
 /// Puts a record with the given voucher bytes straight into the store, as a registrar with a
 /// bad database (or a rogue one) would have it.
 async fn file_voucher(world: &World, id: DeviceId, voucher: Vec<u8>) {

@@ -10,6 +10,55 @@ fn ok() -> Status {
     }
 }
 
+/// With `admit_vouched`, a device no voucher was imported for is admitted by its MASA's
+/// nonced voucher for its own request, if the voucher pins our root: its record is written,
+/// expected, holding that voucher. A voucher pinning another owner admits nothing.
+#[test]
+fn a_device_the_masa_vouches_for_is_admitted_when_the_policy_says_so() {
+    let mut kit = Kit::new();
+    kit.registrar.policy.admit_vouched = true;
+    let (identity, peer) = kit.device("SN-NEW");
+    let signed = kit.voucher_request(&identity);
+    let nonced = |owner: &[u8]| {
+        kit.maker
+            .nonced_voucher(&identity.identity.idevid, &signed, owner, NOW)
+            .unwrap()
+    };
+    let voucher = nonced(&kit.owner_root);
+    let d = voucher_request(
+        &kit.registrar,
+        &peer,
+        None,
+        &signed,
+        &BINDING,
+        NOW,
+        Some(voucher.clone()),
+    )
+    .unwrap();
+    let record = d.write.expect("the device is admitted");
+    assert_eq!(record.state, DeviceState::Expected);
+    assert_eq!(record.voucher.as_ref(), Some(&voucher));
+    assert_eq!(d.events[0].action, "admitted-by-masa");
+    assert!(matches!(d.response, Response::Voucher(v) if v == voucher));
+
+    let elsewhere = Kit::new().owner_root;
+    let err = voucher_request(
+        &kit.registrar,
+        &peer,
+        None,
+        &signed,
+        &BINDING,
+        NOW,
+        Some(nonced(&elsewhere)),
+    )
+    .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Unavailable);
+    // Without a MASA's voucher, an unknown device stays unknown.
+    let err =
+        voucher_request(&kit.registrar, &peer, None, &signed, &BINDING, NOW, None).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::UnknownDevice);
+}
+
 #[test]
 fn a_voucher_request_answers_the_voucher_and_writes_nothing() {
     let kit = Kit::new();

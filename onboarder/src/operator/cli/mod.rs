@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use super::client::ApiClient;
-use crate::config::{Config, layout};
+use crate::config::{Config, OnlineMasa, layout};
 use crate::core::NetworkPolicy;
 use crate::error::{Error, Result};
 
@@ -137,6 +137,15 @@ pub struct InitArgs {
     /// LDevID lifetime in days.
     #[arg(long, default_value_t = 90)]
     pub ldevid_days: u64,
+    /// Ask manufacturers' MASAs online for nonced vouchers (RFC 8995): `off` (vouchers are
+    /// imported), `auto` (the MASA each IDevID names), or a URL (`https://masa.example:9443`)
+    /// asked when an IDevID names none.
+    #[arg(long, default_value = "off", value_name = "off|auto|URL")]
+    pub masa: String,
+    /// Admit a device no voucher was imported for when its maker's MASA vouches for it to
+    /// this owner (needs --masa).
+    #[arg(long)]
+    pub admit_vouched: bool,
 }
 
 /// `onboarder demo`.
@@ -211,6 +220,24 @@ pub fn init(dir: PathBuf, args: InitArgs) -> Result<()> {
     config.policy.server_name = args.names.first().cloned().unwrap_or_default();
     config.server_names = args.names;
     config.policy.ldevid_lifetime = args.ldevid_days * 86_400;
+    config.online_masa = match args.masa.as_str() {
+        "off" => None,
+        "auto" => Some(OnlineMasa { url: None }),
+        url if url.starts_with("https://") => Some(OnlineMasa {
+            url: Some(url.to_string()),
+        }),
+        other => {
+            return Err(Error::Config(format!(
+                "--masa {other:?}: `off`, `auto` or an https:// URL"
+            )));
+        }
+    };
+    if args.admit_vouched && config.online_masa.is_none() {
+        return Err(Error::Config(
+            "--admit-vouched needs a MASA to vouch (--masa auto or a URL)".into(),
+        ));
+    }
+    config.policy.admit_vouched = args.admit_vouched;
     config.policy.network = if args.eap_tls {
         NetworkPolicy::EapTls { ssid: args.ssid }
     } else {
