@@ -51,7 +51,23 @@ pub fn router(masa: Arc<MasaService>) -> Router {
         .route("/.well-known/brski/requestvoucher", post(requestvoucher))
         .route("/.well-known/brski/requestauditlog", post(requestauditlog))
         .layer(DefaultBodyLimit::max(MAX_CMS))
+        .layer(axum::middleware::from_fn(announced_size))
         .with_state(masa)
+}
+
+/// Refuses (413) a body announced longer than [`MAX_CMS`] before reading any of it, so the
+/// client hears the verdict rather than a reset while it still sends.
+async fn announced_size(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_CMS as u64) {
+        let why = format!("the body is larger than {MAX_CMS} bytes");
+        return refused(StatusCode::PAYLOAD_TOO_LARGE, &why);
+    }
+    next.run(request).await
 }
 
 fn refused(status: StatusCode, why: &str) -> Response {

@@ -84,3 +84,48 @@ async fn a_quic_agent_is_admitted_on_an_online_masa_voucher_and_a_stranger_is_no
     assert!(stranger.record("SN-ELSEWHERE").is_none());
     assert!(other.is_factory_fresh());
 }
+
+/// The MASA server refuses what is not a registrar's CMS request: another media type (415),
+/// a body that is not CMS (400), too large (413); its log stays empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_masa_server_refuses_malformed_requests() {
+    let world = World::new().await;
+    let port = free_port();
+    let maker_dir = world.dir.path().join("maker");
+    let _masa = serve_masa(
+        &world.manufacturer,
+        vec![world.owner_root.clone()],
+        &maker_dir,
+        port,
+    )
+    .await;
+    let root = maker_dir.join(certs::factory::layout::ROOT_CERT);
+    let big = world.dir.path().join("big");
+    std::fs::write(&big, vec![0x30; 100 * 1024]).unwrap();
+    let big = format!("@{}", big.display());
+    for (media, body, status) in [
+        ("application/json", "{}", 415),
+        (certs::brski::VOUCHER_CMS, "not cms", 400),
+        (certs::brski::VOUCHER_CMS, big.as_str(), 413),
+    ] {
+        for resource in ["requestvoucher", "requestauditlog"] {
+            let out = std::process::Command::new("curl")
+                .args(["--silent", "--write-out", "%{http_code}", "-o", "/dev/null"])
+                .arg("--cacert")
+                .arg(&root)
+                .args([
+                    "-H",
+                    &format!("Content-Type: {media}"),
+                    "--data-binary",
+                    body,
+                ])
+                .arg(format!(
+                    "https://localhost:{port}/.well-known/brski/{resource}"
+                ))
+                .output()
+                .unwrap();
+            let got = String::from_utf8_lossy(&out.stdout).to_string();
+            assert_eq!(got, status.to_string(), "{resource} {media} {body}");
+        }
+    }
+}
