@@ -35,6 +35,20 @@ fn crypto(c: &mut Criterion) {
     c.bench_function("voucher verify", |b| {
         b.iter(|| Voucher::open(&voucher, &masa).unwrap())
     });
+    // The same voucher as CMS-signed JSON (RFC 8366), what BRSKI pledges get.
+    let cms = certs::brski::Encoding::Cms;
+    let cms_voucher = m
+        .voucher_in(cms, "SN-1", owner.cert_der(), now, now + 3600)
+        .unwrap();
+    c.bench_function("voucher sign (CMS)", |b| {
+        b.iter(|| {
+            m.voucher_in(cms, "SN-1", owner.cert_der(), now, now + 3600)
+                .unwrap()
+        })
+    });
+    c.bench_function("voucher verify (CMS)", |b| {
+        b.iter(|| certs::brski::open_voucher(&cms_voucher, &masa).unwrap())
+    });
 
     let device = KeyPair::generate(KeyKind::P256).unwrap();
     let request = VoucherRequest {
