@@ -209,6 +209,7 @@ fn codecs(c: &mut Criterion) {
         "command: update",
         Command::Update {
             manifest: vec![0xd2; 400],
+            url: None,
         },
     );
     roundtrip(

@@ -265,6 +265,7 @@ async fn sigterm_in_a_download_stops_cleanly_and_the_download_resumes() {
             failure_threshold: 100,
             rate: None,
             wave_timeout: None,
+            over_https: false,
         })
         .await
         .unwrap();

@@ -36,6 +36,11 @@ async fn demo_output_verifies_with_openssl() {
     .await
     .unwrap();
     assert_eq!(report.phases["onboard"].ok, 20);
+    // The fleet updated twice: over its QUIC sessions, then from the HTTPS listener.
+    for phase in ["firmware", "firmware_https"] {
+        let r = &report.phases[phase];
+        assert_eq!((r.ok, r.failed), (20, 0), "{phase}");
+    }
 
     let owner_root = out.join("onboarder/ca/owner-root.pem");
     let issuing = out.join("onboarder/ca/issuing-ca.pem");

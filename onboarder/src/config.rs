@@ -143,6 +143,7 @@ impl Config {
                 require_csr_binding: false,
                 admit_vouched: false,
                 crl_url: None,
+                firmware_url: None,
             },
             online_masa: None,
             crl_validity: 86_400,

@@ -104,6 +104,13 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport> {
     config.api_listen = loopback;
     // Every agent connects from this machine's one address.
     config.limits = crate::transport::limits::Limits::single_host();
+    // The HTTPS listener, for the firmware phase over HTTPS: its port is in the offers' URLs,
+    // so it is chosen before the start.
+    let https = std::net::TcpListener::bind(loopback)
+        .and_then(|l| l.local_addr())
+        .map_err(|e| crate::error::Error::os("choosing the HTTPS port", e))?;
+    config.https_listen = Some(https);
+    config.policy.firmware_url = Some(format!("https://localhost:{}/firmware", https.port()));
     crate::pki::init(&data, &config, now)?;
     let server = Server::start(&data, Listen::default()).await?;
     let api = Arc::new(ApiClient::new(
@@ -153,10 +160,18 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport> {
     let fleet = Fleet::start(&agents);
     exercise.connected(agents.len()).await?;
     phases.insert("rotate".to_string(), exercise.rotate(&agents).await?);
-    let image = incompressible_image(IMAGE_SIZE);
+    // The same fleet updated twice: over the QUIC session, then from the HTTPS listener.
     phases.insert(
         "firmware".to_string(),
-        exercise.firmware(&agents, image).await?,
+        exercise
+            .firmware(&agents, incompressible_image(IMAGE_SIZE, 1), 1, false)
+            .await?,
+    );
+    phases.insert(
+        "firmware_https".to_string(),
+        exercise
+            .firmware(&agents, incompressible_image(IMAGE_SIZE, 2), 2, true)
+            .await?,
     );
     let count = (agents.len() * usize::from(options.decommission_percent)).div_ceil(100);
     let leaving = &agents[agents.len() - count..];

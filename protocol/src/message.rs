@@ -324,12 +324,16 @@ pub enum Command {
     /// the renewal follows on the device's own streams.
     Rotate,
     /// Install the firmware described by this signed manifest (COSE_Sign1 of a
-    /// [`crate::manifest::Manifest`]); fetch it with [`Request::FirmwareChunk`]. Answered by
-    /// [`CommandReply::Accepted`].
+    /// [`crate::manifest::Manifest`]); fetch it from `url` over HTTPS when there is one, else
+    /// with [`Request::FirmwareChunk`]. Answered by [`CommandReply::Accepted`].
     Update {
         /// The signed manifest.
         #[serde(with = "serde_bytes")]
         manifest: Vec<u8>,
+        /// Where to download the image over HTTPS (RFC 9110 byte ranges resume it); the
+        /// manifest, not the URL, makes the image trustworthy.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
     },
     /// Wipe everything of this owner (data, keys, network credentials) and answer with a
     /// wipe attestation bound to `nonce`. Answered by [`CommandReply::Accepted`].

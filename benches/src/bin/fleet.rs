@@ -155,10 +155,10 @@ async fn main() -> Result<()> {
     config.api_listen = format!("127.0.0.1:{}", free_port()?).parse()?;
     // Every simulated device connects from this machine's one address.
     config.limits = onboarder::transport::limits::Limits::single_host();
+    // The HTTPS listener: EST in --est mode, firmware images otherwise.
     let https: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    if cli.est {
-        config.https_listen = Some(https);
-    }
+    config.https_listen = Some(https);
+    config.policy.firmware_url = Some(format!("https://localhost:{}/firmware", https.port()));
     onboarder::pki::init(&data, &config, now)?;
     let binary = match cli.server.clone() {
         Some(b) => b,
@@ -334,11 +334,20 @@ async fn main() -> Result<()> {
     let cpu = proc.cpu_seconds();
     let report = exercise.rotate(&agents).await?;
     measure("rotate", report, cpu);
-    let cpu = proc.cpu_seconds();
-    let report = exercise
-        .firmware(&agents, incompressible_image(cli.image))
-        .await?;
-    measure("firmware", report, cpu);
+    // The same fleet updated twice, the same image size: over the QUIC session, then from
+    // the HTTPS listener.
+    for (phase, sequence, over_https) in [("firmware", 1, false), ("firmware_https", 2, true)] {
+        let cpu = proc.cpu_seconds();
+        let report = exercise
+            .firmware(
+                &agents,
+                incompressible_image(cli.image, sequence),
+                sequence,
+                over_https,
+            )
+            .await?;
+        measure(phase, report, cpu);
+    }
     let count = (agents.len() * usize::from(cli.decommission)).div_ceil(100);
     let cpu = proc.cpu_seconds();
     let report = exercise

@@ -8,10 +8,14 @@ use std::time::Duration;
 use protocol::manifest::Manifest;
 use protocol::message::{FirmwareReport, FirmwareState, Request, Response};
 
+use http_body_util::BodyExt;
+
 use super::{Agent, CHUNK, blocking, unexpected};
-use crate::error::AgentError;
+use crate::error::{AgentError, PlatformError};
 use crate::machine::AgentState;
 use crate::machine::firmware::{self, UpdatePlan};
+use crate::transport::https::ImageSource;
+use crate::transport::quic;
 use crate::transport::quic::Session;
 
 /// How long a freshly booted image may take to reach the onboarder before it counts as
@@ -30,7 +34,12 @@ impl Agent {
     /// Installs the firmware of a signed manifest. A refused manifest or image is reported and
     /// nothing is installed; the session goes on. Returns the session to continue with (a new
     /// one after the trial boot).
-    pub async fn update(&self, session: Session, signed: Vec<u8>) -> Result<Session, AgentError> {
+    pub async fn update(
+        &self,
+        session: Session,
+        signed: Vec<u8>,
+        url: Option<String>,
+    ) -> Result<Session, AgentError> {
         let started = std::time::Instant::now();
         let state = self.load_state()?;
         let manifest = match firmware::plan(&signed, &self.identity.product, &state, self.now()) {
@@ -50,7 +59,7 @@ impl Agent {
             UpdatePlan::Install(manifest) => manifest,
         };
         let digest = manifest.digest.clone();
-        match self.download(&session, &manifest).await {
+        match self.download(&session, &manifest, url.as_deref()).await {
             Ok(()) => {}
             Err(AgentError::Firmware(e)) => {
                 let slots = self.slots.clone();
@@ -85,15 +94,37 @@ impl Agent {
         Ok(session)
     }
 
-    async fn download(&self, session: &Session, manifest: &Manifest) -> Result<(), AgentError> {
-        let digest = manifest.digest.clone();
-        let (slots, d) = (self.slots.clone(), digest.clone());
+    /// Where the staged image of `manifest` resumes (an oversized stage is discarded).
+    async fn staged_offset(&self, manifest: &Manifest) -> Result<u64, AgentError> {
+        let (slots, d) = (self.slots.clone(), manifest.digest.clone());
         let staged = blocking(move || slots.staged_len(&d)).await?;
-        let (mut offset, discard) = firmware::resume_at(staged, manifest.size);
+        let (offset, discard) = firmware::resume_at(staged, manifest.size);
         if discard {
-            let (slots, d) = (self.slots.clone(), digest.clone());
+            let (slots, d) = (self.slots.clone(), manifest.digest.clone());
             blocking(move || slots.discard(&d)).await?;
         }
+        Ok(offset)
+    }
+
+    /// Stages `piece` of the image at `offset`.
+    async fn stage(&self, digest: &[u8], offset: u64, piece: Vec<u8>) -> Result<(), AgentError> {
+        let (slots, d) = (self.slots.clone(), digest.to_vec());
+        let len = piece.len() as u64;
+        blocking(move || slots.stage(&d, offset, &piece)).await?;
+        self.stats.firmware_bytes.fetch_add(len, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Downloads the image: from `url` over HTTPS when the offer gave one (falling back to
+    /// the session if that fails), else over the session; then checks it against the manifest.
+    async fn download(
+        &self,
+        session: &Session,
+        manifest: &Manifest,
+        url: Option<&str>,
+    ) -> Result<(), AgentError> {
+        let digest = manifest.digest.clone();
+        let offset = self.staged_offset(manifest).await?;
         if offset > 0 {
             tracing::info!(
                 serial = self.serial(),
@@ -104,12 +135,43 @@ impl Agent {
         }
         let downloading = FirmwareReport::progress(&digest, FirmwareState::Downloading, offset);
         self.report_firmware(session, downloading).await;
-        let mut extra = 0u64;
+        let over_https = match url {
+            Some(url) => match self.download_https(url, manifest).await {
+                Ok(beyond) => Some(beyond),
+                Err(e) => {
+                    tracing::warn!(
+                        serial = self.serial(),
+                        "firmware {}: HTTPS download failed ({e}); going on over the session",
+                        manifest.version
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        let extra = match over_https {
+            Some(beyond) => beyond,
+            None => self.download_over_session(session, manifest).await?,
+        };
+        let (slots, d) = (self.slots.clone(), digest.clone());
+        let (size, actual) = blocking(move || slots.staged_digest(&d)).await?;
+        manifest.check_image(size + extra, &actual)?;
+        Ok(())
+    }
+
+    /// Downloads the rest of the image in chunks over the session. Returns the bytes the
+    /// server has beyond the manifest's size (which the check refuses).
+    async fn download_over_session(
+        &self,
+        session: &Session,
+        manifest: &Manifest,
+    ) -> Result<u64, AgentError> {
+        let mut offset = self.staged_offset(manifest).await?;
         loop {
             let want = firmware::want(offset, manifest.size, CHUNK);
             let chunk = match session
                 .call(&Request::FirmwareChunk {
-                    digest: digest.clone(),
+                    digest: manifest.digest.clone(),
                     offset,
                     length: want,
                 })
@@ -119,25 +181,82 @@ impl Agent {
                 other => return Err(unexpected("a firmware chunk", &other)),
             };
             if chunk.is_empty() {
-                break;
+                return Ok(0);
             }
             if offset >= manifest.size {
-                extra += chunk.len() as u64;
-                break;
+                return Ok(chunk.len() as u64);
             }
             let len = chunk.len().min(want as usize);
-            let (slots, d) = (self.slots.clone(), digest.clone());
-            let piece = chunk[..len].to_vec();
-            blocking(move || slots.stage(&d, offset, &piece)).await?;
+            self.stage(&manifest.digest, offset, chunk[..len].to_vec())
+                .await?;
             offset += len as u64;
-            self.stats
-                .firmware_bytes
-                .fetch_add(len as u64, Ordering::Relaxed);
         }
-        let (slots, d) = (self.slots.clone(), digest.clone());
-        let (size, actual) = blocking(move || slots.staged_digest(&d)).await?;
-        manifest.check_image(size + extra, &actual)?;
-        Ok(())
+    }
+
+    /// Downloads the rest of the image from `url` over HTTPS with the device's LDevID, from
+    /// where the stage stops; pieces are staged as they come, so an interrupted download
+    /// resumes (with `Range`) where it stopped. Returns the bytes the server sent beyond the
+    /// manifest's size (which the check refuses).
+    async fn download_https(&self, url: &str, manifest: &Manifest) -> Result<u64, AgentError> {
+        let state = self.load_state()?;
+        let (Some(ldevid), Some(owner_ca)) = (&state.ldevid, &state.owner_ca) else {
+            return Err(AgentError::Protocol("the device is not onboarded".into()));
+        };
+        let key = self
+            .keys
+            .ldevid_key()?
+            .ok_or_else(|| PlatformError::Key("no LDevID key".into()))?;
+        let mut chain = vec![ldevid.clone()];
+        chain.extend(state.chain.iter().take(1).map(|c| c.to_vec()));
+        let tls = quic::operational_tls(&chain, key, owner_ca, &self.options.clock)?;
+        let mut source = ImageSource::open(url, tls).await?;
+        let mut offset = self.staged_offset(manifest).await?;
+        let mut beyond = 0u64;
+        loop {
+            let (mut body, mut skip) = source.get(offset).await?;
+            let mut pending: Vec<u8> = Vec::with_capacity(CHUNK as usize);
+            let mut received = 0u64;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| AgentError::Connection(format!("{url}: {e}")))?;
+                let Ok(mut data) = frame.into_data() else {
+                    continue;
+                };
+                let skipped = data.len().min(usize::try_from(skip).unwrap_or(usize::MAX));
+                skip -= skipped as u64;
+                let _ = data.split_to(skipped);
+                received += data.len() as u64;
+                let room = manifest.size.saturating_sub(offset + pending.len() as u64);
+                let keep = data.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+                beyond += (data.len() - keep) as u64;
+                pending.extend_from_slice(&data[..keep]);
+                if pending.len() >= CHUNK as usize {
+                    let len = pending.len() as u64;
+                    self.stage(&manifest.digest, offset, std::mem::take(&mut pending))
+                        .await?;
+                    self.stats
+                        .firmware_bytes_https
+                        .fetch_add(len, Ordering::Relaxed);
+                    offset += len;
+                }
+            }
+            if !pending.is_empty() {
+                let len = pending.len() as u64;
+                self.stage(&manifest.digest, offset, pending).await?;
+                self.stats
+                    .firmware_bytes_https
+                    .fetch_add(len, Ordering::Relaxed);
+                offset += len;
+            }
+            if offset >= manifest.size || beyond > 0 {
+                return Ok(beyond);
+            }
+            if received == 0 {
+                return Err(AgentError::Connection(format!(
+                    "{url} ended at byte {offset} of {}",
+                    manifest.size
+                )));
+            }
+        }
     }
 
     async fn trial_boot(

@@ -84,8 +84,10 @@ pub struct AgentStats {
     pub last_renewal_us: AtomicU64,
     /// Firmware updates that ended healthy.
     pub updates: AtomicU64,
-    /// Firmware bytes downloaded.
+    /// Firmware bytes downloaded (over either path).
     pub firmware_bytes: AtomicU64,
+    /// Of those, the bytes downloaded over HTTPS (the offer named a URL).
+    pub firmware_bytes_https: AtomicU64,
     /// Duration of the last firmware update in microseconds, from the offer to the health
     /// report.
     pub last_update_us: AtomicU64,

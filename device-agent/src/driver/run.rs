@@ -72,7 +72,9 @@ impl Agent {
                             return Ok::<bool, AgentError>(false);
                         }
                         Stop::Renew => session = self.renew(session).await?,
-                        Stop::Update(manifest) => session = self.update(session, manifest).await?,
+                        Stop::Update { manifest, url } => {
+                            session = self.update(session, manifest, url).await?
+                        }
                         Stop::Decommission { nonce, method } => {
                             self.decommission(&session, nonce, method).await?;
                             session.close();

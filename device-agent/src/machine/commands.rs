@@ -10,8 +10,14 @@ pub enum Action {
     None,
     /// Renew the LDevID with a fresh key now.
     Renew,
-    /// Install the firmware of this signed manifest.
-    Update(Vec<u8>),
+    /// Install the firmware of this signed manifest, downloaded from `url` over HTTPS when
+    /// the offer gave one.
+    Update {
+        /// The signed manifest.
+        manifest: Vec<u8>,
+        /// Where to download the image.
+        url: Option<String>,
+    },
     /// Wipe everything of the owner and attest it, bound to this nonce.
     Decommission {
         /// The server's nonce.
@@ -26,7 +32,13 @@ pub fn handle(command: &Command) -> (CommandReply, Action) {
     match command {
         Command::Ping { nonce } => (CommandReply::Pong { nonce: *nonce }, Action::None),
         Command::Rotate => (CommandReply::Accepted, Action::Renew),
-        Command::Update { manifest } => (CommandReply::Accepted, Action::Update(manifest.clone())),
+        Command::Update { manifest, url } => (
+            CommandReply::Accepted,
+            Action::Update {
+                manifest: manifest.clone(),
+                url: url.clone(),
+            },
+        ),
         Command::Decommission { nonce, method } => (
             CommandReply::Accepted,
             Action::Decommission {
@@ -67,9 +79,16 @@ mod tests {
         );
         assert_eq!(
             handle(&Command::Update {
-                manifest: vec![1, 2]
+                manifest: vec![1, 2],
+                url: Some("https://h/firmware/ab".into()),
             }),
-            (CommandReply::Accepted, Action::Update(vec![1, 2]))
+            (
+                CommandReply::Accepted,
+                Action::Update {
+                    manifest: vec![1, 2],
+                    url: Some("https://h/firmware/ab".into())
+                }
+            )
         );
         assert_eq!(
             handle(&Command::Decommission {

@@ -66,8 +66,14 @@ pub enum Stop {
     Closed,
     /// The LDevID must be renewed (it is due, or the server asked).
     Renew,
-    /// A firmware update was offered (the signed manifest).
-    Update(Vec<u8>),
+    /// A firmware update was offered: the signed manifest, and where to download the image
+    /// over HTTPS if the offer said.
+    Update {
+        /// The signed manifest.
+        manifest: Vec<u8>,
+        /// The image's URL.
+        url: Option<String>,
+    },
     /// The owner decommissions the device.
     Decommission {
         /// The server's nonce.
@@ -82,7 +88,7 @@ pub fn stop_for(action: Action) -> Option<Stop> {
     match action {
         Action::None => None,
         Action::Renew => Some(Stop::Renew),
-        Action::Update(manifest) => Some(Stop::Update(manifest)),
+        Action::Update { manifest, url } => Some(Stop::Update { manifest, url }),
         Action::Decommission { nonce, method } => Some(Stop::Decommission { nonce, method }),
     }
 }

@@ -1,6 +1,8 @@
-//! Transports of the agent. QUIC is the native one.
+//! Transports of the agent. QUIC is the native one; HTTPS carries firmware images when an
+//! offer names a URL.
 
 pub mod address;
+pub mod https;
 pub mod quic;
 
 pub use address::ServerAddress;

@@ -188,6 +188,19 @@ pub fn operational_config(
     timeouts: Timeouts,
     clock: &crate::Clock,
 ) -> Result<quinn::ClientConfig, AgentError> {
+    quic_config(
+        operational_tls(ldevid_chain, key, owner_ca, clock)?,
+        timeouts,
+    )
+}
+
+/// The operational TLS client (LDevID, pinned owner CA only, TLS 1.3), for QUIC or HTTPS.
+pub fn operational_tls(
+    ldevid_chain: &[Vec<u8>],
+    key: Arc<dyn DeviceKey>,
+    owner_ca: &[u8],
+    clock: &crate::Clock,
+) -> Result<rustls::ClientConfig, AgentError> {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from(owner_ca.to_vec()))
@@ -197,7 +210,7 @@ pub fn operational_config(
         .map_err(|e| AgentError::Connection(e.to_string()))?
         .with_root_certificates(roots)
         .with_client_cert_resolver(client_cert(ldevid_chain, key)?);
-    quic_config(tls, timeouts)
+    Ok(tls)
 }
 
 /// A client endpoint able to reach `server`.

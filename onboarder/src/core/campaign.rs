@@ -58,6 +58,10 @@ pub struct Campaign {
     /// are not over; `None` waits for every device.
     #[serde(default)]
     pub wave_timeout: Option<u64>,
+    /// Devices download the image over HTTPS (the offer carries its URL) instead of over
+    /// their session.
+    #[serde(default)]
+    pub over_https: bool,
     /// State.
     pub state: CampaignState,
     /// Index of the wave being offered.

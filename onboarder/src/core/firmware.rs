@@ -17,14 +17,41 @@ use super::release::Release;
 use super::state::DeviceState;
 use crate::audit::AuditEvent;
 
-/// Offers `release` to the device in campaign `campaign`. A device that already runs this
-/// sequence number or a higher one gets a skipped job instead (never an offer); an inactive
-/// device is refused.
+/// Where a device downloads the image of `digest` when a campaign runs over HTTPS: the
+/// policy's `firmware_url` and the image's SHA-256 (the route of the HTTPS listener, which
+/// authorises the device by its LDevID); `None` over the device's session. A campaign over
+/// HTTPS without a `firmware_url` is refused.
+pub fn download_url(
+    policy: &super::policy::Policy,
+    over_https: bool,
+    digest: &[u8],
+) -> Result<Option<String>, LifecycleError> {
+    if !over_https {
+        return Ok(None);
+    }
+    let base = policy.firmware_url.as_deref().ok_or_else(|| {
+        LifecycleError::BadRequest(
+            "a campaign over HTTPS needs policy.firmware_url (set by `onboarder init` when \
+             --https is on)"
+                .into(),
+        )
+    })?;
+    Ok(Some(format!(
+        "{}/{}",
+        base.trim_end_matches('/'),
+        hex::encode(digest)
+    )))
+}
+
+/// Offers `release` to the device in campaign `campaign`, to download from `url` if given. A
+/// device that already runs this sequence number or a higher one gets a skipped job instead
+/// (never an offer); an inactive device is refused.
 pub fn offer(
     id: &DeviceId,
     record: Option<DeviceRecord>,
     campaign: &str,
     release: &Release,
+    url: Option<String>,
     now: u64,
 ) -> Result<Decision, LifecycleError> {
     let mut record = known(id, record)?;
@@ -63,7 +90,7 @@ pub fn offer(
     } else {
         "firmware-skipped"
     };
-    record.firmware_job = Some(FirmwareJob::new(campaign, release, state, now));
+    record.firmware_job = Some(FirmwareJob::new(campaign, release, url, state, now));
     record.updated_at = now;
     Ok(Decision::ack(
         record,
@@ -212,7 +239,7 @@ pub fn skip(
     let state = JobState::Skipped {
         reason: reason.clone(),
     };
-    record.firmware_job = Some(FirmwareJob::new(campaign, release, state, now));
+    record.firmware_job = Some(FirmwareJob::new(campaign, release, None, state, now));
     Ok(Decision::ack(
         record,
         vec![AuditEvent::operator(
@@ -256,14 +283,38 @@ mod tests {
         let id = record.id.clone();
         let job = |d: Decision| d.write.unwrap().firmware_job.unwrap().state;
         assert!(matches!(
-            job(offer(&id, Some(record.clone()), "c", &release(5, "sensor-1"), NOW).unwrap()),
+            job(offer(
+                &id,
+                Some(record.clone()),
+                "c",
+                &release(5, "sensor-1"),
+                None,
+                NOW
+            )
+            .unwrap()),
             JobState::Skipped { .. }
         ));
         assert!(matches!(
-            job(offer(&id, Some(record.clone()), "c", &release(6, "other"), NOW).unwrap()),
+            job(offer(
+                &id,
+                Some(record.clone()),
+                "c",
+                &release(6, "other"),
+                None,
+                NOW
+            )
+            .unwrap()),
             JobState::Skipped { .. }
         ));
-        let offered = offer(&id, Some(record.clone()), "c", &release(6, "sensor-1"), NOW).unwrap();
+        let offered = offer(
+            &id,
+            Some(record.clone()),
+            "c",
+            &release(6, "sensor-1"),
+            None,
+            NOW,
+        )
+        .unwrap();
         let offered = offered.write.unwrap();
         assert_eq!(
             offered.firmware_job.as_ref().unwrap().state,
@@ -271,7 +322,7 @@ mod tests {
         );
         // The same campaign again changes nothing.
         assert!(
-            offer(&id, Some(offered), "c", &release(6, "sensor-1"), NOW)
+            offer(&id, Some(offered), "c", &release(6, "sensor-1"), None, NOW)
                 .unwrap()
                 .write
                 .is_none()
@@ -283,6 +334,7 @@ mod tests {
                 Some(expected),
                 "c",
                 &release(6, "sensor-1"),
+                None,
                 NOW
             )
             .unwrap_err()
@@ -298,7 +350,7 @@ mod tests {
         let (_, idevid) = kit.device("SN-1");
         let id = record.id.clone();
         let r = release(6, "sensor-1");
-        let offered = offer(&id, Some(record), "c", &r, NOW)
+        let offered = offer(&id, Some(record), "c", &r, None, NOW)
             .unwrap()
             .write
             .unwrap();
@@ -332,7 +384,7 @@ mod tests {
         let (record, _, peer) = kit.onboarded("SN-1");
         let id = record.id.clone();
         let r = release(6, "sensor-1");
-        let mut record = offer(&id, Some(record), "c", &r, NOW)
+        let mut record = offer(&id, Some(record), "c", &r, None, NOW)
             .unwrap()
             .write
             .unwrap();
@@ -400,7 +452,7 @@ mod tests {
         let kit = Kit::new();
         let (record, _, peer) = kit.onboarded("SN-1");
         let r = release(6, "sensor-1");
-        let record = offer(&record.id.clone(), Some(record), "c", &r, NOW)
+        let record = offer(&record.id.clone(), Some(record), "c", &r, None, NOW)
             .unwrap()
             .write
             .unwrap();
@@ -435,7 +487,7 @@ mod tests {
         let kit = Kit::new();
         let (record, _, _) = kit.onboarded("SN-1");
         let id = record.id.clone();
-        let offered = offer(&id, Some(record), "c", &release(6, "s"), NOW)
+        let offered = offer(&id, Some(record), "c", &release(6, "s"), None, NOW)
             .unwrap()
             .write
             .unwrap();

@@ -499,6 +499,7 @@ pub fn hello(
     if let Some(job) = record.firmware_job.as_ref().filter(|j| !j.state.is_final()) {
         welcome.commands.push(Command::Update {
             manifest: job.manifest.clone(),
+            url: job.url.clone(),
         });
     }
     if record

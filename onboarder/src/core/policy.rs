@@ -58,6 +58,11 @@ pub struct Policy {
     /// init` sets it from the first server name and the HTTPS port.
     #[serde(default)]
     pub crl_url: Option<String>,
+    /// Where the HTTPS listener serves firmware images (`https://HOST:PORT/firmware`): a
+    /// campaign run over HTTPS offers `{firmware_url}/{sha256}`. `onboarder init` sets it
+    /// from the first server name and the HTTPS port.
+    #[serde(default)]
+    pub firmware_url: Option<String>,
 }
 
 fn default_grace() -> u64 {

@@ -39,10 +39,10 @@ impl Fleet {
     }
 }
 
-/// A firmware image of `size` bytes that does not compress (xorshift), so a transfer is
-/// honest.
-pub fn incompressible_image(size: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+/// A firmware image of `size` bytes that does not compress (xorshift from `seed`), so a
+/// transfer is honest; each seed gives another image.
+pub fn incompressible_image(size: usize, seed: u64) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ seed.wrapping_mul(0x2545_f491_4f6c_dd1d);
     let mut image = Vec::with_capacity(size + 8);
     while image.len() < size {
         x ^= x << 13;

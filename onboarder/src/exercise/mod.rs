@@ -230,19 +230,27 @@ impl Exercise {
         Ok(PhaseReport::new(&mut latencies, failed, elapsed))
     }
 
-    /// The manufacturer signs `image` as version 1.1.0; the owner trusts its firmware key,
-    /// uploads the release and rolls it out to the connected fleet in waves of 1, 10 and 100 %.
-    /// A device counts once it runs the new version after its health check; its latency runs
-    /// from the offer to its health report; `bytes` adds up what the devices downloaded.
-    pub async fn firmware(&self, agents: &[Arc<Agent>], image: Vec<u8>) -> Result<PhaseReport> {
+    /// The manufacturer signs `image` as release `sequence` (version `1.SEQUENCE.0`); the
+    /// owner trusts its firmware key, uploads the release and rolls it out to the connected
+    /// fleet in waves of 1, 10 and 100 %, the devices downloading over their QUIC session or,
+    /// `over_https`, from the HTTPS listener. A device counts once it runs the new version
+    /// after its health check; its latency runs from the offer to its health report; `bytes`
+    /// adds up what the devices downloaded.
+    pub async fn firmware(
+        &self,
+        agents: &[Arc<Agent>],
+        image: Vec<u8>,
+        sequence: u64,
+        over_https: bool,
+    ) -> Result<PhaseReport> {
         use crate::service::{CampaignSpec, Target};
-        const VERSION: &str = "1.1.0";
+        let version = format!("1.{sequence}.0");
         let m = &self.manufacturer;
         let manifest = m.sign_firmware(
             &image,
             &certs::factory::FirmwareRelease {
-                version: VERSION,
-                sequence: 1,
+                version: &version,
+                sequence,
                 class_id: None,
                 expires_on: None,
                 sbom: None,
@@ -271,6 +279,7 @@ impl Exercise {
                     failure_threshold: 5,
                     rate: None,
                     wave_timeout: None,
+                    over_https,
                 })?;
                 api.order_campaign(&c.id, crate::core::campaign::CampaignOrder::Start)
             })
@@ -295,9 +304,9 @@ impl Exercise {
         let mut latencies = Vec::new();
         let mut failed = 0;
         for agent in agents {
-            let done = by_serial
-                .get(agent.serial())
-                .is_some_and(|p| p.state == "healthy" && p.running.as_deref() == Some(VERSION));
+            let done = by_serial.get(agent.serial()).is_some_and(|p| {
+                p.state == "healthy" && p.running.as_deref() == Some(version.as_str())
+            });
             if done {
                 latencies.push(Duration::from_micros(
                     agent.stats().last_update_us.load(Relaxed),

@@ -49,6 +49,10 @@ pub struct CampaignSpec {
     /// offer); `None` waits for every device of the wave.
     #[serde(default)]
     pub wave_timeout: Option<u64>,
+    /// Devices download the image over HTTPS (`policy.firmware_url`) instead of over their
+    /// QUIC session.
+    #[serde(default)]
+    pub over_https: bool,
 }
 
 /// A campaign and where every device of it stands.
@@ -123,6 +127,7 @@ impl Service {
                 "the failure threshold is a percentage".into(),
             ));
         }
+        firmware::download_url(&self.registrar().policy, spec.over_https, &release.digest)?;
         let targets: Vec<DeviceId> = match &spec.target {
             Target::Devices(named) => {
                 let mut ids = named
@@ -160,6 +165,7 @@ impl Service {
             failure_threshold: spec.failure_threshold,
             rate: spec.rate,
             wave_timeout: spec.wave_timeout,
+            over_https: spec.over_https,
             state: CampaignState::Created,
             wave: 0,
             wave_started_at: 0,
@@ -324,7 +330,12 @@ impl Service {
             if let Step::Offer(devices) = &step {
                 let report = self
                     .order(devices, |device, record, now| {
-                        firmware::offer(device, record, &campaign.id, &release, now)
+                        let url = firmware::download_url(
+                            &self.registrar().policy,
+                            campaign.over_https,
+                            &release.digest,
+                        )?;
+                        firmware::offer(device, record, &campaign.id, &release, url, now)
                     })
                     .await?;
                 // Devices that cannot take it (quarantined, gone) count as skipped: mark them
@@ -339,9 +350,15 @@ impl Service {
                     firmware::skip(d, r, &campaign.id, &release, now)
                 })
                 .await?;
+                let url = firmware::download_url(
+                    &self.registrar().policy,
+                    campaign.over_https,
+                    &release.digest,
+                )?;
                 pushes.extend(report.accepted.into_iter().map(|device| {
                     let update = Command::Update {
                         manifest: release.manifest.clone(),
+                        url: url.clone(),
                     };
                     (device, update)
                 }));

@@ -119,6 +119,7 @@ async fn the_repository_is_typed(store: &dyn Store) {
         failure_threshold: 5,
         rate: None,
         wave_timeout: None,
+        over_https: false,
         state: CampaignState::Created,
         wave: 0,
         wave_started_at: 0,

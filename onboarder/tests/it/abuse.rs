@@ -187,6 +187,7 @@ async fn a_device_flipping_its_update_state_cannot_grow_the_log() {
                 campaign: "c-flip".into(),
                 digest: digest.clone(),
                 manifest: Vec::new(),
+                url: None,
                 version: "9.9.9".into(),
                 sequence: 9,
                 state: JobState::Offered,

@@ -66,6 +66,17 @@ async fn run_campaign(
     waves: Vec<u8>,
     threshold: u8,
 ) -> String {
+    run_campaign_over(world, digest, serials, waves, threshold, false).await
+}
+
+async fn run_campaign_over(
+    world: &World,
+    digest: &str,
+    serials: &[&str],
+    waves: Vec<u8>,
+    threshold: u8,
+    over_https: bool,
+) -> String {
     let service = world.server.service();
     let campaign = service
         .create_campaign(CampaignSpec {
@@ -75,6 +86,7 @@ async fn run_campaign(
             failure_threshold: threshold,
             rate: None,
             wave_timeout: None,
+            over_https,
         })
         .await
         .unwrap();
@@ -87,6 +99,125 @@ async fn run_campaign(
 
 fn job(world: &World, serial: &str) -> Option<FirmwareJob> {
     world.record(serial).unwrap().firmware_job
+}
+
+/// A campaign over HTTPS: the offer carries the image's URL on the HTTPS listener, and the
+/// agents download it there with their LDevID (resuming with byte ranges), not over their
+/// session; the update ends healthy as over QUIC. A campaign over HTTPS is refused when the
+/// policy names no firmware URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_over_https_has_devices_download_the_image_over_https() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let world = World::with_config(|c| {
+        c.https_listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+        c.policy.firmware_url = Some(format!("https://localhost:{port}/firmware"));
+    })
+    .await;
+    trust_firmware(&world).await;
+    let refs = ["SN-WEB-1", "SN-WEB-2"];
+    let (devices, running) = fleet(&world, &refs).await;
+    // A bit over three ranges of 128 KiB, so a resumed download takes several.
+    let img = image(400_000, 9);
+    let manifest = world
+        .manufacturer
+        .sign_firmware(&img, &release("3.0.0", 3), now())
+        .unwrap();
+    let service = world.server.service();
+    let r = service.upload_release(&manifest, &img).await.unwrap();
+    let digest = certs::inspect::hex(&r.digest);
+    // A device has the first 200,000 bytes already (an earlier attempt stopped there).
+    FileSlots::new(&devices[0].state_dir.join("firmware"))
+        .stage(&r.digest, 0, &img[..200_000])
+        .unwrap();
+    let id = run_campaign_over(&world, &digest, &refs, vec![100], 10, true).await;
+    eventually(60, "the campaign", || {
+        service.campaign(&id).unwrap().state == CampaignState::Completed
+    })
+    .await;
+    assert_eq!(service.campaign_status(&id, true).unwrap().total.healthy, 2);
+    let url = format!("https://localhost:{port}/firmware/{digest}");
+    assert_eq!(
+        job(&world, "SN-WEB-1").unwrap().url.as_deref(),
+        Some(url.as_str())
+    );
+    for (r, expected) in running.into_iter().zip([400_000 - 200_000, 400_000]) {
+        let stats = r.agent.stats();
+        assert_eq!(stats.firmware_bytes_https.load(Ordering::Relaxed), expected);
+        assert_eq!(stats.firmware_bytes.load(Ordering::Relaxed), expected);
+        r.stop().await;
+    }
+    for d in &devices {
+        let active = FileSlots::new(&d.state_dir.join("firmware")).active_image();
+        assert_eq!(active.unwrap().unwrap(), img);
+    }
+
+    // Without a firmware URL in the policy, a campaign over HTTPS is refused.
+    let plain = World::for_manufacturer(world.manufacturer.clone()).await;
+    trust_firmware(&plain).await;
+    let r = plain
+        .server
+        .service()
+        .upload_release(&manifest, &img)
+        .await
+        .unwrap();
+    let refused = plain
+        .server
+        .service()
+        .create_campaign(CampaignSpec {
+            release: certs::inspect::hex(&r.digest),
+            target: Target::All,
+            waves: vec![100],
+            failure_threshold: 10,
+            rate: None,
+            wave_timeout: None,
+            over_https: true,
+        })
+        .await;
+    assert!(
+        matches!(&refused, Err(e) if e.to_string().contains("firmware_url")),
+        "{refused:?}"
+    );
+}
+
+/// When the image's URL cannot be reached, the agent goes on over its session: the update
+/// still ends healthy, nothing came over HTTPS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_image_url_falls_back_to_the_session() {
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let world = World::with_config(|c| {
+        c.policy.firmware_url = Some(format!("https://localhost:{nobody}/firmware"));
+    })
+    .await;
+    trust_firmware(&world).await;
+    let (_, running) = fleet(&world, &["SN-NOWEB"]).await;
+    let img = image(150_000, 4);
+    let manifest = world
+        .manufacturer
+        .sign_firmware(&img, &release("3.1.0", 3), now())
+        .unwrap();
+    let service = world.server.service();
+    let r = service.upload_release(&manifest, &img).await.unwrap();
+    let digest = certs::inspect::hex(&r.digest);
+    let id = run_campaign_over(&world, &digest, &["SN-NOWEB"], vec![100], 10, true).await;
+    eventually(60, "the campaign", || {
+        service.campaign(&id).unwrap().state == CampaignState::Completed
+    })
+    .await;
+    assert_eq!(service.campaign_status(&id, true).unwrap().total.healthy, 1);
+    for r in running {
+        let stats = r.agent.stats();
+        assert_eq!(stats.firmware_bytes_https.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.firmware_bytes.load(Ordering::Relaxed), 150_000);
+        r.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,6 +327,7 @@ async fn offer_directly(world: &World, serial: &str, manifest: &[u8], image: &[u
                 campaign: format!("planted-{}", claimed.version),
                 digest: claimed.digest.clone(),
                 manifest: manifest.to_vec(),
+                url: None,
                 version: claimed.version.clone(),
                 sequence: claimed.sequence,
                 state: JobState::Offered,
@@ -213,6 +345,7 @@ async fn offer_directly(world: &World, serial: &str, manifest: &[u8], image: &[u
             &world.id(serial),
             &Command::Update {
                 manifest: manifest.to_vec(),
+                url: None,
             },
         )
         .await
@@ -585,6 +718,7 @@ async fn a_silent_device_does_not_hold_back_the_next_wave_past_its_timeout() {
             failure_threshold: 0,
             rate: None,
             wave_timeout: Some(2),
+            over_https: false,
         })
         .await
         .unwrap();

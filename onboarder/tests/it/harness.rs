@@ -84,6 +84,7 @@ impl World {
         // Agents notice a dead connection within a second or two.
         config.policy.heartbeat_secs = 1;
         edit(&mut config);
+        let https_chosen = config.https_listen;
         onboarder::pki::init(&data, &config, now()).unwrap();
         let clock = device_agent::Clock::system();
         let server_clock = clock.clone();
@@ -97,8 +98,12 @@ impl World {
             onboarder::server::Options {
                 clock: Some(server_clock),
                 masa,
+                // HTTPS on a port of its own unless the test chose one (certificates and offers
+                // name it).
                 listen: onboarder::server::Listen {
-                    https: Some("127.0.0.1:0".parse().unwrap()),
+                    https: https_chosen
+                        .is_none()
+                        .then(|| "127.0.0.1:0".parse().unwrap()),
                     ..Default::default()
                 },
                 ..Default::default()

@@ -12,6 +12,7 @@ fn campaign(waves: usize) -> Campaign {
         failure_threshold: 10,
         rate: None,
         wave_timeout: None,
+        over_https: false,
         state: CampaignState::Created,
         wave: 0,
         wave_started_at: 0,

@@ -30,6 +30,7 @@ fn campaign(failure_threshold: u8) -> Campaign {
         failure_threshold,
         rate: None,
         wave_timeout: None,
+        over_https: false,
         state: CampaignState::Running,
         wave: 0,
         wave_started_at: 0,

@@ -67,6 +67,9 @@ pub struct FirmwareJob {
     /// The signed manifest, handed to the device.
     #[serde(with = "serde_bytes")]
     pub manifest: Vec<u8>,
+    /// Where the device downloads the image over HTTPS, if the campaign said so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     /// Release version.
     pub version: String,
     /// Release sequence number.
@@ -91,11 +94,18 @@ pub const MAX_JOB_TRANSITIONS: u32 = 32;
 
 impl FirmwareJob {
     /// The job of `release` in `campaign`, starting in `state` at `now`.
-    pub(crate) fn new(campaign: &str, release: &Release, state: JobState, now: u64) -> Self {
+    pub(crate) fn new(
+        campaign: &str,
+        release: &Release,
+        url: Option<String>,
+        state: JobState,
+        now: u64,
+    ) -> Self {
         FirmwareJob {
             campaign: campaign.to_string(),
             digest: release.digest.clone(),
             manifest: release.manifest.clone(),
+            url,
             version: release.version.clone(),
             sequence: release.sequence,
             state,

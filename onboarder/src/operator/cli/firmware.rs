@@ -73,6 +73,10 @@ pub enum CampaignCommand {
         /// the campaign completes when every device has). Without it, a wave waits for all.
         #[arg(long, value_name = "SECONDS")]
         wave_timeout: Option<u64>,
+        /// Devices download the image over HTTPS (the offer carries its URL on the HTTPS
+        /// listener, which resumes with byte ranges) instead of over their QUIC session.
+        #[arg(long)]
+        over_https: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -184,6 +188,7 @@ pub(super) fn campaign(client: &ApiClient, cmd: CampaignCommand) -> Result<()> {
             failure_threshold,
             rate,
             wave_timeout,
+            over_https,
             json: as_json,
         } => {
             let target = match (all, class) {
@@ -203,6 +208,7 @@ pub(super) fn campaign(client: &ApiClient, cmd: CampaignCommand) -> Result<()> {
                 failure_threshold,
                 rate,
                 wave_timeout,
+                over_https,
             })?;
             if as_json {
                 return json(&c);

@@ -213,10 +213,12 @@ pub fn init(dir: PathBuf, args: InitArgs) -> Result<()> {
     config.quic_listen = args.listen;
     config.api_listen = args.api;
     config.https_listen = args.https.0;
-    config.policy.crl_url = match (args.https.0, args.names.first()) {
-        (Some(https), Some(name)) => Some(format!("https://{name}:{}/crl", https.port())),
+    let https_base = match (args.https.0, args.names.first()) {
+        (Some(https), Some(name)) => Some(format!("https://{name}:{}", https.port())),
         _ => None,
     };
+    config.policy.crl_url = https_base.as_ref().map(|b| format!("{b}/crl"));
+    config.policy.firmware_url = https_base.map(|b| format!("{b}/firmware"));
     config.policy.server_name = args.names.first().cloned().unwrap_or_default();
     config.server_names = args.names;
     config.policy.ldevid_lifetime = args.ldevid_days * 86_400;
