@@ -56,20 +56,21 @@ pub fn voucher_request(
                 "the MASA's voucher does not answer this request".into(),
             ));
         }
+        let issued = AuditEvent::device(
+            &peer.id,
+            "voucher-issued",
+            format!(
+                "nonced, from the MASA, to IDevID certificate {}",
+                peer.cert_serial
+            ),
+            now,
+        );
         let Some(_) = record else {
-            return admit_vouched(reg, peer, voucher, &made, now);
+            return admit_vouched(reg, peer, voucher, &made, issued, now);
         };
         return Ok(Decision {
             write: None,
-            events: vec![AuditEvent::device(
-                &peer.id,
-                "voucher-issued",
-                format!(
-                    "nonced, from the MASA, to IDevID certificate {}",
-                    peer.cert_serial
-                ),
-                now,
-            )],
+            events: vec![issued],
             response: Response::Voucher(voucher),
         });
     }
@@ -127,6 +128,7 @@ fn admit_vouched(
     peer: &DevicePeer,
     voucher: Vec<u8>,
     made: &protocol::voucher::Voucher,
+    issued: AuditEvent,
     now: u64,
 ) -> Result<Decision, LifecycleError> {
     if reg.owner_root() != Some(made.pinned_domain_cert.as_slice()) {
@@ -144,15 +146,7 @@ fn admit_vouched(
                 "no voucher was imported; its maker's MASA vouched for it",
                 now,
             ),
-            AuditEvent::device(
-                &peer.id,
-                "voucher-issued",
-                format!(
-                    "nonced, from the MASA, to IDevID certificate {}",
-                    peer.cert_serial
-                ),
-                now,
-            ),
+            issued,
         ],
         response: Response::Voucher(voucher),
     })

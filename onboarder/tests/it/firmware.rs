@@ -32,6 +32,27 @@ fn release<'a>(version: &'a str, sequence: u64) -> FirmwareRelease<'a> {
     }
 }
 
+/// The world's manufacturer signs `img` as `version` and `sequence`; the owner uploads the
+/// release. Its signed manifest and the release.
+async fn publish(
+    world: &World,
+    img: &[u8],
+    version: &str,
+    sequence: u64,
+) -> (Vec<u8>, onboarder::core::release::Release) {
+    let manifest = world
+        .manufacturer
+        .sign_firmware(img, &release(version, sequence), now())
+        .unwrap();
+    let r = world
+        .server
+        .service()
+        .upload_release(&manifest, img)
+        .await
+        .unwrap();
+    (manifest, r)
+}
+
 async fn trust_firmware(world: &World) {
     world
         .server
@@ -122,12 +143,8 @@ async fn a_campaign_over_https_has_devices_download_the_image_over_https() {
     let (devices, running) = fleet(&world, &refs).await;
     // A bit over three ranges of 128 KiB, so a resumed download takes several.
     let img = image(400_000, 9);
-    let manifest = world
-        .manufacturer
-        .sign_firmware(&img, &release("3.0.0", 3), now())
-        .unwrap();
+    let (manifest, r) = publish(&world, &img, "3.0.0", 3).await;
     let service = world.server.service();
-    let r = service.upload_release(&manifest, &img).await.unwrap();
     let digest = certs::inspect::hex(&r.digest);
     // A device has the first 200,000 bytes already (an earlier attempt stopped there).
     FileSlots::new(&devices[0].state_dir.join("firmware"))
@@ -199,12 +216,8 @@ async fn an_unreachable_image_url_falls_back_to_the_session() {
     trust_firmware(&world).await;
     let (_, running) = fleet(&world, &["SN-NOWEB"]).await;
     let img = image(150_000, 4);
-    let manifest = world
-        .manufacturer
-        .sign_firmware(&img, &release("3.1.0", 3), now())
-        .unwrap();
+    let (_, r) = publish(&world, &img, "3.1.0", 3).await;
     let service = world.server.service();
-    let r = service.upload_release(&manifest, &img).await.unwrap();
     let digest = certs::inspect::hex(&r.digest);
     let id = run_campaign_over(&world, &digest, &["SN-NOWEB"], vec![100], 10, true).await;
     eventually(60, "the campaign", || {
@@ -228,16 +241,7 @@ async fn a_campaign_updates_every_device_in_waves() {
     let refs: Vec<&str> = serials.iter().map(String::as_str).collect();
     let (devices, running) = fleet(&world, &refs).await;
     let img = image(300_000, 1);
-    let manifest = world
-        .manufacturer
-        .sign_firmware(&img, &release("2.0.0", 2), now())
-        .unwrap();
-    let r = world
-        .server
-        .service()
-        .upload_release(&manifest, &img)
-        .await
-        .unwrap();
+    let (manifest, r) = publish(&world, &img, "2.0.0", 2).await;
     // Uploading again is idempotent; a tampered image is refused.
     world
         .server
@@ -623,16 +627,7 @@ async fn an_interrupted_download_resumes_with_only_the_rest() {
     world.agent(&device).onboard().await.unwrap();
     let size = 1024 * 1024 + 12_345;
     let img = image(size, 3);
-    let manifest = world
-        .manufacturer
-        .sign_firmware(&img, &release("4.0.0", 1), now())
-        .unwrap();
-    let r = world
-        .server
-        .service()
-        .upload_release(&manifest, &img)
-        .await
-        .unwrap();
+    let (_, r) = publish(&world, &img, "4.0.0", 1).await;
 
     // The first life of the device: its storage dies half way through the download.
     let identity = std::sync::Arc::new(device.identity());
@@ -704,12 +699,8 @@ async fn a_silent_device_does_not_hold_back_the_next_wave_past_its_timeout() {
     })
     .await;
     let img = image(50_000, 9);
-    let manifest = world
-        .manufacturer
-        .sign_firmware(&img, &release("6.0.0", 6), now())
-        .unwrap();
+    let (_, r) = publish(&world, &img, "6.0.0", 6).await;
     let service = world.server.service();
-    let r = service.upload_release(&manifest, &img).await.unwrap();
     let campaign = service
         .create_campaign(CampaignSpec {
             release: certs::inspect::hex(&r.digest),
@@ -778,16 +769,7 @@ async fn an_unhealthy_release_rolls_back_and_pauses_the_campaign() {
     let (devices, running) = fleet(&world, &refs).await;
     let mut img = image(100_000, 4);
     img[50_000..50_000 + SELFTEST_FAIL.len()].copy_from_slice(SELFTEST_FAIL);
-    let manifest = world
-        .manufacturer
-        .sign_firmware(&img, &release("5.0.0", 1), now())
-        .unwrap();
-    let r = world
-        .server
-        .service()
-        .upload_release(&manifest, &img)
-        .await
-        .unwrap();
+    let (_, r) = publish(&world, &img, "5.0.0", 1).await;
     let id = run_campaign(
         &world,
         &certs::inspect::hex(&r.digest),
@@ -883,16 +865,7 @@ async fn an_offered_image_downloads_over_https_whole_or_by_ranges() {
     world.agent(&device).onboard().await.unwrap();
     world.agent(&other).onboard().await.unwrap();
     let img = image(300_000, 7);
-    let manifest = world
-        .manufacturer
-        .sign_firmware(&img, &release("6.0.0", 1), now())
-        .unwrap();
-    let r = world
-        .server
-        .service()
-        .upload_release(&manifest, &img)
-        .await
-        .unwrap();
+    let (_, r) = publish(&world, &img, "6.0.0", 1).await;
     let hex = certs::inspect::hex(&r.digest);
     run_campaign(&world, &hex, &["SN-HTTPS"], vec![100], 100).await;
     eventually(10, "the offer", || job(&world, "SN-HTTPS").is_some()).await;
