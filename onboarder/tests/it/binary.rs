@@ -14,14 +14,6 @@ use crate::harness::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_onboarder");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `onboarder ARGS` run by a shell whose umask is 022, as on most machines.
 fn run_under_umask_022(args: &[&str]) -> Command {
     let mut command = Command::new("sh");

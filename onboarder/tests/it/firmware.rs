@@ -128,11 +128,7 @@ fn job(world: &World, serial: &str) -> Option<FirmwareJob> {
 /// policy names no firmware URL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_campaign_over_https_has_devices_download_the_image_over_https() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let world = World::with_config(|c| {
         c.https_listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
         c.policy.firmware_url = Some(format!("https://localhost:{port}/firmware"));
@@ -204,11 +200,7 @@ async fn a_campaign_over_https_has_devices_download_the_image_over_https() {
 /// still ends healthy, nothing came over HTTPS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_image_url_falls_back_to_the_session() {
-    let nobody = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let nobody = free_port();
     let world = World::with_config(|c| {
         c.policy.firmware_url = Some(format!("https://localhost:{nobody}/firmware"));
     })

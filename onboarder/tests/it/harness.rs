@@ -484,6 +484,15 @@ pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
+/// A TCP port free now, for a listener started later (certificates or offers name it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The code of the server's refusal an onboarding ended with.
 pub fn refused(
     result: Result<device_agent::machine::AgentState, device_agent::AgentError>,

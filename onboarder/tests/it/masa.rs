@@ -31,14 +31,6 @@ async fn serve_masa(
     stop
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Our QUIC agent, with no voucher imported for it, is admitted on the nonced voucher the
 /// MASA (at the configured URL: its IDevID names none) signs for its own request, and
 /// onboards. An owner the MASA does not know gets no voucher: its device stays unknown and
