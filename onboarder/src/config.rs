@@ -70,6 +70,8 @@ pub mod layout {
     /// QUIC's stateless reset key (0600): kept across restarts so a restarted server can tell
     /// devices at once that their old connections are gone (RFC 9000 10.3).
     pub const RESET_KEY: &str = "tls/reset.key";
+    /// Key of signed firmware URLs (0600), kept across restarts so offered URLs stay good.
+    pub const URL_KEY: &str = "tls/url.key";
     /// sled database.
     pub const STORE: &str = "store";
     /// Key that seals network credentials in the store (0600), kept outside it.

@@ -127,7 +127,8 @@ impl Server {
                     clock.clone(),
                 )) as Arc<dyn crate::masa::Masa>),
                 (None, None) => None,
-            }),
+            })
+            .with_url_key(&certs::files::secret(&dir.join(layout::URL_KEY), 32)?),
         );
         let identity = Arc::new(tls::RegistrarIdentity::new(
             &pki.server_chain,

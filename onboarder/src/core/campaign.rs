@@ -62,6 +62,10 @@ pub struct Campaign {
     /// their session.
     #[serde(default)]
     pub over_https: bool,
+    /// The URLs are signed for each device and expire (`?device=&expires=&sig=`), so any
+    /// HTTP client may fetch them without the device's certificate.
+    #[serde(default)]
+    pub signed_urls: bool,
     /// State.
     pub state: CampaignState,
     /// Index of the wave being offered.

@@ -126,6 +126,26 @@ pub fn authorize_download(
     }
 }
 
+/// Authorises a download by a signed URL (the service checked its signature and expiry for
+/// `id`): the device may still act and the image is the one of its update in progress.
+pub fn authorize_signed_download(
+    id: &DeviceId,
+    record: Option<DeviceRecord>,
+    digest: &[u8],
+) -> Result<(), LifecycleError> {
+    let record = known(id, record)?;
+    if record.state == DeviceState::Quarantined {
+        return Err(LifecycleError::Quarantined(record.id));
+    }
+    record.require_state(&[DeviceState::Active], "a firmware download")?;
+    match &record.firmware_job {
+        Some(job) if job.digest == digest && !job.state.is_final() => Ok(()),
+        _ => Err(LifecycleError::Unauthorized(
+            "no firmware update with this digest is in progress for this device".into(),
+        )),
+    }
+}
+
 /// Records a device's report on its update.
 pub fn report(
     peer: &DevicePeer,

@@ -280,6 +280,7 @@ impl Exercise {
                     rate: None,
                     wave_timeout: None,
                     over_https,
+                    signed_urls: false,
                 })?;
                 api.order_campaign(&c.id, crate::core::campaign::CampaignOrder::Start)
             })

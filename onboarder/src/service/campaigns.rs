@@ -31,6 +31,10 @@ pub enum Target {
     Devices(Vec<String>),
 }
 
+/// How long a signed firmware URL is good for: a device that comes later downloads over its
+/// session (the agent falls back to it).
+const SIGNED_URL_LIFETIME: u64 = 3600;
+
 /// What an operator asks for when creating a campaign.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CampaignSpec {
@@ -53,6 +57,9 @@ pub struct CampaignSpec {
     /// QUIC session.
     #[serde(default)]
     pub over_https: bool,
+    /// Sign each device's URL, valid for an hour from the offer (with `over_https`).
+    #[serde(default)]
+    pub signed_urls: bool,
 }
 
 /// A campaign and where every device of it stands.
@@ -128,6 +135,11 @@ impl Service {
             ));
         }
         firmware::download_url(&self.registrar().policy, spec.over_https, &release.digest)?;
+        if spec.signed_urls && !spec.over_https {
+            return Err(OperatorError::BadInput(
+                "signed URLs are for a campaign over HTTPS".into(),
+            ));
+        }
         let targets: Vec<DeviceId> = match &spec.target {
             Target::Devices(named) => {
                 let mut ids = named
@@ -166,6 +178,7 @@ impl Service {
             rate: spec.rate,
             wave_timeout: spec.wave_timeout,
             over_https: spec.over_https,
+            signed_urls: spec.signed_urls,
             state: CampaignState::Created,
             wave: 0,
             wave_started_at: 0,
@@ -185,6 +198,25 @@ impl Service {
         );
         self.save_campaign(&campaign, Some(event)).await?;
         Ok(campaign)
+    }
+
+    /// The URL an offer of `campaign` carries for `device`, if any: signed for an hour from
+    /// `now` when the campaign says so (the same `now` gives the same URL, in the job and in
+    /// the push).
+    fn offer_url(
+        &self,
+        campaign: &Campaign,
+        digest: &[u8],
+        device: &DeviceId,
+        now: u64,
+    ) -> Result<Option<String>, crate::core::LifecycleError> {
+        let url = firmware::download_url(&self.registrar().policy, campaign.over_https, digest)?;
+        Ok(match url {
+            Some(url) if campaign.signed_urls => {
+                Some(self.sign_download_url(&url, device, now + SIGNED_URL_LIFETIME))
+            }
+            other => other,
+        })
     }
 
     /// An operator's order about a campaign. Aborting cancels the offers devices have not
@@ -330,11 +362,7 @@ impl Service {
             if let Step::Offer(devices) = &step {
                 let report = self
                     .order(devices, |device, record, now| {
-                        let url = firmware::download_url(
-                            &self.registrar().policy,
-                            campaign.over_https,
-                            &release.digest,
-                        )?;
+                        let url = self.offer_url(&campaign, &release.digest, device, now)?;
                         firmware::offer(device, record, &campaign.id, &release, url, now)
                     })
                     .await?;
@@ -350,18 +378,13 @@ impl Service {
                     firmware::skip(d, r, &campaign.id, &release, now)
                 })
                 .await?;
-                let url = firmware::download_url(
-                    &self.registrar().policy,
-                    campaign.over_https,
-                    &release.digest,
-                )?;
-                pushes.extend(report.accepted.into_iter().map(|device| {
+                for device in report.accepted {
                     let update = Command::Update {
                         manifest: release.manifest.clone(),
-                        url: url.clone(),
+                        url: self.offer_url(&campaign, &release.digest, &device, now)?,
                     };
-                    (device, update)
-                }));
+                    pushes.push((device, update));
+                }
             }
             if let Some(event) = campaign.apply(&step, now)? {
                 self.save_campaign(&campaign, Some(event)).await?;

@@ -5,7 +5,7 @@ use protocol::message::{Request, Response};
 
 use super::Service;
 use crate::audit::AuditEvent;
-use crate::core::{self, DevicePeer, DeviceRecord, LifecycleError, renew};
+use crate::core::{self, DeviceId, DevicePeer, DeviceRecord, LifecycleError, renew};
 
 /// The answer to a device's request, and what the transport must do about its connection.
 #[derive(Debug)]
@@ -165,16 +165,75 @@ impl Service {
         let record = self.store.device(&peer.id)?;
         let grace = self.registrar().policy.superseded_grace;
         core::firmware::authorize_download(peer, record, digest, self.now(), grace)?;
+        Ok(Response::Chunk(
+            self.read_image(digest, offset, length).await?,
+        ))
+    }
+
+    /// A piece of an image, from the hot copy of the image being rolled out or the store.
+    async fn read_image(
+        &self,
+        digest: &[u8],
+        offset: u64,
+        length: u32,
+    ) -> Result<Vec<u8>, LifecycleError> {
         let length = length.min(protocol::message::MAX_CHUNK);
         if let Some(bytes) = self.images.read_hot(digest, offset, length) {
-            return Ok(Response::Chunk(bytes));
+            return Ok(bytes);
         }
         let images = self.images.clone();
         let digest = digest.to_vec();
-        let bytes = tokio::task::spawn_blocking(move || images.read(&digest, offset, length))
-            .await
-            .map_err(|e| LifecycleError::Unavailable(e.to_string()))??;
-        Ok(Response::Chunk(bytes))
+        Ok(
+            tokio::task::spawn_blocking(move || images.read(&digest, offset, length))
+                .await
+                .map_err(|e| LifecycleError::Unavailable(e.to_string()))??,
+        )
+    }
+
+    /// `url` signed for `device` until `expires` (`?device=...&expires=...&sig=...`), so that
+    /// any HTTP client can fetch the image without the device's certificate.
+    pub fn sign_download_url(&self, url: &str, device: &DeviceId, expires: u64) -> String {
+        let digest = url.rsplit('/').next().unwrap_or_default();
+        let tag = ring::hmac::sign(
+            &self.url_key,
+            url_message(digest, device, expires).as_bytes(),
+        );
+        format!(
+            "{url}?device={device}&expires={expires}&sig={}",
+            hex::encode(tag.as_ref())
+        )
+    }
+
+    /// A piece of the image of `digest` for a signed URL: the signature must be ours for this
+    /// image, `device` and `expires`, the URL not expired, and the image the one of the
+    /// device's update in progress. Counted and audited like any refusal.
+    pub async fn signed_chunk(
+        &self,
+        signed: &SignedUrl,
+        digest: &[u8],
+        offset: u64,
+        length: u32,
+    ) -> Result<Vec<u8>, LifecycleError> {
+        let result = async {
+            let message = url_message(&hex::encode(digest), &signed.device, signed.expires);
+            ring::hmac::verify(&self.url_key, message.as_bytes(), &signed.sig).map_err(|_| {
+                LifecycleError::Unauthorized("the URL's signature is not ours".into())
+            })?;
+            if signed.expires <= self.now() {
+                return Err(LifecycleError::Unauthorized(format!(
+                    "the URL expired at {}",
+                    signed.expires
+                )));
+            }
+            let record = self.store.device(&signed.device)?;
+            core::firmware::authorize_signed_download(&signed.device, record, digest)?;
+            self.read_image(digest, offset, length).await
+        }
+        .await;
+        if let Err(e) = &result {
+            self.record_refusal(None, e).await;
+        }
+        result
     }
 
     /// Counts a refusal and records it in the audit log within the audit budget (best effort:
@@ -199,4 +258,20 @@ impl Service {
         let audit = self.within_budget(vec![event], |_| format!("refused:{code:?}"), now);
         self.commit_audit(audit).await;
     }
+}
+
+/// What a signed firmware URL says: for which device, until when, and its HMAC.
+#[derive(Debug, Clone)]
+pub struct SignedUrl {
+    /// The device it was made for.
+    pub device: DeviceId,
+    /// Its expiry (seconds since the epoch).
+    pub expires: u64,
+    /// HMAC-SHA256 of the image digest, the device and the expiry.
+    pub sig: Vec<u8>,
+}
+
+/// The bytes a signed URL's HMAC covers.
+fn url_message(digest_hex: &str, device: &DeviceId, expires: u64) -> String {
+    format!("firmware-url\n{digest_hex}\n{device}\n{expires}")
 }

@@ -27,7 +27,7 @@ mod rollover;
 
 pub use campaigns::{CampaignSpec, CampaignStatus, DeviceProgress, TICK, Target};
 pub use crls::Crl;
-pub use device::Handled;
+pub use device::{Handled, SignedUrl};
 pub use error::OperatorError;
 pub use imports::AnchorImport;
 pub use orders::{OrderReport, RotationStatus};
@@ -87,6 +87,8 @@ pub struct Service {
     rng: SystemRandom,
     /// The manufacturers' voucher service, if the owner has one.
     masa: Option<Arc<dyn crate::masa::Masa>>,
+    /// The key of signed firmware URLs (HMAC-SHA256).
+    url_key: ring::hmac::Key,
 }
 
 /// A change decided inside [`Service::commit`], with the records its device writes replace
@@ -147,10 +149,19 @@ impl Service {
             clock,
             rng: SystemRandom::new(),
             masa: None,
+            url_key: ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &SystemRandom::new())
+                .map_err(|_| StoreError::Io("no randomness for the URL key".into()))?,
         };
         service.reload_trust()?;
         service.trust.revoke(service.store.revocations()?);
         Ok(service)
+    }
+
+    /// Signs firmware URLs with `key` (kept by the server across restarts; a fresh one per
+    /// process otherwise, which only makes URLs of an earlier run invalid).
+    pub fn with_url_key(mut self, key: &[u8]) -> Service {
+        self.url_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+        self
     }
 
     /// Asks `masa` for a nonced voucher at every voucher request of its maker's devices.

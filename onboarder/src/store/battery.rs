@@ -120,6 +120,7 @@ async fn the_repository_is_typed(store: &dyn Store) {
         rate: None,
         wave_timeout: None,
         over_https: false,
+        signed_urls: false,
         state: CampaignState::Created,
         wave: 0,
         wave_started_at: 0,

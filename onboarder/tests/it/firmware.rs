@@ -108,6 +108,7 @@ async fn run_campaign_over(
             rate: None,
             wave_timeout: None,
             over_https,
+            signed_urls: false,
         })
         .await
         .unwrap();
@@ -188,12 +189,81 @@ async fn a_campaign_over_https_has_devices_download_the_image_over_https() {
             rate: None,
             wave_timeout: None,
             over_https: true,
+            signed_urls: false,
         })
         .await;
     assert!(
         matches!(&refused, Err(e) if e.to_string().contains("firmware_url")),
         "{refused:?}"
     );
+}
+
+/// Signed URLs: an offer's URL signed for its device and an hour lets any HTTP client (curl,
+/// no client certificate) fetch the image while the device's update is in progress; a URL
+/// with another signature, for another device, or past its hour is refused (403).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_url_lets_any_client_fetch_the_image_for_an_hour() {
+    let port = free_port();
+    let world = World::with_config(|c| {
+        c.https_listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+        c.policy.firmware_url = Some(format!("https://localhost:{port}/firmware"));
+    })
+    .await;
+    trust_firmware(&world).await;
+    world.expect(&["SN-SIGNED", "SN-ELSE"], 30).await;
+    for serial in ["SN-SIGNED", "SN-ELSE"] {
+        world.agent(&world.device(serial)).onboard().await.unwrap();
+    }
+    let img = image(200_000, 3);
+    let (_, r) = publish(&world, &img, "7.0.0", 7).await;
+    let service = world.server.service();
+    let campaign = service
+        .create_campaign(CampaignSpec {
+            release: certs::inspect::hex(&r.digest),
+            target: Target::Devices(vec!["SN-SIGNED".into()]),
+            waves: vec![100],
+            failure_threshold: 100,
+            rate: None,
+            wave_timeout: None,
+            over_https: true,
+            signed_urls: true,
+        })
+        .await
+        .unwrap();
+    service
+        .order_campaign(&campaign.id, CampaignOrder::Start)
+        .await
+        .unwrap();
+    // The device is offline: its offer waits, and so does its URL.
+    eventually(10, "the offer", || job(&world, "SN-SIGNED").is_some()).await;
+    let url = job(&world, "SN-SIGNED").unwrap().url.unwrap();
+    assert!(url.contains("&sig="), "{url}");
+    let dir = tempfile::tempdir().unwrap();
+    let fetch = |url: &str| -> (u16, Vec<u8>) {
+        let out = dir.path().join("image");
+        let status = std::process::Command::new("curl")
+            .args(["--silent", "--write-out", "%{http_code}", "--cacert"])
+            .arg(world.data.join(onboarder::config::layout::OWNER_ROOT))
+            .arg("-o")
+            .arg(&out)
+            .arg(url)
+            .output()
+            .unwrap();
+        let code = String::from_utf8_lossy(&status.stdout).parse().unwrap_or(0);
+        (code, std::fs::read(&out).unwrap_or_default())
+    };
+    let (status, body) = fetch(&url);
+    assert_eq!(status, 200);
+    assert_eq!(body, img);
+    let last = url.len() - 1;
+    let flipped = if url.ends_with('0') { '1' } else { '0' };
+    let tampered = format!("{}{flipped}", &url[..last]);
+    let elsewhere = url.replace("SN-SIGNED", "SN-ELSE");
+    for bad in [tampered.as_str(), elsewhere.as_str()] {
+        assert_eq!(fetch(bad).0, 403, "{bad}");
+    }
+    world.advance_clock(2 * 3600);
+    assert_eq!(fetch(&url).0, 403, "expired");
 }
 
 /// When the image's URL cannot be reached, the agent goes on over its session: the update
@@ -702,6 +772,7 @@ async fn a_silent_device_does_not_hold_back_the_next_wave_past_its_timeout() {
             rate: None,
             wave_timeout: Some(2),
             over_https: false,
+            signed_urls: false,
         })
         .await
         .unwrap();

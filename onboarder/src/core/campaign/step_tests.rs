@@ -13,6 +13,7 @@ fn campaign(waves: usize) -> Campaign {
         rate: None,
         wave_timeout: None,
         over_https: false,
+        signed_urls: false,
         state: CampaignState::Created,
         wave: 0,
         wave_started_at: 0,

@@ -31,6 +31,7 @@ fn campaign(failure_threshold: u8) -> Campaign {
         rate: None,
         wave_timeout: None,
         over_https: false,
+        signed_urls: false,
         state: CampaignState::Running,
         wave: 0,
         wave_started_at: 0,

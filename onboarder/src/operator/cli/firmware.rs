@@ -77,6 +77,10 @@ pub enum CampaignCommand {
         /// listener, which resumes with byte ranges) instead of over their QUIC session.
         #[arg(long)]
         over_https: bool,
+        /// With --over-https: sign each device's URL (valid an hour), so that any HTTP client
+        /// may fetch it without the device's certificate.
+        #[arg(long, requires = "over_https")]
+        signed_urls: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -189,6 +193,7 @@ pub(super) fn campaign(client: &ApiClient, cmd: CampaignCommand) -> Result<()> {
             rate,
             wave_timeout,
             over_https,
+            signed_urls,
             json: as_json,
         } => {
             let target = match (all, class) {
@@ -209,6 +214,7 @@ pub(super) fn campaign(client: &ApiClient, cmd: CampaignCommand) -> Result<()> {
                 rate,
                 wave_timeout,
                 over_https,
+                signed_urls,
             })?;
             if as_json {
                 return json(&c);

@@ -1,6 +1,9 @@
 //! Firmware images over HTTPS (`GET /firmware/{sha256 hex}`), for a device that downloads with
 //! a plain HTTP client: authorised by its LDevID exactly as a QUIC chunk request is (the image
-//! must be the one offered to it), read through the same service call, 128 KiB at a time.
+//! must be the one offered to it), read through the same service call, 128 KiB at a time. A
+//! URL signed for the device (`?device=MAKER/SERIAL&expires=T&sig=HMAC`, offered by a campaign
+//! with `signed_urls`) authorises a client without a certificate until it expires, for as
+//! long as the device's update is in progress; a bad or late signature is refused (403).
 //!
 //! A `Range: bytes=START-[END]` request gets `206 Partial Content` with at most one chunk
 //! (`Content-Range: bytes START-LAST/*`, the whole length left to the signed manifest), so a
@@ -11,16 +14,16 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use protocol::message::{MAX_CHUNK, Request, Response as Answer};
 
 use super::Caller;
-use super::answer::{device, not_expected, refusal, rejected};
+use super::answer::{device, not_expected, refusal, rejected, status_of};
 use crate::core::DevicePeer;
-use crate::service::Service;
+use crate::service::{Service, SignedUrl};
 
 /// The firmware route.
 pub fn router(service: Arc<Service>) -> Router {
@@ -29,15 +32,51 @@ pub fn router(service: Arc<Service>) -> Router {
         .with_state(service)
 }
 
+/// The query of a signed URL.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Signature {
+    device: Option<String>,
+    expires: Option<u64>,
+    sig: Option<String>,
+}
+
+/// Who downloads: the device its certificate names, or the one a signed URL was made for.
+#[derive(Clone)]
+enum Downloader {
+    Device(DevicePeer),
+    Signed(SignedUrl),
+}
+
 async fn image(
     State(service): State<Arc<Service>>,
     Extension(caller): Extension<Caller>,
     Path(digest): Path<String>,
+    Query(signature): Query<Signature>,
     headers: HeaderMap,
 ) -> Response {
-    let peer = match device(&service, &caller) {
-        Ok(peer) => peer.clone(),
-        Err(refused) => return refused.into_response(),
+    let who = match (&caller.peer, signature) {
+        (
+            None,
+            Signature {
+                device: Some(device),
+                expires: Some(expires),
+                sig: Some(sig),
+            },
+        ) => {
+            let (Ok(device), Some(sig)) = (device.parse(), certs::inspect::unhex(&sig)) else {
+                return rejected(&service, StatusCode::BAD_REQUEST, "a malformed signed URL")
+                    .into_response();
+            };
+            Downloader::Signed(SignedUrl {
+                device,
+                expires,
+                sig,
+            })
+        }
+        _ => match device(&service, &caller) {
+            Ok(peer) => Downloader::Device(peer.clone()),
+            Err(refused) => return refused.into_response(),
+        },
     };
     let Some(digest) = certs::inspect::unhex(&digest).filter(|d| d.len() == 32) else {
         return rejected(&service, StatusCode::BAD_REQUEST, "not a SHA-256 in hex").into_response();
@@ -57,7 +96,7 @@ async fn image(
         Some((start, end)) => (start, end.map_or(MAX_CHUNK, |end| chunk_len(start, end))),
         None => (0, MAX_CHUNK),
     };
-    let first = match chunk(&service, &peer, &caller, &digest, start, wanted).await {
+    let first = match chunk(&service, &who, &caller, &digest, start, wanted).await {
         Ok(bytes) => bytes,
         Err(refused) => return refused,
     };
@@ -85,7 +124,7 @@ async fn image(
             return;
         }
         while more {
-            let next = chunk(&service, &peer, &caller, &digest, offset, MAX_CHUNK).await;
+            let next = chunk(&service, &who, &caller, &digest, offset, MAX_CHUNK).await;
             let Ok(bytes) = next else {
                 let _ = tx
                     .send(Err(std::io::Error::other("refused mid-image")))
@@ -107,15 +146,25 @@ async fn image(
     response
 }
 
-/// One chunk through the service, which authorises it as for a QUIC request.
+/// One chunk through the service, which authorises it as for a QUIC request (or for the
+/// signed URL).
 async fn chunk(
     service: &Service,
-    peer: &DevicePeer,
+    who: &Downloader,
     caller: &Caller,
     digest: &[u8],
     offset: u64,
     length: u32,
 ) -> Result<Vec<u8>, Response> {
+    let peer = match who {
+        Downloader::Device(peer) => peer,
+        Downloader::Signed(signed) => {
+            return service
+                .signed_chunk(signed, digest, offset, length)
+                .await
+                .map_err(|e| refusal(status_of(e.code()), &e.to_string()).into_response());
+        }
+    };
     let request = Request::FirmwareChunk {
         digest: digest.to_vec(),
         offset,
