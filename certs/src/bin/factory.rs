@@ -165,14 +165,14 @@ enum MasaCommand {
         dir: PathBuf,
         /// An owner that bought devices: its root CA certificate (PEM). Registrars whose
         /// certificate chains to it get vouchers pinning it. Repeat for several owners.
-        #[arg(long = "owner", required = true)]
+        #[arg(long = "owner", required = true, value_name = "ROOT_PEM")]
         owners: Vec<PathBuf>,
         /// Address to listen on.
         #[arg(long, default_value = "0.0.0.0:9443")]
         listen: std::net::SocketAddr,
         /// Names for the MASA's TLS certificate (issued by the manufacturer root at start);
         /// the IDevIDs' MASA URL should name one.
-        #[arg(long = "name", default_values_t = ["localhost".to_string()])]
+        #[arg(long = "name", value_name = "NAME", default_values_t = ["localhost".to_string()])]
         names: Vec<String>,
     },
 }
