@@ -93,8 +93,9 @@ pub fn voucher_request(
             expires_on,
         });
     }
-    // A pledge reads the encoding it asked in (RFC 8995 vouchers are CMS, our agent's COSE).
-    if Encoding::of(&voucher) != Encoding::of(signed) {
+    // A BRSKI pledge (a CMS request) reads CMS vouchers only; our agent (COSE requests) reads
+    // both, so one voucher format serves a mixed fleet.
+    if Encoding::of(signed) == Encoding::Cms && Encoding::of(&voucher) == Encoding::Cose {
         return Err(LifecycleError::BadRequest(format!(
             "the voucher imported for {} is {:?} and the request {:?}: import one in the \
              pledge's encoding (`factory voucher --format`)",

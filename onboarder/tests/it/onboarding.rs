@@ -98,6 +98,37 @@ async fn a_device_onboards_and_opens_an_operational_session() {
     assert_eq!(world.record("SN-000001").unwrap().certificates.len(), 1);
 }
 
+/// One voucher format serves a mixed fleet: our agent takes a CMS-signed JSON voucher (RFC
+/// 8366), the format BRSKI pledges need, as well as COSE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_onboards_with_a_cms_voucher() {
+    let world = World::new().await;
+    let device = world.device("SN-CMS");
+    let service = world.server.service();
+    service
+        .import_anchor(&anchor_import(&world.manufacturer))
+        .await
+        .unwrap();
+    let voucher = world
+        .manufacturer
+        .voucher_in(
+            certs::brski::Encoding::Cms,
+            "SN-CMS",
+            &world.owner_root,
+            now(),
+            now() + DAY,
+        )
+        .unwrap();
+    let report = service
+        .import_vouchers(&protocol::voucher::encode_bundle(&[voucher]))
+        .await
+        .unwrap();
+    assert_eq!(report.imported, 1, "{report:?}");
+    let state = world.agent(&device).onboard().await.unwrap();
+    assert!(matches!(state.phase, Phase::Enrolled { .. }));
+    assert_eq!(world.record("SN-CMS").unwrap().state, DeviceState::Active);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ed25519_devices_and_eap_tls_policy_work_too() {
     let world = World::with_config(|c| {
