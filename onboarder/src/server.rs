@@ -187,7 +187,7 @@ impl Server {
             tokio::spawn(quic::serve(
                 endpoint.clone(),
                 service.clone(),
-                sessions,
+                sessions.clone(),
                 limits,
                 frames.clone(),
             )),
@@ -202,6 +202,7 @@ impl Server {
                 listener,
                 tls,
                 service.clone(),
+                sessions.clone(),
                 Arc::new(move |file: &str| crls.crl_file(file)),
                 limits,
                 stopped.clone(),

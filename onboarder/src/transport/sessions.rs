@@ -1,14 +1,18 @@
-//! Live operational sessions, by device, so the server can push commands.
+//! Live operational sessions, by device, so the server can push commands: over QUIC, or over
+//! the HTTPS fallback for devices whose network blocks UDP.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
 
 use protocol::message::{self, Command, CommandReply, MAX_RESPONSE};
 
 use crate::core::DeviceId;
 
-/// Time allowed for a device to answer a command.
+/// Time allowed for a device to answer a command (over HTTPS, from the push: a device asks
+/// for commands again at once after each answer).
 const COMMAND_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Why a command could not be delivered.
@@ -29,33 +33,116 @@ pub enum PushError {
     Timeout(DeviceId),
 }
 
+/// How long an HTTPS session counts as live after the device last asked for commands (it asks
+/// again at most [`POLL_WAIT`] after its last answer).
+const HTTPS_LIVENESS: Duration = Duration::from_secs(60);
+/// How long a device's request for commands waits for one before it is answered empty.
+pub const POLL_WAIT: Duration = Duration::from_secs(25);
+
+/// A device's operational session: a QUIC connection (commands on server-opened streams) or
+/// the HTTPS fallback (commands handed out when the device asks, replies posted back).
+#[derive(Debug, Clone)]
+enum Link {
+    Quic(quinn::Connection),
+    Https(Arc<HttpsLink>),
+}
+
+/// A command waiting for its reply.
+type Pending = (Command, oneshot::Sender<CommandReply>);
+
+/// The HTTPS side of a device's session: commands queued for the device's next request for
+/// them, and the one it was last handed, waiting for its reply.
+#[derive(Debug)]
+pub struct HttpsLink {
+    queue: mpsc::Sender<Pending>,
+    incoming: tokio::sync::Mutex<mpsc::Receiver<Pending>>,
+    awaiting: Mutex<Option<oneshot::Sender<CommandReply>>>,
+    last_seen: Mutex<Instant>,
+}
+
+impl HttpsLink {
+    fn new() -> HttpsLink {
+        let (queue, incoming) = mpsc::channel(16);
+        HttpsLink {
+            queue,
+            incoming: tokio::sync::Mutex::new(incoming),
+            awaiting: Mutex::new(None),
+            last_seen: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn live(&self) -> bool {
+        lock(&self.last_seen).elapsed() < HTTPS_LIVENESS
+    }
+
+    /// The next command for the device, waiting up to `wait`; `None` if none came.
+    pub async fn next(&self, wait: Duration) -> Option<Command> {
+        *lock(&self.last_seen) = Instant::now();
+        let mut incoming = self.incoming.lock().await;
+        let (command, reply) = tokio::time::timeout(wait, incoming.recv()).await.ok()??;
+        *lock(&self.awaiting) = Some(reply);
+        *lock(&self.last_seen) = Instant::now();
+        Some(command)
+    }
+
+    /// The device's reply to the command it was last handed; `false` if none was waiting.
+    pub fn reply(&self, reply: CommandReply) -> bool {
+        *lock(&self.last_seen) = Instant::now();
+        match lock(&self.awaiting).take() {
+            Some(waiting) => waiting.send(reply).is_ok(),
+            None => false,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Registry of operational sessions.
 #[derive(Debug, Default)]
 pub struct Sessions {
-    live: Mutex<HashMap<DeviceId, quinn::Connection>>,
+    live: Mutex<HashMap<DeviceId, Link>>,
 }
 
 impl Sessions {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, quinn::Connection>> {
-        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Link>> {
+        lock(&self.live)
     }
 
     /// Records `conn` as the session of `device` (replacing an older one).
     pub fn register(&self, device: &DeviceId, conn: quinn::Connection) {
-        self.map().insert(device.clone(), conn);
+        self.map().insert(device.clone(), Link::Quic(conn));
     }
 
-    /// Forgets the session of `device` if it is still connection `id`.
+    /// Opens an HTTPS session for `device` (replacing an older one of either kind).
+    pub fn register_https(&self, device: &DeviceId) -> Arc<HttpsLink> {
+        let link = Arc::new(HttpsLink::new());
+        self.map().insert(device.clone(), Link::Https(link.clone()));
+        link
+    }
+
+    /// The live HTTPS session of `device`, if it has one.
+    pub fn https(&self, device: &DeviceId) -> Option<Arc<HttpsLink>> {
+        match self.map().get(device) {
+            Some(Link::Https(link)) if link.live() => Some(link.clone()),
+            _ => None,
+        }
+    }
+
+    /// Forgets the QUIC session of `device` if it is still connection `id`.
     pub fn unregister(&self, device: &DeviceId, id: usize) {
         let mut map = self.map();
-        if map.get(device).is_some_and(|c| c.stable_id() == id) {
+        if matches!(map.get(device), Some(Link::Quic(c)) if c.stable_id() == id) {
             map.remove(device);
         }
     }
 
     /// Number of live sessions.
     pub fn len(&self) -> usize {
-        self.map().len()
+        let mut map = self.map();
+        map.retain(|_, link| !matches!(link, Link::Https(l) if !l.live()));
+        map.len()
     }
 
     /// Whether there is no live session.
@@ -65,12 +152,16 @@ impl Sessions {
 
     /// Whether `device` has a live session.
     pub fn is_connected(&self, device: &DeviceId) -> bool {
-        self.map().contains_key(device)
+        match self.map().get(device) {
+            Some(Link::Quic(_)) => true,
+            Some(Link::Https(link)) => link.live(),
+            None => false,
+        }
     }
 
     /// Ends the session of `device`, if any.
     pub fn close(&self, device: &DeviceId, reason: &str) {
-        if let Some(conn) = self.map().remove(device) {
+        if let Some(Link::Quic(conn)) = self.map().remove(device) {
             conn.close(super::close::REVOKED.into(), reason.as_bytes());
         }
     }
@@ -81,24 +172,40 @@ impl Sessions {
         device: &DeviceId,
         command: &Command,
     ) -> Result<CommandReply, PushError> {
-        let conn = self
+        let link = self
             .map()
             .get(device)
             .cloned()
             .ok_or_else(|| PushError::NotConnected(device.clone()))?;
         let session = |e: &dyn std::fmt::Display| PushError::Session(device.clone(), e.to_string());
         let exchange = async {
-            let (send, mut recv) = conn.open_bi().await.map_err(|e| session(&e))?;
-            super::send_frame(send, &message::encode(command))
-                .await
-                .map_err(|e| session(&e))?;
-            let bytes = protocol::frame_io::read_frame(&mut recv, MAX_RESPONSE, None, |_| {
-                Ok::<(), std::convert::Infallible>(())
-            })
-            .await
-            .map_err(|e| session(&e))?;
-            message::decode::<CommandReply>(&bytes, MAX_RESPONSE)
-                .map_err(|e| PushError::BadReply(device.clone(), e.to_string()))
+            match link {
+                Link::Quic(conn) => {
+                    let (send, mut recv) = conn.open_bi().await.map_err(|e| session(&e))?;
+                    super::send_frame(send, &message::encode(command))
+                        .await
+                        .map_err(|e| session(&e))?;
+                    let bytes =
+                        protocol::frame_io::read_frame(&mut recv, MAX_RESPONSE, None, |_| {
+                            Ok::<(), std::convert::Infallible>(())
+                        })
+                        .await
+                        .map_err(|e| session(&e))?;
+                    message::decode::<CommandReply>(&bytes, MAX_RESPONSE)
+                        .map_err(|e| PushError::BadReply(device.clone(), e.to_string()))
+                }
+                Link::Https(link) => {
+                    if !link.live() {
+                        return Err(PushError::NotConnected(device.clone()));
+                    }
+                    let (reply, replied) = oneshot::channel();
+                    link.queue
+                        .send((command.clone(), reply))
+                        .await
+                        .map_err(|e| session(&e))?;
+                    replied.await.map_err(|e| session(&e))
+                }
+            }
         };
         tokio::time::timeout(COMMAND_DEADLINE, exchange)
             .await

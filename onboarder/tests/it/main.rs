@@ -10,6 +10,7 @@ mod decommission;
 mod est;
 mod firmware;
 mod hsm;
+mod https_door;
 mod lifecycle;
 mod makers;
 mod masa;

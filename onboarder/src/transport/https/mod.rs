@@ -1,6 +1,6 @@
 //! The standard interfaces over HTTPS, for devices and tools we did not write: EST (RFC 7030,
-//! [`est`]), BRSKI's status reports (RFC 8995, [`brski`]), firmware images with byte ranges
-//! ([`firmware`]), and the CRLs that every certificate we issue names as its distribution point
+//! [`est`]), BRSKI (RFC 8995, [`brski`]), firmware images with byte ranges ([`firmware`]), our
+//! own protocol for devices whose network blocks UDP ([`device`]), and the CRLs that every certificate we issue names as its distribution point
 //! (`/crl/issuing-ca-N.crl`, DER, for anyone). Like the QUIC listener it authenticates (the same client-certificate verifier, so
 //! revoked certificates are refused in the handshake), decodes, calls the
 //! [`crate::service::Service`] and encodes; no lifecycle rule lives here.
@@ -12,6 +12,7 @@
 
 mod answer;
 pub mod brski;
+pub mod device;
 pub mod est;
 pub mod firmware;
 
@@ -76,6 +77,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: rustls::ServerConfig,
     service: Arc<Service>,
+    sessions: Arc<crate::transport::sessions::Sessions>,
     crls: Crls,
     limits: crate::transport::limits::Limits,
     mut stopped: watch::Receiver<bool>,
@@ -85,6 +87,7 @@ pub async fn serve(
     let router = est::router(service.clone())
         .merge(brski::router(service.clone()))
         .merge(firmware::router(service.clone()))
+        .merge(device::router(service.clone(), sessions))
         .merge(
             axum::Router::new()
                 .route("/crl/{file}", axum::routing::get(crl))

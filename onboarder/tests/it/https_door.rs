@@ -1,0 +1,138 @@
+//! Our protocol over HTTPS, the fallback for devices whose network blocks UDP, driven by curl
+//! with CBOR bodies: a device onboards (voucher, status, enrollment, its report), says hello
+//! with its LDevID, which opens its session, and takes a command the server pushes (it asks
+//! for commands, answers the one it gets). Malformed or out-of-turn requests are refused.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use protocol::message::{self, Command as Order, CommandReply, Hello, Request, Response, Status};
+
+use crate::harness::*;
+
+/// curl's status and body for a POST of `body` (CBOR) to `resource` with `client`.
+fn post(world: &World, resource: &str, client: (&Path, &Path), body: &[u8]) -> (u16, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in"), dir.path().join("out"));
+    std::fs::write(&input, body).unwrap();
+    let out = Command::new("curl")
+        .args(["--silent", "--write-out", "%{http_code}", "--cacert"])
+        .arg(world.data.join(onboarder::config::layout::OWNER_ROOT))
+        .arg("--cert")
+        .arg(client.0)
+        .arg("--key")
+        .arg(client.1)
+        .args(["-H", "Content-Type: application/cbor", "--data-binary"])
+        .arg(format!("@{}", input.display()))
+        .arg("-o")
+        .arg(&output)
+        .arg(format!(
+            "https://localhost:{}/.well-known/onboarder/{resource}",
+            world.server.https_addr().unwrap().port()
+        ))
+        .output()
+        .expect("curl is installed by scripts/test");
+    let status = String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0);
+    (status, std::fs::read(&output).unwrap_or_default())
+}
+
+fn call(world: &World, client: (&Path, &Path), request: &Request) -> Response {
+    let (status, body) = post(world, "request", client, &message::encode(request));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    message::decode(&body, message::MAX_RESPONSE).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_onboards_and_takes_a_pushed_command_over_https() {
+    let world = World::new().await;
+    world.expect(&["SN-NOUDP"], 30).await;
+    let device = world.device("SN-NOUDP");
+    let birth = device.birth();
+    let idevid: (PathBuf, PathBuf) = (
+        device.identity_dir.join("idevid.pem"),
+        device.identity_dir.join("idevid.key"),
+    );
+    let idevid = (idevid.0.as_path(), idevid.1.as_path());
+    let registrar =
+        certs::files::read_certs(&world.data.join(onboarder::config::layout::SERVER_CERT))
+            .unwrap()
+            .remove(0);
+    // Each curl is a connection of its own, so no step is bound to a session: a request
+    // without a binding is what HTTPS allows (a client that keeps its connection may bind).
+    let request = device_agent::machine::onboarding::voucher_request(
+        &birth.identity,
+        &[4; 16],
+        &registrar,
+        &[],
+        now(),
+    )
+    .sign(&birth.key)
+    .unwrap();
+    assert!(matches!(
+        call(&world, idevid, &Request::VoucherRequest(request)),
+        Response::Voucher(_)
+    ));
+    let ok = Status {
+        ok: true,
+        reason: None,
+    };
+    assert!(matches!(
+        call(&world, idevid, &Request::VoucherStatus(ok.clone())),
+        Response::Ack
+    ));
+    let key = certs::KeyPair::generate(certs::KeyKind::P256).unwrap();
+    let csr = certs::csr::build_birth_csr("SN-NOUDP", &key).unwrap();
+    let Response::Enrolled(enrolled) = call(&world, idevid, &Request::Enroll { csr }) else {
+        panic!("not enrolled");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key_file) = (dir.path().join("ldevid.pem"), dir.path().join("ldevid.key"));
+    std::fs::write(&cert, certs::files::cert_pem(&enrolled.certificate)).unwrap();
+    std::fs::write(&key_file, key.to_pem()).unwrap();
+    let ldevid = (cert.as_path(), key_file.as_path());
+    assert!(matches!(
+        call(&world, idevid, &Request::EnrollStatus(ok)),
+        Response::Ack
+    ));
+
+    // No session before the hello: asking for commands is out of turn.
+    assert_eq!(post(&world, "commands", ldevid, b"").0, 409);
+    let hello = Request::Hello(Hello {
+        agent_version: "curl".into(),
+        firmware_version: "1.0.0".into(),
+        firmware_sequence: 0,
+        class_id: String::new(),
+        hardware: Default::default(),
+    });
+    assert!(matches!(call(&world, ldevid, &hello), Response::Welcome(_)));
+    let id = world.id("SN-NOUDP");
+    assert!(world.server.sessions().is_connected(&id));
+    assert_eq!(
+        world.record("SN-NOUDP").unwrap().state,
+        onboarder::core::DeviceState::Active
+    );
+
+    // The server pushes a ping; the device asks for it and answers.
+    let sessions = world.server.sessions().clone();
+    let pushed = {
+        let id = id.clone();
+        tokio::spawn(async move { sessions.push(&id, &Order::Ping { nonce: 7 }).await })
+    };
+    let (status, body) = tokio::task::block_in_place(|| post(&world, "commands", ldevid, b""));
+    assert_eq!(status, 200);
+    let order: Order = message::decode(&body, message::MAX_RESPONSE).unwrap();
+    assert_eq!(order, Order::Ping { nonce: 7 });
+    let pong = message::encode(&CommandReply::Pong { nonce: 7 });
+    assert_eq!(post(&world, "reply", ldevid, &pong).0, 204);
+    assert_eq!(
+        pushed.await.unwrap().unwrap(),
+        CommandReply::Pong { nonce: 7 }
+    );
+
+    // Out of turn or malformed: refused, nothing changed.
+    let before = world.record("SN-NOUDP").unwrap();
+    assert_eq!(post(&world, "reply", ldevid, &pong).0, 409);
+    assert_eq!(post(&world, "request", ldevid, b"garbage").0, 400);
+    assert_eq!(post(&world, "reply", ldevid, b"garbage").0, 400);
+    assert_eq!(world.record("SN-NOUDP").unwrap(), before);
+}
