@@ -46,6 +46,9 @@ pub const VERSION: u16 = 1;
 /// Label of the TLS exporter (RFC 5705/8446) used to bind signed requests and CSRs to the TLS
 /// session they travel in (RFC 9266 style; tls-unique does not exist in TLS 1.3).
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-onboarder-session-binding";
+/// RFC 9266's tls-exporter label: the binding over HTTPS, where standard clients (EST) compute
+/// it too.
+pub const TLS_EXPORTER_LABEL: &[u8] = b"EXPORTER-Channel-Binding";
 
 /// Length of the session-binding exporter value.
 pub const EXPORTER_LEN: usize = 32;

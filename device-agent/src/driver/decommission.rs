@@ -9,7 +9,7 @@ use super::{AGENT_VERSION, Agent, blocking, off_thread};
 use crate::error::{AgentError, PlatformError};
 use crate::machine::AgentState;
 use crate::machine::decommission::{self, Wiped};
-use crate::transport::quic::Session;
+use crate::transport::Session;
 
 impl Agent {
     /// Decommissions the device on the owner's order: wipes the owner's data and network

@@ -14,9 +14,9 @@ use super::{Agent, CHUNK, blocking, unexpected};
 use crate::error::{AgentError, PlatformError};
 use crate::machine::AgentState;
 use crate::machine::firmware::{self, UpdatePlan};
+use crate::transport::Session;
 use crate::transport::https::ImageSource;
 use crate::transport::quic;
-use crate::transport::quic::Session;
 
 /// How long a freshly booted image may take to reach the onboarder before it counts as
 /// unhealthy.

@@ -45,6 +45,11 @@ pub struct AgentOptions {
     /// Hardware facts reported at each session (see [`hardware_facts`] for what the system
     /// says; the device maker adds its own, such as `board` or `ram-mb`).
     pub hardware: std::collections::BTreeMap<String, String>,
+    /// The onboarder's HTTPS listener (`https://HOST:PORT`): the same protocol over HTTPS,
+    /// used when QUIC cannot connect (a network that blocks UDP).
+    pub https_url: Option<String>,
+    /// Do not try QUIC at all: every session goes over `https_url`.
+    pub https_only: bool,
 }
 
 /// What the running system says about the hardware: `arch`, `os` and, on Linux, `kernel`.
@@ -66,6 +71,8 @@ impl Default for AgentOptions {
             backoff: Backoff::default(),
             clock: crate::Clock::system(),
             hardware: hardware_facts(),
+            https_url: None,
+            https_only: false,
         }
     }
 }
@@ -202,7 +209,45 @@ impl Agent {
 
     /// A connection to the onboarder: each of its addresses in turn, each given up after the
     /// connect timeout.
+    /// A session with `tls`: over QUIC, or over HTTPS when QUIC cannot connect (or is not to
+    /// be tried) and the options name the onboarder's HTTPS listener. A refusal of the
+    /// device's credential is final either way.
     pub(crate) async fn connect_to(
+        &self,
+        tls: rustls::ClientConfig,
+        timeouts: crate::transport::quic::Timeouts,
+        server_name: Option<&str>,
+    ) -> Result<crate::transport::Session, AgentError> {
+        use crate::transport::{Session, https::HttpsSession};
+        let quic = if self.options.https_only {
+            Err(AgentError::Connection(
+                "QUIC is not tried (https_only)".into(),
+            ))
+        } else {
+            let config = crate::transport::quic::quic_config(tls.clone(), timeouts)?;
+            self.connect_quic(config, server_name).await
+        };
+        let Some(url) = &self.options.https_url else {
+            return quic.map(Session::Quic);
+        };
+        match quic {
+            Ok(session) => Ok(Session::Quic(session)),
+            Err(e @ AgentError::CredentialRefused { .. }) => Err(e),
+            Err(e) => {
+                tracing::info!(serial = self.serial(), "QUIC: {e}; trying HTTPS at {url}");
+                let connect = HttpsSession::connect(url, tls, server_name);
+                match tokio::time::timeout(timeouts.connect, connect).await {
+                    Ok(result) => result.map(|s| Session::Https(Box::new(s))),
+                    Err(_) => Err(AgentError::Connection(format!(
+                        "no answer from {url} within {:?}",
+                        timeouts.connect
+                    ))),
+                }
+            }
+        }
+    }
+
+    async fn connect_quic(
         &self,
         tls: quinn::ClientConfig,
         server_name: Option<&str>,

@@ -9,16 +9,15 @@ use crate::error::AgentError;
 use crate::machine::onboarding::{self, Remaining};
 use crate::machine::{AgentState, Phase};
 use crate::platform::ClientCredential;
-use crate::transport::quic::{self, Session};
+use crate::transport::{Session, quic};
 
 impl Agent {
     pub(super) async fn provisional_session(&self) -> Result<Session, AgentError> {
-        let config = quic::provisional_config(
+        let tls = quic::provisional_tls(
             std::slice::from_ref(&self.identity.idevid),
             self.birth_key()?,
-            self.options.timeouts,
         )?;
-        self.connect_to(config, None).await
+        self.connect_to(tls, self.options.timeouts, None).await
     }
 
     /// Onboards the device if it is not onboarded yet (DESIGN 3), and returns its state.

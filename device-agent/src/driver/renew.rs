@@ -10,7 +10,7 @@ use super::{Agent, blocking, failure, unexpected};
 use crate::error::AgentError;
 use crate::machine::{Renewal, renewal};
 use crate::platform::DeviceKey;
-use crate::transport::quic::Session;
+use crate::transport::Session;
 
 impl Agent {
     /// The pending LDevID key from an interrupted attempt, or a fresh one. Reusing it makes

@@ -16,7 +16,7 @@ use crate::machine::renewal;
 use crate::machine::session::{self, Credential, Delivery};
 use crate::machine::{AgentState, Renewal};
 use crate::platform::DeviceKey;
-use crate::transport::quic::{self, Session};
+use crate::transport::{Session, quic};
 
 impl Agent {
     /// Finishes a key promotion a crash interrupted: the stored LDevID must have its key
@@ -66,9 +66,10 @@ impl Agent {
             .options
             .timeouts
             .with_heartbeat(Duration::from_secs(config.heartbeat_secs.into()));
-        let tls =
-            quic::operational_config(&presented, key, owner_ca, timeouts, &self.options.clock)?;
-        let session = self.connect_to(tls, Some(&config.server_name)).await?;
+        let tls = quic::operational_tls(&presented, key, owner_ca, &self.options.clock)?;
+        let session = self
+            .connect_to(tls, timeouts, Some(&config.server_name))
+            .await?;
         let welcome = session
             .call(&Request::Hello(Hello {
                 agent_version: AGENT_VERSION.into(),
@@ -213,7 +214,7 @@ impl Agent {
                         Ok(command) => commands::handle(&command),
                         Err(e) => (commands::unsupported(&e.to_string()), commands::Action::None),
                     };
-                    Session::reply(send, &reply).await?;
+                    session.reply(send, &reply).await?;
                     if let Some(stop) = session::stop_for(action) {
                         return Ok(stop);
                     }

@@ -28,3 +28,114 @@ impl From<quinn::Endpoint> for Endpoint {
         Endpoint(endpoint)
     }
 }
+
+/// An operational or onboarding session with the onboarder: over QUIC, or over HTTPS where the
+/// network blocks UDP (the same requests, answers and commands).
+#[derive(Debug)]
+pub enum Session {
+    /// The native transport.
+    Quic(quic::Session),
+    /// The fallback.
+    Https(Box<https::HttpsSession>),
+}
+
+/// Where the answer to a command goes.
+#[derive(Debug)]
+pub enum Replier {
+    /// The QUIC stream the command came on.
+    Quic(quinn::SendStream),
+    /// The HTTPS session's reply resource.
+    Https,
+}
+
+/// A command as received: decoded (or why not), and where to answer it.
+pub type IncomingCommand = (
+    Result<protocol::message::Command, protocol::DecodeError>,
+    Replier,
+);
+
+impl Session {
+    /// The certificate chain the server presented (leaf first), DER.
+    pub fn server_chain(&self) -> Vec<Vec<u8>> {
+        match self {
+            Session::Quic(s) => s.server_chain(),
+            Session::Https(s) => s.server_chain(),
+        }
+    }
+
+    /// The TLS exporter value that binds requests to this session.
+    pub fn binding(&self) -> Result<[u8; protocol::EXPORTER_LEN], crate::AgentError> {
+        match self {
+            Session::Quic(s) => s.binding(),
+            Session::Https(s) => Ok(s.binding()),
+        }
+    }
+
+    /// Sends a request and returns the server's response, whatever it is.
+    pub async fn exchange(
+        &self,
+        request: &protocol::message::Request,
+    ) -> Result<protocol::message::Response, crate::AgentError> {
+        match self {
+            Session::Quic(s) => s.exchange(request).await,
+            Session::Https(s) => s.exchange(request).await,
+        }
+    }
+
+    /// Sends a request; a refusal becomes [`crate::AgentError::Refused`].
+    pub async fn call(
+        &self,
+        request: &protocol::message::Request,
+    ) -> Result<protocol::message::Response, crate::AgentError> {
+        match self.exchange(request).await? {
+            protocol::message::Response::Error(e) => Err(crate::AgentError::Refused {
+                code: e.code,
+                message: e.message,
+            }),
+            other => Ok(other),
+        }
+    }
+
+    /// Waits for the next command from the server; `None` once the session is closed.
+    pub async fn next_command(&self) -> Option<Result<IncomingCommand, crate::AgentError>> {
+        match self {
+            Session::Quic(s) => Some(
+                s.next_command()
+                    .await?
+                    .map(|(command, send)| (command, Replier::Quic(send))),
+            ),
+            Session::Https(s) => Some(s.next_command().await?.map(|c| (c, Replier::Https))),
+        }
+    }
+
+    /// Answers a command.
+    pub async fn reply(
+        &self,
+        to: Replier,
+        reply: &protocol::message::CommandReply,
+    ) -> Result<(), crate::AgentError> {
+        match (self, to) {
+            (_, Replier::Quic(send)) => quic::Session::reply(send, reply).await,
+            (Session::Https(s), Replier::Https) => s.reply(reply).await,
+            (Session::Quic(_), Replier::Https) => Err(crate::AgentError::Protocol(
+                "an HTTPS reply on a QUIC session".into(),
+            )),
+        }
+    }
+
+    /// Closes the session.
+    pub fn close(&self) {
+        match self {
+            Session::Quic(s) => s.close(),
+            Session::Https(s) => s.close(),
+        }
+    }
+
+    /// Resolves when the session is closed, with the reason.
+    pub async fn closed(&self) -> String {
+        match self {
+            Session::Quic(s) => s.closed().await,
+            Session::Https(s) => s.closed().await,
+        }
+    }
+}

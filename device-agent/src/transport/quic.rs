@@ -145,7 +145,8 @@ impl Timeouts {
     }
 }
 
-fn quic_config(
+/// A QUIC client configuration of `tls` (our ALPN) with `timeouts`.
+pub fn quic_config(
     tls: rustls::ClientConfig,
     timeouts: Timeouts,
 ) -> Result<quinn::ClientConfig, AgentError> {
@@ -169,6 +170,15 @@ pub fn provisional_config(
     key: Arc<dyn DeviceKey>,
     timeouts: Timeouts,
 ) -> Result<quinn::ClientConfig, AgentError> {
+    quic_config(provisional_tls(idevid_chain, key)?, timeouts)
+}
+
+/// The onboarding (IDevID) TLS client with provisional trust in the registrar (TLS 1.3), for
+/// QUIC or HTTPS.
+pub fn provisional_tls(
+    idevid_chain: &[Vec<u8>],
+    key: Arc<dyn DeviceKey>,
+) -> Result<rustls::ClientConfig, AgentError> {
     let provider = provider();
     let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -176,7 +186,7 @@ pub fn provisional_config(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(ProvisionalVerifier(provider)))
         .with_client_cert_resolver(client_cert(idevid_chain, key)?);
-    quic_config(tls, timeouts)
+    Ok(tls)
 }
 
 /// The operational (LDevID) configuration, trusting only the pinned owner CA, at the time of
@@ -268,7 +278,7 @@ fn refused(reason: CredentialRefusal, e: &quinn::ConnectionError) -> AgentError 
 /// The refusal a TLS alert says, if it is about this device's certificate (RFC 8446 6.2): bad,
 /// unsupported, revoked, expired or unknown certificate, unknown CA, access denied, a signature
 /// in the chain or of the handshake that does not verify (decrypt_error), certificate required.
-fn certificate_alert(alert: u8) -> Option<CredentialRefusal> {
+pub(crate) fn certificate_alert(alert: u8) -> Option<CredentialRefusal> {
     match alert {
         44 => Some(CredentialRefusal::Revoked),
         45 => Some(CredentialRefusal::Expired),

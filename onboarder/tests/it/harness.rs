@@ -408,12 +408,20 @@ pub fn code_of(response: &Response) -> protocol::message::ErrorCode {
 
 /// A signed voucher request as the real agent would build it, for `session`.
 pub fn voucher_request(birth: &Birth, session: &Session) -> Request {
-    let registrar = session.server_chain()[0].clone();
+    voucher_request_for(
+        birth,
+        &session.server_chain()[0],
+        &session.binding().unwrap(),
+    )
+}
+
+/// A signed voucher request naming `registrar`, bound to `binding`.
+pub fn voucher_request_for(birth: &Birth, registrar: &[u8], binding: &[u8]) -> Request {
     let req = device_agent::machine::onboarding::voucher_request(
         &birth.identity,
         &[7; 16],
-        &registrar,
-        &session.binding().unwrap(),
+        registrar,
+        binding,
         now(),
     );
     Request::VoucherRequest(req.sign(&birth.key).unwrap())

@@ -136,3 +136,63 @@ async fn a_device_onboards_and_takes_a_pushed_command_over_https() {
     assert_eq!(post(&world, "reply", ldevid, b"garbage").0, 400);
     assert_eq!(world.record("SN-NOUDP").unwrap(), before);
 }
+
+/// A network that blocks UDP: the agent's QUIC address is a port that drops everything. With
+/// the onboarder's HTTPS listener in its options the agent onboards, renews and takes a
+/// pushed command over HTTPS; the server treats it as any device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_behind_a_udp_block_onboards_renews_and_takes_commands_over_https() {
+    let world = World::new().await;
+    world.expect(&["SN-BLOCKED"], 30).await;
+    let device = world.device("SN-BLOCKED");
+    // Bound and never read: every QUIC packet to it is dropped.
+    let blackhole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let https = format!(
+        "https://localhost:{}",
+        world.server.https_addr().unwrap().port()
+    );
+    let agent = || {
+        device.agent_with(
+            blackhole.local_addr().unwrap(),
+            &world.endpoint,
+            device_agent::AgentOptions {
+                clock: world.clock.clone(),
+                https_url: Some(https.clone()),
+                ..fast_options()
+            },
+        )
+    };
+
+    let state = agent().onboard().await.unwrap();
+    assert!(state.ldevid.is_some());
+    let record = world.record("SN-BLOCKED").unwrap();
+    assert_eq!(record.state, onboarder::core::DeviceState::Active);
+
+    let a = agent();
+    let session = a.renew(a.connect().await.unwrap()).await.unwrap();
+    session.close();
+    assert_eq!(world.record("SN-BLOCKED").unwrap().certificates.len(), 2);
+
+    let running = Running::start(agent());
+    let id = world.id("SN-BLOCKED");
+    // The running agent's own session (the one above was closed, which the server cannot see
+    // over HTTPS until the device says hello again).
+    eventually(20, "the session over HTTPS", || {
+        running
+            .agent
+            .stats()
+            .sessions
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+            && world.server.sessions().is_connected(&id)
+    })
+    .await;
+    let reply = world
+        .server
+        .sessions()
+        .push(&id, &Order::Ping { nonce: 42 })
+        .await
+        .unwrap();
+    assert_eq!(reply, CommandReply::Pong { nonce: 42 });
+    running.stop().await;
+}

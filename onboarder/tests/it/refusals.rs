@@ -452,7 +452,11 @@ async fn credentials_are_only_good_for_their_own_requests() {
     assert_eq!(code_of(&r), ErrorCode::WrongState);
     let op = agent.connect().await.unwrap();
     let r = op
-        .exchange(&voucher_request(&device.birth(), &op))
+        .exchange(&voucher_request_for(
+            &device.birth(),
+            &op.server_chain()[0],
+            &op.binding().unwrap(),
+        ))
         .await
         .unwrap();
     assert_eq!(code_of(&r), ErrorCode::Unauthorized);

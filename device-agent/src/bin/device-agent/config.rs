@@ -24,6 +24,12 @@ const MAX_CONFIG: u64 = 64 * 1024;
 pub struct File {
     /// The onboarder: `host:port` or an address.
     pub server: Option<String>,
+    /// The onboarder's HTTPS listener (`https://host:8443`): the same protocol over HTTPS,
+    /// used when QUIC cannot connect (a network that blocks UDP).
+    pub https: Option<String>,
+    /// Go over `https` only, never trying QUIC.
+    #[serde(default)]
+    pub https_only: bool,
     /// The factory identity directory.
     pub identity: Option<PathBuf>,
     /// The agent's own state directory (made 0700).
@@ -180,6 +186,10 @@ pub struct Overrides {
 pub struct Settings {
     /// The onboarder (not needed to make a key).
     server: Option<ServerAddress>,
+    /// Its HTTPS listener, for the fallback.
+    pub https: Option<String>,
+    /// Whether QUIC is skipped.
+    pub https_only: bool,
     /// Identity directory.
     pub identity: PathBuf,
     /// State directory.
@@ -214,10 +224,20 @@ impl Settings {
             .clone()
             .or(file.state)
             .unwrap_or_else(|| PathBuf::from("/var/lib/device-agent"));
+        if file.https_only && file.https.is_none() {
+            bail!("https_only needs `https` (the onboarder's HTTPS listener)");
+        }
+        if let Some(url) = &file.https
+            && !url.starts_with("https://")
+        {
+            bail!("https {url:?}: an https:// URL (https://host:8443)");
+        }
         let defaults = Timeouts::default();
         let secs = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_secs);
         Ok(Settings {
             server,
+            https: file.https,
+            https_only: file.https_only,
             identity: overrides
                 .identity
                 .clone()

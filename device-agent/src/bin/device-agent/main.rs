@@ -126,6 +126,8 @@ async fn agent(settings: &Settings) -> Result<Agent> {
             firmware_version: settings.firmware_version.clone(),
             hardware: settings.hardware.clone(),
             timeouts: settings.timeouts,
+            https_url: settings.https.clone(),
+            https_only: settings.https_only,
             ..AgentOptions::default()
         },
     ))

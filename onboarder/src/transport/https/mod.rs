@@ -31,7 +31,7 @@ use crate::service::Service;
 use crate::transport::limits::ConnectionLimits;
 
 /// RFC 9266: the label of the tls-exporter channel binding.
-pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-Channel-Binding";
+pub const EXPORTER_LABEL: &[u8] = protocol::TLS_EXPORTER_LABEL;
 /// How long a client may take over its TLS handshake, and to send a request's headers.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
