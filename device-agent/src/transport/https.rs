@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::StatusCode;
 use hyper::client::conn::http1::SendRequest;
 use hyper::header;
@@ -27,38 +27,14 @@ pub struct ImageSource {
     url: String,
     path: String,
     authority: String,
-    sender: SendRequest<Empty<Bytes>>,
+    sender: SendRequest<Full<Bytes>>,
 }
 
 impl ImageSource {
     /// Connects to the host of `url` (https only) with `tls` (its ALPN is set here).
     pub async fn open(url: &str, tls: rustls::ClientConfig) -> Result<ImageSource, AgentError> {
         let uri: hyper::Uri = url.parse().map_err(|e| err(url, e))?;
-        if uri.scheme_str() != Some("https") {
-            return Err(err(url, "an image is downloaded over https only"));
-        }
-        let host = uri
-            .host()
-            .ok_or_else(|| err(url, "no host"))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let port = uri.port_u16().unwrap_or(443);
-        let mut tls = tls;
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let name = ServerName::try_from(host.clone()).map_err(|e| err(url, e))?;
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| err(url, e))?;
-        let _ = tcp.set_nodelay(true);
-        let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| err(url, format!("TLS: {e}")))?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| err(url, e))?;
-        tokio::spawn(connection);
+        let (sender, _, _) = dial(url, &tls, None).await?;
         Ok(ImageSource {
             url: url.to_string(),
             path: uri
@@ -68,7 +44,7 @@ impl ImageSource {
             authority: uri
                 .authority()
                 .map(|a| a.as_str().to_string())
-                .unwrap_or(host),
+                .unwrap_or_default(),
             sender,
         })
     }
@@ -81,7 +57,9 @@ impl ImageSource {
         if from > 0 {
             request = request.header(header::RANGE, format!("bytes={from}-"));
         }
-        let request = request.body(Empty::new()).map_err(|e| err(&self.url, e))?;
+        let request = request
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| err(&self.url, e))?;
         self.sender.ready().await.map_err(|e| err(&self.url, e))?;
         let response = self
             .sender

@@ -24,7 +24,7 @@ use axum::routing::post;
 use protocol::message::{self, CommandReply, MAX_REQUEST, Request};
 
 use super::Caller;
-use super::answer::{self, device, media_type_is, rejected};
+use super::answer::{self, Refusal, device, media_type_is, rejected};
 use crate::service::Service;
 use crate::transport::sessions::{POLL_WAIT, Sessions};
 
@@ -56,29 +56,42 @@ fn cbor(bytes: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, CBOR)], bytes).into_response()
 }
 
+/// The authenticated device and its CBOR body decoded as `T`, or the refusal (401, 415, 400).
+fn decoded<'a, T: serde::de::DeserializeOwned>(
+    service: &Service,
+    caller: &'a Caller,
+    headers: &HeaderMap,
+    body: &[u8],
+    what: &str,
+) -> Result<(&'a crate::core::DevicePeer, T), Refusal> {
+    let peer = device(service, caller)?;
+    if !media_type_is(headers, CBOR) {
+        let why = format!("the body must be {CBOR}");
+        return Err(rejected(service, StatusCode::UNSUPPORTED_MEDIA_TYPE, &why));
+    }
+    message::decode(body, MAX_REQUEST)
+        .map(|value| (peer, value))
+        .map_err(|e| {
+            rejected(
+                service,
+                StatusCode::BAD_REQUEST,
+                &format!("not {what}: {e}"),
+            )
+        })
+}
+
 async fn request(
     State(shared): State<Shared>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let service = &shared.service;
-    let peer = match device(service, &caller) {
-        Ok(peer) => peer,
-        Err(refused) => return refused.into_response(),
-    };
-    if !media_type_is(&headers, CBOR) {
-        let why = format!("the body must be {CBOR}");
-        return rejected(service, StatusCode::UNSUPPORTED_MEDIA_TYPE, &why).into_response();
-    }
-    let request: Request = match message::decode(&body, MAX_REQUEST) {
-        Ok(request) => request,
-        Err(e) => {
-            let why = format!("not a request: {e}");
-            return rejected(service, StatusCode::BAD_REQUEST, &why).into_response();
-        }
-    };
-    let handled = service.handle(peer, &caller.binding, request).await;
+    let (peer, request) =
+        match decoded::<Request>(&shared.service, &caller, &headers, &body, "a request") {
+            Ok(decoded) => decoded,
+            Err(refused) => return refused.into_response(),
+        };
+    let handled = shared.service.handle(peer, &caller.binding, request).await;
     if handled.opened_session {
         shared.sessions.register_https(&peer.id);
     }
@@ -109,22 +122,11 @@ async fn reply(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let service = &shared.service;
-    let peer = match device(service, &caller) {
-        Ok(peer) => peer,
-        Err(refused) => return refused.into_response(),
-    };
-    if !media_type_is(&headers, CBOR) {
-        let why = format!("the body must be {CBOR}");
-        return rejected(service, StatusCode::UNSUPPORTED_MEDIA_TYPE, &why).into_response();
-    }
-    let reply: CommandReply = match message::decode(&body, MAX_REQUEST) {
-        Ok(reply) => reply,
-        Err(e) => {
-            let why = format!("not a command reply: {e}");
-            return rejected(service, StatusCode::BAD_REQUEST, &why).into_response();
-        }
-    };
+    let (peer, reply) =
+        match decoded::<CommandReply>(&shared.service, &caller, &headers, &body, "a reply") {
+            Ok(decoded) => decoded,
+            Err(refused) => return refused.into_response(),
+        };
     match shared.sessions.https(&peer.id) {
         Some(link) if link.reply(reply) => StatusCode::NO_CONTENT.into_response(),
         _ => answer::refusal(StatusCode::CONFLICT, "no command is waiting for a reply")
