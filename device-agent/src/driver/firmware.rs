@@ -285,17 +285,18 @@ impl Agent {
                 // The state as the session left it (a renewal may have been promoted).
                 let now = self.load_state()?;
                 self.save(&firmware::committed(&now, manifest)).await?;
+                // Logged before the report: once the server knows, the device may be stopped.
+                tracing::info!(
+                    serial = self.serial(),
+                    "firmware {} healthy and committed",
+                    manifest.version
+                );
                 let healthy = FirmwareReport::progress(
                     &manifest.digest,
                     FirmwareState::Healthy,
                     manifest.size,
                 );
                 self.report_firmware(&session, healthy).await;
-                tracing::info!(
-                    serial = self.serial(),
-                    "firmware {} healthy and committed",
-                    manifest.version
-                );
                 self.stats.updates.fetch_add(1, Ordering::Relaxed);
                 Ok(session)
             }
