@@ -38,6 +38,21 @@ pub(super) fn rejected(service: &Service, status: StatusCode, why: &str) -> Refu
     refusal(status, why)
 }
 
+/// `router` with bodies limited to `max` bytes: refused before reading when announced larger
+/// ([`announced_size`]), cut at `max` when sent without a length.
+pub(super) fn limited<S: Clone + Send + Sync + 'static>(
+    router: axum::Router<S>,
+    service: &Arc<Service>,
+    max: usize,
+) -> axum::Router<S> {
+    router
+        .layer(axum::extract::DefaultBodyLimit::max(max))
+        .layer(axum::middleware::from_fn_with_state(
+            (service.clone(), max),
+            announced_size,
+        ))
+}
+
 /// Refuses (413, counted) a request whose announced body is longer than `limit` before any of
 /// it is read: a client that asked for `100 Continue` hears the verdict instead of sending a
 /// body the server would drop half way (which it would see as a reset). A body sent without a

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Extension, State};
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -27,21 +27,20 @@ use super::Caller;
 use super::answer::{self, device, media_type_is, not_expected, rejected};
 use crate::service::Service;
 
-/// Largest status report.
+/// Largest status report or voucher request.
 pub const MAX_BODY: usize = 16 * 1024;
 
-/// The BRSKI status routes.
+/// The BRSKI routes.
 pub fn router(service: Arc<Service>) -> Router {
-    Router::new()
-        .route("/.well-known/brski/requestvoucher", post(requestvoucher))
-        .route("/.well-known/brski/voucher_status", post(voucher_status))
-        .route("/.well-known/brski/enrollstatus", post(enrollstatus))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::from_fn_with_state(
-            (service.clone(), MAX_BODY),
-            answer::announced_size,
-        ))
-        .with_state(service)
+    answer::limited(
+        Router::new()
+            .route("/.well-known/brski/requestvoucher", post(requestvoucher))
+            .route("/.well-known/brski/voucher_status", post(voucher_status))
+            .route("/.well-known/brski/enrollstatus", post(enrollstatus)),
+        &service,
+        MAX_BODY,
+    )
+    .with_state(service)
 }
 
 /// A status report (RFC 8995 5.7 and 5.9.4).

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Extension, State};
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -40,16 +40,15 @@ struct Shared {
 
 /// The routes of our protocol over HTTPS.
 pub fn router(service: Arc<Service>, sessions: Arc<Sessions>) -> Router {
-    Router::new()
-        .route("/.well-known/onboarder/request", post(request))
-        .route("/.well-known/onboarder/commands", post(commands))
-        .route("/.well-known/onboarder/reply", post(reply))
-        .layer(DefaultBodyLimit::max(MAX_REQUEST))
-        .layer(axum::middleware::from_fn_with_state(
-            (service.clone(), MAX_REQUEST),
-            answer::announced_size,
-        ))
-        .with_state(Shared { service, sessions })
+    answer::limited(
+        Router::new()
+            .route("/.well-known/onboarder/request", post(request))
+            .route("/.well-known/onboarder/commands", post(commands))
+            .route("/.well-known/onboarder/reply", post(reply)),
+        &service,
+        MAX_REQUEST,
+    )
+    .with_state(Shared { service, sessions })
 }
 
 fn cbor(bytes: Vec<u8>) -> Response {

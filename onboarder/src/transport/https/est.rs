@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Extension, State};
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -40,18 +40,17 @@ pub const MAX_BODY: usize = 64 * 1024;
 
 /// The EST routes.
 pub fn router(service: Arc<Service>) -> Router {
-    Router::new()
-        .route("/.well-known/est/cacerts", get(cacerts))
-        .route("/.well-known/est/csrattrs", get(csrattrs))
-        .route("/.well-known/est/simpleenroll", post(simpleenroll))
-        .route("/.well-known/est/simplereenroll", post(simplereenroll))
-        .route("/.well-known/est/serverkeygen", post(serverkeygen))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::from_fn_with_state(
-            (service.clone(), MAX_BODY),
-            answer::announced_size,
-        ))
-        .with_state(service)
+    answer::limited(
+        Router::new()
+            .route("/.well-known/est/cacerts", get(cacerts))
+            .route("/.well-known/est/csrattrs", get(csrattrs))
+            .route("/.well-known/est/simpleenroll", post(simpleenroll))
+            .route("/.well-known/est/simplereenroll", post(simplereenroll))
+            .route("/.well-known/est/serverkeygen", post(serverkeygen)),
+        &service,
+        MAX_BODY,
+    )
+    .with_state(service)
 }
 
 async fn cacerts(State(service): State<Arc<Service>>) -> Response {
