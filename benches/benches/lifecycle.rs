@@ -127,6 +127,7 @@ fn codecs(c: &mut Criterion) {
         firmware_sequence: 1,
         class_id: "sensor-1".into(),
         hardware: device_agent::hardware_facts(),
+        anchors: None,
     };
     roundtrip(&mut group, "request: hello", Request::Hello(hello));
     roundtrip(

@@ -133,6 +133,34 @@ impl Ca {
         Ca::from_parts(cert.der().to_vec(), key)
     }
 
+    /// A cross-certificate (the root key update of RFC 4210 5.3.13 that RFC 7030 4.1.3
+    /// distributes): `subject`'s name and key, signed by this CA. With the new root as
+    /// `subject` it is NewWithOld, by which a peer that trusts only this (old) root reaches
+    /// certificates under the new one; with the roles swapped, OldWithNew.
+    pub fn cross_certify(
+        &self,
+        subject: &Ca,
+        validity: Validity,
+        serial: &[u8],
+    ) -> Result<Vec<u8>, CertError> {
+        let info = CertInfo::parse(subject.cert_der())?;
+        let (Some(organization), Some(common_name)) = (info.organization, info.common_name) else {
+            return Err(CertError::Profile(
+                "a CA to cross-certify needs an organization and a common name".into(),
+            ));
+        };
+        let name = CaName {
+            organization,
+            common_name,
+        };
+        let mut params = ca_params(&name, validity, serial, None)?;
+        params.use_authority_key_identifier_extension = true;
+        if let Some(id) = info.subject_key_id {
+            params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(id);
+        }
+        self.sign(&params, subject.key())
+    }
+
     /// A CA from its certificate and key, as loaded from disk. Refuses a key that is not the
     /// certificate's, or a certificate that is not a CA.
     pub fn from_parts(cert: Vec<u8>, key: KeyPair) -> Result<Ca, CertError> {

@@ -273,3 +273,80 @@ fn the_factory_certifies_a_key_the_device_made_and_nothing_else() {
         Err(certs::CertError::Csr(certs::CsrError::Malformed(_)))
     ));
 }
+
+#[test]
+fn a_cross_certificate_links_the_old_root_to_the_new_one_and_back() {
+    let (old_root, _) = owner();
+    let new_root = Ca::root(
+        &CaName {
+            organization: "Owner".into(),
+            common_name: "Owner Root 2".into(),
+        },
+        KeyPair::generate(KeyKind::P256).unwrap(),
+        Validity::starting(NOW, 10 * 365 * 86400),
+        &random_serial().unwrap(),
+    )
+    .unwrap();
+    let validity = Validity::starting(NOW, 365 * 86400);
+    let new_with_old = old_root
+        .cross_certify(&new_root, validity, &random_serial().unwrap())
+        .unwrap();
+    let old_with_new = new_root
+        .cross_certify(&old_root, validity, &random_serial().unwrap())
+        .unwrap();
+    // Same name and key as the new root, issued by the old one.
+    let link = CertInfo::parse(&new_with_old).unwrap();
+    let new = CertInfo::parse(new_root.cert_der()).unwrap();
+    let old = CertInfo::parse(old_root.cert_der()).unwrap();
+    assert_eq!(
+        (link.subject, link.public_key),
+        (new.subject.clone(), new.public_key)
+    );
+    assert_eq!(link.issuer, old.subject);
+    assert_eq!(link.subject_key_id, new.subject_key_id);
+    assert_eq!(link.authority_key_id, old.subject_key_id);
+    assert!(link.is_ca);
+
+    // A server under the new root, seen by a peer that still trusts only the old one: the
+    // link makes the path; without it there is none.
+    let issuing = new_root
+        .intermediate(
+            &CaName {
+                organization: "Owner".into(),
+                common_name: "Owner Issuing 2".into(),
+            },
+            KeyPair::generate(KeyKind::P256).unwrap(),
+            Validity::starting(NOW, 365 * 86400),
+            &random_serial().unwrap(),
+        )
+        .unwrap();
+    let key = KeyPair::generate(KeyKind::P256).unwrap();
+    let server = issue_registrar(
+        &issuing,
+        "Owner",
+        &["onboarder.example".into()],
+        &key,
+        Validity::starting(NOW, 86400),
+        &random_serial().unwrap(),
+    )
+    .unwrap();
+    let old_only = [old_root.cert_der().to_vec()];
+    let path = [issuing.cert_der().to_vec(), new_with_old.clone()];
+    chain::verify(&server, &path, &old_only, NOW, Usage::ServerAuth).unwrap();
+    assert_eq!(
+        chain::verify(&server, &path[..1], &old_only, NOW, Usage::ServerAuth),
+        Err(ChainError::UnknownIssuer)
+    );
+    // And OldWithNew: the old root's name and key, signed by the new root's key.
+    let back = CertInfo::parse(&old_with_new).unwrap();
+    assert_eq!(
+        (back.subject, back.public_key),
+        (old.subject, old.public_key)
+    );
+    assert_eq!(back.authority_key_id, new.subject_key_id);
+    let (_, cert) = x509_parser::parse_x509_certificate(&old_with_new).unwrap();
+    let (_, signer) = x509_parser::parse_x509_certificate(new_root.cert_der()).unwrap();
+    cert.verify_signature(Some(signer.public_key())).unwrap();
+    let (_, stranger) = x509_parser::parse_x509_certificate(old_root.cert_der()).unwrap();
+    assert!(cert.verify_signature(Some(stranger.public_key())).is_err());
+}

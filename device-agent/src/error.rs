@@ -84,6 +84,10 @@ pub enum AgentError {
     /// The enrollment failed the device's checks.
     #[error("enrollment refused: {0}")]
     BadEnrollment(String),
+    /// Owner roots the owner sent were not taken: they would not authenticate this server or
+    /// this device, or are not roots.
+    #[error("owner roots refused: {0}")]
+    BadAnchors(String),
     /// The server answered something that makes no sense at this step.
     #[error("protocol: {0}")]
     Protocol(String),

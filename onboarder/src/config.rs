@@ -41,10 +41,28 @@ pub mod layout {
     pub const CONFIG: &str = "onboarder.json";
     /// Admin API token.
     pub const TOKEN: &str = "admin-token";
-    /// Owner root certificate.
+    /// Copy of the owner root in force: the one the issuing CA chains to, which vouchers pin.
     pub const OWNER_ROOT: &str = "ca/owner-root.pem";
-    /// Owner root key.
-    pub const OWNER_ROOT_KEY: &str = "ca/owner-root.key";
+    /// The owner roots devices trust: one, or the old and the new during a root rollover.
+    pub const OWNER_ROOTS: &str = "ca/owner-roots.pem";
+    /// Owner root generations.
+    pub const ROOT_GENERATIONS: &str = "ca/roots.json";
+    /// Certificate of owner root generation `n`.
+    pub fn root_cert(n: u32) -> String {
+        format!("ca/owner-root-{n}.pem")
+    }
+    /// Key of owner root generation `n` (deleted when it retires).
+    pub fn root_key(n: u32) -> String {
+        format!("ca/owner-root-{n}.key")
+    }
+    /// Cross-certificate of root `subject`'s key signed by root `issuer` (RFC 7030 4.1.3:
+    /// NewWithOld when `subject` is the newer).
+    pub fn root_link(subject: u32, issuer: u32) -> String {
+        format!("ca/owner-root-{subject}-by-{issuer}.pem")
+    }
+    /// The first root's key in data directories made before root generations (its
+    /// certificate is then [`OWNER_ROOT`]).
+    pub const LEGACY_ROOT_KEY: &str = "ca/owner-root.key";
     /// Copy of the current issuing CA certificate.
     pub const ISSUING_CA: &str = "ca/issuing-ca.pem";
     /// Issuing CA generations.
@@ -146,6 +164,7 @@ impl Config {
                 admit_vouched: false,
                 crl_url: None,
                 firmware_url: None,
+                root_distribution_wait: 7 * 86_400,
             },
             online_masa: None,
             crl_validity: 86_400,

@@ -160,6 +160,10 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport> {
     let fleet = Fleet::start(&agents);
     exercise.connected(agents.len()).await?;
     phases.insert("rotate".to_string(), exercise.rotate(&agents).await?);
+    phases.insert(
+        "root_rollover".to_string(),
+        exercise.root_rollover(&agents).await?,
+    );
     // The same fleet updated twice: over the QUIC session, then from the HTTPS listener.
     phases.insert(
         "firmware".to_string(),

@@ -115,7 +115,6 @@ impl Server {
                 backends.store,
                 backends.images,
                 pki.registrar,
-                pki.owner_root,
                 clock.clone(),
             )?
             .with_masa(match (options.masa, &config.online_masa) {
@@ -195,6 +194,7 @@ impl Server {
             tokio::spawn(control.clone().run_crl_publisher(stopped.clone())),
             tokio::spawn(control.clone().run_campaigns(stopped.clone())),
             tokio::spawn(control.clone().run_registrar_renewal(stopped.clone())),
+            tokio::spawn(control.clone().run_root_rollover(stopped.clone())),
         ];
         if let Some((listener, tls)) = https {
             let crls = control.clone();

@@ -199,6 +199,31 @@ pub struct Hello {
     /// [`MAX_HARDWARE_FACT_LEN`] bytes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub hardware: BTreeMap<String, String>,
+    /// The [`anchors_digest`] of the owner roots the device trusts, so that the server sends
+    /// it the owner's current set ([`Command::TrustAnchors`]) when the two differ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchors: Option<ByteBuf>,
+}
+
+/// Most owner roots a [`Command::TrustAnchors`] may carry: the old and the new one during a
+/// rollover, with room to spare.
+pub const MAX_TRUST_ANCHORS: usize = 4;
+
+/// A digest of a set of owner roots (DER) that does not depend on their order: SHA-256 over
+/// each root's SHA-256, sorted. Device and server compare sets by it.
+pub fn anchors_digest<T: AsRef<[u8]>>(roots: &[T]) -> [u8; 32] {
+    let mut each: Vec<ring::digest::Digest> = roots
+        .iter()
+        .map(|r| ring::digest::digest(&ring::digest::SHA256, r.as_ref()))
+        .collect();
+    each.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
+    let mut all = ring::digest::Context::new(&ring::digest::SHA256);
+    for d in &each {
+        all.update(d.as_ref());
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(all.finish().as_ref());
+    out
 }
 
 /// The onboarder's answer to a [`Request`].
@@ -344,8 +369,11 @@ pub enum Command {
         /// The sanitization method asked for.
         method: crate::attestation::WipeMethod,
     },
-    /// The owner's trust anchors from now on (DER), for an owner-root rollover. The device adds
-    /// them to the CA it pinned; it accepts them only on an authenticated operational session.
+    /// The owner roots (DER) the device is to trust from now on, in place of those it trusts
+    /// now: an owner-root rollover adds the new root first, and removes the old one once
+    /// nothing chains to it. The device takes it on an authenticated operational session only,
+    /// and only a set that still authenticates the server it came from; at most
+    /// [`MAX_TRUST_ANCHORS`]. Answered by [`CommandReply::Accepted`] once it is stored.
     TrustAnchors {
         /// Root certificates, DER.
         anchors: Vec<ByteBuf>,

@@ -334,6 +334,9 @@ async fn main() -> Result<()> {
     let cpu = proc.cpu_seconds();
     let report = exercise.rotate(&agents).await?;
     measure("rotate", report, cpu);
+    let cpu = proc.cpu_seconds();
+    let report = exercise.root_rollover(&agents).await?;
+    measure("root_rollover", report, cpu);
     // The same fleet updated twice, the same image size: over the QUIC session, then from
     // the HTTPS listener.
     for (phase, sequence, over_https) in [("firmware", 1, false), ("firmware_https", 2, true)] {

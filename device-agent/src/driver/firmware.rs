@@ -199,7 +199,7 @@ impl Agent {
     /// manifest's size (which the check refuses).
     async fn download_https(&self, url: &str, manifest: &Manifest) -> Result<u64, AgentError> {
         let state = self.load_state()?;
-        let (Some(ldevid), Some(owner_ca)) = (&state.ldevid, &state.owner_ca) else {
+        let Some(ldevid) = &state.ldevid else {
             return Err(AgentError::Protocol("the device is not onboarded".into()));
         };
         let key = self
@@ -208,7 +208,7 @@ impl Agent {
             .ok_or_else(|| PlatformError::Key("no LDevID key".into()))?;
         let mut chain = vec![ldevid.clone()];
         chain.extend(state.chain.iter().take(1).map(|c| c.to_vec()));
-        let tls = quic::operational_tls(&chain, key, owner_ca, &self.options.clock)?;
+        let tls = quic::operational_tls(&chain, key, &state.roots(), &self.options.clock)?;
         let mut source = ImageSource::open(url, tls).await?;
         let mut offset = self.staged_offset(manifest).await?;
         let mut beyond = 0u64;

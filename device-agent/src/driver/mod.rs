@@ -86,6 +86,8 @@ pub struct AgentStats {
     pub failures: AtomicU64,
     /// Renewals completed.
     pub renewals: AtomicU64,
+    /// Sets of owner roots taken (an owner-root rollover gives two: old and new, then new).
+    pub root_updates: AtomicU64,
     /// Duration of the last renewal in microseconds, from the decision to renew to the
     /// confirming session.
     pub last_renewal_us: AtomicU64,

@@ -71,8 +71,8 @@ impl Agent {
         let checked = onboarding::accept_voucher(&self.identity, &signed_voucher, &nonce, now)
             .and_then(|accepted| {
                 let now = accepted.time.unwrap_or(now);
-                onboarding::check_registrar(&accepted.voucher.pinned_domain_cert, &presented, now)
-                    .map(|()| accepted)
+                let pinned = [accepted.voucher.pinned_domain_cert.clone()];
+                onboarding::check_registrar(&pinned, &presented, now).map(|()| accepted)
             });
         let accepted = match checked {
             Ok(a) => a,
@@ -100,7 +100,7 @@ impl Agent {
         self.enroll_key(
             session,
             &binding,
-            accepted.voucher.pinned_domain_cert,
+            Some(accepted.voucher.pinned_domain_cert),
             state,
         )
         .await
@@ -108,19 +108,18 @@ impl Agent {
 
     /// Enrolls again with the IDevID, without a voucher: the LDevID expired while the device
     /// was offline (the onboarder refused it as expired). The registrar must chain to the
-    /// owner CA the first voucher pinned; the owner's policy decides whether it may.
+    /// owner roots the device trusts (the CA its voucher pinned, or those the owner gave since);
+    /// the owner's policy decides whether it may.
     pub async fn reenroll(&self) -> Result<AgentState, AgentError> {
         let mut state = self.load_state()?;
-        let owner_ca = state
-            .owner_ca
-            .clone()
-            .ok_or_else(|| AgentError::Protocol("the device is not onboarded".into()))?;
+        if state.roots().is_empty() {
+            return Err(AgentError::Protocol("the device is not onboarded".into()));
+        }
         let session = self.provisional_session().await?;
         let result = async {
-            onboarding::check_registrar(&owner_ca, &session.server_chain(), self.now())?;
+            onboarding::check_registrar(&state.roots(), &session.server_chain(), self.now())?;
             let binding = session.binding()?;
-            self.enroll_key(&session, &binding, owner_ca, &mut state)
-                .await
+            self.enroll_key(&session, &binding, None, &mut state).await
         }
         .await;
         session.close();
@@ -128,15 +127,20 @@ impl Agent {
         result.map(|()| state)
     }
 
-    /// A fresh key, its CSR bound to `session`, the LDevID checked against `pinned_ca` and
-    /// stored with everything that came with it in one write, then confirmed.
+    /// A fresh key, its CSR bound to `session`, the LDevID checked against the CA a voucher
+    /// just pinned (`pin`, which replaces what the device trusted) or else the owner roots it
+    /// trusts, and stored with everything that came with it in one write, then confirmed.
     async fn enroll_key(
         &self,
         session: &Session,
         binding: &[u8],
-        pinned_ca: Vec<u8>,
+        pin: Option<Vec<u8>>,
         state: &mut AgentState,
     ) -> Result<(), AgentError> {
+        let anchors = match &pin {
+            Some(pinned) => vec![pinned.clone()],
+            None => state.roots(),
+        };
         let now = self.now();
         let key = self.pending_key().await?;
         let csr = self.csr(key.clone(), binding.to_vec()).await?;
@@ -148,7 +152,7 @@ impl Agent {
             &enrollment,
             &self.identity.serial,
             &key.public_key(),
-            &pinned_ca,
+            &anchors,
             now,
         ) {
             Ok(info) => info,
@@ -161,7 +165,10 @@ impl Agent {
         // Store everything in one write, then promote the key: a crash in between is repaired
         // by `recover_keys`.
         state.phase = Phase::Enrolled { confirmed: false };
-        state.owner_ca = Some(pinned_ca);
+        if let Some(pinned) = pin {
+            state.owner_ca = Some(pinned);
+            state.owner_roots.clear();
+        }
         state.ldevid = Some(enrollment.certificate);
         state.renewal = None;
         state.chain = enrollment.chain;

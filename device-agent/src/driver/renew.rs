@@ -39,12 +39,11 @@ impl Agent {
             Response::Enrolled(e) => *e,
             other => return Err(unexpected("a renewed certificate", &other)),
         };
-        let anchors: Vec<Vec<u8>> = state.owner_ca.iter().cloned().collect();
         if let Err(e) = renewal::check_renewal(
             &enrollment,
             &self.identity.serial,
             &key.public_key(),
-            &anchors,
+            &state.roots(),
             self.now(),
         ) {
             self.report(session, Request::EnrollStatus(failure(&e)))

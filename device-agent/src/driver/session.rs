@@ -6,15 +6,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use protocol::message::{Hello, NetworkProfile, Request, Response};
+use protocol::message::{Command, Hello, NetworkProfile, Request, Response, anchors_digest};
 
 use super::{AGENT_VERSION, Agent, Stop, blocking, unexpected};
 use crate::error::{AgentError, PlatformError};
-use crate::machine::commands;
 use crate::machine::recovery::{self, KeyRepair};
 use crate::machine::renewal;
 use crate::machine::session::{self, Credential, Delivery};
 use crate::machine::{AgentState, Renewal};
+use crate::machine::{anchors, commands};
 use crate::platform::DeviceKey;
 use crate::transport::{Session, quic};
 
@@ -57,7 +57,8 @@ impl Agent {
         chain: &[serde_bytes::ByteBuf],
         key: Arc<dyn DeviceKey>,
     ) -> Result<Session, AgentError> {
-        let (Some(owner_ca), Some(config)) = (&state.owner_ca, &state.config) else {
+        let roots = state.roots();
+        let (false, Some(config)) = (roots.is_empty(), &state.config) else {
             return Err(AgentError::Protocol("the device is not onboarded".into()));
         };
         let mut presented = vec![ldevid.to_vec()];
@@ -66,28 +67,72 @@ impl Agent {
             .options
             .timeouts
             .with_heartbeat(Duration::from_secs(config.heartbeat_secs.into()));
-        let tls = quic::operational_tls(&presented, key, owner_ca, &self.options.clock)?;
+        let tls = quic::operational_tls(&presented, key, &roots, &self.options.clock)?;
         let session = self
             .connect_to(tls, timeouts, Some(&config.server_name))
             .await?;
-        let welcome = session
+        let mut commands = self.hello(&session, state, &roots).await?;
+        // New owner roots come first in a welcome. Once they are taken, a second hello says
+        // so on the same session (the server records what the device trusts from its hello),
+        // and its welcome replaces the first.
+        if let Some(Command::TrustAnchors { anchors }) = commands.first() {
+            let anchors: Vec<Vec<u8>> = anchors.iter().map(|a| a.to_vec()).collect();
+            let mut presented = vec![ldevid.to_vec()];
+            presented.extend(chain.iter().map(|c| c.to_vec()));
+            match self.take_roots(&session, &anchors, &presented).await {
+                Ok(()) => commands = self.hello(&session, state, &anchors).await?,
+                Err(e) => tracing::warn!(serial = self.serial(), "{e}"),
+            }
+        }
+        *self.welcome.lock().unwrap_or_else(|e| e.into_inner()) = commands;
+        self.stats.sessions.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(serial = self.serial(), "session open");
+        Ok(session)
+    }
+
+    /// Says hello on `session`, trusting `roots`: the commands of the welcome.
+    async fn hello(
+        &self,
+        session: &Session,
+        state: &AgentState,
+        roots: &[Vec<u8>],
+    ) -> Result<Vec<Command>, AgentError> {
+        let answer = session
             .call(&Request::Hello(Hello {
                 agent_version: AGENT_VERSION.into(),
                 firmware_version: state.firmware_version.clone(),
                 firmware_sequence: state.firmware_sequence,
                 class_id: self.identity.product.class_id.clone(),
                 hardware: self.options.hardware.clone(),
+                anchors: Some(anchors_digest(roots).to_vec().into()),
             }))
             .await?;
-        match welcome {
-            Response::Welcome(w) => {
-                *self.welcome.lock().unwrap_or_else(|e| e.into_inner()) = w.commands;
-            }
-            other => return Err(unexpected("a welcome", &other)),
+        match answer {
+            Response::Welcome(w) => Ok(w.commands),
+            other => Err(unexpected("a welcome", &other)),
         }
-        self.stats.sessions.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(serial = self.serial(), "session open");
-        Ok(session)
+    }
+
+    /// Trusts the owner roots `roots` from now on, if they pass the checks of
+    /// [`anchors::check`] against the server of `session` and the device's certificate
+    /// `presented` (leaf first); stored before anyone is told.
+    async fn take_roots(
+        &self,
+        session: &Session,
+        roots: &[Vec<u8>],
+        presented: &[Vec<u8>],
+    ) -> Result<(), AgentError> {
+        anchors::check(roots, &session.server_chain(), presented, self.now())?;
+        let mut state = self.load_state()?;
+        state.owner_roots = roots.iter().cloned().map(Into::into).collect();
+        self.save(&state).await?;
+        self.stats.root_updates.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            serial = self.serial(),
+            roots = roots.len(),
+            "owner roots updated"
+        );
+        Ok(())
     }
 
     /// Opens the operational session and says hello. A renewal stored but not yet confirmed
@@ -210,10 +255,19 @@ impl Agent {
                 next = session.next_command() => {
                     let Some(next) = next else { return Ok(Stop::Closed) };
                     let (command, send) = next?;
-                    let (reply, action) = match command {
+                    let (mut reply, action) = match command {
                         Ok(command) => commands::handle(&command),
                         Err(e) => (commands::unsupported(&e.to_string()), commands::Action::None),
                     };
+                    if let commands::Action::TrustAnchors(roots) = &action {
+                        let state = self.load_state()?;
+                        let mut presented: Vec<Vec<u8>> = state.ldevid.iter().cloned().collect();
+                        presented.extend(state.chain.iter().map(|c| c.to_vec()));
+                        if let Err(e) = self.take_roots(session, roots, &presented).await {
+                            tracing::warn!(serial = self.serial(), "{e}");
+                            reply = commands::refused(&e);
+                        }
+                    }
                     session.reply(send, &reply).await?;
                     if let Some(stop) = session::stop_for(action) {
                         return Ok(stop);

@@ -18,6 +18,9 @@ pub enum Action {
         /// Where to download the image.
         url: Option<String>,
     },
+    /// Trust these owner roots (DER) in place of those the device has, once checked: the
+    /// reply says whether they were taken, so the driver makes it.
+    TrustAnchors(Vec<Vec<u8>>),
     /// Wipe everything of the owner and attest it, bound to this nonce.
     Decommission {
         /// The server's nonce.
@@ -46,11 +49,23 @@ pub fn handle(command: &Command) -> (CommandReply, Action) {
                 method: *method,
             },
         ),
+        Command::TrustAnchors { anchors } => (
+            CommandReply::Accepted,
+            Action::TrustAnchors(anchors.iter().map(|a| a.to_vec()).collect()),
+        ),
         _ => (
             unsupported("command not supported by this agent"),
             Action::None,
         ),
     }
+}
+
+/// The reply to a command the agent's checks refused.
+pub fn refused(e: &crate::error::AgentError) -> CommandReply {
+    CommandReply::Error(WireError {
+        code: ErrorCode::BadRequest,
+        message: e.to_string(),
+    })
 }
 
 /// The reply to a command this agent cannot carry out (or not even decode).
@@ -101,6 +116,15 @@ mod tests {
                     nonce: vec![3; 16],
                     method: WipeMethod::PurgeCryptographicErase
                 }
+            )
+        );
+        assert_eq!(
+            handle(&Command::TrustAnchors {
+                anchors: vec![vec![4; 8].into()]
+            }),
+            (
+                CommandReply::Accepted,
+                Action::TrustAnchors(vec![vec![4; 8]])
             )
         );
         match unsupported("no") {

@@ -6,6 +6,7 @@
 //! driver feeds these functions what it read from the network and the platform, and carries
 //! out what they return.
 
+pub mod anchors;
 pub mod backoff;
 pub mod commands;
 pub mod decommission;
@@ -40,6 +41,10 @@ pub struct AgentState {
     /// The owner's CA certificate pinned by the voucher (DER).
     #[serde(default, with = "serde_bytes")]
     pub owner_ca: Option<Vec<u8>>,
+    /// The owner roots the owner gave since (an owner-root rollover, [`anchors`]): when there
+    /// are any, they are what the device trusts, in place of `owner_ca`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owner_roots: Vec<serde_bytes::ByteBuf>,
     /// The LDevID certificate (DER).
     #[serde(default, with = "serde_bytes")]
     pub ldevid: Option<Vec<u8>>,
@@ -112,6 +117,7 @@ impl AgentState {
         AgentState {
             phase: Phase::Factory,
             owner_ca: None,
+            owner_roots: Vec::new(),
             ldevid: None,
             chain: Vec::new(),
             network: None,
@@ -125,6 +131,16 @@ impl AgentState {
             pending_report: None,
             pending_attestation: None,
             clock_floor: None,
+        }
+    }
+
+    /// The owner roots the device trusts (DER): those the owner gave last, or else the one
+    /// its voucher pinned.
+    pub fn roots(&self) -> Vec<Vec<u8>> {
+        if self.owner_roots.is_empty() {
+            self.owner_ca.iter().cloned().collect()
+        } else {
+            self.owner_roots.iter().map(|r| r.to_vec()).collect()
         }
     }
 

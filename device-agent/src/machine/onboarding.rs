@@ -80,23 +80,17 @@ pub fn accept_voucher(
 }
 
 /// Checks the registrar's certificate chain (as presented in the TLS handshake) against the
-/// CA the voucher pins, and that it is marked as a registrar (id-kp-cmcRA, RFC 8995 2.6).
+/// owner roots the device trusts (the CA the voucher pins, at first), and that it is marked as a registrar (id-kp-cmcRA, RFC 8995 2.6).
 pub fn check_registrar(
-    pinned_ca: &[u8],
+    anchors: &[Vec<u8>],
     presented: &[Vec<u8>],
     now: u64,
 ) -> Result<(), AgentError> {
     let (leaf, intermediates) = presented
         .split_first()
         .ok_or_else(|| AgentError::RogueRegistrar("no registrar certificate".into()))?;
-    chain::verify(
-        leaf,
-        intermediates,
-        &[pinned_ca.to_vec()],
-        now,
-        Usage::ServerAuth,
-    )
-    .map_err(|e| AgentError::RogueRegistrar(format!("registrar certificate: {e}")))?;
+    chain::verify(leaf, intermediates, anchors, now, Usage::ServerAuth)
+        .map_err(|e| AgentError::RogueRegistrar(format!("registrar certificate: {e}")))?;
     let info = CertInfo::parse(leaf).map_err(|e| AgentError::RogueRegistrar(e.to_string()))?;
     if !info.cmc_ra {
         return Err(AgentError::RogueRegistrar(
@@ -107,12 +101,12 @@ pub fn check_registrar(
 }
 
 /// Checks an enrollment before storing it: the LDevID is for `key`, names this device, and
-/// chains through the given CA certificates to the pinned CA.
+/// chains through the given CA certificates to one of the owner roots the device trusts.
 pub fn check_enrollment(
     enrollment: &Enrollment,
     serial: &str,
     key: &PublicKey,
-    pinned_ca: &[u8],
+    anchors: &[Vec<u8>],
     now: u64,
 ) -> Result<CertInfo, AgentError> {
     let bad = |m: String| AgentError::BadEnrollment(m);
@@ -130,7 +124,7 @@ pub fn check_enrollment(
     chain::verify(
         &enrollment.certificate,
         &intermediates,
-        &[pinned_ca.to_vec()],
+        anchors,
         now,
         Usage::ClientAuth,
     )
@@ -361,7 +355,7 @@ mod tests {
     #[test]
     fn the_registrar_must_chain_to_the_pinned_ca_and_be_a_registrar() {
         let owner = domain("Owner");
-        let pinned = owner.root.cert_der();
+        let pinned = &[owner.root.cert_der().to_vec()];
         let chain = |leaf: Vec<u8>, ca: &Ca| vec![leaf, ca.cert_der().to_vec()];
         check_registrar(
             pinned,
@@ -407,7 +401,7 @@ mod tests {
     #[test]
     fn an_enrollment_must_name_this_device_hold_its_key_and_chain_to_the_pinned_ca() {
         let owner = domain("Owner");
-        let pinned = owner.root.cert_der();
+        let pinned = &[owner.root.cert_der().to_vec()];
         let key = KeyPair::generate(KeyKind::P256).unwrap();
         let good = enrollment(&owner.issuing, "SN-1", &key);
         let info = check_enrollment(&good, "SN-1", &key.public_key(), pinned, NOW).unwrap();

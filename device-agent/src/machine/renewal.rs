@@ -33,8 +33,8 @@ pub fn spread_after(now: u64, due: u64, not_after: u64, jitter: f64) -> u64 {
     (spread as f64 * jitter.clamp(0.0, 1.0)) as u64
 }
 
-/// Checks a renewed LDevID: same device, the new key, and a chain to one of the owner's
-/// anchors (the CA may have rolled over, the root has not).
+/// Checks a renewed LDevID: same device, the new key, and a chain to one of the owner roots
+/// the device trusts (the issuing CA may have rolled over, and the root with it).
 pub fn check_renewal(
     enrollment: &Enrollment,
     serial: &str,
@@ -42,14 +42,7 @@ pub fn check_renewal(
     anchors: &[Vec<u8>],
     now: u64,
 ) -> Result<CertInfo, AgentError> {
-    let mut last = None;
-    for anchor in anchors {
-        match super::onboarding::check_enrollment(enrollment, serial, key, anchor, now) {
-            Ok(info) => return Ok(info),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| AgentError::BadEnrollment("no owner anchor".into())))
+    super::onboarding::check_enrollment(enrollment, serial, key, anchors, now)
 }
 
 #[cfg(test)]

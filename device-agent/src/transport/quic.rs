@@ -189,36 +189,35 @@ pub fn provisional_tls(
     Ok(tls)
 }
 
-/// The operational (LDevID) configuration, trusting only the pinned owner CA, at the time of
-/// `clock`.
+/// The operational (LDevID) configuration, trusting only the owner roots the device holds, at
+/// the time of `clock`.
 pub fn operational_config(
     ldevid_chain: &[Vec<u8>],
     key: Arc<dyn DeviceKey>,
-    owner_ca: &[u8],
+    roots: &[Vec<u8>],
     timeouts: Timeouts,
     clock: &crate::Clock,
 ) -> Result<quinn::ClientConfig, AgentError> {
-    quic_config(
-        operational_tls(ldevid_chain, key, owner_ca, clock)?,
-        timeouts,
-    )
+    quic_config(operational_tls(ldevid_chain, key, roots, clock)?, timeouts)
 }
 
-/// The operational TLS client (LDevID, pinned owner CA only, TLS 1.3), for QUIC or HTTPS.
+/// The operational TLS client (LDevID, the owner roots only, TLS 1.3), for QUIC or HTTPS.
 pub fn operational_tls(
     ldevid_chain: &[Vec<u8>],
     key: Arc<dyn DeviceKey>,
-    owner_ca: &[u8],
+    roots: &[Vec<u8>],
     clock: &crate::Clock,
 ) -> Result<rustls::ClientConfig, AgentError> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(owner_ca.to_vec()))
-        .map_err(|e| AgentError::Connection(format!("owner CA: {e}")))?;
+    let mut store = rustls::RootCertStore::empty();
+    for root in roots {
+        store
+            .add(CertificateDer::from(root.clone()))
+            .map_err(|e| AgentError::Connection(format!("owner root: {e}")))?;
+    }
     let tls = rustls::ClientConfig::builder_with_details(provider(), Arc::new(clock.clone()))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| AgentError::Connection(e.to_string()))?
-        .with_root_certificates(roots)
+        .with_root_certificates(store)
         .with_client_cert_resolver(client_cert(ldevid_chain, key)?);
     Ok(tls)
 }

@@ -3,7 +3,8 @@
 //! background loops. Every state change is the service's; this only carries out what follows.
 //!
 //! - `push`: commands to connected devices; `crls`: the CRL publisher;
-//!   `rollover`: the issuing CA rollover and the registrar's certificate;
+//!   `rollover`: the issuing CA rollover and the registrar's certificate; `roots`: the
+//!   owner-root rollover;
 //!   `campaigns`: the campaign engine; `audit`: the audit budget's summaries.
 
 mod audit;
@@ -11,8 +12,10 @@ mod campaigns;
 mod crls;
 mod push;
 mod rollover;
+mod roots;
 
 pub use rollover::RolloverReport;
+pub use roots::RootStatus;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -43,6 +46,8 @@ pub struct Control {
     crls: RwLock<Vec<Crl>>,
     /// One rollover at a time.
     rollovers: tokio::sync::Mutex<()>,
+    /// One step of the owner-root rollover at a time.
+    root_steps: tokio::sync::Mutex<()>,
 }
 
 impl Control {
@@ -64,6 +69,7 @@ impl Control {
             config,
             crls: RwLock::new(Vec::new()),
             rollovers: tokio::sync::Mutex::new(()),
+            root_steps: tokio::sync::Mutex::new(()),
         }
     }
 

@@ -14,14 +14,16 @@ use crate::core::DeviceId;
 const PUSH_CONCURRENCY: usize = 64;
 
 impl Control {
-    /// Pushes `command` to each connected device of `devices`, at most `rate` per second.
+    /// Pushes `command` to each connected device of `devices`, at most `rate` per second, and
+    /// returns those that accepted it.
     pub(super) async fn push_all(
         self: Arc<Self>,
         devices: Vec<DeviceId>,
         command: Command,
         rate: Option<u32>,
-    ) {
+    ) -> Vec<DeviceId> {
         let limit = Arc::new(Semaphore::new(PUSH_CONCURRENCY));
+        let mut pushes = tokio::task::JoinSet::new();
         let mut tick = rate
             .filter(|r| *r > 0)
             .map(|r| tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(r))));
@@ -33,18 +35,30 @@ impl Control {
                 tick.tick().await;
             }
             let Ok(permit) = limit.clone().acquire_owned().await else {
-                return;
+                break;
             };
             let (sessions, command) = (self.sessions.clone(), command.clone());
-            tokio::spawn(async move {
-                match sessions.push(&device, &command).await {
-                    Ok(CommandReply::Accepted) => {}
-                    Ok(other) => tracing::info!(%device, "command answered {other:?}"),
+            pushes.spawn(async move {
+                let accepted = match sessions.push(&device, &command).await {
+                    Ok(CommandReply::Accepted) => true,
+                    Ok(other) => {
+                        tracing::info!(%device, "command answered {other:?}");
+                        false
+                    }
                     // The device gets the order in its next welcome.
-                    Err(e) => tracing::debug!(%device, "push failed: {e}"),
-                }
+                    Err(e) => {
+                        tracing::debug!(%device, "push failed: {e}");
+                        false
+                    }
+                };
                 drop(permit);
+                accepted.then_some(device)
             });
         }
+        let mut accepted = Vec::new();
+        while let Some(done) = pushes.join_next().await {
+            accepted.extend(done.ok().flatten());
+        }
+        accepted
     }
 }

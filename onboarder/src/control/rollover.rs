@@ -41,6 +41,16 @@ impl Control {
         if let Some(pending) = self.service.pending_rollover()? {
             self.carry_out(pending, rate).await?;
         }
+        // Under a new owner root only once the devices have it (`roots`).
+        if let Some(r) = self.service.pending_root_rollover()?
+            && r.phase == crate::core::roots::RootPhase::Distributing
+        {
+            return Err(OperatorError::BadInput(format!(
+                "owner root {} is being distributed: the issuing CA moves under it when every \
+                 device has it (onboarder ca root-status)",
+                r.generation
+            )));
+        }
         let target = self.service.registrar().issuing.generation + 1;
         let pending = self.service.begin_rollover(target).await?;
         failpoint::hit("rollover-decided");

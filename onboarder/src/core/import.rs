@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::decision::Decision;
 use super::error::LifecycleError;
 use super::identity::{DeviceId, MakerId};
+use super::policy::OwnerRoots;
 use super::record::DeviceRecord;
 use super::state::DeviceState;
 use crate::audit::AuditEvent;
@@ -117,13 +118,15 @@ pub fn voucher(
     filed: &Filed,
     bytes: &[u8],
     record: Option<DeviceRecord>,
-    owner_root: &[u8],
+    roots: &OwnerRoots,
     now: u64,
 ) -> Result<Decision, LifecycleError> {
     let refuse = |why: String| LifecycleError::BadRequest(why);
     let voucher = &filed.voucher;
-    if voucher.pinned_domain_cert != owner_root {
-        return Err(refuse("the voucher pins another owner's CA".into()));
+    if !roots.trusts(&voucher.pinned_domain_cert) {
+        return Err(refuse(
+            "the voucher pins a CA that is not one of this owner's roots in force".into(),
+        ));
     }
     let expires_on = match voucher.expires_on {
         Some(e) if e <= now => return Err(refuse(format!("expired at {e}"))),

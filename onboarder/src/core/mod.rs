@@ -29,6 +29,7 @@ pub mod record;
 pub mod release;
 pub mod renew;
 pub mod revoke;
+pub mod roots;
 pub mod sanitization;
 pub mod state;
 #[cfg(test)]
@@ -38,6 +39,6 @@ pub use decision::Decision;
 pub use error::LifecycleError;
 pub use identity::{DeviceId, MakerId};
 pub use peer::{Channel, CredentialKind, DevicePeer};
-pub use policy::{Entropy, IssuingCa, NetworkPolicy, Policy, Registrar};
+pub use policy::{Entropy, IssuingCa, NetworkPolicy, OwnerRoots, Policy, Registrar};
 pub use record::{CertStatus, DeviceRecord, IssuedCert, Rotation, RotationState};
 pub use state::DeviceState;

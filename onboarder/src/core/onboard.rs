@@ -132,7 +132,7 @@ fn admit_vouched(
     issued: AuditEvent,
     now: u64,
 ) -> Result<Decision, LifecycleError> {
-    if reg.owner_root() != Some(made.pinned_domain_cert.as_slice()) {
+    if !reg.roots.trusts(&made.pinned_domain_cert) {
         return Err(LifecycleError::Unavailable(
             "the MASA's voucher pins another owner's root".into(),
         ));
@@ -464,6 +464,13 @@ pub fn hello(
         "an operational session",
     )?;
     check_hardware(&hello.hardware)?;
+    let anchors = super::roots::anchors_command(reg, &hello);
+    let trusts = hello.anchors.as_ref().map(|d| d.to_vec());
+    if record.anchors != trusts {
+        record.anchors = trusts;
+        record.updated_at = now;
+        changed = true;
+    }
     if record.agent_version.as_deref() != Some(hello.agent_version.as_str())
         || record.firmware_version.as_deref() != Some(hello.firmware_version.as_str())
         || record.firmware_sequence != hello.firmware_sequence
@@ -491,6 +498,8 @@ pub fn hello(
             response: Response::Welcome(welcome),
         });
     }
+    // The roots first: a rotation that follows may bring a certificate under a new one.
+    welcome.commands.extend(anchors);
     if let Some(job) = record.firmware_job.as_ref().filter(|j| !j.state.is_final()) {
         welcome.commands.push(Command::Update {
             manifest: job.manifest.clone(),

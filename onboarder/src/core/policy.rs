@@ -63,10 +63,20 @@ pub struct Policy {
     /// from the first server name and the HTTPS port.
     #[serde(default)]
     pub firmware_url: Option<String>,
+    /// How long an owner-root rollover waits, at most, for every active device to take the
+    /// new root before the issuing CA moves under it, in seconds. A device away that long
+    /// still connects (the server presents the NewWithOld cross-certificate) and gets the new
+    /// root in its next welcome.
+    #[serde(default = "default_root_wait")]
+    pub root_distribution_wait: u64,
 }
 
 fn default_grace() -> u64 {
     3600
+}
+
+fn default_root_wait() -> u64 {
+    7 * 86_400
 }
 
 fn default_reenroll() -> bool {
@@ -88,6 +98,36 @@ pub struct IssuingCa {
     pub retired_at: Option<u64>,
 }
 
+/// The owner roots devices are to trust, and the cross-certificates between them: one root,
+/// or during an owner-root rollover the old and the new one (RFC 7030 4.1.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerRoots {
+    /// The roots in force, DER, oldest first.
+    pub trusted: Vec<Vec<u8>>,
+    /// NewWithOld and OldWithNew while two roots are in force, DER.
+    pub links: Vec<Vec<u8>>,
+    /// [`protocol::message::anchors_digest`] of `trusted`: what a device that trusts exactly
+    /// these says in its hello.
+    pub digest: [u8; 32],
+}
+
+impl OwnerRoots {
+    /// The roots `trusted`, linked by `links`.
+    pub fn new(trusted: Vec<Vec<u8>>, links: Vec<Vec<u8>>) -> Self {
+        let digest = protocol::message::anchors_digest(&trusted);
+        OwnerRoots {
+            trusted,
+            links,
+            digest,
+        }
+    }
+
+    /// Whether `root` (DER) is one of the roots in force.
+    pub fn trusts(&self, root: &[u8]) -> bool {
+        self.trusted.iter().any(|r| r == root)
+    }
+}
+
 /// The registrar's context: its own certificate, its issuing CAs and the policy. Replaced as a
 /// whole on a CA rollover.
 pub struct Registrar {
@@ -98,8 +138,11 @@ pub struct Registrar {
     pub previous_registrar_cert: Option<Vec<u8>>,
     /// The issuing CA that signs new certificates.
     pub issuing: IssuingCa,
-    /// Earlier generations, oldest first: their certificates stay valid until they expire.
+    /// Earlier generations, oldest first: their certificates stay valid until they expire
+    /// (under a root still in force).
     pub retired: Vec<IssuingCa>,
+    /// The owner roots in force.
+    pub roots: OwnerRoots,
     /// The policy.
     pub policy: Policy,
 }
@@ -115,10 +158,16 @@ impl Registrar {
         self.issuing.chain.last().map(Vec::as_slice)
     }
 
-    /// Whether `key_id` is one of our issuing CAs: a client certificate it issued is an
-    /// LDevID.
+    /// Every generation that chains to a root in force: what LDevIDs may come from.
+    pub fn trusted_generations(&self) -> impl Iterator<Item = &IssuingCa> {
+        self.generations()
+            .filter(|g| g.chain.last().is_some_and(|root| self.roots.trusts(root)))
+    }
+
+    /// Whether `key_id` is one of our issuing CAs under a root in force: a client certificate
+    /// it issued is an LDevID.
     pub fn is_ours(&self, key_id: &[u8]) -> bool {
-        self.generations().any(|c| c.key_id == key_id)
+        self.trusted_generations().any(|c| c.key_id == key_id)
     }
 }
 

@@ -9,7 +9,7 @@ use protocol::message::{Response, Status};
 use super::decision::Decision;
 use super::identity::{DeviceId, MakerId};
 use super::peer::DevicePeer;
-use super::policy::{Entropy, IssuingCa, Registrar};
+use super::policy::{Entropy, IssuingCa, OwnerRoots, Registrar};
 use super::record::DeviceRecord;
 use super::state::DeviceState;
 use crate::config::Config;
@@ -94,6 +94,7 @@ impl Kit {
                     retired_at: None,
                 },
                 retired: Vec::new(),
+                roots: OwnerRoots::new(vec![owner_root.clone()], Vec::new()),
                 policy: Config::new("Owner").policy,
             },
             owner_root,

@@ -230,6 +230,58 @@ impl Exercise {
         Ok(PhaseReport::new(&mut latencies, failed, elapsed))
     }
 
+    /// The owner root rolls over (`ca root-rollover`): each device takes the new root beside
+    /// the old, re-keys under the new issuing CA, then trusts the new root alone once the old
+    /// one retires. A device counts once it trusts the new root alone with a certificate under
+    /// it; its latency is its re-key.
+    pub async fn root_rollover(&self, agents: &[Arc<Agent>]) -> Result<PhaseReport> {
+        let updates: Vec<u64> = agents
+            .iter()
+            .map(|a| a.stats().root_updates.load(Relaxed))
+            .collect();
+        let renewals: Vec<u64> = agents
+            .iter()
+            .map(|a| a.stats().renewals.load(Relaxed))
+            .collect();
+        let bar = self.bar("root rollover", agents.len());
+        let start = Instant::now();
+        let started = self.api(|api| api.root_rollover()).await?;
+        let generation = started.rollover.map_or(started.in_force, |r| r.generation);
+        self.settle(
+            agents,
+            &bar,
+            |i, a| {
+                a.stats().root_updates.load(Relaxed) >= updates[i] + 2
+                    && a.stats().renewals.load(Relaxed) > renewals[i]
+            },
+            // The server is done before the devices have the last set (it is sent after):
+            // the devices say when the phase is over.
+            |_| Ok(false),
+        )
+        .await?;
+        let elapsed = start.elapsed();
+        bar.finish_and_clear();
+        let status = self.api(|api| api.roots()).await?;
+        let done = status.rollover.is_none() && status.in_force == generation;
+        let mut latencies = Vec::new();
+        let mut failed = 0;
+        for (i, agent) in agents.iter().enumerate() {
+            let alone = agent.load_state().map(|s| s.roots().len() == 1);
+            if !done
+                || !matches!(alone, Ok(true))
+                || agent.stats().renewals.load(Relaxed) <= renewals[i]
+            {
+                tracing::warn!(serial = agent.serial(), "not under the new root alone");
+                failed += 1;
+                continue;
+            }
+            latencies.push(Duration::from_micros(
+                agent.stats().last_renewal_us.load(Relaxed),
+            ));
+        }
+        Ok(PhaseReport::new(&mut latencies, failed, elapsed))
+    }
+
     /// The manufacturer signs `image` as release `sequence` (version `1.SEQUENCE.0`); the
     /// owner trusts its firmware key, uploads the release and rolls it out to the connected
     /// fleet in waves of 1, 10 and 100 %, the devices downloading over their QUIC session or,

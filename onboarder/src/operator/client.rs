@@ -11,7 +11,7 @@ use super::api::{QuarantineRequest, RevokeRequest, RolloverRequest, RotateReques
 use super::views::{AnchorView, AuditEntryView, DeviceView};
 use crate::audit::ChainSummary;
 use crate::config::Config;
-use crate::control::RolloverReport;
+use crate::control::{RolloverReport, RootStatus};
 use crate::service::{Crl, OrderReport, RotationStatus};
 
 /// Largest API response read.
@@ -250,6 +250,16 @@ impl ApiClient {
     /// Rolls the issuing CA over.
     pub fn rollover(&self, rate: Option<u32>) -> Result<RolloverReport> {
         self.post_json("/v1/ca/rollover", &RolloverRequest { rate })
+    }
+
+    /// Starts an owner-root rollover.
+    pub fn root_rollover(&self) -> Result<RootStatus> {
+        self.post_json("/v1/ca/root-rollover", &serde_json::json!({}))
+    }
+
+    /// Where the owner roots stand.
+    pub fn roots(&self) -> Result<RootStatus> {
+        self.get("/v1/ca/roots")
     }
 
     /// The CRLs last published.

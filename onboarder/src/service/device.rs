@@ -143,7 +143,7 @@ impl Service {
             return None;
         }
         match masa
-            .voucher(&anchors, idevid, signed, &self.owner_root)
+            .voucher(&anchors, idevid, signed, &self.owner_root())
             .await
         {
             Ok(voucher) => Some(voucher),

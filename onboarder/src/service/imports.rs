@@ -58,12 +58,13 @@ impl Service {
             }
             None => None,
         };
-        let ours: Vec<Vec<u8>> = std::iter::once(self.owner_root.clone())
-            .chain(
-                self.registrar()
-                    .generations()
-                    .map(|g| g.ca.cert_der().to_vec()),
-            )
+        let registrar = self.registrar();
+        let ours: Vec<Vec<u8>> = registrar
+            .roots
+            .trusted
+            .iter()
+            .cloned()
+            .chain(registrar.generations().map(|g| g.ca.cert_der().to_vec()))
             .filter_map(|der| certs::CertInfo::parse(&der).ok().map(|i| i.spki_der))
             .collect();
         let changed = self
@@ -117,7 +118,13 @@ impl Service {
                         .iter()
                         .find(|(_, f)| &f.id == id)
                         .ok_or_else(|| LifecycleError::Unavailable("lost a voucher".into()))?;
-                    import::voucher(filed, &vouchers[*index], record, &self.owner_root, now)
+                    import::voucher(
+                        filed,
+                        &vouchers[*index],
+                        record,
+                        &self.registrar().roots,
+                        now,
+                    )
                 })
                 .await?;
             for ((index, filed), outcome) in chunk.iter().zip(outcomes) {

@@ -24,6 +24,7 @@ mod imports;
 mod orders;
 mod queries;
 mod rollover;
+mod roots;
 
 pub use campaigns::{CampaignSpec, CampaignStatus, DeviceProgress, TICK, Target};
 pub use crls::Crl;
@@ -68,7 +69,6 @@ pub struct Service {
     images: Arc<dyn ImageStore>,
     registrar: RwLock<Arc<Registrar>>,
     trust: Arc<TrustStore>,
-    owner_root: Vec<u8>,
     /// Signalled after a commit that revoked or superseded certificates (the CRL publisher
     /// waits on it).
     revocations_changed: Notify,
@@ -126,12 +126,11 @@ impl<T> Pending<T> {
 
 impl Service {
     /// A service over `store` and `images`, issuing with `registrar`. The trust store is filled
-    /// with the owner root, the manufacturer anchors and the revocations on record.
+    /// with the owner roots, the manufacturer anchors and the revocations on record.
     pub fn new(
         store: Arc<dyn Store>,
         images: Arc<dyn ImageStore>,
         registrar: Registrar,
-        owner_root: Vec<u8>,
         clock: Clock,
     ) -> Result<Service, StoreError> {
         let service = Service {
@@ -139,7 +138,6 @@ impl Service {
             images,
             registrar: RwLock::new(Arc::new(registrar)),
             trust: Arc::new(TrustStore::default()),
-            owner_root,
             revocations_changed: Notify::new(),
             firmware_changed: Notify::new(),
             campaigns: tokio::sync::Mutex::new(()),
@@ -196,9 +194,9 @@ impl Service {
         &self.metrics
     }
 
-    /// The owner root certificate, DER.
-    pub fn owner_root(&self) -> &[u8] {
-        &self.owner_root
+    /// The owner root in force (the one the issuing CA chains to, which vouchers pin), DER.
+    pub fn owner_root(&self) -> Vec<u8> {
+        self.registrar().owner_root().unwrap_or_default().to_vec()
     }
 
     /// Resolves after a commit revoked or superseded certificates.
@@ -225,9 +223,9 @@ impl Service {
         self.reload_trust()
     }
 
-    /// Rebuilds the anchors: the manufacturers' roots, the owner root, and our own issuing
-    /// CAs (trusting them directly spares every LDevID handshake the check of the issuing CA's
-    /// own signature, which we made ourselves).
+    /// Rebuilds the anchors: the manufacturers' roots, the owner roots in force, and our own
+    /// issuing CAs under them (trusting them directly spares every LDevID handshake the check
+    /// of the issuing CA's own signature, which we made ourselves).
     fn reload_trust(&self) -> Result<(), StoreError> {
         let makers: Vec<_> = self
             .store
@@ -235,10 +233,11 @@ impl Service {
             .into_iter()
             .map(|a| (a.maker, a.der))
             .collect();
-        let mut ours = vec![self.owner_root.clone()];
+        let registrar = self.registrar();
+        let mut ours = registrar.roots.trusted.clone();
         ours.extend(
-            self.registrar()
-                .generations()
+            registrar
+                .trusted_generations()
                 .map(|g| g.ca.cert_der().to_vec()),
         );
         self.trust.replace(&makers, &ours);

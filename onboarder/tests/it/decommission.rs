@@ -143,7 +143,7 @@ async fn a_device_wipes_itself_attests_and_is_revoked_and_certified() {
             old_state.chain[0].to_vec(),
         ],
         old_key,
-        old_state.owner_ca.as_ref().unwrap(),
+        &old_state.roots(),
         Default::default(),
         &world.clock,
     )
@@ -163,6 +163,7 @@ async fn a_device_wipes_itself_attests_and_is_revoked_and_certified() {
             firmware_sequence: 0,
             class_id: "sensor-1".into(),
             hardware: Default::default(),
+            anchors: None,
         }))
         .await
     {

@@ -217,7 +217,7 @@ impl World {
         let config = quic::operational_config(
             &chain,
             keys.ldevid_key().unwrap().unwrap(),
-            state.owner_ca.as_ref().unwrap(),
+            &state.roots(),
             Timeouts::default(),
             &self.clock,
         )

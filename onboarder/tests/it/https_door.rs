@@ -103,6 +103,7 @@ async fn a_device_onboards_and_takes_a_pushed_command_over_https() {
         firmware_sequence: 0,
         class_id: String::new(),
         hardware: Default::default(),
+        anchors: None,
     });
     assert!(matches!(call(&world, ldevid, &hello), Response::Welcome(_)));
     let id = world.id("SN-NOUDP");

@@ -20,3 +20,4 @@ mod purity;
 mod reconnect;
 mod refusals;
 mod rollover_kill;
+mod root_rollover;

@@ -123,6 +123,7 @@ async fn a_hand_built_client_with_another_makers_idevid_is_refused_at_each_step(
         firmware_sequence: 0,
         class_id: "sensor-1".into(),
         hardware: Default::default(),
+        anchors: None,
     });
     assert_eq!(
         code_of(&session.exchange(&hello).await.unwrap()),

@@ -425,6 +425,7 @@ async fn credentials_are_only_good_for_their_own_requests() {
         firmware_sequence: 0,
         class_id: "sensor-1".into(),
         hardware: Default::default(),
+        anchors: None,
     });
     let before = world.record("SN-ROLE").unwrap();
     assert_eq!(

@@ -176,3 +176,128 @@ async fn a_rollover_killed_at_any_step_is_finished_at_start() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// The points between the owner-root rollover's steps (onboarder/src/control/roots.rs), in
+/// order.
+const ROOT_POINTS: [&str; 4] = [
+    "root-rollover-decided",
+    "root-rollover-files",
+    "root-rollover-moving",
+    "root-rollover-retired",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_root_rollover_killed_at_any_step_goes_on_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, quic, _) = init(dir.path());
+    let m = Manufacturer::create(ManufacturerConfig::new("Root Devices"), now()).unwrap();
+    let serials: Vec<String> = (0..FLEET).map(|i| format!("SN-RR{i:03}")).collect();
+    let devices: Vec<Device> = serials
+        .iter()
+        .map(|s| Device::mint(&m, dir.path(), s))
+        .collect();
+    let owner_root =
+        certs::files::read_cert(&data.join(onboarder::config::layout::OWNER_ROOT)).unwrap();
+    let bundle = protocol::voucher::encode_bundle(
+        &serials
+            .iter()
+            .map(|s| m.voucher(s, &owner_root, now(), now() + DAY).unwrap())
+            .collect::<Vec<_>>(),
+    );
+    let anchor = AnchorImport {
+        pem: certs::files::cert_pem(m.root_cert()),
+        masa_pem: Some(certs::files::cert_pem(m.masa_cert())),
+        name: None,
+    };
+    let mut child = serve(&data);
+    let client = Arc::new(ApiClient::for_data_dir(&data).unwrap());
+    api(&client, wait_ready).await;
+    api(&client, move |c| {
+        c.import_anchor(&anchor).unwrap();
+        c.import_vouchers(&bundle).unwrap();
+    })
+    .await;
+    let endpoint = device_agent::transport::quic::endpoint_for(quic).unwrap();
+    let running: Vec<Running> = devices
+        .iter()
+        .map(|d| Running::start(d.agent(quic, &endpoint)))
+        .collect();
+    let until = |what: &'static str, check: Arc<dyn Fn(&ApiClient) -> bool + Send + Sync>| {
+        let client = client.clone();
+        async move {
+            for _ in 0..900 {
+                let check = check.clone();
+                if api(&client, move |c| check(c)).await {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            panic!("timed out waiting for {what}");
+        }
+    };
+    until("the fleet onboarded", Arc::new(|c| fleet_on(c, 1))).await;
+
+    for (i, point) in ROOT_POINTS.iter().enumerate() {
+        let root = i as u32 + 2;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let stopping = {
+            let data = data.clone();
+            let point = point.to_string();
+            std::thread::spawn(move || serve_until(&data, &point))
+        };
+        api(&client, wait_ready).await;
+        let order = {
+            let client = client.clone();
+            std::thread::spawn(move || client.root_rollover())
+        };
+        let mut stopped = tokio::task::spawn_blocking(move || stopping.join().unwrap())
+            .await
+            .unwrap();
+        stopped.kill().unwrap(); // SIGKILL, mid-rollover
+        stopped.wait().unwrap();
+        let answered = order.join().unwrap();
+        if *point == "root-rollover-decided" {
+            assert!(answered.is_err(), "the order cannot have been answered");
+        }
+        // Restarted: the rollover goes on from where it was, to its end.
+        child = serve(&data);
+        api(&client, wait_ready).await;
+        until(
+            "the old root retired",
+            Arc::new(move |c| {
+                c.roots()
+                    .is_ok_and(|s| s.rollover.is_none() && s.in_force == root && s.trusted == 1)
+            }),
+        )
+        .await;
+        let issuing = root;
+        until(
+            "the fleet on the new CA",
+            Arc::new(move |c| fleet_on(c, issuing)),
+        )
+        .await;
+        let new_root =
+            certs::files::read_cert(&data.join(onboarder::config::layout::root_cert(root)))
+                .unwrap();
+        eventually(30, "every agent trusting the new root alone", || {
+            running
+                .iter()
+                .all(|r| r.agent.load_state().unwrap().roots() == std::slice::from_ref(&new_root))
+        })
+        .await;
+        assert!(
+            !data
+                .join(onboarder::config::layout::root_key(root - 1))
+                .exists()
+        );
+        eprintln!("killed at {point}: the fleet is under owner root {root}");
+    }
+    let summary = api(&client, |c| c.verify_audit().unwrap()).await;
+    assert!(summary.entries > 0);
+    for r in running {
+        r.stop().await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -69,14 +69,20 @@ fn vouchers_expect_devices_replace_theirs_and_leave_devices_further_on_alone() {
         .voucher("SN-1", &kit.owner_root, NOW, NOW + 86_400)
         .unwrap();
     let filed = file(&bytes);
-    let new = voucher(&filed, &bytes, None, &kit.owner_root, NOW).unwrap();
+    let new = voucher(&filed, &bytes, None, &kit.registrar.roots, NOW).unwrap();
     let record = new.write.unwrap();
     assert_eq!(record.state, DeviceState::Expected);
     assert!(
-        voucher(&filed, &bytes, Some(record.clone()), &kit.owner_root, NOW)
-            .unwrap()
-            .write
-            .is_none()
+        voucher(
+            &filed,
+            &bytes,
+            Some(record.clone()),
+            &kit.registrar.roots,
+            NOW
+        )
+        .unwrap()
+        .write
+        .is_none()
     );
     let renewed = kit
         .maker
@@ -86,17 +92,26 @@ fn vouchers_expect_devices_replace_theirs_and_leave_devices_further_on_alone() {
         &file(&renewed),
         &renewed,
         Some(record.clone()),
-        &kit.owner_root,
+        &kit.registrar.roots,
         NOW,
     )
     .unwrap();
     assert_eq!(replaced.events[0].action, "voucher-replaced");
     let mut active = record;
     active.state = DeviceState::Active;
-    assert!(voucher(&filed, &renewed, Some(active), &kit.owner_root, NOW).is_err());
+    assert!(voucher(&filed, &renewed, Some(active), &kit.registrar.roots, NOW).is_err());
     // Another owner's, and an expired one.
-    assert!(voucher(&filed, &bytes, None, kit.maker.root_cert(), NOW).is_err());
-    assert!(voucher(&filed, &bytes, None, &kit.owner_root, NOW + 86_400).is_err());
+    assert!(
+        voucher(
+            &filed,
+            &bytes,
+            None,
+            &crate::core::OwnerRoots::new(vec![kit.maker.root_cert().to_vec()], Vec::new()),
+            NOW
+        )
+        .is_err()
+    );
+    assert!(voucher(&filed, &bytes, None, &kit.registrar.roots, NOW + 86_400).is_err());
 }
 
 #[test]

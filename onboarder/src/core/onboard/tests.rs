@@ -374,6 +374,7 @@ fn a_welcome_carries_what_the_device_missed_and_only_ldevids_get_one() {
         firmware_sequence: 0,
         class_id: "sensor-1".into(),
         hardware: [("arch".to_string(), "riscv64".to_string())].into(),
+        anchors: Some(kit.registrar.roots.digest.to_vec().into()),
     };
     let e = hello(&kit.registrar, &idevid, Some(record.clone()), hi(), NOW).unwrap_err();
     assert_eq!(e.code(), ErrorCode::Unauthorized);
@@ -392,9 +393,35 @@ fn a_welcome_carries_what_the_device_missed_and_only_ldevids_get_one() {
     let written = d.write.unwrap();
     assert_eq!(written.agent_version.as_deref(), Some("a"));
     assert_eq!(written.hardware, hi().hardware);
+    assert_eq!(
+        written.anchors.as_deref(),
+        Some(kit.registrar.roots.digest.as_slice())
+    );
     // Said again, nothing is written.
     let again = hello(&kit.registrar, &ldevid, Some(written.clone()), hi(), NOW).unwrap();
     assert!(again.write.is_none());
+    // A device that trusts other roots (or does not say) is sent the roots in force first,
+    // and what it said is recorded.
+    let elsewhere = Hello {
+        anchors: Some(vec![0; 32].into()),
+        ..hi()
+    };
+    let d = hello(
+        &kit.registrar,
+        &ldevid,
+        Some(written.clone()),
+        elsewhere,
+        NOW,
+    )
+    .unwrap();
+    let Response::Welcome(w) = &d.response else {
+        panic!("{:?}", d.response)
+    };
+    let roots = Command::TrustAnchors {
+        anchors: vec![kit.owner_root.clone().into()],
+    };
+    assert_eq!(w.commands, [roots, Command::Rotate]);
+    assert_eq!(d.write.unwrap().anchors, Some(vec![0; 32]));
     // Facts past the bounds are refused, and nothing is written.
     let too_many = Hello {
         hardware: (0..=protocol::message::MAX_HARDWARE_FACTS)

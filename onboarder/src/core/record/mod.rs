@@ -80,6 +80,10 @@ pub struct DeviceRecord {
     /// The decommissioning order and its evidence.
     #[serde(default)]
     pub decommission: Option<Decommission>,
+    /// The digest ([`protocol::message::anchors_digest`]) of the owner roots the device last
+    /// said it trusts: in its hello, or by accepting a `TrustAnchors` command.
+    #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
+    pub anchors: Option<Vec<u8>>,
 }
 
 impl DeviceRecord {
@@ -105,6 +109,7 @@ impl DeviceRecord {
             firmware_sequence: 0,
             firmware_job: None,
             decommission: None,
+            anchors: None,
         }
     }
 

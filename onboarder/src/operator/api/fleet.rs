@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::devices::resolve_all;
 use super::{Api, ApiResult, error};
-use crate::control::RolloverReport;
+use crate::control::{RolloverReport, RootStatus};
 use crate::operator::OperatorError;
 use crate::service::{Crl, OrderReport, RotationStatus};
 
@@ -72,6 +72,18 @@ pub(super) async fn rollover(
     axum::Json(body): axum::Json<RolloverRequest>,
 ) -> ApiResult<RolloverReport> {
     Ok(axum::Json(api.control.rollover(body.rate).await?))
+}
+
+pub(super) async fn root_rollover(State(api): State<Api>) -> ApiResult<RootStatus> {
+    Ok(axum::Json(api.control.root_rollover().await?))
+}
+
+pub(super) async fn roots(State(api): State<Api>) -> ApiResult<RootStatus> {
+    let control = api.control.clone();
+    let status = tokio::task::spawn_blocking(move || control.root_status())
+        .await
+        .map_err(|e| crate::service::OperatorError::Internal(e.to_string()))??;
+    Ok(axum::Json(status))
 }
 
 pub(super) async fn list_crls(State(api): State<Api>) -> ApiResult<Vec<Crl>> {

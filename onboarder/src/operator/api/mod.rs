@@ -22,6 +22,8 @@
 //! POST /v1/rotations              {"devices": [..]} or {"all": true}, optional "rate"
 //! GET  /v1/rotations?since=T      progress of the rotations ordered since T
 //! POST /v1/ca/rollover            new issuing CA generation, every device re-keys
+//! POST /v1/ca/root-rollover       new owner root: sent to devices, CA moved, old root retired
+//! GET  /v1/ca/roots               the owner roots and the rollover under way, with what holds it
 //! GET  /v1/crls                   the CRLs last published
 //! GET  /v1/stats                  devices per state, live sessions, refusals and shed load
 //! GET  /v1/firmware/keys          firmware-signing keys; POST {"vendor", "pem"} imports one
@@ -128,6 +130,11 @@ pub fn router(control: Arc<Control>, token: String) -> Router {
             get(fleet::rotation_status).post(fleet::rotate),
         )
         .route("/v1/ca/rollover", axum::routing::post(fleet::rollover))
+        .route(
+            "/v1/ca/root-rollover",
+            axum::routing::post(fleet::root_rollover),
+        )
+        .route("/v1/ca/roots", get(fleet::roots))
         .route("/v1/crls", get(fleet::list_crls))
         .route("/v1/stats", get(fleet::stats))
         .route(

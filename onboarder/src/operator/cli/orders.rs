@@ -8,7 +8,9 @@ use clap::Subcommand;
 
 use super::{follow, json, say};
 use crate::config::layout;
+use crate::control::RootStatus;
 use crate::core::DeviceState;
+use crate::core::roots::RootPhase;
 use crate::error::{Error, Result};
 use crate::operator::client::ApiClient;
 use crate::operator::terminal::{shown, when};
@@ -91,9 +93,9 @@ enum DecommissionCommand {
 /// `onboarder ca`.
 #[derive(Subcommand)]
 pub enum CaCommand {
-    /// Start a new issuing CA under the owner root (needs ca/owner-root.key). Every active
-    /// device re-keys onto it; the old CA keeps publishing its CRL until its certificates
-    /// expire.
+    /// Start a new issuing CA under the owner root (needs the root's key,
+    /// ca/owner-root-N.key). Every active device re-keys onto it; the old CA keeps publishing
+    /// its CRL until its certificates expire.
     Rollover {
         /// Rotation commands pushed per second at most.
         #[arg(long)]
@@ -102,6 +104,28 @@ pub enum CaCommand {
         #[arg(long, default_value_t = 300)]
         wait: u64,
         /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the owner root (needs the key of the one in force). The new root goes to every
+    /// device and into EST cacerts first, linked to the old one by cross-certificates (RFC
+    /// 7030 4.1.3); once every active device has it (or after the policy's
+    /// root_distribution_wait), the issuing CA and the registrar move under it and every
+    /// device re-keys; once no certificate or voucher depends on the old root, it is retired:
+    /// out of the server's trust, the devices' and EST's, its key deleted.
+    ///
+    ///   onboarder ca root-rollover --wait 3600
+    RootRollover {
+        /// Seconds to follow the rollover before summarising (0: do not wait).
+        #[arg(long, default_value_t = 300)]
+        wait: u64,
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Where the owner roots stand: the root in force, a rollover under way and what holds it.
+    Roots {
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -150,7 +174,18 @@ pub(super) fn revoke(client: &ApiClient, args: RevokeArgs) -> Result<()> {
 }
 
 pub(super) fn ca(client: &ApiClient, cmd: CaCommand) -> Result<()> {
-    let CaCommand::Rollover { rate, wait, json } = cmd;
+    let (rate, wait, json) = match cmd {
+        CaCommand::Rollover { rate, wait, json } => (rate, wait, json),
+        CaCommand::RootRollover { wait, json } => return root_rollover(client, wait, json),
+        CaCommand::Roots { json: as_json } => {
+            let status = client.roots()?;
+            return if as_json {
+                json(&status)
+            } else {
+                show_roots(&status)
+            };
+        }
+    };
     let report = client.rollover(rate)?;
     eprintln!("issuing CA generation {} in force", report.generation);
     follow_rotation(
@@ -284,6 +319,61 @@ pub(super) fn decommission(client: &ApiClient, args: DecommissionArgs) -> Result
 
 /// Shows the progress of the rotations ordered at `since` until none is pending or `wait`
 /// seconds have passed, then prints the summary. Fails if any device failed.
+fn root_rollover(client: &ApiClient, wait: u64, as_json: bool) -> Result<()> {
+    let started = client.root_rollover()?;
+    let generation = started.rollover.map_or(started.in_force, |r| r.generation);
+    eprintln!("owner root {generation} made and being distributed");
+    let bar = follow::bar(3, "root rollover");
+    let status = follow::until(client, Duration::from_secs(wait), |client| {
+        let status = client.roots()?;
+        let phase = status.rollover.map(|r| r.phase);
+        bar.set_position(match phase {
+            Some(RootPhase::Distributing) => 0,
+            Some(RootPhase::Moving) => 1,
+            Some(RootPhase::Retiring) => 2,
+            None => 3,
+        });
+        bar.set_message(match phase {
+            Some(p) => format!("{p}"),
+            None => "done".into(),
+        });
+        Ok((status, phase.is_none()))
+    })?;
+    bar.finish_and_clear();
+    if as_json {
+        return json(&status);
+    }
+    show_roots(&status)
+}
+
+fn show_roots(status: &RootStatus) -> Result<()> {
+    say!(
+        "owner root {} in force; devices trust {} root(s)",
+        status.in_force,
+        status.trusted
+    );
+    let Some(r) = status.rollover else {
+        return Ok(());
+    };
+    say!(
+        "rollover to owner root {}: {} since {}",
+        r.generation,
+        r.phase,
+        when(r.phase_at)
+    );
+    say!(
+        "  {} active devices without the new root, {} with a certificate under the old root, \
+         {} expected devices with vouchers pinning it",
+        status.awaiting_anchors,
+        status.under_old_root,
+        status.vouchers_for_old_root
+    );
+    for device in &status.holding {
+        say!("  waiting for {}", shown(device));
+    }
+    Ok(())
+}
+
 fn follow_rotation(
     client: &ApiClient,
     since: u64,

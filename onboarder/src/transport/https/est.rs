@@ -1,7 +1,9 @@
 //! EST (RFC 7030, with the corrections of RFC 8951) under `/.well-known/est/`:
 //!
 //! - `GET cacerts`: the owner's CA certificates (issuing CA, root) as base64 PKCS#7 certs-only;
-//!   for anyone.
+//!   for anyone. During an owner-root rollover, both roots and the cross-certificates between
+//!   them (RFC 7030 4.1.3's OldWithOld, NewWithNew, OldWithNew, NewWithOld), by which a client
+//!   that trusts the old root authenticates the new one.
 //! - `GET csrattrs`: what our policy wants in a CSR: the challengePassword carrying the channel
 //!   binding, a P-256 key, ECDSA with SHA-256.
 //! - `POST simpleenroll`: a base64 PKCS#10 CSR from a device authenticated by its IDevID;
@@ -55,7 +57,12 @@ pub fn router(service: Arc<Service>) -> Router {
 
 async fn cacerts(State(service): State<Arc<Service>>) -> Response {
     let registrar = service.registrar();
-    let certs: Vec<&[u8]> = registrar.issuing.chain.iter().map(Vec::as_slice).collect();
+    let mut certs: Vec<&[u8]> = registrar.issuing.chain.iter().map(Vec::as_slice).collect();
+    for extra in registrar.roots.trusted.iter().chain(&registrar.roots.links) {
+        if !certs.contains(&extra.as_slice()) {
+            certs.push(extra);
+        }
+    }
     pkcs7(&certs::pkcs7::certs_only(&certs))
 }
 

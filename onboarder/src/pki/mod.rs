@@ -1,5 +1,10 @@
 //! The owner's PKI on disk: created by `onboarder init`, loaded by `onboarder serve`, and
-//! extended by `onboarder ca rollover`.
+//! extended by `onboarder ca rollover` (a new issuing CA) and `onboarder ca root-rollover` (a
+//! new owner root, in [`roots`]).
+
+mod roots;
+
+pub use roots::{begin as begin_root, retire as retire_root};
 
 use std::path::Path;
 
@@ -10,10 +15,7 @@ use certs::{Ca, CaName, CertInfo, KeyKind, KeyPair, Validity, files};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, layout};
-use crate::core::{IssuingCa, Registrar};
-
-/// Owner root lifetime: 20 years.
-const ROOT_LIFETIME: u64 = 20 * 365 * 86_400;
+use crate::core::{IssuingCa, OwnerRoots, Registrar};
 /// Issuing CA lifetime: 5 years.
 const ISSUING_LIFETIME: u64 = 5 * 365 * 86_400;
 /// Registrar certificate lifetime: 1 year.
@@ -23,9 +25,8 @@ const SERVER_LIFETIME: u64 = 365 * 86_400;
 pub struct Pki {
     /// The core's registrar context.
     pub registrar: Registrar,
-    /// Owner root certificate, DER.
-    pub owner_root: Vec<u8>,
-    /// Registrar certificate chain (leaf, issuing CA), DER.
+    /// Registrar certificate chain (leaf, issuing CA, and during a root rollover the
+    /// NewWithOld link for devices that trust only the old root), DER.
     pub server_chain: Vec<Vec<u8>>,
     /// Registrar private key.
     pub server_key: KeyPair,
@@ -37,6 +38,13 @@ struct Generation {
     generation: u32,
     #[serde(default)]
     retired_at: Option<u64>,
+    /// The owner root generation it is under.
+    #[serde(default = "first_root")]
+    root: u32,
+}
+
+fn first_root() -> u32 {
+    1
 }
 
 fn owner_name(config: &Config) -> String {
@@ -138,31 +146,15 @@ pub fn init(dir: &Path, config: &Config, now: u64) -> Result<()> {
 }
 
 fn write_new(dir: &Path, config: &Config, now: u64) -> Result<()> {
-    let org = owner_name(config);
-    let root = Ca::root(
-        &CaName {
-            organization: org.clone(),
-            common_name: format!("{org} Owner Root CA"),
-        },
-        KeyPair::generate(KeyKind::P256)?,
-        Validity::starting(now, ROOT_LIFETIME),
-        &random_serial()?,
-    )?;
+    let root = roots::create_first(dir, config, now)?;
     let issuing = new_issuing(&root, config, 1, now)?;
-    files::write_private(
-        &dir.join(layout::OWNER_ROOT),
-        files::cert_pem(root.cert_der()).as_bytes(),
-    )?;
-    files::write_secret(
-        &dir.join(layout::OWNER_ROOT_KEY),
-        root.key().to_pem().as_bytes(),
-    )?;
     write_issuing(dir, 1, &issuing, root.cert_der())?;
     write_generations(
         dir,
         &[Generation {
             generation: 1,
             retired_at: None,
+            root: 1,
         }],
     )?;
     write_registrar(dir, config, &issuing, now)?;
@@ -229,29 +221,31 @@ pub fn current_generation(dir: &Path) -> Result<u32> {
         .unwrap_or(0))
 }
 
-/// Brings issuing CA generation `target` into force under the owner root, if it is not yet:
-/// the current one retires (it keeps its key to sign CRLs until its certificates have expired).
-/// Needs the owner root key. Doing it again for the same target changes nothing, so an
+/// Brings issuing CA generation `target` into force under the newest owner root, if it is not
+/// yet: the current one retires (it keeps its key to sign CRLs until its certificates have
+/// expired). Needs that root's key. Doing it again for the same target changes nothing, so an
 /// interrupted rollover can be finished.
 pub fn rollover_to(dir: &Path, config: &Config, target: u32, now: u64) -> Result<()> {
     if current_generation(dir)? >= target {
         return Ok(());
     }
-    let root = Ca::from_parts(
-        files::read_cert(&dir.join(layout::OWNER_ROOT))?,
-        files::read_key(&dir.join(layout::OWNER_ROOT_KEY))
-            .context("the owner root key is needed for a rollover (bring it back online)")?,
-    )?;
+    let root_generation = roots::newest(dir)?;
+    let root = roots::signer(dir, root_generation)?;
     let mut generations = read_generations(dir)?;
     let next = target;
     let issuing = new_issuing(&root, config, next, now)?;
     write_issuing(dir, next, &issuing, root.cert_der())?;
+    files::write_private(
+        &dir.join(layout::OWNER_ROOT),
+        files::cert_pem(root.cert_der()).as_bytes(),
+    )?;
     for g in &mut generations {
         g.retired_at.get_or_insert(now);
     }
     generations.push(Generation {
         generation: next,
         retired_at: None,
+        root: root_generation,
     });
     // Written last: until then the previous generation stays current.
     write_generations(dir, &generations)?;
@@ -289,29 +283,64 @@ fn load_issuing(dir: &Path, g: &Generation, owner_root: &[u8]) -> Result<Issuing
 
 /// Loads the PKI from `dir`.
 pub fn load(dir: &Path, config: &Config) -> Result<Pki> {
-    let owner_root = files::read_cert(&dir.join(layout::OWNER_ROOT))?;
+    let roots = roots::load(dir)?;
     let mut generations = read_generations(dir)?;
     generations.sort_by_key(|g| g.generation);
     let mut issuing = generations
         .iter()
-        .map(|g| load_issuing(dir, g, &owner_root))
+        .map(|g| {
+            let root = roots.all.get(&g.root).ok_or_else(|| {
+                Error::Config(format!(
+                    "issuing CA {} is under owner root {}, which is not on file",
+                    g.generation, g.root
+                ))
+            })?;
+            load_issuing(dir, g, root)
+        })
         .collect::<Result<Vec<_>>>()?;
     let current = issuing
         .pop()
         .ok_or_else(|| Error::Config("no issuing CA".into()))?;
-    let (server_chain, server_key) = read_registrar(dir)?;
+    let (mut server_chain, server_key) = read_registrar(dir)?;
+    // Under a new root while the old one is still in force: devices that have not taken the
+    // new root yet reach ours through the old one.
+    let root_of_current = generations.last().map_or(1, |g| g.root);
+    if let Some(previous) = roots
+        .in_force
+        .iter()
+        .copied()
+        .filter(|n| *n < root_of_current)
+        .max()
+    {
+        server_chain.push(roots::link_to(dir, root_of_current, previous)?);
+    }
     Ok(Pki {
         registrar: Registrar {
             registrar_cert: server_chain[0].clone(),
             previous_registrar_cert: None,
             issuing: current,
             retired: issuing,
+            roots: OwnerRoots::new(roots.trusted(), roots.links),
             policy: config.policy.clone(),
         },
-        owner_root,
         server_chain,
         server_key,
     })
+}
+
+/// The certificate of owner root generation `n`, retired or not.
+pub fn root_cert(dir: &Path, n: u32) -> Result<Vec<u8>> {
+    roots::cert(dir, n)
+}
+
+/// The owner root generation in force (the one the issuing CA is under) and the newest one.
+pub fn root_generations(dir: &Path) -> Result<(u32, u32)> {
+    let generations = read_generations(dir)?;
+    let in_force = generations
+        .iter()
+        .max_by_key(|g| g.generation)
+        .map_or(1, |g| g.root);
+    Ok((in_force, roots::newest(dir)?))
 }
 
 /// Reads the registrar's certificate chain and key, finishing a renewal that a crash
@@ -356,6 +385,78 @@ pub fn token(dir: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_root_is_made_beside_the_old_linked_to_it_put_in_force_and_retired() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::new("Test Owner");
+        let now = certs::unix_now();
+        init(dir.path(), &config, now).unwrap();
+        let d = dir.path();
+        // A directory of before root generations: one root, its key beside it, no list.
+        std::fs::remove_file(d.join(layout::ROOT_GENERATIONS)).unwrap();
+        std::fs::remove_file(d.join(layout::root_cert(1))).unwrap();
+        std::fs::rename(d.join(layout::root_key(1)), d.join(layout::LEGACY_ROOT_KEY)).unwrap();
+        let first = load(d, &config).unwrap();
+        assert_eq!(first.registrar.roots.trusted.len(), 1);
+        let old = first.registrar.roots.trusted[0].clone();
+
+        begin_root(d, &config, 2, now).unwrap();
+        let both = load(d, &config).unwrap();
+        let new = files::read_cert(&d.join(layout::root_cert(2))).unwrap();
+        assert_eq!(both.registrar.roots.trusted, [old.clone(), new.clone()]);
+        assert_eq!(both.registrar.roots.links.len(), 2);
+        assert_eq!(both.registrar.owner_root(), Some(old.as_slice()));
+        assert_eq!(
+            both.server_chain.len(),
+            2,
+            "no link while the CA is under the old root"
+        );
+        assert_eq!(
+            files::read_certs(&d.join(layout::OWNER_ROOTS))
+                .unwrap()
+                .len(),
+            2
+        );
+        // Again: nothing new.
+        begin_root(d, &config, 2, now).unwrap();
+        assert_eq!(
+            files::read_cert(&d.join(layout::root_cert(2))).unwrap(),
+            new
+        );
+        // The links last as long as the rollover may, not as long as the roots.
+        let link = CertInfo::parse(&both.registrar.roots.links[0]).unwrap();
+        let p = &config.policy;
+        assert!(link.not_after <= now + p.root_distribution_wait + p.ldevid_lifetime + 31 * 86_400);
+
+        // The issuing CA moves under the new root: vouchers pin it, the registrar presents
+        // NewWithOld for devices that trust only the old.
+        rollover_to(d, &config, 2, now).unwrap();
+        let moved = load(d, &config).unwrap();
+        assert_eq!(moved.registrar.owner_root(), Some(new.as_slice()));
+        assert_eq!(files::read_cert(&d.join(layout::OWNER_ROOT)).unwrap(), new);
+        let link = CertInfo::parse(moved.server_chain.last().unwrap()).unwrap();
+        assert_eq!(link.subject, CertInfo::parse(&new).unwrap().subject);
+        assert_eq!(link.issuer, CertInfo::parse(&old).unwrap().subject);
+        assert_eq!(moved.registrar.trusted_generations().count(), 2);
+
+        // Retired: out of force, its key gone, its issuing CA no longer trusted; again is a
+        // no-op.
+        retire_root(d, 1, now).unwrap();
+        retire_root(d, 1, now).unwrap();
+        let after = load(d, &config).unwrap();
+        assert_eq!(after.registrar.roots.trusted, std::slice::from_ref(&new));
+        assert!(after.registrar.roots.links.is_empty());
+        assert_eq!(after.server_chain.len(), 2);
+        assert!(!d.join(layout::LEGACY_ROOT_KEY).exists());
+        assert!(!d.join(layout::root_key(1)).exists());
+        assert_eq!(after.registrar.trusted_generations().count(), 1);
+        assert_eq!(after.registrar.retired.len(), 1, "it still signs its CRL");
+        assert_eq!(
+            files::read_certs(&d.join(layout::OWNER_ROOTS)).unwrap(),
+            [new]
+        );
+    }
 
     #[test]
     fn a_renewal_interrupted_between_its_two_moves_is_finished_at_load() {
