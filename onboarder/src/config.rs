@@ -117,6 +117,10 @@ pub struct Config {
     /// sets 0.0.0.0:8443; a library user opts in.
     #[serde(default)]
     pub https_listen: Option<SocketAddr>,
+    /// UDP address of CoAP over DTLS (RFC 9148's EST-coaps, constrained BRSKI), if any.
+    /// `onboarder init` sets 0.0.0.0:5684; a library user opts in.
+    #[serde(default)]
+    pub coap_listen: Option<SocketAddr>,
     /// Ask manufacturers' MASAs online (RFC 8995 5.5) for nonced vouchers, at the URL each
     /// IDevID names or else at `url`. `None`: vouchers come from imports only.
     #[serde(default)]
@@ -145,6 +149,7 @@ impl Config {
             quic_listen: SocketAddr::from(([0, 0, 0, 0], 4433)),
             api_listen: SocketAddr::from(([127, 0, 0, 1], 4480)),
             https_listen: None,
+            coap_listen: None,
             server_names: vec![
                 "onboarder.local".into(),
                 "localhost".into(),

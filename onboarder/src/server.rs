@@ -28,6 +28,8 @@ pub struct Listen {
     pub api: Option<SocketAddr>,
     /// HTTPS (TCP) address of the standard interfaces; turns them on.
     pub https: Option<SocketAddr>,
+    /// CoAPS (UDP) address for constrained devices; turns it on.
+    pub coap: Option<SocketAddr>,
 }
 
 /// Where the server keeps its state.
@@ -69,6 +71,7 @@ pub struct Server {
     quic_addr: SocketAddr,
     api_addr: SocketAddr,
     https_addr: Option<SocketAddr>,
+    coap: Option<Arc<crate::transport::coap::Listener>>,
     control: Arc<Control>,
     endpoint: quinn::Endpoint,
     stop: watch::Sender<bool>,
@@ -100,6 +103,9 @@ impl Server {
         }
         if let Some(addr) = options.listen.https {
             config.https_listen = Some(addr);
+        }
+        if let Some(addr) = options.listen.coap {
+            config.coap_listen = Some(addr);
         }
         let clock = options.clock.unwrap_or_else(|| Arc::new(certs::unix_now));
         // The directory holds keys and every device's sealed credentials: its owner only.
@@ -152,6 +158,17 @@ impl Server {
                     .local_addr()
                     .map_err(|e| Error::os("the HTTPS address", e))?,
             ),
+            None => None,
+        };
+        let coap = match config.coap_listen {
+            Some(addr) => {
+                let key = certs::files::read_limited(&dir.join(layout::SERVER_KEY), 64 * 1024)?;
+                Some(
+                    crate::transport::coap::bind(addr, &pki.server_chain, &key, service.clone())
+                        .await
+                        .map_err(|e| Error::os(format!("binding CoAPS on {addr}"), e))?,
+                )
+            }
             None => None,
         };
         let reset_key = certs::files::secret(&dir.join(layout::RESET_KEY), 32)?;
@@ -208,6 +225,9 @@ impl Server {
                 stopped.clone(),
             )));
         }
+        if let Some(listener) = &coap {
+            tasks.push(tokio::spawn(listener.clone().serve(stopped.clone())));
+        }
         let api_control = control.clone();
         tasks.push(tokio::spawn(async move {
             let mut stopped = stopped;
@@ -223,6 +243,7 @@ impl Server {
             quic_addr,
             api_addr,
             https_addr,
+            coap,
             control,
             endpoint,
             stop,
@@ -238,6 +259,11 @@ impl Server {
     /// Where the standard interfaces (EST) listen (TCP), if they are on.
     pub fn https_addr(&self) -> Option<SocketAddr> {
         self.https_addr
+    }
+
+    /// The CoAPS listener, if it is on.
+    pub fn coap(&self) -> Option<&Arc<crate::transport::coap::Listener>> {
+        self.coap.as_ref()
     }
 
     /// Where the admin API listens (TCP, loopback).

@@ -145,6 +145,35 @@ impl TrustStore {
         (active, next)
     }
 
+    /// Checks a client certificate at a handshake, whatever the transport: a path from `leaf`
+    /// through `intermediates` to an anchor in force, for client authentication, at `now`,
+    /// and not revoked.
+    pub fn verify_client(
+        &self,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), webpki::Error> {
+        let anchors = self.snapshot();
+        let cert = webpki::EndEntityCert::try_from(leaf)?;
+        cert.verify_for_usage(
+            certs::chain::ALGORITHMS,
+            &anchors.all,
+            intermediates,
+            now,
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )?;
+        let serial = x509_parser::parse_x509_certificate(leaf)
+            .map(|(_, c)| certs::inspect::hex(c.raw_serial()))
+            .map_err(|_| webpki::Error::BadDer)?;
+        if self.is_revoked(&serial, now.as_secs()) {
+            return Err(webpki::Error::CertRevoked);
+        }
+        Ok(())
+    }
+
     /// Checks that `der` can serve as a trust anchor.
     pub fn check_anchor(der: &[u8]) -> Result<(), String> {
         webpki::anchor_from_trusted_cert(&CertificateDer::from(der))

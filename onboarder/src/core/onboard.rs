@@ -19,7 +19,7 @@ use super::decision::Decision;
 use super::error::LifecycleError;
 use super::identity::DeviceId;
 use super::issue::issue;
-use super::peer::{Channel, CredentialKind, DevicePeer};
+use super::peer::{CredentialKind, DevicePeer};
 use super::policy::{Entropy, Registrar};
 use super::record::{CertStatus, DeviceRecord, RotationState};
 use super::state::DeviceState;
@@ -189,7 +189,7 @@ pub fn check_voucher_request(
     }
     // A BRSKI pledge's JSON request has no binding (RFC 8995 has none): over HTTPS its TLS
     // client certificate, nonce and creation time make it fresh. Over QUIC one is required.
-    let unbound = peer.channel == Channel::Https && request.session_binding.is_empty();
+    let unbound = peer.channel.is_standard() && request.session_binding.is_empty();
     if !unbound && request.session_binding != session_binding {
         return Err(LifecycleError::StaleRequest(
             "the voucher request was made in another TLS session".into(),
@@ -259,7 +259,7 @@ pub fn enroll(
     peer.require(CredentialKind::Idevid, "enrollment")?;
     let mut record = usable(peer, record)?;
     let reenrolling = record.state == DeviceState::Active;
-    let without_voucher = record.state == DeviceState::Expected && peer.channel == Channel::Https;
+    let without_voucher = record.state == DeviceState::Expected && peer.channel.is_standard();
     if reenrolling {
         check_reenrollment(reg, &record, now)?;
     } else if without_voucher {

@@ -31,6 +31,17 @@ pub enum Channel {
     Quic,
     /// The standard interfaces over HTTPS (EST, BRSKI).
     Https,
+    /// The standard interfaces over CoAP and DTLS (EST-coaps, constrained BRSKI).
+    Coap,
+}
+
+impl Channel {
+    /// Whether it carries the standard interfaces, whose clients we did not write: they may
+    /// enroll an expected device without our voucher steps, and bind a CSR to the session
+    /// only if they can.
+    pub fn is_standard(self) -> bool {
+        matches!(self, Channel::Https | Channel::Coap)
+    }
 }
 
 /// A device authenticated by its TLS client certificate.
@@ -110,7 +121,7 @@ impl DevicePeer {
 
     /// Whether a CSR from this peer must carry its session's binding.
     pub fn binding_required(&self, policy: &super::policy::Policy) -> bool {
-        self.channel == Channel::Quic || policy.require_csr_binding
+        !self.channel.is_standard() || policy.require_csr_binding
     }
 
     /// Refuses unless the peer used `kind` of credential.

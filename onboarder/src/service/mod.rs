@@ -173,6 +173,11 @@ impl Service {
         (self.clock)()
     }
 
+    /// The clock itself, for a transport that checks certificates at its time.
+    pub fn clock(&self) -> Clock {
+        self.clock.clone()
+    }
+
     /// The trust anchors and revocations for client certificates (shared with the TLS
     /// verifier).
     pub fn trust(&self) -> Arc<TrustStore> {

@@ -65,6 +65,7 @@ fn certificate_error(e: webpki::Error) -> rustls::Error {
         E::InvalidSignatureForPublicKey => CertificateError::BadSignature,
         E::RequiredEkuNotFoundContext(_) => CertificateError::InvalidPurpose,
         E::CertRevoked => CertificateError::Revoked,
+        E::BadDer => CertificateError::BadEncoding,
         other => CertificateError::Other(rustls::OtherError(Arc::new(other))),
     })
 }
@@ -84,25 +85,9 @@ impl ClientCertVerifier for DeviceCertVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let anchors = self.trust.snapshot();
-        let cert = webpki::EndEntityCert::try_from(end_entity).map_err(certificate_error)?;
-        cert.verify_for_usage(
-            certs::chain::ALGORITHMS,
-            &anchors.all,
-            intermediates,
-            now,
-            webpki::KeyUsage::client_auth(),
-            None,
-            None,
-        )
-        .map_err(certificate_error)?;
-        let serial = x509_parser::parse_x509_certificate(end_entity)
-            .map(|(_, c)| certs::inspect::hex(c.raw_serial()))
-            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        let now = now.as_secs();
-        if self.trust.is_revoked(&serial, now) {
-            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
-        }
+        self.trust
+            .verify_client(end_entity, intermediates, now)
+            .map_err(certificate_error)?;
         Ok(ClientCertVerified::assertion())
     }
 

@@ -40,6 +40,8 @@ fn init(root: &Path, edit: impl FnOnce(&mut Config)) -> (PathBuf, std::net::Sock
         // Tests run side by side: no fixed HTTPS port.
         "--https",
         "off",
+        "--coap",
+        "off",
     ])
     .stdout(Stdio::null())
     .status()

@@ -61,6 +61,8 @@ pub(crate) fn init(root: &Path) -> (PathBuf, SocketAddr, SocketAddr) {
         // Tests run side by side: no fixed HTTPS port.
         "--https",
         "off",
+        "--coap",
+        "off",
     ]);
     let mut config = onboarder::config::Config::load(&data).unwrap();
     config.policy.heartbeat_secs = 1;

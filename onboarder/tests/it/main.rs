@@ -5,6 +5,7 @@ mod harness;
 
 mod abuse;
 mod binary;
+mod coap;
 mod crash;
 mod decommission;
 mod est;

@@ -123,6 +123,10 @@ pub struct InitArgs {
     /// TCP address of the standard interfaces (EST over HTTPS); `off` for none.
     #[arg(long, default_value = "0.0.0.0:8443", value_parser = parse_https)]
     pub https: HttpsListen,
+    /// UDP address of CoAP over DTLS for constrained devices (EST-coaps, RFC 9148); `off` for
+    /// none.
+    #[arg(long, default_value = "0.0.0.0:5684", value_parser = parse_https)]
+    pub coap: HttpsListen,
     /// DNS names and IP addresses in the server certificate; the first is what devices check
     /// on operational sessions.
     #[arg(long = "name", default_values_t = ["onboarder.local".to_string(), "localhost".to_string(), "127.0.0.1".to_string()])]
@@ -213,6 +217,7 @@ pub fn init(dir: PathBuf, args: InitArgs) -> Result<()> {
     config.quic_listen = args.listen;
     config.api_listen = args.api;
     config.https_listen = args.https.0;
+    config.coap_listen = args.coap.0;
     let https_base = match (args.https.0, args.names.first()) {
         (Some(https), Some(name)) => Some(format!("https://{name}:{}", https.port())),
         _ => None,

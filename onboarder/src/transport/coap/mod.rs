@@ -1,0 +1,321 @@
+//! The CoAPS listener for constrained devices (RFC 9148's EST-coaps, constrained BRSKI): CoAP
+//! over DTLS 1.2 on one UDP socket (default port 5684).
+//!
+//! - `cookie`: the stateless cookie exchange that comes before any per-peer state;
+//! - `dtls`: the security layer (OpenSSL's DTLS, X.509 both ways, the common trust store);
+//! - `message`: CoAP messaging over a session (deduplication, blocks, bad options);
+//! - `resources`: what each resource asks of the service.
+//!
+//! One task reads the socket and routes each datagram by its source address: to the peer's
+//! session, or to the cookie front. Requests are answered on tasks of their own, so a slow
+//! one (a MASA call) does not hold the others. Sessions are bounded in number (and, for one
+//! address, in handshakes at once) and evicted after [`IDLE`] without a datagram. The security
+//! layer is behind [`SecureSession`], so that OSCORE + EDHOC can take its place later without
+//! touching messaging or resources.
+
+pub mod cookie;
+#[allow(unsafe_code)]
+pub mod dtls;
+pub mod message;
+pub mod resources;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+
+use self::dtls::{Accepted, Dtls, DtlsError, PeerIdentity};
+use self::message::{Incoming, Messages};
+use crate::service::Service;
+
+/// A session without a datagram for this long is dropped.
+pub const IDLE: Duration = Duration::from_secs(120);
+/// How often handshakes are retransmitted if due and idle sessions evicted.
+const TICK: Duration = Duration::from_millis(500);
+/// Sessions at once.
+const MAX_SESSIONS: usize = 20_000;
+/// Handshakes at once from one IP address (devices behind a NAT share one).
+const MAX_HANDSHAKES_PER_ADDRESS: usize = 64;
+
+/// The security layer under CoAP: what a DTLS session does, and what OSCORE would.
+pub trait SecureSession: Send {
+    /// Takes a datagram; returns the messages it carried and whether the session opened.
+    fn receive(&mut self, datagram: &[u8]) -> Result<dtls::Progress, DtlsError>;
+    /// Protects a message for the peer.
+    fn send(&mut self, message: &[u8]) -> Result<(), DtlsError>;
+    /// The datagrams to send now.
+    fn outgoing(&mut self) -> Vec<Vec<u8>>;
+    /// Who the peer is, once authenticated.
+    fn peer(&self) -> Option<&PeerIdentity>;
+    /// Called on every tick (handshake retransmission).
+    fn on_tick(&mut self);
+}
+
+impl SecureSession for dtls::Session {
+    fn receive(&mut self, datagram: &[u8]) -> Result<dtls::Progress, DtlsError> {
+        dtls::Session::receive(self, datagram)
+    }
+    fn send(&mut self, message: &[u8]) -> Result<(), DtlsError> {
+        dtls::Session::send(self, message)
+    }
+    fn outgoing(&mut self) -> Vec<Vec<u8>> {
+        dtls::Session::outgoing(self)
+    }
+    fn peer(&self) -> Option<&PeerIdentity> {
+        dtls::Session::peer(self)
+    }
+    fn on_tick(&mut self) {
+        dtls::Session::on_tick(self)
+    }
+}
+
+/// One peer: its secure session and its message layer.
+struct Peer {
+    secure: Box<dyn SecureSession>,
+    messages: Messages,
+    last_seen: Instant,
+}
+
+/// Counters for tests and metrics.
+#[derive(Debug, Default)]
+pub struct CoapStats {
+    /// HelloVerifyRequests sent (no state kept).
+    pub cookies_sent: std::sync::atomic::AtomicU64,
+    /// Sessions begun (a good cookie).
+    pub sessions_begun: std::sync::atomic::AtomicU64,
+    /// Handshakes that failed (refused certificates among them).
+    pub handshakes_failed: std::sync::atomic::AtomicU64,
+    /// Datagrams dropped (not a ClientHello from an unknown peer, limits).
+    pub dropped: std::sync::atomic::AtomicU64,
+}
+
+/// The listener's shared state.
+pub struct Listener {
+    socket: Arc<UdpSocket>,
+    dtls: Dtls,
+    service: Arc<Service>,
+    peers: Mutex<HashMap<SocketAddr, Arc<Mutex<Peer>>>>,
+    /// What it did.
+    pub stats: CoapStats,
+}
+
+fn count(counter: &std::sync::atomic::AtomicU64) {
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+impl Listener {
+    /// A listener on `socket` presenting `chain`/`key_pem` and serving `service`.
+    pub fn new(
+        socket: UdpSocket,
+        chain: &[Vec<u8>],
+        key_pem: &[u8],
+        service: Arc<Service>,
+    ) -> Result<Arc<Self>, DtlsError> {
+        let clock = service.clock();
+        let dtls = Dtls::new(chain, key_pem, service.trust(), clock)?;
+        Ok(Arc::new(Listener {
+            socket: Arc::new(socket),
+            dtls,
+            service,
+            peers: Mutex::new(HashMap::new()),
+            stats: CoapStats::default(),
+        }))
+    }
+
+    /// Its address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Sessions now (handshaking or open).
+    pub fn sessions(&self) -> usize {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Serves until `stop` says so.
+    pub async fn serve(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut buf = vec![0u8; 65_536];
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return;
+                    }
+                }
+                _ = tick.tick() => self.on_tick().await,
+                received = self.socket.recv_from(&mut buf) => {
+                    match received {
+                        Ok((n, from)) => self.clone().on_datagram(from, &buf[..n]).await,
+                        Err(e) => tracing::debug!("CoAP socket: {e}"),
+                    }
+                }
+            }
+        }
+    }
+
+    fn peer(&self, from: SocketAddr) -> Option<Arc<Mutex<Peer>>> {
+        self.peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&from)
+            .cloned()
+    }
+
+    fn drop_peer(&self, from: SocketAddr) {
+        self.peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&from);
+    }
+
+    async fn send_all(&self, to: SocketAddr, datagrams: Vec<Vec<u8>>) {
+        for d in datagrams {
+            if let Err(e) = self.socket.send_to(&d, to).await {
+                tracing::debug!(%to, "CoAP send: {e}");
+            }
+        }
+    }
+
+    async fn on_datagram(self: Arc<Self>, from: SocketAddr, datagram: &[u8]) {
+        let Some(peer) = self.peer(from) else {
+            return self.on_stranger(from, datagram).await;
+        };
+        let (outgoing, requests, failed) = {
+            let mut p = peer.lock().unwrap_or_else(|e| e.into_inner());
+            p.last_seen = Instant::now();
+            match p.secure.receive(datagram) {
+                Ok(progress) => {
+                    let mut replies = Vec::new();
+                    let mut requests = Vec::new();
+                    for message in progress.received {
+                        match p.messages.incoming(&message) {
+                            Incoming::Nothing => {}
+                            Incoming::Reply(r) => replies.push(r),
+                            Incoming::Request(request, key) => requests.push((request, key)),
+                        }
+                    }
+                    for r in replies {
+                        let _ = p.secure.send(&r);
+                    }
+                    (p.secure.outgoing(), requests, None)
+                }
+                Err(e) => (p.secure.outgoing(), Vec::new(), Some(e)),
+            }
+        };
+        self.send_all(from, outgoing).await;
+        if let Some(e) = failed {
+            if matches!(e, DtlsError::Handshake(_)) {
+                count(&self.stats.handshakes_failed);
+            }
+            tracing::debug!(%from, "CoAP session ended: {e}");
+            self.drop_peer(from);
+            return;
+        }
+        for (request, key) in requests {
+            let (this, peer) = (self.clone(), peer.clone());
+            tokio::spawn(async move {
+                let identity = {
+                    let p = peer.lock().unwrap_or_else(|e| e.into_inner());
+                    p.secure.peer().cloned()
+                };
+                let Some(identity) = identity else { return };
+                let answer = resources::answer(&this.service, &identity, request).await;
+                let outgoing = {
+                    let mut p = peer.lock().unwrap_or_else(|e| e.into_inner());
+                    let bytes = p.messages.answer(&key, &answer);
+                    if let Err(e) = p.secure.send(&bytes) {
+                        tracing::debug!(%from, "CoAP answer not sent: {e}");
+                    }
+                    p.secure.outgoing()
+                };
+                this.send_all(from, outgoing).await;
+            });
+        }
+    }
+
+    /// A datagram from an address without a session: only a ClientHello is looked at, and
+    /// only one with a good cookie makes a session.
+    async fn on_stranger(&self, from: SocketAddr, datagram: &[u8]) {
+        match self.dtls.accept(from, datagram) {
+            Ok(Accepted::Ignored) => count(&self.stats.dropped),
+            Ok(Accepted::Verify(hvr)) => {
+                count(&self.stats.cookies_sent);
+                self.send_all(from, vec![hvr]).await;
+            }
+            Ok(Accepted::Session(mut session)) => {
+                if !self.admit(from.ip()) {
+                    count(&self.stats.dropped);
+                    return;
+                }
+                count(&self.stats.sessions_begun);
+                let outgoing = session.outgoing();
+                self.peers.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                    from,
+                    Arc::new(Mutex::new(Peer {
+                        secure: session,
+                        messages: Messages::default(),
+                        last_seen: Instant::now(),
+                    })),
+                );
+                self.send_all(from, outgoing).await;
+            }
+            Err(e) => {
+                count(&self.stats.handshakes_failed);
+                tracing::debug!(%from, "DTLS: {e}");
+            }
+        }
+    }
+
+    /// Whether another session may begin for `ip`.
+    fn admit(&self, ip: IpAddr) -> bool {
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if peers.len() >= MAX_SESSIONS {
+            return false;
+        }
+        let handshaking = peers
+            .iter()
+            .filter(|(addr, p)| {
+                addr.ip() == ip && p.lock().map(|p| p.secure.peer().is_none()).unwrap_or(false)
+            })
+            .count();
+        handshaking < MAX_HANDSHAKES_PER_ADDRESS
+    }
+
+    async fn on_tick(&self) {
+        let peers: Vec<(SocketAddr, Arc<Mutex<Peer>>)> = self
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(a, p)| (*a, p.clone()))
+            .collect();
+        for (addr, peer) in peers {
+            let (idle, outgoing) = {
+                let mut p = peer.lock().unwrap_or_else(|e| e.into_inner());
+                let idle = p.last_seen.elapsed() >= IDLE;
+                p.secure.on_tick();
+                (idle, p.secure.outgoing())
+            };
+            if idle {
+                self.drop_peer(addr);
+                continue;
+            }
+            self.send_all(addr, outgoing).await;
+        }
+    }
+}
+
+/// Binds `addr` and serves CoAPS there until `stop`.
+pub async fn bind(
+    addr: SocketAddr,
+    chain: &[Vec<u8>],
+    key_pem: &[u8],
+    service: Arc<Service>,
+) -> std::io::Result<Arc<Listener>> {
+    let socket = UdpSocket::bind(addr).await?;
+    Listener::new(socket, chain, key_pem, service).map_err(|e| std::io::Error::other(e.to_string()))
+}

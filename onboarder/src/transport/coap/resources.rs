@@ -1,0 +1,210 @@
+//! The CoAP resources (RFC 9148's EST-coaps and constrained BRSKI): each authenticates (the
+//! DTLS peer), decodes, calls the service and encodes; no lifecycle rule lives here. Bodies are
+//! binary DER or COSE as RFC 9148 says, told apart by their Content-Format.
+//!
+//! ```text
+//! GET  /.well-known/core         the resources (RFC 6690 link format)
+//! GET  /.well-known/est/crts     the CA certificates (281)
+//! POST /.well-known/est/sen      a PKCS#10 CSR (286) with the IDevID -> the LDevID (281 or 287)
+//! POST /.well-known/est/sren     the same with the LDevID, for a fresh key
+//! POST /.well-known/brski/rv     a COSE voucher request (836) -> the voucher (836)
+//! POST /.well-known/brski/vs     voucher status (CBOR, our Status)
+//! POST /.well-known/brski/es     enroll status (CBOR, our Status)
+//! ```
+
+use coap_lite::{RequestType, ResponseType};
+use protocol::message::{ErrorCode, Request as DeviceRequest, Response, Status};
+
+use super::dtls::PeerIdentity;
+use super::message::{Answer, Request};
+use crate::core::Channel;
+use crate::service::Service;
+
+/// application/link-format.
+const LINK_FORMAT: u16 = 40;
+/// application/cbor.
+const CBOR: u16 = 60;
+/// application/pkcs7-mime; smime-type=certs-only.
+const PKCS7_CERTS: u16 = 281;
+/// application/pkcs10.
+const PKCS10: u16 = 286;
+/// application/pkix-cert.
+const PKIX_CERT: u16 = 287;
+/// application/voucher+cose (the constrained BRSKI draft).
+const VOUCHER_COSE: u16 = 836;
+
+/// What `/.well-known/core` lists.
+const CORE: &str = "</.well-known/est/crts>;rt=\"ace.est.crts\";ct=\"281 287\",\
+</.well-known/est/sen>;rt=\"ace.est.sen\";ct=\"281 287\",\
+</.well-known/est/sren>;rt=\"ace.est.sren\";ct=\"281 287\",\
+</.well-known/brski/rv>;rt=\"brski.rv\";ct=836,\
+</.well-known/brski/vs>;rt=\"brski.vs\";ct=60,\
+</.well-known/brski/es>;rt=\"brski.es\";ct=60";
+
+/// Answers `request` from `peer`.
+pub async fn answer(service: &Service, peer: &PeerIdentity, request: Request) -> Answer {
+    use RequestType::{Get, Post};
+    match (request.method, request.path.as_str()) {
+        (Get, "/.well-known/core") => {
+            Answer::content(ResponseType::Content, LINK_FORMAT, CORE.as_bytes().to_vec())
+        }
+        (Get, "/.well-known/est/crts") => crts(service),
+        (Post, "/.well-known/est/sen") => {
+            enroll(service, peer, &request, |csr| DeviceRequest::Enroll { csr }).await
+        }
+        (Post, "/.well-known/est/sren") => {
+            enroll(service, peer, &request, |csr| DeviceRequest::Reenroll {
+                csr,
+            })
+            .await
+        }
+        (Post, "/.well-known/brski/rv") => {
+            if request.content_format != Some(VOUCHER_COSE) {
+                return unsupported("a COSE voucher request (836)");
+            }
+            let asked = DeviceRequest::VoucherRequest(request.body);
+            match call(service, peer, asked).await {
+                Ok(Response::Voucher(v)) => Answer::content(ResponseType::Changed, VOUCHER_COSE, v),
+                Ok(other) => unexpected(&other),
+                Err(refused) => refused,
+            }
+        }
+        (Post, "/.well-known/brski/vs") => {
+            report(service, peer, &request, DeviceRequest::VoucherStatus).await
+        }
+        (Post, "/.well-known/brski/es") => {
+            report(service, peer, &request, DeviceRequest::EnrollStatus).await
+        }
+        (
+            _,
+            "/.well-known/core"
+            | "/.well-known/est/crts"
+            | "/.well-known/est/sen"
+            | "/.well-known/est/sren"
+            | "/.well-known/brski/rv"
+            | "/.well-known/brski/vs"
+            | "/.well-known/brski/es",
+        ) => Answer::error(ResponseType::MethodNotAllowed, "method not allowed here"),
+        _ => Answer::error(ResponseType::NotFound, "no such resource"),
+    }
+}
+
+fn unsupported(what: &str) -> Answer {
+    Answer::error(
+        ResponseType::UnsupportedContentFormat,
+        &format!("the body must be {what}"),
+    )
+}
+
+fn crts(service: &Service) -> Answer {
+    let registrar = service.registrar();
+    let mut certs: Vec<&[u8]> = registrar.issuing.chain.iter().map(Vec::as_slice).collect();
+    for extra in registrar.roots.trusted.iter().chain(&registrar.roots.links) {
+        if !certs.contains(&extra.as_slice()) {
+            certs.push(extra);
+        }
+    }
+    Answer::content(
+        ResponseType::Content,
+        PKCS7_CERTS,
+        certs::pkcs7::certs_only(&certs),
+    )
+}
+
+async fn enroll(
+    service: &Service,
+    peer: &PeerIdentity,
+    request: &Request,
+    make: impl FnOnce(Vec<u8>) -> DeviceRequest,
+) -> Answer {
+    if request.content_format != Some(PKCS10) {
+        return unsupported("a DER PKCS#10 CSR (286)");
+    }
+    if request.body.is_empty() {
+        return Answer::error(ResponseType::BadRequest, "no CSR");
+    }
+    match call(service, peer, make(request.body.clone())).await {
+        Ok(Response::Enrolled(enrollment)) if request.accept == Some(PKIX_CERT) => {
+            Answer::content(ResponseType::Changed, PKIX_CERT, enrollment.certificate)
+        }
+        Ok(Response::Enrolled(enrollment)) => Answer::content(
+            ResponseType::Changed,
+            PKCS7_CERTS,
+            certs::pkcs7::certs_only(&[&enrollment.certificate]),
+        ),
+        Ok(other) => unexpected(&other),
+        Err(refused) => refused,
+    }
+}
+
+async fn report(
+    service: &Service,
+    peer: &PeerIdentity,
+    request: &Request,
+    make: impl FnOnce(Status) -> DeviceRequest,
+) -> Answer {
+    if request.content_format != Some(CBOR) {
+        return unsupported("a CBOR status (60)");
+    }
+    let status: Status = match protocol::cbor::from_slice(&request.body, 4096) {
+        Ok(s) => s,
+        Err(e) => return Answer::error(ResponseType::BadRequest, &format!("status: {e}")),
+    };
+    match call(service, peer, make(status)).await {
+        Ok(Response::Ack) => Answer {
+            code: ResponseType::Changed,
+            content_format: None,
+            max_age: None,
+            body: Vec::new(),
+        },
+        Ok(other) => unexpected(&other),
+        Err(refused) => refused,
+    }
+}
+
+/// The service's answer to `request` from the device `peer` authenticated as, or its refusal
+/// as a CoAP error.
+async fn call(
+    service: &Service,
+    peer: &PeerIdentity,
+    request: DeviceRequest,
+) -> Result<Response, Answer> {
+    let device = service
+        .identify(&peer.chain)
+        .map_err(|e| Answer::error(ResponseType::Unauthorized, &e.to_string()))?
+        .over(Channel::Coap);
+    match service
+        .handle(&device, &peer.binding, request)
+        .await
+        .response
+    {
+        Response::Error(e) => Err(refusal(e.code, &e.message)),
+        answer => Ok(answer),
+    }
+}
+
+/// A refusal of the core as the CoAP code that says the same.
+fn refusal(code: ErrorCode, message: &str) -> Answer {
+    let coap = match code {
+        ErrorCode::Unauthorized | ErrorCode::ProximityMismatch => ResponseType::Unauthorized,
+        ErrorCode::Quarantined | ErrorCode::WrongState => ResponseType::Forbidden,
+        ErrorCode::UnknownDevice | ErrorCode::NoVoucher => ResponseType::NotFound,
+        ErrorCode::TooLarge => ResponseType::RequestEntityTooLarge,
+        ErrorCode::Unavailable => {
+            return Answer {
+                max_age: Some(5),
+                ..Answer::error(ResponseType::ServiceUnavailable, message)
+            };
+        }
+        ErrorCode::UnsupportedVersion | ErrorCode::Unsupported => ResponseType::NotImplemented,
+        _ => ResponseType::BadRequest,
+    };
+    Answer::error(coap, message)
+}
+
+fn unexpected(_: &Response) -> Answer {
+    Answer::error(
+        ResponseType::InternalServerError,
+        "the service answered something this resource does not carry",
+    )
+}
