@@ -245,7 +245,7 @@ async fn garbage_and_a_flood_of_client_hellos_make_no_session() {
         for s in &sockets {
             s.send_to(&hello, addr).await.unwrap();
         }
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     eventually(30, "the flood answered", || {
         listener.stats.cookies_sent.load(Ordering::SeqCst) >= 9_000
@@ -300,4 +300,304 @@ fn client_hello() -> Vec<u8> {
     out.extend_from_slice(&rlen);
     out.extend_from_slice(&hs);
     out
+}
+
+/// A UDP relay between one client and `server` that drops about one datagram in five in each
+/// direction (a fixed pseudo-random sequence, so a run is repeatable in what it drops).
+async fn lossy_relay(server: SocketAddr) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut client: Option<SocketAddr> = None;
+        let mut state: u32 = 0x2545_f491;
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+                return;
+            };
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            let dropped = state.is_multiple_of(5);
+            let to = if from == server {
+                match client {
+                    Some(c) => c,
+                    None => continue,
+                }
+            } else {
+                client = Some(from);
+                server
+            };
+            if !dropped {
+                let _ = socket.send_to(&buf[..n], to).await;
+            }
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrollment_completes_through_a_link_that_loses_a_fifth_of_its_datagrams() {
+    let world = world().await;
+    let (relay, task) = lossy_relay(coap_addr(&world)).await;
+    world.expect(&["SN-COAP-LOSSY"], 30).await;
+    let device = world.device("SN-COAP-LOSSY");
+    let dir = tempfile::tempdir().unwrap();
+    let csr = openssl_csr(dir.path(), "SN-COAP-LOSSY");
+    let out = dir.path().join("lossy.p7");
+    let sen = format!("coaps://{relay}/.well-known/est/sen");
+    let owner_root = world.data.join(layout::OWNER_ROOT);
+    let (ok, text) = tokio::task::spawn_blocking(move || {
+        coap_client(
+            "openssl",
+            &[
+                "-B",
+                "90",
+                "-c",
+                p(&device.identity_dir.join("idevid.pem")),
+                "-j",
+                p(&device.identity_dir.join("idevid.key")),
+                "-R",
+                p(&owner_root),
+                "-m",
+                "post",
+                "-t",
+                "286",
+                "-f",
+                p(&csr),
+                "-o",
+                p(&out),
+                &sen,
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{text}");
+    let record = world.record("SN-COAP-LOSSY").unwrap();
+    assert_eq!(
+        record.certificates.len(),
+        1,
+        "one certificate, however many retransmissions"
+    );
+    task.abort();
+}
+
+/// A DTLS client of our own for the refusal tests (OpenSSL over a connected UDP socket),
+/// sending CoAP messages as built here, good or bad.
+struct Udp(std::net::UdpSocket);
+
+impl std::io::Read for Udp {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.recv(buf)
+    }
+}
+
+impl std::io::Write for Udp {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.send(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn dtls_client(addr: SocketAddr, device: &Device, root: &Path) -> openssl::ssl::SslStream<Udp> {
+    use openssl::ssl::{SslConnector, SslFiletype, SslMethod};
+    let mut b = SslConnector::builder(SslMethod::dtls()).unwrap();
+    b.set_certificate_file(device.identity_dir.join("idevid.pem"), SslFiletype::PEM)
+        .unwrap();
+    b.set_private_key_file(device.identity_dir.join("idevid.key"), SslFiletype::PEM)
+        .unwrap();
+    b.set_ca_file(root).unwrap();
+    let mut ssl = b
+        .build()
+        .configure()
+        .unwrap()
+        .into_ssl("127.0.0.1")
+        .unwrap();
+    ssl.set_mtu(1152).unwrap();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.connect(addr).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    let mut stream = openssl::ssl::SslStream::new(ssl, Udp(socket)).unwrap();
+    stream.connect().unwrap();
+    stream
+}
+
+/// Sends `message` and reads the answer, if one comes within the socket's timeout.
+fn exchange(
+    stream: &mut openssl::ssl::SslStream<Udp>,
+    message: &[u8],
+) -> Option<coap_lite::Packet> {
+    stream.ssl_write(message).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.ssl_read(&mut buf).ok()?;
+    coap_lite::Packet::from_bytes(&buf[..n]).ok()
+}
+
+fn coap_request(
+    id: u16,
+    method: coap_lite::RequestType,
+    path: &str,
+    format: Option<u8>,
+    body: &[u8],
+) -> coap_lite::Packet {
+    use coap_lite::{CoapOption, MessageClass, MessageType, Packet};
+    let mut p = Packet::new();
+    p.header.set_type(MessageType::Confirmable);
+    p.header.message_id = id;
+    p.header.code = MessageClass::Request(method);
+    p.set_token(vec![id as u8]);
+    for s in path.trim_start_matches('/').split('/') {
+        p.add_option(CoapOption::UriPath, s.as_bytes().to_vec());
+    }
+    if let Some(f) = format {
+        p.add_option(CoapOption::ContentFormat, vec![f]);
+    }
+    p.payload = body.to_vec();
+    p
+}
+
+fn code(p: &coap_lite::Packet) -> coap_lite::ResponseType {
+    match p.header.code {
+        coap_lite::MessageClass::Response(r) => r,
+        other => panic!("not a response: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_coap_requests_are_refused_with_their_code_and_change_nothing() {
+    use coap_lite::{CoapOption, RequestType, ResponseType};
+    let world = world().await;
+    let addr = coap_addr(&world);
+    world.expect(&["SN-COAP-BAD"], 30).await;
+    let device = world.device("SN-COAP-BAD");
+    let root = world.data.join(layout::OWNER_ROOT);
+    let before = world.record("SN-COAP-BAD").unwrap();
+    let fresh = certs::KeyPair::generate(certs::KeyKind::P256).unwrap();
+    let good_csr = certs::csr::build_birth_csr("SN-COAP-BAD", &fresh).unwrap();
+    let other_csr = certs::csr::build_birth_csr("SN-SOMEONE-ELSE", &fresh).unwrap();
+    let refusals = tokio::task::spawn_blocking(move || {
+        let mut s = dtls_client(addr, &device, &root);
+        let mut got = Vec::new();
+        // An unknown critical option: 4.02.
+        let mut p = coap_request(1, RequestType::Get, "/.well-known/core", None, b"");
+        p.add_option(CoapOption::Unknown(65001), vec![1]);
+        got.push((
+            "critical option",
+            code(&exchange(&mut s, &p.to_bytes().unwrap()).unwrap()),
+        ));
+        // A truncated message gets nothing, and the session goes on.
+        let whole = coap_request(2, RequestType::Get, "/.well-known/core", None, b"");
+        let bytes = whole.to_bytes().unwrap();
+        assert!(
+            exchange(&mut s, &bytes[..3]).is_none(),
+            "no answer to a truncated message"
+        );
+        got.push((
+            "after a truncated one",
+            code(&exchange(&mut s, &bytes).unwrap()),
+        ));
+        // Another content format: 4.15.
+        let p = coap_request(
+            3,
+            RequestType::Post,
+            "/.well-known/est/sen",
+            Some(60),
+            &good_csr,
+        );
+        got.push((
+            "content format",
+            code(&exchange(&mut s, &p.to_bytes().unwrap()).unwrap()),
+        ));
+        // Not a CSR, and a CSR for another device: 4.00.
+        let p = coap_request(4, RequestType::Post, "/.well-known/est/sen", Some(0), b"");
+        let mut p = p;
+        p.clear_option(CoapOption::ContentFormat);
+        p.add_option(CoapOption::ContentFormat, vec![0x01, 0x1e]); // 286
+        p.payload = b"not DER".to_vec();
+        got.push((
+            "not a CSR",
+            code(&exchange(&mut s, &p.to_bytes().unwrap()).unwrap()),
+        ));
+        p.header.message_id = 5;
+        p.payload = other_csr.clone();
+        got.push((
+            "another subject",
+            code(&exchange(&mut s, &p.to_bytes().unwrap()).unwrap()),
+        ));
+        // Block1 that skips a block, then one that repeats one: 4.08.
+        let block = |id: u16, num: u32, more: bool| {
+            let mut p = coap_request(
+                id,
+                RequestType::Post,
+                "/.well-known/est/sen",
+                None,
+                &[7; 16],
+            );
+            p.add_option(CoapOption::ContentFormat, vec![0x01, 0x1e]);
+            let v = (num << 4) | (u32::from(more) << 3);
+            p.add_option(CoapOption::Block1, vec![v as u8]);
+            p.to_bytes().unwrap()
+        };
+        assert_eq!(
+            code(&exchange(&mut s, &block(6, 0, true)).unwrap()),
+            ResponseType::Continue
+        );
+        got.push((
+            "a skipped block",
+            code(&exchange(&mut s, &block(7, 2, true)).unwrap()),
+        ));
+        assert_eq!(
+            code(&exchange(&mut s, &block(8, 0, true)).unwrap()),
+            ResponseType::Continue
+        );
+        assert_eq!(
+            code(&exchange(&mut s, &block(9, 1, true)).unwrap()),
+            ResponseType::Continue
+        );
+        got.push((
+            "a repeated block",
+            code(&exchange(&mut s, &block(10, 1, true)).unwrap()),
+        ));
+        // A body past the limit, in blocks of 1024: 4.13.
+        let mut last = ResponseType::Continue;
+        for num in 0..80u32 {
+            let mut p = coap_request(
+                100 + num as u16,
+                RequestType::Post,
+                "/.well-known/est/sen",
+                None,
+                &[7; 1024],
+            );
+            p.add_option(CoapOption::ContentFormat, vec![0x01, 0x1e]);
+            let v = (num << 4) | 0x8 | 6;
+            let bytes = v.to_be_bytes();
+            let skip = bytes.iter().take_while(|b| **b == 0).count();
+            p.add_option(CoapOption::Block1, bytes[skip..].to_vec());
+            last = code(&exchange(&mut s, &p.to_bytes().unwrap()).unwrap());
+            if last != ResponseType::Continue {
+                break;
+            }
+        }
+        got.push(("too large", last));
+        got
+    })
+    .await
+    .unwrap();
+    let expected = [
+        ("critical option", ResponseType::BadOption),
+        ("after a truncated one", ResponseType::Content),
+        ("content format", ResponseType::UnsupportedContentFormat),
+        ("not a CSR", ResponseType::BadRequest),
+        ("another subject", ResponseType::BadRequest),
+        ("a skipped block", ResponseType::RequestEntityIncomplete),
+        ("a repeated block", ResponseType::RequestEntityIncomplete),
+        ("too large", ResponseType::RequestEntityTooLarge),
+    ];
+    assert_eq!(refusals, expected);
+    assert_eq!(world.record("SN-COAP-BAD").unwrap(), before);
 }
