@@ -78,6 +78,46 @@ fn openssl_csr(dir: &Path, serial: &str) -> std::path::PathBuf {
     csr
 }
 
+/// libcoap's `build` enrolls `device` at `url` with the DER CSR `csr`, the answer to `out`,
+/// trusting `root`, waiting at most `wait` seconds.
+fn coap_enroll(
+    build: &str,
+    device: &Device,
+    root: &Path,
+    csr: &Path,
+    out: &Path,
+    url: &str,
+    wait: u32,
+) -> (bool, String) {
+    let wait = wait.to_string();
+    let cert = device.identity_dir.join("idevid.pem");
+    let key = device.identity_dir.join("idevid.key");
+    coap_client(
+        build,
+        &[
+            "-B",
+            &wait,
+            "-c",
+            p(&cert),
+            "-j",
+            p(&key),
+            "-R",
+            p(root),
+            "-m",
+            "post",
+            "-t",
+            "286",
+            "-A",
+            "281",
+            "-f",
+            p(csr),
+            "-o",
+            p(out),
+            url,
+        ],
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libcoap_clients_discover_and_enroll_over_est_coaps() {
     let world = world().await;
@@ -104,21 +144,7 @@ async fn libcoap_clients_discover_and_enroll_over_est_coaps() {
         let csr = openssl_csr(dir.path(), &serial);
         let out = dir.path().join(format!("{serial}.p7"));
         let sen = format!("coaps://{addr}/.well-known/est/sen");
-        let mut args = client.to_vec();
-        args.extend([
-            "-m",
-            "post",
-            "-t",
-            "286",
-            "-A",
-            "281",
-            "-f",
-            p(&csr),
-            "-o",
-            p(&out),
-            sen.as_str(),
-        ]);
-        let (ok, text) = coap_client(build, &args);
+        let (ok, text) = coap_enroll(build, &device, &owner_root, &csr, &out, &sen, 10);
         assert!(ok, "{build}: {text}");
         assert!(out.exists(), "{build}: nothing received: {text}");
         let pem = dir.path().join(format!("{serial}.pem"));
@@ -260,26 +286,8 @@ async fn garbage_and_a_flood_of_client_hellos_make_no_session() {
     let csr = openssl_csr(dir.path(), "SN-COAP-AFTER");
     let out = dir.path().join("after.p7");
     let sen = format!("coaps://{addr}/.well-known/est/sen");
-    let (ok, text) = coap_client(
-        "openssl",
-        &[
-            "-c",
-            p(&device.identity_dir.join("idevid.pem")),
-            "-j",
-            p(&device.identity_dir.join("idevid.key")),
-            "-R",
-            p(&world.data.join(layout::OWNER_ROOT)),
-            "-m",
-            "post",
-            "-t",
-            "286",
-            "-f",
-            p(&csr),
-            "-o",
-            p(&out),
-            &sen,
-        ],
-    );
+    let root = world.data.join(layout::OWNER_ROOT);
+    let (ok, text) = coap_enroll("openssl", &device, &root, &csr, &out, &sen, 10);
     assert!(ok, "{text}");
     assert!(std::fs::metadata(&out).unwrap().len() > 100);
 }
@@ -348,28 +356,7 @@ async fn an_enrollment_completes_through_a_link_that_loses_a_fifth_of_its_datagr
     let sen = format!("coaps://{relay}/.well-known/est/sen");
     let owner_root = world.data.join(layout::OWNER_ROOT);
     let (ok, text) = tokio::task::spawn_blocking(move || {
-        coap_client(
-            "openssl",
-            &[
-                "-B",
-                "90",
-                "-c",
-                p(&device.identity_dir.join("idevid.pem")),
-                "-j",
-                p(&device.identity_dir.join("idevid.key")),
-                "-R",
-                p(&owner_root),
-                "-m",
-                "post",
-                "-t",
-                "286",
-                "-f",
-                p(&csr),
-                "-o",
-                p(&out),
-                &sen,
-            ],
-        )
+        coap_enroll("openssl", &device, &owner_root, &csr, &out, &sen, 90)
     })
     .await
     .unwrap();

@@ -77,12 +77,21 @@ fn fleet_on(client: &ApiClient, generation: u32) -> bool {
         })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rollover_killed_at_any_step_is_finished_at_start() {
+/// A server (a child process on a fresh data directory) with a connected fleet of [`FLEET`]
+/// agents of a manufacturer named `maker`, serials `{prefix}NNN`.
+struct Fleet {
+    dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    child: Child,
+    client: Arc<ApiClient>,
+    running: Vec<Running>,
+}
+
+async fn fleet(maker: &str, prefix: &str) -> Fleet {
     let dir = tempfile::tempdir().unwrap();
     let (data, quic, _) = init(dir.path());
-    let m = Manufacturer::create(ManufacturerConfig::new("Roll Devices"), now()).unwrap();
-    let serials: Vec<String> = (0..FLEET).map(|i| format!("SN-RK{i:03}")).collect();
+    let m = Manufacturer::create(ManufacturerConfig::new(maker), now()).unwrap();
+    let serials: Vec<String> = (0..FLEET).map(|i| format!("{prefix}{i:03}")).collect();
     let devices: Vec<Device> = serials
         .iter()
         .map(|s| Device::mint(&m, dir.path(), s))
@@ -100,8 +109,7 @@ async fn a_rollover_killed_at_any_step_is_finished_at_start() {
         masa_pem: Some(certs::files::cert_pem(m.masa_cert())),
         name: None,
     };
-
-    let mut child = serve(&data);
+    let child = serve(&data);
     let client = Arc::new(ApiClient::for_data_dir(&data).unwrap());
     api(&client, wait_ready).await;
     api(&client, move |c| {
@@ -114,6 +122,24 @@ async fn a_rollover_killed_at_any_step_is_finished_at_start() {
         .iter()
         .map(|d| Running::start(d.agent(quic, &endpoint)))
         .collect();
+    Fleet {
+        dir,
+        data,
+        child,
+        client,
+        running,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollover_killed_at_any_step_is_finished_at_start() {
+    let Fleet {
+        dir: _dir,
+        data,
+        mut child,
+        client,
+        running,
+    } = fleet("Roll Devices", "SN-RK").await;
     let poll = |generation: u32| {
         let client = client.clone();
         async move {
@@ -188,40 +214,13 @@ const ROOT_POINTS: [&str; 4] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_root_rollover_killed_at_any_step_goes_on_at_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let (data, quic, _) = init(dir.path());
-    let m = Manufacturer::create(ManufacturerConfig::new("Root Devices"), now()).unwrap();
-    let serials: Vec<String> = (0..FLEET).map(|i| format!("SN-RR{i:03}")).collect();
-    let devices: Vec<Device> = serials
-        .iter()
-        .map(|s| Device::mint(&m, dir.path(), s))
-        .collect();
-    let owner_root =
-        certs::files::read_cert(&data.join(onboarder::config::layout::OWNER_ROOT)).unwrap();
-    let bundle = protocol::voucher::encode_bundle(
-        &serials
-            .iter()
-            .map(|s| m.voucher(s, &owner_root, now(), now() + DAY).unwrap())
-            .collect::<Vec<_>>(),
-    );
-    let anchor = AnchorImport {
-        pem: certs::files::cert_pem(m.root_cert()),
-        masa_pem: Some(certs::files::cert_pem(m.masa_cert())),
-        name: None,
-    };
-    let mut child = serve(&data);
-    let client = Arc::new(ApiClient::for_data_dir(&data).unwrap());
-    api(&client, wait_ready).await;
-    api(&client, move |c| {
-        c.import_anchor(&anchor).unwrap();
-        c.import_vouchers(&bundle).unwrap();
-    })
-    .await;
-    let endpoint = device_agent::transport::quic::endpoint_for(quic).unwrap();
-    let running: Vec<Running> = devices
-        .iter()
-        .map(|d| Running::start(d.agent(quic, &endpoint)))
-        .collect();
+    let Fleet {
+        dir: _dir,
+        data,
+        mut child,
+        client,
+        running,
+    } = fleet("Root Devices", "SN-RR").await;
     let until = |what: &'static str, check: Arc<dyn Fn(&ApiClient) -> bool + Send + Sync>| {
         let client = client.clone();
         async move {
