@@ -161,14 +161,11 @@ impl Server {
             None => None,
         };
         let coap = match config.coap_listen {
-            Some(addr) => {
-                let key = certs::files::read_limited(&dir.join(layout::SERVER_KEY), 64 * 1024)?;
-                Some(
-                    crate::transport::coap::bind(addr, &pki.server_chain, &key, service.clone())
-                        .await
-                        .map_err(|e| Error::os(format!("binding CoAPS on {addr}"), e))?,
-                )
-            }
+            Some(addr) => Some(
+                crate::transport::coap::bind(addr, identity.clone(), service.clone())
+                    .await
+                    .map_err(|e| Error::os(format!("binding CoAPS on {addr}"), e))?,
+            ),
             None => None,
         };
         let reset_key = certs::files::secret(&dir.join(layout::RESET_KEY), 32)?;

@@ -126,22 +126,74 @@ impl ClientCertVerifier for DeviceCertVerifier {
     }
 }
 
-/// The registrar's certificate and key, replaceable while the server runs (renewal, CA
-/// rollover): handshakes after a swap present the new pair, sessions already open keep theirs.
+/// The registrar's certificate and key, replaceable while the server runs (renewal, CA and
+/// root rollover): handshakes after a swap present the new pair, sessions already open keep
+/// theirs. Every transport presents it: rustls (QUIC, HTTPS) through [`ResolvesServerCert`],
+/// OpenSSL (CoAPS) from [`RegistrarIdentity::pair`], rebuilt when the version moves.
 #[derive(Debug)]
-pub struct RegistrarIdentity(RwLock<Arc<CertifiedKey>>);
+pub struct RegistrarIdentity(RwLock<Current>);
+
+#[derive(Debug)]
+struct Current {
+    certified: Arc<CertifiedKey>,
+    pair: Arc<IdentityPair>,
+}
+
+/// The registrar's chain and key as they are on disk.
+pub struct IdentityPair {
+    /// Leaf first, DER.
+    pub chain: Vec<Vec<u8>>,
+    /// The key, PKCS#8 PEM. Never logged.
+    pub key_pem: String,
+    /// Counts replacements, so a transport knows when to rebuild.
+    pub version: u64,
+}
+
+impl std::fmt::Debug for IdentityPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityPair")
+            .field("chain", &self.chain.len())
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
 
 impl RegistrarIdentity {
     /// The identity of `chain` (leaf first) and its `key`.
     pub fn new(chain: &[Vec<u8>], key: &certs::KeyPair) -> Result<Self, rustls::Error> {
-        Ok(RegistrarIdentity(RwLock::new(certified(chain, key)?)))
+        Ok(RegistrarIdentity(RwLock::new(Current {
+            certified: certified(chain, key)?,
+            pair: Arc::new(IdentityPair {
+                chain: chain.to_vec(),
+                key_pem: key.to_pem(),
+                version: 0,
+            }),
+        })))
     }
 
     /// Presents `chain` and `key` from the next handshake on.
     pub fn replace(&self, chain: &[Vec<u8>], key: &certs::KeyPair) -> Result<(), rustls::Error> {
-        let new = certified(chain, key)?;
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = new;
+        let certified = certified(chain, key)?;
+        let mut current = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let version = current.pair.version + 1;
+        *current = Current {
+            certified,
+            pair: Arc::new(IdentityPair {
+                chain: chain.to_vec(),
+                key_pem: key.to_pem(),
+                version,
+            }),
+        };
         Ok(())
+    }
+
+    /// The chain and key in force now.
+    pub fn pair(&self) -> Arc<IdentityPair> {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .pair
+            .clone()
     }
 }
 
@@ -156,7 +208,13 @@ fn certified(chain: &[Vec<u8>], key: &certs::KeyPair) -> Result<Arc<CertifiedKey
 
 impl ResolvesServerCert for RegistrarIdentity {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.read().unwrap_or_else(|e| e.into_inner()).clone())
+        Some(
+            self.0
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .certified
+                .clone(),
+        )
     }
 }
 

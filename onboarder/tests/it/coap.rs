@@ -54,7 +54,7 @@ fn p(path: &Path) -> &str {
 }
 
 /// An openssl-made CSR (DER) for `serial`, its key beside it.
-fn openssl_csr(dir: &Path, serial: &str) -> std::path::PathBuf {
+pub fn openssl_csr(dir: &Path, serial: &str) -> std::path::PathBuf {
     let csr = dir.join(format!("{serial}.csr"));
     let key = dir.join(format!("{serial}.key"));
     let (ok, text) = openssl(&[
@@ -80,7 +80,7 @@ fn openssl_csr(dir: &Path, serial: &str) -> std::path::PathBuf {
 
 /// libcoap's `build` enrolls `device` at `url` with the DER CSR `csr`, the answer to `out`,
 /// trusting `root`, waiting at most `wait` seconds.
-fn coap_enroll(
+pub fn coap_enroll(
     build: &str,
     device: &Device,
     root: &Path,

@@ -221,7 +221,11 @@ fn read_roots(data: &Path) -> Vec<Vec<u8>> {
 async fn the_owner_root_rolls_over_under_a_connected_fleet_and_an_est_client() {
     const FLEET: usize = 200;
     // A device that is away while the new root is sent is waited for this long.
-    let world = World::with_config(|c| c.policy.root_distribution_wait = 3).await;
+    let world = World::with_config(|c| {
+        c.policy.root_distribution_wait = 3;
+        c.coap_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
     let old_root = world.owner_root.clone();
     let serials: Vec<String> = (0..FLEET).map(|i| format!("SN-ROOT-{i:03}")).collect();
     let devices: Vec<Device> = serials.iter().map(|s| world.device(s)).collect();
@@ -461,6 +465,28 @@ async fn the_owner_root_rolls_over_under_a_connected_fleet_and_an_est_client() {
     assert!(report.rejected.is_empty(), "{report:?}");
     let state = world.agent(&late).onboard().await.unwrap();
     assert_eq!(state.roots(), std::slice::from_ref(&new_root));
+    // CoAPS presents the registrar's new chain too: a libcoap client trusting only the new
+    // root enrolls.
+    let coap_device = world.device("SN-ROOT-COAP");
+    let voucher = world
+        .manufacturer
+        .voucher("SN-ROOT-COAP", &new_root, now(), now() + DAY)
+        .unwrap();
+    world
+        .server
+        .service()
+        .import_vouchers(&protocol::voucher::encode_bundle(&[voucher]))
+        .await
+        .unwrap();
+    let csr = crate::coap::openssl_csr(est_dir.path(), "SN-ROOT-COAP");
+    let out = est_dir.path().join("coap.p7");
+    let url = format!(
+        "coaps://{}/.well-known/est/sen",
+        world.server.coap().unwrap().local_addr().unwrap()
+    );
+    let (ok, text) =
+        crate::coap::coap_enroll("openssl", &coap_device, &roots_pem, &csr, &out, &url, 10);
+    assert!(ok && out.exists(), "{text}");
     // One that still pins the old root is refused at import.
     let stale = world
         .manufacturer

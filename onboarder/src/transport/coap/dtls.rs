@@ -8,7 +8,6 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
 use std::os::raw::{c_int, c_long, c_void};
 use std::sync::Arc;
 
@@ -20,7 +19,7 @@ use openssl::ssl::{
 use openssl::x509::{X509, X509Ref, X509StoreContextRef};
 use rustls_pki_types::{CertificateDer, UnixTime};
 
-use super::cookie::{self, Cookies};
+use crate::transport::tls::IdentityPair;
 use crate::trust::TrustStore;
 
 /// Largest datagram we send: the IPv6 minimum MTU, less headers.
@@ -206,33 +205,25 @@ impl Session {
     }
 }
 
-/// What the cookie front made of a datagram from a peer without a session.
-pub enum Accepted {
-    /// Not a ClientHello: dropped.
-    Ignored,
-    /// A ClientHello without a good cookie: send this HelloVerifyRequest; nothing is kept.
-    Verify(Vec<u8>),
-    /// A ClientHello with a good cookie: the session it begins, and what to send.
-    Session(Box<Session>),
-}
-
-/// The DTLS server: its context, the cookie key, the trust store.
+/// The DTLS server for one registrar identity: OpenSSL's context, checking clients against
+/// the trust store.
 pub struct Dtls {
     context: SslContext,
-    cookies: Cookies,
+    /// The identity's version it presents.
+    pub version: u64,
 }
 
 impl Dtls {
-    /// A server presenting `chain` (leaf first, DER) with the key `key_pem`, checking clients
-    /// against `trust` at the time `clock` gives.
+    /// A server presenting the registrar's `identity`, checking clients against `trust` at
+    /// the time `clock` gives.
     pub fn new(
-        chain: &[Vec<u8>],
-        key_pem: &[u8],
+        identity: &IdentityPair,
         trust: Arc<TrustStore>,
         clock: crate::service::Clock,
     ) -> Result<Self, DtlsError> {
         let setup = |e: openssl::error::ErrorStack| DtlsError::Setup(e.to_string());
-        let cookies = Cookies::new().map_err(|_| DtlsError::Setup("no randomness".into()))?;
+        let chain = &identity.chain;
+        let key_pem = identity.key_pem.as_bytes();
         let mut b = SslContext::builder(SslMethod::dtls()).map_err(setup)?;
         b.set_min_proto_version(Some(SslVersion::DTLS1_2))
             .map_err(setup)?;
@@ -262,8 +253,9 @@ impl Dtls {
             SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT,
             move |_, store| verify(store, &trust, &clock),
         );
-        // DTLSv1_listen wants both callbacks. The cookie was checked before OpenSSL sees the
-        // hello (`accept`), so it is accepted here, and OpenSSL never makes one.
+        // DTLSv1_listen wants both callbacks. The listener checked the cookie before OpenSSL
+        // sees the hello (`super::cookie`), so it is accepted here, and OpenSSL never makes
+        // one.
         b.set_cookie_generate_cb(|_, out| {
             out[..1].copy_from_slice(&[0]);
             Ok(1)
@@ -271,20 +263,13 @@ impl Dtls {
         b.set_cookie_verify_cb(|_, _| true);
         Ok(Dtls {
             context: b.build(),
-            cookies,
+            version: identity.version,
         })
     }
 
-    /// The cookie front, for a datagram from a peer without a session.
-    pub fn accept(&self, peer: SocketAddr, datagram: &[u8]) -> Result<Accepted, DtlsError> {
-        let Some(hello) = cookie::client_hello(datagram) else {
-            return Ok(Accepted::Ignored);
-        };
-        if !self.cookies.valid(peer, &hello) {
-            return Ok(Accepted::Verify(
-                self.cookies.hello_verify_request(peer, &hello),
-            ));
-        }
+    /// The session a ClientHello whose cookie the listener checked begins, or `None` if
+    /// OpenSSL does not take it as one.
+    pub fn begin(&self, datagram: &[u8]) -> Result<Option<Session>, DtlsError> {
         let failed = |e: openssl::error::ErrorStack| DtlsError::Handshake(e.to_string());
         let mut ssl = Ssl::new(&self.context).map_err(failed)?;
         ssl.set_mtu(MTU).map_err(failed)?;
@@ -299,7 +284,7 @@ impl Dtls {
             r
         };
         if listened != 1 {
-            return Ok(Accepted::Ignored);
+            return Ok(None);
         }
         let mut session = Session { stream, peer: None };
         match session.stream.accept() {
@@ -307,7 +292,7 @@ impl Dtls {
             Err(e) if e.code() == ErrorCode::WANT_READ => {}
             Err(e) => return Err(DtlsError::Handshake(e.to_string())),
         }
-        Ok(Accepted::Session(Box::new(session)))
+        Ok(Some(session))
     }
 }
 

@@ -27,9 +27,11 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
-use self::dtls::{Accepted, Dtls, DtlsError, PeerIdentity};
+use self::cookie::Cookies;
+use self::dtls::{Dtls, DtlsError, PeerIdentity};
 use self::message::{Incoming, Messages};
 use crate::service::Service;
+use crate::transport::tls::RegistrarIdentity;
 
 /// A session without a datagram for this long is dropped.
 pub const IDLE: Duration = Duration::from_secs(120);
@@ -95,7 +97,11 @@ pub struct CoapStats {
 /// The listener's shared state.
 pub struct Listener {
     socket: Arc<UdpSocket>,
-    dtls: Dtls,
+    cookies: Cookies,
+    /// The registrar's identity (renewed and rolled over while the server runs), and the DTLS
+    /// server built for its version in force.
+    identity: Arc<RegistrarIdentity>,
+    dtls: Mutex<Arc<Dtls>>,
     service: Arc<Service>,
     peers: Mutex<HashMap<SocketAddr, Arc<Mutex<Peer>>>>,
     /// What it did.
@@ -107,18 +113,18 @@ fn count(counter: &std::sync::atomic::AtomicU64) {
 }
 
 impl Listener {
-    /// A listener on `socket` presenting `chain`/`key_pem` and serving `service`.
+    /// A listener on `socket` presenting `identity` and serving `service`.
     pub fn new(
         socket: UdpSocket,
-        chain: &[Vec<u8>],
-        key_pem: &[u8],
+        identity: Arc<RegistrarIdentity>,
         service: Arc<Service>,
     ) -> Result<Arc<Self>, DtlsError> {
-        let clock = service.clock();
-        let dtls = Dtls::new(chain, key_pem, service.trust(), clock)?;
+        let dtls = Dtls::new(&identity.pair(), service.trust(), service.clock())?;
         Ok(Arc::new(Listener {
             socket: Arc::new(socket),
-            dtls,
+            cookies: Cookies::new().map_err(|_| DtlsError::Setup("no randomness".into()))?,
+            identity,
+            dtls: Mutex::new(Arc::new(dtls)),
             service,
             peers: Mutex::new(HashMap::new()),
             stats: CoapStats::default(),
@@ -237,16 +243,37 @@ impl Listener {
         }
     }
 
+    /// The DTLS server for the identity in force (rebuilt after a renewal or a rollover;
+    /// sessions begun before keep theirs).
+    fn dtls(&self) -> Result<Arc<Dtls>, DtlsError> {
+        let pair = self.identity.pair();
+        let mut current = self.dtls.lock().unwrap_or_else(|e| e.into_inner());
+        if current.version != pair.version {
+            *current = Arc::new(Dtls::new(
+                &pair,
+                self.service.trust(),
+                self.service.clock(),
+            )?);
+        }
+        Ok(current.clone())
+    }
+
     /// A datagram from an address without a session: only a ClientHello is looked at, and
-    /// only one with a good cookie makes a session.
+    /// only one that returns our cookie makes a session (nothing is kept before).
     async fn on_stranger(&self, from: SocketAddr, datagram: &[u8]) {
-        match self.dtls.accept(from, datagram) {
-            Ok(Accepted::Ignored) => count(&self.stats.dropped),
-            Ok(Accepted::Verify(hvr)) => {
-                count(&self.stats.cookies_sent);
-                self.send_all(from, vec![hvr]).await;
-            }
-            Ok(Accepted::Session(mut session)) => {
+        let Some(hello) = cookie::client_hello(datagram) else {
+            count(&self.stats.dropped);
+            return;
+        };
+        if !self.cookies.valid(from, &hello) {
+            count(&self.stats.cookies_sent);
+            let hvr = self.cookies.hello_verify_request(from, &hello);
+            self.send_all(from, vec![hvr]).await;
+            return;
+        }
+        match self.dtls().and_then(|dtls| dtls.begin(datagram)) {
+            Ok(None) => count(&self.stats.dropped),
+            Ok(Some(mut session)) => {
                 if !self.admit(from.ip()) {
                     count(&self.stats.dropped);
                     return;
@@ -256,7 +283,7 @@ impl Listener {
                 self.peers.lock().unwrap_or_else(|e| e.into_inner()).insert(
                     from,
                     Arc::new(Mutex::new(Peer {
-                        secure: session,
+                        secure: Box::new(session),
                         messages: Messages::default(),
                         last_seen: Instant::now(),
                     })),
@@ -309,13 +336,12 @@ impl Listener {
     }
 }
 
-/// Binds `addr` and serves CoAPS there until `stop`.
+/// Binds `addr` for CoAPS, presenting `identity`.
 pub async fn bind(
     addr: SocketAddr,
-    chain: &[Vec<u8>],
-    key_pem: &[u8],
+    identity: Arc<RegistrarIdentity>,
     service: Arc<Service>,
 ) -> std::io::Result<Arc<Listener>> {
     let socket = UdpSocket::bind(addr).await?;
-    Listener::new(socket, chain, key_pem, service).map_err(|e| std::io::Error::other(e.to_string()))
+    Listener::new(socket, identity, service).map_err(|e| std::io::Error::other(e.to_string()))
 }
