@@ -160,14 +160,6 @@ impl Server {
             ),
             None => None,
         };
-        let coap = match config.coap_listen {
-            Some(addr) => Some(
-                crate::transport::coap::bind(addr, identity.clone(), service.clone())
-                    .await
-                    .map_err(|e| Error::os(format!("binding CoAPS on {addr}"), e))?,
-            ),
-            None => None,
-        };
         let reset_key = certs::files::secret(&dir.join(layout::RESET_KEY), 32)?;
         let endpoint = quic::bind(config.quic_listen, tls, &reset_key)?;
         let api_listen = config.api_listen;
@@ -181,6 +173,19 @@ impl Server {
             .local_addr()
             .map_err(|e| Error::os("the admin API address", e))?;
         let sessions = Arc::new(Sessions::default());
+        let coap = match config.coap_listen {
+            Some(addr) => Some(
+                crate::transport::coap::bind(
+                    addr,
+                    identity.clone(),
+                    service.clone(),
+                    sessions.clone(),
+                )
+                .await
+                .map_err(|e| Error::os(format!("binding CoAPS on {addr}"), e))?,
+            ),
+            None => None,
+        };
         let frames = FrameBudget::new(&config.limits);
         let limits = config.limits;
         let control = Arc::new(Control::new(

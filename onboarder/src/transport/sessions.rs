@@ -1,5 +1,6 @@
 //! Live operational sessions, by device, so the server can push commands: over QUIC, or over
-//! the HTTPS fallback for devices whose network blocks UDP.
+//! a pull link whose device takes its commands from the server (the HTTPS fallback for
+//! networks that block UDP, by long polling; CoAP, by observing).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,7 +36,7 @@ pub enum PushError {
 
 /// How long an HTTPS session counts as live after the device last asked for commands (it asks
 /// again at most [`POLL_WAIT`] after its last answer).
-const HTTPS_LIVENESS: Duration = Duration::from_secs(60);
+const PULL_LIVENESS: Duration = Duration::from_secs(60);
 /// How long a device's request for commands waits for one before it is answered empty.
 pub const POLL_WAIT: Duration = Duration::from_secs(25);
 
@@ -44,26 +45,27 @@ pub const POLL_WAIT: Duration = Duration::from_secs(25);
 #[derive(Debug, Clone)]
 enum Link {
     Quic(quinn::Connection),
-    Https(Arc<HttpsLink>),
+    Pull(Arc<PullLink>),
 }
 
 /// A command waiting for its reply.
 type Pending = (Command, oneshot::Sender<CommandReply>);
 
-/// The HTTPS side of a device's session: commands queued for the device's next request for
-/// them, and the one it was last handed, waiting for its reply.
+/// A session whose device takes its commands (HTTPS long polling, a CoAP observation):
+/// commands queued for the device's next request for them, and the one it was last handed,
+/// waiting for its reply.
 #[derive(Debug)]
-pub struct HttpsLink {
+pub struct PullLink {
     queue: mpsc::Sender<Pending>,
     incoming: tokio::sync::Mutex<mpsc::Receiver<Pending>>,
     awaiting: Mutex<Option<oneshot::Sender<CommandReply>>>,
     last_seen: Mutex<Instant>,
 }
 
-impl HttpsLink {
-    fn new() -> HttpsLink {
+impl PullLink {
+    fn new() -> PullLink {
         let (queue, incoming) = mpsc::channel(16);
-        HttpsLink {
+        PullLink {
             queue,
             incoming: tokio::sync::Mutex::new(incoming),
             awaiting: Mutex::new(None),
@@ -72,7 +74,7 @@ impl HttpsLink {
     }
 
     fn live(&self) -> bool {
-        lock(&self.last_seen).elapsed() < HTTPS_LIVENESS
+        lock(&self.last_seen).elapsed() < PULL_LIVENESS
     }
 
     /// The next command for the device, waiting up to `wait`; `None` if none came.
@@ -115,17 +117,18 @@ impl Sessions {
         self.map().insert(device.clone(), Link::Quic(conn));
     }
 
-    /// Opens an HTTPS session for `device` (replacing an older one of either kind).
-    pub fn register_https(&self, device: &DeviceId) -> Arc<HttpsLink> {
-        let link = Arc::new(HttpsLink::new());
-        self.map().insert(device.clone(), Link::Https(link.clone()));
+    /// Opens a pull session for `device`, over HTTPS or CoAP (replacing an older one of any
+    /// kind).
+    pub fn register_pull(&self, device: &DeviceId) -> Arc<PullLink> {
+        let link = Arc::new(PullLink::new());
+        self.map().insert(device.clone(), Link::Pull(link.clone()));
         link
     }
 
-    /// The live HTTPS session of `device`, if it has one.
-    pub fn https(&self, device: &DeviceId) -> Option<Arc<HttpsLink>> {
+    /// The live pull session (HTTPS or CoAP) of `device`, if it has one.
+    pub fn pull(&self, device: &DeviceId) -> Option<Arc<PullLink>> {
         match self.map().get(device) {
-            Some(Link::Https(link)) if link.live() => Some(link.clone()),
+            Some(Link::Pull(link)) if link.live() => Some(link.clone()),
             _ => None,
         }
     }
@@ -141,7 +144,7 @@ impl Sessions {
     /// Number of live sessions.
     pub fn len(&self) -> usize {
         let mut map = self.map();
-        map.retain(|_, link| !matches!(link, Link::Https(l) if !l.live()));
+        map.retain(|_, link| !matches!(link, Link::Pull(l) if !l.live()));
         map.len()
     }
 
@@ -154,7 +157,7 @@ impl Sessions {
     pub fn is_connected(&self, device: &DeviceId) -> bool {
         match self.map().get(device) {
             Some(Link::Quic(_)) => true,
-            Some(Link::Https(link)) => link.live(),
+            Some(Link::Pull(link)) => link.live(),
             None => false,
         }
     }
@@ -194,7 +197,7 @@ impl Sessions {
                     message::decode::<CommandReply>(&bytes, MAX_RESPONSE)
                         .map_err(|e| PushError::BadReply(device.clone(), e.to_string()))
                 }
-                Link::Https(link) => {
+                Link::Pull(link) => {
                     if !link.live() {
                         return Err(PushError::NotConnected(device.clone()));
                     }

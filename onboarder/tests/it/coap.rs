@@ -390,12 +390,24 @@ impl std::io::Write for Udp {
 }
 
 fn dtls_client(addr: SocketAddr, device: &Device, root: &Path) -> openssl::ssl::SslStream<Udp> {
+    dtls_client_with(
+        addr,
+        &device.identity_dir.join("idevid.pem"),
+        &device.identity_dir.join("idevid.key"),
+        root,
+    )
+}
+
+fn dtls_client_with(
+    addr: SocketAddr,
+    cert: &Path,
+    key: &Path,
+    root: &Path,
+) -> openssl::ssl::SslStream<Udp> {
     use openssl::ssl::{SslConnector, SslFiletype, SslMethod};
     let mut b = SslConnector::builder(SslMethod::dtls()).unwrap();
-    b.set_certificate_file(device.identity_dir.join("idevid.pem"), SslFiletype::PEM)
-        .unwrap();
-    b.set_private_key_file(device.identity_dir.join("idevid.key"), SslFiletype::PEM)
-        .unwrap();
+    b.set_certificate_file(cert, SslFiletype::PEM).unwrap();
+    b.set_private_key_file(key, SslFiletype::PEM).unwrap();
     b.set_ca_file(root).unwrap();
     let mut ssl = b
         .build()
@@ -587,4 +599,172 @@ async fn bad_coap_requests_are_refused_with_their_code_and_change_nothing() {
     ];
     assert_eq!(refusals, expected);
     assert_eq!(world.record("SN-COAP-BAD").unwrap(), before);
+}
+
+/// Reads the next CoAP message, if one comes within the socket's timeout.
+fn receive(stream: &mut openssl::ssl::SslStream<Udp>) -> Option<coap_lite::Packet> {
+    let mut buf = vec![0u8; 4096];
+    let n = stream.ssl_read(&mut buf).ok()?;
+    coap_lite::Packet::from_bytes(&buf[..n]).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_onboards_over_coap_and_takes_a_command_it_observes() {
+    use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+    use protocol::message::{
+        self, Command as Order, CommandReply, Hello, Request as Req, Response, Status,
+    };
+    let world = world().await;
+    let addr = coap_addr(&world);
+    world.expect(&["SN-COAP-DOOR"], 30).await;
+    let device = world.device("SN-COAP-DOOR");
+    let birth = device.birth();
+    let root = world.data.join(layout::OWNER_ROOT);
+    let registrar = certs::files::read_certs(&world.data.join(layout::SERVER_CERT))
+        .unwrap()
+        .remove(0);
+    let dir = tempfile::tempdir().unwrap();
+    let (ldevid_cert, ldevid_key) = (dir.path().join("ldevid.pem"), dir.path().join("ldevid.key"));
+    let id = world.id("SN-COAP-DOOR");
+    let (cert, key) = (ldevid_cert.clone(), ldevid_key.clone());
+    let door = |s: &mut openssl::ssl::SslStream<Udp>, mid: u16, request: &Req| -> Response {
+        let p = coap_request(
+            mid,
+            RequestType::Post,
+            "/.well-known/onboarder/request",
+            Some(60),
+            &message::encode(request),
+        );
+        let mut answer = exchange(s, &p.to_bytes().unwrap()).unwrap();
+        assert_eq!(code(&answer), ResponseType::Changed);
+        // A long answer comes in Block2 pieces: ask for the next until the last.
+        let mut body = answer.payload.clone();
+        let mut num = 0u32;
+        while answer
+            .get_option(CoapOption::Block2)
+            .and_then(|v| v.front())
+            .and_then(|v| v.last())
+            .is_some_and(|last| last & 0x8 != 0)
+        {
+            num += 1;
+            let mut next = coap_request(
+                mid + 1000 * num as u16,
+                RequestType::Post,
+                "/.well-known/onboarder/request",
+                Some(60),
+                b"",
+            );
+            next.add_option(CoapOption::Block2, vec![((num << 4) | 6) as u8]);
+            answer = exchange(s, &next.to_bytes().unwrap()).unwrap();
+            body.extend_from_slice(&answer.payload);
+        }
+        message::decode(&body, message::MAX_RESPONSE).unwrap()
+    };
+    let onboarding = tokio::task::spawn_blocking(move || {
+        // Onboarding with the IDevID: voucher, its status, enrollment, its status.
+        let mut s = dtls_client(addr, &device, &root);
+        let request = device_agent::machine::onboarding::voucher_request(
+            &birth.identity,
+            &[4; 16],
+            &registrar,
+            &[],
+            now(),
+        )
+        .sign(&birth.key)
+        .unwrap();
+        assert!(matches!(
+            door(&mut s, 1, &Req::VoucherRequest(request)),
+            Response::Voucher(_)
+        ));
+        let ok = Status {
+            ok: true,
+            reason: None,
+        };
+        assert!(matches!(
+            door(&mut s, 2, &Req::VoucherStatus(ok.clone())),
+            Response::Ack
+        ));
+        let key_pair = certs::KeyPair::generate(certs::KeyKind::P256).unwrap();
+        let csr = certs::csr::build_birth_csr("SN-COAP-DOOR", &key_pair).unwrap();
+        let Response::Enrolled(enrolled) = door(&mut s, 3, &Req::Enroll { csr }) else {
+            panic!("not enrolled");
+        };
+        std::fs::write(&cert, certs::files::cert_pem(&enrolled.certificate)).unwrap();
+        std::fs::write(&key, key_pair.to_pem()).unwrap();
+        assert!(matches!(
+            door(&mut s, 4, &Req::EnrollStatus(ok)),
+            Response::Ack
+        ));
+        // With the LDevID: observing commands before the hello is refused; the hello opens
+        // the session; then the observation is taken.
+        let mut s = dtls_client_with(addr, &cert, &key, &root);
+        let mut observe = coap_request(
+            10,
+            RequestType::Get,
+            "/.well-known/onboarder/commands",
+            None,
+            b"",
+        );
+        observe.add_option(CoapOption::Observe, vec![]);
+        let refused = exchange(&mut s, &observe.to_bytes().unwrap()).unwrap();
+        assert_eq!(code(&refused), ResponseType::Forbidden);
+        let hello = Req::Hello(Hello {
+            agent_version: "coap-test".into(),
+            firmware_version: "1.0.0".into(),
+            firmware_sequence: 0,
+            class_id: String::new(),
+            hardware: Default::default(),
+            anchors: None,
+        });
+        assert!(matches!(door(&mut s, 11, &hello), Response::Welcome(_)));
+        observe.header.message_id = 12;
+        let taken = exchange(&mut s, &observe.to_bytes().unwrap()).unwrap();
+        assert_eq!(code(&taken), ResponseType::Content);
+        assert!(taken.get_option(CoapOption::Observe).is_some());
+        s
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        world.record("SN-COAP-DOOR").unwrap().state,
+        onboarder::core::DeviceState::Active
+    );
+    assert!(world.server.sessions().is_connected(&id));
+
+    // A ping pushed to the session arrives as a notification; the device acknowledges it and
+    // posts its reply, which the push returns.
+    let sessions = world.server.sessions().clone();
+    let pushed = tokio::spawn(async move { sessions.push(&id, &Order::Ping { nonce: 77 }).await });
+    let mut s = onboarding;
+    tokio::task::spawn_blocking(move || {
+        let notification = loop {
+            if let Some(p) = receive(&mut s) {
+                break p;
+            }
+        };
+        assert_eq!(notification.header.get_type(), MessageType::Confirmable);
+        assert_eq!(notification.get_token(), &[10], "the observation's token");
+        let command: Order = message::decode(&notification.payload, message::MAX_RESPONSE).unwrap();
+        assert_eq!(command, Order::Ping { nonce: 77 });
+        let mut ack = Packet::new();
+        ack.header.set_type(MessageType::Acknowledgement);
+        ack.header.message_id = notification.header.message_id;
+        ack.header.code = MessageClass::Empty;
+        s.ssl_write(&ack.to_bytes().unwrap()).unwrap();
+        let reply = coap_request(
+            13,
+            RequestType::Post,
+            "/.well-known/onboarder/reply",
+            Some(60),
+            &message::encode(&CommandReply::Pong { nonce: 77 }),
+        );
+        let answer = exchange(&mut s, &reply.to_bytes().unwrap()).unwrap();
+        assert_eq!(code(&answer), ResponseType::Changed);
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        pushed.await.unwrap().unwrap(),
+        CommandReply::Pong { nonce: 77 }
+    );
 }

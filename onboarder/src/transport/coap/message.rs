@@ -28,6 +28,8 @@ pub struct Request {
     pub content_format: Option<u16>,
     /// Accept, if given.
     pub accept: Option<u16>,
+    /// Observe (RFC 7641), if given: 0 registers.
+    pub observe: Option<u32>,
     /// The body, reassembled.
     pub body: Vec<u8>,
 }
@@ -85,7 +87,8 @@ pub enum Incoming {
 pub struct Key {
     message_id: u16,
     confirmable: bool,
-    token: Vec<u8>,
+    /// The request's token (an observation's notifications carry it).
+    pub token: Vec<u8>,
     block_size: usize,
     path: String,
 }
@@ -108,6 +111,9 @@ pub struct Messages {
     /// Bodies answered in blocks, by path, for the client's next Block2 requests.
     downloads: HashMap<String, (u16, Vec<u8>)>,
     next_id: u16,
+    /// Our confirmable notifications not yet settled, and how each was settled (`true`:
+    /// acknowledged, `false`: reset, which cancels the observation).
+    sent: HashMap<u16, Option<bool>>,
 }
 
 fn block_value(option: Option<&Vec<u8>>) -> Option<(u32, bool, usize)> {
@@ -154,7 +160,13 @@ impl Messages {
         let message_id = packet.header.message_id;
         let confirmable = packet.header.get_type() == MessageType::Confirmable;
         let MessageClass::Request(method) = packet.header.code else {
-            // Empty messages, resets and responses: nothing for a server.
+            // The peer's acknowledgement or reset of a notification we sent; anything else
+            // (responses) is nothing for a server.
+            match packet.header.get_type() {
+                MessageType::Acknowledgement => self.settle(message_id, true),
+                MessageType::Reset => self.settle(message_id, false),
+                _ => {}
+            }
             return Incoming::Nothing;
         };
         match self.answered.get(&message_id) {
@@ -265,10 +277,28 @@ impl Messages {
                 path,
                 content_format: uint(first(&packet, CoapOption::ContentFormat)),
                 accept: uint(first(&packet, CoapOption::Accept)),
+                observe: first(&packet, CoapOption::Observe)
+                    .filter(|v| v.len() <= 3)
+                    .map(|v| v.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b))),
                 body,
             },
             key,
         )
+    }
+
+    /// The datagram plaintext answering the request `key` with `answer` (its first block if
+    /// it is larger than a block), registering an observation if `observe` gives its first
+    /// sequence number.
+    pub fn answer_observed(&mut self, key: &Key, answer: &Answer, observe: u32) -> Vec<u8> {
+        let mut packet = self.response(key, answer.code);
+        packet.add_option(CoapOption::Observe, encode_uint(observe));
+        if let Some(format) = answer.content_format {
+            packet.add_option(CoapOption::ContentFormat, encode_uint(u32::from(format)));
+        }
+        packet.payload = answer.body.clone();
+        let bytes = packet.to_bytes().unwrap_or_default();
+        self.remember(key.message_id, bytes.clone());
+        bytes
     }
 
     /// The datagram plaintext answering the request `key` with `answer` (its first block if
@@ -283,6 +313,42 @@ impl Messages {
         let bytes = self.encode(key, answer, 0);
         self.remember(key.message_id, bytes.clone());
         bytes
+    }
+
+    /// A confirmable notification (RFC 7641 4.2) to the observation of `token`: its message
+    /// id, and the message.
+    pub fn notification(
+        &mut self,
+        token: &[u8],
+        seq: u32,
+        format: u16,
+        body: &[u8],
+    ) -> (u16, Vec<u8>) {
+        let mut packet = Packet::new();
+        packet.header.set_type(MessageType::Confirmable);
+        self.next_id = self.next_id.wrapping_add(1);
+        packet.header.message_id = self.next_id;
+        packet.header.code = MessageClass::Response(ResponseType::Content);
+        packet.set_token(token.to_vec());
+        packet.add_option(CoapOption::Observe, encode_uint(seq & 0x00ff_ffff));
+        packet.add_option(CoapOption::ContentFormat, encode_uint(u32::from(format)));
+        packet.payload = body.to_vec();
+        if self.sent.len() >= REMEMBERED {
+            self.sent.retain(|_, settled| settled.is_none());
+        }
+        self.sent.insert(self.next_id, None);
+        (self.next_id, packet.to_bytes().unwrap_or_default())
+    }
+
+    /// How the notification `message_id` was settled, if it was.
+    pub fn settled(&self, message_id: u16) -> Option<bool> {
+        self.sent.get(&message_id).copied().flatten()
+    }
+
+    fn settle(&mut self, message_id: u16, acknowledged: bool) {
+        if let Some(settled) = self.sent.get_mut(&message_id) {
+            *settled = Some(acknowledged);
+        }
     }
 
     fn reply_now(&mut self, key: &Key, answer: Answer) -> Incoming {

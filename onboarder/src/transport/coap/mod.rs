@@ -31,6 +31,7 @@ use self::cookie::Cookies;
 use self::dtls::{Dtls, DtlsError, PeerIdentity};
 use self::message::{Incoming, Messages};
 use crate::service::Service;
+use crate::transport::sessions::{self, Sessions};
 use crate::transport::tls::RegistrarIdentity;
 
 /// A session without a datagram for this long is dropped.
@@ -103,6 +104,7 @@ pub struct Listener {
     identity: Arc<RegistrarIdentity>,
     dtls: Mutex<Arc<Dtls>>,
     service: Arc<Service>,
+    sessions: Arc<Sessions>,
     peers: Mutex<HashMap<SocketAddr, Arc<Mutex<Peer>>>>,
     /// What it did.
     pub stats: CoapStats,
@@ -118,6 +120,7 @@ impl Listener {
         socket: UdpSocket,
         identity: Arc<RegistrarIdentity>,
         service: Arc<Service>,
+        sessions: Arc<Sessions>,
     ) -> Result<Arc<Self>, DtlsError> {
         let dtls = Dtls::new(&identity.pair(), service.trust(), service.clock())?;
         Ok(Arc::new(Listener {
@@ -126,6 +129,7 @@ impl Listener {
             identity,
             dtls: Mutex::new(Arc::new(dtls)),
             service,
+            sessions,
             peers: Mutex::new(HashMap::new()),
             stats: CoapStats::default(),
         }))
@@ -229,7 +233,14 @@ impl Listener {
                     p.secure.peer().cloned()
                 };
                 let Some(identity) = identity else { return };
-                let answer = resources::answer(&this.service, &identity, request).await;
+                if request.method == coap_lite::RequestType::Get
+                    && request.path == resources::COMMANDS
+                    && request.observe == Some(0)
+                {
+                    return this.observe(from, peer, &identity, &key).await;
+                }
+                let answer =
+                    resources::answer(&this.service, &this.sessions, &identity, request).await;
                 let outgoing = {
                     let mut p = peer.lock().unwrap_or_else(|e| e.into_inner());
                     let bytes = p.messages.answer(&key, &answer);
@@ -241,6 +252,102 @@ impl Listener {
                 this.send_all(from, outgoing).await;
             });
         }
+    }
+
+    /// A device observes its commands (RFC 7641): the observation is acknowledged at once,
+    /// then each command pushed to its session is a confirmable notification, retransmitted
+    /// until acknowledged (RFC 7252 4.2); a reset or a lost session ends it.
+    async fn observe(
+        self: Arc<Self>,
+        from: SocketAddr,
+        peer: Arc<Mutex<Peer>>,
+        identity: &PeerIdentity,
+        key: &message::Key,
+    ) {
+        let link = resources::device(&self.service, identity)
+            .ok()
+            .and_then(|device| self.sessions.pull(&device.id));
+        let first = match &link {
+            Some(_) => message::Answer {
+                code: coap_lite::ResponseType::Content,
+                content_format: Some(resources::CBOR_FORMAT),
+                max_age: None,
+                body: Vec::new(),
+            },
+            None => message::Answer::error(
+                coap_lite::ResponseType::Forbidden,
+                "no session: say hello first",
+            ),
+        };
+        let outgoing = {
+            let mut p = peer.lock().unwrap_or_else(|e| e.into_inner());
+            let bytes = p.messages.answer_observed(key, &first, 0);
+            let _ = p.secure.send(&bytes);
+            p.secure.outgoing()
+        };
+        self.send_all(from, outgoing).await;
+        let Some(link) = link else { return };
+        let token = key.token.clone();
+        let mut seq = 0u32;
+        loop {
+            if !self.is_current(from, &peer) {
+                return;
+            }
+            let Some(command) = link.next(sessions::POLL_WAIT).await else {
+                continue;
+            };
+            seq += 1;
+            let body = protocol::message::encode(&command);
+            let (id, bytes) = {
+                let mut p = peer.lock().unwrap_or_else(|e| e.into_inner());
+                p.messages
+                    .notification(&token, seq, resources::CBOR_FORMAT, &body)
+            };
+            if !self.deliver(from, &peer, id, &bytes).await {
+                // Not acknowledged or reset: the observation is over; the command stays in
+                // the device's record for its next hello.
+                return;
+            }
+        }
+    }
+
+    /// Sends a confirmable message until the peer settles it (RFC 7252 4.2: from 2 s,
+    /// doubling, four retransmissions); whether it was acknowledged.
+    async fn deliver(
+        &self,
+        to: SocketAddr,
+        peer: &Arc<Mutex<Peer>>,
+        id: u16,
+        bytes: &[u8],
+    ) -> bool {
+        let mut wait = Duration::from_secs(2);
+        for _ in 0..5 {
+            let outgoing = {
+                let mut p = peer.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = p.secure.send(bytes);
+                p.secure.outgoing()
+            };
+            self.send_all(to, outgoing).await;
+            let deadline = Instant::now() + wait;
+            while Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let settled = peer
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .messages
+                    .settled(id);
+                if let Some(acknowledged) = settled {
+                    return acknowledged;
+                }
+            }
+            wait *= 2;
+        }
+        false
+    }
+
+    /// Whether `peer` is still the session of `from`.
+    fn is_current(&self, from: SocketAddr, peer: &Arc<Mutex<Peer>>) -> bool {
+        self.peer(from).is_some_and(|p| Arc::ptr_eq(&p, peer))
     }
 
     /// The DTLS server for the identity in force (rebuilt after a renewal or a rollover;
@@ -341,7 +448,9 @@ pub async fn bind(
     addr: SocketAddr,
     identity: Arc<RegistrarIdentity>,
     service: Arc<Service>,
+    sessions: Arc<Sessions>,
 ) -> std::io::Result<Arc<Listener>> {
     let socket = UdpSocket::bind(addr).await?;
-    Listener::new(socket, identity, service).map_err(|e| std::io::Error::other(e.to_string()))
+    Listener::new(socket, identity, service, sessions)
+        .map_err(|e| std::io::Error::other(e.to_string()))
 }

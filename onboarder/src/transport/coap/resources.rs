@@ -10,15 +10,23 @@
 //! POST /.well-known/brski/rv     a COSE voucher request (836) -> the voucher (836)
 //! POST /.well-known/brski/vs     voucher status (CBOR, our Status)
 //! POST /.well-known/brski/es     enroll status (CBOR, our Status)
+//! POST /.well-known/onboarder/request   our protocol: a CBOR request, the CBOR answer (a
+//!                                       hello opens the device's session)
+//! GET  /.well-known/onboarder/commands  observed (RFC 7641): each pushed command is a
+//!                                       notification (the listener's, `super`)
+//! POST /.well-known/onboarder/reply     the device's CBOR reply to the last command
 //! ```
 
 use coap_lite::{RequestType, ResponseType};
-use protocol::message::{ErrorCode, Request as DeviceRequest, Response, Status};
+use protocol::message::{
+    self, CommandReply, ErrorCode, Request as DeviceRequest, Response, Status,
+};
 
 use super::dtls::PeerIdentity;
 use super::message::{Answer, Request};
-use crate::core::Channel;
+use crate::core::{Channel, DevicePeer};
 use crate::service::Service;
+use crate::transport::sessions::Sessions;
 
 /// application/link-format.
 const LINK_FORMAT: u16 = 40;
@@ -39,12 +47,31 @@ const CORE: &str = "</.well-known/est/crts>;rt=\"ace.est.crts\";ct=\"281 287\",\
 </.well-known/est/sren>;rt=\"ace.est.sren\";ct=\"281 287\",\
 </.well-known/brski/rv>;rt=\"brski.rv\";ct=836,\
 </.well-known/brski/vs>;rt=\"brski.vs\";ct=60,\
-</.well-known/brski/es>;rt=\"brski.es\";ct=60";
+</.well-known/brski/es>;rt=\"brski.es\";ct=60,\
+</.well-known/onboarder/request>;ct=60,\
+</.well-known/onboarder/commands>;ct=60;obs,\
+</.well-known/onboarder/reply>;ct=60";
+
+/// Our protocol's request resource.
+pub const REQUEST: &str = "/.well-known/onboarder/request";
+/// The observed command resource.
+pub const COMMANDS: &str = "/.well-known/onboarder/commands";
+/// Where a device replies to a command.
+pub const REPLY: &str = "/.well-known/onboarder/reply";
+/// application/cbor, our protocol's bodies.
+pub const CBOR_FORMAT: u16 = CBOR;
 
 /// Answers `request` from `peer`.
-pub async fn answer(service: &Service, peer: &PeerIdentity, request: Request) -> Answer {
+pub async fn answer(
+    service: &Service,
+    sessions: &Sessions,
+    peer: &PeerIdentity,
+    request: Request,
+) -> Answer {
     use RequestType::{Get, Post};
     match (request.method, request.path.as_str()) {
+        (Post, REQUEST) => door(service, sessions, peer, &request).await,
+        (Post, REPLY) => reply(service, sessions, peer, &request),
         (Get, "/.well-known/core") => {
             Answer::content(ResponseType::Content, LINK_FORMAT, CORE.as_bytes().to_vec())
         }
@@ -83,10 +110,75 @@ pub async fn answer(service: &Service, peer: &PeerIdentity, request: Request) ->
             | "/.well-known/est/sren"
             | "/.well-known/brski/rv"
             | "/.well-known/brski/vs"
-            | "/.well-known/brski/es",
+            | "/.well-known/brski/es"
+            | REQUEST
+            | COMMANDS
+            | REPLY,
         ) => Answer::error(ResponseType::MethodNotAllowed, "method not allowed here"),
         _ => Answer::error(ResponseType::NotFound, "no such resource"),
     }
+}
+
+/// Our protocol: the request as over QUIC, the answer as the service gives it (a refusal is a
+/// CBOR answer too, as on QUIC).
+async fn door(
+    service: &Service,
+    sessions: &Sessions,
+    peer: &PeerIdentity,
+    request: &Request,
+) -> Answer {
+    if request.content_format != Some(CBOR) {
+        return unsupported("a CBOR request (60)");
+    }
+    let decoded: DeviceRequest = match message::decode(&request.body, message::MAX_REQUEST) {
+        Ok(r) => r,
+        Err(e) => return Answer::error(ResponseType::BadRequest, &format!("request: {e}")),
+    };
+    let device = match device(service, peer) {
+        Ok(d) => d,
+        Err(refused) => return refused,
+    };
+    let handled = service.handle(&device, &peer.binding, decoded).await;
+    if handled.opened_session {
+        sessions.register_pull(&device.id);
+    }
+    Answer::content(
+        ResponseType::Changed,
+        CBOR,
+        message::encode(&handled.response),
+    )
+}
+
+/// The device's reply to the command it was last given.
+fn reply(service: &Service, sessions: &Sessions, peer: &PeerIdentity, request: &Request) -> Answer {
+    if request.content_format != Some(CBOR) {
+        return unsupported("a CBOR reply (60)");
+    }
+    let decoded: CommandReply = match message::decode(&request.body, message::MAX_REQUEST) {
+        Ok(r) => r,
+        Err(e) => return Answer::error(ResponseType::BadRequest, &format!("reply: {e}")),
+    };
+    let device = match device(service, peer) {
+        Ok(d) => d,
+        Err(refused) => return refused,
+    };
+    match sessions.pull(&device.id) {
+        Some(link) if link.reply(decoded) => Answer {
+            code: ResponseType::Changed,
+            content_format: None,
+            max_age: None,
+            body: Vec::new(),
+        },
+        _ => Answer::error(ResponseType::Forbidden, "no command is waiting for a reply"),
+    }
+}
+
+/// The device the DTLS client certificate names, over CoAP.
+pub fn device(service: &Service, peer: &PeerIdentity) -> Result<DevicePeer, Answer> {
+    service
+        .identify(&peer.chain)
+        .map(|d| d.over(Channel::Coap))
+        .map_err(|e| Answer::error(ResponseType::Unauthorized, &e.to_string()))
 }
 
 fn unsupported(what: &str) -> Answer {
@@ -169,10 +261,7 @@ async fn call(
     peer: &PeerIdentity,
     request: DeviceRequest,
 ) -> Result<Response, Answer> {
-    let device = service
-        .identify(&peer.chain)
-        .map_err(|e| Answer::error(ResponseType::Unauthorized, &e.to_string()))?
-        .over(Channel::Coap);
+    let device = device(service, peer)?;
     match service
         .handle(&device, &peer.binding, request)
         .await

@@ -92,7 +92,7 @@ async fn request(
         };
     let handled = shared.service.handle(peer, &caller.binding, request).await;
     if handled.opened_session {
-        shared.sessions.register_https(&peer.id);
+        shared.sessions.register_pull(&peer.id);
     }
     cbor(message::encode(&handled.response))
 }
@@ -102,7 +102,7 @@ async fn commands(State(shared): State<Shared>, Extension(caller): Extension<Cal
         Ok(peer) => peer,
         Err(refused) => return refused.into_response(),
     };
-    let Some(link) = shared.sessions.https(&peer.id) else {
+    let Some(link) = shared.sessions.pull(&peer.id) else {
         return answer::refusal(
             StatusCode::CONFLICT,
             "no session over HTTPS: say hello first",
@@ -126,7 +126,7 @@ async fn reply(
             Ok(decoded) => decoded,
             Err(refused) => return refused.into_response(),
         };
-    match shared.sessions.https(&peer.id) {
+    match shared.sessions.pull(&peer.id) {
         Some(link) if link.reply(reply) => StatusCode::NO_CONTENT.into_response(),
         _ => answer::refusal(StatusCode::CONFLICT, "no command is waiting for a reply")
             .into_response(),
