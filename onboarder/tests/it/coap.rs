@@ -244,6 +244,15 @@ async fn an_unknown_client_certificate_is_refused_in_the_dtls_handshake() {
             .len(),
         0
     );
+    assert!(
+        world
+            .server
+            .service()
+            .metrics()
+            .snapshot()
+            .handshakes_refused
+            >= 2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -599,6 +608,16 @@ async fn bad_coap_requests_are_refused_with_their_code_and_change_nothing() {
     ];
     assert_eq!(refusals, expected);
     assert_eq!(world.record("SN-COAP-BAD").unwrap(), before);
+    // Each is counted in /v1/stats, by the transport or by the service.
+    let counted: u64 = world
+        .server
+        .service()
+        .metrics()
+        .snapshot()
+        .refusals
+        .values()
+        .sum();
+    assert!(counted >= 7, "{counted} refusals counted");
 }
 
 /// Reads the next CoAP message, if one comes within the socket's timeout.

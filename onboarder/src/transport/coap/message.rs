@@ -45,6 +45,9 @@ pub struct Answer {
     pub max_age: Option<u32>,
     /// The body (a diagnostic text for errors).
     pub body: Vec<u8>,
+    /// A refusal made by the transport itself (a wrong format, a body that does not decode),
+    /// which the listener counts; the service counts its own.
+    pub refused_here: bool,
 }
 
 impl Answer {
@@ -55,6 +58,7 @@ impl Answer {
             content_format: Some(content_format),
             max_age: None,
             body,
+            refused_here: false,
         }
     }
 
@@ -65,6 +69,7 @@ impl Answer {
             content_format: None,
             max_age: None,
             body: why.as_bytes().to_vec(),
+            refused_here: code.is_error(),
         }
     }
 }
@@ -74,9 +79,11 @@ impl Answer {
 pub enum Incoming {
     /// Nothing to do (an empty message, a duplicate still being answered, a response).
     Nothing,
-    /// Send this (an answer from the message layer itself: a remembered answer, an error,
-    /// 2.31 Continue, the next Block2).
+    /// Send this (an answer from the message layer itself: a remembered answer, 2.31
+    /// Continue, the next Block2).
     Reply(Vec<u8>),
+    /// Send this refusal of the message layer's (4.02, 4.08, 4.13, ...), counted as a refusal.
+    Refused(Vec<u8>, ResponseType),
     /// A whole request for a resource; its answer goes through [`Messages::answer`] with
     /// this key.
     Request(Request, Key),
@@ -354,7 +361,7 @@ impl Messages {
     fn reply_now(&mut self, key: &Key, answer: Answer) -> Incoming {
         let bytes = self.encode(key, &answer, 0);
         self.remember(key.message_id, bytes.clone());
-        Incoming::Reply(bytes)
+        Incoming::Refused(bytes, answer.code)
     }
 
     fn response(&mut self, key: &Key, code: ResponseType) -> Packet {
@@ -469,7 +476,7 @@ mod tests {
         let mut p = request(1, RequestType::Get, &["x"], b"");
         p.add_option(CoapOption::Unknown(65001), vec![1]);
         match m.incoming(&p.to_bytes().unwrap()) {
-            Incoming::Reply(r) => {
+            Incoming::Refused(r, _) => {
                 assert_eq!(
                     decode(&r).header.code,
                     MessageClass::Response(ResponseType::BadOption)
@@ -507,14 +514,17 @@ mod tests {
             MessageClass::Response(ResponseType::Continue)
         );
         // Skipping block 1: 4.08, and the transfer starts over.
-        let Incoming::Reply(r) = m.incoming(&block(2, 2, false)) else {
+        let Incoming::Refused(r, _) = m.incoming(&block(2, 2, false)) else {
             panic!()
         };
         assert_eq!(
             decode(&r).header.code,
             MessageClass::Response(ResponseType::RequestEntityIncomplete)
         );
-        assert!(matches!(m.incoming(&block(3, 1, true)), Incoming::Reply(_)));
+        assert!(matches!(
+            m.incoming(&block(3, 1, true)),
+            Incoming::Refused(_, ResponseType::RequestEntityIncomplete)
+        ));
         assert!(m.upload.is_none(), "nothing kept of a refused transfer");
         // In order: the whole body.
         assert!(matches!(m.incoming(&block(4, 0, true)), Incoming::Reply(_)));

@@ -205,6 +205,10 @@ impl Listener {
                         match p.messages.incoming(&message) {
                             Incoming::Nothing => {}
                             Incoming::Reply(r) => replies.push(r),
+                            Incoming::Refused(r, code) => {
+                                self.service.metrics().refused(resources::error_code(code));
+                                replies.push(r);
+                            }
                             Incoming::Request(request, key) => requests.push((request, key)),
                         }
                     }
@@ -220,6 +224,7 @@ impl Listener {
         if let Some(e) = failed {
             if matches!(e, DtlsError::Handshake(_)) {
                 count(&self.stats.handshakes_failed);
+                self.service.metrics().handshake_refused();
             }
             tracing::debug!(%from, "CoAP session ended: {e}");
             self.drop_peer(from);
@@ -241,6 +246,11 @@ impl Listener {
                 }
                 let answer =
                     resources::answer(&this.service, &this.sessions, &identity, request).await;
+                if answer.refused_here {
+                    this.service
+                        .metrics()
+                        .refused(resources::error_code(answer.code));
+                }
                 let outgoing = {
                     let mut p = peer.lock().unwrap_or_else(|e| e.into_inner());
                     let bytes = p.messages.answer(&key, &answer);
@@ -273,6 +283,7 @@ impl Listener {
                 content_format: Some(resources::CBOR_FORMAT),
                 max_age: None,
                 body: Vec::new(),
+                refused_here: false,
             },
             None => message::Answer::error(
                 coap_lite::ResponseType::Forbidden,
@@ -399,6 +410,7 @@ impl Listener {
             }
             Err(e) => {
                 count(&self.stats.handshakes_failed);
+                self.service.metrics().handshake_refused();
                 tracing::debug!(%from, "DTLS: {e}");
             }
         }

@@ -168,6 +168,7 @@ fn reply(service: &Service, sessions: &Sessions, peer: &PeerIdentity, request: &
             content_format: None,
             max_age: None,
             body: Vec::new(),
+            refused_here: false,
         },
         _ => Answer::error(ResponseType::Forbidden, "no command is waiting for a reply"),
     }
@@ -179,6 +180,15 @@ pub fn device(service: &Service, peer: &PeerIdentity) -> Result<DevicePeer, Answ
         .identify(&peer.chain)
         .map(|d| d.over(Channel::Coap))
         .map_err(|e| Answer::error(ResponseType::Unauthorized, &e.to_string()))
+}
+
+/// The wire code a transport refusal counts as in the metrics.
+pub fn error_code(code: ResponseType) -> ErrorCode {
+    match code {
+        ResponseType::Unauthorized => ErrorCode::Unauthorized,
+        ResponseType::RequestEntityTooLarge => ErrorCode::TooLarge,
+        _ => ErrorCode::BadRequest,
+    }
 }
 
 fn unsupported(what: &str) -> Answer {
@@ -248,6 +258,7 @@ async fn report(
             content_format: None,
             max_age: None,
             body: Vec::new(),
+            refused_here: false,
         },
         Ok(other) => unexpected(&other),
         Err(refused) => refused,
@@ -282,13 +293,17 @@ fn refusal(code: ErrorCode, message: &str) -> Answer {
         ErrorCode::Unavailable => {
             return Answer {
                 max_age: Some(5),
+                refused_here: false,
                 ..Answer::error(ResponseType::ServiceUnavailable, message)
             };
         }
         ErrorCode::UnsupportedVersion | ErrorCode::Unsupported => ResponseType::NotImplemented,
         _ => ResponseType::BadRequest,
     };
-    Answer::error(coap, message)
+    Answer {
+        refused_here: false,
+        ..Answer::error(coap, message)
+    }
 }
 
 fn unexpected(_: &Response) -> Answer {
