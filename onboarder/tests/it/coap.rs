@@ -740,6 +740,18 @@ async fn a_device_onboards_over_coap_and_takes_a_command_it_observes() {
         let taken = exchange(&mut s, &observe.to_bytes().unwrap()).unwrap();
         assert_eq!(code(&taken), ResponseType::Content);
         assert!(taken.get_option(CoapOption::Observe).is_some());
+        // Observing again (a device that restarted its observation) replaces the observation:
+        // notifications carry the new token.
+        let mut again = coap_request(
+            14,
+            RequestType::Get,
+            "/.well-known/onboarder/commands",
+            None,
+            b"",
+        );
+        again.add_option(CoapOption::Observe, vec![]);
+        let taken = exchange(&mut s, &again.to_bytes().unwrap()).unwrap();
+        assert_eq!(code(&taken), ResponseType::Content);
         s
     })
     .await
@@ -762,7 +774,11 @@ async fn a_device_onboards_over_coap_and_takes_a_command_it_observes() {
             }
         };
         assert_eq!(notification.header.get_type(), MessageType::Confirmable);
-        assert_eq!(notification.get_token(), &[10], "the observation's token");
+        assert_eq!(
+            notification.get_token(),
+            &[14],
+            "the latest observation's token"
+        );
         let command: Order = message::decode(&notification.payload, message::MAX_RESPONSE).unwrap();
         assert_eq!(command, Order::Ping { nonce: 77 });
         let mut ack = Packet::new();

@@ -80,6 +80,10 @@ struct Peer {
     secure: Box<dyn SecureSession>,
     messages: Messages,
     last_seen: Instant,
+    /// The token of the peer's observation of its commands (a new observation replaces the
+    /// one before), and whether a task is sending its notifications.
+    observation: Option<Vec<u8>>,
+    notifying: bool,
 }
 
 /// Counters for tests and metrics.
@@ -290,15 +294,22 @@ impl Listener {
                 "no session: say hello first",
             ),
         };
-        let outgoing = {
+        let (already, outgoing) = {
             let mut p = peer.lock().unwrap_or_else(|e| e.into_inner());
+            let already = p.notifying;
+            if link.is_some() {
+                p.observation = Some(key.token.clone());
+                p.notifying = true;
+            }
             let bytes = p.messages.answer_observed(key, &first, 0);
             let _ = p.secure.send(&bytes);
-            p.secure.outgoing()
+            (already, p.secure.outgoing())
         };
         self.send_all(from, outgoing).await;
-        let Some(link) = link else { return };
-        let token = key.token.clone();
+        // One task sends a peer's notifications, to its latest observation.
+        let Some(link) = link.filter(|_| !already) else {
+            return;
+        };
         let mut seq = 0u32;
         loop {
             if !self.is_current(from, &peer) {
@@ -311,12 +322,16 @@ impl Listener {
             let body = protocol::message::encode(&command);
             let (id, bytes) = {
                 let mut p = peer.lock().unwrap_or_else(|e| e.into_inner());
+                let token = p.observation.clone().unwrap_or_default();
                 p.messages
                     .notification(&token, seq, resources::CBOR_FORMAT, &body)
             };
             if !self.deliver(from, &peer, id, &bytes).await {
-                // Not acknowledged or reset: the observation is over; the command stays in
-                // the device's record for its next hello.
+                // Not acknowledged, or reset: the observation is over (the order stays in the
+                // device's record for its next hello).
+                let mut p = peer.lock().unwrap_or_else(|e| e.into_inner());
+                p.observation = None;
+                p.notifying = false;
                 return;
             }
         }
@@ -403,6 +418,8 @@ impl Listener {
                     Arc::new(Mutex::new(Peer {
                         secure: Box::new(session),
                         messages: Messages::default(),
+                        observation: None,
+                        notifying: false,
                         last_seen: Instant::now(),
                     })),
                 );
