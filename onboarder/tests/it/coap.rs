@@ -426,6 +426,14 @@ fn dtls_client_with(
         .unwrap();
     ssl.set_mtu(1152).unwrap();
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    dtls_handshake(ssl, socket, addr)
+}
+
+fn dtls_handshake(
+    ssl: openssl::ssl::Ssl,
+    socket: std::net::UdpSocket,
+    addr: SocketAddr,
+) -> openssl::ssl::SslStream<Udp> {
     socket.connect(addr).unwrap();
     socket
         .set_read_timeout(Some(std::time::Duration::from_secs(2)))
@@ -801,5 +809,50 @@ async fn a_device_onboards_over_coap_and_takes_a_command_it_observes() {
     assert_eq!(
         pushed.await.unwrap().unwrap(),
         CommandReply::Pong { nonce: 77 }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_restarts_on_the_same_port_gets_a_new_session() {
+    use coap_lite::{RequestType, ResponseType};
+    let world = world().await;
+    let addr = coap_addr(&world);
+    world.expect(&["SN-COAP-AGAIN"], 30).await;
+    let device = world.device("SN-COAP-AGAIN");
+    let root = world.data.join(layout::OWNER_ROOT);
+    let listener = world.server.coap().unwrap().clone();
+    tokio::task::spawn_blocking(move || {
+        let first = dtls_client(addr, &device, &root);
+        let port = first.get_ref().0.local_addr().unwrap();
+        drop(first); // the device restarts: no close_notify, the same port
+        let socket = std::net::UdpSocket::bind(port).unwrap();
+        let ssl = {
+            use openssl::ssl::{SslConnector, SslFiletype, SslMethod};
+            let mut b = SslConnector::builder(SslMethod::dtls()).unwrap();
+            b.set_certificate_file(device.identity_dir.join("idevid.pem"), SslFiletype::PEM)
+                .unwrap();
+            b.set_private_key_file(device.identity_dir.join("idevid.key"), SslFiletype::PEM)
+                .unwrap();
+            b.set_ca_file(&root).unwrap();
+            let mut ssl = b
+                .build()
+                .configure()
+                .unwrap()
+                .into_ssl("127.0.0.1")
+                .unwrap();
+            ssl.set_mtu(1152).unwrap();
+            ssl
+        };
+        let mut again = dtls_handshake(ssl, socket, addr);
+        let p = coap_request(1, RequestType::Get, "/.well-known/core", None, b"");
+        let answer = exchange(&mut again, &p.to_bytes().unwrap()).unwrap();
+        assert_eq!(code(&answer), ResponseType::Content);
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        listener.sessions(),
+        1,
+        "the new session replaced the old one"
     );
 }

@@ -198,6 +198,18 @@ impl Listener {
         let Some(peer) = self.peer(from) else {
             return self.on_stranger(from, datagram).await;
         };
+        // A new handshake from the address of an open session (the device restarted on the
+        // same port, RFC 6347 4.2.8): treated as a stranger's, so it gets a cookie and, once it
+        // returns it, a session that replaces the old one; until then the old one stands.
+        let open = peer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .secure
+            .peer()
+            .is_some();
+        if open && cookie::client_hello(datagram).is_some() {
+            return self.on_stranger(from, datagram).await;
+        }
         let (outgoing, requests, failed) = {
             let mut p = peer.lock().unwrap_or_else(|e| e.into_inner());
             p.last_seen = Instant::now();
