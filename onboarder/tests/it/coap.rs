@@ -413,6 +413,12 @@ fn dtls_client_with(
     key: &Path,
     root: &Path,
 ) -> openssl::ssl::SslStream<Udp> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    dtls_handshake(dtls_ssl(cert, key, root), socket, addr)
+}
+
+/// A DTLS client's SSL with `cert` and `key`, trusting `root`.
+fn dtls_ssl(cert: &Path, key: &Path, root: &Path) -> openssl::ssl::Ssl {
     use openssl::ssl::{SslConnector, SslFiletype, SslMethod};
     let mut b = SslConnector::builder(SslMethod::dtls()).unwrap();
     b.set_certificate_file(cert, SslFiletype::PEM).unwrap();
@@ -425,8 +431,7 @@ fn dtls_client_with(
         .into_ssl("127.0.0.1")
         .unwrap();
     ssl.set_mtu(1152).unwrap();
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    dtls_handshake(ssl, socket, addr)
+    ssl
 }
 
 fn dtls_handshake(
@@ -826,23 +831,11 @@ async fn a_device_that_restarts_on_the_same_port_gets_a_new_session() {
         let port = first.get_ref().0.local_addr().unwrap();
         drop(first); // the device restarts: no close_notify, the same port
         let socket = std::net::UdpSocket::bind(port).unwrap();
-        let ssl = {
-            use openssl::ssl::{SslConnector, SslFiletype, SslMethod};
-            let mut b = SslConnector::builder(SslMethod::dtls()).unwrap();
-            b.set_certificate_file(device.identity_dir.join("idevid.pem"), SslFiletype::PEM)
-                .unwrap();
-            b.set_private_key_file(device.identity_dir.join("idevid.key"), SslFiletype::PEM)
-                .unwrap();
-            b.set_ca_file(&root).unwrap();
-            let mut ssl = b
-                .build()
-                .configure()
-                .unwrap()
-                .into_ssl("127.0.0.1")
-                .unwrap();
-            ssl.set_mtu(1152).unwrap();
-            ssl
-        };
+        let ssl = dtls_ssl(
+            &device.identity_dir.join("idevid.pem"),
+            &device.identity_dir.join("idevid.key"),
+            &root,
+        );
         let mut again = dtls_handshake(ssl, socket, addr);
         let p = coap_request(1, RequestType::Get, "/.well-known/core", None, b"");
         let answer = exchange(&mut again, &p.to_bytes().unwrap()).unwrap();
