@@ -29,6 +29,16 @@ use crate::service::{Crl, OperatorError, OrderReport, Service};
 use crate::transport::sessions::Sessions;
 use crate::transport::tls::RegistrarIdentity;
 
+/// Runs PKI file work (reading, writing, signing) off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> crate::error::Result<T> + Send + 'static,
+) -> Result<T, OperatorError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| OperatorError::Internal(e.to_string()))?
+        .map_err(|e| OperatorError::Internal(e.to_string()))
+}
+
 /// Decommission orders pushed at once.
 const PUSH_CONCURRENCY: usize = 64;
 

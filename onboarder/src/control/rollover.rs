@@ -10,7 +10,7 @@ use protocol::message::Command;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::Control;
+use super::{Control, blocking};
 use crate::audit::AuditEvent;
 use crate::failpoint;
 use crate::service::{OperatorError, OrderReport, PendingRollover};
@@ -78,18 +78,13 @@ impl Control {
         rate: Option<u32>,
     ) -> Result<RolloverReport, OperatorError> {
         let (dir, config, now) = (self.dir.clone(), self.config.clone(), self.service.now());
-        let pki = tokio::task::spawn_blocking(move || -> crate::error::Result<_> {
+        let pki = blocking(move || {
             crate::pki::rollover_to(&dir, &config, pending.generation, now)?;
             crate::pki::load(&dir, &config)
         })
-        .await
-        .map_err(|e| OperatorError::Internal(e.to_string()))?
-        .map_err(|e| OperatorError::Internal(e.to_string()))?;
+        .await?;
         failpoint::hit("rollover-files");
-        let mut registrar = pki.registrar;
-        registrar.previous_registrar_cert =
-            self.service.registrar().previous_registrar_cert.clone();
-        self.service.set_registrar(registrar)?;
+        self.adopt(pki)?;
         self.publish_crls().await?;
         // Our own certificate moves to the new generation too. A failure must not keep the
         // fleet from its rotation: the hourly check tries again.
@@ -116,7 +111,7 @@ impl Control {
     /// Returns whether it did.
     pub async fn renew_registrar(&self) -> Result<bool, OperatorError> {
         let (dir, config, now) = (self.dir.clone(), self.config.clone(), self.service.now());
-        let renewed = tokio::task::spawn_blocking(move || -> crate::error::Result<_> {
+        let renewed = blocking(move || {
             let pki = crate::pki::load(&dir, &config)?;
             if !crate::pki::registrar_due(&pki, now)? {
                 return Ok(None);
@@ -125,7 +120,6 @@ impl Control {
             Ok(Some(crate::pki::load(&dir, &config)?))
         })
         .await
-        .map_err(|e| OperatorError::Internal(e.to_string()))?
         .map_err(|e| OperatorError::Internal(format!("renewing the registrar certificate: {e}")))?;
         let Some(mut pki) = renewed else {
             return Ok(false);

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tokio::sync::watch;
 
-use super::Control;
+use super::{Control, blocking};
 use crate::core::DeviceState;
 use crate::core::roots::{RootPhase, RootProgress, RootRollover, RootStep};
 use crate::failpoint;
@@ -249,7 +249,7 @@ impl Control {
 
     /// Puts a PKI loaded from disk in force: the registrar context (the handshake's trust with
     /// it) and the chain the registrar presents.
-    fn adopt(&self, pki: crate::pki::Pki) -> Result<(), OperatorError> {
+    pub(super) fn adopt(&self, pki: crate::pki::Pki) -> Result<(), OperatorError> {
         self.identity
             .replace(&pki.server_chain, &pki.server_key)
             .map_err(|e| OperatorError::Internal(format!("the registrar certificate: {e}")))?;
@@ -259,14 +259,4 @@ impl Control {
         self.service.set_registrar(registrar)?;
         Ok(())
     }
-}
-
-/// Runs PKI file work off the async threads.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> crate::error::Result<T> + Send + 'static,
-) -> Result<T, OperatorError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| OperatorError::Internal(e.to_string()))?
-        .map_err(|e| OperatorError::Internal(e.to_string()))
 }

@@ -158,6 +158,19 @@ impl Registrar {
         self.issuing.chain.last().map(Vec::as_slice)
     }
 
+    /// The CA certificates a client is given (EST `cacerts`, EST-coaps `crts`): the issuing CA
+    /// and its root, then the other roots in force and the cross-certificates between them
+    /// (RFC 7030 4.1.3), each once.
+    pub fn ca_certificates(&self) -> Vec<&[u8]> {
+        let mut certs: Vec<&[u8]> = self.issuing.chain.iter().map(Vec::as_slice).collect();
+        for extra in self.roots.trusted.iter().chain(&self.roots.links) {
+            if !certs.contains(&extra.as_slice()) {
+                certs.push(extra);
+            }
+        }
+        certs
+    }
+
     /// Every generation that chains to a root in force: what LDevIDs may come from.
     pub fn trusted_generations(&self) -> impl Iterator<Item = &IssuingCa> {
         self.generations()

@@ -80,7 +80,8 @@ fn fleet_on(client: &ApiClient, generation: u32) -> bool {
 /// A server (a child process on a fresh data directory) with a connected fleet of [`FLEET`]
 /// agents of a manufacturer named `maker`, serials `{prefix}NNN`.
 struct Fleet {
-    dir: tempfile::TempDir,
+    /// Kept for the fleet's life: the data directory and the devices are in it.
+    _dir: tempfile::TempDir,
     data: std::path::PathBuf,
     child: Child,
     client: Arc<ApiClient>,
@@ -123,7 +124,7 @@ async fn fleet(maker: &str, prefix: &str) -> Fleet {
         .map(|d| Running::start(d.agent(quic, &endpoint)))
         .collect();
     Fleet {
-        dir,
+        _dir: dir,
         data,
         child,
         client,
@@ -131,58 +132,65 @@ async fn fleet(maker: &str, prefix: &str) -> Fleet {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rollover_killed_at_any_step_is_finished_at_start() {
-    let Fleet {
-        dir: _dir,
-        data,
-        mut child,
-        client,
-        running,
-    } = fleet("Roll Devices", "SN-RK").await;
-    let poll = |generation: u32| {
-        let client = client.clone();
-        async move {
-            for _ in 0..600 {
-                if api(&client, move |c| fleet_on(c, generation)).await {
-                    return;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            panic!("the fleet did not end on CA generation {generation}");
-        }
-    };
-    poll(1).await;
-
-    for (i, point) in POINTS.iter().enumerate() {
-        let generation = i as u32 + 2;
-        // Stop the server, start it again set to stop at `point`, and roll over.
-        child.kill().unwrap();
-        child.wait().unwrap();
+impl Fleet {
+    /// Stops the server, starts it again set to stop at `point`, gives `order` and kills the
+    /// server (SIGKILL) once it is there, then starts it again normally; returns what the
+    /// order got.
+    async fn kill_during<T: Send + 'static>(
+        &mut self,
+        point: &str,
+        order: impl FnOnce(&ApiClient) -> T + Send + 'static,
+    ) -> T {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
         let stopping = {
-            let data = data.clone();
+            let data = self.data.clone();
             let point = point.to_string();
             std::thread::spawn(move || serve_until(&data, &point))
         };
-        api(&client, wait_ready).await;
-        let order = {
-            let client = client.clone();
-            std::thread::spawn(move || client.rollover(None))
+        api(&self.client, wait_ready).await;
+        let ordering = {
+            let client = self.client.clone();
+            std::thread::spawn(move || order(&client))
         };
         let mut stopped = tokio::task::spawn_blocking(move || stopping.join().unwrap())
             .await
             .unwrap();
-        stopped.kill().unwrap(); // SIGKILL, mid-rollover
+        stopped.kill().unwrap(); // SIGKILL, mid-order
         stopped.wait().unwrap();
-        assert!(
-            order.join().unwrap().is_err(),
-            "the order cannot have been answered"
-        );
+        let answered = ordering.join().unwrap();
+        self.child = serve(&self.data);
+        api(&self.client, wait_ready).await;
+        answered
+    }
+
+    /// Waits (polling the admin API) until `check` holds, for at most 90 s.
+    async fn until(&self, what: &str, check: impl Fn(&ApiClient) -> bool + Send + Sync + 'static) {
+        let check = Arc::new(check);
+        for _ in 0..900 {
+            let check = check.clone();
+            if api(&self.client, move |c| check(c)).await {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollover_killed_at_any_step_is_finished_at_start() {
+    let mut fleet = fleet("Roll Devices", "SN-RK").await;
+    fleet.until("the fleet onboarded", |c| fleet_on(c, 1)).await;
+    for (i, point) in POINTS.iter().enumerate() {
+        let generation = i as u32 + 2;
+        let answered = fleet.kill_during(point, |c| c.rollover(None)).await;
+        assert!(answered.is_err(), "the order cannot have been answered");
         // Restarted: the rollover is finished, not repeated, and the fleet follows.
-        child = serve(&data);
-        api(&client, wait_ready).await;
-        poll(generation).await;
-        let crls = api(&client, |c| c.crls().unwrap()).await;
+        fleet
+            .until("the fleet on the new CA", move |c| fleet_on(c, generation))
+            .await;
+        let crls = api(&fleet.client, |c| c.crls().unwrap()).await;
         let generations: Vec<u32> = crls.iter().map(|c| c.generation).collect();
         assert_eq!(
             generations.iter().max(),
@@ -191,16 +199,12 @@ async fn a_rollover_killed_at_any_step_is_finished_at_start() {
         );
         eprintln!("killed at {point}: the fleet is on generation {generation}");
     }
-    let summary = api(&client, |c| c.verify_audit().unwrap()).await;
+    let summary = api(&fleet.client, |c| c.verify_audit().unwrap()).await;
     assert!(summary.entries > 0);
-    for r in &running {
+    for r in &fleet.running {
         assert!(r.agent.stats().renewals.load(Ordering::Relaxed) >= POINTS.len() as u64);
     }
-    for r in running {
-        r.stop().await;
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    fleet.stop().await;
 }
 
 /// The points between the owner-root rollover's steps (onboarder/src/control/roots.rs), in
@@ -214,68 +218,25 @@ const ROOT_POINTS: [&str; 4] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_root_rollover_killed_at_any_step_goes_on_at_start() {
-    let Fleet {
-        dir: _dir,
-        data,
-        mut child,
-        client,
-        running,
-    } = fleet("Root Devices", "SN-RR").await;
-    let until = |what: &'static str, check: Arc<dyn Fn(&ApiClient) -> bool + Send + Sync>| {
-        let client = client.clone();
-        async move {
-            for _ in 0..900 {
-                let check = check.clone();
-                if api(&client, move |c| check(c)).await {
-                    return;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            panic!("timed out waiting for {what}");
-        }
-    };
-    until("the fleet onboarded", Arc::new(|c| fleet_on(c, 1))).await;
-
+    let mut fleet = fleet("Root Devices", "SN-RR").await;
+    fleet.until("the fleet onboarded", |c| fleet_on(c, 1)).await;
     for (i, point) in ROOT_POINTS.iter().enumerate() {
         let root = i as u32 + 2;
-        child.kill().unwrap();
-        child.wait().unwrap();
-        let stopping = {
-            let data = data.clone();
-            let point = point.to_string();
-            std::thread::spawn(move || serve_until(&data, &point))
-        };
-        api(&client, wait_ready).await;
-        let order = {
-            let client = client.clone();
-            std::thread::spawn(move || client.root_rollover())
-        };
-        let mut stopped = tokio::task::spawn_blocking(move || stopping.join().unwrap())
-            .await
-            .unwrap();
-        stopped.kill().unwrap(); // SIGKILL, mid-rollover
-        stopped.wait().unwrap();
-        let answered = order.join().unwrap();
+        let answered = fleet.kill_during(point, |c| c.root_rollover()).await;
         if *point == "root-rollover-decided" {
             assert!(answered.is_err(), "the order cannot have been answered");
         }
         // Restarted: the rollover goes on from where it was, to its end.
-        child = serve(&data);
-        api(&client, wait_ready).await;
-        until(
-            "the old root retired",
-            Arc::new(move |c| {
+        fleet
+            .until("the old root retired", move |c| {
                 c.roots()
                     .is_ok_and(|s| s.rollover.is_none() && s.in_force == root && s.trusted == 1)
-            }),
-        )
-        .await;
-        let issuing = root;
-        until(
-            "the fleet on the new CA",
-            Arc::new(move |c| fleet_on(c, issuing)),
-        )
-        .await;
+            })
+            .await;
+        fleet
+            .until("the fleet on the new CA", move |c| fleet_on(c, root))
+            .await;
+        let (data, running) = (&fleet.data, &fleet.running);
         let new_root =
             certs::files::read_cert(&data.join(onboarder::config::layout::root_cert(root)))
                 .unwrap();
@@ -292,11 +253,17 @@ async fn an_owner_root_rollover_killed_at_any_step_goes_on_at_start() {
         );
         eprintln!("killed at {point}: the fleet is under owner root {root}");
     }
-    let summary = api(&client, |c| c.verify_audit().unwrap()).await;
+    let summary = api(&fleet.client, |c| c.verify_audit().unwrap()).await;
     assert!(summary.entries > 0);
-    for r in running {
-        r.stop().await;
+    fleet.stop().await;
+}
+
+impl Fleet {
+    async fn stop(mut self) {
+        for r in self.running.drain(..) {
+            r.stop().await;
+        }
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
 }

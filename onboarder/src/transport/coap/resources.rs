@@ -199,17 +199,10 @@ fn unsupported(what: &str) -> Answer {
 }
 
 fn crts(service: &Service) -> Answer {
-    let registrar = service.registrar();
-    let mut certs: Vec<&[u8]> = registrar.issuing.chain.iter().map(Vec::as_slice).collect();
-    for extra in registrar.roots.trusted.iter().chain(&registrar.roots.links) {
-        if !certs.contains(&extra.as_slice()) {
-            certs.push(extra);
-        }
-    }
     Answer::content(
         ResponseType::Content,
         PKCS7_CERTS,
-        certs::pkcs7::certs_only(&certs),
+        certs::pkcs7::certs_only(&service.registrar().ca_certificates()),
     )
 }
 

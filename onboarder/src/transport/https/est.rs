@@ -56,14 +56,9 @@ pub fn router(service: Arc<Service>) -> Router {
 }
 
 async fn cacerts(State(service): State<Arc<Service>>) -> Response {
-    let registrar = service.registrar();
-    let mut certs: Vec<&[u8]> = registrar.issuing.chain.iter().map(Vec::as_slice).collect();
-    for extra in registrar.roots.trusted.iter().chain(&registrar.roots.links) {
-        if !certs.contains(&extra.as_slice()) {
-            certs.push(extra);
-        }
-    }
-    pkcs7(&certs::pkcs7::certs_only(&certs))
+    pkcs7(&certs::pkcs7::certs_only(
+        &service.registrar().ca_certificates(),
+    ))
 }
 
 async fn csrattrs() -> Response {
