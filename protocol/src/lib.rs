@@ -6,6 +6,7 @@
 //!
 //! - [`attestation`]: the device-signed wipe attestation of a decommissioning.
 //! - [`cbor`]: CBOR (RFC 8949) encode/decode with a size limit on every decode.
+//! - [`coap`]: what both sides of CoAP agree on: option values, content formats, paths.
 //! - [`frame`]: length-prefixed framing for QUIC streams, with a maximum frame size.
 //! - `frame_io` (cargo feature `tokio`): reading and writing frames over async streams, with
 //!   buffers that grow as bytes arrive, a hold budget and a stall timeout.
@@ -24,6 +25,7 @@
 
 pub mod attestation;
 pub mod cbor;
+pub mod coap;
 pub mod cose;
 pub mod error;
 pub mod frame;

@@ -168,7 +168,7 @@ impl Agent {
     ) -> Result<u64, AgentError> {
         let mut offset = self.staged_offset(manifest).await?;
         loop {
-            let want = firmware::want(offset, manifest.size, CHUNK);
+            let want = firmware::want(offset, manifest.size, session.chunk());
             let chunk = match session
                 .call(&Request::FirmwareChunk {
                     digest: manifest.digest.clone(),

@@ -22,8 +22,11 @@ use ring::rand::{SecureRandom, SystemRandom};
 use crate::error::{AgentError, PlatformError};
 use crate::machine::{AgentState, renewal};
 use crate::platform::{FirmwareSlots, KeyStore, NetworkApplier, Platform, StateStore, Wiper};
-use crate::transport::quic::Timeouts;
-use crate::transport::{Endpoint, ServerAddress};
+use crate::transport::Session;
+use crate::transport::coap::{self, CoapSession};
+use crate::transport::https::HttpsSession;
+use crate::transport::quic::{self, Timeouts};
+use crate::transport::{Endpoint, ServerAddress, Transport};
 
 /// Version of this agent, reported to the server.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -45,11 +48,12 @@ pub struct AgentOptions {
     /// Hardware facts reported at each session (see [`hardware_facts`] for what the system
     /// says; the device maker adds its own, such as `board` or `ram-mb`).
     pub hardware: std::collections::BTreeMap<String, String>,
+    /// How sessions reach the onboarder.
+    pub transport: Transport,
     /// The onboarder's HTTPS listener (`https://HOST:PORT`): the same protocol over HTTPS,
-    /// used when QUIC cannot connect (a network that blocks UDP).
+    /// used when QUIC cannot connect (a network that blocks UDP), or always with
+    /// [`Transport::Https`].
     pub https_url: Option<String>,
-    /// Do not try QUIC at all: every session goes over `https_url`.
-    pub https_only: bool,
 }
 
 /// What the running system says about the hardware: `arch`, `os` and, on Linux, `kernel`.
@@ -71,8 +75,8 @@ impl Default for AgentOptions {
             backoff: Backoff::default(),
             clock: crate::Clock::system(),
             hardware: hardware_facts(),
+            transport: Transport::Quic,
             https_url: None,
-            https_only: false,
         }
     }
 }
@@ -209,24 +213,37 @@ impl Agent {
         blocking(move || store.save(&state)).await
     }
 
-    /// A connection to the onboarder: each of its addresses in turn, each given up after the
-    /// connect timeout.
-    /// A session with `tls`: over QUIC, or over HTTPS when QUIC cannot connect (or is not to
-    /// be tried) and the options name the onboarder's HTTPS listener. A refusal of the
-    /// device's credential is final either way.
+    /// A session presenting `credential`, over the transport of the options: QUIC (falling
+    /// back to HTTPS when QUIC cannot connect and the options name the onboarder's HTTPS
+    /// listener), HTTPS, or CoAP. A refusal of the device's credential is final either way.
     pub(crate) async fn connect_to(
         &self,
-        tls: rustls::ClientConfig,
-        timeouts: crate::transport::quic::Timeouts,
-        server_name: Option<&str>,
-    ) -> Result<crate::transport::Session, AgentError> {
-        use crate::transport::{Session, https::HttpsSession};
-        let quic = if self.options.https_only {
+        credential: Presented,
+        timeouts: Timeouts,
+    ) -> Result<Session, AgentError> {
+        if self.options.transport == Transport::Coap {
+            return self
+                .connect_coap(&credential, timeouts)
+                .await
+                .map(Box::new)
+                .map(Session::Coap);
+        }
+        let tls = match &credential.trust {
+            Trust::Provisional => quic::provisional_tls(&credential.chain, credential.key.clone())?,
+            Trust::Roots { roots, .. } => quic::operational_tls(
+                &credential.chain,
+                credential.key.clone(),
+                roots,
+                &self.options.clock,
+            )?,
+        };
+        let server_name = credential.server_name();
+        let quic = if self.options.transport == Transport::Https {
             Err(AgentError::Connection(
-                "QUIC is not tried (https_only)".into(),
+                "QUIC is not tried (transport https)".into(),
             ))
         } else {
-            let config = crate::transport::quic::quic_config(tls.clone(), timeouts)?;
+            let config = quic::quic_config(tls.clone(), timeouts)?;
             self.connect_quic(config, server_name).await
         };
         let Some(url) = &self.options.https_url else {
@@ -247,6 +264,39 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// A CoAP session with the onboarder: each of its addresses in turn.
+    async fn connect_coap(
+        &self,
+        credential: &Presented,
+        timeouts: Timeouts,
+    ) -> Result<CoapSession, AgentError> {
+        let context = coap::dtls::context(&credential.chain, credential.key.as_ref())?;
+        let timing = coap::Timing {
+            connect: timeouts.connect,
+            ack_timeout: timeouts.coap_ack,
+            give_up: timeouts.idle,
+            keep_alive: timeouts.keep_alive,
+        };
+        let mut last = None;
+        for addr in self.server.resolve(false).await? {
+            let check = |chain: &[Vec<u8>]| match &credential.trust {
+                Trust::Provisional => Ok(()),
+                Trust::Roots { roots, server_name } => {
+                    coap::dtls::check_server(chain, roots, server_name, self.now())
+                }
+            };
+            match CoapSession::connect(addr, &context, timing, check).await {
+                Ok(session) => return Ok(session),
+                Err(e @ AgentError::CredentialRefused { .. }) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(serial = self.serial(), "{addr}: {e}");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| AgentError::Connection("no address to try".into())))
     }
 
     async fn connect_quic(
@@ -324,6 +374,36 @@ impl Agent {
         delay.mul_f64(0.5 + f64::from(b[0]) / 256.0)
     }
 }
+/// What a session presents (a certificate chain and its key) and whom it trusts.
+pub(crate) struct Presented {
+    /// The device's certificate chain, leaf first.
+    pub chain: Vec<Vec<u8>>,
+    /// Its key.
+    pub key: Arc<dyn crate::platform::DeviceKey>,
+    /// How the server's certificate is taken.
+    pub trust: Trust,
+}
+
+/// How a session takes the server's certificate.
+pub(crate) enum Trust {
+    /// Provisionally, until the voucher pins the registrar's CA (onboarding).
+    Provisional,
+    /// Only if it chains to these owner roots and names `server_name`.
+    Roots {
+        roots: Vec<Vec<u8>>,
+        server_name: String,
+    },
+}
+
+impl Presented {
+    fn server_name(&self) -> Option<&str> {
+        match &self.trust {
+            Trust::Provisional => None,
+            Trust::Roots { server_name, .. } => Some(server_name),
+        }
+    }
+}
+
 pub(crate) fn unexpected(wanted: &str, got: &Response) -> AgentError {
     AgentError::Protocol(format!("expected {wanted}, got {got:?}"))
 }

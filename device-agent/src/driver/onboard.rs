@@ -4,20 +4,21 @@
 use protocol::message::{Request, Response, Status};
 use ring::rand::SecureRandom;
 
-use super::{Agent, blocking, failure, off_thread, unexpected};
+use super::{Agent, Presented, Trust, blocking, failure, off_thread, unexpected};
 use crate::error::AgentError;
 use crate::machine::onboarding::{self, Remaining};
 use crate::machine::{AgentState, Phase};
 use crate::platform::ClientCredential;
-use crate::transport::{Session, quic};
+use crate::transport::Session;
 
 impl Agent {
     pub(super) async fn provisional_session(&self) -> Result<Session, AgentError> {
-        let tls = quic::provisional_tls(
-            std::slice::from_ref(&self.identity.idevid),
-            self.birth_key()?,
-        )?;
-        self.connect_to(tls, self.options.timeouts, None).await
+        let credential = Presented {
+            chain: vec![self.identity.idevid.clone()],
+            key: self.birth_key()?,
+            trust: Trust::Provisional,
+        };
+        self.connect_to(credential, self.options.timeouts).await
     }
 
     /// Onboards the device if it is not onboarded yet (DESIGN 3), and returns its state.

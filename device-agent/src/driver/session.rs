@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use protocol::message::{Command, Hello, NetworkProfile, Request, Response, anchors_digest};
 
-use super::{AGENT_VERSION, Agent, Stop, blocking, unexpected};
+use super::{AGENT_VERSION, Agent, Presented, Stop, Trust, blocking, unexpected};
 use crate::error::{AgentError, PlatformError};
 use crate::machine::recovery::{self, KeyRepair};
 use crate::machine::renewal;
@@ -16,7 +16,7 @@ use crate::machine::session::{self, Credential, Delivery};
 use crate::machine::{AgentState, Renewal};
 use crate::machine::{anchors, commands};
 use crate::platform::DeviceKey;
-use crate::transport::{Session, quic};
+use crate::transport::Session;
 
 impl Agent {
     /// Finishes a key promotion a crash interrupted: the stored LDevID must have its key
@@ -67,10 +67,15 @@ impl Agent {
             .options
             .timeouts
             .with_heartbeat(Duration::from_secs(config.heartbeat_secs.into()));
-        let tls = quic::operational_tls(&presented, key, &roots, &self.options.clock)?;
-        let session = self
-            .connect_to(tls, timeouts, Some(&config.server_name))
-            .await?;
+        let credential = Presented {
+            chain: presented,
+            key,
+            trust: Trust::Roots {
+                roots: roots.clone(),
+                server_name: config.server_name.clone(),
+            },
+        };
+        let session = self.connect_to(credential, timeouts).await?;
         let mut commands = self.hello(&session, state, &roots).await?;
         // New owner roots come first in a welcome. Once they are taken, a second hello says
         // so on the same session (the server records what the device trusts from its hello),

@@ -14,12 +14,22 @@ pub trait DeviceKey: Signer + std::fmt::Debug {
     /// Signs as X.509 and TLS expect: ECDSA signatures in ASN.1 DER, Ed25519 raw. (COSE's
     /// fixed-length form is [`Signer::sign`].)
     fn sign_x509(&self, message: &[u8]) -> Result<Vec<u8>, SignatureError>;
+
+    /// The key itself (PKCS#8 DER) if it is a software key, for a library that must hold it
+    /// to sign (OpenSSL's DTLS); `None` for a key in a secure element, which never leaves it.
+    fn software_pkcs8(&self) -> Option<&[u8]> {
+        None
+    }
 }
 
 impl DeviceKey for certs::KeyPair {
     fn sign_x509(&self, message: &[u8]) -> Result<Vec<u8>, SignatureError> {
         rcgen::SigningKey::sign(self, message)
             .map_err(|e| SignatureError::SigningFailed(e.to_string()))
+    }
+
+    fn software_pkcs8(&self) -> Option<&[u8]> {
+        Some(self.pkcs8_der())
     }
 }
 

@@ -1,11 +1,50 @@
-//! Transports of the agent. QUIC is the native one; HTTPS carries firmware images when an
-//! offer names a URL.
+//! Transports of the agent. QUIC is the native one; HTTPS carries the same protocol where
+//! UDP is blocked (and firmware images when an offer names a URL); CoAP over DTLS carries it
+//! for constrained devices and networks.
 
 pub mod address;
+pub mod coap;
 pub mod https;
 pub mod quic;
 
 pub use address::ServerAddress;
+
+/// How the agent reaches the onboarder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// QUIC to the server's address; HTTPS to `https_url` when QUIC cannot connect and the
+    /// options name it.
+    #[default]
+    Quic,
+    /// HTTPS only, to `https_url` (a network that blocks UDP).
+    Https,
+    /// CoAP over DTLS to the server's address (the onboarder's CoAPS listener, UDP 5684):
+    /// constrained devices and networks.
+    Coap,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "quic" => Ok(Transport::Quic),
+            "https" => Ok(Transport::Https),
+            "coap" => Ok(Transport::Coap),
+            other => Err(format!("transport {other:?}: quic, https or coap")),
+        }
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Quic => "quic",
+            Transport::Https => "https",
+            Transport::Coap => "coap",
+        })
+    }
+}
 
 /// The agent's UDP socket for QUIC. One serves any number of agents in a process.
 #[derive(Debug, Clone)]
@@ -37,6 +76,8 @@ pub enum Session {
     Quic(quic::Session),
     /// The fallback.
     Https(Box<https::HttpsSession>),
+    /// For constrained devices and networks.
+    Coap(Box<coap::CoapSession>),
 }
 
 /// Where the answer to a command goes.
@@ -46,6 +87,8 @@ pub enum Replier {
     Quic(quinn::SendStream),
     /// The HTTPS session's reply resource.
     Https,
+    /// The CoAP session's reply resource.
+    Coap,
 }
 
 /// A command as received: decoded (or why not), and where to answer it.
@@ -60,6 +103,7 @@ impl Session {
         match self {
             Session::Quic(s) => s.server_chain(),
             Session::Https(s) => s.server_chain(),
+            Session::Coap(s) => s.server_chain(),
         }
     }
 
@@ -68,6 +112,17 @@ impl Session {
         match self {
             Session::Quic(s) => s.binding(),
             Session::Https(s) => Ok(s.binding()),
+            Session::Coap(s) => Ok(s.binding()),
+        }
+    }
+
+    /// Bytes of firmware asked for at once, and staged before the next: the largest chunk
+    /// the server serves, or over CoAP sixteen blocks, so a constrained link that drops
+    /// keeps most of what it carried.
+    pub fn chunk(&self) -> u32 {
+        match self {
+            Session::Coap(_) => 16 * protocol::coap::BLOCK as u32,
+            _ => protocol::message::MAX_CHUNK,
         }
     }
 
@@ -79,6 +134,7 @@ impl Session {
         match self {
             Session::Quic(s) => s.exchange(request).await,
             Session::Https(s) => s.exchange(request).await,
+            Session::Coap(s) => s.exchange(request).await,
         }
     }
 
@@ -105,6 +161,7 @@ impl Session {
                     .map(|(command, send)| (command, Replier::Quic(send))),
             ),
             Session::Https(s) => Some(s.next_command().await?.map(|c| (c, Replier::Https))),
+            Session::Coap(s) => Some(s.next_command().await?.map(|c| (c, Replier::Coap))),
         }
     }
 
@@ -117,8 +174,9 @@ impl Session {
         match (self, to) {
             (_, Replier::Quic(send)) => quic::Session::reply(send, reply).await,
             (Session::Https(s), Replier::Https) => s.reply(reply).await,
-            (Session::Quic(_), Replier::Https) => Err(crate::AgentError::Protocol(
-                "an HTTPS reply on a QUIC session".into(),
+            (Session::Coap(s), Replier::Coap) => s.reply(reply).await,
+            _ => Err(crate::AgentError::Protocol(
+                "a reply on another session than its command's".into(),
             )),
         }
     }
@@ -128,6 +186,7 @@ impl Session {
         match self {
             Session::Quic(s) => s.close(),
             Session::Https(s) => s.close(),
+            Session::Coap(s) => s.close(),
         }
     }
 
@@ -136,6 +195,7 @@ impl Session {
         match self {
             Session::Quic(s) => s.closed().await,
             Session::Https(s) => s.closed().await,
+            Session::Coap(s) => s.closed().await,
         }
     }
 }

@@ -28,7 +28,7 @@ const PROVISIONAL_NAME: &str = "registrar.invalid";
 
 /// ring, with TLS_AES_128_GCM_SHA256 preferred: the strength of our P-256 keys, and cheaper
 /// than the default first choice on small CPUs (the server prefers it too).
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     let mut provider = rustls::crypto::ring::default_provider();
     provider
         .cipher_suites
@@ -120,6 +120,8 @@ pub struct Timeouts {
     /// Keep-alive interval until the onboarder sets its own (the enrollment's
     /// `heartbeat_secs`).
     pub keep_alive: Duration,
+    /// First retransmission timeout of a CoAP message (RFC 7252's ACK_TIMEOUT).
+    pub coap_ack: Duration,
 }
 
 impl Default for Timeouts {
@@ -128,6 +130,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(10),
             idle: Duration::from_secs(30),
             keep_alive: Duration::from_secs(10),
+            coap_ack: Duration::from_secs(2),
         }
     }
 }

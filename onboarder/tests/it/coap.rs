@@ -13,11 +13,11 @@ use onboarder::config::layout;
 
 use crate::harness::*;
 
-async fn world() -> World {
+pub(crate) async fn world() -> World {
     World::with_config(|c| c.coap_listen = Some("127.0.0.1:0".parse().unwrap())).await
 }
 
-fn coap_addr(world: &World) -> SocketAddr {
+pub(crate) fn coap_addr(world: &World) -> SocketAddr {
     world.server.coap().unwrap().local_addr().unwrap()
 }
 
@@ -322,6 +322,15 @@ fn client_hello() -> Vec<u8> {
 /// A UDP relay between one client and `server` that drops about one datagram in five in each
 /// direction (a fixed pseudo-random sequence, so a run is repeatable in what it drops).
 async fn lossy_relay(server: SocketAddr) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    lossy_relay_with(server, Default::default()).await
+}
+
+/// [`lossy_relay`], which drops everything while `cut` is set. Its client is the last address
+/// that sent to it (a device that reconnects comes from a new port).
+pub(crate) async fn lossy_relay_with(
+    server: SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
     let task = tokio::spawn(async move {
@@ -345,7 +354,7 @@ async fn lossy_relay(server: SocketAddr) -> (SocketAddr, tokio::task::JoinHandle
                 client = Some(from);
                 server
             };
-            if !dropped {
+            if !dropped && !cut.load(Ordering::SeqCst) {
                 let _ = socket.send_to(&buf[..n], to).await;
             }
         }

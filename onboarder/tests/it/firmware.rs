@@ -16,7 +16,7 @@ use protocol::message::Command;
 
 use crate::harness::*;
 
-fn image(size: usize, seed: u8) -> Vec<u8> {
+pub(crate) fn image(size: usize, seed: u8) -> Vec<u8> {
     (0..size)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()
@@ -34,7 +34,7 @@ fn release<'a>(version: &'a str, sequence: u64) -> FirmwareRelease<'a> {
 
 /// The world's manufacturer signs `img` as `version` and `sequence`; the owner uploads the
 /// release. Its signed manifest and the release.
-async fn publish(
+pub(crate) async fn publish(
     world: &World,
     img: &[u8],
     version: &str,
@@ -53,7 +53,7 @@ async fn publish(
     (manifest, r)
 }
 
-async fn trust_firmware(world: &World) {
+pub(crate) async fn trust_firmware(world: &World) {
     world
         .server
         .service()
@@ -80,7 +80,7 @@ async fn fleet(world: &World, serials: &[&str]) -> (Vec<Device>, Vec<Running>) {
     (devices, running)
 }
 
-async fn run_campaign(
+pub(crate) async fn run_campaign(
     world: &World,
     digest: &str,
     serials: &[&str],
@@ -119,7 +119,7 @@ async fn run_campaign_over(
     campaign.id
 }
 
-fn job(world: &World, serial: &str) -> Option<FirmwareJob> {
+pub(crate) fn job(world: &World, serial: &str) -> Option<FirmwareJob> {
     world.record(serial).unwrap().firmware_job
 }
 

@@ -388,6 +388,7 @@ pub fn fast_options() -> AgentOptions {
             connect: Duration::from_secs(2),
             idle: Duration::from_secs(5),
             keep_alive: Duration::from_secs(1),
+            coap_ack: Duration::from_millis(500),
         },
         backoff: Backoff {
             initial: Duration::from_millis(100),

@@ -6,6 +6,7 @@ mod harness;
 mod abuse;
 mod binary;
 mod coap;
+mod coap_agent;
 mod crash;
 mod decommission;
 mod est;

@@ -9,8 +9,8 @@ use anyhow::{Context, Result, bail};
 use device_agent::platform::hooks::{HookNetwork, HookedSlots, HookedWiper, Hooks};
 use device_agent::platform::slots::FileSlots;
 use device_agent::platform::{KeyStore, Platform};
-use device_agent::transport::ServerAddress;
 use device_agent::transport::quic::Timeouts;
+use device_agent::transport::{ServerAddress, Transport};
 use serde::Deserialize;
 
 /// Where the configuration file is looked for when none is named.
@@ -24,12 +24,12 @@ const MAX_CONFIG: u64 = 64 * 1024;
 pub struct File {
     /// The onboarder: `host:port` or an address.
     pub server: Option<String>,
+    /// How sessions go: `quic`, `https` or `coap`.
+    pub transport: Option<String>,
     /// The onboarder's HTTPS listener (`https://host:8443`): the same protocol over HTTPS,
-    /// used when QUIC cannot connect (a network that blocks UDP).
+    /// used when QUIC cannot connect (a network that blocks UDP), or always with
+    /// `transport = "https"`.
     pub https: Option<String>,
-    /// Go over `https` only, never trying QUIC.
-    #[serde(default)]
-    pub https_only: bool,
     /// The factory identity directory.
     pub identity: Option<PathBuf>,
     /// The agent's own state directory (made 0700).
@@ -97,6 +97,8 @@ pub struct TimeoutsFile {
     pub idle_secs: Option<u64>,
     /// Keep-alive until the onboarder sets its own.
     pub keep_alive_secs: Option<u64>,
+    /// First retransmission timeout of a CoAP message, in milliseconds.
+    pub coap_ack_ms: Option<u64>,
 }
 
 impl File {
@@ -171,9 +173,15 @@ pub struct Overrides {
     /// Configuration file [default: /etc/device-agent/agent.toml if it exists].
     #[arg(long, env = "DEVICE_AGENT_CONFIG")]
     pub config: Option<PathBuf>,
-    /// The onboarder, `host:port` (a DNS name, tried address by address) or an address.
+    /// The onboarder, `host:port` (a DNS name, tried address by address) or an address: its
+    /// QUIC port (4433), or its CoAPS port (5684) with `--transport coap`.
     #[arg(long, env = "DEVICE_AGENT_SERVER")]
     pub server: Option<String>,
+    /// How sessions go: `quic` (falling back to the `https` listener when UDP is blocked and
+    /// the configuration names it), `https` only, or `coap` (CoAP over DTLS, for constrained
+    /// networks) [default: quic].
+    #[arg(long, env = "DEVICE_AGENT_TRANSPORT")]
+    pub transport: Option<device_agent::transport::Transport>,
     /// Factory identity directory (IDevID and anchors; its key, unless it is in a token).
     #[arg(long, env = "DEVICE_AGENT_IDENTITY")]
     pub identity: Option<PathBuf>,
@@ -186,10 +194,10 @@ pub struct Overrides {
 pub struct Settings {
     /// The onboarder (not needed to make a key).
     server: Option<ServerAddress>,
+    /// How sessions go.
+    pub transport: Transport,
     /// Its HTTPS listener, for the fallback.
     pub https: Option<String>,
-    /// Whether QUIC is skipped.
-    pub https_only: bool,
     /// Identity directory.
     pub identity: PathBuf,
     /// State directory.
@@ -224,8 +232,13 @@ impl Settings {
             .clone()
             .or(file.state)
             .unwrap_or_else(|| PathBuf::from("/var/lib/device-agent"));
-        if file.https_only && file.https.is_none() {
-            bail!("https_only needs `https` (the onboarder's HTTPS listener)");
+        let transport = match (overrides.transport, &file.transport) {
+            (Some(t), _) => t,
+            (None, Some(text)) => text.parse::<Transport>().map_err(anyhow::Error::msg)?,
+            (None, None) => Transport::Quic,
+        };
+        if transport == Transport::Https && file.https.is_none() {
+            bail!("transport https needs `https` (the onboarder's HTTPS listener)");
         }
         if let Some(url) = &file.https
             && !url.starts_with("https://")
@@ -236,8 +249,8 @@ impl Settings {
         let secs = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_secs);
         Ok(Settings {
             server,
+            transport,
             https: file.https,
-            https_only: file.https_only,
             identity: overrides
                 .identity
                 .clone()
@@ -253,6 +266,10 @@ impl Settings {
                 connect: secs(file.timeouts.connect_secs, defaults.connect),
                 idle: secs(file.timeouts.idle_secs, defaults.idle),
                 keep_alive: secs(file.timeouts.keep_alive_secs, defaults.keep_alive),
+                coap_ack: file
+                    .timeouts
+                    .coap_ack_ms
+                    .map_or(defaults.coap_ack, Duration::from_millis),
             },
             hooks: file.hooks,
         })

@@ -21,6 +21,7 @@ use device_agent::{Agent, AgentOptions};
 ///
 /// Examples:
 ///   device-agent run --server onboarder.example.com:4433 --identity /etc/device-agent/identity
+///   device-agent run --transport coap --server onboarder.example.com:5684
 ///   device-agent run --config /etc/device-agent/agent.toml
 ///   device-agent make-key --serial SN-000042 --csr device.csr    (then: factory certify)
 #[derive(Parser)]
@@ -126,8 +127,8 @@ async fn agent(settings: &Settings) -> Result<Agent> {
             firmware_version: settings.firmware_version.clone(),
             hardware: settings.hardware.clone(),
             timeouts: settings.timeouts,
+            transport: settings.transport,
             https_url: settings.https.clone(),
-            https_only: settings.https_only,
             ..AgentOptions::default()
         },
     ))

@@ -34,6 +34,13 @@ pub struct ClientHello<'a> {
     pub cookie: &'a [u8],
 }
 
+impl ClientHello<'_> {
+    /// The client's random: a retransmitted hello repeats it, a new handshake has another.
+    pub fn random(&self) -> &[u8] {
+        self.hello_prefix.get(2..34).unwrap_or_default()
+    }
+}
+
 /// Reads the first ClientHello of a handshake from a datagram, or `None` if the datagram
 /// does not start with one (whole, unfragmented, in epoch 0).
 pub fn client_hello(datagram: &[u8]) -> Option<ClientHello<'_>> {

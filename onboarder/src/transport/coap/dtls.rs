@@ -6,8 +6,6 @@
 //! (anchors in force, revocations): one that fails is refused with an alert, and nothing of it
 //! reaches the service.
 
-use std::collections::VecDeque;
-use std::io::{self, Read, Write};
 use std::os::raw::{c_int, c_long, c_void};
 use std::sync::Arc;
 
@@ -16,8 +14,10 @@ use openssl::pkey::PKey;
 use openssl::ssl::{
     ErrorCode, Ssl, SslContext, SslMethod, SslOptions, SslStream, SslVerifyMode, SslVersion,
 };
-use openssl::x509::{X509, X509Ref, X509StoreContextRef};
+use openssl::x509::{X509, X509Ref, X509StoreContextRef, X509VerifyResult};
 use rustls_pki_types::{CertificateDer, UnixTime};
+
+use protocol::coap::Pipe;
 
 use crate::transport::tls::IdentityPair;
 use crate::trust::TrustStore;
@@ -54,37 +54,6 @@ pub enum DtlsError {
     /// The server could not set DTLS up.
     #[error("DTLS setup: {0}")]
     Setup(String),
-}
-
-/// The datagrams a session has to read, and those it wrote.
-#[derive(Debug, Default)]
-pub struct Pipe {
-    inbox: VecDeque<Vec<u8>>,
-    outbox: Vec<Vec<u8>>,
-}
-
-impl Read for Pipe {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self.inbox.pop_front() {
-            Some(datagram) => {
-                let n = datagram.len().min(buf.len());
-                buf[..n].copy_from_slice(&datagram[..n]);
-                Ok(n)
-            }
-            None => Err(io::ErrorKind::WouldBlock.into()),
-        }
-    }
-}
-
-impl Write for Pipe {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.outbox.push(buf.to_vec());
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 /// What an open session knows of its peer.
@@ -317,8 +286,22 @@ fn verify(
         Ok(()) => true,
         Err(e) => {
             tracing::debug!("DTLS client certificate refused: {e:?}");
+            // SAFETY: the values are OpenSSL's X509_V_ERR_* codes.
+            store.set_error(unsafe { X509VerifyResult::from_raw(verify_error(&e)) });
             false
         }
+    }
+}
+
+/// The X.509 verification error whose alert (OpenSSL maps one to the other) tells the device
+/// why its certificate was refused, as the QUIC listener's alerts do: revoked, expired,
+/// unknown CA, or bad.
+fn verify_error(e: &webpki::Error) -> c_int {
+    match e {
+        webpki::Error::CertRevoked => openssl_sys::X509_V_ERR_CERT_REVOKED,
+        webpki::Error::CertExpired { .. } => openssl_sys::X509_V_ERR_CERT_HAS_EXPIRED,
+        webpki::Error::UnknownIssuer => openssl_sys::X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT,
+        _ => openssl_sys::X509_V_ERR_CERT_REJECTED,
     }
 }
 

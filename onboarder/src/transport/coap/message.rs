@@ -8,11 +8,10 @@
 use std::collections::{HashMap, VecDeque};
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use protocol::coap::{BLOCK, encode_block, encode_uint};
 
 /// Largest body a request may carry once reassembled.
 pub const MAX_BODY: usize = 64 * 1024;
-/// Largest block we send (SZX 6).
-const BLOCK: usize = 1024;
 /// Answers remembered per session for retransmitted requests.
 const REMEMBERED: usize = 32;
 
@@ -30,6 +29,9 @@ pub struct Request {
     pub accept: Option<u16>,
     /// Observe (RFC 7641), if given: 0 registers.
     pub observe: Option<u32>,
+    /// The block of the answer asked for (number, size) on a resource that cuts its own
+    /// answer into blocks (a firmware image, read from any block on).
+    pub block2: Option<(u32, usize)>,
     /// The body, reassembled.
     pub body: Vec<u8>,
 }
@@ -45,6 +47,9 @@ pub struct Answer {
     pub max_age: Option<u32>,
     /// The body (a diagnostic text for errors).
     pub body: Vec<u8>,
+    /// Set when the body is already one block of a larger whole (number, whether more
+    /// follow), cut by the resource.
+    pub block: Option<(u32, bool)>,
     /// A refusal made by the transport itself (a wrong format, a body that does not decode),
     /// which the listener counts; the service counts its own.
     pub refused_here: bool,
@@ -58,7 +63,16 @@ impl Answer {
             content_format: Some(content_format),
             max_age: None,
             body,
+            block: None,
             refused_here: false,
+        }
+    }
+
+    /// A successful answer without a body.
+    pub fn empty(code: ResponseType) -> Self {
+        Answer {
+            content_format: None,
+            ..Answer::content(code, 0, Vec::new())
         }
     }
 
@@ -69,6 +83,7 @@ impl Answer {
             content_format: None,
             max_age: None,
             body: why.as_bytes().to_vec(),
+            block: None,
             refused_here: code.is_error(),
         }
     }
@@ -116,7 +131,7 @@ pub struct Messages {
     order: VecDeque<u16>,
     upload: Option<Upload>,
     /// Bodies answered in blocks, by path, for the client's next Block2 requests.
-    downloads: HashMap<String, (u16, Vec<u8>)>,
+    downloads: HashMap<String, Answer>,
     next_id: u16,
     /// Our confirmable notifications not yet settled, and how each was settled (`true`:
     /// acknowledged, `false`: reset, which cancels the observation).
@@ -124,32 +139,11 @@ pub struct Messages {
 }
 
 fn block_value(option: Option<&Vec<u8>>) -> Option<(u32, bool, usize)> {
-    let bytes = option?;
-    if bytes.len() > 3 {
-        return None;
-    }
-    let v = bytes.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
-    let szx = v & 0x7;
-    if szx == 7 {
-        return None;
-    }
-    Some((v >> 4, v & 0x8 != 0, 16usize << szx))
-}
-
-fn encode_block(num: u32, more: bool, size: usize) -> Vec<u8> {
-    let szx = (size.trailing_zeros().saturating_sub(4)).min(6);
-    let v = (num << 4) | (u32::from(more) << 3) | szx;
-    let bytes = v.to_be_bytes();
-    let skip = bytes.iter().take_while(|b| **b == 0).count().min(3);
-    bytes[skip..].to_vec()
+    protocol::coap::block(option?)
 }
 
 fn uint(option: Option<&Vec<u8>>) -> Option<u16> {
-    let bytes = option?;
-    if bytes.len() > 2 {
-        return None;
-    }
-    Some(bytes.iter().fold(0u16, |acc, b| (acc << 8) | u16::from(*b)))
+    protocol::coap::uint(option?, 2).and_then(|v| u16::try_from(v).ok())
 }
 
 fn first(packet: &Packet, option: CoapOption) -> Option<&Vec<u8>> {
@@ -172,6 +166,15 @@ impl Messages {
             match packet.header.get_type() {
                 MessageType::Acknowledgement => self.settle(message_id, true),
                 MessageType::Reset => self.settle(message_id, false),
+                // A CoAP ping (an empty confirmable message, RFC 7252 4.3): a reset says we
+                // are here.
+                MessageType::Confirmable if packet.header.code == MessageClass::Empty => {
+                    let mut pong = Packet::new();
+                    pong.header.set_type(MessageType::Reset);
+                    pong.header.code = MessageClass::Empty;
+                    pong.header.message_id = message_id;
+                    return Incoming::Reply(pong.to_bytes().unwrap_or_default());
+                }
                 _ => {}
             }
             return Incoming::Nothing;
@@ -207,22 +210,21 @@ impl Messages {
                 Answer::error(ResponseType::BadOption, "an unknown critical option"),
             );
         }
+        // A resource that cuts its own answer into blocks is asked for one.
+        let self_blocked = path.starts_with(protocol::coap::FIRMWARE);
         // The client asks for a later block of a body answered before.
         if let Some((num, _, size)) = block2
             && num > 0
+            && !self_blocked
         {
             return match self.downloads.get(&path) {
-                Some((format, body)) => {
-                    let (format, body) = (*format, body.clone());
+                Some(whole) => {
+                    let whole = whole.clone();
                     let key = Key {
                         block_size: size.min(BLOCK),
                         ..key
                     };
-                    let bytes = self.encode(
-                        &key,
-                        &Answer::content(ResponseType::Content, format, body),
-                        num,
-                    );
+                    let bytes = self.encode(&key, &whole, num);
                     self.remember(message_id, bytes.clone());
                     Incoming::Reply(bytes)
                 }
@@ -287,6 +289,8 @@ impl Messages {
                 observe: first(&packet, CoapOption::Observe)
                     .filter(|v| v.len() <= 3)
                     .map(|v| v.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b))),
+                block2: self_blocked
+                    .then(|| block2.map_or((0, BLOCK), |(num, _, size)| (num, size.min(BLOCK)))),
                 body,
             },
             key,
@@ -311,11 +315,8 @@ impl Messages {
     /// The datagram plaintext answering the request `key` with `answer` (its first block if
     /// it is larger than a block).
     pub fn answer(&mut self, key: &Key, answer: &Answer) -> Vec<u8> {
-        if answer.body.len() > key.block_size
-            && let Some(format) = answer.content_format
-        {
-            self.downloads
-                .insert(key.path.clone(), (format, answer.body.clone()));
+        if answer.body.len() > key.block_size && answer.block.is_none() {
+            self.downloads.insert(key.path.clone(), answer.clone());
         }
         let bytes = self.encode(key, answer, 0);
         self.remember(key.message_id, bytes.clone());
@@ -339,7 +340,17 @@ impl Messages {
         packet.set_token(token.to_vec());
         packet.add_option(CoapOption::Observe, encode_uint(seq & 0x00ff_ffff));
         packet.add_option(CoapOption::ContentFormat, encode_uint(u32::from(format)));
-        packet.payload = body.to_vec();
+        if body.len() > BLOCK {
+            // The first block; the device asks for the rest (RFC 7959 2.6, 3.4).
+            packet.add_option(CoapOption::Block2, encode_block(0, true, BLOCK));
+            packet.payload = body[..BLOCK].to_vec();
+            self.downloads.insert(
+                protocol::coap::COMMANDS.to_string(),
+                Answer::content(ResponseType::Content, format, body.to_vec()),
+            );
+        } else {
+            packet.payload = body.to_vec();
+        }
         if self.sent.len() >= REMEMBERED {
             self.sent.retain(|_, settled| settled.is_none());
         }
@@ -388,7 +399,10 @@ impl Messages {
             packet.add_option(CoapOption::MaxAge, encode_uint(age));
         }
         let size = key.block_size;
-        if answer.body.len() > size {
+        if let Some((num, more)) = answer.block {
+            packet.add_option(CoapOption::Block2, encode_block(num, more, size));
+            packet.payload = answer.body.clone();
+        } else if answer.body.len() > size {
             let start = (num as usize).saturating_mul(size).min(answer.body.len());
             let end = (start + size).min(answer.body.len());
             let more = end < answer.body.len();
@@ -414,12 +428,6 @@ impl Messages {
             }
         }
     }
-}
-
-fn encode_uint(v: u32) -> Vec<u8> {
-    let bytes = v.to_be_bytes();
-    let skip = bytes.iter().take_while(|b| **b == 0).count();
-    bytes[skip..].to_vec()
 }
 
 #[cfg(test)]
@@ -533,6 +541,50 @@ mod tests {
             Incoming::Request(req, _) => assert_eq!(req.body, body),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_ping_is_answered_by_a_reset_and_a_large_notification_goes_in_blocks() {
+        let mut m = Messages::default();
+        let mut ping = Packet::new();
+        ping.header.set_type(MessageType::Confirmable);
+        ping.header.code = MessageClass::Empty;
+        ping.header.message_id = 41;
+        let Incoming::Reply(pong) = m.incoming(&ping.to_bytes().unwrap()) else {
+            panic!()
+        };
+        let pong = decode(&pong);
+        assert_eq!(pong.header.get_type(), MessageType::Reset);
+        assert_eq!(pong.header.message_id, 41);
+
+        let body: Vec<u8> = (0..1500u32).map(|i| i as u8).collect();
+        let (_, first) = m.notification(&[9], 1, 60, &body);
+        let first = decode(&first);
+        assert_eq!(
+            protocol::coap::block(
+                first
+                    .get_option(CoapOption::Block2)
+                    .unwrap()
+                    .front()
+                    .unwrap()
+            ),
+            Some((0, true, BLOCK))
+        );
+        let mut got = first.payload;
+        let mut rest = request(
+            2,
+            RequestType::Get,
+            &[".well-known", "onboarder", "commands"],
+            b"",
+        );
+        rest.add_option(CoapOption::Block2, encode_block(1, false, BLOCK));
+        let Incoming::Reply(r) = m.incoming(&rest.to_bytes().unwrap()) else {
+            panic!()
+        };
+        let r = decode(&r);
+        assert_eq!(r.header.code, MessageClass::Response(ResponseType::Content));
+        got.extend(r.payload);
+        assert_eq!(got, body);
     }
 
     #[test]

@@ -84,6 +84,8 @@ struct Peer {
     /// one before), and whether a task is sending its notifications.
     observation: Option<Vec<u8>>,
     notifying: bool,
+    /// The client random of the ClientHello that began the session.
+    began_with: Vec<u8>,
 }
 
 /// Counters for tests and metrics.
@@ -198,17 +200,21 @@ impl Listener {
         let Some(peer) = self.peer(from) else {
             return self.on_stranger(from, datagram).await;
         };
-        // A new handshake from the address of an open session (the device restarted on the
-        // same port, RFC 6347 4.2.8): treated as a stranger's, so it gets a cookie and, once it
-        // returns it, a session that replaces the old one; until then the old one stands.
-        let open = peer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .secure
-            .peer()
-            .is_some();
-        if open && cookie::client_hello(datagram).is_some() {
-            return self.on_stranger(from, datagram).await;
+        // A new handshake from the address of a session (the device restarted on the same
+        // port, RFC 6347 4.2.8, or gave up a handshake and began another): treated as a
+        // stranger's, so it gets a cookie and, once it returns it, a session that replaces
+        // the old one; until then the old one stands. A hello of the session's own handshake
+        // (the same client random), retransmitted or late, stays with it: begun again, it
+        // would replace a session the client may already be using.
+        if let Some(hello) = cookie::client_hello(datagram) {
+            let began_with = peer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .began_with
+                .clone();
+            if began_with != hello.random() {
+                return self.on_stranger(from, datagram).await;
+            }
         }
         let (outgoing, requests, failed) = {
             let mut p = peer.lock().unwrap_or_else(|e| e.into_inner());
@@ -255,7 +261,7 @@ impl Listener {
                 };
                 let Some(identity) = identity else { return };
                 if request.method == coap_lite::RequestType::Get
-                    && request.path == resources::COMMANDS
+                    && request.path == protocol::coap::COMMANDS
                     && request.observe == Some(0)
                 {
                     return this.observe(from, peer, &identity, &key).await;
@@ -294,13 +300,11 @@ impl Listener {
             .ok()
             .and_then(|device| self.sessions.pull(&device.id));
         let first = match &link {
-            Some(_) => message::Answer {
-                code: coap_lite::ResponseType::Content,
-                content_format: Some(resources::CBOR_FORMAT),
-                max_age: None,
-                body: Vec::new(),
-                refused_here: false,
-            },
+            Some(_) => message::Answer::content(
+                coap_lite::ResponseType::Content,
+                protocol::coap::CBOR,
+                Vec::new(),
+            ),
             None => message::Answer::error(
                 coap_lite::ResponseType::Forbidden,
                 "no session: say hello first",
@@ -336,7 +340,7 @@ impl Listener {
                 let mut p = peer.lock().unwrap_or_else(|e| e.into_inner());
                 let token = p.observation.clone().unwrap_or_default();
                 p.messages
-                    .notification(&token, seq, resources::CBOR_FORMAT, &body)
+                    .notification(&token, seq, protocol::coap::CBOR, &body)
             };
             if !self.deliver(from, &peer, id, &bytes).await {
                 // Not acknowledged, or reset: the observation is over (the order stays in the
@@ -432,6 +436,7 @@ impl Listener {
                         messages: Messages::default(),
                         observation: None,
                         notifying: false,
+                        began_with: hello.random().to_vec(),
                         last_seen: Instant::now(),
                     })),
                 );

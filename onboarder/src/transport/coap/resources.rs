@@ -15,9 +15,19 @@
 //! GET  /.well-known/onboarder/commands  observed (RFC 7641): each pushed command is a
 //!                                       notification (the listener's, `super`)
 //! POST /.well-known/onboarder/reply     the device's CBOR reply to the last command
+//! GET  /.well-known/onboarder/fw/HEX    a firmware image offered to the device, by Block2
+//!                                       from any block (a download resumes)
+//! POST /.well-known/onboarder/wipe      the signed wipe attestation (18, by Block1)
 //! ```
+//!
+//! A command's manifest comes in its notification (the rest of a notification larger than a
+//! block by Block2 on the command resource, RFC 7959 3.4).
 
 use coap_lite::{RequestType, ResponseType};
+use protocol::coap::{
+    BLOCK, CBOR, COMMANDS, COSE_SIGN1, FIRMWARE, LINK_FORMAT, PKCS7_CERTS, PKCS10, PKIX_CERT,
+    REPLY, REQUEST, VOUCHER_COSE, WIPE,
+};
 use protocol::message::{
     self, CommandReply, ErrorCode, Request as DeviceRequest, Response, Status,
 };
@@ -28,18 +38,8 @@ use crate::core::{Channel, DevicePeer};
 use crate::service::Service;
 use crate::transport::sessions::Sessions;
 
-/// application/link-format.
-const LINK_FORMAT: u16 = 40;
-/// application/cbor.
-const CBOR: u16 = 60;
-/// application/pkcs7-mime; smime-type=certs-only.
-const PKCS7_CERTS: u16 = 281;
-/// application/pkcs10.
-const PKCS10: u16 = 286;
-/// application/pkix-cert.
-const PKIX_CERT: u16 = 287;
-/// application/voucher+cose (the constrained BRSKI draft).
-const VOUCHER_COSE: u16 = 836;
+/// application/octet-stream: a firmware image.
+const OCTET_STREAM: u16 = 42;
 
 /// What `/.well-known/core` lists.
 const CORE: &str = "</.well-known/est/crts>;rt=\"ace.est.crts\";ct=\"281 287\",\
@@ -50,16 +50,8 @@ const CORE: &str = "</.well-known/est/crts>;rt=\"ace.est.crts\";ct=\"281 287\",\
 </.well-known/brski/es>;rt=\"brski.es\";ct=60,\
 </.well-known/onboarder/request>;ct=60,\
 </.well-known/onboarder/commands>;ct=60;obs,\
-</.well-known/onboarder/reply>;ct=60";
-
-/// Our protocol's request resource.
-pub const REQUEST: &str = "/.well-known/onboarder/request";
-/// The observed command resource.
-pub const COMMANDS: &str = "/.well-known/onboarder/commands";
-/// Where a device replies to a command.
-pub const REPLY: &str = "/.well-known/onboarder/reply";
-/// application/cbor, our protocol's bodies.
-pub const CBOR_FORMAT: u16 = CBOR;
+</.well-known/onboarder/reply>;ct=60,\
+</.well-known/onboarder/wipe>;ct=18";
 
 /// Answers `request` from `peer`.
 pub async fn answer(
@@ -71,6 +63,8 @@ pub async fn answer(
     use RequestType::{Get, Post};
     match (request.method, request.path.as_str()) {
         (Post, REQUEST) => door(service, sessions, peer, &request).await,
+        (Get, path) if path.starts_with(FIRMWARE) => firmware(service, peer, &request).await,
+        (Post, WIPE) => wipe(service, peer, &request).await,
         (Post, REPLY) => reply(service, sessions, peer, &request),
         (Get, "/.well-known/core") => {
             Answer::content(ResponseType::Content, LINK_FORMAT, CORE.as_bytes().to_vec())
@@ -113,7 +107,8 @@ pub async fn answer(
             | "/.well-known/brski/es"
             | REQUEST
             | COMMANDS
-            | REPLY,
+            | REPLY
+            | WIPE,
         ) => Answer::error(ResponseType::MethodNotAllowed, "method not allowed here"),
         _ => Answer::error(ResponseType::NotFound, "no such resource"),
     }
@@ -163,13 +158,7 @@ fn reply(service: &Service, sessions: &Sessions, peer: &PeerIdentity, request: &
         Err(refused) => return refused,
     };
     match sessions.pull(&device.id) {
-        Some(link) if link.reply(decoded) => Answer {
-            code: ResponseType::Changed,
-            content_format: None,
-            max_age: None,
-            body: Vec::new(),
-            refused_here: false,
-        },
+        Some(link) if link.reply(decoded) => Answer::empty(ResponseType::Changed),
         _ => Answer::error(ResponseType::Forbidden, "no command is waiting for a reply"),
     }
 }
@@ -232,6 +221,52 @@ async fn enroll(
     }
 }
 
+/// One block of a firmware image offered to the device (RFC 7959 2.4): any block may be
+/// asked for first, so a download resumes where it stopped. The service serves the bytes
+/// (and checks the offer); one byte more than a block tells whether more follow.
+async fn firmware(service: &Service, peer: &PeerIdentity, request: &Request) -> Answer {
+    let digest = match hex::decode(&request.path[FIRMWARE.len()..]) {
+        Ok(d) if d.len() == 32 => d,
+        _ => return Answer::error(ResponseType::NotFound, "no such image"),
+    };
+    let (num, size) = request.block2.unwrap_or((0, BLOCK));
+    let asked = DeviceRequest::FirmwareChunk {
+        digest,
+        offset: u64::from(num) * size as u64,
+        length: size as u32 + 1,
+    };
+    match call(service, peer, asked).await {
+        Ok(Response::Chunk(mut bytes)) => {
+            let more = bytes.len() > size;
+            bytes.truncate(size);
+            Answer {
+                block: Some((num, more)),
+                ..Answer::content(ResponseType::Content, OCTET_STREAM, bytes)
+            }
+        }
+        Ok(other) => unexpected(&other),
+        Err(refused) => refused,
+    }
+}
+
+/// The device's signed wipe attestation (COSE_Sign1, larger than a block: Block1).
+async fn wipe(service: &Service, peer: &PeerIdentity, request: &Request) -> Answer {
+    if request.content_format != Some(COSE_SIGN1) {
+        return unsupported("a COSE_Sign1 attestation (18)");
+    }
+    match call(
+        service,
+        peer,
+        DeviceRequest::WipeAttestation(request.body.clone()),
+    )
+    .await
+    {
+        Ok(Response::Ack) => Answer::empty(ResponseType::Changed),
+        Ok(other) => unexpected(&other),
+        Err(refused) => refused,
+    }
+}
+
 async fn report(
     service: &Service,
     peer: &PeerIdentity,
@@ -246,13 +281,7 @@ async fn report(
         Err(e) => return Answer::error(ResponseType::BadRequest, &format!("status: {e}")),
     };
     match call(service, peer, make(status)).await {
-        Ok(Response::Ack) => Answer {
-            code: ResponseType::Changed,
-            content_format: None,
-            max_age: None,
-            body: Vec::new(),
-            refused_here: false,
-        },
+        Ok(Response::Ack) => Answer::empty(ResponseType::Changed),
         Ok(other) => unexpected(&other),
         Err(refused) => refused,
     }
