@@ -32,6 +32,7 @@ async fn demo_output_verifies_with_openssl() {
         progress: false,
         // Every device keeps its LDevID (decommissioning is checked below, on the CRL).
         decommission_percent: 0,
+        transport: Default::default(),
     })
     .await
     .unwrap();
@@ -151,6 +152,7 @@ async fn crl_verifies_and_lists_the_revoked_certificate() {
         concurrency: 3,
         progress: false,
         decommission_percent: 10,
+        transport: Default::default(),
     })
     .await
     .unwrap();

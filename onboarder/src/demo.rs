@@ -1,5 +1,6 @@
 //! `onboarder demo`: the whole product on embedded defaults, against the real server and real
-//! agents over real QUIC connections on loopback.
+//! agents over real QUIC connections on loopback (or, with `--transport`, our protocol over
+//! HTTPS, or CoAP over DTLS as constrained devices speak it).
 //!
 //! It creates a manufacturer and N devices, an owner (onboarder data directory) that imports
 //! the manufacturer's anchor and vouchers through the admin API, starts the server, and runs
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use certs::factory::{Manufacturer, ManufacturerConfig};
 use certs::{KeyKind, files};
+use device_agent::transport::Transport;
 use device_agent::{Agent, AgentOptions};
 use serde::Serialize;
 
@@ -47,6 +49,8 @@ pub struct DemoOptions {
     pub progress: bool,
     /// Percentage of the fleet decommissioned at the end.
     pub decommission_percent: u8,
+    /// How the devices reach the onboarder.
+    pub transport: Transport,
 }
 
 /// The demo's report: `{"devices": N, "phases": {"onboard": {...}, ...}}`.
@@ -111,8 +115,12 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport> {
         .map_err(|e| crate::error::Error::os("choosing the HTTPS port", e))?;
     config.https_listen = Some(https);
     config.policy.firmware_url = Some(format!("https://localhost:{}/firmware", https.port()));
+    if options.transport == Transport::Coap {
+        config.coap_listen = Some(loopback);
+    }
     crate::pki::init(&data, &config, now)?;
     let server = Server::start(&data, Listen::default()).await?;
+    let (address, agent_options) = agent_settings(&server, options.transport, https)?;
     let api = Arc::new(ApiClient::new(
         &format!("http://{}", server.api_addr()),
         crate::pki::token(&data)?,
@@ -131,9 +139,9 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport> {
             Agent::with_files(
                 &d.identity,
                 &d.state,
-                server.quic_addr(),
+                address,
                 endpoints[i % endpoints.len()].clone(),
-                AgentOptions::default(),
+                agent_options.clone(),
             )
             .map(Arc::new)
         })
@@ -199,6 +207,29 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport> {
         serde_json::to_string_pretty(&report)?.as_bytes(),
     )?;
     Ok(report)
+}
+
+/// Where the agents reach `server` over `transport`, and their options for it.
+pub fn agent_settings(
+    server: &Server,
+    transport: Transport,
+    https: std::net::SocketAddr,
+) -> Result<(std::net::SocketAddr, AgentOptions)> {
+    let address = match transport {
+        Transport::Coap => server
+            .coap()
+            .ok_or_else(|| Error::Config("no CoAPS listener".into()))?
+            .local_addr()
+            .map_err(|e| Error::os("the CoAPS address", e))?,
+        _ => server.quic_addr(),
+    };
+    let options = AgentOptions {
+        transport,
+        https_url: (transport == Transport::Https)
+            .then(|| format!("https://localhost:{}", https.port())),
+        ..AgentOptions::default()
+    };
+    Ok((address, options))
 }
 
 /// Leaves the certificate of sanitization of `serial` in `OUT/sanitization/`.

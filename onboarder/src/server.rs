@@ -180,6 +180,7 @@ impl Server {
                     identity.clone(),
                     service.clone(),
                     sessions.clone(),
+                    &config.limits,
                 )
                 .await
                 .map_err(|e| Error::os(format!("binding CoAPS on {addr}"), e))?,

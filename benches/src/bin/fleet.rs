@@ -6,6 +6,9 @@
 //!
 //!     cargo build --release --workspace && target/release/fleet --devices 10000 --json
 //!
+//! With `--transport coap` the agents speak CoAP over DTLS to the onboarder's CoAPS listener
+//! (`https`: our protocol over HTTPS), through the same phases.
+//!
 //! With `--est` the devices are EST clients instead (RFC 7030 over HTTPS, a TLS connection per
 //! request as a standard client makes): phases `est_enroll` (simpleenroll with the IDevID) and
 //! `est_reenroll` (simplereenroll with the new LDevID).
@@ -22,6 +25,7 @@ use certs::factory::{Manufacturer, ManufacturerConfig};
 use certs::{Birth, KeyKind, unix_now};
 use clap::Parser;
 use device_agent::platform::Platform;
+use device_agent::transport::Transport;
 use device_agent::{Agent, AgentOptions};
 use onboarder::config::Config;
 use onboarder::exercise::{Exercise, Fleet, PhaseReport, incompressible_image};
@@ -54,6 +58,10 @@ struct Cli {
     /// over QUIC.
     #[arg(long)]
     est: bool,
+    /// How the devices reach the onboarder: quic, https (our protocol over HTTPS) or coap
+    /// (CoAP over DTLS, as constrained devices do).
+    #[arg(long, default_value_t = Transport::Quic)]
+    transport: Transport,
 }
 
 /// One phase, with the server's cost.
@@ -159,6 +167,10 @@ async fn main() -> Result<()> {
     let https: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     config.https_listen = Some(https);
     config.policy.firmware_url = Some(format!("https://localhost:{}/firmware", https.port()));
+    let coap: std::net::SocketAddr = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
+    if cli.transport == Transport::Coap {
+        config.coap_listen = Some(coap);
+    }
     onboarder::pki::init(&data, &config, now)?;
     let binary = match cli.server.clone() {
         Some(b) => b,
@@ -277,6 +289,17 @@ async fn main() -> Result<()> {
     let endpoints = (0..4)
         .map(|_| device_agent::transport::quic::endpoint_for(quic))
         .collect::<Result<Vec<_>, _>>()?;
+    let address = if cli.transport == Transport::Coap {
+        coap
+    } else {
+        quic
+    };
+    let options = AgentOptions {
+        transport: cli.transport,
+        https_url: (cli.transport == Transport::Https)
+            .then(|| format!("https://localhost:{}", https.port())),
+        ..AgentOptions::default()
+    };
     let agents = identities
         .into_iter()
         .enumerate()
@@ -284,9 +307,9 @@ async fn main() -> Result<()> {
             Ok(Arc::new(Agent::new(
                 Arc::new(birth.identity),
                 Platform::memory(birth.key),
-                quic,
+                address,
                 endpoints[i % endpoints.len()].clone(),
-                AgentOptions::default(),
+                options.clone(),
             )))
         })
         .collect::<Result<Vec<_>>>()?;

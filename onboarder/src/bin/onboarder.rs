@@ -77,6 +77,7 @@ async fn run_demo(args: DemoArgs) -> Result<()> {
         concurrency: args.concurrency,
         progress: std::io::stderr().is_terminal(),
         decommission_percent: args.decommission,
+        transport: args.transport,
     })
     .await?;
     if !args.json {

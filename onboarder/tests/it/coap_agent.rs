@@ -191,3 +191,34 @@ async fn over_a_lossy_link_an_agent_onboards_and_resumes_a_firmware_download() {
     running.stop().await;
     task.abort();
 }
+
+/// `onboarder demo --transport coap`: every phase of the demo with agents over CoAP, none
+/// failed, and the report's contract (the last line of stdout) kept.
+#[test]
+fn the_demo_runs_every_phase_over_coap() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_onboarder"))
+        .args(["demo", "--devices", "6", "--transport", "coap", "--json"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap();
+    assert_eq!(report["devices"], 6);
+    let phases = report["phases"].as_object().unwrap();
+    for phase in [
+        "onboard",
+        "rotate",
+        "root_rollover",
+        "firmware",
+        "firmware_https",
+        "decommission",
+    ] {
+        assert_eq!(phases[phase]["failed"], 0, "{phase}: {}", phases[phase]);
+        assert!(phases[phase]["ok"].as_u64().unwrap() > 0, "{phase}");
+    }
+}

@@ -170,6 +170,10 @@ pub struct DemoArgs {
     /// Percentage of the fleet decommissioned in the last phase.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub decommission: u8,
+    /// How the devices reach the onboarder: quic, https (our protocol over HTTPS) or coap
+    /// (CoAP over DTLS, as constrained devices do).
+    #[arg(long, default_value_t = device_agent::transport::Transport::Quic)]
+    pub transport: device_agent::transport::Transport,
 }
 
 /// Writes one line to stdout. A reader that went away (`| head`) ends the command quietly

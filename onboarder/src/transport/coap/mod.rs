@@ -31,6 +31,7 @@ use self::cookie::Cookies;
 use self::dtls::{Dtls, DtlsError, PeerIdentity};
 use self::message::{Incoming, Messages};
 use crate::service::Service;
+use crate::transport::limits::Limits;
 use crate::transport::sessions::{self, Sessions};
 use crate::transport::tls::RegistrarIdentity;
 
@@ -40,8 +41,6 @@ pub const IDLE: Duration = Duration::from_secs(120);
 const TICK: Duration = Duration::from_millis(500);
 /// Sessions at once.
 const MAX_SESSIONS: usize = 20_000;
-/// Handshakes at once from one IP address (devices behind a NAT share one).
-const MAX_HANDSHAKES_PER_ADDRESS: usize = 64;
 
 /// The security layer under CoAP: what a DTLS session does, and what OSCORE would.
 pub trait SecureSession: Send {
@@ -112,6 +111,9 @@ pub struct Listener {
     service: Arc<Service>,
     sessions: Arc<Sessions>,
     peers: Mutex<HashMap<SocketAddr, Arc<Mutex<Peer>>>>,
+    /// Handshakes at once from one IP address (devices behind a NAT share one): a sixteenth
+    /// of the connections one address may hold (64 by default).
+    handshakes_per_address: usize,
     /// What it did.
     pub stats: CoapStats,
 }
@@ -121,12 +123,13 @@ fn count(counter: &std::sync::atomic::AtomicU64) {
 }
 
 impl Listener {
-    /// A listener on `socket` presenting `identity` and serving `service`.
+    /// A listener on `socket` presenting `identity` and serving `service` within `limits`.
     pub fn new(
         socket: UdpSocket,
         identity: Arc<RegistrarIdentity>,
         service: Arc<Service>,
         sessions: Arc<Sessions>,
+        limits: &Limits,
     ) -> Result<Arc<Self>, DtlsError> {
         let dtls = Dtls::new(&identity.pair(), service.trust(), service.clock())?;
         Ok(Arc::new(Listener {
@@ -137,6 +140,7 @@ impl Listener {
             service,
             sessions,
             peers: Mutex::new(HashMap::new()),
+            handshakes_per_address: (limits.max_connections_per_address / 16).max(1),
             stats: CoapStats::default(),
         }))
     }
@@ -462,7 +466,7 @@ impl Listener {
                 addr.ip() == ip && p.lock().map(|p| p.secure.peer().is_none()).unwrap_or(false)
             })
             .count();
-        handshaking < MAX_HANDSHAKES_PER_ADDRESS
+        handshaking < self.handshakes_per_address
     }
 
     async fn on_tick(&self) {
@@ -495,8 +499,9 @@ pub async fn bind(
     identity: Arc<RegistrarIdentity>,
     service: Arc<Service>,
     sessions: Arc<Sessions>,
+    limits: &Limits,
 ) -> std::io::Result<Arc<Listener>> {
     let socket = UdpSocket::bind(addr).await?;
-    Listener::new(socket, identity, service, sessions)
+    Listener::new(socket, identity, service, sessions, limits)
         .map_err(|e| std::io::Error::other(e.to_string()))
 }
