@@ -1,6 +1,7 @@
 //! The device agent for firmware written in C: one opaque handle, blocking calls, status codes
-//! and a readable message for the last failure. Link `libdevice_agent_ffi.a` (or `.so`) and include
-//! `include/device_agent.h`.
+//! and a readable message for the last failure. Link `libdevice_agent_ffi.a` (or `.so`), with
+//! the system's OpenSSL for the static library (`-lssl -lcrypto`: the CoAP transport's DTLS), and
+//! include `include/device_agent.h`.
 //!
 //! ```c
 //! DaAgent *agent = NULL;

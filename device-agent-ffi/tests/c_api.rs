@@ -47,6 +47,9 @@ async fn a_c_program_onboards_a_device_through_the_c_api() {
         .arg(&program)
         .arg(&lib)
         .args([
+            // OpenSSL, for the CoAP transport's DTLS.
+            "-lssl",
+            "-lcrypto",
             "-lpthread",
             "-ldl",
             "-lm",

@@ -38,7 +38,9 @@
 //! - [`machine`]: the device's decisions without I/O: voucher, registrar and enrollment checks,
 //!   persisted state, command replies, and what comes next at each step of onboarding, a
 //!   session, a renewal, an update, a decommissioning, after a crash and after a failure.
-//! - [`transport`]: the QUIC client (provisional TLS for onboarding, pinned TLS afterwards).
+//! - [`transport`]: the sessions, by [`transport::Transport`]: QUIC (provisional TLS for
+//!   onboarding, pinned TLS afterwards), the same over HTTPS where UDP is blocked, and CoAP
+//!   over DTLS for constrained networks.
 //! - [`driver`]: [`Agent`], which carries out what the machine decides.
 //! - [`clock`]: the one source of wall-clock time, which tests may move forward.
 //!

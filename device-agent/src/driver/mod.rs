@@ -1,5 +1,5 @@
 //! The agent's async side: it reads and writes state through the platform traits, talks to the
-//! onboarder through [`crate::transport::quic`], and asks [`crate::machine`] what to accept and
+//! onboarder through a [`crate::transport::Session`], and asks [`crate::machine`] what to accept and
 //! what comes next. By job: `onboard` (voucher, checks, enrollment), `session` (the
 //! operational session, crash recovery, serving commands), `renew`, `firmware` (update,
 //! trial boot), `decommission` and `run` (the loop that ties them, with its backoff).

@@ -99,7 +99,7 @@ const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 
 /// A UDP socket with large buffers: a fleet's handshakes arrive in bursts, and every datagram
 /// the kernel drops costs a retransmission timeout.
-fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+pub(crate) fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     // Best effort: a smaller buffer still works.

@@ -60,16 +60,19 @@ pub struct PullLink {
     incoming: tokio::sync::Mutex<mpsc::Receiver<Pending>>,
     awaiting: Mutex<Option<oneshot::Sender<CommandReply>>>,
     last_seen: Mutex<Instant>,
+    /// The exporter value of the secure session that opened it.
+    binding: [u8; protocol::EXPORTER_LEN],
 }
 
 impl PullLink {
-    fn new() -> PullLink {
+    fn new(binding: [u8; protocol::EXPORTER_LEN]) -> PullLink {
         let (queue, incoming) = mpsc::channel(16);
         PullLink {
             queue,
             incoming: tokio::sync::Mutex::new(incoming),
             awaiting: Mutex::new(None),
             last_seen: Mutex::new(Instant::now()),
+            binding,
         }
     }
 
@@ -117,11 +120,24 @@ impl Sessions {
         self.map().insert(device.clone(), Link::Quic(conn));
     }
 
-    /// Opens a pull session for `device`, over HTTPS or CoAP (replacing an older one of any
-    /// kind).
-    pub fn register_pull(&self, device: &DeviceId) -> Arc<PullLink> {
-        let link = Arc::new(PullLink::new());
-        self.map().insert(device.clone(), Link::Pull(link.clone()));
+    /// Opens a pull session for `device`, over HTTPS or CoAP, on the secure session of
+    /// `binding` (replacing one of another session, of any kind).
+    pub fn register_pull(
+        &self,
+        device: &DeviceId,
+        binding: &[u8; protocol::EXPORTER_LEN],
+    ) -> Arc<PullLink> {
+        let mut map = self.map();
+        // Another hello on the same secure session (after new owner roots) keeps its link:
+        // the commands it handed out are answered there.
+        if let Some(Link::Pull(link)) = map.get(device)
+            && link.binding == *binding
+            && link.live()
+        {
+            return link.clone();
+        }
+        let link = Arc::new(PullLink::new(*binding));
+        map.insert(device.clone(), Link::Pull(link.clone()));
         link
     }
 

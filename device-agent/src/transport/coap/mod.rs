@@ -599,11 +599,17 @@ impl Shared {
         result
     }
 
-    /// Reads the socket: answers to whoever awaits them, notifications to the commands.
+    /// Reads the socket: answers to whoever awaits them, notifications to the commands. Ends
+    /// with the session (which closes the commands).
     async fn read(self: Arc<Self>, commands: mpsc::UnboundedSender<Packet>) {
         let mut buf = vec![0u8; 65_536];
+        let mut ended = self.ended.subscribe();
         loop {
-            let n = match self.socket.recv(&mut buf).await {
+            let received = tokio::select! {
+                received = self.socket.recv(&mut buf) => received,
+                _ = ended.wait_for(Option::is_some) => return,
+            };
+            let n = match received {
                 Ok(n) => n,
                 Err(e) => return self.end(&format!("CoAP socket: {e}")),
             };

@@ -54,6 +54,8 @@ pub trait SecureSession: Send {
     fn peer(&self) -> Option<&PeerIdentity>;
     /// Called on every tick (handshake retransmission).
     fn on_tick(&mut self);
+    /// Ends the session (what tells the peer is in [`SecureSession::outgoing`]).
+    fn close(&mut self);
 }
 
 impl SecureSession for dtls::Session {
@@ -71,6 +73,9 @@ impl SecureSession for dtls::Session {
     }
     fn on_tick(&mut self) {
         dtls::Session::on_tick(self)
+    }
+    fn close(&mut self) {
+        dtls::Session::close(self)
     }
 }
 
@@ -169,6 +174,8 @@ impl Listener {
                 _ = tick.tick() => self.on_tick().await,
                 received = self.socket.recv_from(&mut buf) => {
                     match received {
+                        // In the order they came: a peer's handshake flights and blocks
+                        // are taken in sequence.
                         Ok((n, from)) => self.clone().on_datagram(from, &buf[..n]).await,
                         Err(e) => tracing::debug!("CoAP socket: {e}"),
                     }
@@ -346,26 +353,39 @@ impl Listener {
                 p.messages
                     .notification(&token, seq, protocol::coap::CBOR, &body)
             };
-            if !self.deliver(from, &peer, id, &bytes).await {
-                // Not acknowledged, or reset: the observation is over (the order stays in the
-                // device's record for its next hello).
-                let mut p = peer.lock().unwrap_or_else(|e| e.into_inner());
-                p.observation = None;
-                p.notifying = false;
+            let settled = self.deliver(from, &peer, id, &bytes).await;
+            if settled != Some(true) {
+                // Reset: the device no longer observes. Unanswered: it is gone, or cannot
+                // hear us; its session ends too (a close_notify tells a device that is still
+                // there, which connects again), as a QUIC connection would. Either way the
+                // order stays in the device's record for its next hello.
+                let outgoing = {
+                    let mut p = peer.lock().unwrap_or_else(|e| e.into_inner());
+                    p.observation = None;
+                    p.notifying = false;
+                    if settled.is_none() {
+                        p.secure.close();
+                    }
+                    p.secure.outgoing()
+                };
+                self.send_all(from, outgoing).await;
+                if settled.is_none() && self.is_current(from, &peer) {
+                    self.drop_peer(from);
+                }
                 return;
             }
         }
     }
 
     /// Sends a confirmable message until the peer settles it (RFC 7252 4.2: from 2 s,
-    /// doubling, four retransmissions); whether it was acknowledged.
+    /// doubling, four retransmissions): acknowledged (`true`), reset (`false`), or neither.
     async fn deliver(
         &self,
         to: SocketAddr,
         peer: &Arc<Mutex<Peer>>,
         id: u16,
         bytes: &[u8],
-    ) -> bool {
+    ) -> Option<bool> {
         let mut wait = Duration::from_secs(2);
         for _ in 0..5 {
             let outgoing = {
@@ -382,13 +402,13 @@ impl Listener {
                     .unwrap_or_else(|e| e.into_inner())
                     .messages
                     .settled(id);
-                if let Some(acknowledged) = settled {
-                    return acknowledged;
+                if settled.is_some() {
+                    return settled;
                 }
             }
             wait *= 2;
         }
-        false
+        None
     }
 
     /// Whether `peer` is still the session of `from`.
@@ -501,7 +521,10 @@ pub async fn bind(
     sessions: Arc<Sessions>,
     limits: &Limits,
 ) -> std::io::Result<Arc<Listener>> {
-    let socket = UdpSocket::bind(addr).await?;
+    // Large buffers, as QUIC's: a fleet's handshakes and notifications come in bursts.
+    let socket = crate::transport::quic::udp_socket(addr)?;
+    socket.set_nonblocking(true)?;
+    let socket = UdpSocket::from_std(socket)?;
     Listener::new(socket, identity, service, sessions, limits)
         .map_err(|e| std::io::Error::other(e.to_string()))
 }

@@ -135,7 +135,7 @@ async fn door(
     };
     let handled = service.handle(&device, &peer.binding, decoded).await;
     if handled.opened_session {
-        sessions.register_pull(&device.id);
+        sessions.register_pull(&device.id, &peer.binding);
     }
     Answer::content(
         ResponseType::Changed,

@@ -92,7 +92,7 @@ async fn request(
         };
     let handled = shared.service.handle(peer, &caller.binding, request).await;
     if handled.opened_session {
-        shared.sessions.register_pull(&peer.id);
+        shared.sessions.register_pull(&peer.id, &caller.binding);
     }
     cbor(message::encode(&handled.response))
 }
