@@ -169,10 +169,15 @@ pub fn read_key(path: &Path) -> Result<crate::KeyPair, CertError> {
 
 /// Every `CERTIFICATE` block of a PEM text, as DER.
 pub fn certs_from_pem(text: &str) -> Result<Vec<Vec<u8>>, CertError> {
+    pem_blocks(text, "CERTIFICATE")
+}
+
+/// Every block tagged `tag` (`X509 CRL`) of a PEM text, as DER.
+pub fn pem_blocks(text: &str, tag: &str) -> Result<Vec<Vec<u8>>, CertError> {
     let blocks = pem::parse_many(text).map_err(|e| CertError::parse("PEM", e))?;
     Ok(blocks
         .into_iter()
-        .filter(|b| b.tag() == "CERTIFICATE")
+        .filter(|b| b.tag() == tag)
         .map(|b| b.into_contents())
         .collect())
 }

@@ -164,6 +164,34 @@ pub fn issue_registrar(
     validity: Validity,
     cert_serial: &[u8],
 ) -> Result<Vec<u8>, CertError> {
+    let mut params = server_params(organization, names, validity, cert_serial)?;
+    params
+        .extended_key_usages
+        .push(ExtendedKeyUsagePurpose::Other(der::OID_KP_CMC_RA.to_vec()));
+    ca.sign(&params, subject)
+}
+
+/// Issues a TLS server certificate (serverAuth) for another of the owner's servers, such as the
+/// RADIUS server devices authenticate to with EAP-TLS: devices check it with the owner root
+/// they already hold.
+pub fn issue_server(
+    ca: &Ca,
+    organization: &str,
+    names: &[String],
+    subject: &impl rcgen::PublicKeyData,
+    validity: Validity,
+    cert_serial: &[u8],
+) -> Result<Vec<u8>, CertError> {
+    let params = server_params(organization, names, validity, cert_serial)?;
+    ca.sign(&params, subject)
+}
+
+fn server_params(
+    organization: &str,
+    names: &[String],
+    validity: Validity,
+    cert_serial: &[u8],
+) -> Result<CertificateParams, CertError> {
     let mut params = CertificateParams::new(names.to_vec())?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, organization);
@@ -173,14 +201,11 @@ pub fn issue_registrar(
     );
     params.distinguished_name = dn;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::Other(der::OID_KP_CMC_RA.to_vec()),
-    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.serial_number = Some(SerialNumber::from_slice(cert_serial));
     params.use_authority_key_identifier_extension = true;
     validity.apply(&mut params)?;
-    ca.sign(&params, subject)
+    Ok(params)
 }
 
 /// Issues the certificate of a signing key that is not a CA (the manufacturer's voucher

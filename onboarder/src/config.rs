@@ -3,6 +3,7 @@
 //! ```text
 //! DIR/onboarder.json      settings (listen addresses, names, policy)
 //! DIR/admin-token         bearer token of the admin API (0600)
+//! DIR/radius-token        FreeRADIUS's token for the RADIUS endpoints (0600), once set up
 //! DIR/ca/owner-root.pem   owner root CA         (+ .key, 0600; keep offline once set up)
 //! DIR/ca/issuing-ca-N.pem every generation N of the online issuing CA (+ .key, 0600)
 //! DIR/ca/issuing.json     the generations and when each was retired
@@ -41,6 +42,8 @@ pub mod layout {
     pub const CONFIG: &str = "onboarder.json";
     /// Admin API token.
     pub const TOKEN: &str = "admin-token";
+    /// The token FreeRADIUS presents to the RADIUS endpoints.
+    pub const RADIUS_TOKEN: &str = "radius-token";
     /// Copy of the owner root in force: the one the issuing CA chains to, which vouchers pin.
     pub const OWNER_ROOT: &str = "ca/owner-root.pem";
     /// The owner roots devices trust: one, or the old and the new during a root rollover.
@@ -136,6 +139,9 @@ pub struct Config {
     /// What peers can make the device listener hold (connections, incomplete requests).
     #[serde(default)]
     pub limits: crate::transport::limits::Limits,
+    /// The RADIUS integration, once `onboarder radius init` set it up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub radius: Option<crate::radius::RadiusSettings>,
 }
 
 fn default_crl_validity() -> u64 {
@@ -170,10 +176,12 @@ impl Config {
                 crl_url: None,
                 firmware_url: None,
                 root_distribution_wait: 7 * 86_400,
+                network_access: Default::default(),
             },
             online_masa: None,
             crl_validity: 86_400,
             limits: crate::transport::limits::Limits::default(),
+            radius: None,
         }
     }
 

@@ -17,6 +17,8 @@
 //!   [`transport::https`] listener opens the same service to standard clients (EST, BRSKI's
 //!   status reports) and serves the CRLs.
 //! - [`masa`]: where nonced vouchers come from, for devices without a trustworthy clock.
+//! - [`radius`]: network access through FreeRADIUS: the CA directory its EAP-TLS module reads,
+//!   the endpoints its `rest` module asks at every login, and the configuration it runs with.
 //! - [`control`]: the background loops: command push, CRL publisher, CA and registrar
 //!   rollover (finished at start if a crash interrupted it), campaign engine.
 //! - [`operator`]: the operator's edges: the admin HTTP API (axum), its client, views, and the
@@ -49,6 +51,7 @@ pub mod masa;
 pub mod metrics;
 pub mod operator;
 pub mod pki;
+pub mod radius;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -112,6 +112,10 @@ impl Server {
         certs::files::create_private_dir(dir)?;
         let pki = crate::pki::load(dir, &config)?;
         let token = crate::pki::token(dir)?;
+        let radius_token = match &config.radius {
+            Some(_) => Some(crate::radius::token(dir)?),
+            None => None,
+        };
         let backends = match options.backends {
             Some(b) => b,
             None => Backends::embedded(dir)?,
@@ -237,7 +241,9 @@ impl Server {
             let shutdown = async move {
                 let _ = stopped.wait_for(|s| *s).await;
             };
-            if let Err(e) = crate::operator::api::serve(api, api_control, token, shutdown).await {
+            if let Err(e) =
+                crate::operator::api::serve(api, api_control, token, radius_token, shutdown).await
+            {
                 tracing::error!("admin API failed: {e}");
             }
         }));

@@ -31,12 +31,18 @@ pub fn openssl(args: &[&str]) -> String {
 /// The `factory` binary of the `certs` package, built beside this test (by `cargo test
 /// --workspace`, or here if it is missing).
 pub fn factory_binary() -> PathBuf {
+    binary("certs", "factory")
+}
+
+/// The binary `name` of `package`, built beside this test (by `cargo test --workspace`, or
+/// here if it is missing).
+pub fn binary(package: &str, name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let binary = profile_dir.join("factory");
+    let binary = profile_dir.join(name);
     if !binary.exists() {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "certs", "--bin", "factory"])
+            .args(["build", "-p", package, "--bin", name])
             .status()
             .unwrap();
         assert!(status.success());
@@ -72,16 +78,27 @@ impl Owner {
         name: &str,
         tune: impl FnOnce(&mut onboarder::config::Config),
     ) -> Owner {
+        Owner::start_prepared(name, tune, |_, _| {}).await
+    }
+
+    /// An owner whose configuration `tune` changed first, and whose data directory `prepare`
+    /// (given it and the owner's temporary directory) works on before the server starts.
+    pub async fn start_prepared(
+        name: &str,
+        tune: impl FnOnce(&mut onboarder::config::Config),
+        prepare: impl FnOnce(&Path, &Path),
+    ) -> Owner {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("onboarder");
         let mut config = onboarder::config::Config::new(name);
-        tune(&mut config);
         config.quic_listen = "127.0.0.1:0".parse().unwrap();
         config.api_listen = "127.0.0.1:0".parse().unwrap();
+        tune(&mut config);
         // The CRL distribution point names the HTTPS port, so it is chosen before the start.
         let port = free_port();
         config.policy.crl_url = Some(format!("https://localhost:{port}/crl"));
         onboarder::pki::init(&data, &config, certs::unix_now()).unwrap();
+        prepare(&data, dir.path());
         let server = Server::start(
             &data,
             Listen {

@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         Command::Init(args) => cli::init(cli.dir, args).map_err(Into::into),
         Command::Serve => runtime().and_then(|rt| rt.block_on(serve(&cli.dir))),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(run_demo(args))),
+        Command::Radius(cmd) => cli::radius(cli.dir, cmd).map_err(Into::into),
         command => cli::run(cli.dir, command).map_err(Into::into),
     };
     match result {

@@ -1,5 +1,5 @@
-//! Publishing CRLs: signed by the service, written to `DIR/crl/issuing-ca-N.crl` and kept
-//! for the HTTP endpoint; at once after a revocation, when a grace period ends, and at half
+//! Publishing CRLs: signed by the service, written to `DIR/crl/issuing-ca-N.crl` (and into
+//! the RADIUS server's CA directory, when there is one) and kept for the HTTP endpoint; at once after a revocation, when a grace period ends, and at half
 //! their validity.
 
 use std::sync::Arc;
@@ -21,6 +21,8 @@ impl Control {
         let (crls, next_change) = self.service.build_crls(self.config.crl_validity).await?;
         let dir = self.dir.clone();
         let written = crls.clone();
+        let radius = self.config.radius.clone();
+        let registrar = self.service.registrar();
         tokio::task::spawn_blocking(move || {
             for crl in &written {
                 let pem = certs::files::pem_block("X509 CRL", &crl.der);
@@ -29,6 +31,15 @@ impl Control {
                     pem.as_bytes(),
                 ) {
                     tracing::error!("writing the CRL: {e}");
+                }
+            }
+            if let Some(radius) = radius {
+                let crls: Vec<(u32, Vec<u8>)> = written
+                    .iter()
+                    .map(|c| (c.generation, c.der.clone()))
+                    .collect();
+                if let Err(e) = crate::radius::write_ca_dir(&radius, &registrar, &crls) {
+                    tracing::error!("writing the RADIUS server's CA directory: {e}");
                 }
             }
         })

@@ -9,7 +9,7 @@
 //! job and decommissioning), [`release`] (firmware releases and keys), [`campaign`] (staged
 //! rollouts), [`policy`] (the registrar's context). The decisions, each returning a
 //! [`decision::Decision`]: [`onboard`], [`renew`], [`revoke`], [`firmware`], [`decommission`],
-//! [`import`] (vouchers and anchors), and [`campaign::Campaign::next_step`]. Around them:
+//! [`import`] (vouchers and anchors), [`network_access`] (what a RADIUS server asks), and [`campaign::Campaign::next_step`]. Around them:
 //! [`error`] (the one mapping of refusals to wire codes) and [`audit_budget`].
 
 mod access;
@@ -22,6 +22,7 @@ pub mod firmware;
 pub mod identity;
 pub mod import;
 mod issue;
+pub mod network_access;
 pub mod onboard;
 pub mod peer;
 pub mod policy;

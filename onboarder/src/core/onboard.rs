@@ -230,7 +230,7 @@ pub fn voucher_status(
         return Ok(Decision::reply(Response::Ack));
     }
     record.transition(DeviceState::Onboarding, "accepting a voucher", now)?;
-    record.idevid_key = Some(peer.public_key.raw().to_vec());
+    pin_idevid(&mut record, peer);
     let event = AuditEvent::device(
         &peer.id,
         "voucher-accepted",
@@ -288,7 +288,7 @@ pub fn enroll(
     let mut pinned = Vec::new();
     if without_voucher {
         record.transition(DeviceState::Onboarding, "enrolling over EST", now)?;
-        record.idevid_key = Some(peer.public_key.raw().to_vec());
+        pin_idevid(&mut record, peer);
         pinned.push(AuditEvent::device(
             &peer.id,
             "est-enrollment",
@@ -524,6 +524,17 @@ pub fn hello(
 /// on its LDevID may be sent commands from then on.
 pub fn opens_session(peer: &DevicePeer, response: &Response) -> bool {
     peer.kind == CredentialKind::Ldevid && matches!(response, Response::Welcome(_))
+}
+
+/// Pins the IDevID `peer` onboards with (a clone is refused from then on), and keeps the MUD URL
+/// it carries for the network policy.
+fn pin_idevid(record: &mut DeviceRecord, peer: &DevicePeer) {
+    record.idevid_key = Some(peer.public_key.raw().to_vec());
+    record.mud_url = peer
+        .idevid
+        .as_deref()
+        .and_then(|der| certs::CertInfo::parse(der).ok())
+        .and_then(|info| info.mud_url);
 }
 
 #[cfg(test)]

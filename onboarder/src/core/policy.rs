@@ -69,6 +69,10 @@ pub struct Policy {
     /// root in its next welcome.
     #[serde(default = "default_root_wait")]
     pub root_distribution_wait: u64,
+    /// What a network access server is told about devices: where each goes, and what a
+    /// quarantined one gets.
+    #[serde(default)]
+    pub network_access: super::network_access::AccessPolicy,
 }
 
 fn default_grace() -> u64 {

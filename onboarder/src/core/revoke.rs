@@ -134,6 +134,7 @@ pub fn reset_onboarding(
         }
     }
     record.idevid_key = None;
+    record.mud_url = None;
     record.network = None;
     Ok(Decision::ack(
         record,

@@ -252,7 +252,7 @@ pub fn rollover_to(dir: &Path, config: &Config, target: u32, now: u64) -> Result
     Ok(())
 }
 
-fn new_token() -> Result<String> {
+pub(crate) fn new_token() -> Result<String> {
     use ring::rand::{SecureRandom, SystemRandom};
     let mut bytes = [0u8; 32];
     SystemRandom::new()
@@ -371,6 +371,28 @@ fn read_registrar(dir: &Path) -> Result<(Vec<Vec<u8>>, KeyPair)> {
         layout::SERVER_KEY,
         layout::SERVER_CERT
     )))
+}
+
+/// Issues a TLS server certificate for another of the owner's servers (the RADIUS server) under
+/// the current issuing CA, with a fresh key: its chain (leaf, issuing CA) and key.
+pub fn issue_server(
+    dir: &Path,
+    config: &Config,
+    names: &[String],
+    now: u64,
+) -> Result<(Vec<Vec<u8>>, KeyPair)> {
+    let pki = load(dir, config)?;
+    let issuing = &pki.registrar.issuing.ca;
+    let key = KeyPair::generate(KeyKind::P256)?;
+    let cert = certs::profile::issue_server(
+        issuing,
+        &owner_name(config),
+        names,
+        &key,
+        Validity::starting(now, SERVER_LIFETIME),
+        &random_serial()?,
+    )?;
+    Ok((vec![cert, issuing.cert_der().to_vec()], key))
 }
 
 /// Reads the admin token.

@@ -12,7 +12,7 @@
 //!
 //! The files by job: `device` (requests of authenticated devices), `imports` (anchors and
 //! vouchers), `orders` (operator orders about devices), `firmware` (keys and releases),
-//! `campaigns`, `crls`, `queries` (reads for operators).
+//! `campaigns`, `crls`, `network` (what a RADIUS server asks), `queries` (reads for operators).
 
 mod audit;
 mod campaigns;
@@ -21,6 +21,7 @@ mod device;
 mod error;
 mod firmware;
 mod imports;
+mod network;
 mod orders;
 mod queries;
 mod rollover;
@@ -31,6 +32,7 @@ pub use crls::Crl;
 pub use device::{Handled, SignedUrl};
 pub use error::OperatorError;
 pub use imports::AnchorImport;
+pub use network::AccessContext;
 pub use orders::{OrderReport, RotationStatus};
 pub use queries::{ImportReport, Rejected};
 pub use rollover::PendingRollover;
@@ -79,6 +81,8 @@ pub struct Service {
     /// Firmware job states by campaign and device, kept current by every commit, so the
     /// campaign engine does not read every device record at every tick.
     jobs: Mutex<JobIndex>,
+    /// Devices by the MAC address they reported (for MAC authorization), built on first use.
+    macs: Mutex<Option<network::MacIndex>>,
     /// What was refused and shed.
     metrics: Metrics,
     /// The audit entries devices may cause without changing anything.
@@ -142,6 +146,7 @@ impl Service {
             firmware_changed: Notify::new(),
             campaigns: tokio::sync::Mutex::new(()),
             jobs: Mutex::new(JobIndex::default()),
+            macs: Mutex::new(None),
             metrics: Metrics::default(),
             budget: Mutex::new(AuditBudget::default()),
             clock,
@@ -296,6 +301,7 @@ impl Service {
             match self.store.commit(change).await {
                 Ok(()) => {
                     self.note_jobs(&written);
+                    self.note_macs(&written);
                     if jobs_moved {
                         self.firmware_changed.notify_one();
                     }

@@ -65,6 +65,10 @@ pub struct DeviceRecord {
     /// The last rotation ordered by an operator.
     #[serde(default)]
     pub rotation: Option<Rotation>,
+    /// The MUD URL (RFC 8520) of the IDevID pinned at onboarding: what the operator's network
+    /// policy maps to a VLAN or filter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mud_url: Option<String>,
     /// Device class (model) the device reports.
     #[serde(default)]
     pub class_id: Option<String>,
@@ -104,6 +108,7 @@ impl DeviceRecord {
             firmware_version: None,
             quarantine_reason: None,
             rotation: None,
+            mud_url: None,
             class_id: None,
             hardware: Default::default(),
             firmware_sequence: 0,

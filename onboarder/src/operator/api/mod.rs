@@ -68,14 +68,20 @@ struct Api {
     token: Arc<String>,
 }
 
-/// Serves the admin API on `listener` until `shutdown` completes.
+/// Serves the admin API on `listener` until `shutdown` completes, with the RADIUS endpoints
+/// (`crate::radius::api`) when FreeRADIUS has a token.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     control: Arc<Control>,
     token: String,
+    radius_token: Option<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(control, token))
+    let mut app = router(control.clone(), token);
+    if let Some(radius_token) = radius_token {
+        app = app.merge(crate::radius::api::router(control, radius_token));
+    }
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -122,7 +128,7 @@ pub fn router(control: Arc<Control>, token: String) -> Router {
             get(devices::sanitization),
         )
         .route(
-            "/v1/devices/{device}/devices::sanitization.html",
+            "/v1/devices/{device}/sanitization.html",
             get(devices::sanitization_html),
         )
         .route(
@@ -202,7 +208,7 @@ fn view(api: &Api, record: &crate::core::DeviceRecord) -> DeviceView {
 /// Compares a presented token with ours in time that depends on neither: both are hashed to
 /// 32 bytes first (so their lengths do not show), and the digests compared without an early
 /// exit.
-fn constant_time_eq(presented: &[u8], ours: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(presented: &[u8], ours: &[u8]) -> bool {
     let digest = |b: &[u8]| ring::digest::digest(&ring::digest::SHA256, b);
     let (x, y) = (digest(presented), digest(ours));
     x.as_ref()

@@ -1,6 +1,6 @@
 //! The `onboarder` command line: the clap tree and what each command prints. Commands act
 //! through the admin API of a running onboarder (found from its data directory), except
-//! `init`, `serve` and `demo`, which the binary runs itself.
+//! `init`, `serve`, `demo` and `radius`, which the binary runs itself.
 //!
 //! Output follows the habits of `kubectl` and `step`: a table or a few lines for people
 //! (device-supplied text escaped, times in RFC 3339), `--json` for scripts, progress on stderr
@@ -11,6 +11,7 @@ mod devices;
 mod firmware;
 mod follow;
 mod orders;
+mod radius;
 
 use std::fmt::Display;
 use std::io::Write;
@@ -104,6 +105,10 @@ pub enum Command {
     /// Staged firmware rollouts.
     #[command(subcommand)]
     Campaign(firmware::CampaignCommand),
+    /// Network access through FreeRADIUS (EAP-TLS with the LDevID, per-device passphrases,
+    /// per-device VLANs).
+    #[command(subcommand)]
+    Radius(radius::RadiusCommand),
 }
 
 /// `onboarder init`.
@@ -268,13 +273,17 @@ pub fn init(dir: PathBuf, args: InitArgs) -> Result<()> {
     Ok(())
 }
 
+pub use radius::radius;
+
 /// Runs an operator command against the onboarder whose data directory is `dir`.
 pub fn run(dir: PathBuf, command: Command) -> Result<()> {
     let client = ApiClient::for_data_dir(&dir)?;
     match command {
-        Command::Init(_) | Command::Serve | Command::Demo(_) => Err(Error::Config(
-            "init, serve and demo are run by the onboarder binary itself".into(),
-        )),
+        Command::Init(_) | Command::Serve | Command::Demo(_) | Command::Radius(_) => {
+            Err(Error::Config(
+                "init, serve, demo and radius are run by the onboarder binary itself".into(),
+            ))
+        }
         Command::Anchor(cmd) => devices::anchor(&client, cmd),
         Command::Voucher(cmd) => devices::voucher(&client, cmd),
         Command::Device(cmd) => devices::device(&client, cmd),
