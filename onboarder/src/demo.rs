@@ -14,6 +14,8 @@
 //! OUT/devices/<serial>/state/       state.cbor, ldevid.pem, chain.pem, ldevid.key, network.json, data/, firmware/
 //! OUT/vouchers.cbor                 the voucher bundle the owner imported
 //! OUT/sanitization/<serial>.json|.html  certificate of sanitization of a decommissioned device
+//! OUT/freeradius/                   a FreeRADIUS configuration for this owner (`freeradius -C -d`
+//!                                   checks it); ca/ holds the CAs and CRLs it would verify with
 //! OUT/report.json                   the report printed last
 //! ```
 
@@ -29,7 +31,7 @@ use device_agent::{Agent, AgentOptions};
 use serde::Serialize;
 
 use crate::config::{Config, layout};
-use crate::exercise::{Exercise, Fleet, PhaseReport, incompressible_image};
+use crate::exercise::{Exercise, Fleet, PhaseReport, incompressible_image, mac_of};
 use crate::operator::client::ApiClient;
 use crate::server::{Listen, Server};
 
@@ -105,7 +107,10 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport> {
     let mut config = Config::new("Example Owner");
     let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     config.quic_listen = loopback;
-    config.api_listen = loopback;
+    // The admin API's port is in the RADIUS server's configuration, so it is chosen first.
+    config.api_listen = std::net::TcpListener::bind(loopback)
+        .and_then(|l| l.local_addr())
+        .map_err(|e| crate::error::Error::os("choosing the API port", e))?;
     // Every agent connects from this machine's one address.
     config.limits = crate::transport::limits::Limits::single_host();
     // The HTTPS listener, for the firmware phase over HTTPS: its port is in the offers' URLs,
@@ -119,7 +124,27 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport> {
         config.coap_listen = Some(loopback);
     }
     crate::pki::init(&data, &config, now)?;
+    // A FreeRADIUS configuration for this owner (not run here; `freeradius -C -d
+    // OUT/freeradius` checks it), which turns the onboarder's RADIUS endpoints on.
+    crate::radius::freeradius::init(
+        &data,
+        &out.join("freeradius"),
+        &crate::radius::freeradius::InitOptions {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 1812)),
+            clients: vec![crate::radius::freeradius::RadiusClient {
+                network: "127.0.0.1".into(),
+                secret: crate::pki::new_token()?,
+            }],
+            names: vec!["radius.local".into()],
+            fail_open_verified: false,
+        },
+        now,
+    )?;
     let server = Server::start(&data, Listen::default()).await?;
+    let access = Arc::new(crate::radius::client::AccessClient::new(
+        &format!("http://{}", server.api_addr()),
+        crate::radius::token(&data)?,
+    ));
     let (address, agent_options) = agent_settings(&server, options.transport, https)?;
     let api = Arc::new(ApiClient::new(
         &format!("http://{}", server.api_addr()),
@@ -136,12 +161,16 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport> {
         .iter()
         .enumerate()
         .map(|(i, d)| {
+            let mut options = agent_options.clone();
+            options
+                .hardware
+                .insert(crate::core::network_access::MAC_FACT.into(), mac_of(i));
             Agent::with_files(
                 &d.identity,
                 &d.state,
                 address,
                 endpoints[i % endpoints.len()].clone(),
-                agent_options.clone(),
+                options,
             )
             .map(Arc::new)
         })
@@ -190,6 +219,10 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport> {
     phases.insert(
         "decommission".to_string(),
         exercise.decommission(leaving).await?,
+    );
+    phases.insert(
+        "network_access".to_string(),
+        exercise.network_access(access, &agents, count).await?,
     );
     fleet.stop().await;
     if let Some(agent) = leaving.first() {

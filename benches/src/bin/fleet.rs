@@ -172,6 +172,25 @@ async fn main() -> Result<()> {
         config.coap_listen = Some(coap);
     }
     onboarder::pki::init(&data, &config, now)?;
+    // The onboarder's RADIUS endpoints, asked as FreeRADIUS would in the network_access phase.
+    onboarder::radius::freeradius::init(
+        &data,
+        &dir.path().join("freeradius"),
+        &onboarder::radius::freeradius::InitOptions {
+            listen: "127.0.0.1:1812".parse()?,
+            clients: vec![onboarder::radius::freeradius::RadiusClient {
+                network: "127.0.0.1".into(),
+                secret: "fleet-secret".into(),
+            }],
+            names: vec!["radius.local".into()],
+            fail_open_verified: false,
+        },
+        now,
+    )?;
+    let access = Arc::new(onboarder::radius::client::AccessClient::new(
+        &format!("http://{}", config.api_listen),
+        onboarder::radius::token(&data)?,
+    ));
     let binary = match cli.server.clone() {
         Some(b) => b,
         None => std::env::current_exe()?.with_file_name("onboarder"),
@@ -304,12 +323,17 @@ async fn main() -> Result<()> {
         .into_iter()
         .enumerate()
         .map(|(i, birth)| {
+            let mut options = options.clone();
+            options.hardware.insert(
+                onboarder::core::network_access::MAC_FACT.into(),
+                onboarder::exercise::mac_of(i),
+            );
             Ok(Arc::new(Agent::new(
                 Arc::new(birth.identity),
                 Platform::memory(birth.key),
                 address,
                 endpoints[i % endpoints.len()].clone(),
-                options.clone(),
+                options,
             )))
         })
         .collect::<Result<Vec<_>>>()?;
@@ -380,6 +404,9 @@ async fn main() -> Result<()> {
         .decommission(&agents[agents.len() - count..])
         .await?;
     measure("decommission", report, cpu);
+    let cpu = proc.cpu_seconds();
+    let report = exercise.network_access(access, &agents, count).await?;
+    measure("network_access", report, cpu);
     let total = all_phases.elapsed();
     fleet.stop().await;
 

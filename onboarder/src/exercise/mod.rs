@@ -164,6 +164,68 @@ impl Exercise {
         Ok(PhaseReport::new(&mut latencies, failed, start.elapsed()))
     }
 
+    /// Every device asks for network access as a RADIUS server would for it: an EAP-TLS login
+    /// with its latest certificate and a MAC authorization for the address it reported
+    /// ([`mac_of`] its index). The first `agents.len() - gone` must be let on, the MAC
+    /// authorization bringing the passphrase the device holds; the last `gone` (decommissioned)
+    /// must be refused both.
+    pub async fn network_access(
+        &self,
+        access: Arc<crate::radius::client::AccessClient>,
+        agents: &[Arc<Agent>],
+        gone: usize,
+    ) -> Result<PhaseReport> {
+        let views = self.api(|api| api.devices()).await?;
+        let bar = self.bar("network", agents.len());
+        let limit = Arc::new(Semaphore::new(self.concurrency.max(1)));
+        let start = Instant::now();
+        let mut tasks = Vec::with_capacity(agents.len());
+        for (i, agent) in agents.iter().enumerate() {
+            let view = views.iter().find(|v| v.serial == agent.serial());
+            let login = view.and_then(|v| {
+                let cert = v.certificates.last()?;
+                Some((v.id.to_string(), cert.serial.clone()))
+            });
+            let stays = i < agents.len() - gone;
+            let passphrase = match agent.load_state().ok().and_then(|s| s.network) {
+                Some(protocol::message::NetworkProfile::Wifi { psk, .. }) => Some(psk),
+                _ => None,
+            };
+            let (access, limit, mac) = (access.clone(), limit.clone(), mac_of(i));
+            tasks.push(tokio::spawn(async move {
+                let _permit = limit.acquire_owned().await.ok()?;
+                let (common_name, serial) = login?;
+                tokio::task::spawn_blocking(move || {
+                    let started = Instant::now();
+                    let login = access.eap_tls(&common_name, &serial).ok()?;
+                    let station = access.mac(&mac).ok()?;
+                    let given = station.attributes["reply:Tunnel-Password"]
+                        .as_str()
+                        .map(str::to_string);
+                    let right = if stays {
+                        login.granted && station.granted && given.is_some() && given == passphrase
+                    } else {
+                        !login.granted && !station.granted && given.is_none()
+                    };
+                    right.then(|| started.elapsed())
+                })
+                .await
+                .ok()?
+            }));
+        }
+        let mut latencies = Vec::new();
+        let mut failed = 0;
+        for task in tasks {
+            match task.await.ok().flatten() {
+                Some(latency) => latencies.push(latency),
+                None => failed += 1,
+            }
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        Ok(PhaseReport::new(&mut latencies, failed, start.elapsed()))
+    }
+
     /// Waits until `count` devices hold an operational session.
     pub async fn connected(&self, count: usize) -> Result<()> {
         let ok = self
@@ -485,6 +547,12 @@ impl Exercise {
         }
         Ok(PhaseReport::new(&mut latencies, failed, elapsed))
     }
+}
+
+/// The MAC address the `index`th device of a fleet reports (locally administered).
+pub fn mac_of(index: usize) -> String {
+    let b = (index as u32).to_be_bytes();
+    format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3])
 }
 
 /// The LDevID public key a device holds now.

@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod ca_dir;
+pub mod client;
 pub mod freeradius;
 
 use std::path::{Path, PathBuf};

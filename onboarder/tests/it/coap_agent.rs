@@ -217,6 +217,7 @@ fn the_demo_runs_every_phase_over_coap() {
         "firmware",
         "firmware_https",
         "decommission",
+        "network_access",
     ] {
         assert_eq!(phases[phase]["failed"], 0, "{phase}: {}", phases[phase]);
         assert!(phases[phase]["ok"].as_u64().unwrap() > 0, "{phase}");
