@@ -241,6 +241,26 @@ async fn eventually(what: &str, seconds: u64, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// `onboarder radius init` for the onboarder in `data`: FreeRADIUS on `port`, configured in
+/// `out`.
+fn radius_init(data: &Path, out: &Path, port: u16, fail_open_verified: bool) -> PathBuf {
+    onboarder::radius::freeradius::init(
+        data,
+        out,
+        &InitOptions {
+            listen: format!("127.0.0.1:{port}").parse().unwrap(),
+            clients: vec![RadiusClient {
+                network: "127.0.0.1".into(),
+                secret: SECRET.into(),
+            }],
+            names: vec!["radius.local".into()],
+            fail_open_verified,
+        },
+        certs::unix_now(),
+    )
+    .unwrap()
+}
+
 /// An owner whose onboarder FreeRADIUS (configured by `radius init` in `<tmp>/freeradius`,
 /// listening on `radius_port`) asks, with sensor devices placed in [`SENSOR_VLAN`].
 async fn start_owner(radius_port: u16) -> (Owner, PathBuf) {
@@ -269,21 +289,7 @@ async fn start_owner(radius_port: u16) -> (Owner, PathBuf) {
             };
         },
         |data, tmp| {
-            radius_dir = onboarder::radius::freeradius::init(
-                data,
-                &tmp.join("freeradius"),
-                &InitOptions {
-                    listen: format!("127.0.0.1:{radius_port}").parse().unwrap(),
-                    clients: vec![RadiusClient {
-                        network: "127.0.0.1".into(),
-                        secret: SECRET.into(),
-                    }],
-                    names: vec!["radius.local".into()],
-                    fail_open_verified: false,
-                },
-                certs::unix_now(),
-            )
-            .unwrap();
+            radius_dir = radius_init(data, &tmp.join("freeradius"), radius_port, false);
         },
     )
     .await;
@@ -514,6 +520,17 @@ async fn freeradius_admits_devices_by_their_ldevid_and_passphrase_until_their_ac
         "accepted with the onboarder down: {}",
         radius.debug()
     );
+    drop(radius);
+
+    // The operator's exception, --fail-open-verified: with the onboarder down, a certificate
+    // FreeRADIUS verifies (chain and CRL) gets on, without a placement; A's, revoked and on the
+    // CRL, does not.
+    let open_port = common::free_port();
+    let open_dir = radius_init(&data, &work.join("fail-open"), open_port, true);
+    let open = FreeRadius::start(&open_dir);
+    let login = |cert: &Path, key: &Path| eap_tls(&work, open_port, &root, cert, key);
+    assert_eq!(login(&c_cert, &c_key), (true, None), "{}", open.debug());
+    assert!(!login(&a_new_cert, &a_new_key).0, "a revoked certificate");
 }
 
 /// `curl` posting `body` to the RADIUS endpoint `route` with `user:password`: the status.
