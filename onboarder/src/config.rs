@@ -139,6 +139,10 @@ pub struct Config {
     /// What peers can make the device listener hold (connections, incomplete requests).
     #[serde(default)]
     pub limits: crate::transport::limits::Limits,
+    /// The database of several replicas (`postgres://user@host/db`, or libpq's `host=...
+    /// dbname=...`); the embedded sled store in `DIR/store` if unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
     /// The RADIUS integration, once `onboarder radius init` set it up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub radius: Option<crate::radius::RadiusSettings>,
@@ -181,6 +185,7 @@ impl Config {
             online_masa: None,
             crl_validity: 86_400,
             limits: crate::transport::limits::Limits::default(),
+            store: None,
             radius: None,
         }
     }

@@ -51,6 +51,25 @@ impl Backends {
             images: Arc::new(DirImages::new(dir.join(layout::FIRMWARE))),
         })
     }
+
+    /// Records and images in the PostgreSQL database at `url`, secrets sealed with the data
+    /// directory's `DIR/store.key` (which every replica on the database shares).
+    pub fn postgres(dir: &Path, url: &str) -> Result<Backends> {
+        let key = SealingKey::load_or_create(&dir.join(layout::STORE_KEY))?;
+        let store = Arc::new(crate::store::postgres::PgStore::open(url, key)?);
+        Ok(Backends {
+            store: store.clone(),
+            images: store,
+        })
+    }
+
+    /// The backends `config` names: its database, else the embedded ones.
+    pub fn configured(dir: &Path, config: &Config) -> Result<Backends> {
+        match &config.store {
+            Some(url) => Backends::postgres(dir, url),
+            None => Backends::embedded(dir),
+        }
+    }
 }
 
 /// How to start a server: what replaces the configured listeners, the clock, the backends.
@@ -118,7 +137,7 @@ impl Server {
         };
         let backends = match options.backends {
             Some(b) => b,
-            None => Backends::embedded(dir)?,
+            None => Backends::configured(dir, &config)?,
         };
         let service = Arc::new(
             Service::new(

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use onboarder::demo::{self, DemoOptions};
 use onboarder::operator::cli::{self, Cli, Command, DemoArgs};
-use onboarder::server::{Listen, Server};
+use onboarder::server::{Backends, Options, Server};
 
 fn main() -> ExitCode {
     // Everything this process creates is for its owner only: the data directory holds keys
@@ -19,7 +19,7 @@ fn main() -> ExitCode {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     let level = match cli.command {
-        Command::Serve => "info",
+        Command::Serve(_) => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -30,7 +30,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Init(args) => cli::init(cli.dir, args).map_err(Into::into),
-        Command::Serve => runtime().and_then(|rt| rt.block_on(serve(&cli.dir))),
+        Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve(&cli.dir, args.store))),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(run_demo(args))),
         Command::Radius(cmd) => cli::radius(cli.dir, cmd).map_err(Into::into),
         command => cli::run(cli.dir, command).map_err(Into::into),
@@ -56,10 +56,23 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-async fn serve(dir: &Path) -> Result<()> {
-    let server = Server::start(dir, Listen::default())
-        .await
-        .with_context(|| format!("starting the onboarder in {}", dir.display()))?;
+async fn serve(dir: &Path, store: Option<String>) -> Result<()> {
+    let backends = match &store {
+        Some(url) => Some(
+            Backends::postgres(dir, url)
+                .with_context(|| "opening the PostgreSQL store".to_string())?,
+        ),
+        None => None,
+    };
+    let server = Server::start_with(
+        dir,
+        Options {
+            backends,
+            ..Options::default()
+        },
+    )
+    .await
+    .with_context(|| format!("starting the onboarder in {}", dir.display()))?;
     println!(
         "onboarder serving devices on {} (QUIC), admin API on http://{}",
         server.quic_addr(),

@@ -18,7 +18,7 @@ pub const MAX_IMAGE: u64 = 256 * 1024 * 1024;
 /// an open, a seek and a copy per chunk (fleet of 2,000: 9 % of the firmware phase's server
 /// CPU). Images are only written through [`Images::put`], which keeps the copy in memory
 /// coherent.
-const HOT_LIMIT: u64 = 64 * 1024 * 1024;
+pub(super) const HOT_LIMIT: u64 = 64 * 1024 * 1024;
 
 /// Where firmware images are kept. Images are large and written once, so they live apart from
 /// the device records (a database backend may keep them in object storage).
@@ -112,7 +112,7 @@ impl ImageStore for DirImages {
 }
 
 /// `length` bytes of `image` from `offset`, fewer at its end, none past it.
-fn slice(image: &[u8], offset: u64, length: u32) -> &[u8] {
+pub(super) fn slice(image: &[u8], offset: u64, length: u32) -> &[u8] {
     let start = usize::try_from(offset)
         .unwrap_or(usize::MAX)
         .min(image.len());

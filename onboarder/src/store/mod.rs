@@ -17,6 +17,7 @@
 #[cfg(test)]
 pub(crate) mod battery;
 pub mod images;
+pub mod postgres;
 pub mod seal;
 pub mod sled;
 

@@ -83,6 +83,7 @@ impl World {
         config.api_listen = "127.0.0.1:0".parse().unwrap();
         // Agents notice a dead connection within a second or two.
         config.policy.heartbeat_secs = 1;
+        config.store = test_store();
         edit(&mut config);
         let https_chosen = config.https_listen;
         onboarder::pki::init(&data, &config, now()).unwrap();
@@ -378,6 +379,21 @@ impl Device {
             .into_iter()
             .filter(|name| self.state_dir.join(name).exists())
             .collect()
+    }
+}
+
+/// The store the battery runs on: with `ONBOARDER_TEST_BACKEND=postgres`, a fresh schema of
+/// the database `ONBOARDER_TEST_POSTGRES` names (`scripts/test` runs the suite that way too);
+/// else the embedded store.
+pub fn test_store() -> Option<String> {
+    match std::env::var("ONBOARDER_TEST_BACKEND").as_deref() {
+        Ok("postgres") => {
+            let base = std::env::var("ONBOARDER_TEST_POSTGRES")
+                .expect("ONBOARDER_TEST_BACKEND=postgres needs ONBOARDER_TEST_POSTGRES");
+            Some(onboarder::store::postgres::fresh_schema(&base).unwrap())
+        }
+        Ok("sled") | Err(_) => None,
+        Ok(other) => panic!("ONBOARDER_TEST_BACKEND={other}: sled or postgres"),
     }
 }
 

@@ -2,7 +2,6 @@
 
 use onboarder::core::DeviceState;
 use onboarder::operator::client::ApiClient;
-use onboarder::store::Store;
 
 use crate::harness::*;
 
@@ -95,13 +94,54 @@ async fn a_tampered_audit_log_fails_verification() {
     world.server.service().verify_audit().unwrap();
     let data = world.data.clone();
     world.server.shutdown().await;
-    // Rewrite one entry behind the store's back, as someone with the disk could.
+    // Rewrite one entry behind the store's back, as someone with the disk (or the database)
+    // could.
+    let forge = |stored: &[u8]| {
+        let mut entry: onboarder::audit::AuditEntry =
+            protocol::cbor::from_slice(stored, 1 << 20).unwrap();
+        entry.event.detail = "nothing happened here".into();
+        protocol::cbor::to_vec(&entry)
+    };
+    let config = onboarder::config::Config::load(&data).unwrap();
+    let store: Box<dyn onboarder::store::Store> = match &config.store {
+        Some(url) => {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            let row = client
+                .query_one("SELECT entry FROM audit WHERE seq = 2", &[])
+                .await
+                .unwrap();
+            let forged = forge(row.get::<_, &[u8]>(0));
+            client
+                .execute("UPDATE audit SET entry = $1 WHERE seq = 2", &[&forged])
+                .await
+                .unwrap();
+            let key = onboarder::store::seal::SealingKey::load_or_create(&data.join("store.key"))
+                .unwrap();
+            Box::new(onboarder::store::postgres::PgStore::open(url, key).unwrap())
+        }
+        None => Box::new(tampered_sled(&data, forge).await),
+    };
+    let (_, head) = store.audit_head().unwrap();
+    assert_eq!(
+        onboarder::audit::verify_chain(store.audit(1, 1000).unwrap(), &head),
+        Err(onboarder::audit::AuditError::BrokenLink(3))
+    );
+    drop(store);
+    drop(world.dir);
+}
+
+/// The sled store in `data` with audit entry 2 rewritten by `forge`, reopened.
+async fn tampered_sled(
+    data: &std::path::Path,
+    forge: impl Fn(&[u8]) -> Vec<u8>,
+) -> onboarder::store::sled::SledStore {
     let db = open_when_released(&data.join("store")).await;
-    let key = [b"a/".as_slice(), &2u64.to_be_bytes()].concat();
-    let mut entry: onboarder::audit::AuditEntry =
-        protocol::cbor::from_slice(&db.get(&key).unwrap().unwrap(), 1 << 20).unwrap();
-    entry.event.detail = "nothing happened here".into();
-    db.insert(&key, protocol::cbor::to_vec(&entry)).unwrap();
+    let audit_key = [b"a/".as_slice(), &2u64.to_be_bytes()].concat();
+    let forged = forge(&db.get(&audit_key).unwrap().unwrap());
+    db.insert(&audit_key, forged).unwrap();
     db.flush().unwrap();
     drop(db);
     // sled's flusher thread lets go of the file lock a moment after the drop.
@@ -117,13 +157,7 @@ async fn a_tampered_audit_log_fails_verification() {
             Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
         }
     }
-    let store = store.expect("the store stayed locked after the rewrite");
-    let (_, head) = store.audit_head().unwrap();
-    assert_eq!(
-        onboarder::audit::verify_chain(store.audit(1, 1000).unwrap(), &head),
-        Err(onboarder::audit::AuditError::BrokenLink(3))
-    );
-    drop(world.dir);
+    store.expect("the store stayed locked after the rewrite")
 }
 
 /// Opens the sled database once the server has let go of it.

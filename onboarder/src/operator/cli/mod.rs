@@ -62,7 +62,7 @@ pub enum Command {
     /// Create a data directory: owner root and issuing CA, server certificate, admin token.
     Init(InitArgs),
     /// Run the server until interrupted.
-    Serve,
+    Serve(ServeArgs),
     /// Run every lifecycle phase with N real agents against a real server on loopback.
     Demo(DemoArgs),
     /// Manufacturer trust anchors (which IDevIDs are accepted).
@@ -155,6 +155,20 @@ pub struct InitArgs {
     /// this owner (needs --masa).
     #[arg(long)]
     pub admit_vouched: bool,
+    /// Keep the state in this PostgreSQL database (see `serve --store`) instead of the
+    /// embedded store.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+}
+
+/// `onboarder serve`.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Keep the state in this PostgreSQL database instead of the data directory's embedded
+    /// store (`postgres://user@host/db`, or libpq's `host=/run/postgresql dbname=onboarder`):
+    /// several onboarders on one database, each with a copy of the data directory, act as one.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
 }
 
 /// `onboarder demo`.
@@ -254,6 +268,7 @@ pub fn init(dir: PathBuf, args: InitArgs) -> Result<()> {
         ));
     }
     config.policy.admit_vouched = args.admit_vouched;
+    config.store = args.store;
     config.policy.network = if args.eap_tls {
         NetworkPolicy::EapTls { ssid: args.ssid }
     } else {
@@ -279,7 +294,7 @@ pub use radius::radius;
 pub fn run(dir: PathBuf, command: Command) -> Result<()> {
     let client = ApiClient::for_data_dir(&dir)?;
     match command {
-        Command::Init(_) | Command::Serve | Command::Demo(_) | Command::Radius(_) => {
+        Command::Init(_) | Command::Serve(_) | Command::Demo(_) | Command::Radius(_) => {
             Err(Error::Config(
                 "init, serve, demo and radius are run by the onboarder binary itself".into(),
             ))
