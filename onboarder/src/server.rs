@@ -39,6 +39,8 @@ pub struct Backends {
     pub store: Arc<dyn Store>,
     /// Firmware images.
     pub images: Arc<dyn ImageStore>,
+    /// How replicas on the same store talk (none for a store one process opens).
+    pub relay: Option<Arc<dyn crate::store::Relay>>,
 }
 
 impl Backends {
@@ -49,6 +51,7 @@ impl Backends {
         Ok(Backends {
             store: Arc::new(SledStore::open(&dir.join(layout::STORE), key)?),
             images: Arc::new(DirImages::new(dir.join(layout::FIRMWARE))),
+            relay: None,
         })
     }
 
@@ -59,7 +62,8 @@ impl Backends {
         let store = Arc::new(crate::store::postgres::PgStore::open(url, key)?);
         Ok(Backends {
             store: store.clone(),
-            images: store,
+            images: store.clone(),
+            relay: Some(store),
         })
     }
 
@@ -219,10 +223,13 @@ impl Server {
             identity,
             dir.to_path_buf(),
             config,
+            backends.relay.clone(),
         ));
-        // What a crash left half done is finished, and the first CRLs exist, before the first
-        // device connects.
-        control.resume().await?;
+        // What a crash left half done is finished (by the replica that leads), and the first
+        // CRLs exist, before the first device connects.
+        if control.claim_leadership().await {
+            control.resume().await?;
+        }
         control.publish_crls().await?;
         let (stop, stopped) = watch::channel(false);
         let mut tasks = vec![
@@ -238,6 +245,8 @@ impl Server {
             tokio::spawn(control.clone().run_campaigns(stopped.clone())),
             tokio::spawn(control.clone().run_registrar_renewal(stopped.clone())),
             tokio::spawn(control.clone().run_root_rollover(stopped.clone())),
+            tokio::spawn(control.clone().run_leadership(stopped.clone())),
+            tokio::spawn(control.clone().run_replica_messages(stopped.clone())),
         ];
         if let Some((listener, tls)) = https {
             let crls = control.clone();

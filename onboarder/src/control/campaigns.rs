@@ -15,21 +15,17 @@ impl Control {
     pub async fn run_campaigns(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let tick = Duration::from_secs_f64(crate::service::TICK);
         loop {
-            match self.service.campaign_tick().await {
-                Ok(pushes) => {
-                    for (device, command) in pushes {
-                        if !self.sessions.is_connected(&device) {
-                            continue;
+            // The engine runs on one replica: the leader.
+            if self.is_leader() {
+                match self.service.campaign_tick().await {
+                    Ok(pushes) => {
+                        for (device, command) in pushes {
+                            let this = self.clone();
+                            tokio::spawn(async move { this.deliver(&device, &command).await });
                         }
-                        let sessions = self.sessions.clone();
-                        tokio::spawn(async move {
-                            if let Err(e) = sessions.push(&device, &command).await {
-                                tracing::debug!(%device, "update offer not pushed: {e}");
-                            }
-                        });
                     }
+                    Err(e) => tracing::error!("campaign engine: {e}"),
                 }
-                Err(e) => tracing::error!("campaign engine: {e}"),
             }
             // One tick looks at every device of the running campaigns, so ticks are spaced by
             // `tick` whatever the rate of reports; a report only wakes an idle engine early.

@@ -18,7 +18,14 @@ impl Control {
     /// Signs and writes fresh CRLs (`DIR/crl/issuing-ca-N.crl`, PEM) and keeps them for the
     /// HTTP endpoint. Returns when a grace period next ends.
     pub async fn publish_crls(&self) -> Result<Option<u64>, OperatorError> {
-        let (crls, next_change) = self.service.build_crls(self.config.crl_validity).await?;
+        // The leader signs; the other replicas serve what it published.
+        let (crls, next_change) = if self.is_leader() {
+            let built = self.service.build_crls(self.config.crl_validity).await?;
+            self.relay_crls();
+            built
+        } else {
+            (self.service.published_crls()?, None)
+        };
         let dir = self.dir.clone();
         let written = crls.clone();
         let radius = self.config.radius.clone();

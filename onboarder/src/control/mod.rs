@@ -5,15 +5,18 @@
 //! - `push`: commands to connected devices; `crls`: the CRL publisher;
 //!   `rollover`: the issuing CA rollover and the registrar's certificate; `roots`: the
 //!   owner-root rollover;
-//!   `campaigns`: the campaign engine; `audit`: the audit budget's summaries.
+//!   `campaigns`: the campaign engine; `audit`: the audit budget's summaries; `replicas`:
+//!   several onboarders on one database (commands relayed, the work that runs once).
 
 mod audit;
 mod campaigns;
 mod crls;
 mod push;
+mod replicas;
 mod rollover;
 mod roots;
 
+pub use replicas::{LEASE_RENEW, LEASE_TTL};
 pub use rollover::RolloverReport;
 pub use roots::RootStatus;
 
@@ -58,6 +61,8 @@ pub struct Control {
     rollovers: tokio::sync::Mutex<()>,
     /// One step of the owner-root rollover at a time.
     root_steps: tokio::sync::Mutex<()>,
+    /// This replica among the others on its database.
+    replicas: replicas::Replicas,
 }
 
 impl Control {
@@ -69,7 +74,10 @@ impl Control {
         identity: Arc<RegistrarIdentity>,
         dir: PathBuf,
         config: Config,
+        relay: Option<Arc<dyn crate::store::Relay>>,
     ) -> Self {
+        let replicas = replicas::Replicas::new(relay);
+        service.on_revocations(replicas.revocations_teller());
         Control {
             service,
             sessions,
@@ -80,6 +88,7 @@ impl Control {
             crls: RwLock::new(Vec::new()),
             rollovers: tokio::sync::Mutex::new(()),
             root_steps: tokio::sync::Mutex::new(()),
+            replicas,
         }
     }
 
@@ -115,21 +124,16 @@ impl Control {
                     Err(_) => None,
                 };
                 let Some(order) = order else { continue };
-                if !this.sessions.is_connected(&device) {
-                    continue;
-                }
                 let Ok(permit) = limit.clone().acquire_owned().await else {
                     return;
                 };
-                let sessions = this.sessions.clone();
+                let this = this.clone();
                 tokio::spawn(async move {
                     let command = Command::Decommission {
                         nonce: order.nonce,
                         method: order.method,
                     };
-                    if let Err(e) = sessions.push(&device, &command).await {
-                        tracing::debug!(%device, "decommission order not pushed: {e}");
-                    }
+                    this.deliver(&device, &command).await;
                     drop(permit);
                 });
             }
@@ -145,7 +149,7 @@ impl Control {
         reason: &str,
     ) -> Result<crate::core::DeviceRecord, OperatorError> {
         let record = self.service.force_decommission(device, reason).await?;
-        self.sessions.close(device, "decommissioned");
+        self.close_everywhere(device, "decommissioned");
         self.publish_crls().await?;
         Ok(record)
     }
@@ -159,7 +163,7 @@ impl Control {
         reason: certs::crl::Reason,
     ) -> Result<crate::core::DeviceRecord, OperatorError> {
         let record = self.service.revoke(device, reason).await?;
-        self.sessions.close(device, "revoked");
+        self.close_everywhere(device, "revoked");
         self.publish_crls().await?;
         Ok(record)
     }
@@ -171,7 +175,7 @@ impl Control {
         reason: &str,
     ) -> Result<crate::core::DeviceRecord, OperatorError> {
         let record = self.service.quarantine(device, reason).await?;
-        self.sessions.close(device, "quarantined");
+        self.close_everywhere(device, "quarantined");
         Ok(record)
     }
 
@@ -183,7 +187,7 @@ impl Control {
         reason: &str,
     ) -> Result<crate::core::DeviceRecord, OperatorError> {
         let record = self.service.reset_onboarding(device, reason).await?;
-        self.sessions.close(device, "onboarding reset");
+        self.close_everywhere(device, "onboarding reset");
         self.publish_crls().await?;
         Ok(record)
     }

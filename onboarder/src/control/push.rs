@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::message::{Command, CommandReply};
+use protocol::message::Command;
 use tokio::sync::Semaphore;
 
 use super::Control;
@@ -14,8 +14,8 @@ use crate::core::DeviceId;
 const PUSH_CONCURRENCY: usize = 64;
 
 impl Control {
-    /// Pushes `command` to each connected device of `devices`, at most `rate` per second, and
-    /// returns those that accepted it.
+    /// Pushes `command` to each device of `devices` where its session is (here or on another
+    /// replica), at most `rate` per second, and returns those whose session here accepted it.
     pub(super) async fn push_all(
         self: Arc<Self>,
         devices: Vec<DeviceId>,
@@ -28,29 +28,15 @@ impl Control {
             .filter(|r| *r > 0)
             .map(|r| tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(r))));
         for device in devices {
-            if !self.sessions.is_connected(&device) {
-                continue;
-            }
             if let Some(tick) = &mut tick {
                 tick.tick().await;
             }
             let Ok(permit) = limit.clone().acquire_owned().await else {
                 break;
             };
-            let (sessions, command) = (self.sessions.clone(), command.clone());
+            let (this, command) = (self.clone(), command.clone());
             pushes.spawn(async move {
-                let accepted = match sessions.push(&device, &command).await {
-                    Ok(CommandReply::Accepted) => true,
-                    Ok(other) => {
-                        tracing::info!(%device, "command answered {other:?}");
-                        false
-                    }
-                    // The device gets the order in its next welcome.
-                    Err(e) => {
-                        tracing::debug!(%device, "push failed: {e}");
-                        false
-                    }
-                };
+                let accepted = this.deliver(&device, &command).await;
                 drop(permit);
                 accepted.then_some(device)
             });

@@ -153,7 +153,9 @@ impl Control {
     /// long) and every hour.
     pub async fn run_registrar_renewal(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         loop {
-            if let Err(e) = self.renew_registrar().await {
+            if self.is_leader()
+                && let Err(e) = self.renew_registrar().await
+            {
                 tracing::error!("{e}");
             }
             tokio::select! {

@@ -107,7 +107,9 @@ impl Control {
     /// Looks at the rollover under way, if any, every [`ROOT_TICK`].
     pub async fn run_root_rollover(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         loop {
-            if let Err(e) = self.step_root_rollover().await {
+            if self.is_leader()
+                && let Err(e) = self.step_root_rollover().await
+            {
                 tracing::error!("owner-root rollover: {e}");
             }
             tokio::select! {

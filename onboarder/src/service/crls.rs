@@ -1,6 +1,7 @@
 //! Certificate revocation lists: one per issuing CA generation still responsible for live
 //! certificates, each with a CRL number one higher than the last (kept in the store, and durable
-//! before any CRL carrying it is published).
+//! before any CRL carrying it is published). The CRLs themselves are kept in the store too, so
+//! that replicas which did not sign them serve them.
 
 use serde::{Deserialize, Serialize};
 
@@ -25,7 +26,36 @@ pub struct Crl {
     pub der: Vec<u8>,
 }
 
+/// A CRL as kept in the store, for the replicas that did not sign it.
+#[derive(Serialize, Deserialize)]
+struct StoredCrl {
+    crl: Crl,
+    #[serde(with = "serde_bytes")]
+    der: Vec<u8>,
+}
+
+/// The store's name of generation `n`'s CRL last published.
+fn stored_name(generation: u32) -> String {
+    format!("crl/{generation}")
+}
+
 impl Service {
+    /// The CRLs last published (by this replica or another), from the store.
+    pub fn published_crls(&self) -> Result<Vec<Crl>, OperatorError> {
+        self.store
+            .meta_prefix("crl/")?
+            .into_iter()
+            .map(|(name, value)| {
+                let stored: StoredCrl = protocol::cbor::from_slice(&value, 64 * 1024 * 1024)
+                    .map_err(|e| OperatorError::Internal(format!("stored {name}: {e}")))?;
+                Ok(Crl {
+                    der: stored.der,
+                    ..stored.crl
+                })
+            })
+            .collect()
+    }
+
     /// Builds a fresh CRL for every issuing CA generation still responsible for live
     /// certificates, each with a CRL number one higher than the last, valid for `validity`
     /// seconds. Also returns when a grace period next ends (the next time the CRL changes by
@@ -72,16 +102,25 @@ impl Service {
             entries.sort_by(|a, b| a.serial.cmp(&b.serial));
             let der = certs::crl::build(&generation.ca, &entries, number, now, now + validity)
                 .map_err(|e| OperatorError::Internal(format!("signing the CRL: {e}")))?;
-            crls.push(Crl {
+            let crl = Crl {
                 generation: generation.generation,
                 number,
                 this_update: now,
                 next_update: now + validity,
                 entries: entries.len(),
                 der,
-            });
+            };
+            change.meta.push((
+                stored_name(generation.generation),
+                protocol::cbor::to_vec(&StoredCrl {
+                    crl: crl.clone(),
+                    der: crl.der.clone(),
+                }),
+            ));
+            crls.push(crl);
         }
-        // The numbers are durable before any CRL carrying them leaves this function.
+        // The numbers (and the CRLs, for the other replicas) are durable before any CRL
+        // carrying them leaves this function.
         self.commit(|_| Ok::<_, OperatorError>(Pending::of(change.clone(), ())))
             .await?;
         Ok((crls, next_change))

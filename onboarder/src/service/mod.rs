@@ -93,6 +93,9 @@ pub struct Service {
     masa: Option<Arc<dyn crate::masa::Masa>>,
     /// The key of signed firmware URLs (HMAC-SHA256).
     url_key: ring::hmac::Key,
+    /// Told after a commit that revoked or superseded certificates (the other replicas hear
+    /// of it through it).
+    on_revocations: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// A change decided inside [`Service::commit`], with the records its device writes replace
@@ -154,6 +157,7 @@ impl Service {
             masa: None,
             url_key: ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &SystemRandom::new())
                 .map_err(|_| StoreError::Io("no randomness for the URL key".into()))?,
+            on_revocations: std::sync::OnceLock::new(),
         };
         service.reload_trust()?;
         service.trust.revoke(service.store.revocations()?);
@@ -207,6 +211,20 @@ impl Service {
     /// The owner root in force (the one the issuing CA chains to, which vouchers pin), DER.
     pub fn owner_root(&self) -> Vec<u8> {
         self.registrar().owner_root().unwrap_or_default().to_vec()
+    }
+
+    /// Calls `tell` after every commit that revoked or superseded certificates (once set, it
+    /// stays).
+    pub fn on_revocations(&self, tell: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_revocations.set(Box::new(tell));
+    }
+
+    /// Reads the revocations again from the store (another replica committed some) and wakes
+    /// the CRL publisher.
+    pub fn reload_revocations(&self) -> Result<(), StoreError> {
+        self.trust.revoke(self.store.revocations()?);
+        self.revocations_changed.notify_one();
+        Ok(())
     }
 
     /// Resolves after a commit revoked or superseded certificates.
@@ -308,6 +326,9 @@ impl Service {
                     if !revocations.is_empty() {
                         self.trust.revoke(revocations);
                         self.revocations_changed.notify_one();
+                        if let Some(tell) = self.on_revocations.get() {
+                            tell();
+                        }
                     }
                     return Ok(reply);
                 }

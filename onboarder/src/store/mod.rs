@@ -181,4 +181,23 @@ pub trait Store: Send + Sync + 'static {
     fn audit_head(&self) -> Result<(u64, [u8; 32]), StoreError>;
     /// Applies a change atomically and durably.
     fn commit(&self, change: Change) -> CommitFuture;
+    /// Takes or renews the lease `name` for `holder` for `ttl_secs`: whether `holder` holds it
+    /// now. A lease held by another is taken only once it expired. Background work that must
+    /// run once among replicas runs under one. A store only one process opens grants it always.
+    fn lease(&self, _name: &str, _holder: &str, _ttl_secs: u64) -> Result<bool, StoreError> {
+        Ok(true)
+    }
 }
+
+/// Messages between the onboarders that share a store (replicas): what one of them must tell
+/// the others (a command for a device connected elsewhere, a revocation). Text payloads, at
+/// most [`MAX_RELAYED`] bytes; delivered to every replica, the sender included, at most once.
+pub trait Relay: Send + Sync + 'static {
+    /// Sends `payload` to every replica.
+    fn publish(&self, payload: String) -> Result<(), StoreError>;
+    /// The payloads sent from now on.
+    fn subscribe(&self) -> Result<tokio::sync::mpsc::UnboundedReceiver<String>, StoreError>;
+}
+
+/// Largest relayed payload (PostgreSQL's NOTIFY takes up to 8,000 bytes).
+pub const MAX_RELAYED: usize = 7_900;

@@ -21,5 +21,6 @@ mod operator;
 mod purity;
 mod reconnect;
 mod refusals;
+mod replicas;
 mod rollover_kill;
 mod root_rollover;

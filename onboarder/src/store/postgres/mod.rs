@@ -69,6 +69,7 @@ struct Job {
 pub struct PgStore {
     runtime: Option<tokio::runtime::Runtime>,
     reader: Arc<Client>,
+    url: String,
     codec: Arc<RecordCodec>,
     queue: mpsc::Sender<Job>,
     /// The image last read, whole (a campaign serves one image to every device, chunk by
@@ -146,8 +147,9 @@ impl PgStore {
             .enable_all()
             .build()
             .map_err(|e| StoreError::Io(format!("starting the store's runtime: {e}")))?;
-        let url = url.to_string();
+        let connect_url = url.to_string();
         let (reader, writer) = run_on(&runtime, async move {
+            let url = connect_url;
             let mut writer = connect(&url).await?;
             migrate(&mut writer).await?;
             let reader = connect(&url).await?;
@@ -171,6 +173,7 @@ impl PgStore {
         Ok(PgStore {
             runtime: Some(runtime),
             reader: Arc::new(reader),
+            url: url.to_string(),
             codec,
             queue,
             hot: std::sync::Mutex::new(None),
@@ -653,6 +656,27 @@ impl Store for PgStore {
         }
     }
 
+    fn lease(&self, name: &str, holder: &str, ttl_secs: u64) -> Result<bool, StoreError> {
+        let (name, holder) = (name.to_string(), holder.to_string());
+        let ttl = f64::from(u32::try_from(ttl_secs).unwrap_or(u32::MAX));
+        self.read(move |c| {
+            Box::pin(async move {
+                // The database's clock decides expiry, so replicas' clocks need not agree.
+                c.query_opt(
+                    "INSERT INTO leases (name, holder, expires_at) \
+                     VALUES ($1, $2, now() + make_interval(secs => $3)) \
+                     ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at \
+                     WHERE leases.holder = EXCLUDED.holder OR leases.expires_at < now() \
+                     RETURNING holder",
+                    &[&name, &holder, &ttl],
+                )
+                .await
+                .map(|row| row.is_some())
+                .map_err(db)
+            })
+        })
+    }
+
     fn commit(&self, change: Change) -> CommitFuture {
         let queue = self.queue.clone();
         Box::pin(async move {
@@ -665,6 +689,69 @@ impl Store for PgStore {
                 .await
                 .map_err(|_| StoreError::Closed)?;
             result.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+}
+
+/// The channel replicas talk on (LISTEN/NOTIFY).
+const RELAY_CHANNEL: &str = "onboarder_relay";
+
+/// Replicas' messages by PostgreSQL's NOTIFY, which the database delivers at commit to every
+/// connection that listens: no table, nothing kept.
+impl super::Relay for PgStore {
+    fn publish(&self, payload: String) -> Result<(), StoreError> {
+        if payload.len() > super::MAX_RELAYED {
+            return Err(StoreError::Io(format!(
+                "a relayed message of {} bytes (at most {})",
+                payload.len(),
+                super::MAX_RELAYED
+            )));
+        }
+        self.read(move |c| {
+            Box::pin(async move {
+                c.execute("SELECT pg_notify($1, $2)", &[&RELAY_CHANNEL, &payload])
+                    .await
+                    .map(|_| ())
+                    .map_err(db)
+            })
+        })
+    }
+
+    fn subscribe(&self) -> Result<mpsc::UnboundedReceiver<String>, StoreError> {
+        let url = self.url.clone();
+        let runtime = self.runtime.as_ref().ok_or(StoreError::Closed)?;
+        run_on(runtime, async move {
+            let (client, mut connection) = tokio_postgres::connect(&url, NoTls)
+                .await
+                .map_err(|e| StoreError::Io(format!("connecting to PostgreSQL: {e}")))?;
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                loop {
+                    match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                        Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                            if tx.send(n.payload().to_string()).is_err() {
+                                return;
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => {
+                            tracing::error!("the replicas' channel was lost: {e}");
+                            return;
+                        }
+                        None => return,
+                    }
+                }
+            });
+            client
+                .batch_execute(&format!("LISTEN {RELAY_CHANNEL}"))
+                .await
+                .map_err(db)?;
+            // The connection lives as long as its client: keep it until the store goes.
+            tokio::spawn(async move {
+                let _client = client;
+                std::future::pending::<()>().await;
+            });
+            Ok(rx)
         })
     }
 }

@@ -32,6 +32,14 @@ pub(super) const MIGRATIONS: &[&str] = &[
     INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, decode(repeat('00', 32), 'hex'));
     CREATE TABLE images (digest BYTEA PRIMARY KEY, image BYTEA NOT NULL);
     "#,
+    // 2: leases of the work that runs on one replica at a time.
+    r#"
+    CREATE TABLE leases (
+        name TEXT COLLATE "C" PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL
+    );
+    "#,
 ];
 
 /// The advisory lock key migrations take ("onboard" in ASCII).

@@ -1,0 +1,247 @@
+//! Several onboarders on one database (replicas) acting as one.
+//!
+//! - A command for a device goes to the replica that holds the device's session: pushed here
+//!   if the session is here, else relayed (the store's [`Relay`], PostgreSQL's NOTIFY) and
+//!   pushed by whichever replica holds it; the same for ending a session. A device connected
+//!   nowhere finds its orders in its next welcome, as always. Delay: one NOTIFY round trip.
+//! - Revocations committed by one replica reach the others' TLS verifiers and CRLs: the
+//!   service relays that they changed, and every replica reloads them from the store.
+//! - Work that must run once (the campaign engine, CRL signing, the registrar's renewal, the
+//!   rollovers) runs on the replica holding the store's `leader` lease, renewed every
+//!   [`LEASE_RENEW`]; when that replica dies, another takes the lease once it expired
+//!   ([`LEASE_TTL`]). With the embedded store there is one process, always the leader.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use protocol::message::Command;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::Control;
+use crate::core::DeviceId;
+use crate::store::Relay;
+
+/// How long the leader's lease lasts without renewal, in seconds.
+pub const LEASE_TTL: u64 = 6;
+/// How often the leader renews it (and the others try to take it).
+pub const LEASE_RENEW: Duration = Duration::from_secs(2);
+/// The lease of the work that runs once.
+const LEADER: &str = "leader";
+
+/// What one replica tells the others.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Message {
+    /// Push `command` to `device`, if its session is yours.
+    Push { device: DeviceId, command: Command },
+    /// End `device`'s session, if it is yours.
+    Close { device: DeviceId, reason: String },
+    /// Revocations changed: reload them.
+    Revocations,
+    /// The leader published new CRLs: serve them.
+    Crls,
+}
+
+/// A message with its sender.
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope {
+    from: String,
+    message: Message,
+}
+
+/// This replica's part among replicas.
+pub(super) struct Replicas {
+    /// Who this replica is (random, per process).
+    pub(super) id: String,
+    relay: Option<Arc<dyn Relay>>,
+    leader: watch::Sender<bool>,
+}
+
+impl Replicas {
+    pub(super) fn new(relay: Option<Arc<dyn Relay>>) -> Replicas {
+        let mut id = [0u8; 8];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id);
+        Replicas {
+            id: certs::inspect::hex(&id),
+            // Alone, a process leads from the start; among replicas, once it holds the lease.
+            leader: watch::Sender::new(relay.is_none()),
+            relay,
+        }
+    }
+
+    /// What the service calls after a commit that revoked certificates.
+    pub(super) fn revocations_teller(&self) -> impl Fn() + Send + Sync + 'static {
+        let (id, relay) = (self.id.clone(), self.relay.clone());
+        move || send(&id, relay.as_deref(), Message::Revocations)
+    }
+
+    fn send(&self, message: Message) {
+        send(&self.id, self.relay.as_deref(), message);
+    }
+}
+
+/// Relays `message` from replica `from` (nothing to do alone).
+fn send(from: &str, relay: Option<&dyn Relay>, message: Message) {
+    let Some(relay) = relay else { return };
+    let envelope = Envelope {
+        from: from.to_string(),
+        message,
+    };
+    let payload =
+        base64::engine::general_purpose::STANDARD.encode(protocol::cbor::to_vec(&envelope));
+    if let Err(e) = relay.publish(payload) {
+        tracing::warn!("telling the other replicas: {e}");
+    }
+}
+
+impl Control {
+    /// Whether this replica runs the work that runs once.
+    pub fn is_leader(&self) -> bool {
+        *self.replicas.leader.borrow()
+    }
+
+    /// Resolves once this replica leads (at once if it does).
+    pub async fn leading(&self) {
+        let mut leader = self.replicas.leader.subscribe();
+        let _ = leader.wait_for(|l| *l).await;
+    }
+
+    /// Pushes `command` to `device` where its session is: here, or through the other
+    /// replicas. Whether this replica's session accepted it (`false` when relayed).
+    pub(super) async fn deliver(&self, device: &DeviceId, command: &Command) -> bool {
+        if self.sessions.is_connected(device) {
+            match self.sessions.push(device, command).await {
+                Ok(protocol::message::CommandReply::Accepted) => return true,
+                Ok(other) => tracing::info!(%device, "command answered {other:?}"),
+                // The device gets the order in its next welcome.
+                Err(e) => tracing::debug!(%device, "push failed: {e}"),
+            }
+            return false;
+        }
+        self.replicas.send(Message::Push {
+            device: device.clone(),
+            command: command.clone(),
+        });
+        false
+    }
+
+    /// Tells the other replicas that the leader published CRLs.
+    pub(super) fn relay_crls(&self) {
+        self.replicas.send(Message::Crls);
+    }
+
+    /// Ends `device`'s session, wherever it is.
+    pub(super) fn close_everywhere(&self, device: &DeviceId, reason: &str) {
+        self.sessions.close(device, reason);
+        self.replicas.send(Message::Close {
+            device: device.clone(),
+            reason: reason.to_string(),
+        });
+    }
+
+    /// Carries out the other replicas' messages until `stop` turns true.
+    pub async fn run_replica_messages(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let Some(relay) = self.replicas.relay.clone() else {
+            return;
+        };
+        let mut messages = match relay.subscribe() {
+            Ok(rx) => rx,
+            Err(e) => {
+                tracing::error!("listening to the other replicas: {e}");
+                return;
+            }
+        };
+        loop {
+            let payload = tokio::select! {
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return;
+                    }
+                    continue;
+                }
+                payload = messages.recv() => match payload {
+                    Some(p) => p,
+                    None => return,
+                },
+            };
+            let Some(envelope) = base64::engine::general_purpose::STANDARD
+                .decode(payload.as_bytes())
+                .ok()
+                .and_then(|b| {
+                    protocol::cbor::from_slice::<Envelope>(&b, crate::store::MAX_RELAYED).ok()
+                })
+            else {
+                tracing::warn!("an unreadable message from a replica");
+                continue;
+            };
+            if envelope.from == self.replicas.id {
+                continue;
+            }
+            match envelope.message {
+                Message::Push { device, command } => {
+                    if self.sessions.is_connected(&device) {
+                        let sessions = self.sessions.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = sessions.push(&device, &command).await {
+                                tracing::debug!(%device, "relayed command not pushed: {e}");
+                            }
+                        });
+                    }
+                }
+                Message::Close { device, reason } => self.sessions.close(&device, &reason),
+                Message::Revocations => {
+                    if let Err(e) = self.service.reload_revocations() {
+                        tracing::error!("reloading revocations: {e}");
+                    }
+                }
+                Message::Crls => {
+                    if let Err(e) = self.publish_crls().await {
+                        tracing::error!("taking the leader's CRLs: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes or renews the leader's lease once (alone: always the leader); whether this
+    /// replica leads now.
+    pub async fn claim_leadership(&self) -> bool {
+        if self.replicas.relay.is_none() {
+            return true;
+        }
+        let store = self.service.store().clone();
+        let id = self.replicas.id.clone();
+        let held = tokio::task::spawn_blocking(move || store.lease(LEADER, &id, LEASE_TTL))
+            .await
+            .ok()
+            .and_then(|r| {
+                r.map_err(|e| tracing::warn!("the leader's lease: {e}"))
+                    .ok()
+            })
+            .unwrap_or(false);
+        if held != self.is_leader() {
+            tracing::info!(replica = %self.replicas.id, leader = held, "leadership changed");
+            self.replicas.leader.send_replace(held);
+        }
+        held
+    }
+
+    /// Holds (or waits for) the leader's lease until `stop` turns true.
+    pub async fn run_leadership(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        if self.replicas.relay.is_none() {
+            return;
+        }
+        loop {
+            self.claim_leadership().await;
+            tokio::select! {
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return;
+                    }
+                }
+                () = tokio::time::sleep(LEASE_RENEW) => {}
+            }
+        }
+    }
+}
