@@ -9,6 +9,10 @@
 //! With `--transport coap` the agents speak CoAP over DTLS to the onboarder's CoAPS listener
 //! (`https`: our protocol over HTTPS), through the same phases.
 //!
+//! With `--store postgres://...` the state is in PostgreSQL (a fresh schema per run), and with
+//! `--replicas N` N onboarder processes share it, the devices spread over them; the server's
+//! CPU and memory are then the replicas' sums (the database's own are not counted).
+//!
 //! With `--est` the devices are EST clients instead (RFC 7030 over HTTPS, a TLS connection per
 //! request as a standard client makes): phases `est_enroll` (simpleenroll with the IDevID) and
 //! `est_reenroll` (simplereenroll with the new LDevID).
@@ -62,6 +66,13 @@ struct Cli {
     /// (CoAP over DTLS, as constrained devices do).
     #[arg(long, default_value_t = Transport::Quic)]
     transport: Transport,
+    /// Keep the state in this PostgreSQL database (a fresh schema of it for this run) instead
+    /// of the embedded store.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// Server processes on the one database (needs --store); devices are spread over them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    replicas: u16,
 }
 
 /// One phase, with the server's cost.
@@ -95,12 +106,22 @@ struct Report {
     total_seconds: f64,
 }
 
-/// What /proc says about a process.
-struct Proc(u32);
+/// What /proc says about the server processes, summed.
+struct Proc(Vec<u32>);
 
 impl Proc {
     fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0)).unwrap_or_default();
+        self.0.iter().map(|pid| cpu_seconds(*pid)).sum()
+    }
+
+    fn status_kib(&self, field: &str) -> f64 {
+        self.0.iter().map(|pid| status_kib(*pid, field)).sum()
+    }
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         let fields: Vec<&str> = stat
             .rsplit_once(')')
             .map(|(_, rest)| rest.split_whitespace().collect())
@@ -114,15 +135,15 @@ impl Proc {
         // utime and stime, in clock ticks of 1/100 s on Linux.
         (ticks(11) + ticks(12)) / 100.0
     }
+}
 
-    fn status_kib(&self, field: &str) -> f64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.0))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0.0)
-    }
+fn status_kib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 struct Server(Child);
@@ -132,6 +153,17 @@ impl Drop for Server {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Waits until the admin API answers.
+async fn wait_for_api(api: &ApiClient) -> Result<()> {
+    for _ in 0..400 {
+        if api.stats().is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("the onboarder did not come up")
 }
 
 fn free_port() -> Result<u16> {
@@ -171,6 +203,13 @@ async fn main() -> Result<()> {
     if cli.transport == Transport::Coap {
         config.coap_listen = Some(coap);
     }
+    anyhow::ensure!(
+        cli.replicas == 1 || cli.store.is_some(),
+        "--replicas needs a database (--store)"
+    );
+    if let Some(url) = &cli.store {
+        config.store = Some(onboarder::store::postgres::fresh_schema(url)?);
+    }
     onboarder::pki::init(&data, &config, now)?;
     // The onboarder's RADIUS endpoints, asked as FreeRADIUS would in the network_access phase.
     onboarder::radius::freeradius::init(
@@ -195,31 +234,45 @@ async fn main() -> Result<()> {
         Some(b) => b,
         None => std::env::current_exe()?.with_file_name("onboarder"),
     };
-    let child = Command::new(&binary)
-        .args(["--dir", data.to_str().unwrap_or_default(), "serve"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| {
-            format!(
-                "starting {} (build it with cargo build --release --workspace)",
-                binary.display()
-            )
-        })?;
-    let server = Server(child);
-    let proc = Proc(server.0.id());
-    let api = Arc::new(ApiClient::for_data_dir(&data)?);
-    let ready = api.clone();
-    tokio::task::spawn_blocking(move || {
-        for _ in 0..200 {
-            if ready.stats().is_ok() {
-                return Ok(());
+    // Replica 0 on the configured addresses; the others on addresses of their own.
+    let mut servers = Vec::new();
+    let mut quic_addrs = vec![quic];
+    let mut coap_addrs = vec![coap];
+    for r in 0..cli.replicas {
+        let mut command = Command::new(&binary);
+        command.args(["--dir", data.to_str().unwrap_or_default(), "serve"]);
+        if r > 0 {
+            let q: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+            let c: std::net::SocketAddr = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
+            command
+                .args(["--listen", &q.to_string()])
+                .args(["--api", &format!("127.0.0.1:{}", free_port()?)])
+                .args(["--https", &format!("127.0.0.1:{}", free_port()?)]);
+            if cli.transport == Transport::Coap {
+                command.args(["--coap", &c.to_string()]);
             }
-            std::thread::sleep(Duration::from_millis(50));
+            quic_addrs.push(q);
+            coap_addrs.push(c);
         }
-        anyhow::bail!("the onboarder did not come up")
-    })
-    .await??;
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {} (build it with cargo build --release --workspace)",
+                    binary.display()
+                )
+            })?;
+        servers.push(Server(child));
+        if r == 0 && cli.replicas > 1 {
+            // The first replica makes the schema before the others start.
+            wait_for_api(&ApiClient::for_data_dir(&data)?).await?;
+        }
+    }
+    let proc = Proc(servers.iter().map(|s| s.0.id()).collect());
+    let api = Arc::new(ApiClient::for_data_dir(&data)?);
+    wait_for_api(&api).await?;
 
     // The devices: birth identities minted in memory, in parallel.
     let started = Instant::now();
@@ -308,10 +361,10 @@ async fn main() -> Result<()> {
     let endpoints = (0..4)
         .map(|_| device_agent::transport::quic::endpoint_for(quic))
         .collect::<Result<Vec<_>, _>>()?;
-    let address = if cli.transport == Transport::Coap {
-        coap
+    let addresses = if cli.transport == Transport::Coap {
+        coap_addrs
     } else {
-        quic
+        quic_addrs
     };
     let options = AgentOptions {
         transport: cli.transport,
@@ -331,7 +384,7 @@ async fn main() -> Result<()> {
             Ok(Arc::new(Agent::new(
                 Arc::new(birth.identity),
                 Platform::memory(birth.key),
-                address,
+                addresses[i % addresses.len()],
                 endpoints[i % endpoints.len()].clone(),
                 options,
             )))

@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use onboarder::demo::{self, DemoOptions};
-use onboarder::operator::cli::{self, Cli, Command, DemoArgs};
-use onboarder::server::{Backends, Options, Server};
+use onboarder::operator::cli::{self, Cli, Command, DemoArgs, ServeArgs};
+use onboarder::server::{Backends, Listen, Options, Server};
 
 fn main() -> ExitCode {
     // Everything this process creates is for its owner only: the data directory holds keys
@@ -30,7 +30,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Init(args) => cli::init(cli.dir, args).map_err(Into::into),
-        Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve(&cli.dir, args.store))),
+        Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve(&cli.dir, args))),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(run_demo(args))),
         Command::Radius(cmd) => cli::radius(cli.dir, cmd).map_err(Into::into),
         command => cli::run(cli.dir, command).map_err(Into::into),
@@ -56,8 +56,8 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-async fn serve(dir: &Path, store: Option<String>) -> Result<()> {
-    let backends = match &store {
+async fn serve(dir: &Path, args: ServeArgs) -> Result<()> {
+    let backends = match &args.store {
         Some(url) => Some(
             Backends::postgres(dir, url)
                 .with_context(|| "opening the PostgreSQL store".to_string())?,
@@ -68,6 +68,12 @@ async fn serve(dir: &Path, store: Option<String>) -> Result<()> {
         dir,
         Options {
             backends,
+            listen: Listen {
+                quic: args.listen,
+                api: args.api,
+                https: args.https,
+                coap: args.coap,
+            },
             ..Options::default()
         },
     )

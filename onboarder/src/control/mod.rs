@@ -77,7 +77,7 @@ impl Control {
         relay: Option<Arc<dyn crate::store::Relay>>,
     ) -> Self {
         let replicas = replicas::Replicas::new(relay);
-        service.on_revocations(replicas.revocations_teller());
+        service.on_shared(replicas.teller());
         Control {
             service,
             sessions,

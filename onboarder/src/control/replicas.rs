@@ -4,8 +4,9 @@
 //!   if the session is here, else relayed (the store's [`Relay`], PostgreSQL's NOTIFY) and
 //!   pushed by whichever replica holds it; the same for ending a session. A device connected
 //!   nowhere finds its orders in its next welcome, as always. Delay: one NOTIFY round trip.
-//! - Revocations committed by one replica reach the others' TLS verifiers and CRLs: the
-//!   service relays that they changed, and every replica reloads them from the store.
+//! - Revocations and manufacturer anchors committed by one replica reach the others' TLS
+//!   verifiers and CRLs: the service relays that they changed, and every replica reloads them
+//!   from the store.
 //! - Work that must run once (the campaign engine, CRL signing, the registrar's renewal, the
 //!   rollovers) runs on the replica holding the store's `leader` lease, renewed every
 //!   [`LEASE_RENEW`]; when that replica dies, another takes the lease once it expired
@@ -21,6 +22,7 @@ use tokio::sync::watch;
 
 use super::Control;
 use crate::core::DeviceId;
+use crate::service::Shared;
 use crate::store::Relay;
 
 /// How long the leader's lease lasts without renewal, in seconds.
@@ -37,8 +39,8 @@ enum Message {
     Push { device: DeviceId, command: Command },
     /// End `device`'s session, if it is yours.
     Close { device: DeviceId, reason: String },
-    /// Revocations changed: reload them.
-    Revocations,
+    /// What every replica keeps in memory changed: reload it.
+    Reload(Shared),
     /// The leader published new CRLs: serve them.
     Crls,
 }
@@ -70,10 +72,10 @@ impl Replicas {
         }
     }
 
-    /// What the service calls after a commit that revoked certificates.
-    pub(super) fn revocations_teller(&self) -> impl Fn() + Send + Sync + 'static {
+    /// What the service calls after a commit that changed what replicas keep in memory.
+    pub(super) fn teller(&self) -> impl Fn(Shared) + Send + Sync + 'static {
         let (id, relay) = (self.id.clone(), self.relay.clone());
-        move || send(&id, relay.as_deref(), Message::Revocations)
+        move |what| send(&id, relay.as_deref(), Message::Reload(what))
     }
 
     fn send(&self, message: Message) {
@@ -190,9 +192,9 @@ impl Control {
                     }
                 }
                 Message::Close { device, reason } => self.sessions.close(&device, &reason),
-                Message::Revocations => {
-                    if let Err(e) = self.service.reload_revocations() {
-                        tracing::error!("reloading revocations: {e}");
+                Message::Reload(what) => {
+                    if let Err(e) = self.service.reload(what.clone()) {
+                        tracing::error!("reloading {what:?}: {e}");
                     }
                 }
                 Message::Crls => {
@@ -222,6 +224,9 @@ impl Control {
             .unwrap_or(false);
         if held != self.is_leader() {
             tracing::info!(replica = %self.replicas.id, leader = held, "leadership changed");
+            if held {
+                self.service.forget_jobs();
+            }
             self.replicas.leader.send_replace(held);
         }
         held

@@ -93,9 +93,28 @@ pub struct Service {
     masa: Option<Arc<dyn crate::masa::Masa>>,
     /// The key of signed firmware URLs (HMAC-SHA256).
     url_key: ring::hmac::Key,
-    /// Told after a commit that revoked or superseded certificates (the other replicas hear
-    /// of it through it).
-    on_revocations: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Told after a commit that changed what every replica keeps in memory (the other
+    /// replicas hear of it through it).
+    on_shared: std::sync::OnceLock<Box<dyn Fn(Shared) + Send + Sync>>,
+}
+
+/// What a commit changed that every replica keeps in memory, and must reload when another
+/// replica changed it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Shared {
+    /// Certificates were revoked or superseded (TLS verifiers, CRLs).
+    Revocations,
+    /// Manufacturer anchors were imported (TLS verifiers).
+    Anchors,
+    /// A device's firmware job moved (the campaign engine's index of job states).
+    Job {
+        /// The campaign.
+        campaign: String,
+        /// The device.
+        device: DeviceId,
+        /// Where its job is now.
+        state: JobState,
+    },
 }
 
 /// A change decided inside [`Service::commit`], with the records its device writes replace
@@ -157,7 +176,7 @@ impl Service {
             masa: None,
             url_key: ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &SystemRandom::new())
                 .map_err(|_| StoreError::Io("no randomness for the URL key".into()))?,
-            on_revocations: std::sync::OnceLock::new(),
+            on_shared: std::sync::OnceLock::new(),
         };
         service.reload_trust()?;
         service.trust.revoke(service.store.revocations()?);
@@ -213,18 +232,49 @@ impl Service {
         self.registrar().owner_root().unwrap_or_default().to_vec()
     }
 
-    /// Calls `tell` after every commit that revoked or superseded certificates (once set, it
-    /// stays).
-    pub fn on_revocations(&self, tell: impl Fn() + Send + Sync + 'static) {
-        let _ = self.on_revocations.set(Box::new(tell));
+    /// Calls `tell` after every commit that changed what replicas keep in memory (once set,
+    /// it stays).
+    pub fn on_shared(&self, tell: impl Fn(Shared) + Send + Sync + 'static) {
+        let _ = self.on_shared.set(Box::new(tell));
     }
 
-    /// Reads the revocations again from the store (another replica committed some) and wakes
-    /// the CRL publisher.
-    pub fn reload_revocations(&self) -> Result<(), StoreError> {
-        self.trust.revoke(self.store.revocations()?);
-        self.revocations_changed.notify_one();
-        Ok(())
+    fn tell(&self, what: Shared) {
+        if let Some(tell) = self.on_shared.get() {
+            tell(what);
+        }
+    }
+
+    /// Reads `what` again from the store (another replica changed it): revocations (and wakes
+    /// the CRL publisher), or the manufacturer anchors.
+    pub fn reload(&self, what: Shared) -> Result<(), StoreError> {
+        match what {
+            Shared::Revocations => {
+                self.trust.revoke(self.store.revocations()?);
+                self.revocations_changed.notify_one();
+                Ok(())
+            }
+            Shared::Anchors => self.reload_trust(),
+            Shared::Job {
+                campaign,
+                device,
+                state,
+            } => {
+                self.jobs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(campaign)
+                    .or_default()
+                    .insert(device, state);
+                self.firmware_changed.notify_one();
+                Ok(())
+            }
+        }
+    }
+
+    /// Forgets the index of job states (a replica that starts to lead rebuilds it from the
+    /// store: what it heard as a follower may have missed the start of a campaign).
+    pub fn forget_jobs(&self) {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// Resolves after a commit revoked or superseded certificates.
@@ -307,15 +357,26 @@ impl Service {
                 .flat_map(|(w, old)| revocations_between(old.as_ref(), &w.record, grace))
                 .collect();
             change.revocations.extend(revocations.iter().cloned());
-            let jobs_moved = change
+            let moved_jobs: Vec<Shared> = change
                 .devices
                 .iter()
                 .zip(previous.iter().chain(std::iter::repeat(&None)))
-                .any(|(w, old)| {
+                .filter(|(w, old)| {
                     w.record.firmware_job != old.as_ref().and_then(|o| o.firmware_job.clone())
-                });
+                })
+                .filter_map(|(w, _)| {
+                    let job = w.record.firmware_job.as_ref()?;
+                    Some(Shared::Job {
+                        campaign: job.campaign.clone(),
+                        device: w.record.id.clone(),
+                        state: job.state.clone(),
+                    })
+                })
+                .collect();
+            let jobs_moved = !moved_jobs.is_empty();
             let written: Vec<DeviceRecord> =
                 change.devices.iter().map(|w| w.record.clone()).collect();
+            let anchors_changed = !change.anchors.is_empty();
             match self.store.commit(change).await {
                 Ok(()) => {
                     self.note_jobs(&written);
@@ -326,9 +387,13 @@ impl Service {
                     if !revocations.is_empty() {
                         self.trust.revoke(revocations);
                         self.revocations_changed.notify_one();
-                        if let Some(tell) = self.on_revocations.get() {
-                            tell();
-                        }
+                        self.tell(Shared::Revocations);
+                    }
+                    if anchors_changed {
+                        self.tell(Shared::Anchors);
+                    }
+                    for job in moved_jobs {
+                        self.tell(job);
                     }
                     return Ok(reply);
                 }

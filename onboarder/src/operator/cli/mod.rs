@@ -169,6 +169,19 @@ pub struct ServeArgs {
     /// several onboarders on one database, each with a copy of the data directory, act as one.
     #[arg(long, value_name = "URL")]
     pub store: Option<String>,
+    /// UDP address for devices, instead of the configured one (a second replica on the same
+    /// machine needs its own).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Admin API address, instead of the configured one (loopback only).
+    #[arg(long, value_name = "ADDR")]
+    pub api: Option<SocketAddr>,
+    /// HTTPS address, instead of the configured one.
+    #[arg(long, value_name = "ADDR")]
+    pub https: Option<SocketAddr>,
+    /// CoAPS (UDP) address, instead of the configured one.
+    #[arg(long, value_name = "ADDR")]
+    pub coap: Option<SocketAddr>,
 }
 
 /// `onboarder demo`.
