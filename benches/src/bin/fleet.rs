@@ -238,15 +238,18 @@ async fn main() -> Result<()> {
     let mut servers = Vec::new();
     let mut quic_addrs = vec![quic];
     let mut coap_addrs = vec![coap];
+    let mut api_addrs = vec![config.api_listen];
     for r in 0..cli.replicas {
         let mut command = Command::new(&binary);
         command.args(["--dir", data.to_str().unwrap_or_default(), "serve"]);
         if r > 0 {
             let q: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
             let c: std::net::SocketAddr = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
+            let a: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+            api_addrs.push(a);
             command
                 .args(["--listen", &q.to_string()])
-                .args(["--api", &format!("127.0.0.1:{}", free_port()?)])
+                .args(["--api", &a.to_string()])
                 .args(["--https", &format!("127.0.0.1:{}", free_port()?)]);
             if cli.transport == Transport::Coap {
                 command.args(["--coap", &c.to_string()]);
@@ -427,7 +430,35 @@ async fn main() -> Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_disconnected = proc.status_kib("VmRSS:");
     let fleet = Fleet::start(&agents);
-    exercise.connected(agents.len()).await?;
+    if cli.replicas == 1 {
+        exercise.connected(agents.len()).await?;
+    } else {
+        // Each replica counts its own sessions.
+        let token = onboarder::pki::token(&data)?;
+        let apis: Vec<ApiClient> = api_addrs
+            .iter()
+            .map(|a| ApiClient::new(&format!("http://{a}"), token.clone()))
+            .collect();
+        let wanted = agents.len();
+        tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            loop {
+                let connected: usize = apis
+                    .iter()
+                    .map(|a| a.stats().map_or(0, |s| s.sessions))
+                    .sum();
+                if connected >= wanted {
+                    return Ok(());
+                }
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "{connected} of {wanted} connected"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+        .await??;
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_connected = proc.status_kib("VmRSS:");
 

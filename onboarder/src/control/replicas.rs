@@ -7,6 +7,8 @@
 //! - Revocations and manufacturer anchors committed by one replica reach the others' TLS
 //!   verifiers and CRLs: the service relays that they changed, and every replica reloads them
 //!   from the store.
+//! - The PKI the leader changes in the shared data directory (CA and root rollovers, the
+//!   registrar's renewal) is loaded by the others when it tells them.
 //! - Work that must run once (the campaign engine, CRL signing, the registrar's renewal, the
 //!   rollovers) runs on the replica holding the store's `leader` lease, renewed every
 //!   [`LEASE_RENEW`]; when that replica dies, another takes the lease once it expired
@@ -43,6 +45,9 @@ enum Message {
     Reload(Shared),
     /// The leader published new CRLs: serve them.
     Crls,
+    /// The leader changed the PKI in the shared data directory (a rollover, a renewal of the
+    /// registrar's certificate): load it.
+    Pki,
 }
 
 /// A message with its sender.
@@ -133,6 +138,11 @@ impl Control {
         self.replicas.send(Message::Crls);
     }
 
+    /// Tells the other replicas that the PKI on disk changed.
+    pub(super) fn relay_pki(&self) {
+        self.replicas.send(Message::Pki);
+    }
+
     /// Ends `device`'s session, wherever it is.
     pub(super) fn close_everywhere(&self, device: &DeviceId, reason: &str) {
         self.sessions.close(device, reason);
@@ -183,12 +193,8 @@ impl Control {
             match envelope.message {
                 Message::Push { device, command } => {
                     if self.sessions.is_connected(&device) {
-                        let sessions = self.sessions.clone();
-                        tokio::spawn(async move {
-                            if let Err(e) = sessions.push(&device, &command).await {
-                                tracing::debug!(%device, "relayed command not pushed: {e}");
-                            }
-                        });
+                        let this = self.clone();
+                        tokio::spawn(async move { this.push_relayed(device, command).await });
                     }
                 }
                 Message::Close { device, reason } => self.sessions.close(&device, &reason),
@@ -197,12 +203,36 @@ impl Control {
                         tracing::error!("reloading {what:?}: {e}");
                     }
                 }
+                Message::Pki => {
+                    let (dir, config) = (self.dir.clone(), self.config.clone());
+                    let loaded = super::blocking(move || crate::pki::load(&dir, &config)).await;
+                    if let Err(e) = loaded.and_then(|pki| self.adopt(pki)) {
+                        tracing::error!("taking the leader's PKI: {e}");
+                    }
+                }
                 Message::Crls => {
                     if let Err(e) = self.publish_crls().await {
                         tracing::error!("taking the leader's CRLs: {e}");
                     }
                 }
             }
+        }
+    }
+
+    /// Pushes a command another replica relayed, and records what its acceptance means here
+    /// (what the sender does with the acceptances of its own pushes).
+    async fn push_relayed(&self, device: DeviceId, command: Command) {
+        match self.sessions.push(&device, &command).await {
+            Ok(protocol::message::CommandReply::Accepted) => {
+                if let Command::TrustAnchors { anchors } = &command {
+                    let digest = protocol::message::anchors_digest(anchors);
+                    if let Err(e) = self.service.anchors_accepted(&[device], digest).await {
+                        tracing::warn!("recording the roots a device took: {e}");
+                    }
+                }
+            }
+            Ok(other) => tracing::info!(%device, "relayed command answered {other:?}"),
+            Err(e) => tracing::debug!(%device, "relayed command not pushed: {e}"),
         }
     }
 

@@ -135,6 +135,7 @@ impl Control {
             .map_err(|e| OperatorError::Internal(e.to_string()))?;
         let generation = pki.registrar.issuing.generation;
         self.service.set_registrar(pki.registrar)?;
+        self.relay_pki();
         self.service
             .audit(AuditEvent::operator(
                 None,

@@ -259,6 +259,10 @@ impl Control {
         registrar.previous_registrar_cert =
             self.service.registrar().previous_registrar_cert.clone();
         self.service.set_registrar(registrar)?;
+        // The leader changed the PKI on disk: the other replicas take it from there.
+        if self.is_leader() {
+            self.relay_pki();
+        }
         Ok(())
     }
 }
