@@ -18,6 +18,9 @@ impl Control {
     /// Signs and writes fresh CRLs (`DIR/crl/issuing-ca-N.crl`, PEM) and keeps them for the
     /// HTTP endpoint. Returns when a grace period next ends.
     pub async fn publish_crls(&self) -> Result<Option<u64>, OperatorError> {
+        // Two publications at once (a revocation's and the publisher's) could leave the older
+        // CRL on disk and the newer one served.
+        let _one_at_a_time = self.publishing.lock().await;
         // The leader signs; the other replicas serve what it published.
         let (crls, next_change) = if self.is_leader() {
             let built = self.service.build_crls(self.config.crl_validity).await?;

@@ -57,6 +57,9 @@ pub struct Control {
     dir: PathBuf,
     config: Config,
     crls: RwLock<Vec<Crl>>,
+    /// One CRL publication at a time, so that the files and the CRLs served are the same
+    /// (and the newest).
+    publishing: tokio::sync::Mutex<()>,
     /// One rollover at a time.
     rollovers: tokio::sync::Mutex<()>,
     /// One step of the owner-root rollover at a time.
@@ -86,6 +89,7 @@ impl Control {
             dir,
             config,
             crls: RwLock::new(Vec::new()),
+            publishing: tokio::sync::Mutex::new(()),
             rollovers: tokio::sync::Mutex::new(()),
             root_steps: tokio::sync::Mutex::new(()),
             replicas,
