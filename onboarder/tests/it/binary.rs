@@ -66,7 +66,8 @@ impl Serving {
                 .unwrap(),
         );
         let api = ApiClient::for_data_dir(dir).unwrap();
-        for _ in 0..200 {
+        // Up to 30 s: the suite runs its tests side by side on a small machine.
+        for _ in 0..600 {
             if api.stats().is_ok() {
                 return (serving, api);
             }
