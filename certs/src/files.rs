@@ -66,21 +66,76 @@ fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertError
     let name = path
         .file_name()
         .ok_or_else(|| CertError::io(path, std::io::ErrorKind::InvalidInput.into()))?;
-    let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
+    let tmp = temporary_name(path, name);
+    let result = (|| {
+        write_synced(&tmp, contents, mode)?;
+        fs::rename(&tmp, path)?;
+        sync_dir(dir)
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        CertError::io(path, e)
+    })
+}
+
+/// A name beside `path` for its next version, unique to this process and write: replicas
+/// sharing a directory may write the same file at the same moment.
+fn temporary_name(path: &Path, name: &std::ffi::OsStr) -> std::path::PathBuf {
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    path.with_file_name(format!(
+        ".{}.{}-{n}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ))
+}
+
+/// Writes the file at `path` (a temporary name of this process's: one left by a crashed
+/// process of the same id is overwritten) with `mode`, on disk when this returns.
+fn write_synced(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     let mut options = OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     options.mode(mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file = options.open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+/// Makes a rename or a link in `dir` durable.
+fn sync_dir(dir: Option<&Path>) -> std::io::Result<()> {
+    match dir {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+/// Creates `path` (0600) with `contents` unless it exists: whole or not at all, and only one
+/// of several processes racing to create it succeeds. Whether this call created it.
+fn create_private_once(path: &Path, contents: &[u8]) -> Result<bool, CertError> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| CertError::io(path, std::io::ErrorKind::InvalidInput.into()))?;
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+    {
+        create_private_dir(dir)?;
+    }
+    let tmp = temporary_name(path, name);
     let result = (|| {
-        let mut file = options.open(&tmp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        if let Some(dir) = dir {
-            // Make the rename itself durable.
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        write_synced(&tmp, contents, 0o600)?;
+        // A link, unlike a rename, never replaces a file another process made meanwhile.
+        let linked = match fs::hard_link(&tmp, path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(e),
+        };
+        fs::remove_file(&tmp)?;
+        sync_dir(path.parent().filter(|d| !d.as_os_str().is_empty()))?;
+        Ok(linked)
     })();
     result.map_err(|e| {
         let _ = fs::remove_file(&tmp);
@@ -123,7 +178,8 @@ pub fn secret(path: &Path, len: usize) -> Result<Vec<u8>, CertError> {
         ring::rand::SystemRandom::new()
             .fill(&mut key)
             .map_err(|_| CertError::Key("no randomness".into()))?;
-        write_secret(path, crate::inspect::hex(&key).as_bytes())?;
+        // Replicas starting together on one directory all read the one that was made first.
+        create_private_once(path, crate::inspect::hex(&key).as_bytes())?;
     }
     let text = read_limited(path, 4 * len as u64 + 64)?;
     std::str::from_utf8(&text)
@@ -228,6 +284,52 @@ mod tests {
                 & 0o777,
             0o700
         );
+    }
+
+    #[test]
+    fn processes_racing_to_make_a_secret_all_read_the_same_one() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("tls/url.key");
+            let keys: Vec<Vec<u8>> = std::thread::scope(|s| {
+                let racers: Vec<_> = (0..8).map(|_| s.spawn(|| secret(&path, 32))).collect();
+                racers
+                    .into_iter()
+                    .map(|r| r.join().unwrap().unwrap())
+                    .collect()
+            });
+            assert!(keys.iter().all(|k| k == &keys[0]));
+            assert_eq!(secret(&path, 32).unwrap(), keys[0]);
+            // Nothing left beside it.
+            assert_eq!(fs::read_dir(dir.path().join("tls")).unwrap().count(), 1);
+            #[cfg(unix)]
+            assert_eq!(
+                fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+    }
+
+    #[test]
+    fn writers_of_the_same_file_at_once_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crl.pem");
+        std::thread::scope(|s| {
+            let writers: Vec<_> = (0..8u8)
+                .map(|i| {
+                    let path = &path;
+                    s.spawn(move || {
+                        for _ in 0..20 {
+                            write_public(path, &[i; 64]).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            writers.into_iter().for_each(|w| w.join().unwrap());
+        });
+        let last = fs::read(&path).unwrap();
+        assert!(last.len() == 64 && last.iter().all(|b| *b == last[0]));
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

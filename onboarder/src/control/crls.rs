@@ -102,9 +102,12 @@ impl Control {
                     }
                 }
                 () = tokio::time::sleep(wait) => {}
-                () = self.service.revocations_changed() => {
+                // Followers publish what the leader signed, when it tells them; one that
+                // starts to lead signs at once.
+                () = self.service.revocations_changed(), if self.is_leader() => {
                     tokio::time::sleep(CRL_DEBOUNCE).await;
                 }
+                () = self.leading(), if !self.is_leader() => {}
             }
         }
     }

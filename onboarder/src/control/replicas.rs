@@ -4,9 +4,11 @@
 //!   if the session is here, else relayed (the store's [`Relay`], PostgreSQL's NOTIFY) and
 //!   pushed by whichever replica holds it; the same for ending a session. A device connected
 //!   nowhere finds its orders in its next welcome, as always. Delay: one NOTIFY round trip.
-//! - Revocations and manufacturer anchors committed by one replica reach the others' TLS
-//!   verifiers and CRLs: the service relays that they changed, and every replica reloads them
-//!   from the store.
+//! - Revocations committed by one replica reach the others' TLS verifiers and CRLs: the
+//!   service relays the entries. Manufacturer anchors: it relays that they changed, and every
+//!   replica reloads them from the store.
+//! - A replica whose channel to the others was lost listens again, and reads everything it
+//!   keeps in memory again from the store (it may have missed messages meanwhile).
 //! - The PKI the leader changes in the shared data directory (CA and root rollovers, the
 //!   registrar's renewal) is loaded by the others when it tells them.
 //! - Work that must run once (the campaign engine, CRL signing, the registrar's renewal, the
@@ -91,14 +93,33 @@ impl Replicas {
 /// Relays `message` from replica `from` (nothing to do alone).
 fn send(from: &str, relay: Option<&dyn Relay>, message: Message) {
     let Some(relay) = relay else { return };
+    for payload in payloads(from, message) {
+        if let Err(e) = relay.publish(payload) {
+            tracing::warn!("telling the other replicas: {e}");
+        }
+    }
+}
+
+/// `message` as relayed payloads: one, or several when a list of revocations is too long for
+/// one (halved until each part fits).
+fn payloads(from: &str, message: Message) -> Vec<String> {
     let envelope = Envelope {
         from: from.to_string(),
         message,
     };
     let payload =
         base64::engine::general_purpose::STANDARD.encode(protocol::cbor::to_vec(&envelope));
-    if let Err(e) = relay.publish(payload) {
-        tracing::warn!("telling the other replicas: {e}");
+    match envelope.message {
+        Message::Reload(Shared::Revoked(mut entries))
+            if payload.len() > crate::store::MAX_RELAYED && entries.len() > 1 =>
+        {
+            let rest = entries.split_off(entries.len() / 2);
+            let mut out = payloads(from, Message::Reload(Shared::Revoked(entries)));
+            out.extend(payloads(from, Message::Reload(Shared::Revoked(rest))));
+            out
+        }
+        // Too long and not divisible: the relay refuses it with a warning.
+        _ => vec![payload],
     }
 }
 
@@ -152,68 +173,115 @@ impl Control {
         });
     }
 
-    /// Carries out the other replicas' messages until `stop` turns true.
+    /// Carries out the other replicas' messages until `stop` turns true. When the channel is
+    /// lost (the database restarted, a network cut) it listens again, every [`LEASE_RENEW`]
+    /// until it can, then catches up on what it may have missed.
     pub async fn run_replica_messages(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let Some(relay) = self.replicas.relay.clone() else {
             return;
         };
-        let mut messages = match relay.subscribe() {
-            Ok(rx) => rx,
-            Err(e) => {
-                tracing::error!("listening to the other replicas: {e}");
-                return;
-            }
-        };
+        let mut lost = false;
         loop {
-            let payload = tokio::select! {
-                changed = stop.changed() => {
-                    if changed.is_err() || *stop.borrow() {
-                        return;
+            let mut messages = match relay.subscribe() {
+                Ok(rx) => rx,
+                Err(e) => {
+                    tracing::error!("listening to the other replicas: {e}");
+                    lost = true;
+                    tokio::select! {
+                        changed = stop.changed() => {
+                            if changed.is_err() || *stop.borrow() {
+                                return;
+                            }
+                        }
+                        () = tokio::time::sleep(LEASE_RENEW) => {}
                     }
                     continue;
                 }
-                payload = messages.recv() => match payload {
-                    Some(p) => p,
-                    None => return,
-                },
             };
-            let Some(envelope) = base64::engine::general_purpose::STANDARD
-                .decode(payload.as_bytes())
-                .ok()
-                .and_then(|b| {
-                    protocol::cbor::from_slice::<Envelope>(&b, crate::store::MAX_RELAYED).ok()
-                })
-            else {
-                tracing::warn!("an unreadable message from a replica");
-                continue;
-            };
-            if envelope.from == self.replicas.id {
-                continue;
+            if lost {
+                self.catch_up().await;
             }
-            match envelope.message {
-                Message::Push { device, command } => {
-                    if self.sessions.is_connected(&device) {
-                        let this = self.clone();
-                        tokio::spawn(async move { this.push_relayed(device, command).await });
+            loop {
+                let payload = tokio::select! {
+                    changed = stop.changed() => {
+                        if changed.is_err() || *stop.borrow() {
+                            return;
+                        }
+                        continue;
+                    }
+                    payload = messages.recv() => payload,
+                };
+                match payload {
+                    Some(payload) => self.take_message(&payload).await,
+                    None => {
+                        tracing::warn!(
+                            "the channel to the other replicas was lost; listening again"
+                        );
+                        lost = true;
+                        break;
                     }
                 }
-                Message::Close { device, reason } => self.sessions.close(&device, &reason),
-                Message::Reload(what) => {
-                    if let Err(e) = self.service.reload(what.clone()) {
-                        tracing::error!("reloading {what:?}: {e}");
-                    }
+            }
+        }
+    }
+
+    /// Reads again what the other replicas may have told while this one was not listening:
+    /// revocations and anchors, the PKI on disk, the CRLs; the leader rebuilds its job index.
+    async fn catch_up(&self) {
+        let service = self.service.clone();
+        if let Err(e) = super::blocking(move || service.reload_all().map_err(Into::into)).await {
+            tracing::error!("reading the revocations and anchors again: {e}");
+        }
+        self.take_pki().await;
+        if self.is_leader() {
+            self.service.forget_jobs();
+        }
+        if let Err(e) = self.publish_crls().await {
+            tracing::error!("taking the leader's CRLs: {e}");
+        }
+    }
+
+    /// Loads the PKI the leader changed in the shared data directory.
+    async fn take_pki(&self) {
+        let (dir, config) = (self.dir.clone(), self.config.clone());
+        let loaded = super::blocking(move || crate::pki::load(&dir, &config)).await;
+        if let Err(e) = loaded.and_then(|pki| self.adopt(pki)) {
+            tracing::error!("taking the leader's PKI: {e}");
+        }
+    }
+
+    /// Carries out one relayed message (not this replica's own).
+    async fn take_message(self: &Arc<Self>, payload: &str) {
+        let Some(envelope) = base64::engine::general_purpose::STANDARD
+            .decode(payload.as_bytes())
+            .ok()
+            .and_then(|b| {
+                protocol::cbor::from_slice::<Envelope>(&b, crate::store::MAX_RELAYED).ok()
+            })
+        else {
+            tracing::warn!("an unreadable message from a replica");
+            return;
+        };
+        if envelope.from == self.replicas.id {
+            return;
+        }
+        match envelope.message {
+            Message::Push { device, command } => {
+                if self.sessions.is_connected(&device) {
+                    let this = self.clone();
+                    tokio::spawn(async move { this.push_relayed(device, command).await });
                 }
-                Message::Pki => {
-                    let (dir, config) = (self.dir.clone(), self.config.clone());
-                    let loaded = super::blocking(move || crate::pki::load(&dir, &config)).await;
-                    if let Err(e) = loaded.and_then(|pki| self.adopt(pki)) {
-                        tracing::error!("taking the leader's PKI: {e}");
-                    }
+            }
+            Message::Close { device, reason } => self.sessions.close(&device, &reason),
+            Message::Reload(what) => {
+                if let Err(e) = self.service.reload(what) {
+                    tracing::error!("taking in another replica's change: {e}");
                 }
-                Message::Crls => {
-                    if let Err(e) = self.publish_crls().await {
-                        tracing::error!("taking the leader's CRLs: {e}");
-                    }
+            }
+            Message::Pki => self.take_pki().await,
+            Message::Crls => {
+                if let Err(e) = self.publish_crls().await {
+                    tracing::error!("taking the leader's CRLs: {e}");
                 }
             }
         }
@@ -278,5 +346,59 @@ impl Control {
                 () = tokio::time::sleep(LEASE_RENEW) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::identity::MakerId;
+    use crate::store::Revocation;
+
+    fn revocation(i: u32) -> Revocation {
+        Revocation {
+            cert_serial: format!("{i:040x}"),
+            issuer: vec![7; 20],
+            device: DeviceId::new(MakerId::of_spki(b"maker"), &format!("SN-{i:08}")).unwrap(),
+            reason: certs::crl::Reason::Superseded,
+            revoked_at: 1_700_000_000,
+            effective_at: 1_700_000_600,
+            not_after: 1_800_000_000,
+        }
+    }
+
+    fn decode(payload: &str) -> Envelope {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(payload)
+            .unwrap();
+        protocol::cbor::from_slice(&bytes, crate::store::MAX_RELAYED).unwrap()
+    }
+
+    #[test]
+    fn a_long_list_of_revocations_is_relayed_in_parts_that_fit() {
+        let all: Vec<Revocation> = (0..500).map(revocation).collect();
+        let parts = payloads("r1", Message::Reload(Shared::Revoked(all.clone())));
+        assert!(parts.len() > 1);
+        let mut relayed = Vec::new();
+        for part in &parts {
+            assert!(part.len() <= crate::store::MAX_RELAYED, "{}", part.len());
+            let envelope = decode(part);
+            assert_eq!(envelope.from, "r1");
+            match envelope.message {
+                Message::Reload(Shared::Revoked(entries)) => relayed.extend(entries),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(relayed, all);
+    }
+
+    #[test]
+    fn a_short_message_is_relayed_whole() {
+        let parts = payloads("r1", Message::Reload(Shared::Revoked(vec![revocation(1)])));
+        assert_eq!(parts.len(), 1);
+        assert!(matches!(
+            decode(&parts[0]).message,
+            Message::Reload(Shared::Revoked(entries)) if entries == vec![revocation(1)]
+        ));
     }
 }

@@ -430,7 +430,19 @@ impl Exercise {
                     agent.stats().last_update_us.load(Relaxed),
                 ));
             } else {
-                tracing::warn!(serial = agent.serial(), "not updated");
+                if failed < 3 {
+                    let why = by_serial.get(agent.serial()).map_or_else(
+                        || "not in the campaign".to_string(),
+                        |p| {
+                            format!(
+                                "{} ({})",
+                                p.state,
+                                p.reason.as_deref().unwrap_or("no reason")
+                            )
+                        },
+                    );
+                    eprintln!("{}: not updated: {why}", agent.serial());
+                }
                 failed += 1;
             }
         }

@@ -160,6 +160,10 @@ fn write_new(dir: &Path, config: &Config, now: u64) -> Result<()> {
     write_registrar(dir, config, &issuing, now)?;
     files::write_secret(&dir.join(layout::TOKEN), new_token()?.as_bytes())?;
     crate::store::seal::SealingKey::load_or_create(&dir.join(layout::STORE_KEY))?;
+    // Made now rather than at the first start, so that copies of the directory for replicas on
+    // other machines share them (a firmware URL signed by one replica opens on another).
+    files::secret(&dir.join(layout::URL_KEY), 32)?;
+    files::secret(&dir.join(layout::RESET_KEY), 32)?;
     config.save(dir)?;
     Ok(())
 }

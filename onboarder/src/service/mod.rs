@@ -102,8 +102,9 @@ pub struct Service {
 /// replica changed it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Shared {
-    /// Certificates were revoked or superseded (TLS verifiers, CRLs).
-    Revocations,
+    /// These certificates were revoked or superseded (TLS verifiers, CRLs). The entries
+    /// themselves travel, so a replica adds them without reading every revocation again.
+    Revoked(Vec<Revocation>),
     /// Manufacturer anchors were imported (TLS verifiers).
     Anchors,
     /// A device's firmware job moved (the campaign engine's index of job states).
@@ -244,12 +245,12 @@ impl Service {
         }
     }
 
-    /// Reads `what` again from the store (another replica changed it): revocations (and wakes
-    /// the CRL publisher), or the manufacturer anchors.
+    /// Takes in what another replica changed: revocations (and wakes the CRL publisher), the
+    /// manufacturer anchors (read again from the store), a firmware job's move.
     pub fn reload(&self, what: Shared) -> Result<(), StoreError> {
         match what {
-            Shared::Revocations => {
-                self.trust.revoke(self.store.revocations()?);
+            Shared::Revoked(entries) => {
+                self.trust.revoke(entries);
                 self.revocations_changed.notify_one();
                 Ok(())
             }
@@ -269,6 +270,15 @@ impl Service {
                 Ok(())
             }
         }
+    }
+
+    /// Reads again from the store everything replicas keep in memory that can be read there
+    /// (revocations, anchors): for a replica that may have missed the others' messages.
+    pub fn reload_all(&self) -> Result<(), StoreError> {
+        self.reload_trust()?;
+        self.trust.revoke(self.store.revocations()?);
+        self.revocations_changed.notify_one();
+        Ok(())
     }
 
     /// Forgets the index of job states (a replica that starts to lead rebuilds it from the
@@ -385,9 +395,9 @@ impl Service {
                         self.firmware_changed.notify_one();
                     }
                     if !revocations.is_empty() {
-                        self.trust.revoke(revocations);
+                        self.trust.revoke(revocations.iter().cloned());
                         self.revocations_changed.notify_one();
-                        self.tell(Shared::Revocations);
+                        self.tell(Shared::Revoked(revocations));
                     }
                     if anchors_changed {
                         self.tell(Shared::Anchors);

@@ -16,6 +16,7 @@
 
 #[cfg(test)]
 pub(crate) mod battery;
+pub(crate) mod group;
 pub mod images;
 pub mod postgres;
 pub mod seal;
@@ -193,7 +194,8 @@ pub trait Store: Send + Sync + 'static {
 /// the others (a command for a device connected elsewhere, a revocation). Text payloads, at
 /// most [`MAX_RELAYED`] bytes; delivered to every replica, the sender included, at most once.
 pub trait Relay: Send + Sync + 'static {
-    /// Sends `payload` to every replica.
+    /// Sends `payload` to every replica; may return before it is sent (in order, after the
+    /// earlier ones).
     fn publish(&self, payload: String) -> Result<(), StoreError>;
     /// The payloads sent from now on.
     fn subscribe(&self) -> Result<tokio::sync::mpsc::UnboundedReceiver<String>, StoreError>;

@@ -140,9 +140,13 @@ async fn a_revoked_device_is_refused_at_the_handshake_and_listed_in_the_crl() {
         .map(|r| certs::inspect::hex(r.raw_serial()))
         .collect();
     assert_eq!(listed, vec![revoked_serial]);
-    // The CRL file on disk is the same CRL.
-    let on_disk = std::fs::read_to_string(world.data.join("crl/issuing-ca-1.crl")).unwrap();
-    assert_eq!(on_disk, certs::files::pem_block("X509 CRL", &crl.der));
+    // The CRL file on disk is the one served (a publication writes the file, then serves it).
+    eventually(10, "the same CRL on disk", || {
+        let on_disk = std::fs::read_to_string(world.data.join("crl/issuing-ca-1.crl")).unwrap();
+        let served = world.server.control().crls().remove(0);
+        on_disk == certs::files::pem_block("X509 CRL", &served.der)
+    })
+    .await;
 }
 
 /// One order revokes several devices through the service's one loop: the TLS verifier refuses

@@ -20,6 +20,37 @@ fn database() -> Option<String> {
     Some(onboarder::store::postgres::fresh_schema(&base).unwrap())
 }
 
+/// The relay channel of the schema `url` works in.
+async fn relay_channel(url: &str) -> String {
+    let client = connect(url).await;
+    let schema: String = client
+        .query_one("SELECT current_schema()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    onboarder::store::postgres::relay_channel(&schema)
+}
+
+/// How many connections listen on `channel`; with `end`, ends them first (and counts those).
+async fn listeners(url: &str, channel: &str, end: bool) -> i64 {
+    let client = connect(url).await;
+    let listen = format!("LISTEN \"{channel}\"");
+    let sql = if end {
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query = $1"
+    } else {
+        "SELECT count(*) FROM pg_stat_activity WHERE query = $1"
+    };
+    client.query_one(sql, &[&listen]).await.unwrap().get(0)
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
 /// Another replica of `world`'s onboarder: the same data directory and database.
 async fn replica(world: &World, url: &str) -> Server {
     let clock = world.clock.clone();
@@ -86,6 +117,41 @@ async fn an_order_given_on_one_replica_reaches_a_device_connected_to_another() {
     .await;
     eventually(10, "B's CRLs", || {
         b.control().crls().iter().any(|c| c.entries > 0)
+    })
+    .await;
+    running.stop().await;
+
+    // The database ends both replicas' listening connections (a restart, a network cut): each
+    // listens again, and an order given on B goes on reaching a device behind A.
+    let channel = relay_channel(&url).await;
+    assert_eq!(listeners(&url, &channel, true).await, 2);
+    let mut relistened = false;
+    for _ in 0..200 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        if listeners(&url, &channel, false).await == 2 {
+            relistened = true;
+            break;
+        }
+    }
+    assert!(relistened, "the replicas did not listen again");
+    world.expect(&["SN-REPL2"], 30).await;
+    let second = world.device("SN-REPL2");
+    let second_id = world.id("SN-REPL2");
+    world.agent(&second).onboard().await.unwrap();
+    let running = Running::start(world.agent(&second));
+    eventually(10, "the second session on the first replica", || {
+        world.server.sessions().is_connected(&second_id)
+    })
+    .await;
+    b.control()
+        .decommission(vec![second_id.clone()], WipeMethod::Clear)
+        .await
+        .unwrap();
+    eventually(20, "the second device's reset", || {
+        world
+            .agent(&second)
+            .load_state()
+            .is_ok_and(|s| s.phase == device_agent::machine::Phase::Factory && s.ldevid.is_none())
     })
     .await;
     running.stop().await;

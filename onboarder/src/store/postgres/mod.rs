@@ -1,7 +1,7 @@
 //! The store on PostgreSQL, for several onboarders on one database (replicas) or a database
 //! the operator already runs and backs up. Behaves as the sled store does (the same battery of
 //! tests), with the same group commit: one writer per process takes every change waiting
-//! (up to [`MAX_GROUP`]) and applies them in one transaction.
+//! (up to [`MAX_GROUP`](super::group::MAX_GROUP)) and applies them in one transaction.
 //!
 //! In that transaction each change sits in a savepoint, so a change whose device versions
 //! moved (another change of the group, or another replica, got there first) is undone alone
@@ -13,7 +13,8 @@
 //! head row (`SELECT ... FOR UPDATE`), links its entries to it and moves it at the end, so
 //! batches that write audit entries commit one after another, whichever replica made them.
 //! What that costs per batch: one row lock held for the batch's transaction, so the database
-//! commits of all replicas are serialised (each is a group of up to [`MAX_GROUP`] changes).
+//! commits of all replicas are serialised (each is a group of up to
+//! [`MAX_GROUP`](super::group::MAX_GROUP) changes).
 //!
 //! Reads are synchronous (the [`Store`] trait's): they run on the store's own runtime, which
 //! owns the connections, and the caller waits for the answer (a loopback query takes a
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, NoTls, Statement, Transaction};
 
+use super::group::{self, Committer, Group, Groups};
 use super::seal::{RecordCodec, SealingKey};
 use super::{Anchor, Change, CommitFuture, Expect, Revocation, Store, StoreError};
 use crate::audit::{AuditEntry, GENESIS};
@@ -34,10 +36,6 @@ use crate::core::campaign::Campaign;
 use crate::core::release::{FirmwareKey, Release};
 use crate::core::{DeviceId, DeviceRecord};
 
-/// Most changes applied in one transaction.
-pub const MAX_GROUP: usize = 1024;
-/// Changes waiting for the writer before committers wait for room.
-const QUEUE: usize = 16 * 1024;
 /// Largest stored value decoded.
 const MAX_VALUE: usize = super::seal::MAX_RECORD;
 
@@ -59,19 +57,20 @@ fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, 
 /// An image kept in memory: its digest and bytes.
 type HotImage = (Vec<u8>, Arc<[u8]>);
 
-/// A change waiting for the writer, and whom to tell how it went.
-struct Job {
-    change: Change,
-    done: oneshot::Sender<Result<(), StoreError>>,
-}
-
 /// The PostgreSQL store. Dropping it stops its writer after the queued changes.
 pub struct PgStore {
     runtime: Option<tokio::runtime::Runtime>,
     reader: Arc<Client>,
+    /// The read of one device record (every request makes it), prepared once.
+    read_device: Statement,
+    /// Relayed messages on their way to the database, sent in order by one task so that the
+    /// sender does not wait for them.
+    notices: mpsc::UnboundedSender<String>,
+    /// The channel of this schema's replicas.
+    relay: String,
     url: String,
     codec: Arc<RecordCodec>,
-    queue: mpsc::Sender<Job>,
+    queue: Committer,
     /// The image last read, whole (a campaign serves one image to every device, chunk by
     /// chunk): digest and bytes.
     hot: std::sync::Mutex<Option<HotImage>>,
@@ -148,31 +147,61 @@ impl PgStore {
             .build()
             .map_err(|e| StoreError::Io(format!("starting the store's runtime: {e}")))?;
         let connect_url = url.to_string();
-        let (reader, writer) = run_on(&runtime, async move {
+        let (reader, writer, read_device, relay) = run_on(&runtime, async move {
             let url = connect_url;
             let mut writer = connect(&url).await?;
             migrate(&mut writer).await?;
             let reader = connect(&url).await?;
-            Ok((reader, writer))
+            let read_device = reader
+                .prepare("SELECT record FROM devices WHERE maker = $1 AND serial = $2")
+                .await
+                .map_err(db)?;
+            let schema: String = reader
+                .query_one("SELECT current_schema()", &[])
+                .await
+                .map_err(db)?
+                .get(0);
+            Ok((
+                Arc::new(reader),
+                writer,
+                read_device,
+                relay_channel(&schema),
+            ))
         })?;
+        let (notices, mut pending) = mpsc::unbounded_channel::<String>();
+        let (notifier, channel) = (reader.clone(), relay.clone());
+        runtime.spawn(async move {
+            while let Some(payload) = pending.recv().await {
+                if let Err(e) = notifier
+                    .execute("SELECT pg_notify($1, $2)", &[&channel, &payload])
+                    .await
+                {
+                    tracing::warn!("telling the other replicas: {e}");
+                }
+            }
+        });
         let codec = Arc::new(RecordCodec::new(key));
-        let (queue, rx) = mpsc::channel(QUEUE);
+        let (queue, groups) = group::queue();
         let writer_codec = codec.clone();
         runtime.spawn(async move {
             match Writer::new(writer, writer_codec).await {
-                Ok(w) => w.run(rx).await,
+                Ok(w) => w.run(groups).await,
                 Err(e) => {
                     tracing::error!("the PostgreSQL store's writer did not start: {e}");
-                    let mut rx = rx;
-                    while let Some(job) = rx.recv().await {
-                        let _ = job.done.send(Err(e.clone()));
+                    let mut groups = groups;
+                    while let Some(group) = groups.next().await {
+                        let refused = vec![Err(e.clone()); group.len()];
+                        group.finish(refused);
                     }
                 }
             }
         });
         Ok(PgStore {
             runtime: Some(runtime),
-            reader: Arc::new(reader),
+            reader,
+            read_device,
+            notices,
+            relay,
             url: url.to_string(),
             codec,
             queue,
@@ -216,15 +245,24 @@ fn run_on<T: Send + 'static>(
     runtime.spawn(async move {
         let _ = tx.send(future.await);
     });
-    rx.recv().map_err(|_| StoreError::Closed)?
+    let wait = || rx.recv().map_err(|_| StoreError::Closed);
+    // On a worker of a multi-threaded runtime, the worker's other tasks move to another thread
+    // while this one waits for the database (a read takes a round trip, not a page-cache
+    // lookup as on sled); elsewhere the thread just waits.
+    let on_worker = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if on_worker {
+        tokio::task::block_in_place(wait)?
+    } else {
+        wait()?
+    }
 }
 
 impl Drop for PgStore {
     fn drop(&mut self) {
         // Every commit was awaited by its caller; the runtime goes without blocking (a store
         // may be dropped from async code).
-        let (closed, _) = mpsc::channel(1);
-        self.queue = closed;
+        self.queue.close();
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
@@ -285,29 +323,20 @@ impl Writer {
         Ok(Writer { client, codec, sql })
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        while let Some(first) = rx.recv().await {
-            let mut jobs = vec![first];
-            while jobs.len() < MAX_GROUP {
-                match rx.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
-            }
-            let results = match self.commit_group(&jobs).await {
+    async fn run(mut self, mut groups: Groups) {
+        while let Some(group) = groups.next().await {
+            let results = match self.commit_group(&group).await {
                 Ok(results) => results,
-                Err(e) => jobs.iter().map(|_| Err(e.clone())).collect(),
+                Err(e) => vec![Err(e); group.len()],
             };
-            for (job, result) in jobs.into_iter().zip(results) {
-                let _ = job.done.send(result);
-            }
+            group.finish(results);
         }
     }
 
     /// One transaction for the group: each change in a savepoint, undone alone if refused.
     async fn commit_group(
         &mut self,
-        jobs: &[Job],
+        group: &Group,
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         let Writer { client, codec, sql } = self;
         let tx = client.transaction().await.map_err(db)?;
@@ -318,11 +347,11 @@ impl Writer {
             u64::try_from(seq).map_err(|_| corrupt("audit_head".into(), "negative seq"))?,
             <[u8; 32]>::try_from(hash).map_err(|_| corrupt("audit_head".into(), "hash length"))?,
         );
-        let mut results = Vec::with_capacity(jobs.len());
-        for job in jobs {
+        let mut results = Vec::with_capacity(group.len());
+        for change in group.changes() {
             tx.batch_execute("SAVEPOINT change").await.map_err(db)?;
             let before = head;
-            match stage(&tx, sql, codec, &job.change, &mut head).await {
+            match stage(&tx, sql, codec, change, &mut head).await {
                 Ok(()) => {
                     tx.batch_execute("RELEASE SAVEPOINT change")
                         .await
@@ -467,14 +496,12 @@ fn version_i64(v: u64) -> Result<i64, StoreError> {
 impl Store for PgStore {
     fn device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
         let (maker, serial) = (id.maker.to_string(), id.serial.clone());
+        let statement = self.read_device.clone();
         let row = self.read(move |c| {
             Box::pin(async move {
-                c.query_opt(
-                    "SELECT record FROM devices WHERE maker = $1 AND serial = $2",
-                    &[&maker, &serial],
-                )
-                .await
-                .map_err(db)
+                c.query_opt(&statement, &[&maker, &serial])
+                    .await
+                    .map_err(db)
             })
         })?;
         row.map(|r| {
@@ -678,23 +705,20 @@ impl Store for PgStore {
     }
 
     fn commit(&self, change: Change) -> CommitFuture {
-        let queue = self.queue.clone();
-        Box::pin(async move {
-            if change.is_empty() {
-                return Ok(());
-            }
-            let (done, result) = oneshot::channel();
-            queue
-                .send(Job { change, done })
-                .await
-                .map_err(|_| StoreError::Closed)?;
-            result.await.map_err(|_| StoreError::Closed)?
-        })
+        self.queue.commit(change)
     }
 }
 
-/// The channel replicas talk on (LISTEN/NOTIFY).
-const RELAY_CHANNEL: &str = "onboarder_relay";
+/// The channel the replicas of the onboarder whose tables are in `schema` talk on
+/// (LISTEN/NOTIFY). Channels belong to the database, not to a schema: onboarders in other
+/// schemas of the same database must not hear them.
+pub fn relay_channel(schema: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, schema.as_bytes());
+    format!(
+        "onboarder_relay_{}",
+        certs::inspect::hex(&digest.as_ref()[..8])
+    )
+}
 
 /// Replicas' messages by PostgreSQL's NOTIFY, which the database delivers at commit to every
 /// connection that listens: no table, nothing kept.
@@ -707,25 +731,21 @@ impl super::Relay for PgStore {
                 super::MAX_RELAYED
             )));
         }
-        self.read(move |c| {
-            Box::pin(async move {
-                c.execute("SELECT pg_notify($1, $2)", &[&RELAY_CHANNEL, &payload])
-                    .await
-                    .map(|_| ())
-                    .map_err(db)
-            })
-        })
+        self.notices.send(payload).map_err(|_| StoreError::Closed)
     }
 
     fn subscribe(&self) -> Result<mpsc::UnboundedReceiver<String>, StoreError> {
-        let url = self.url.clone();
+        let (url, channel) = (self.url.clone(), self.relay.clone());
         let runtime = self.runtime.as_ref().ok_or(StoreError::Closed)?;
         run_on(runtime, async move {
             let (client, mut connection) = tokio_postgres::connect(&url, NoTls)
                 .await
                 .map_err(|e| StoreError::Io(format!("connecting to PostgreSQL: {e}")))?;
             let (tx, rx) = mpsc::unbounded_channel();
+            let (ended, end) = oneshot::channel::<()>();
             tokio::spawn(async move {
+                // Dropped when the connection ends, which ends the client's keeper below.
+                let _ended = ended;
                 loop {
                     match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                         Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
@@ -743,13 +763,14 @@ impl super::Relay for PgStore {
                 }
             });
             client
-                .batch_execute(&format!("LISTEN {RELAY_CHANNEL}"))
+                .batch_execute(&format!("LISTEN \"{channel}\""))
                 .await
                 .map_err(db)?;
-            // The connection lives as long as its client: keep it until the store goes.
+            // The connection lives as long as its client: keep it until the connection ends
+            // (the receiver then sees the channel closed).
             tokio::spawn(async move {
                 let _client = client;
-                std::future::pending::<()>().await;
+                let _ = end.await;
             });
             Ok(rx)
         })

@@ -16,9 +16,9 @@
 //! ```
 //!
 //! One writer thread owns every write. It takes all changes waiting in its queue (up to
-//! [`MAX_GROUP`]), checks each against the stored versions, applies the accepted ones in one
-//! atomic batch, flushes once, and then answers every waiter. Many devices therefore share one
-//! flush instead of paying one each.
+//! [`MAX_GROUP`](super::group::MAX_GROUP)), checks each against the stored versions, applies
+//! the accepted ones in one atomic batch, flushes once, and then answers every waiter. Many
+//! devices therefore share one flush instead of paying one each.
 //!
 //! Durability: sled's flush writes its log with `sync_file_range`, which survives a process
 //! crash (the kill tests check this) but is weaker than `fsync` against power loss.
@@ -27,22 +27,17 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::thread::JoinHandle;
 
-use tokio::sync::{mpsc, oneshot};
-
 mod writer;
 
+use super::group::{self, Committer};
 use super::seal::{RecordCodec, SealingKey};
 use super::{Anchor, Change, CommitFuture, Revocation, Store, StoreError};
 use crate::audit::{AuditEntry, GENESIS};
 use crate::core::campaign::Campaign;
 use crate::core::release::{FirmwareKey, Release};
 use crate::core::{DeviceId, DeviceRecord};
-use writer::{Job, Writer};
+use writer::Writer;
 
-/// Most changes applied in one batch and flush.
-pub const MAX_GROUP: usize = 1024;
-/// Changes waiting for the writer before committers wait for room.
-const QUEUE: usize = 16 * 1024;
 /// Largest stored value decoded.
 const MAX_VALUE: usize = super::seal::MAX_RECORD;
 
@@ -56,7 +51,7 @@ const FORMAT: u8 = 3;
 pub struct SledStore {
     db: sled::Db,
     codec: std::sync::Arc<RecordCodec>,
-    queue: mpsc::Sender<Job>,
+    queue: Committer,
     writer: Option<JoinHandle<()>>,
 }
 
@@ -172,7 +167,7 @@ impl SledStore {
         restrict(dir)?;
         let head = read_head(&db)?;
         let codec = std::sync::Arc::new(RecordCodec::new(key));
-        let (queue, rx) = mpsc::channel(QUEUE);
+        let (queue, groups) = group::queue();
         let writer_db = db.clone();
         let writer_codec = codec.clone();
         let writer = std::thread::Builder::new()
@@ -184,7 +179,7 @@ impl SledStore {
                     head,
                     versions: HashMap::new(),
                 }
-                .run(rx)
+                .run(groups)
             })
             .map_err(|e| StoreError::Io(format!("starting the writer: {e}")))?;
         Ok(SledStore {
@@ -231,8 +226,7 @@ pub(super) fn firmware_key_key(fingerprint: &str) -> Vec<u8> {
 impl Drop for SledStore {
     fn drop(&mut self) {
         // Closing the queue lets the writer finish what is queued and exit.
-        let (closed, _) = mpsc::channel(1);
-        self.queue = closed;
+        self.queue.close();
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
@@ -342,18 +336,7 @@ impl Store for SledStore {
     }
 
     fn commit(&self, change: Change) -> CommitFuture {
-        let queue = self.queue.clone();
-        Box::pin(async move {
-            if change.is_empty() {
-                return Ok(());
-            }
-            let (done, result) = oneshot::channel();
-            queue
-                .send(Job { change, done })
-                .await
-                .map_err(|_| StoreError::Closed)?;
-            result.await.map_err(|_| StoreError::Closed)?
-        })
+        self.queue.commit(change)
     }
 }
 

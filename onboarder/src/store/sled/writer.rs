@@ -3,22 +3,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
-
 use super::{
-    HEAD_KEY, MAX_GROUP, audit_key, campaign_key, device_key, firmware_key_key, io, read_head,
-    release_key,
+    HEAD_KEY, audit_key, campaign_key, device_key, firmware_key_key, io, read_head, release_key,
 };
 use crate::audit::AuditEntry;
 use crate::core::DeviceId;
+use crate::store::group::{Group, Groups};
 use crate::store::seal::RecordCodec;
 use crate::store::{Change, Expect, StoreError};
-
-/// A change waiting for the writer, and whom to tell how it went.
-pub(super) struct Job {
-    pub(super) change: Change,
-    pub(super) done: oneshot::Sender<Result<(), StoreError>>,
-}
 
 /// The single writer: owns the audit head and every write.
 pub(super) struct Writer {
@@ -31,27 +23,20 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        while let Some(first) = rx.blocking_recv() {
-            let mut jobs = vec![first];
-            while jobs.len() < MAX_GROUP {
-                match rx.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
-            }
-            self.commit_group(jobs);
+    pub(super) fn run(mut self, mut groups: Groups) {
+        while let Some(group) = groups.blocking_next() {
+            self.commit_group(group);
         }
     }
 
-    fn commit_group(&mut self, jobs: Vec<Job>) {
+    fn commit_group(&mut self, group: Group) {
         let mut batch = sled::Batch::default();
         // Versions written earlier in this group, which later changes must see.
         let mut written: HashMap<DeviceId, u64> = HashMap::new();
         let mut head = self.head;
-        let mut results = Vec::with_capacity(jobs.len());
-        for job in &jobs {
-            let result = self.stage(&job.change, &mut batch, &mut written, &mut head);
+        let mut results = Vec::with_capacity(group.len());
+        for change in group.changes() {
+            let result = self.stage(change, &mut batch, &mut written, &mut head);
             results.push(result);
         }
         let durable = if results.iter().any(Result::is_ok) {
@@ -79,9 +64,7 @@ impl Writer {
                 }
             }
         }
-        for (job, result) in jobs.into_iter().zip(results) {
-            let _ = job.done.send(result);
-        }
+        group.finish(results);
     }
 
     /// Checks one change against the store and the group so far; if it holds, adds all its
