@@ -56,6 +56,7 @@ pub mod driver;
 pub mod error;
 pub mod machine;
 pub mod platform;
+pub mod systemd;
 pub mod transport;
 
 pub use clock::Clock;

@@ -85,6 +85,23 @@ pub enum Request {
     WipeAttestation(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
+impl Request {
+    /// The operation's name, for metrics and logs (no payload in it).
+    pub fn operation(&self) -> &'static str {
+        match self {
+            Request::VoucherRequest(_) => "voucher_request",
+            Request::VoucherStatus(_) => "voucher_status",
+            Request::Enroll { .. } => "enroll",
+            Request::EnrollStatus(_) => "enroll_status",
+            Request::Hello(_) => "hello",
+            Request::Reenroll { .. } => "reenroll",
+            Request::FirmwareChunk { .. } => "firmware_chunk",
+            Request::FirmwareStatus(_) => "firmware_status",
+            Request::WipeAttestation(_) => "wipe_attestation",
+        }
+    }
+}
+
 /// Largest firmware chunk served in one response.
 pub const MAX_CHUNK: u32 = 128 * 1024;
 

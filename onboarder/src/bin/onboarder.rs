@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use onboarder::demo::{self, DemoOptions};
-use onboarder::operator::cli::{self, Cli, Command, DemoArgs, ServeArgs};
+use onboarder::operator::cli::{self, Cli, Command, DemoArgs, LogFormat, ServeArgs};
 use onboarder::server::{Backends, Listen, Options, Server};
 
 fn main() -> ExitCode {
@@ -22,13 +22,23 @@ fn main() -> ExitCode {
         Command::Serve(_) => "info",
         _ => "warn",
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let result = match cli.command {
+        Command::Completions { shell } => {
+            cli::completions(shell);
+            Ok(())
+        }
+        Command::Man { out } => cli::man_pages(&out)
+            .map(|n| eprintln!("wrote {n} manual pages into {}", out.display()))
+            .with_context(|| format!("writing the manual pages into {}", out.display())),
         Command::Init(args) => cli::init(cli.dir, args).map_err(Into::into),
         Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve(&cli.dir, args))),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(run_demo(args))),
@@ -84,8 +94,14 @@ async fn serve(dir: &Path, args: ServeArgs) -> Result<()> {
         server.quic_addr(),
         server.api_addr()
     );
+    // Under systemd (Type=notify): ready once every listener is bound and the store open.
+    device_agent::systemd::notify(&format!(
+        "READY=1\nSTATUS=serving devices on {} (QUIC)",
+        server.quic_addr()
+    ));
     shutdown_signal().await;
     tracing::info!("shutting down");
+    device_agent::systemd::notify("STOPPING=1");
     server.shutdown().await;
     Ok(())
 }

@@ -64,6 +64,7 @@ impl ClientError {
 type Result<T> = std::result::Result<T, ClientError>;
 
 /// An authenticated connection to a running onboarder's admin API.
+#[derive(Clone)]
 pub struct ApiClient {
     agent: ureq::Agent,
     base: String,
@@ -385,6 +386,28 @@ impl ApiClient {
     /// Verifies the audit chain.
     pub fn verify_audit(&self) -> Result<ChainSummary> {
         self.get("/v1/audit/verify")
+    }
+
+    /// `/metrics`: the text Prometheus scrapes.
+    pub fn metrics(&self) -> Result<String> {
+        let mut response = self
+            .agent
+            .get(format!("{}/metrics", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .call()
+            .map_err(|e| self.unreachable(e))?;
+        if !response.status().is_success() {
+            return Err(ClientError::Refused {
+                status: response.status().as_u16(),
+                message: "metrics refused".into(),
+            });
+        }
+        response
+            .body_mut()
+            .with_config()
+            .limit(MAX_RESPONSE)
+            .read_to_string()
+            .map_err(|e| ClientError::Decode(e.to_string()))
     }
 }
 

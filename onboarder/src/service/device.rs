@@ -20,12 +20,16 @@ impl Service {
     /// Handles one request from an authenticated device. `session_binding` is the TLS exporter
     /// value of the connection it arrived on. Every refusal is counted and audited (within the
     /// audit budget) and answered with its typed wire error.
+    ///
+    /// `transport` (`quic`, `https`, `coap`) labels the request in the metrics.
     pub async fn handle(
         &self,
         peer: &DevicePeer,
         session_binding: &[u8],
         request: Request,
+        transport: &'static str,
     ) -> Handled {
+        let started = std::time::Instant::now();
         let result = match &request {
             Request::FirmwareChunk {
                 digest,
@@ -63,6 +67,12 @@ impl Service {
                 Response::Error(e.to_wire())
             }
         };
+        let refused = match &response {
+            Response::Error(e) => Some(e.code),
+            _ => None,
+        };
+        self.metrics
+            .request(request.operation(), transport, refused, started.elapsed());
         Handled {
             opened_session: core::onboard::opens_session(peer, &response),
             response,

@@ -118,6 +118,23 @@ pub enum Shared {
     },
 }
 
+/// How the devices' writes move the store's tallies (devices per state, certificates per
+/// status): the old record's are taken off, the new one's added.
+fn tally_moves(writes: &[DeviceWrite], previous: &[Option<DeviceRecord>]) -> Vec<(String, i64)> {
+    let mut moves: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+    for (i, w) in writes.iter().enumerate() {
+        if let Some(before) = previous.get(i).and_then(|p| p.as_ref()) {
+            for name in crate::store::tallies_of(before) {
+                *moves.entry(name).or_insert(0) -= 1;
+            }
+        }
+        for name in crate::store::tallies_of(&w.record) {
+            *moves.entry(name).or_insert(0) += 1;
+        }
+    }
+    moves.into_iter().filter(|(_, n)| *n != 0).collect()
+}
+
 /// A change decided inside [`Service::commit`], with the records its device writes replace
 /// (for the effects) and what to answer once it is durable.
 pub(crate) struct Pending<T> {
@@ -367,6 +384,9 @@ impl Service {
                 .flat_map(|(w, old)| revocations_between(old.as_ref(), &w.record, grace))
                 .collect();
             change.revocations.extend(revocations.iter().cloned());
+            change
+                .tallies
+                .extend(tally_moves(&change.devices, &previous));
             let moved_jobs: Vec<Shared> = change
                 .devices
                 .iter()

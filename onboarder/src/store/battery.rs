@@ -27,6 +27,7 @@ pub(crate) async fn run(open: impl Fn() -> Box<dyn Store>) {
         versions_guard_concurrent_writes_and_audit_chains(store.as_ref()).await;
         revocations_are_indexed_and_forgotten(store.as_ref()).await;
         the_repository_is_typed(store.as_ref()).await;
+        tallies_move_with_their_change_only(store.as_ref()).await;
         for i in 0..10 {
             let r = DeviceRecord::expected(id(&format!("SN-P{i}")), vec![1], None, 1);
             store.commit(change(r, Expect::Absent)).await.unwrap();
@@ -34,13 +35,45 @@ pub(crate) async fn run(open: impl Fn() -> Box<dyn Store>) {
     }
     // Reopened: the data and the audit head are there.
     let store = open();
-    assert_eq!(store.device_count().unwrap(), 11);
-    assert_eq!(store.devices(Some(&id("SN-P4")), 100).unwrap().len(), 5);
+    // SN-1, SN-P0..9, and the tallies' SN-T0..49 and SN-T-LAST.
+    assert_eq!(store.device_count().unwrap(), 62);
+    assert_eq!(store.devices(Some(&id("SN-P4")), 100).unwrap().len(), 56);
     let (seq, head) = store.audit_head().unwrap();
-    assert_eq!(seq, 12);
+    assert_eq!(seq, 63);
     verify_chain(store.audit(1, 100).unwrap(), &head).unwrap();
     assert_eq!(store.revocations().unwrap().len(), 1);
     assert_eq!(store.releases().unwrap().len(), 1);
+    assert_eq!(store.tallies().unwrap().get("state/t"), Some(&101));
+}
+
+async fn tallies_move_with_their_change_only(store: &dyn Store) {
+    let moving = |serial: &str, delta: i64| {
+        let r = DeviceRecord::expected(id(serial), vec![1], None, 1);
+        Change {
+            tallies: vec![("state/t".into(), delta), ("state/u".into(), -delta)],
+            ..change(r, Expect::Absent)
+        }
+    };
+    assert!(store.tallies().unwrap().is_empty());
+    // Changes committed together (most likely one group) each count.
+    let commits: Vec<_> = (0..50)
+        .map(|i| tokio::spawn(store.commit(moving(&format!("SN-T{i}"), 2))))
+        .collect();
+    for commit in commits {
+        commit.await.unwrap().unwrap();
+    }
+    assert_eq!(store.tallies().unwrap().get("state/t"), Some(&100));
+    assert_eq!(store.tallies().unwrap().get("state/u"), Some(&-100));
+    // A refused change moves nothing, even beside an accepted one.
+    let (refused, accepted) = tokio::join!(
+        store.commit(moving("SN-T1", 1000)),
+        store.commit(moving("SN-T-LAST", 1)),
+    );
+    assert!(matches!(refused, Err(StoreError::Conflict(_))));
+    accepted.unwrap();
+    let tallies = store.tallies().unwrap();
+    assert_eq!(tallies.get("state/t"), Some(&101));
+    assert_eq!(tallies.get("state/u"), Some(&-101));
 }
 
 async fn versions_guard_concurrent_writes_and_audit_chains(store: &dyn Store) {

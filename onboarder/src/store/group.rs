@@ -2,9 +2,13 @@
 //! writer takes every change waiting (up to [`MAX_GROUP`]) and makes them durable together,
 //! then tells each committer how its own change went.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Change, CommitFuture, StoreError};
+use crate::metrics::Commits;
 
 /// Most changes made durable together.
 pub(crate) const MAX_GROUP: usize = 1024;
@@ -21,12 +25,15 @@ struct Job {
 pub(crate) struct Committer(mpsc::Sender<Job>);
 
 /// The writer's side of the queue.
-pub(crate) struct Groups(mpsc::Receiver<Job>);
+pub(crate) struct Groups {
+    rx: mpsc::Receiver<Job>,
+    commits: Arc<Commits>,
+}
 
-/// A new queue.
-pub(crate) fn queue() -> (Committer, Groups) {
+/// A new queue, whose groups are measured into `commits`.
+pub(crate) fn queue(commits: Arc<Commits>) -> (Committer, Groups) {
     let (tx, rx) = mpsc::channel(QUEUE);
-    (Committer(tx), Groups(rx))
+    (Committer(tx), Groups { rx, commits })
 }
 
 impl Committer {
@@ -54,22 +61,30 @@ impl Committer {
 }
 
 /// The changes the writer took together.
-pub(crate) struct Group(Vec<Job>);
+pub(crate) struct Group {
+    jobs: Vec<Job>,
+    taken: Instant,
+    commits: Arc<Commits>,
+}
 
 impl Group {
     /// The changes, in the order they were queued.
     pub(crate) fn changes(&self) -> impl Iterator<Item = &Change> {
-        self.0.iter().map(|job| &job.change)
+        self.jobs.iter().map(|job| &job.change)
     }
 
     /// How many changes.
     pub(crate) fn len(&self) -> usize {
-        self.0.len()
+        self.jobs.len()
     }
 
     /// Tells each committer how its change went (`results` in the order of [`Group::changes`]).
     pub(crate) fn finish(self, results: Vec<Result<(), StoreError>>) {
-        for (job, result) in self.0.into_iter().zip(results) {
+        self.commits.sizes.observe(self.jobs.len() as f64);
+        self.commits
+            .seconds
+            .observe(self.taken.elapsed().as_secs_f64());
+        for (job, result) in self.jobs.into_iter().zip(results) {
             let _ = job.done.send(result);
         }
     }
@@ -78,13 +93,13 @@ impl Group {
 impl Groups {
     /// The next group, from async code: `None` once every committer is gone.
     pub(crate) async fn next(&mut self) -> Option<Group> {
-        let first = self.0.recv().await?;
+        let first = self.rx.recv().await?;
         Some(self.fill(first))
     }
 
     /// The next group, from the writer's own thread.
     pub(crate) fn blocking_next(&mut self) -> Option<Group> {
-        let first = self.0.blocking_recv()?;
+        let first = self.rx.blocking_recv()?;
         Some(self.fill(first))
     }
 
@@ -92,11 +107,15 @@ impl Groups {
     fn fill(&mut self, first: Job) -> Group {
         let mut jobs = vec![first];
         while jobs.len() < MAX_GROUP {
-            match self.0.try_recv() {
+            match self.rx.try_recv() {
                 Ok(job) => jobs.push(job),
                 Err(_) => break,
             }
         }
-        Group(jobs)
+        Group {
+            jobs,
+            taken: Instant::now(),
+            commits: self.commits.clone(),
+        }
     }
 }

@@ -126,6 +126,10 @@ pub struct Change {
     pub firmware_keys: Vec<FirmwareKey>,
     /// Audit events to append, in order.
     pub audit: Vec<AuditEvent>,
+    /// Counters to move, by name, in the same write (devices per state, certificates per
+    /// status: the service derives them from the device writes), so that reading them costs
+    /// one lookup whatever the fleet's size.
+    pub tallies: Vec<(String, i64)>,
 }
 
 impl Change {
@@ -140,7 +144,37 @@ impl Change {
             && self.campaigns.is_empty()
             && self.firmware_keys.is_empty()
             && self.audit.is_empty()
+            && self.tallies.is_empty()
     }
+}
+
+/// The name of the tally of devices in `state`.
+pub fn state_tally(state: &crate::core::DeviceState) -> String {
+    format!("state/{state}")
+}
+
+/// The tallies `record` counts in: its state's, and its certificates' statuses
+/// (`certificates/<status>`, one per certificate).
+pub(crate) fn tallies_of(record: &DeviceRecord) -> impl Iterator<Item = String> + '_ {
+    std::iter::once(state_tally(&record.state)).chain(
+        record
+            .certificates
+            .iter()
+            .map(|c| format!("certificates/{}", c.status.name())),
+    )
+}
+
+/// The tallies of `records`: what a store that has none yet starts from.
+pub(crate) fn count_tallies<'a>(
+    records: impl IntoIterator<Item = &'a DeviceRecord>,
+) -> std::collections::BTreeMap<String, i64> {
+    let mut tallies = std::collections::BTreeMap::new();
+    for record in records {
+        for name in tallies_of(record) {
+            *tallies.entry(name).or_insert(0) += 1;
+        }
+    }
+    tallies
 }
 
 /// Resolves once a change is durable (or refused).
@@ -180,6 +214,10 @@ pub trait Store: Send + Sync + 'static {
     fn audit(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
     /// Sequence number and hash of the last audit entry.
     fn audit_head(&self) -> Result<(u64, [u8; 32]), StoreError>;
+    /// How this store's group commits went: changes per group, seconds per commit.
+    fn commits(&self) -> std::sync::Arc<crate::metrics::Commits>;
+    /// Every counter moved by [`Change::tallies`], by name (a counter never moved is absent).
+    fn tallies(&self) -> Result<std::collections::BTreeMap<String, i64>, StoreError>;
     /// Applies a change atomically and durably.
     fn commit(&self, change: Change) -> CommitFuture;
     /// Takes or renews the lease `name` for `holder` for `ttl_secs`: whether `holder` holds it

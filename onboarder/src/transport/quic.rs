@@ -260,7 +260,7 @@ async fn request(
                 Request::FirmwareChunk { .. } => chunks.clone().acquire_owned().await.ok(),
                 _ => None,
             };
-            Some((service.handle(peer, binding, request).await, permit))
+            Some((service.handle(peer, binding, request, "quic").await, permit))
         }
         Err(e) => Some((refuse(service, peer, LifecycleError::Decode(e)).await, None)),
     }

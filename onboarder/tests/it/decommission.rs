@@ -198,6 +198,7 @@ async fn a_device_wipes_itself_attests_and_is_revoked_and_certified() {
     assert_eq!(attestation.serial, "SN-EOL");
     let html = certificate.to_html();
     assert!(html.contains("Certificate of Sanitization") && html.contains("SN-EOL"));
+    world.assert_tallies_agree();
 }
 
 /// A decommissioning device connected by hand (its agent not running), and what signs for it.
@@ -357,6 +358,7 @@ async fn a_silent_device_is_decommissioned_unattested() {
             ..
         })
     ));
+    world.assert_tallies_agree();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -176,6 +176,26 @@ impl World {
         self.record_of(&self.id(serial))
     }
 
+    /// Checks that the store's tallies of devices per state (what the overview and `stats`
+    /// read) agree with the records themselves.
+    pub fn assert_tallies_agree(&self) {
+        let service = self.server.service();
+        let mut counted = std::collections::BTreeMap::new();
+        for record in service.devices(None, 100_000).unwrap() {
+            *counted
+                .entry(format!("state/{}", record.state))
+                .or_insert(0i64) += 1;
+            for c in &record.certificates {
+                *counted
+                    .entry(format!("certificates/{}", c.status.name()))
+                    .or_insert(0) += 1;
+            }
+        }
+        let mut tallies = service.store().tallies().unwrap();
+        tallies.retain(|_, n| *n != 0);
+        assert_eq!(tallies, counted);
+    }
+
     /// The record of device `id`.
     pub fn record_of(&self, id: &DeviceId) -> Option<DeviceRecord> {
         self.server.service().store().device(id).unwrap()

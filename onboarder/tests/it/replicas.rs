@@ -437,6 +437,10 @@ async fn three_replicas_lose_one_in_the_middle_and_nothing_is_lost() {
         }
     }
     api.verify_audit().unwrap();
+    // The tallies the replicas moved with every write, through the kill, agree with the records.
+    let states = api.stats().unwrap().states;
+    assert_eq!(states.len(), 1, "{states:?}");
+    assert_eq!(states.get("active").copied(), Some(DEVICES as u64));
 
     // A decommission order given on replica 2 reaches a device whose session is on replica 1.
     let ports: Vec<u16> = endpoints

@@ -4,7 +4,7 @@
 //! systemd's notification protocol when run as a `Type=notify` service.
 
 mod config;
-mod systemd;
+use device_agent::systemd;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

@@ -26,6 +26,18 @@ pub enum CertStatus {
     },
 }
 
+impl CertStatus {
+    /// The status's name, without its details (for tallies and metrics).
+    pub fn name(&self) -> &'static str {
+        match self {
+            CertStatus::Issued => "issued",
+            CertStatus::Active => "active",
+            CertStatus::Superseded { .. } => "superseded",
+            CertStatus::Revoked { .. } => "revoked",
+        }
+    }
+}
+
 /// A certificate issued to a device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IssuedCert {

@@ -26,6 +26,8 @@
 //! GET  /v1/ca/roots               the owner roots and the rollover under way, with what holds it
 //! GET  /v1/crls                   the CRLs last published
 //! GET  /v1/stats                  devices per state, live sessions, refusals and shed load
+//! GET  /metrics                   the same and more in Prometheus's text format (latencies,
+//!                                store commits, CRL age, campaign progress)
 //! GET  /v1/firmware/keys          firmware-signing keys; POST {"vendor", "pem"} imports one
 //! GET  /v1/firmware/releases      releases; POST (CBOR [manifest, image]) uploads one
 //! GET  /v1/campaigns              campaigns; POST (CampaignSpec) creates one
@@ -39,6 +41,7 @@
 mod devices;
 mod firmware;
 mod fleet;
+mod metrics;
 
 pub use devices::{DecommissionRequest, QuarantineRequest, RevokeRequest};
 pub use firmware::{CampaignQuery, FirmwareKeyRequest, ReleaseView};
@@ -143,6 +146,7 @@ pub fn router(control: Arc<Control>, token: String) -> Router {
         .route("/v1/ca/roots", get(fleet::roots))
         .route("/v1/crls", get(fleet::list_crls))
         .route("/v1/stats", get(fleet::stats))
+        .route("/metrics", get(metrics::metrics))
         .route(
             "/v1/firmware/keys",
             get(firmware::list_firmware_keys).post(firmware::import_firmware_key),

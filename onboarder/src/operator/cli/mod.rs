@@ -51,9 +51,22 @@ pub struct Cli {
         default_value = "onboarder-data"
     )]
     pub dir: PathBuf,
+    /// How log lines look on stderr: `text` for people, `json` (one object per line) for a
+    /// log collector such as journald's or Loki's.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The log format (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The commands.
@@ -109,6 +122,53 @@ pub enum Command {
     /// per-device VLANs).
     #[command(subcommand)]
     Radius(radius::RadiusCommand),
+    /// Print a shell completion script: `onboarder completions bash >
+    /// /etc/bash_completion.d/onboarder` (also zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (onboarder.1 and one per command, onboarder-serve.1, ...) into
+    /// DIR, for `man -l` or /usr/share/man/man1.
+    Man {
+        /// Where to write them.
+        #[arg(default_value = ".")]
+        out: PathBuf,
+    },
+}
+
+/// Prints the completion script for `shell`.
+pub fn completions(shell: clap_complete::Shell) {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut command, "onboarder", &mut std::io::stdout());
+}
+
+/// Writes the manual pages into `out`; returns how many.
+pub fn man_pages(out: &std::path::Path) -> std::io::Result<usize> {
+    std::fs::create_dir_all(out)?;
+    let mut command = <Cli as clap::CommandFactory>::command();
+    // Carries the global options (--dir, --log-format) into every command's page.
+    command.build();
+    let mut written = 0;
+    write_man(&command, "onboarder", out, &mut written)?;
+    Ok(written)
+}
+
+fn write_man(
+    command: &clap::Command,
+    name: &str,
+    out: &std::path::Path,
+    written: &mut usize,
+) -> std::io::Result<()> {
+    let page = command.clone().name(name.to_string());
+    let mut text = Vec::new();
+    clap_mangen::Man::new(page).render(&mut text)?;
+    std::fs::write(out.join(format!("{name}.1")), text)?;
+    *written += 1;
+    for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+        write_man(sub, &format!("{name}-{}", sub.get_name()), out, written)?;
+    }
+    Ok(())
 }
 
 /// `onboarder init`.
@@ -307,11 +367,14 @@ pub use radius::radius;
 pub fn run(dir: PathBuf, command: Command) -> Result<()> {
     let client = ApiClient::for_data_dir(&dir)?;
     match command {
-        Command::Init(_) | Command::Serve(_) | Command::Demo(_) | Command::Radius(_) => {
-            Err(Error::Config(
-                "init, serve, demo and radius are run by the onboarder binary itself".into(),
-            ))
-        }
+        Command::Init(_)
+        | Command::Serve(_)
+        | Command::Demo(_)
+        | Command::Radius(_)
+        | Command::Completions { .. }
+        | Command::Man { .. } => Err(Error::Config(
+            "init, serve, demo and radius are run by the onboarder binary itself".into(),
+        )),
         Command::Anchor(cmd) => devices::anchor(&client, cmd),
         Command::Voucher(cmd) => devices::voucher(&client, cmd),
         Command::Device(cmd) => devices::device(&client, cmd),

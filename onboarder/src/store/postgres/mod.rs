@@ -71,6 +71,7 @@ pub struct PgStore {
     url: String,
     codec: Arc<RecordCodec>,
     queue: Committer,
+    commits: std::sync::Arc<crate::metrics::Commits>,
     /// The image last read, whole (a campaign serves one image to every device, chunk by
     /// chunk): digest and bytes.
     hot: std::sync::Mutex<Option<HotImage>>,
@@ -96,7 +97,7 @@ async fn connect(url: &str) -> Result<Client, StoreError> {
 }
 
 /// Applies the migrations this database has not seen, under an advisory lock.
-async fn migrate(client: &mut Client) -> Result<(), StoreError> {
+async fn migrate(client: &mut Client, codec: &RecordCodec) -> Result<(), StoreError> {
     let tx = client.transaction().await.map_err(db)?;
     tx.execute(
         "SELECT pg_advisory_xact_lock($1)",
@@ -131,8 +132,37 @@ async fn migrate(client: &mut Client) -> Result<(), StoreError> {
         )
         .await
         .map_err(db)?;
+        if i + 1 == schema::TALLIES {
+            count_devices(&tx, codec).await?;
+        }
     }
     tx.commit().await.map_err(db)
+}
+
+/// Fills the tallies from the device records (the records stay still meanwhile: replicas of
+/// an earlier version still running would not move the tallies).
+async fn count_devices(tx: &Transaction<'_>, codec: &RecordCodec) -> Result<(), StoreError> {
+    tx.batch_execute("LOCK TABLE devices IN SHARE MODE")
+        .await
+        .map_err(db)?;
+    let rows = tx
+        .query("SELECT maker, serial, record FROM devices", &[])
+        .await
+        .map_err(db)?;
+    let mut records = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let key = format!("d/{}/{}", row.get::<_, &str>(0), row.get::<_, &str>(1));
+        records.push(codec.decode(key.as_bytes(), row.get::<_, &[u8]>(2))?);
+    }
+    for (name, n) in super::count_tallies(&records) {
+        tx.execute(
+            "INSERT INTO tallies (name, n) VALUES ($1, $2)",
+            &[&name, &n],
+        )
+        .await
+        .map_err(db)?;
+    }
+    Ok(())
 }
 
 impl PgStore {
@@ -147,10 +177,12 @@ impl PgStore {
             .build()
             .map_err(|e| StoreError::Io(format!("starting the store's runtime: {e}")))?;
         let connect_url = url.to_string();
+        let codec = Arc::new(RecordCodec::new(key));
+        let migrating = codec.clone();
         let (reader, writer, read_device, relay) = run_on(&runtime, async move {
             let url = connect_url;
             let mut writer = connect(&url).await?;
-            migrate(&mut writer).await?;
+            migrate(&mut writer, &migrating).await?;
             let reader = connect(&url).await?;
             let read_device = reader
                 .prepare("SELECT record FROM devices WHERE maker = $1 AND serial = $2")
@@ -180,8 +212,8 @@ impl PgStore {
                 }
             }
         });
-        let codec = Arc::new(RecordCodec::new(key));
-        let (queue, groups) = group::queue();
+        let commits = std::sync::Arc::new(crate::metrics::Commits::default());
+        let (queue, groups) = group::queue(commits.clone());
         let writer_codec = codec.clone();
         runtime.spawn(async move {
             match Writer::new(writer, writer_codec).await {
@@ -205,6 +237,7 @@ impl PgStore {
             url: url.to_string(),
             codec,
             queue,
+            commits,
             hot: std::sync::Mutex::new(None),
         })
     }
@@ -282,6 +315,7 @@ struct Statements {
     put_campaign: Statement,
     put_firmware_key: Statement,
     put_audit: Statement,
+    move_tally: Statement,
     lock_head: Statement,
     move_head: Statement,
 }
@@ -317,6 +351,7 @@ impl Writer {
             put_campaign: p(upsert("campaigns", "id", "value")).await?,
             put_firmware_key: p(upsert("firmware_keys", "fingerprint", "value")).await?,
             put_audit: p("INSERT INTO audit (seq, entry) VALUES ($1, $2)".into()).await?,
+            move_tally: p("INSERT INTO tallies (name, n) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET n = tallies.n + EXCLUDED.n".into()).await?,
             lock_head: p("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE".into()).await?,
             move_head: p("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1".into()).await?,
         };
@@ -477,6 +512,11 @@ async fn stage(
         )
         .await
         .map_err(db)?;
+    }
+    for (name, delta) in &change.tallies {
+        tx.execute(&sql.move_tally, &[name, delta])
+            .await
+            .map_err(db)?;
     }
     for event in &change.audit {
         let entry = AuditEntry::new(head.0 + 1, head.1, event.clone());
@@ -681,6 +721,24 @@ impl Store for PgStore {
                 ))
             }
         }
+    }
+
+    fn commits(&self) -> std::sync::Arc<crate::metrics::Commits> {
+        self.commits.clone()
+    }
+
+    fn tallies(&self) -> Result<std::collections::BTreeMap<String, i64>, StoreError> {
+        let rows = self.read(|c| {
+            Box::pin(async move {
+                c.query("SELECT name, n FROM tallies", &[])
+                    .await
+                    .map_err(db)
+            })
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+            .collect())
     }
 
     fn lease(&self, name: &str, holder: &str, ttl_secs: u64) -> Result<bool, StoreError> {

@@ -40,7 +40,16 @@ pub(super) const MIGRATIONS: &[&str] = &[
         expires_at TIMESTAMPTZ NOT NULL
     );
     "#,
+    // 3: tallies (devices per state), moved in the same transaction as the devices; filled
+    // from the records when the migration runs (see `TALLIES`).
+    r#"
+    CREATE TABLE tallies (name TEXT COLLATE "C" PRIMARY KEY, n BIGINT NOT NULL);
+    "#,
 ];
+
+/// The migration after which the existing devices are counted into the tallies (records are
+/// CBOR, which SQL cannot read).
+pub(super) const TALLIES: usize = 3;
 
 /// The advisory lock key migrations take ("onboard" in ASCII).
 pub(super) const MIGRATION_LOCK: i64 = 0x006f_6e62_6f61_7264;

@@ -11,6 +11,7 @@
 //! K/<sha256 hex>  firmware-signing key (CBOR)
 //! m/<name>        named values (CRL numbers, ...)
 //! a/<seq u64 BE>  audit entry (CBOR)
+//! n/<name>        tally (i64 BE): devices per state
 //! m/audit-head    seq (8 bytes BE) || hash (32 bytes) of the last audit entry
 //! m/format        layout version (one byte); a store of another layout is not opened
 //! ```
@@ -43,15 +44,18 @@ const MAX_VALUE: usize = super::seal::MAX_RECORD;
 
 pub(super) const HEAD_KEY: &[u8] = b"m/audit-head";
 const FORMAT_KEY: &[u8] = b"m/format";
-/// Layout 3: devices keyed by maker and serial, network credentials sealed, releases,
-/// campaigns and firmware keys in their own key spaces.
-const FORMAT: u8 = 3;
+/// Layout 4: devices keyed by maker and serial, network credentials sealed, releases,
+/// campaigns and firmware keys in their own key spaces, tallies of devices per state.
+const FORMAT: u8 = 4;
+/// Layout 3 lacked only the tallies: it is upgraded in place.
+const FORMAT_WITHOUT_TALLIES: u8 = 3;
 
 /// The sled store. Dropping it stops the writer after the queued changes.
 pub struct SledStore {
     db: sled::Db,
     codec: std::sync::Arc<RecordCodec>,
     queue: Committer,
+    commits: std::sync::Arc<crate::metrics::Commits>,
     writer: Option<JoinHandle<()>>,
 }
 
@@ -103,9 +107,10 @@ pub(super) fn read_head(db: &sled::Db) -> Result<(u64, [u8; 32]), StoreError> {
 }
 
 /// Refuses a store written in another layout, and marks a new one.
-fn check_format(db: &sled::Db) -> Result<(), StoreError> {
+fn check_format(db: &sled::Db, codec: &RecordCodec) -> Result<(), StoreError> {
     match db.get(FORMAT_KEY).map_err(io)? {
         Some(v) if v.as_ref() == [FORMAT] => Ok(()),
+        Some(v) if v.as_ref() == [FORMAT_WITHOUT_TALLIES] => add_tallies(db, codec),
         Some(v) => Err(StoreError::Io(format!(
             "the store has layout {:?}; this onboarder reads layout {FORMAT}",
             v.as_ref()
@@ -121,6 +126,45 @@ fn check_format(db: &sled::Db) -> Result<(), StoreError> {
             Ok(())
         }
     }
+}
+
+/// Upgrades layout 3: counts the devices per state once, and writes the tallies with the new
+/// layout's number in one batch (a crash leaves layout 3, counted again at the next start).
+fn add_tallies(db: &sled::Db, codec: &RecordCodec) -> Result<(), StoreError> {
+    let mut records = Vec::new();
+    for item in db.scan_prefix(b"d/") {
+        let (key, value) = item.map_err(io)?;
+        records.push(codec.decode(&key, &value)?);
+    }
+    let mut batch = sled::Batch::default();
+    for (name, n) in super::count_tallies(&records) {
+        batch.insert(tally_key(&name), &n.to_be_bytes());
+    }
+    batch.insert(FORMAT_KEY, &[FORMAT]);
+    db.apply_batch(batch).map_err(io)?;
+    db.flush().map_err(io)?;
+    Ok(())
+}
+
+pub(super) fn tally_key(name: &str) -> Vec<u8> {
+    format!("n/{name}").into_bytes()
+}
+
+/// The tally `name` (0 when never moved).
+pub(super) fn read_tally(db: &sled::Db, name: &str) -> Result<i64, StoreError> {
+    match db.get(tally_key(name)).map_err(io)? {
+        None => Ok(0),
+        Some(v) => decode_tally(name, &v),
+    }
+}
+
+fn decode_tally(name: &str, value: &[u8]) -> Result<i64, StoreError> {
+    <[u8; 8]>::try_from(value)
+        .map(i64::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt {
+            key: format!("n/{name}"),
+            detail: "wrong length".into(),
+        })
 }
 
 /// Makes the store's directory and files readable by their owner only. sled creates its files
@@ -163,11 +207,12 @@ impl SledStore {
                     dir.display()
                 ))
             })?;
-        check_format(&db)?;
+        let codec = std::sync::Arc::new(RecordCodec::new(key));
+        check_format(&db, &codec)?;
         restrict(dir)?;
         let head = read_head(&db)?;
-        let codec = std::sync::Arc::new(RecordCodec::new(key));
-        let (queue, groups) = group::queue();
+        let commits = std::sync::Arc::new(crate::metrics::Commits::default());
+        let (queue, groups) = group::queue(commits.clone());
         let writer_db = db.clone();
         let writer_codec = codec.clone();
         let writer = std::thread::Builder::new()
@@ -178,6 +223,7 @@ impl SledStore {
                     codec: writer_codec,
                     head,
                     versions: HashMap::new(),
+                    tallies: HashMap::new(),
                 }
                 .run(groups)
             })
@@ -186,6 +232,7 @@ impl SledStore {
             db,
             codec,
             queue,
+            commits,
             writer: Some(writer),
         })
     }
@@ -335,6 +382,21 @@ impl Store for SledStore {
         read_head(&self.db)
     }
 
+    fn commits(&self) -> std::sync::Arc<crate::metrics::Commits> {
+        self.commits.clone()
+    }
+
+    fn tallies(&self) -> Result<std::collections::BTreeMap<String, i64>, StoreError> {
+        let mut out = std::collections::BTreeMap::new();
+        for item in self.db.scan_prefix(b"n/") {
+            let (key, value) = item.map_err(io)?;
+            let name = String::from_utf8_lossy(&key[2..]).into_owned();
+            let n = decode_tally(&name, &value)?;
+            out.insert(name, n);
+        }
+        Ok(out)
+    }
+
     fn commit(&self, change: Change) -> CommitFuture {
         self.queue.commit(change)
     }
@@ -375,5 +437,56 @@ mod tests {
             }
         }
         assert!(matches!(opened, Err(StoreError::Io(m)) if m.contains("serial alone")));
+    }
+
+    /// Opens `path`, waiting for sled's flusher of an earlier handle to let go of it.
+    async fn reopen(path: &Path) -> SledStore {
+        for _ in 0..100 {
+            match SledStore::open(path, SealingKey::from_bytes(&[1; 32]).unwrap()) {
+                Err(StoreError::Io(m)) if m.contains("another onboarder") => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                opened => return opened.unwrap(),
+            }
+        }
+        panic!("the store stayed locked");
+    }
+
+    #[tokio::test]
+    async fn a_store_of_layout_3_gets_its_devices_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        {
+            let store = reopen(&path).await;
+            for i in 0..3 {
+                let id = crate::core::DeviceId::new(
+                    crate::core::MakerId::of_spki(b"maker"),
+                    &format!("SN-{i}"),
+                )
+                .unwrap();
+                let record = DeviceRecord::expected(id, vec![1], None, 1);
+                let change = Change {
+                    devices: vec![super::super::DeviceWrite {
+                        record,
+                        expect: super::super::Expect::Absent,
+                    }],
+                    ..Change::default()
+                };
+                store.commit(change).await.unwrap();
+            }
+            // As layout 3 left it: no tallies.
+            for key in store.db.scan_prefix(b"n/").keys() {
+                store.db.remove(key.unwrap()).unwrap();
+            }
+            store.db.insert(FORMAT_KEY, &[3]).unwrap();
+            store.db.flush().unwrap();
+        }
+        let store = reopen(&path).await;
+        let expected = super::super::state_tally(&crate::core::DeviceState::Expected);
+        assert_eq!(store.tallies().unwrap().get(&expected), Some(&3));
+        assert_eq!(
+            store.db.get(FORMAT_KEY).unwrap().unwrap().as_ref(),
+            [FORMAT]
+        );
     }
 }

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{
-    HEAD_KEY, audit_key, campaign_key, device_key, firmware_key_key, io, read_head, release_key,
+    HEAD_KEY, audit_key, campaign_key, device_key, firmware_key_key, io, read_head, read_tally,
+    release_key, tally_key,
 };
 use crate::audit::AuditEntry;
 use crate::core::DeviceId;
@@ -20,6 +21,15 @@ pub(super) struct Writer {
     /// Versions of the devices written or read so far. The writer is the only one who writes,
     /// so this stays true, and a version check does not decode a whole record.
     pub(super) versions: HashMap<DeviceId, u64>,
+    /// Tallies read or written so far (true for the same reason).
+    pub(super) tallies: HashMap<String, i64>,
+}
+
+/// What the changes of a group wrote so far, which later changes of the group must see.
+#[derive(Default)]
+struct Written {
+    versions: HashMap<DeviceId, u64>,
+    tallies: HashMap<String, i64>,
 }
 
 impl Writer {
@@ -31,8 +41,7 @@ impl Writer {
 
     fn commit_group(&mut self, group: Group) {
         let mut batch = sled::Batch::default();
-        // Versions written earlier in this group, which later changes must see.
-        let mut written: HashMap<DeviceId, u64> = HashMap::new();
+        let mut written = Written::default();
         let mut head = self.head;
         let mut results = Vec::with_capacity(group.len());
         for change in group.changes() {
@@ -53,12 +62,14 @@ impl Writer {
         match durable {
             Ok(()) => {
                 self.head = head;
-                self.versions.extend(written);
+                self.versions.extend(written.versions);
+                self.tallies.extend(written.tallies);
             }
             Err(e) => {
                 // The batch may or may not be on disk: trust only what the disk says.
                 self.head = read_head(&self.db).unwrap_or(self.head);
                 self.versions.clear();
+                self.tallies.clear();
                 for r in results.iter_mut().filter(|r| r.is_ok()) {
                     *r = Err(e.clone());
                 }
@@ -73,7 +84,7 @@ impl Writer {
         &self,
         change: &Change,
         batch: &mut sled::Batch,
-        written: &mut HashMap<DeviceId, u64>,
+        written: &mut Written,
         head: &mut (u64, [u8; 32]),
     ) -> Result<(), StoreError> {
         let mut next_versions = Vec::with_capacity(change.devices.len());
@@ -84,7 +95,7 @@ impl Writer {
                     "{id} written twice in one change"
                 )));
             }
-            let current = match written.get(id) {
+            let current = match written.versions.get(id) {
                 Some(v) => Some(*v),
                 None => self.device_version(id)?,
             };
@@ -105,9 +116,22 @@ impl Writer {
             record.version = *version;
             encoded.push(self.codec.encode(&record)?);
         }
+        let mut tallies = Vec::with_capacity(change.tallies.len());
+        for (name, delta) in &change.tallies {
+            let now = match written.tallies.get(name) {
+                Some(n) => *n,
+                None => self.tally(name)?,
+            };
+            tallies.push((name.clone(), now + delta));
+        }
+        // Nothing below can refuse the change: its writes join the batch.
         for ((id, version), bytes) in next_versions.into_iter().zip(encoded) {
             batch.insert(device_key(&id), bytes);
-            written.insert(id, version);
+            written.versions.insert(id, version);
+        }
+        for (name, n) in tallies {
+            batch.insert(tally_key(&name), &n.to_be_bytes());
+            written.tallies.insert(name, n);
         }
         for anchor in &change.anchors {
             let key = format!("t/{}", anchor.fingerprint);
@@ -145,6 +169,13 @@ impl Writer {
             *head = (entry.seq, hash);
         }
         Ok(())
+    }
+
+    fn tally(&self, name: &str) -> Result<i64, StoreError> {
+        if let Some(n) = self.tallies.get(name) {
+            return Ok(*n);
+        }
+        read_tally(&self.db, name)
     }
 
     fn device_version(&self, id: &DeviceId) -> Result<Option<u64>, StoreError> {

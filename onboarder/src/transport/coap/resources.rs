@@ -133,7 +133,9 @@ async fn door(
         Ok(d) => d,
         Err(refused) => return refused,
     };
-    let handled = service.handle(&device, &peer.binding, decoded).await;
+    let handled = service
+        .handle(&device, &peer.binding, decoded, "coap")
+        .await;
     if handled.opened_session {
         sessions.register_pull(&device.id, &peer.binding);
     }
@@ -296,7 +298,7 @@ async fn call(
 ) -> Result<Response, Answer> {
     let device = device(service, peer)?;
     match service
-        .handle(&device, &peer.binding, request)
+        .handle(&device, &peer.binding, request, "coap")
         .await
         .response
     {

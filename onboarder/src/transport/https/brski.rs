@@ -73,7 +73,7 @@ async fn requestvoucher(
     }
     let request = Request::VoucherRequest(body.to_vec());
     match service
-        .handle(peer, &caller.binding, request)
+        .handle(peer, &caller.binding, request, "https")
         .await
         .response
     {
@@ -156,7 +156,7 @@ async fn report(
         reason,
     };
     match service
-        .handle(peer, &caller.binding, request(status))
+        .handle(peer, &caller.binding, request(status), "https")
         .await
         .response
     {

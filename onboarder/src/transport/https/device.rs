@@ -90,7 +90,10 @@ async fn request(
             Ok(decoded) => decoded,
             Err(refused) => return refused.into_response(),
         };
-    let handled = shared.service.handle(peer, &caller.binding, request).await;
+    let handled = shared
+        .service
+        .handle(peer, &caller.binding, request, "https")
+        .await;
     if handled.opened_session {
         shared.sessions.register_pull(&peer.id, &caller.binding);
     }

@@ -170,7 +170,7 @@ async fn enrolled(
     request: Request,
 ) -> Result<Vec<u8>, Refusal> {
     match service
-        .handle(peer, &caller.binding, request)
+        .handle(peer, &caller.binding, request, "https")
         .await
         .response
     {

@@ -171,7 +171,7 @@ async fn chunk(
         length,
     };
     match service
-        .handle(peer, &caller.binding, request)
+        .handle(peer, &caller.binding, request, "https")
         .await
         .response
     {

@@ -1,6 +1,6 @@
 //! The systemd notification protocol (sd_notify), written out: readiness, status lines,
-//! stopping, and the watchdog. Nothing happens when the daemon was not started by systemd
-//! (no NOTIFY_SOCKET).
+//! stopping, and the watchdog, for the agent's daemon and the onboarder's server alike.
+//! Nothing happens when the process was not started by systemd (no NOTIFY_SOCKET).
 
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
