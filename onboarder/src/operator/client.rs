@@ -114,7 +114,7 @@ impl ApiClient {
         if !status.is_success() {
             let message = serde_json::from_str::<serde_json::Value>(&body)
                 .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                .and_then(|v| v.get("detail").and_then(|e| e.as_str()).map(str::to_string))
                 .unwrap_or(body);
             return Err(ClientError::Refused {
                 status: status.as_u16(),

@@ -414,3 +414,111 @@ async fn the_bearer_scheme_is_case_insensitive() {
     }
     assert!(status("Basic").contains(" 401 "));
 }
+
+/// Sends SIGTERM to `serving` and waits for a clean exit.
+fn terminate(mut serving: Serving) {
+    let status = Command::new("kill")
+        .args(["-TERM", &serving.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = serving.0.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_interrupted_by_sigterm_resumes_after_the_restart() {
+    use onboarder::core::campaign::{CampaignOrder, CampaignState};
+    use onboarder::service::{CampaignSpec, Target};
+    let root = tempfile::tempdir().unwrap();
+    let (dir, quic) = init(root.path(), |_| {});
+    let (server, api) = Serving::start(&dir);
+    let maker = certs::factory::Manufacturer::create(
+        certs::factory::ManufacturerConfig::new("Term Devices"),
+        now(),
+    )
+    .unwrap();
+    let serials: Vec<String> = (0..8).map(|i| format!("SN-TERM-{i}")).collect();
+    let names: Vec<&str> = serials.iter().map(String::as_str).collect();
+    expect(api, &dir, &maker, &names).await;
+    let endpoint = device_agent::transport::quic::endpoint_for(quic).unwrap();
+    let mut running = Vec::new();
+    for serial in &serials {
+        let device = Device::mint(&maker, &root.path().join("devices"), serial);
+        device.agent(quic, &endpoint).onboard().await.unwrap();
+        running.push(Running::start(device.agent(quic, &endpoint)));
+    }
+
+    // One offer per second: the campaign is under way when the server is told to stop.
+    let image: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let manifest = maker
+        .sign_firmware(
+            &image,
+            &certs::factory::FirmwareRelease {
+                version: "2.0.0",
+                sequence: 2,
+                class_id: None,
+                expires_on: None,
+                sbom: None,
+            },
+            now(),
+        )
+        .unwrap();
+    let api = ApiClient::for_data_dir(&dir).unwrap();
+    let (pem, vendor) = (maker.firmware_key().public_pem(), maker.config.name.clone());
+    let started = {
+        let api = api.clone();
+        let targets = serials.clone();
+        tokio::task::spawn_blocking(move || {
+            api.import_firmware_key(&vendor, &pem).unwrap();
+            let release = api.upload_release(&manifest, &image).unwrap();
+            let campaign = api
+                .create_campaign(&CampaignSpec {
+                    release: release.digest,
+                    target: Target::Devices(targets),
+                    waves: vec![25, 100],
+                    failure_threshold: 0,
+                    rate: Some(1),
+                    wave_timeout: None,
+                    over_https: false,
+                    signed_urls: false,
+                })
+                .unwrap();
+            api.order_campaign(&campaign.id, CampaignOrder::Start)
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    let status = |api: &ApiClient| api.campaign_status(&started.id, false).ok();
+    let mut under_way = false;
+    for _ in 0..600 {
+        if status(&api).is_some_and(|s| s.total.healthy >= 1) {
+            under_way = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(under_way, "no device updated");
+    let before = status(&api).unwrap();
+    assert_eq!(before.state, CampaignState::Running, "{before:?}");
+    assert!(before.total.healthy < serials.len(), "{before:?}");
+
+    terminate(server);
+    let (_server, api) = Serving::start(&dir);
+    let mut done = None;
+    for _ in 0..1200 {
+        match status(&api) {
+            Some(s) if s.state == CampaignState::Completed => {
+                done = Some(s);
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let done = done.expect("the campaign did not complete after the restart");
+    assert_eq!(done.total.healthy, serials.len(), "{done:?}");
+    for r in running {
+        r.stop().await;
+    }
+}

@@ -170,3 +170,77 @@ async fn open_when_released(path: &std::path::Path) -> sled::Db {
     }
     panic!("the store stayed locked after shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_is_one_json_problem() {
+    let world = World::new().await;
+    let base = format!("http://{}", world.server.api_addr());
+    let token = onboarder::pki::token(&world.data).unwrap();
+    let problems = tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let bearer = format!("Bearer {token}");
+        let read = |mut r: ureq::http::Response<ureq::Body>| {
+            let kind = r
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_string());
+            let body: serde_json::Value =
+                serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+            (r.status().as_u16(), kind, body)
+        };
+        vec![
+            // No token.
+            read(agent.get(format!("{base}/v1/devices")).call().unwrap()),
+            // A body that is not JSON (the framework's own refusal).
+            read(
+                agent
+                    .post(format!("{base}/v1/anchors"))
+                    .header("Authorization", &bearer)
+                    .header("Content-Type", "application/json")
+                    .send("not json")
+                    .unwrap(),
+            ),
+            // An unknown route.
+            read(
+                agent
+                    .get(format!("{base}/v1/nothing-here"))
+                    .header("Authorization", &bearer)
+                    .call()
+                    .unwrap(),
+            ),
+            // An unknown device (ours).
+            read(
+                agent
+                    .get(format!("{base}/v1/devices/SN-NOBODY"))
+                    .header("Authorization", &bearer)
+                    .call()
+                    .unwrap(),
+            ),
+        ]
+    })
+    .await
+    .unwrap();
+    let statuses: Vec<u16> = problems.iter().map(|(s, _, _)| *s).collect();
+    assert_eq!(statuses[0], 401);
+    assert!((400..500).contains(&statuses[1]), "{statuses:?}");
+    assert_eq!(&statuses[2..], [404, 404]);
+    for (status, kind, body) in &problems {
+        assert_eq!(kind.as_deref(), Some("application/problem+json"));
+        assert_eq!(body["type"], "about:blank");
+        assert_eq!(body["status"], *status);
+        assert!(body["title"].as_str().is_some_and(|t| !t.is_empty()));
+        assert!(
+            body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{body}"
+        );
+    }
+    assert!(
+        problems[3].2["detail"]
+            .as_str()
+            .unwrap()
+            .contains("SN-NOBODY")
+    );
+}

@@ -2,6 +2,10 @@
 //! `devices` (anchors, vouchers, devices and orders about them, the audit log), `fleet`
 //! (rotations, the CA rollover, CRLs, counters) and `firmware` (keys, releases, campaigns).
 //!
+//! Every error is one JSON problem (RFC 9457, `application/problem+json`): `type`, `title`,
+//! `status` and `detail`, also for the framework's own refusals (a body that is not JSON, an
+//! unknown route).
+//!
 //! A device is named `MAKER/SERIAL` (the maker id or the manufacturer's name; `/` written
 //! `%2F` in a path), or by its serial alone when only one manufacturer has a device with it.
 //!
@@ -174,6 +178,8 @@ pub fn router(control: Arc<Control>, token: String) -> Router {
         )
         .route("/crl/{file}", get(fleet::crl))
         .merge(authed)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route".into()) })
+        .layer(axum::middleware::map_response(as_problem))
         .layer(DefaultBodyLimit::max(
             (crate::store::images::MAX_IMAGE as usize).max(protocol::voucher::MAX_BUNDLE) + 65536,
         ))
@@ -222,8 +228,42 @@ pub(crate) fn constant_time_eq(presented: &[u8], ours: &[u8]) -> bool {
         == 0
 }
 
-fn error(status: StatusCode, message: String) -> Response {
-    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+/// The content type of an error (RFC 9457).
+const PROBLEM: &str = "application/problem+json";
+
+/// An error as one JSON problem shape (RFC 9457): `type` `about:blank`, so `title` is the
+/// status's phrase, and `detail` says what went wrong.
+fn error(status: StatusCode, detail: String) -> Response {
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    (status, [(header::CONTENT_TYPE, PROBLEM)], body.to_string()).into_response()
+}
+
+/// Gives the errors the framework writes itself (a body that is not JSON, an unknown route, a
+/// body over the limit, a missing query parameter) the same problem shape as ours.
+async fn as_problem(response: Response) -> Response {
+    let status = response.status();
+    let already = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes() == PROBLEM.as_bytes());
+    if !(status.is_client_error() || status.is_server_error()) || already {
+        return response;
+    }
+    let body = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .unwrap_or_default();
+    let detail = String::from_utf8_lossy(&body).trim().to_string();
+    let detail = if detail.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        detail
+    };
+    error(status, detail)
 }
 
 impl IntoResponse for OperatorError {
