@@ -12,7 +12,7 @@ use protocol::message::{NetworkProfile, Request, Status};
 
 use crate::harness::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_onboarder");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_onboarder");
 
 /// `onboarder ARGS` run by a shell whose umask is 022, as on most machines.
 fn run_under_umask_022(args: &[&str]) -> Command {
@@ -26,7 +26,7 @@ fn run_under_umask_022(args: &[&str]) -> Command {
 }
 
 /// A data directory made by `onboarder init` (under umask 022), with settings edited by `edit`.
-fn init(root: &Path, edit: impl FnOnce(&mut Config)) -> (PathBuf, std::net::SocketAddr) {
+pub(crate) fn init(root: &Path, edit: impl FnOnce(&mut Config)) -> (PathBuf, std::net::SocketAddr) {
     let dir = root.join("owner");
     let quic = format!("127.0.0.1:{}", free_port());
     let api = format!("127.0.0.1:{}", free_port());

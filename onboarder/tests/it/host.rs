@@ -5,9 +5,7 @@ use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::harness::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_onboarder");
+use crate::binary::{BIN, init};
 
 #[test]
 fn systemd_accepts_the_unit() {
@@ -25,28 +23,6 @@ fn systemd_accepts_the_unit() {
     assert!(!text.contains("onboarder.service:"), "{text}");
 }
 
-/// `onboarder init` of a data directory on free loopback ports.
-fn init(root: &std::path::Path) -> std::path::PathBuf {
-    let dir = root.join("owner");
-    let quic = format!("127.0.0.1:{}", free_port());
-    let api = format!("127.0.0.1:{}", free_port());
-    let status = Command::new(BIN)
-        .args([
-            "init",
-            dir.to_str().unwrap(),
-            "--listen",
-            &quic,
-            "--api",
-            &api,
-        ])
-        .args(["--https", "off", "--coap", "off"])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    dir
-}
-
 /// The next notification, within `secs`.
 fn next_notice(socket: &UnixDatagram, secs: u64) -> String {
     socket
@@ -62,7 +38,7 @@ fn next_notice(socket: &UnixDatagram, secs: u64) -> String {
 #[test]
 fn under_systemd_it_says_ready_stops_on_sigterm_and_logs_json() {
     let root = tempfile::tempdir().unwrap();
-    let dir = init(root.path());
+    let (dir, _) = init(root.path(), |_| {});
     let notify = root.path().join("notify.sock");
     let socket = UnixDatagram::bind(&notify).unwrap();
     let server = Command::new(BIN)

@@ -81,31 +81,25 @@ fn render(control: &Control) -> Result<String, OperatorError> {
 
     let now = service.now();
     let crls = control.crls();
-    out.family(
-        "onboarder_crl_age_seconds",
-        "gauge",
-        "Seconds since the CRL of each issuing CA generation was issued (thisUpdate).",
-    );
-    for crl in &crls {
-        let generation = crl.generation.to_string();
-        out.sample(
+    type CrlValue = fn(&crate::service::Crl, u64) -> f64;
+    let per_crl: [(&str, &str, CrlValue); 2] = [
+        (
             "onboarder_crl_age_seconds",
-            &[("generation", &generation)],
-            now.saturating_sub(crl.this_update) as f64,
-        );
-    }
-    out.family(
-        "onboarder_crl_entries",
-        "gauge",
-        "Certificates listed by the CRL of each issuing CA generation.",
-    );
-    for crl in &crls {
-        let generation = crl.generation.to_string();
-        out.sample(
+            "Seconds since the CRL of each issuing CA generation was issued (thisUpdate).",
+            |crl, now| now.saturating_sub(crl.this_update) as f64,
+        ),
+        (
             "onboarder_crl_entries",
-            &[("generation", &generation)],
-            crl.entries as f64,
-        );
+            "Certificates listed by the CRL of each issuing CA generation.",
+            |crl, _| crl.entries as f64,
+        ),
+    ];
+    for (name, help, value) in per_crl {
+        out.family(name, "gauge", help);
+        for crl in &crls {
+            let generation = crl.generation.to_string();
+            out.sample(name, &[("generation", &generation)], value(crl, now));
+        }
     }
 
     out.family(
