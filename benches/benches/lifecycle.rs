@@ -437,5 +437,61 @@ fn ceiling(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, artefacts, codecs, store, ceiling);
+/// The console's reads at 100,000 devices: the overview's counts come from the store's tallies
+/// (one read), a page of devices from a range of keys; beside them, what counting by reading
+/// every record (the overview before the tallies) costs.
+fn console(c: &mut Criterion) {
+    const DEVICES: u64 = 100_000;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = rt.block_on(async {
+        SledStore::open(dir.path(), SealingKey::from_bytes(&[7; 32]).unwrap()).unwrap()
+    });
+    // Created through the store, 1,000 per write, each write moving the tallies as the
+    // service's loop would.
+    for chunk in 0..DEVICES / 1000 {
+        let devices: Vec<DeviceWrite> = (chunk * 1000..(chunk + 1) * 1000)
+            .map(|n| DeviceWrite {
+                record: DeviceRecord::expected(device_id(n), vec![0xd2; 900], None, n),
+                expect: Expect::Absent,
+            })
+            .collect();
+        rt.block_on(store.commit(Change {
+            devices,
+            tallies: vec![("state/expected".into(), 1000)],
+            ..Change::default()
+        }))
+        .unwrap();
+    }
+    let middle = device_id(DEVICES / 2);
+    let mut group = c.benchmark_group("console, 100,000 devices");
+    group.bench_function("overview: devices per state (tallies)", |b| {
+        b.iter(|| {
+            let tallies = store.tallies().unwrap();
+            assert_eq!(tallies.get("state/expected"), Some(&(DEVICES as i64)));
+        })
+    });
+    group.bench_function("a page of 50 devices after a serial", |b| {
+        b.iter(|| assert_eq!(store.devices(Some(&middle), 50).unwrap().len(), 50))
+    });
+    group.sample_size(10);
+    group.bench_function(
+        "counting by reading every record (before the tallies)",
+        |b| {
+            b.iter(|| {
+                let (mut after, mut n) = (None, 0u64);
+                loop {
+                    let page = store.devices(after.as_ref(), 1000).unwrap();
+                    let Some(last) = page.last() else { break };
+                    after = Some(last.id.clone());
+                    n += page.len() as u64;
+                }
+                assert_eq!(n, DEVICES);
+            })
+        },
+    );
+    group.finish();
+}
+
+criterion_group!(benches, artefacts, codecs, store, ceiling, console);
 criterion_main!(benches);
