@@ -102,15 +102,19 @@ impl Default for Commits {
     }
 }
 
-/// A device request's labels: operation, transport and outcome (`ok` or the wire error code).
-type RequestKey = (&'static str, &'static str, String);
+/// Device requests: counts by operation, transport and refusal code (`None`: answered, which
+/// allocates nothing on the common path), and latency by operation, under one lock.
+#[derive(Debug, Clone, Default)]
+struct Requests {
+    counts: BTreeMap<(&'static str, &'static str, Option<String>), u64>,
+    latency: BTreeMap<&'static str, Histogram>,
+}
 
 /// The counters. Cheap to bump from any task.
 #[derive(Debug, Default)]
 pub struct Metrics {
     refusals: Mutex<BTreeMap<String, u64>>,
-    requests: Mutex<BTreeMap<RequestKey, u64>>,
-    latency: Mutex<BTreeMap<&'static str, Histogram>>,
+    requests: Mutex<Requests>,
     handshakes_refused: AtomicU64,
     connections_refused: AtomicU64,
     audit_suppressed: AtomicU64,
@@ -146,16 +150,14 @@ impl Metrics {
         refused: Option<ErrorCode>,
         took: Duration,
     ) {
-        let outcome = refused.map_or_else(|| "ok".to_string(), |c| format!("{c:?}"));
-        *self
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let outcome = refused.map(|c| format!("{c:?}"));
+        let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        *requests
+            .counts
             .entry((operation, transport, outcome))
             .or_default() += 1;
-        self.latency
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        requests
+            .latency
             .entry(operation)
             .or_insert_with(|| Histogram::new(SECONDS))
             .observe(took.as_secs_f64());
@@ -202,28 +204,23 @@ impl Metrics {
             "counter",
             "Device requests, by operation, transport and outcome (ok or the refusal's code).",
         );
-        for ((operation, transport, outcome), n) in &requests {
+        for ((operation, transport, outcome), n) in &requests.counts {
             out.sample(
                 "onboarder_requests_total",
                 &[
                     ("operation", operation),
                     ("transport", transport),
-                    ("outcome", outcome),
+                    ("outcome", outcome.as_deref().unwrap_or("ok")),
                 ],
                 *n as f64,
             );
         }
-        let latency = self
-            .latency
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
         out.family(
             "onboarder_request_duration_seconds",
             "histogram",
             "Time to answer a device request, by operation.",
         );
-        for (operation, h) in &latency {
+        for (operation, h) in &requests.latency {
             out.histogram(
                 "onboarder_request_duration_seconds",
                 &[("operation", operation)],
