@@ -253,12 +253,14 @@ impl Listener {
                 Err(e) => (p.secure.outgoing(), Vec::new(), Some(e)),
             }
         };
+        // A refused handshake is counted before its alert goes out, so whoever reads the
+        // counters after the client saw the alert sees the refusal.
+        if let Some(DtlsError::Handshake(_)) = &failed {
+            count(&self.stats.handshakes_failed);
+            self.service.metrics().handshake_refused();
+        }
         self.send_all(from, outgoing).await;
         if let Some(e) = failed {
-            if matches!(e, DtlsError::Handshake(_)) {
-                count(&self.stats.handshakes_failed);
-                self.service.metrics().handshake_refused();
-            }
             tracing::debug!(%from, "CoAP session ended: {e}");
             self.drop_peer(from);
             return;
