@@ -493,5 +493,139 @@ fn console(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, artefacts, codecs, store, ceiling, console);
+/// A device of the search bench's fleet: mostly active, four classes, three firmware versions,
+/// twenty sites, 1% tagged `pilot`, certificates expiring over a year.
+fn inventory_device(n: u64, base: u64) -> DeviceRecord {
+    use onboarder::core::{CertStatus, DeviceState, IssuedCert};
+    let mut r = DeviceRecord::expected(device_id(n), vec![0xd2; 900], None, n);
+    r.state = match n % 20 {
+        0 => DeviceState::Expected,
+        1 => DeviceState::Decommissioned,
+        _ => DeviceState::Active,
+    };
+    r.class_id = Some(format!("thermo-v{}", n % 4));
+    r.firmware_version = Some(format!("1.{}.0", n % 3));
+    r.attributes
+        .insert("site".into(), format!("plant-{}", n % 20));
+    if n.is_multiple_of(100) {
+        r.tags.insert("pilot".into());
+    }
+    r.certificates.push(IssuedCert {
+        serial: format!("{n:016x}"),
+        der: vec![0x30; 600],
+        public_key: vec![4; 65],
+        issuer: vec![1; 20],
+        issued_at: base,
+        not_after: base + (n % 365) * 86_400,
+        status: CertStatus::Active,
+    });
+    r
+}
+
+/// The dashboard's reads at 100,000 devices written through the store with their tallies and
+/// index entries: the overview from the tallies, and searches that walk the device index (a
+/// page of 50 each), from the rarest term to one that finds nothing and stops at the scan
+/// budget.
+fn inventory(c: &mut Criterion) {
+    use onboarder::core::DeviceState;
+    use onboarder::core::query::DeviceQuery;
+    const DEVICES: u64 = 100_000;
+    let base = unix_now();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = rt.block_on(async {
+        SledStore::open(dir.path(), SealingKey::from_bytes(&[7; 32]).unwrap()).unwrap()
+    });
+    for chunk in 0..DEVICES / 1000 {
+        let records: Vec<DeviceRecord> = (chunk * 1000..(chunk + 1) * 1000)
+            .map(|n| inventory_device(n, base))
+            .collect();
+        let (tallies, index) = onboarder::store::derive_all(&records);
+        let devices = records
+            .into_iter()
+            .map(|record| DeviceWrite {
+                record,
+                expect: Expect::Absent,
+            })
+            .collect();
+        rt.block_on(store.commit(Change {
+            devices,
+            tallies: tallies.into_iter().collect(),
+            index: index.into_iter().map(|(k, id)| (k, Some(id))).collect(),
+            ..Change::default()
+        }))
+        .unwrap();
+    }
+    let mut group = c.benchmark_group("inventory, 100,000 devices");
+    group.bench_function("overview: tallies, certificates expiring in 30 days", |b| {
+        b.iter(|| {
+            let tallies = store.tallies().unwrap();
+            let today = base / 86_400;
+            let soon: i64 = (today..today + 30)
+                .filter_map(|d| tallies.get(&onboarder::store::expiry_tally(d)))
+                .sum();
+            assert!(soon > 0);
+            assert_eq!(tallies.get("state/active"), Some(&90_000));
+        })
+    });
+    let cases = [
+        (
+            "search: serial prefix",
+            DeviceQuery {
+                serial: Some("SN-000050".into()),
+                ..DeviceQuery::default()
+            },
+            50,
+        ),
+        (
+            "search: state and class",
+            DeviceQuery {
+                state: Some(DeviceState::Active),
+                class: Some("thermo-v1".into()),
+                ..DeviceQuery::default()
+            },
+            50,
+        ),
+        (
+            "search: tag and attribute (the tag is rarest)",
+            DeviceQuery {
+                tags: vec!["pilot".into()],
+                attributes: [("site".to_string(), "plant-0".to_string())].into(),
+                ..DeviceQuery::default()
+            },
+            50,
+        ),
+        (
+            "search: firmware, expiring within 10 days (1 in 37 on the walk match)",
+            DeviceQuery {
+                firmware: Some("1.1.0".into()),
+                expires_before: Some(base + 10 * 86_400),
+                ..DeviceQuery::default()
+            },
+            50,
+        ),
+        (
+            "search: nothing matches (stops at the scan budget)",
+            DeviceQuery {
+                class: Some("thermo-v1".into()),
+                attributes: [("site".to_string(), "plant-2".to_string())].into(),
+                ..DeviceQuery::default()
+            },
+            0,
+        ),
+    ];
+    for (name, query, found) in cases {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let page = onboarder::service::search(&store, &query, None, 50).unwrap();
+                assert_eq!(page.devices.len(), found, "{name}");
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches, artefacts, codecs, store, ceiling, console, inventory
+);
 criterion_main!(benches);

@@ -267,6 +267,7 @@ async fn sigterm_in_a_download_stops_cleanly_and_the_download_resumes() {
             wave_timeout: None,
             over_https: false,
             signed_urls: false,
+            ramp: None,
         })
         .await
         .unwrap();

@@ -163,6 +163,18 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// Requests answered (not refused) per operation, over every transport.
+    pub fn answered(&self) -> BTreeMap<&'static str, u64> {
+        let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = BTreeMap::new();
+        for ((operation, _, refused), n) in &requests.counts {
+            if refused.is_none() {
+                *out.entry(*operation).or_insert(0) += n;
+            }
+        }
+        out
+    }
+
     /// One failed handshake.
     pub fn handshake_refused(&self) {
         self.handshakes_refused.fetch_add(1, Ordering::Relaxed);

@@ -77,6 +77,41 @@ pub struct Campaign {
     pub created_at: u64,
     /// Last change.
     pub updated_at: u64,
+    /// The saved query the campaign targets, if it does: devices that match it later join.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<QueryTarget>,
+    /// An offer rate that starts slow and multiplies, if the campaign ramps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ramp: Option<Ramp>,
+}
+
+/// A campaign's target that grows: the saved query (as it was when the campaign was created).
+/// Such a campaign does not complete when its waves are over: it waits for devices that come
+/// to match (a device onboarded later, a tag added), which join its last wave, until an
+/// operator pauses or aborts it (as hawkBit's dynamic rollouts do).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryTarget {
+    /// The saved query's name.
+    pub name: String,
+    /// Its definition.
+    pub query: super::query::DeviceQuery,
+}
+
+/// An offer rate that ramps up: it starts at `current`, and every `every` seconds that the
+/// campaign runs with its failures under the threshold it is multiplied by `factor`, up to the
+/// campaign's rate (its ceiling; none: no ceiling). Every rate it took is kept, for operators.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ramp {
+    /// Offers per second now.
+    pub current: u32,
+    /// Multiplier per step (at least 2).
+    pub factor: u32,
+    /// Seconds between steps.
+    pub every: u64,
+    /// When the rate last changed (or the campaign started).
+    pub last_step_at: u64,
+    /// Every rate so far, the first included.
+    pub steps: Vec<u32>,
 }
 
 /// Counts of job states over some devices.
@@ -192,7 +227,8 @@ impl Campaign {
             .wave_timeout
             .is_some_and(|t| now >= self.wave_started_at.saturating_add(t));
         if last {
-            return if offered.is_over() {
+            // A campaign on a query waits for devices that come to match it.
+            return if offered.is_over() && self.query.is_none() {
                 Step::Complete
             } else {
                 Step::Wait
@@ -205,6 +241,84 @@ impl Campaign {
         } else {
             Step::Wait
         }
+    }
+
+    /// Offers per second at most now: the ramp's rate if the campaign ramps, else its rate.
+    pub fn offer_rate(&self) -> Option<u32> {
+        match &self.ramp {
+            Some(ramp) => Some(self.rate.map_or(ramp.current, |r| ramp.current.min(r))),
+            None => self.rate,
+        }
+    }
+
+    /// Moves the ramp one step up if it is time: the campaign runs, `every` seconds passed
+    /// since the last step, the failures among the devices offered so far (`offered`) are
+    /// within the threshold, and the ceiling is not reached. Returns what to audit.
+    pub fn ramp_up(&mut self, offered: &Tally, now: u64) -> Option<AuditEvent> {
+        if self.state != CampaignState::Running {
+            return None;
+        }
+        let ceiling = self.rate.unwrap_or(u32::MAX);
+        let threshold = usize::from(self.failure_threshold);
+        let attempted = offered.devices - offered.waiting;
+        let ramp = self.ramp.as_mut()?;
+        let healthy_enough = offered.failed * 100 <= threshold * attempted.max(1);
+        if now < ramp.last_step_at.saturating_add(ramp.every)
+            || ramp.current >= ceiling
+            || !healthy_enough
+        {
+            return None;
+        }
+        let from = ramp.current;
+        ramp.current = from.saturating_mul(ramp.factor).min(ceiling);
+        ramp.last_step_at = now;
+        ramp.steps.push(ramp.current);
+        self.updated_at = now;
+        Some(AuditEvent::operator(
+            None,
+            "campaign-ramp",
+            format!(
+                "{}: {from} -> {} offers per second ({} of {attempted} failed)",
+                self.id, ramp.current, offered.failed
+            ),
+            now,
+        ))
+    }
+
+    /// Adds the devices of `matching` that the campaign does not have yet to its last wave (a
+    /// campaign on a query; others take no one). Returns what to audit.
+    pub fn join(
+        &mut self,
+        matching: impl IntoIterator<Item = DeviceId>,
+        now: u64,
+    ) -> Option<AuditEvent> {
+        self.query.as_ref()?;
+        if matches!(
+            self.state,
+            CampaignState::Completed | CampaignState::Aborted
+        ) {
+            return None;
+        }
+        let present: std::collections::HashSet<DeviceId> =
+            self.waves.iter().flatten().cloned().collect();
+        let mut new: Vec<DeviceId> = matching
+            .into_iter()
+            .filter(|d| !present.contains(d))
+            .collect();
+        new.sort();
+        new.dedup();
+        if new.is_empty() {
+            return None;
+        }
+        let count = new.len();
+        self.waves.last_mut()?.extend(new);
+        self.updated_at = now;
+        Some(AuditEvent::operator(
+            None,
+            "campaign-joined",
+            format!("{}: {count} devices that match the query joined", self.id),
+            now,
+        ))
     }
 
     /// Devices of waves `0..=wave`.
@@ -239,6 +353,9 @@ impl Campaign {
         }
         if to == Running {
             self.wave_started_at = now;
+            if let Some(ramp) = self.ramp.as_mut() {
+                ramp.last_step_at = now;
+            }
         }
         self.state = to;
         self.updated_at = now;

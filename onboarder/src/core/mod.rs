@@ -26,6 +26,7 @@ pub mod network_access;
 pub mod onboard;
 pub mod peer;
 pub mod policy;
+pub mod query;
 pub mod record;
 pub mod release;
 pub mod renew;

@@ -398,6 +398,7 @@ impl Exercise {
                     wave_timeout: None,
                     over_https,
                     signed_urls: false,
+                    ramp: None,
                 })?;
                 api.order_campaign(&c.id, crate::core::campaign::CampaignOrder::Start)
             })

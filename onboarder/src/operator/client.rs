@@ -210,6 +210,51 @@ impl ApiClient {
         self.post(path, &body, "application/json")
     }
 
+    /// One page of the devices matching `params` (see `GET /v1/search`).
+    pub fn search(&self, params: &super::api::SearchParams) -> Result<super::api::SearchView> {
+        let value = serde_json::to_value(params).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let pairs: Vec<String> = value
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| match v {
+                serde_json::Value::Null => None,
+                serde_json::Value::String(s) => Some(format!("{k}={}", segment(s))),
+                other => Some(format!("{k}={}", segment(&other.to_string()))),
+            })
+            .collect();
+        self.get(&format!("/v1/search?{}", pairs.join("&")))
+    }
+
+    /// Changes a device's tags and attributes.
+    pub fn label(&self, device: &str, labels: &crate::core::query::Labels) -> Result<DeviceView> {
+        self.post_json(&format!("/v1/devices/{}/labels", segment(device)), labels)
+    }
+
+    /// Saves a query under `name`.
+    pub fn save_query(
+        &self,
+        name: &str,
+        query: &crate::core::query::DeviceQuery,
+    ) -> Result<crate::core::query::DeviceQuery> {
+        let body = serde_json::to_vec(query).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let response = self
+            .agent
+            .put(format!("{}/v1/queries/{}", self.base, segment(name)))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .header("Content-Type", "application/json")
+            .send(&body[..])
+            .map_err(|e| self.unreachable(e))?;
+        self.read(response)
+    }
+
+    /// Saved queries, by name.
+    pub fn queries(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, crate::core::query::DeviceQuery>> {
+        self.get("/v1/queries")
+    }
+
     /// Revokes a device's certificates and quarantines it.
     pub fn revoke(&self, device: &str, reason: certs::crl::Reason) -> Result<DeviceView> {
         self.post_json(

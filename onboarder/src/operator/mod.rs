@@ -5,6 +5,7 @@
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod console;
 pub mod sanitization;
 pub mod terminal;
 pub mod views;

@@ -40,6 +40,15 @@ pub struct DeviceView {
     pub hardware: std::collections::BTreeMap<String, String>,
     /// Why quarantined.
     pub quarantine_reason: Option<String>,
+    /// Device class (model) last reported.
+    #[serde(default)]
+    pub class: Option<String>,
+    /// Operator tags.
+    #[serde(default)]
+    pub tags: std::collections::BTreeSet<String>,
+    /// Operator attributes.
+    #[serde(default)]
+    pub attributes: std::collections::BTreeMap<String, String>,
 }
 
 /// A certificate of a device.
@@ -124,6 +133,9 @@ impl From<&DeviceRecord> for DeviceView {
             firmware_version: r.firmware_version.clone(),
             hardware: r.hardware.clone(),
             quarantine_reason: r.quarantine_reason.clone(),
+            class: r.class_id.clone(),
+            tags: r.tags.clone(),
+            attributes: r.attributes.clone(),
         }
     }
 }

@@ -29,7 +29,36 @@ pub enum Target {
     Class(String),
     /// These devices, as operators name them (`MAKER/SERIAL`, or a serial only one maker has).
     Devices(Vec<String>),
+    /// Active devices a saved query matches, now and later: devices that come to match it
+    /// join the running campaign (see [`crate::core::campaign::QueryTarget`]).
+    Query(String),
 }
+
+/// How a campaign's offer rate ramps up (see [`crate::core::campaign::Ramp`]); the campaign's
+/// `rate` is the ceiling.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RampSpec {
+    /// Offers per second to start with.
+    pub start: u32,
+    /// Multiplier per step (default 2).
+    #[serde(default = "RampSpec::default_factor")]
+    pub factor: u32,
+    /// Seconds between steps (default 10).
+    #[serde(default = "RampSpec::default_every")]
+    pub every: u64,
+}
+
+impl RampSpec {
+    fn default_factor() -> u32 {
+        2
+    }
+    fn default_every() -> u64 {
+        10
+    }
+}
+
+/// Seconds between two looks for devices that came to match a campaign's query.
+const JOIN_EVERY: u64 = 2;
 
 /// How long a signed firmware URL is good for: a device that comes later downloads over its
 /// session (the agent falls back to it).
@@ -60,6 +89,9 @@ pub struct CampaignSpec {
     /// Sign each device's URL, valid for an hour from the offer (with `over_https`).
     #[serde(default)]
     pub signed_urls: bool,
+    /// Start slow and ramp the offer rate up to `rate`.
+    #[serde(default)]
+    pub ramp: Option<RampSpec>,
 }
 
 /// A campaign and where every device of it stands.
@@ -77,6 +109,15 @@ pub struct CampaignStatus {
     pub waves: Vec<Tally>,
     /// All waves together.
     pub total: Tally,
+    /// Offers per second at most now (`None`: no limit).
+    #[serde(default)]
+    pub offer_rate: Option<u32>,
+    /// Every rate the ramp took, oldest first (empty: the campaign does not ramp).
+    #[serde(default)]
+    pub ramp_steps: Vec<u32>,
+    /// The saved query the campaign targets, if any.
+    #[serde(default)]
+    pub query: Option<String>,
     /// Per device.
     pub devices: Vec<DeviceProgress>,
 }
@@ -111,15 +152,39 @@ impl Service {
         Ok(self.store.campaigns()?)
     }
 
-    /// Writes `campaign` with `event`.
+    /// Active devices `query` matches, walking the device index.
+    fn matching(
+        &self,
+        query: &crate::core::query::DeviceQuery,
+    ) -> Result<Vec<DeviceId>, OperatorError> {
+        let mut ids = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.search(query, after.as_deref(), 1000)?;
+            ids.extend(
+                page.devices
+                    .into_iter()
+                    .filter(|d| d.state == DeviceState::Active)
+                    .map(|d| d.id),
+            );
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Writes `campaign` with `events`.
     async fn save_campaign(
         &self,
         campaign: &Campaign,
-        event: Option<AuditEvent>,
+        events: impl IntoIterator<Item = AuditEvent>,
     ) -> Result<(), OperatorError> {
         let change = Change {
             campaigns: vec![campaign.clone()],
-            audit: event.into_iter().collect(),
+            audit: events.into_iter().collect(),
             ..Change::default()
         };
         self.commit(|_| Ok::<_, OperatorError>(Pending::of(change.clone(), ())))
@@ -140,6 +205,7 @@ impl Service {
                 "signed URLs are for a campaign over HTTPS".into(),
             ));
         }
+        let mut query = None;
         let targets: Vec<DeviceId> = match &spec.target {
             Target::Devices(named) => {
                 let mut ids = named
@@ -150,21 +216,41 @@ impl Service {
                 ids.dedup();
                 ids
             }
-            Target::All | Target::Class(_) => {
-                let mut ids = Vec::new();
-                self.each_device(|d| {
-                    let class_ok = match &spec.target {
-                        Target::Class(c) => d.class_id.as_deref() == Some(c.as_str()),
-                        _ => true,
-                    };
-                    if d.state == DeviceState::Active && class_ok {
-                        ids.push(d.id.clone());
-                    }
-                })?;
+            Target::All => self.devices_in(DeviceState::Active)?,
+            Target::Class(class) => {
+                let by_class = crate::core::query::DeviceQuery {
+                    class: Some(class.clone()),
+                    state: Some(DeviceState::Active),
+                    ..Default::default()
+                };
+                self.matching(&by_class)?
+            }
+            Target::Query(name) => {
+                let saved = self.saved_query(name)?;
+                let ids = self.matching(&saved)?;
+                query = Some(campaign::QueryTarget {
+                    name: name.clone(),
+                    query: saved,
+                });
                 ids
             }
         };
-        let waves = campaign::plan(&targets, &spec.waves)?;
+        if let Some(ramp) = &spec.ramp
+            && (ramp.start == 0 || ramp.factor < 2 || ramp.every == 0)
+        {
+            return Err(OperatorError::BadInput(
+                "a ramp starts at 1 offer per second or more, multiplies by 2 or more, every \
+                 second or more"
+                    .into(),
+            ));
+        }
+        // A campaign on a query may start with no device: its waves fill as devices match.
+        let waves = if query.is_some() && targets.is_empty() {
+            campaign::plan(&[()], &spec.waves)?;
+            vec![Vec::new(); spec.waves.len()]
+        } else {
+            campaign::plan(&targets, &spec.waves)?
+        };
         let _guard = self.campaigns.lock().await;
         let id = format!("c-{}", self.store.campaigns()?.len() + 1);
         let now = self.now();
@@ -184,6 +270,14 @@ impl Service {
             wave_started_at: 0,
             created_at: now,
             updated_at: now,
+            query,
+            ramp: spec.ramp.as_ref().map(|r| campaign::Ramp {
+                current: r.start,
+                factor: r.factor,
+                every: r.every,
+                last_step_at: now,
+                steps: vec![r.start],
+            }),
         };
         let event = AuditEvent::operator(
             None,
@@ -290,6 +384,13 @@ impl Service {
             wave: campaign.wave,
             waves: Vec::new(),
             total: Tally::default(),
+            offer_rate: campaign.offer_rate(),
+            ramp_steps: campaign
+                .ramp
+                .as_ref()
+                .map(|r| r.steps.clone())
+                .unwrap_or_default(),
+            query: campaign.query.as_ref().map(|q| q.name.clone()),
             devices: Vec::new(),
         };
         for (w, wave) in campaign.waves.iter().enumerate() {
@@ -329,11 +430,22 @@ impl Service {
     /// on too many failures, moves to the next wave when one is over. Returns the commands to
     /// push to the devices just offered.
     pub async fn campaign_tick(&self) -> Result<Vec<(DeviceId, Command)>, OperatorError> {
-        let _guard = self.campaigns.lock().await;
+        let mut looked = self.campaigns.lock().await;
         let mut pushes = Vec::new();
         for mut campaign in self.store.campaigns()? {
             if campaign.state != CampaignState::Running {
                 continue;
+            }
+            let mut events = Vec::new();
+            let now = self.now();
+            if let Some(target) = &campaign.query
+                && looked
+                    .get(&campaign.id)
+                    .is_none_or(|at| now >= at + JOIN_EVERY)
+            {
+                let matching = self.matching(&target.query)?;
+                looked.insert(campaign.id.clone(), now);
+                events.extend(campaign.join(matching, now));
             }
             let release = self
                 .store
@@ -354,10 +466,10 @@ impl Service {
                     }
                 }
             }
-            if let Some(rate) = campaign.rate {
+            events.extend(campaign.ramp_up(&offered, now));
+            if let Some(rate) = campaign.offer_rate() {
                 unoffered.truncate(((f64::from(rate) * TICK).ceil() as usize).max(1));
             }
-            let now = self.now();
             let step = campaign.next_step(&offered, &current, unoffered, now);
             if let Step::Offer(devices) = &step {
                 let report = self
@@ -386,8 +498,9 @@ impl Service {
                     pushes.push((device, update));
                 }
             }
-            if let Some(event) = campaign.apply(&step, now)? {
-                self.save_campaign(&campaign, Some(event)).await?;
+            events.extend(campaign.apply(&step, now)?);
+            if !events.is_empty() {
+                self.save_campaign(&campaign, events).await?;
             }
         }
         Ok(pushes)

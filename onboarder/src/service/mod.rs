@@ -26,8 +26,9 @@ mod orders;
 mod queries;
 mod rollover;
 mod roots;
+mod search;
 
-pub use campaigns::{CampaignSpec, CampaignStatus, DeviceProgress, TICK, Target};
+pub use campaigns::{CampaignSpec, CampaignStatus, DeviceProgress, RampSpec, TICK, Target};
 pub use crls::Crl;
 pub use device::{Handled, SignedUrl};
 pub use error::OperatorError;
@@ -36,6 +37,7 @@ pub use network::AccessContext;
 pub use orders::{OrderReport, RotationStatus};
 pub use queries::{ImportReport, Rejected};
 pub use rollover::PendingRollover;
+pub use search::{SCAN_BUDGET, SearchPage, search};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -76,8 +78,9 @@ pub struct Service {
     revocations_changed: Notify,
     /// Signalled after a commit that moved a firmware job (the campaign engine waits on it).
     firmware_changed: Notify,
-    /// Serialises campaign read-modify-writes (operator orders and the engine).
-    campaigns: tokio::sync::Mutex<()>,
+    /// Serialises campaign read-modify-writes (operator orders and the engine); holds when
+    /// each campaign on a query last looked for devices that came to match it.
+    campaigns: tokio::sync::Mutex<HashMap<String, u64>>,
     /// Firmware job states by campaign and device, kept current by every commit, so the
     /// campaign engine does not read every device record at every tick.
     jobs: Mutex<JobIndex>,
@@ -135,6 +138,30 @@ fn tally_moves(writes: &[DeviceWrite], previous: &[Option<DeviceRecord>]) -> Vec
     moves.into_iter().filter(|(_, n)| *n != 0).collect()
 }
 
+/// The device index entries the writes move: the keys of the records they replace that the new
+/// records no longer have go, the new records' keys that were not there come.
+fn index_moves(
+    writes: &[DeviceWrite],
+    previous: &[Option<DeviceRecord>],
+) -> Vec<(String, Option<DeviceId>)> {
+    let mut moves = Vec::new();
+    for (i, w) in writes.iter().enumerate() {
+        let before = previous
+            .get(i)
+            .and_then(|p| p.as_ref())
+            .map(crate::core::query::index_keys)
+            .unwrap_or_default();
+        let after = crate::core::query::index_keys(&w.record);
+        moves.extend(before.difference(&after).map(|k| (k.clone(), None)));
+        moves.extend(
+            after
+                .difference(&before)
+                .map(|k| (k.clone(), Some(w.record.id.clone()))),
+        );
+    }
+    moves
+}
+
 /// A change decided inside [`Service::commit`], with the records its device writes replace
 /// (for the effects) and what to answer once it is durable.
 pub(crate) struct Pending<T> {
@@ -184,7 +211,7 @@ impl Service {
             trust: Arc::new(TrustStore::default()),
             revocations_changed: Notify::new(),
             firmware_changed: Notify::new(),
-            campaigns: tokio::sync::Mutex::new(()),
+            campaigns: tokio::sync::Mutex::new(HashMap::new()),
             jobs: Mutex::new(JobIndex::default()),
             macs: Mutex::new(None),
             metrics: Metrics::default(),
@@ -387,6 +414,7 @@ impl Service {
             change
                 .tallies
                 .extend(tally_moves(&change.devices, &previous));
+            change.index.extend(index_moves(&change.devices, &previous));
             let moved_jobs: Vec<Shared> = change
                 .devices
                 .iter()

@@ -3,12 +3,15 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::search::SearchPage;
 use super::{OperatorError, Outcome, Service};
-use crate::audit::{AuditEntry, ChainSummary, ChainVerifier};
+use crate::audit::{AuditEntry, AuditEvent, ChainSummary, ChainVerifier};
 use crate::core::import::{Anchor, Filed};
+use crate::core::query::{DeviceQuery, Labels};
 use crate::core::record::RotationState;
 use crate::core::sanitization::{self, SanitizationCertificate};
 use crate::core::{DeviceId, DeviceRecord, DeviceState, MakerId};
+use crate::store::Change;
 
 use super::RotationStatus;
 
@@ -16,7 +19,6 @@ use super::RotationStatus;
 const PAGE: usize = 1000;
 /// Audit entries read per page while verifying the chain.
 const AUDIT_PAGE: usize = 4096;
-
 /// The outcome of a bulk voucher import.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImportReport {
@@ -139,15 +141,44 @@ impl Service {
         }
     }
 
-    /// The devices in `state`.
+    /// The devices in `state`, from the device index.
     pub(crate) fn devices_in(&self, state: DeviceState) -> Result<Vec<DeviceId>, OperatorError> {
+        let prefix = format!("{}/", crate::store::state_tally(&state));
         let mut out = Vec::new();
-        self.each_device(|d| {
-            if d.state == state {
-                out.push(d.id.clone());
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.index(&prefix, after.as_deref(), PAGE)?;
+            let full = page.len() == PAGE;
+            after = page.last().map(|(k, _)| k.clone());
+            out.extend(page.into_iter().map(|(_, id)| id));
+            if !full {
+                return Ok(out);
             }
-        })?;
-        Ok(out)
+        }
+    }
+
+    /// One page of the devices `query` matches (see [`super::search::search`]).
+    pub fn search(
+        &self,
+        query: &DeviceQuery,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<SearchPage, OperatorError> {
+        super::search::search(self.store.as_ref(), query, after, limit)
+    }
+
+    /// Changes the operator labels (tags, attributes) of `id`.
+    pub async fn label(
+        &self,
+        id: &DeviceId,
+        labels: &Labels,
+    ) -> Result<DeviceRecord, OperatorError> {
+        labels.validate().map_err(bad_input)?;
+        self.decide_device(id, |record, now| {
+            crate::core::query::label(id, record, labels, now)
+        })
+        .await?;
+        self.device(id)
     }
 
     /// Number of devices in each state: tallies the store moves with every device write, so
@@ -226,4 +257,69 @@ impl Service {
             other => other.into(),
         })
     }
+}
+
+/// Prefix of the named values holding saved queries.
+const SAVED_QUERY: &str = "query/";
+
+impl Service {
+    /// Saves `query` under `name` (replacing one of that name): a group of devices that
+    /// campaigns and the dashboard can name.
+    pub async fn save_query(&self, name: &str, query: &DeviceQuery) -> Result<(), OperatorError> {
+        crate::core::query::label_ok(name).map_err(bad_input)?;
+        if name.contains('/') {
+            return Err(OperatorError::BadInput("a query's name has no '/'".into()));
+        }
+        query.validate().map_err(bad_input)?;
+        let value =
+            serde_json::to_vec(query).map_err(|e| OperatorError::Internal(e.to_string()))?;
+        self.commit(|now| {
+            let change = Change {
+                meta: vec![(format!("{SAVED_QUERY}{name}"), value.clone())],
+                audit: vec![AuditEvent::operator(
+                    None,
+                    "query-saved",
+                    format!("{name}: {}", String::from_utf8_lossy(&value)),
+                    now,
+                )],
+                ..Change::default()
+            };
+            Ok::<_, OperatorError>(super::Pending::of(change, ()))
+        })
+        .await
+    }
+
+    /// The saved query `name`.
+    pub fn saved_query(&self, name: &str) -> Result<DeviceQuery, OperatorError> {
+        let value = self
+            .store
+            .meta(&format!("{SAVED_QUERY}{name}"))?
+            .ok_or_else(|| OperatorError::NotFound(format!("saved query {name}")))?;
+        decode_query(name, &value)
+    }
+
+    /// Every saved query, by name.
+    pub fn saved_queries(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, DeviceQuery>, OperatorError> {
+        self.store
+            .meta_prefix(SAVED_QUERY)?
+            .into_iter()
+            .map(|(key, value)| {
+                let name = key.trim_start_matches(SAVED_QUERY).to_string();
+                let query = decode_query(&name, &value)?;
+                Ok((name, query))
+            })
+            .collect()
+    }
+}
+
+/// A malformed operator input, refused as such (not as a lifecycle refusal).
+fn bad_input(e: crate::core::LifecycleError) -> OperatorError {
+    OperatorError::BadInput(e.to_string())
+}
+
+fn decode_query(name: &str, value: &[u8]) -> Result<DeviceQuery, OperatorError> {
+    serde_json::from_slice(value)
+        .map_err(|e| OperatorError::Internal(format!("saved query {name} is corrupt: {e}")))
 }

@@ -28,6 +28,7 @@ pub(crate) async fn run(open: impl Fn() -> Box<dyn Store>) {
         revocations_are_indexed_and_forgotten(store.as_ref()).await;
         the_repository_is_typed(store.as_ref()).await;
         tallies_move_with_their_change_only(store.as_ref()).await;
+        index_entries_move_with_their_change_only(store.as_ref()).await;
         for i in 0..10 {
             let r = DeviceRecord::expected(id(&format!("SN-P{i}")), vec![1], None, 1);
             store.commit(change(r, Expect::Absent)).await.unwrap();
@@ -35,15 +36,77 @@ pub(crate) async fn run(open: impl Fn() -> Box<dyn Store>) {
     }
     // Reopened: the data and the audit head are there.
     let store = open();
-    // SN-1, SN-P0..9, and the tallies' SN-T0..49 and SN-T-LAST.
-    assert_eq!(store.device_count().unwrap(), 62);
-    assert_eq!(store.devices(Some(&id("SN-P4")), 100).unwrap().len(), 56);
+    // SN-1, SN-P0..9, the tallies' SN-T0..49 and SN-T-LAST, the index's SN-X1 and SN-X2.
+    assert_eq!(store.device_count().unwrap(), 64);
+    assert_eq!(store.devices(Some(&id("SN-P4")), 100).unwrap().len(), 58);
     let (seq, head) = store.audit_head().unwrap();
-    assert_eq!(seq, 63);
+    assert_eq!(seq, 66);
     verify_chain(store.audit(1, 100).unwrap(), &head).unwrap();
     assert_eq!(store.revocations().unwrap().len(), 1);
     assert_eq!(store.releases().unwrap().len(), 1);
     assert_eq!(store.tallies().unwrap().get("state/t"), Some(&101));
+    let tagged = store.index("tag/b/", None, 10).unwrap();
+    assert_eq!(tagged.len(), 1);
+}
+
+async fn index_entries_move_with_their_change_only(store: &dyn Store) {
+    let indexing = |serial: &str, index: Vec<(String, Option<DeviceId>)>| {
+        let r = DeviceRecord::expected(id(serial), vec![1], None, 1);
+        Change {
+            index,
+            ..change(r, Expect::Absent)
+        }
+    };
+    let put = |key: &str, serial: &str| (key.to_string(), Some(id(serial)));
+    store
+        .commit(indexing(
+            "SN-X1",
+            vec![put("tag/a/m/SN-X1", "SN-X1"), put("tag/b/m/SN-X1", "SN-X1")],
+        ))
+        .await
+        .unwrap();
+    store
+        .commit(indexing("SN-X2", vec![put("tag/a/m/SN-X2", "SN-X2")]))
+        .await
+        .unwrap();
+    // In key order, within the prefix only, after the cursor.
+    let a = store.index("tag/a/", None, 10).unwrap();
+    assert_eq!(
+        a,
+        vec![
+            ("tag/a/m/SN-X1".to_string(), id("SN-X1")),
+            ("tag/a/m/SN-X2".to_string(), id("SN-X2"))
+        ]
+    );
+    assert_eq!(
+        store.index("tag/a/", Some("tag/a/m/SN-X1"), 10).unwrap(),
+        a[1..]
+    );
+    assert_eq!(store.index("tag/a/", None, 1).unwrap(), a[..1]);
+    assert!(store.index("tag/c/", None, 10).unwrap().is_empty());
+    // A refused change (SN-X1 exists) neither puts nor deletes.
+    let refused = store
+        .commit(indexing(
+            "SN-X1",
+            vec![
+                ("tag/a/m/SN-X1".into(), None),
+                put("tag/c/m/SN-X1", "SN-X1"),
+            ],
+        ))
+        .await;
+    assert!(matches!(refused, Err(StoreError::Conflict(_))));
+    assert_eq!(store.index("tag/a/", None, 10).unwrap(), a);
+    assert!(store.index("tag/c/", None, 10).unwrap().is_empty());
+    // An accepted one deletes.
+    let stored = store.device(&id("SN-X2")).unwrap().unwrap();
+    store
+        .commit(Change {
+            index: vec![("tag/a/m/SN-X2".into(), None)],
+            ..change(stored, Expect::Version(1))
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.index("tag/a/", None, 10).unwrap(), a[..1]);
 }
 
 async fn tallies_move_with_their_change_only(store: &dyn Store) {
@@ -159,6 +222,8 @@ async fn the_repository_is_typed(store: &dyn Store) {
         wave_started_at: 0,
         created_at: 1,
         updated_at: 1,
+        query: None,
+        ramp: None,
     };
     let key = FirmwareKey {
         vendor_id: "v".into(),

@@ -130,6 +130,9 @@ pub struct Change {
     /// status: the service derives them from the device writes), so that reading them costs
     /// one lookup whatever the fleet's size.
     pub tallies: Vec<(String, i64)>,
+    /// Device index entries to put (`Some`: the device the key finds) or delete (`None`),
+    /// derived by the service like the tallies (see [`crate::core::query`]).
+    pub index: Vec<(String, Option<DeviceId>)>,
 }
 
 impl Change {
@@ -145,36 +148,60 @@ impl Change {
             && self.firmware_keys.is_empty()
             && self.audit.is_empty()
             && self.tallies.is_empty()
+            && self.index.is_empty()
     }
 }
 
 /// The name of the tally of devices in `state`.
 pub fn state_tally(state: &crate::core::DeviceState) -> String {
-    format!("state/{state}")
+    crate::core::query::term("state", &state.to_string())
 }
 
-/// The tallies `record` counts in: its state's, and its certificates' statuses
-/// (`certificates/<status>`, one per certificate).
-pub(crate) fn tallies_of(record: &DeviceRecord) -> impl Iterator<Item = String> + '_ {
-    std::iter::once(state_tally(&record.state)).chain(
+/// The name of the tally of live certificates expiring on `day` (days since the epoch).
+pub fn expiry_tally(day: u64) -> String {
+    format!("{EXPIRES_ON}{day:08}")
+}
+
+/// Prefix of the tallies of live certificates by day of expiry.
+pub const EXPIRES_ON: &str = "expires-on/";
+
+/// The tallies `record` counts in: each of its index terms (state, class, firmware, tags,
+/// attributes), its certificates' statuses (`certificates/<status>`, one per certificate) and
+/// the day its newest live certificate expires.
+pub(crate) fn tallies_of(record: &DeviceRecord) -> Vec<String> {
+    let mut names = crate::core::query::terms_of(record);
+    names.extend(
         record
             .certificates
             .iter()
             .map(|c| format!("certificates/{}", c.status.name())),
-    )
+    );
+    if let Some(at) = crate::core::query::expiry(record) {
+        names.push(expiry_tally(at / 86_400));
+    }
+    names
 }
 
-/// The tallies of `records`: what a store that has none yet starts from.
-pub(crate) fn count_tallies<'a>(
+/// The tallies and index entries of `records`: what a store that has none yet starts from.
+pub fn derive_all<'a>(
     records: impl IntoIterator<Item = &'a DeviceRecord>,
-) -> std::collections::BTreeMap<String, i64> {
+) -> (
+    std::collections::BTreeMap<String, i64>,
+    Vec<(String, DeviceId)>,
+) {
     let mut tallies = std::collections::BTreeMap::new();
+    let mut index = Vec::new();
     for record in records {
         for name in tallies_of(record) {
             *tallies.entry(name).or_insert(0) += 1;
         }
+        index.extend(
+            crate::core::query::index_keys(record)
+                .into_iter()
+                .map(|k| (k, record.id.clone())),
+        );
     }
-    tallies
+    (tallies, index)
 }
 
 /// Resolves once a change is durable (or refused).
@@ -218,6 +245,14 @@ pub trait Store: Send + Sync + 'static {
     fn commits(&self) -> std::sync::Arc<crate::metrics::Commits>;
     /// Every counter moved by [`Change::tallies`], by name (a counter never moved is absent).
     fn tallies(&self) -> Result<std::collections::BTreeMap<String, i64>, StoreError>;
+    /// Device index entries whose key starts with `prefix`, in key order, after the key
+    /// `after` (see [`crate::core::query`]).
+    fn index(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, DeviceId)>, StoreError>;
     /// Applies a change atomically and durably.
     fn commit(&self, change: Change) -> CommitFuture;
     /// Takes or renews the lease `name` for `holder` for `ttl_secs`: whether `holder` holds it

@@ -482,6 +482,7 @@ async fn a_campaign_interrupted_by_sigterm_resumes_after_the_restart() {
                     wave_timeout: None,
                     over_https: false,
                     signed_urls: false,
+                    ramp: None,
                 })
                 .unwrap();
             api.order_campaign(&campaign.id, CampaignOrder::Start)

@@ -109,6 +109,7 @@ async fn run_campaign_over(
             wave_timeout: None,
             over_https,
             signed_urls: false,
+            ramp: None,
         })
         .await
         .unwrap();
@@ -190,6 +191,7 @@ async fn a_campaign_over_https_has_devices_download_the_image_over_https() {
             wave_timeout: None,
             over_https: true,
             signed_urls: false,
+            ramp: None,
         })
         .await;
     assert!(
@@ -227,6 +229,7 @@ async fn a_signed_url_lets_any_client_fetch_the_image_for_an_hour() {
             wave_timeout: None,
             over_https: true,
             signed_urls: true,
+            ramp: None,
         })
         .await
         .unwrap();
@@ -773,6 +776,7 @@ async fn a_silent_device_does_not_hold_back_the_next_wave_past_its_timeout() {
             wave_timeout: Some(2),
             over_https: false,
             signed_urls: false,
+            ramp: None,
         })
         .await
         .unwrap();
@@ -973,4 +977,108 @@ async fn an_offered_image_downloads_over_https_whole_or_by_ranges() {
     let (code, _) = get(Some(&other), None, "other");
     assert!(matches!(code, 403 | 409), "{code}");
     assert_eq!(get(None, None, "anonymous").0, 401);
+}
+
+/// A campaign on a saved query: the devices that match it at the start are updated, and so are
+/// devices that come to match it later (onboarded and tagged after the start), which join the
+/// running campaign; devices that do not match are left alone. Its offer rate ramps up, and
+/// the steps show in its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_on_a_saved_query_takes_devices_that_match_later_and_ramps_up() {
+    use onboarder::core::query::{DeviceQuery, Labels};
+    let world = World::new().await;
+    trust_firmware(&world).await;
+    let service = world.server.service();
+    let pilot = Labels {
+        add_tags: ["pilot".to_string()].into(),
+        ..Labels::default()
+    };
+    let first = ["SN-Q-0", "SN-Q-1", "SN-Q-2"];
+    let (_, mut running) = fleet(&world, &first).await;
+    for serial in &first[..2] {
+        service.label(&world.id(serial), &pilot).await.unwrap();
+    }
+    service
+        .save_query(
+            "pilots",
+            &DeviceQuery {
+                tags: vec!["pilot".into()],
+                ..DeviceQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    let img = image(50_000, 3);
+    let (_, r) = publish(&world, &img, "3.0.0", 3).await;
+    let campaign = service
+        .create_campaign(CampaignSpec {
+            release: certs::inspect::hex(&r.digest),
+            target: Target::Query("pilots".into()),
+            waves: vec![50, 100],
+            failure_threshold: 10,
+            rate: Some(16),
+            wave_timeout: None,
+            over_https: false,
+            signed_urls: false,
+            ramp: Some(onboarder::service::RampSpec {
+                start: 1,
+                factor: 2,
+                every: 1,
+            }),
+        })
+        .await
+        .unwrap();
+    assert_eq!(campaign.waves.iter().map(Vec::len).sum::<usize>(), 2);
+    service
+        .order_campaign(&campaign.id, CampaignOrder::Start)
+        .await
+        .unwrap();
+    // Two more devices onboard after the start; one is tagged and joins.
+    let later = ["SN-Q-3", "SN-Q-4"];
+    world.expect(&later, 30).await;
+    for serial in later {
+        running.push(Running::start(world.agent(&world.device(serial))));
+    }
+    eventually(30, "the later devices onboarded", || {
+        later
+            .iter()
+            .all(|s| world.record(s).map(|r| r.state) == Some(onboarder::core::DeviceState::Active))
+    })
+    .await;
+    service.label(&world.id("SN-Q-3"), &pilot).await.unwrap();
+    eventually(60, "the matching devices updated", || {
+        ["SN-Q-0", "SN-Q-1", "SN-Q-3"]
+            .iter()
+            .all(|s| job(&world, s).is_some_and(|j| j.state == JobState::Healthy))
+    })
+    .await;
+    eventually(20, "the ramp to step up", || {
+        service
+            .campaign_status(&campaign.id, false)
+            .unwrap()
+            .ramp_steps
+            .len()
+            >= 3
+    })
+    .await;
+    let status = service.campaign_status(&campaign.id, false).unwrap();
+    assert_eq!(status.total.healthy, 3, "{status:?}");
+    assert_eq!(status.query.as_deref(), Some("pilots"));
+    assert_eq!(status.ramp_steps[..3], [1, 2, 4], "{status:?}");
+    assert_eq!(status.offer_rate, status.ramp_steps.last().copied());
+    // A campaign on a query keeps waiting for devices that come to match.
+    assert_eq!(status.state, CampaignState::Running);
+    for s in ["SN-Q-2", "SN-Q-4"] {
+        assert!(job(&world, s).is_none(), "{s} does not match the query");
+    }
+    let actions: Vec<String> = world.audit().into_iter().map(|e| e.event.action).collect();
+    assert!(
+        actions.iter().any(|a| a == "campaign-joined"),
+        "{actions:?}"
+    );
+    assert!(actions.iter().any(|a| a == "campaign-ramp"), "{actions:?}");
+    world.assert_tallies_agree();
+    for r in running {
+        r.stop().await;
+    }
 }

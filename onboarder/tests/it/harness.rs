@@ -176,24 +176,40 @@ impl World {
         self.record_of(&self.id(serial))
     }
 
-    /// Checks that the store's tallies of devices per state (what the overview and `stats`
-    /// read) agree with the records themselves.
+    /// Checks that the tallies and the device index the store moved with every write (what
+    /// the overview, `stats` and searches read) agree with what the records themselves say.
     pub fn assert_tallies_agree(&self) {
         let service = self.server.service();
         let mut counted = std::collections::BTreeMap::new();
+        let mut keys = std::collections::BTreeMap::new();
         for record in service.devices(None, 100_000).unwrap() {
-            *counted
-                .entry(format!("state/{}", record.state))
-                .or_insert(0i64) += 1;
-            for c in &record.certificates {
-                *counted
-                    .entry(format!("certificates/{}", c.status.name()))
-                    .or_insert(0) += 1;
+            let mut names = onboarder::core::query::terms_of(&record);
+            names.extend(
+                record
+                    .certificates
+                    .iter()
+                    .map(|c| format!("certificates/{}", c.status.name())),
+            );
+            if let Some(at) = onboarder::core::query::expiry(&record) {
+                names.push(format!("expires-on/{:08}", at / 86_400));
+            }
+            for name in names {
+                *counted.entry(name).or_insert(0i64) += 1;
+            }
+            for key in onboarder::core::query::index_keys(&record) {
+                keys.insert(key, record.id.clone());
             }
         }
         let mut tallies = service.store().tallies().unwrap();
         tallies.retain(|_, n| *n != 0);
         assert_eq!(tallies, counted);
+        let index: std::collections::BTreeMap<_, _> = service
+            .store()
+            .index("", None, 1_000_000)
+            .unwrap()
+            .into_iter()
+            .collect();
+        assert_eq!(index, keys);
     }
 
     /// The record of device `id`.

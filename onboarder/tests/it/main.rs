@@ -26,3 +26,4 @@ mod refusals;
 mod replicas;
 mod rollover_kill;
 mod root_rollover;
+mod search;

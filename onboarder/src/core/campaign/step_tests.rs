@@ -19,6 +19,8 @@ fn campaign(waves: usize) -> Campaign {
         wave_started_at: 0,
         created_at: 0,
         updated_at: 0,
+        query: None,
+        ramp: None,
     }
 }
 
@@ -67,4 +69,73 @@ fn steps_apply_with_their_checks() {
     c.order(CampaignOrder::Resume, 8).unwrap();
     c.apply(&Step::Complete, 9).unwrap();
     assert_eq!(c.state, CampaignState::Completed);
+}
+
+fn tally(devices: usize, waiting: usize, healthy: usize, failed: usize) -> Tally {
+    Tally {
+        devices,
+        waiting,
+        in_progress: devices - waiting - healthy - failed,
+        healthy,
+        failed,
+        skipped: 0,
+    }
+}
+
+#[test]
+fn a_ramp_multiplies_on_time_up_to_its_ceiling_and_holds_on_failures() {
+    let mut c = campaign(1);
+    c.rate = Some(10);
+    c.ramp = Some(Ramp {
+        current: 2,
+        factor: 3,
+        every: 5,
+        last_step_at: 0,
+        steps: vec![2],
+    });
+    let fine = tally(100, 50, 50, 0);
+    assert_eq!(c.ramp_up(&fine, 10), None, "not running");
+    c.order(CampaignOrder::Start, 10).unwrap();
+    assert_eq!(c.offer_rate(), Some(2));
+    assert_eq!(c.ramp_up(&fine, 14), None, "too early");
+    let e = c.ramp_up(&fine, 15).unwrap();
+    assert_eq!(e.action, "campaign-ramp");
+    assert_eq!(c.offer_rate(), Some(6));
+    // Failures over the threshold (10%): the rate holds.
+    let failing = tally(100, 50, 30, 20);
+    assert_eq!(c.ramp_up(&failing, 30), None);
+    assert_eq!(c.offer_rate(), Some(6));
+    // Capped by the campaign's rate, then no more steps.
+    c.ramp_up(&fine, 30).unwrap();
+    assert_eq!(c.offer_rate(), Some(10));
+    assert_eq!(c.ramp_up(&fine, 60), None);
+    assert_eq!(c.ramp.as_ref().unwrap().steps, [2, 6, 10]);
+}
+
+#[test]
+fn devices_join_a_campaign_on_a_query_only_once_and_it_waits_for_them() {
+    let id = |i: usize| DeviceId::new(MakerId::of_spki(b"m"), &format!("SN-{i}")).unwrap();
+    let mut fixed = campaign(2);
+    assert_eq!(
+        fixed.join([id(7)], 1),
+        None,
+        "a campaign on a list takes no one"
+    );
+    let mut c = campaign(2);
+    c.query = Some(QueryTarget {
+        name: "pilots".into(),
+        query: Default::default(),
+    });
+    c.order(CampaignOrder::Start, 1).unwrap();
+    let e = c.join([id(0), id(7), id(8), id(7)], 2).unwrap();
+    assert!(e.detail.contains("2 devices"), "{}", e.detail);
+    assert_eq!(c.waves[1], [id(1), id(7), id(8)]);
+    assert_eq!(c.join([id(7)], 3), None);
+    // Its last wave over, it waits instead of completing.
+    c.wave = 1;
+    let over = tally(3, 0, 3, 0);
+    assert_eq!(c.next_step(&over, &over, vec![], 4), Step::Wait);
+    fixed.order(CampaignOrder::Start, 1).unwrap();
+    fixed.wave = 1;
+    assert_eq!(fixed.next_step(&over, &over, vec![], 4), Step::Complete);
 }

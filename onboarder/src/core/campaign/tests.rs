@@ -37,6 +37,8 @@ fn campaign(failure_threshold: u8) -> Campaign {
         wave_started_at: 0,
         created_at: 0,
         updated_at: 0,
+        query: None,
+        ramp: None,
     }
 }
 

@@ -88,6 +88,12 @@ pub struct DeviceRecord {
     /// said it trusts: in its hello, or by accepting a `TrustAnchors` command.
     #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
     pub anchors: Option<Vec<u8>>,
+    /// Operator tags (inventory: what queries and campaigns select on).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub tags: std::collections::BTreeSet<String>,
+    /// Operator attributes (name, value).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub attributes: std::collections::BTreeMap<String, String>,
 }
 
 impl DeviceRecord {
@@ -115,6 +121,8 @@ impl DeviceRecord {
             firmware_job: None,
             decommission: None,
             anchors: None,
+            tags: Default::default(),
+            attributes: Default::default(),
         }
     }
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Api, ApiResult, Page, view};
 use crate::core::DeviceId;
+use crate::core::query::{DeviceQuery, Labels};
 use crate::operator::OperatorError;
 use crate::operator::views::{AnchorView, AuditEntryView, DeviceView};
 use crate::service::OrderReport;
@@ -196,4 +197,130 @@ pub(super) async fn sanitization_html(
         certificate.to_html(),
     )
         .into_response())
+}
+
+/// Query of `GET /v1/search`: the fields of a [`DeviceQuery`] (lists comma-separated), or a
+/// saved query by name, and the page.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchParams {
+    /// A saved query to run (the other filters are added to it).
+    pub query: Option<String>,
+    /// Serial prefix.
+    pub serial: Option<String>,
+    /// Lifecycle state.
+    pub state: Option<crate::core::DeviceState>,
+    /// Device class.
+    pub class: Option<String>,
+    /// Firmware version.
+    pub firmware: Option<String>,
+    /// Tags, comma-separated: all must be carried.
+    pub tags: Option<String>,
+    /// Attributes `name=value`, comma-separated.
+    pub attrs: Option<String>,
+    /// Newest live certificate expires before (seconds since the epoch).
+    pub expires_before: Option<u64>,
+    /// The `next` of the previous page.
+    pub after: Option<String>,
+    /// Page size (default 50).
+    pub limit: Option<usize>,
+}
+
+impl SearchParams {
+    /// The query these parameters describe, on top of `saved`.
+    pub fn to_query(&self, saved: Option<DeviceQuery>) -> Result<DeviceQuery, OperatorError> {
+        let mut q = saved.unwrap_or_default();
+        let set = |slot: &mut Option<String>, v: &Option<String>| {
+            if let Some(v) = v.as_ref().filter(|v| !v.is_empty()) {
+                *slot = Some(v.clone());
+            }
+        };
+        set(&mut q.serial, &self.serial);
+        set(&mut q.class, &self.class);
+        set(&mut q.firmware, &self.firmware);
+        q.state = self.state.or(q.state);
+        q.expires_before = self.expires_before.or(q.expires_before);
+        let list = |v: &Option<String>| -> Vec<String> {
+            v.iter()
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
+        q.tags.extend(list(&self.tags));
+        for pair in list(&self.attrs) {
+            let (k, v) = pair.split_once('=').ok_or_else(|| {
+                OperatorError::BadInput(format!("attribute {pair:?} is not name=value"))
+            })?;
+            q.attributes.insert(k.to_string(), v.to_string());
+        }
+        q.validate()
+            .map_err(|e| OperatorError::BadInput(e.to_string()))?;
+        Ok(q)
+    }
+}
+
+/// A page of `GET /v1/search`.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct SearchView {
+    /// The devices found.
+    pub devices: Vec<DeviceView>,
+    /// Pass as `after` for the next page; absent when the search is over.
+    pub next: Option<String>,
+    /// Records read for this page (at most [`crate::service::SCAN_BUDGET`]).
+    pub scanned: usize,
+}
+
+/// Runs a search from its parameters (also for the dashboard).
+pub(crate) fn run_search(
+    service: &crate::service::Service,
+    params: &SearchParams,
+) -> Result<(DeviceQuery, crate::service::SearchPage), OperatorError> {
+    let saved = params
+        .query
+        .as_deref()
+        .map(|name| service.saved_query(name))
+        .transpose()?;
+    let query = params.to_query(saved)?;
+    let limit = params.limit.unwrap_or(50).clamp(1, super::MAX_PAGE);
+    let page = service.search(&query, params.after.as_deref(), limit)?;
+    Ok((query, page))
+}
+
+pub(super) async fn search(
+    State(api): State<Api>,
+    Query(params): Query<SearchParams>,
+) -> ApiResult<SearchView> {
+    let (_, page) = run_search(&api.control.service, &params)?;
+    Ok(axum::Json(SearchView {
+        devices: page.devices.iter().map(|d| view(&api, d)).collect(),
+        next: page.next,
+        scanned: page.scanned,
+    }))
+}
+
+pub(super) async fn label(
+    State(api): State<Api>,
+    Path(device): Path<String>,
+    axum::Json(body): axum::Json<Labels>,
+) -> ApiResult<DeviceView> {
+    let id = api.control.service.resolve(&device)?;
+    let record = api.control.service.label(&id, &body).await?;
+    Ok(axum::Json(view(&api, &record)))
+}
+
+pub(super) async fn list_queries(
+    State(api): State<Api>,
+) -> ApiResult<std::collections::BTreeMap<String, DeviceQuery>> {
+    Ok(axum::Json(api.control.service.saved_queries()?))
+}
+
+pub(super) async fn save_query(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    axum::Json(body): axum::Json<DeviceQuery>,
+) -> ApiResult<DeviceQuery> {
+    api.control.service.save_query(&name, &body).await?;
+    Ok(axum::Json(body))
 }

@@ -16,6 +16,11 @@
 //! POST /v1/vouchers               import a voucher bundle (body: CBOR, see factory voucher)
 //! GET  /v1/devices?after=&limit=  devices in id order (maker, serial)
 //! GET  /v1/devices/{device}       one device
+//! GET  /v1/search?serial=&state=&class=&firmware=&tags=a,b&attrs=k=v&expires_before=&query=&after=&limit=
+//!                                 devices matching every filter, from the device index:
+//!                                 {"devices", "next" (the next page's `after`), "scanned"}
+//! POST /v1/devices/{device}/labels {"add_tags", "remove_tags", "set": {k: v}, "unset"}
+//! GET  /v1/queries                saved queries; PUT /v1/queries/{name} (a query) saves one
 //! POST /v1/devices/{device}/revoke {"reason": "key-compromise"}: revoke and quarantine
 //! POST /v1/devices/{device}/quarantine {"reason": "..."}: refuse it, keep its certificates
 //! POST /v1/devices/{device}/reset-onboarding {"reason": "..."}: back to expected, pin dropped
@@ -47,7 +52,10 @@ mod firmware;
 mod fleet;
 mod metrics;
 
-pub use devices::{DecommissionRequest, QuarantineRequest, RevokeRequest};
+pub(crate) use devices::run_search;
+pub use devices::{
+    DecommissionRequest, QuarantineRequest, RevokeRequest, SearchParams, SearchView,
+};
 pub use firmware::{CampaignQuery, FirmwareKeyRequest, ReleaseView};
 pub use fleet::{RolloverRequest, RotateRequest, Since, Stats};
 
@@ -95,6 +103,7 @@ pub async fn serve(
 
 /// The API's routes.
 pub fn router(control: Arc<Control>, token: String) -> Router {
+    let console = super::console::router(control.clone(), &token);
     let api = Api {
         control,
         token: Arc::new(token),
@@ -109,6 +118,16 @@ pub fn router(control: Arc<Control>, token: String) -> Router {
             axum::routing::post(devices::import_vouchers),
         )
         .route("/v1/devices", get(devices::list_devices))
+        .route("/v1/search", get(devices::search))
+        .route("/v1/queries", get(devices::list_queries))
+        .route(
+            "/v1/queries/{name}",
+            axum::routing::put(devices::save_query),
+        )
+        .route(
+            "/v1/devices/{device}/labels",
+            axum::routing::post(devices::label),
+        )
         .route("/v1/devices/{device}", get(devices::show_device))
         .route(
             "/v1/devices/{device}/revoke",
@@ -184,6 +203,7 @@ pub fn router(control: Arc<Control>, token: String) -> Router {
             (crate::store::images::MAX_IMAGE as usize).max(protocol::voucher::MAX_BUNDLE) + 65536,
         ))
         .with_state(api)
+        .merge(console)
 }
 
 async fn authenticate(
@@ -266,18 +286,22 @@ async fn as_problem(response: Response) -> Response {
     error(status, detail)
 }
 
+/// The HTTP status of an operator error (the API's and the console's).
+pub(crate) fn status_of(e: &OperatorError) -> StatusCode {
+    match e {
+        OperatorError::BadInput(_)
+        | OperatorError::Release(_)
+        | OperatorError::UntrustedRelease(_) => StatusCode::BAD_REQUEST,
+        OperatorError::NotFound(_) => StatusCode::NOT_FOUND,
+        OperatorError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        OperatorError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        OperatorError::Audit(_) | OperatorError::Refused(_) => StatusCode::CONFLICT,
+    }
+}
+
 impl IntoResponse for OperatorError {
     fn into_response(self) -> Response {
-        let status = match &self {
-            OperatorError::BadInput(_)
-            | OperatorError::Release(_)
-            | OperatorError::UntrustedRelease(_) => StatusCode::BAD_REQUEST,
-            OperatorError::NotFound(_) => StatusCode::NOT_FOUND,
-            OperatorError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-            OperatorError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            OperatorError::Audit(_) | OperatorError::Refused(_) => StatusCode::CONFLICT,
-        };
-        error(status, self.to_string())
+        error(status_of(&self), self.to_string())
     }
 }
 

@@ -10,7 +10,7 @@ use crate::core::campaign::{Campaign, CampaignOrder};
 use crate::error::Result;
 use crate::operator::client::ApiClient;
 use crate::operator::terminal::shown;
-use crate::service::{CampaignSpec, Target};
+use crate::service::{CampaignSpec, RampSpec, Target};
 
 /// `onboarder firmware`.
 #[derive(Subcommand)]
@@ -51,11 +51,15 @@ pub enum CampaignCommand {
         #[arg(long)]
         release: String,
         /// Every active device.
-        #[arg(long, conflicts_with_all = ["class", "devices"])]
+        #[arg(long, conflicts_with_all = ["class", "devices", "query"])]
         all: bool,
         /// Active devices of this class.
-        #[arg(long, conflicts_with = "devices")]
+        #[arg(long, conflicts_with_all = ["devices", "query"])]
         class: Option<String>,
+        /// Active devices a saved query matches, now and later (devices that come to match
+        /// it join the running campaign; see `onboarder device query save`).
+        #[arg(long, conflicts_with = "devices")]
+        query: Option<String>,
         /// These devices (comma-separated; MAKER/SERIAL, or serials only one manufacturer has).
         #[arg(long, value_delimiter = ',')]
         devices: Vec<String>,
@@ -65,9 +69,24 @@ pub enum CampaignCommand {
         /// Pause when more than this percentage of the devices offered so far failed.
         #[arg(long, default_value_t = 5)]
         failure_threshold: u8,
-        /// Offers per second at most.
+        /// Offers per second at most (with --ramp-start: the ceiling of the ramp).
         #[arg(long)]
         rate: Option<u32>,
+        /// Start at this many offers per second and multiply by --ramp-factor every
+        /// --ramp-every seconds while failures stay under the threshold.
+        #[arg(long, value_name = "OFFERS_PER_SECOND")]
+        ramp_start: Option<u32>,
+        /// Multiplier of each ramp step.
+        #[arg(long, default_value_t = 2, requires = "ramp_start")]
+        ramp_factor: u32,
+        /// Seconds between ramp steps.
+        #[arg(
+            long,
+            default_value_t = 10,
+            requires = "ramp_start",
+            value_name = "SECONDS"
+        )]
+        ramp_every: u64,
         /// Offer the next wave after this many seconds even if some devices of the current one
         /// have not finished (an offline device keeps its offer and updates when it is back;
         /// the campaign completes when every device has). Without it, a wave waits for all.
@@ -187,22 +206,27 @@ pub(super) fn campaign(client: &ApiClient, cmd: CampaignCommand) -> Result<()> {
             release,
             all,
             class,
+            query,
             devices,
             waves,
             failure_threshold,
             rate,
+            ramp_start,
+            ramp_factor,
+            ramp_every,
             wave_timeout,
             over_https,
             signed_urls,
             json: as_json,
         } => {
-            let target = match (all, class) {
-                (true, _) => Target::All,
-                (_, Some(c)) => Target::Class(c),
+            let target = match (all, class, query) {
+                (true, _, _) => Target::All,
+                (_, Some(c), _) => Target::Class(c),
+                (_, _, Some(q)) => Target::Query(q),
                 _ if !devices.is_empty() => Target::Devices(devices),
                 _ => {
                     return Err(crate::error::Error::Config(
-                        "choose --all, --class or --devices".into(),
+                        "choose --all, --class, --query or --devices".into(),
                     ));
                 }
             };
@@ -215,6 +239,11 @@ pub(super) fn campaign(client: &ApiClient, cmd: CampaignCommand) -> Result<()> {
                 wave_timeout,
                 over_https,
                 signed_urls,
+                ramp: ramp_start.map(|start| RampSpec {
+                    start,
+                    factor: ramp_factor,
+                    every: ramp_every,
+                }),
             })?;
             if as_json {
                 return json(&c);

@@ -124,6 +124,7 @@ async fn migrate(client: &mut Client, codec: &RecordCodec) -> Result<(), StoreEr
             "the database has schema version {applied}; this onboarder knows up to {known}"
         )));
     }
+    let mut derive = false;
     for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(applied as usize) {
         tx.batch_execute(sql).await.map_err(db)?;
         tx.execute(
@@ -132,19 +133,23 @@ async fn migrate(client: &mut Client, codec: &RecordCodec) -> Result<(), StoreEr
         )
         .await
         .map_err(db)?;
-        if i + 1 == schema::TALLIES {
-            count_devices(&tx, codec).await?;
-        }
+        derive |= schema::DERIVED.contains(&(i + 1));
+    }
+    if derive {
+        derive_from_devices(&tx, codec).await?;
     }
     tx.commit().await.map_err(db)
 }
 
-/// Fills the tallies from the device records (the records stay still meanwhile: replicas of
-/// an earlier version still running would not move the tallies).
-async fn count_devices(tx: &Transaction<'_>, codec: &RecordCodec) -> Result<(), StoreError> {
-    tx.batch_execute("LOCK TABLE devices IN SHARE MODE")
-        .await
-        .map_err(db)?;
+/// Fills the tallies and the device index from the device records, replacing what was there
+/// (the records stay still meanwhile: replicas of an earlier version still running would not
+/// move them).
+async fn derive_from_devices(tx: &Transaction<'_>, codec: &RecordCodec) -> Result<(), StoreError> {
+    tx.batch_execute(
+        "LOCK TABLE devices IN SHARE MODE; DELETE FROM tallies; DELETE FROM device_index",
+    )
+    .await
+    .map_err(db)?;
     let rows = tx
         .query("SELECT maker, serial, record FROM devices", &[])
         .await
@@ -154,13 +159,22 @@ async fn count_devices(tx: &Transaction<'_>, codec: &RecordCodec) -> Result<(), 
         let key = format!("d/{}/{}", row.get::<_, &str>(0), row.get::<_, &str>(1));
         records.push(codec.decode(key.as_bytes(), row.get::<_, &[u8]>(2))?);
     }
-    for (name, n) in super::count_tallies(&records) {
-        tx.execute(
-            "INSERT INTO tallies (name, n) VALUES ($1, $2)",
-            &[&name, &n],
-        )
+    let (tallies, index) = super::derive_all(&records);
+    let put_tally = tx
+        .prepare("INSERT INTO tallies (name, n) VALUES ($1, $2)")
         .await
         .map_err(db)?;
+    for (name, n) in tallies {
+        tx.execute(&put_tally, &[&name, &n]).await.map_err(db)?;
+    }
+    let put_index = tx
+        .prepare("INSERT INTO device_index (key, device) VALUES ($1, $2)")
+        .await
+        .map_err(db)?;
+    for (key, id) in index {
+        tx.execute(&put_index, &[&key, &id.to_string()])
+            .await
+            .map_err(db)?;
     }
     Ok(())
 }
@@ -316,6 +330,8 @@ struct Statements {
     put_firmware_key: Statement,
     put_audit: Statement,
     move_tally: Statement,
+    put_index: Statement,
+    drop_index: Statement,
     lock_head: Statement,
     move_head: Statement,
 }
@@ -352,6 +368,8 @@ impl Writer {
             put_firmware_key: p(upsert("firmware_keys", "fingerprint", "value")).await?,
             put_audit: p("INSERT INTO audit (seq, entry) VALUES ($1, $2)".into()).await?,
             move_tally: p("INSERT INTO tallies (name, n) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET n = tallies.n + EXCLUDED.n".into()).await?,
+            put_index: p(upsert("device_index", "key", "device")).await?,
+            drop_index: p("DELETE FROM device_index WHERE key = $1".into()).await?,
             lock_head: p("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE".into()).await?,
             move_head: p("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1".into()).await?,
         };
@@ -517,6 +535,13 @@ async fn stage(
         tx.execute(&sql.move_tally, &[name, delta])
             .await
             .map_err(db)?;
+    }
+    for (key, device) in &change.index {
+        match device {
+            Some(id) => tx.execute(&sql.put_index, &[key, &id.to_string()]).await,
+            None => tx.execute(&sql.drop_index, &[key]).await,
+        }
+        .map_err(db)?;
     }
     for event in &change.audit {
         let entry = AuditEntry::new(head.0 + 1, head.1, event.clone());
@@ -739,6 +764,42 @@ impl Store for PgStore {
             .iter()
             .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
             .collect())
+    }
+
+    fn index(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, DeviceId)>, StoreError> {
+        let from = match after {
+            Some(a) if a.starts_with(prefix) => a.to_string(),
+            _ => String::new(),
+        };
+        // Keys in [prefix, prefix + U+10FFFF): every key that starts with the prefix.
+        let (prefix, upper) = (prefix.to_string(), format!("{prefix}\u{10FFFF}"));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.read(move |c| {
+            Box::pin(async move {
+                c.query(
+                    "SELECT key, device FROM device_index \
+                     WHERE key >= $1 AND key < $2 AND key > $3 ORDER BY key LIMIT $4",
+                    &[&prefix, &upper, &from, &limit],
+                )
+                .await
+                .map_err(db)
+            })
+        })?;
+        rows.iter()
+            .map(|r| {
+                let key: String = r.get(0);
+                let id = r
+                    .get::<_, &str>(1)
+                    .parse::<DeviceId>()
+                    .map_err(|_| corrupt(format!("device_index {key}"), "not a device id"))?;
+                Ok((key, id))
+            })
+            .collect()
     }
 
     fn lease(&self, name: &str, holder: &str, ttl_secs: u64) -> Result<bool, StoreError> {

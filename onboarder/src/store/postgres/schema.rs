@@ -45,11 +45,16 @@ pub(super) const MIGRATIONS: &[&str] = &[
     r#"
     CREATE TABLE tallies (name TEXT COLLATE "C" PRIMARY KEY, n BIGINT NOT NULL);
     "#,
+    // 4: the device index (see crate::core::query), moved in the same transaction as the
+    // devices; tallies of every index term. Both derived again from the records (`DERIVED`).
+    r#"
+    CREATE TABLE device_index (key TEXT COLLATE "C" PRIMARY KEY, device TEXT NOT NULL);
+    "#,
 ];
 
-/// The migration after which the existing devices are counted into the tallies (records are
-/// CBOR, which SQL cannot read).
-pub(super) const TALLIES: usize = 3;
+/// Migrations after which the tallies and the device index are derived again from the records
+/// (records are CBOR, which SQL cannot read).
+pub(super) const DERIVED: [usize; 2] = [3, 4];
 
 /// The advisory lock key migrations take ("onboard" in ASCII).
 pub(super) const MIGRATION_LOCK: i64 = 0x006f_6e62_6f61_7264;

@@ -11,7 +11,8 @@
 //! K/<sha256 hex>  firmware-signing key (CBOR)
 //! m/<name>        named values (CRL numbers, ...)
 //! a/<seq u64 BE>  audit entry (CBOR)
-//! n/<name>        tally (i64 BE): devices per state
+//! n/<name>        tally (i64 BE): devices per index term, certificates per status
+//! x/<index key>   device index entry (see crate::core::query): the device id, as text
 //! m/audit-head    seq (8 bytes BE) || hash (32 bytes) of the last audit entry
 //! m/format        layout version (one byte); a store of another layout is not opened
 //! ```
@@ -44,11 +45,12 @@ const MAX_VALUE: usize = super::seal::MAX_RECORD;
 
 pub(super) const HEAD_KEY: &[u8] = b"m/audit-head";
 const FORMAT_KEY: &[u8] = b"m/format";
-/// Layout 4: devices keyed by maker and serial, network credentials sealed, releases,
-/// campaigns and firmware keys in their own key spaces, tallies of devices per state.
-const FORMAT: u8 = 4;
-/// Layout 3 lacked only the tallies: it is upgraded in place.
-const FORMAT_WITHOUT_TALLIES: u8 = 3;
+/// Layout 5: devices keyed by maker and serial, network credentials sealed, releases,
+/// campaigns and firmware keys in their own key spaces, tallies and the device index.
+const FORMAT: u8 = 5;
+/// Layouts 3 (no tallies) and 4 (tallies of states and certificates, no index) lack only
+/// what is derived from the records: they are upgraded in place.
+const FORMATS_WITHOUT_INDEX: [u8; 2] = [3, 4];
 
 /// The sled store. Dropping it stops the writer after the queued changes.
 pub struct SledStore {
@@ -110,7 +112,7 @@ pub(super) fn read_head(db: &sled::Db) -> Result<(u64, [u8; 32]), StoreError> {
 fn check_format(db: &sled::Db, codec: &RecordCodec) -> Result<(), StoreError> {
     match db.get(FORMAT_KEY).map_err(io)? {
         Some(v) if v.as_ref() == [FORMAT] => Ok(()),
-        Some(v) if v.as_ref() == [FORMAT_WITHOUT_TALLIES] => add_tallies(db, codec),
+        Some(v) if v.len() == 1 && FORMATS_WITHOUT_INDEX.contains(&v[0]) => derive(db, codec),
         Some(v) => Err(StoreError::Io(format!(
             "the store has layout {:?}; this onboarder reads layout {FORMAT}",
             v.as_ref()
@@ -128,22 +130,36 @@ fn check_format(db: &sled::Db, codec: &RecordCodec) -> Result<(), StoreError> {
     }
 }
 
-/// Upgrades layout 3: counts the devices per state once, and writes the tallies with the new
-/// layout's number in one batch (a crash leaves layout 3, counted again at the next start).
-fn add_tallies(db: &sled::Db, codec: &RecordCodec) -> Result<(), StoreError> {
+/// Upgrades layout 3 or 4: reads the devices once, and writes their tallies and index entries
+/// (replacing any) with the new layout's number in one batch (a crash leaves the old layout,
+/// derived again at the next start).
+fn derive(db: &sled::Db, codec: &RecordCodec) -> Result<(), StoreError> {
     let mut records = Vec::new();
     for item in db.scan_prefix(b"d/") {
         let (key, value) = item.map_err(io)?;
         records.push(codec.decode(&key, &value)?);
     }
     let mut batch = sled::Batch::default();
-    for (name, n) in super::count_tallies(&records) {
+    for prefix in [&b"n/"[..], b"x/"] {
+        for item in db.scan_prefix(prefix) {
+            batch.remove(item.map_err(io)?.0);
+        }
+    }
+    let (tallies, index) = super::derive_all(&records);
+    for (name, n) in tallies {
         batch.insert(tally_key(&name), &n.to_be_bytes());
+    }
+    for (key, id) in index {
+        batch.insert(index_key(&key), id.to_string().as_bytes());
     }
     batch.insert(FORMAT_KEY, &[FORMAT]);
     db.apply_batch(batch).map_err(io)?;
     db.flush().map_err(io)?;
     Ok(())
+}
+
+pub(super) fn index_key(key: &str) -> Vec<u8> {
+    format!("x/{key}").into_bytes()
 }
 
 pub(super) fn tally_key(name: &str) -> Vec<u8> {
@@ -397,6 +413,40 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    fn index(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, DeviceId)>, StoreError> {
+        let start = match after {
+            Some(a) if a.starts_with(prefix) => {
+                let mut k = index_key(a);
+                k.push(0);
+                k
+            }
+            _ => index_key(prefix),
+        };
+        let full = index_key(prefix);
+        let mut out = Vec::new();
+        for item in self.db.range(start..).take(limit) {
+            let (k, v) = item.map_err(io)?;
+            if !k.starts_with(&full) {
+                break;
+            }
+            let key = String::from_utf8_lossy(&k[2..]).into_owned();
+            let id = std::str::from_utf8(&v)
+                .ok()
+                .and_then(|s| s.parse::<DeviceId>().ok())
+                .ok_or_else(|| StoreError::Corrupt {
+                    key: format!("x/{key}"),
+                    detail: "not a device id".into(),
+                })?;
+            out.push((key, id));
+        }
+        Ok(out)
+    }
+
     fn commit(&self, change: Change) -> CommitFuture {
         self.queue.commit(change)
     }
@@ -453,40 +503,58 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_store_of_layout_3_gets_its_devices_counted_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store");
-        {
+    async fn stores_of_layouts_3_and_4_get_their_devices_counted_and_indexed_once() {
+        for layout in FORMATS_WITHOUT_INDEX {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("store");
+            {
+                let store = reopen(&path).await;
+                for i in 0..3 {
+                    let id = crate::core::DeviceId::new(
+                        crate::core::MakerId::of_spki(b"maker"),
+                        &format!("SN-{i}"),
+                    )
+                    .unwrap();
+                    let record = DeviceRecord::expected(id, vec![1], None, 1);
+                    let change = Change {
+                        devices: vec![super::super::DeviceWrite {
+                            record,
+                            expect: super::super::Expect::Absent,
+                        }],
+                        ..Change::default()
+                    };
+                    store.commit(change).await.unwrap();
+                }
+                // As the old layout left it: no index; layout 3 had no tallies, layout 4 had
+                // some (made wrong here, to see them replaced).
+                for key in store.db.scan_prefix(b"n/").keys() {
+                    store.db.remove(key.unwrap()).unwrap();
+                }
+                if layout == 4 {
+                    let name = super::super::state_tally(&crate::core::DeviceState::Expected);
+                    store
+                        .db
+                        .insert(tally_key(&name), &99i64.to_be_bytes())
+                        .unwrap();
+                }
+                store.db.insert(FORMAT_KEY, &[layout]).unwrap();
+                store.db.flush().unwrap();
+            }
             let store = reopen(&path).await;
-            for i in 0..3 {
-                let id = crate::core::DeviceId::new(
-                    crate::core::MakerId::of_spki(b"maker"),
-                    &format!("SN-{i}"),
-                )
-                .unwrap();
-                let record = DeviceRecord::expected(id, vec![1], None, 1);
-                let change = Change {
-                    devices: vec![super::super::DeviceWrite {
-                        record,
-                        expect: super::super::Expect::Absent,
-                    }],
-                    ..Change::default()
-                };
-                store.commit(change).await.unwrap();
-            }
-            // As layout 3 left it: no tallies.
-            for key in store.db.scan_prefix(b"n/").keys() {
-                store.db.remove(key.unwrap()).unwrap();
-            }
-            store.db.insert(FORMAT_KEY, &[3]).unwrap();
-            store.db.flush().unwrap();
+            let expected = super::super::state_tally(&crate::core::DeviceState::Expected);
+            assert_eq!(
+                store.tallies().unwrap().get(&expected),
+                Some(&3),
+                "{layout}"
+            );
+            let found = store.index("serial/SN-", None, 10).unwrap();
+            assert_eq!(found.len(), 3, "{layout}");
+            let found = store.index(&format!("{expected}/"), None, 10).unwrap();
+            assert_eq!(found.len(), 3, "{layout}");
+            assert_eq!(
+                store.db.get(FORMAT_KEY).unwrap().unwrap().as_ref(),
+                [FORMAT]
+            );
         }
-        let store = reopen(&path).await;
-        let expected = super::super::state_tally(&crate::core::DeviceState::Expected);
-        assert_eq!(store.tallies().unwrap().get(&expected), Some(&3));
-        assert_eq!(
-            store.db.get(FORMAT_KEY).unwrap().unwrap().as_ref(),
-            [FORMAT]
-        );
     }
 }

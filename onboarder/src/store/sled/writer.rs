@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{
-    HEAD_KEY, audit_key, campaign_key, device_key, firmware_key_key, io, read_head, read_tally,
-    release_key, tally_key,
+    HEAD_KEY, audit_key, campaign_key, device_key, firmware_key_key, index_key, io, read_head,
+    read_tally, release_key, tally_key,
 };
 use crate::audit::AuditEntry;
 use crate::core::DeviceId;
@@ -132,6 +132,12 @@ impl Writer {
         for (name, n) in tallies {
             batch.insert(tally_key(&name), &n.to_be_bytes());
             written.tallies.insert(name, n);
+        }
+        for (key, device) in &change.index {
+            match device {
+                Some(id) => batch.insert(index_key(key), id.to_string().as_bytes()),
+                None => batch.remove(index_key(key)),
+            }
         }
         for anchor in &change.anchors {
             let key = format!("t/{}", anchor.fingerprint);
