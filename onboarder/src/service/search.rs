@@ -9,7 +9,7 @@ use crate::store::Store;
 /// Index entries read per step of a walk.
 const STEP: usize = 1000;
 /// Records one page of a search reads at most.
-pub const SCAN_BUDGET: usize = 5_000;
+pub const SCAN_BUDGET: usize = 2_000;
 
 /// One page of a search.
 #[derive(Debug, Default)]

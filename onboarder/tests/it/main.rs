@@ -7,6 +7,7 @@ mod abuse;
 mod binary;
 mod coap;
 mod coap_agent;
+mod console;
 mod crash;
 mod decommission;
 mod est;

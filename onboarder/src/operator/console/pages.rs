@@ -55,7 +55,9 @@ fn overview_of(console: &Console) -> Result<Overview, OperatorError> {
             } else if day < today + EXPIRING_DAYS {
                 expiring_soon += n;
             }
-        } else if let Some(status) = name.strip_prefix("certificates/") {
+        } else if let Some(status) = name.strip_prefix("certificates/")
+            && *n != 0
+        {
             certificates.insert(status.to_string(), *n);
         }
     }

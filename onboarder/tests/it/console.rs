@@ -1,0 +1,448 @@
+//! The operator's console in a real browser: Debian's headless Chromium driven through
+//! WebDriver (chromedriver), against a running onboarder with a connected fleet. Screenshots
+//! of every page go to `target/screenshots/`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::firmware::{image, publish, trust_firmware};
+use crate::harness::*;
+
+/// W3C WebDriver's key for an element reference.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// A WebDriver session on a chromedriver of our own; both end when it is dropped.
+struct Browser {
+    driver: Child,
+    base: String,
+    session: String,
+    http: ureq::Agent,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn start() -> Browser {
+        let port = free_port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian package chromium-driver; scripts/test installs it)");
+        let http: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http
+            .get(format!("{base}/status"))
+            .call()
+            .map_or(true, |r| !r.status().is_success())
+        {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let profile = tempfile::tempdir().unwrap();
+        let mut browser = Browser {
+            driver,
+            base,
+            session: String::new(),
+            http,
+            _profile: profile,
+        };
+        let created = browser.call(
+            "POST",
+            "/session",
+            json!({"capabilities": {"alwaysMatch": {
+                "browserName": "chrome",
+                "goog:chromeOptions": {
+                    "binary": "/usr/bin/chromium",
+                    "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                             "--disable-dev-shm-usage", "--window-size=1280,1000",
+                             format!("--user-data-dir={}", browser._profile.path().display())]
+                }
+            }}}),
+        );
+        browser.session = created["sessionId"].as_str().unwrap().to_string();
+        browser
+    }
+
+    fn call(&self, method: &str, path: &str, body: Value) -> Value {
+        self.try_call(method, path, body)
+            .unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"))
+    }
+
+    /// A WebDriver command; its error value if it failed.
+    fn try_call(&self, method: &str, path: &str, body: Value) -> Result<Value, Value> {
+        let url = if path == "/session" {
+            format!("{}{path}", self.base)
+        } else {
+            format!("{}/session/{}{path}", self.base, self.session)
+        };
+        let response = match method {
+            "GET" => self.http.get(&url).call(),
+            "DELETE" => self.http.delete(&url).call(),
+            _ => self.http.post(&url).send_json(&body),
+        }
+        .unwrap();
+        let status = response.status();
+        let value: Value = response.into_body().read_json().unwrap();
+        if status.is_success() {
+            Ok(value["value"].clone())
+        } else {
+            Err(value["value"].clone())
+        }
+    }
+
+    /// Runs `command` on the element `css`, finding it again if the page was reloaded under
+    /// it (the campaign page reloads itself while the campaign runs).
+    fn on_element(&self, css: &str, method: &str, command: &str, body: Value) -> Value {
+        for _ in 0..20 {
+            let e = self.element(css);
+            match self.try_call(method, &format!("/element/{e}/{command}"), body.clone()) {
+                Ok(v) => return v,
+                Err(err) if err["error"] == "stale element reference" => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(err) => panic!("WebDriver {command} on {css}: {err}"),
+            }
+        }
+        panic!("{css} kept going stale");
+    }
+
+    fn go(&self, url: &str) {
+        self.call("POST", "/url", json!({ "url": url }));
+    }
+
+    fn url(&self) -> String {
+        self.call("GET", "/url", Value::Null)
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn find(&self, css: &str) -> Option<String> {
+        let found = self.call(
+            "POST",
+            "/elements",
+            json!({"using": "css selector", "value": css}),
+        );
+        found.as_array()?.first()?[ELEMENT]
+            .as_str()
+            .map(str::to_string)
+    }
+
+    fn element(&self, css: &str) -> String {
+        self.find(css).unwrap_or_else(|| {
+            let source = self.call("GET", "/source", Value::Null);
+            panic!(
+                "no {css} on {}:\n{}",
+                self.url(),
+                source.as_str().unwrap_or_default()
+            )
+        })
+    }
+
+    fn click(&self, css: &str) {
+        self.on_element(css, "POST", "click", json!({}));
+    }
+
+    fn type_in(&self, css: &str, text: &str) {
+        self.on_element(css, "POST", "value", json!({ "text": text }));
+    }
+
+    fn text(&self, css: &str) -> String {
+        self.on_element(css, "GET", "text", Value::Null)
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Waits (reloading the page) until `check` holds.
+    fn until(&self, secs: u64, what: &str, check: impl Fn(&Browser) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !check(self) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(300));
+            self.call("POST", "/refresh", json!({}));
+        }
+    }
+
+    /// Waits (without reloading) until `check` holds: what the page's script updates.
+    fn until_live(&self, secs: u64, what: &str, check: impl Fn(&Browser) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !check(self) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn screenshot(&self, name: &str) {
+        use base64::Engine;
+        let png = self.call("GET", "/screenshot", Value::Null);
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap())
+            .unwrap();
+        let dir = screenshots();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), bytes).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let _ = self
+                .http
+                .delete(format!("{}/session/{}", self.base, self.session))
+                .call();
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// `target/screenshots/` of the workspace.
+fn screenshots() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("screenshots")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_runs_the_fleet_from_a_browser() {
+    let world = World::new().await;
+    trust_firmware(&world).await;
+    let serials = ["SN-UI-0", "SN-UI-1", "SN-UI-2"];
+    world.expect(&serials, 30).await;
+    let running: Vec<Running> = serials
+        .iter()
+        .map(|s| Running::start(world.agent(&world.device(s))))
+        .collect();
+    eventually(30, "the fleet connected", || {
+        world.server.sessions().len() == serials.len()
+    })
+    .await;
+    publish(&world, &image(40_000, 9), "4.0.0", 4).await;
+    let base = format!("http://{}", world.server.api_addr());
+    let token = onboarder::pki::token(&world.data).unwrap();
+    let maker = world.id("SN-UI-1").maker.to_string();
+    let before = world.audit().len();
+
+    let (forged, campaign_seen) = tokio::task::spawn_blocking({
+        let base = base.clone();
+        move || {
+            let b = Browser::start();
+            // No session: every page sends the browser to the sign-in page.
+            for page in ["/ui", "/ui/devices", "/ui/campaigns", "/ui/audit"] {
+                b.go(&format!("{base}{page}"));
+                assert!(b.url().ends_with("/ui/login"), "{page} -> {}", b.url());
+                assert!(b.find("#devices").is_none());
+            }
+            b.type_in("#token", "not-the-token");
+            b.click("#sign-in");
+            assert!(b.text("#error").contains("not the admin token"));
+            b.type_in("#token", &token);
+            b.click("#sign-in");
+            assert!(b.url().ends_with("/ui"), "{}", b.url());
+            b.until(10, "the overview's counters", |b| {
+                b.text("[data-k=\"states.active\"]") == "3"
+            });
+            b.screenshot("overview");
+
+            // Find a device by serial and open its page.
+            b.go(&format!("{base}/ui/devices"));
+            b.type_in("#serial", "SN-UI-1");
+            b.click("#search");
+            assert_eq!(b.text("#devices a.device"), "SN-UI-1");
+            b.screenshot("devices");
+            b.click("#devices a.device");
+            assert!(b.text("#facts").contains(&maker));
+            assert!(b.text("#certificates").contains("active"));
+            let history = b.text("#history");
+            for action in ["voucher-accepted", "certificate-issued"] {
+                assert!(history.contains(action), "{history}");
+            }
+            b.screenshot("device");
+
+            // A campaign from the release, started, its progress followed.
+            b.go(&format!("{base}/ui/campaigns"));
+            b.click("#create-campaign");
+            assert!(b.url().contains("/ui/campaigns/c-"), "{}", b.url());
+            let before_start = b.text("#healthy");
+            b.click("#campaign-start");
+            b.until(60, "every device updated", |b| b.text("#healthy") == "3");
+            b.screenshot("campaign");
+
+            // The overview follows the fleet live: a device quarantined through the API
+            // leaves the active count without the page being reloaded.
+            b.go(&format!("{base}/ui"));
+            assert_eq!(b.text("[data-k=\"states.active\"]"), "3");
+            let quarantined = ureq::post(format!("{base}/v1/devices/SN-UI-0/quarantine"))
+                .header("Authorization", format!("Bearer {token}"))
+                .send_json(json!({"reason": "seen live on the overview"}));
+            assert!(quarantined.is_ok(), "{quarantined:?}");
+            b.until_live(10, "the live count", |b| {
+                b.text("[data-k=\"states.active\"]") == "2"
+            });
+
+            // Decommission, with its confirmation, and the certificate of sanitization.
+            b.go(&format!("{base}/ui/devices/{}", "SN-UI-1"));
+            b.click("#decommission");
+            assert!(
+                b.url().contains("/ui/devices/"),
+                "an unticked confirmation is the browser's to refuse"
+            );
+            b.click("#confirm-decommission");
+            b.click("#decommission");
+            b.until(60, "the wipe attestation", |b| {
+                b.find("#sanitization").is_some()
+            });
+            b.click("#sanitization");
+            let title = b.text("h1");
+            assert_eq!(title, "Certificate of Sanitization");
+            b.screenshot("sanitization");
+
+            b.go(&format!("{base}/ui/audit"));
+            assert!(
+                b.text("#chain").contains("verifies"),
+                "{}",
+                b.text("#chain")
+            );
+            b.screenshot("audit");
+            b.click("#logout");
+            b.go(&format!("{base}/ui/devices"));
+            assert!(b.url().ends_with("/ui/login"));
+
+            // A form from elsewhere (no session, or a session without the page's CSRF token)
+            // is refused and changes nothing.
+            let http: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into();
+            let forged = http
+                .post(format!("{base}/ui/devices/SN-UI-2/decommission"))
+                .content_type("application/x-www-form-urlencoded")
+                .send("method=clear&confirm=yes")
+                .unwrap()
+                .status()
+                .as_u16();
+            (forged, before_start)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(forged, 403);
+    assert_eq!(
+        campaign_seen, "0",
+        "the campaign's progress changed from 0 to 3"
+    );
+    assert_eq!(
+        world.record("SN-UI-2").unwrap().state,
+        onboarder::core::DeviceState::Active
+    );
+    assert_eq!(
+        world.record("SN-UI-0").unwrap().state,
+        onboarder::core::DeviceState::Quarantined
+    );
+    assert_eq!(
+        world.record("SN-UI-1").unwrap().state,
+        onboarder::core::DeviceState::Decommissioned
+    );
+    let actions: Vec<String> = world.audit()[before..]
+        .iter()
+        .map(|e| e.event.action.clone())
+        .collect();
+    assert!(actions.iter().any(|a| a == "campaign-start"), "{actions:?}");
+    assert!(
+        actions.iter().any(|a| a.starts_with("decommission")),
+        "{actions:?}"
+    );
+    for r in running {
+        r.stop().await;
+    }
+}
+
+/// The session and CSRF rules, without a browser: the cookie's attributes, forms refused
+/// without the page's token, pages that send a stranger to the sign-in page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_strict_and_forms_need_their_csrf_token() {
+    let world = World::new().await;
+    world.expect(&["SN-UI-S"], 30).await;
+    let base = format!("http://{}", world.server.api_addr());
+    let token = onboarder::pki::token(&world.data).unwrap();
+    let audit_before = world.audit().len();
+    tokio::task::spawn_blocking(move || {
+        let http: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .build()
+            .into();
+        let page = http.get(format!("{base}/ui/devices")).call().unwrap();
+        assert_eq!(page.status().as_u16(), 303);
+        assert_eq!(page.headers()["location"], "/ui/login");
+        let login = http
+            .post(format!("{base}/ui/login"))
+            .content_type("application/x-www-form-urlencoded")
+            .send(format!("token={token}"))
+            .unwrap();
+        assert_eq!(login.status().as_u16(), 303);
+        let cookie = login.headers()["set-cookie"].to_str().unwrap().to_string();
+        for attribute in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
+            assert!(cookie.contains(attribute), "{cookie}");
+        }
+        let session = cookie.split(';').next().unwrap().to_string();
+        let page = http
+            .get(format!("{base}/ui/devices"))
+            .header("Cookie", &session)
+            .call()
+            .unwrap();
+        assert_eq!(page.status().as_u16(), 200);
+        let csp = page.headers()["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("script-src 'self'"), "{csp}");
+        let html = page.into_body().read_to_string().unwrap();
+        let csrf = html
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap()
+            .to_string();
+        let label = |csrf: &str| {
+            http.post(format!("{base}/ui/devices/SN-UI-S/labels"))
+                .header("Cookie", &session)
+                .content_type("application/x-www-form-urlencoded")
+                .send(format!("csrf={csrf}&add_tags=x"))
+                .unwrap()
+                .status()
+                .as_u16()
+        };
+        assert_eq!(label(""), 403);
+        assert_eq!(label(&"0".repeat(64)), 403);
+        // A tampered cookie is no session.
+        let mut tampered = session.clone();
+        let last = tampered.pop().unwrap();
+        tampered.push(if last == '0' { '1' } else { '0' });
+        let page = http
+            .get(format!("{base}/ui/devices"))
+            .header("Cookie", &tampered)
+            .call()
+            .unwrap();
+        assert_eq!(page.status().as_u16(), 303);
+        assert_eq!(label(&csrf), 303, "with its token the form goes through");
+    })
+    .await
+    .unwrap();
+    let record = world.record("SN-UI-S").unwrap();
+    assert_eq!(record.tags.len(), 1);
+    let labelled = world.audit()[audit_before..]
+        .iter()
+        .filter(|e| e.event.action == "labelled")
+        .count();
+    assert_eq!(labelled, 1, "the refused forms changed nothing");
+}
