@@ -18,7 +18,7 @@ use crate::core::DeviceId;
 pub const GENESIS: [u8; 32] = [0; 32];
 
 /// What happened, by whom, to which device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEvent {
     /// When (seconds since the epoch).
     pub at: u64,
@@ -151,7 +151,7 @@ pub enum AuditError {
 }
 
 /// Summary of a verified chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainSummary {
     /// Number of entries.
     pub entries: u64,

@@ -121,7 +121,7 @@ pub struct Metrics {
 }
 
 /// The counters at one moment.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetricsSnapshot {
     /// Requests refused, by wire error code.
     pub refusals: BTreeMap<String, u64>,

@@ -24,9 +24,11 @@ impl Control {
     ) -> Vec<DeviceId> {
         let limit = Arc::new(Semaphore::new(PUSH_CONCURRENCY));
         let mut pushes = tokio::task::JoinSet::new();
+        // A rate too high to space out (under a microsecond apart) is no limit.
         let mut tick = rate
-            .filter(|r| *r > 0)
-            .map(|r| tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(r))));
+            .map(|r| Duration::from_secs_f64(1.0 / f64::from(r.max(1))))
+            .filter(|period| *period >= Duration::from_micros(1))
+            .map(tokio::time::interval);
         for device in devices {
             if let Some(tick) = &mut tick {
                 tick.tick().await;

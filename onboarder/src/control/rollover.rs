@@ -19,7 +19,7 @@ use crate::service::{OperatorError, OrderReport, PendingRollover};
 const REGISTRAR_CHECK: Duration = Duration::from_secs(3600);
 
 /// The outcome of a CA rollover.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RolloverReport {
     /// The new issuing CA generation.
     pub generation: u32,

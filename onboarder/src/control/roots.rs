@@ -25,7 +25,7 @@ const ROOT_TICK: Duration = Duration::from_secs(2);
 const NAMED: usize = 20;
 
 /// Where the owner roots stand.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootStatus {
     /// The root generation the issuing CA is under (what vouchers pin).
     pub in_force: u32,

@@ -18,7 +18,7 @@ use crate::audit::AuditEvent;
 
 /// Where a campaign stands.
 #[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CampaignState {
     /// Created, not started.
@@ -37,7 +37,7 @@ pub enum CampaignState {
 }
 
 /// A staged rollout of one release.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Campaign {
     /// Identifier.
     pub id: String,
@@ -89,7 +89,7 @@ pub struct Campaign {
 /// Such a campaign does not complete when its waves are over: it waits for devices that come
 /// to match (a device onboarded later, a tag added), which join its last wave, until an
 /// operator pauses or aborts it (as hawkBit's dynamic rollouts do).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueryTarget {
     /// The saved query's name.
     pub name: String,
@@ -100,7 +100,7 @@ pub struct QueryTarget {
 /// An offer rate that ramps up: it starts at `current`, and every `every` seconds that the
 /// campaign runs with its failures under the threshold it is multiplied by `factor`, up to the
 /// campaign's rate (its ceiling; none: no ceiling). Every rate it took is kept, for operators.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ramp {
     /// Offers per second now.
     pub current: u32,
@@ -115,7 +115,7 @@ pub struct Ramp {
 }
 
 /// Counts of job states over some devices.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tally {
     /// Devices in the set.
     pub devices: usize,

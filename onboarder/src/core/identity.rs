@@ -127,6 +127,30 @@ impl From<DeviceId> for String {
 #[error("{0}")]
 pub struct IdError(String);
 
+/// Both are strings in JSON (`MAKER/SERIAL`, the maker's 16 hex digits).
+fn string_schema(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .description(Some(description))
+        .into()
+}
+
+impl utoipa::PartialSchema for DeviceId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_schema("A device: its maker id and serial, MAKER/SERIAL")
+    }
+}
+
+impl utoipa::ToSchema for DeviceId {}
+
+impl utoipa::PartialSchema for MakerId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_schema("A manufacturer: the first 16 hex digits of its anchor key's SHA-256")
+    }
+}
+
+impl utoipa::ToSchema for MakerId {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

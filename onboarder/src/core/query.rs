@@ -38,7 +38,7 @@ pub const SERIAL: &str = "serial/";
 pub const EXPIRY: &str = "expiry/";
 
 /// A search over the fleet. Every field set must hold (and every tag and attribute named).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceQuery {
     /// Serial starts with this.
@@ -211,7 +211,7 @@ pub fn index_keys(record: &DeviceRecord) -> BTreeSet<String> {
 }
 
 /// Operator labels to change on a device.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Labels {
     /// Tags to add.

@@ -27,7 +27,7 @@ pub struct Release {
 }
 
 /// A manufacturer's firmware-signing key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FirmwareKey {
     /// Vendor it signs for (the manifest's vendor id).
     pub vendor_id: String,

@@ -26,7 +26,7 @@ use super::record::DeviceRecord;
 use super::state::DeviceState;
 
 /// Where an owner-root rollover stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RootPhase {
     /// The new root is published beside the old one; devices are being sent both.
@@ -49,7 +49,7 @@ impl std::fmt::Display for RootPhase {
 }
 
 /// An owner-root rollover decided and not yet finished.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootRollover {
     /// The generation of the new root (the old one is the one before).
     pub generation: u32,

@@ -11,7 +11,7 @@ use super::record::DeviceRecord;
 use super::state::DeviceState;
 
 /// A certificate of sanitization.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SanitizationCertificate {
     /// Who performed the sanitization.
     pub person_performing: String,

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 /// Where a device is in its life, as the server sees it.
 #[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DeviceState {
     /// A voucher or allow-list entry was imported; the device has not shown up yet.

@@ -9,7 +9,7 @@ use crate::store::Anchor;
 use protocol::message::NetworkProfile;
 
 /// A device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceView {
     /// The device: `MAKER/SERIAL`.
     pub id: DeviceId,
@@ -52,7 +52,7 @@ pub struct DeviceView {
 }
 
 /// A certificate of a device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CertView {
     /// Serial number, hex.
     pub serial: String,
@@ -70,7 +70,7 @@ pub struct CertView {
 }
 
 /// Network credentials without their secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkView {
     /// `wifi` or `eap-tls`.
     pub kind: String,
@@ -141,7 +141,7 @@ impl From<&DeviceRecord> for DeviceView {
 }
 
 /// A manufacturer trust anchor.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AnchorView {
     /// The maker it stands for.
     pub maker: MakerId,
@@ -171,7 +171,7 @@ impl From<&Anchor> for AnchorView {
 }
 
 /// An audit entry with its hashes in hex.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntryView {
     /// Sequence number.
     pub seq: u64,

@@ -20,7 +20,7 @@ use crate::store::Change;
 pub const TICK: f64 = 0.25;
 
 /// Which devices a campaign targets.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Target {
     /// Every active device.
@@ -36,7 +36,7 @@ pub enum Target {
 
 /// How a campaign's offer rate ramps up (see [`crate::core::campaign::Ramp`]); the campaign's
 /// `rate` is the ceiling.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RampSpec {
     /// Offers per second to start with.
     pub start: u32,
@@ -65,7 +65,7 @@ const JOIN_EVERY: u64 = 2;
 const SIGNED_URL_LIFETIME: u64 = 3600;
 
 /// What an operator asks for when creating a campaign.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CampaignSpec {
     /// The release: its digest (hex) or its version.
     pub release: String,
@@ -95,7 +95,7 @@ pub struct CampaignSpec {
 }
 
 /// A campaign and where every device of it stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CampaignStatus {
     /// Identifier.
     pub id: String,
@@ -123,7 +123,7 @@ pub struct CampaignStatus {
 }
 
 /// One device in a campaign.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceProgress {
     /// The device.
     pub device: DeviceId,

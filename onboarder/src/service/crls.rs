@@ -9,7 +9,7 @@ use super::{OperatorError, Pending, Service};
 use crate::store::Change;
 
 /// One CRL as published.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Crl {
     /// Issuing CA generation.
     pub generation: u32,

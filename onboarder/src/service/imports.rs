@@ -13,7 +13,9 @@ use super::queries::{ImportReport, Rejected};
 const IMPORT_CHUNK: usize = 1000;
 
 /// What an operator imports to trust a manufacturer.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    utoipa::ToSchema, Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize,
+)]
 pub struct AnchorImport {
     /// The manufacturer's root CA certificate(s), PEM.
     pub pem: String,

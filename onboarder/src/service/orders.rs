@@ -8,7 +8,7 @@ use super::{OperatorError, Service};
 use crate::core::{self, Decision, DeviceId, DeviceRecord, DeviceState, LifecycleError};
 
 /// The outcome of a bulk order.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderReport {
     /// Devices the order now applies to.
     pub accepted: Vec<DeviceId>,
@@ -19,7 +19,7 @@ pub struct OrderReport {
 }
 
 /// Progress of the rotations ordered since a given time.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RotationStatus {
     /// Devices that re-keyed.
     pub rotated: usize,

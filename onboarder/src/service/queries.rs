@@ -20,7 +20,7 @@ const PAGE: usize = 1000;
 /// Audit entries read per page while verifying the chain.
 const AUDIT_PAGE: usize = 4096;
 /// The outcome of a bulk voucher import.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImportReport {
     /// New devices now expected.
     pub imported: usize,
@@ -50,7 +50,7 @@ impl ImportReport {
 }
 
 /// One refused voucher of an import.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rejected {
     /// Position in the bundle.
     pub index: usize,

@@ -20,6 +20,7 @@ mod makers;
 mod masa;
 mod metrics;
 mod onboarding;
+mod openapi;
 mod operator;
 mod purity;
 mod reconnect;

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// The status of a certificate issued to a device.
 #[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CertStatus {
     /// Issued, not yet confirmed by the device.
@@ -20,6 +20,7 @@ pub enum CertStatus {
     /// Revoked.
     Revoked {
         /// RFC 5280 reason.
+        #[schema(value_type = String, example = "key-compromise")]
         reason: certs::crl::Reason,
         /// When.
         at: u64,

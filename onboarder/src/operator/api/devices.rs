@@ -14,6 +14,8 @@ use crate::operator::OperatorError;
 use crate::operator::views::{AnchorView, AuditEntryView, DeviceView};
 use crate::service::OrderReport;
 
+/// Manufacturer trust anchors.
+#[utoipa::path(get, path = "/v1/anchors", tag = "anchors", responses((status = 200, description = "OK", body = Vec<AnchorView>), super::Problems))]
 pub(super) async fn list_anchors(State(api): State<Api>) -> ApiResult<Vec<AnchorView>> {
     Ok(axum::Json(
         api.control
@@ -25,6 +27,8 @@ pub(super) async fn list_anchors(State(api): State<Api>) -> ApiResult<Vec<Anchor
     ))
 }
 
+/// Imports a manufacturer anchor (and its MASA certificate): the anchors added.
+#[utoipa::path(post, path = "/v1/anchors", tag = "anchors", request_body = crate::service::AnchorImport, responses((status = 200, description = "OK", body = Vec<AnchorView>), super::Problems))]
 pub(super) async fn import_anchor(
     State(api): State<Api>,
     axum::Json(body): axum::Json<crate::service::AnchorImport>,
@@ -33,6 +37,8 @@ pub(super) async fn import_anchor(
     Ok(axum::Json(added.iter().map(AnchorView::from).collect()))
 }
 
+/// Imports a voucher bundle (CBOR, as `factory voucher` writes it).
+#[utoipa::path(post, path = "/v1/vouchers", tag = "anchors", request_body(content = super::Binary, content_type = "application/cbor"), responses((status = 200, description = "OK", body = crate::service::ImportReport), super::Problems))]
 pub(super) async fn import_vouchers(
     State(api): State<Api>,
     body: Bytes,
@@ -42,6 +48,8 @@ pub(super) async fn import_vouchers(
     ))
 }
 
+/// Devices in id order (maker, serial).
+#[utoipa::path(get, path = "/v1/devices", tag = "devices", params(super::Page), responses((status = 200, description = "OK", body = Vec<DeviceView>), super::Problems))]
 pub(super) async fn list_devices(
     State(api): State<Api>,
     Query(page): Query<Page>,
@@ -56,6 +64,8 @@ pub(super) async fn list_devices(
     Ok(axum::Json(devices.iter().map(|d| view(&api, d)).collect()))
 }
 
+/// One device.
+#[utoipa::path(get, path = "/v1/devices/{device}", tag = "devices", params(("device" = String, Path, description = "MAKER/SERIAL, or a serial only one manufacturer has")), responses((status = 200, description = "OK", body = DeviceView), super::Problems))]
 pub(super) async fn show_device(
     State(api): State<Api>,
     Path(device): Path<String>,
@@ -66,6 +76,8 @@ pub(super) async fn show_device(
     )))
 }
 
+/// Audit entries from `from`, or the newest `limit`.
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(super::Page), responses((status = 200, description = "OK", body = Vec<AuditEntryView>), super::Problems))]
 pub(super) async fn list_audit(
     State(api): State<Api>,
     Query(page): Query<Page>,
@@ -84,17 +96,22 @@ pub(super) async fn list_audit(
     ))
 }
 
+/// Verifies the whole audit hash chain.
+#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", responses((status = 200, description = "OK", body = crate::audit::ChainSummary), super::Problems))]
 pub(super) async fn verify_audit(State(api): State<Api>) -> ApiResult<crate::audit::ChainSummary> {
     Ok(axum::Json(api.control.service.verify_audit()?))
 }
 
 /// Body of `POST /v1/devices/{device}/revoke`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(utoipa::ToSchema, Debug, Deserialize, Serialize)]
 pub struct RevokeRequest {
     /// RFC 5280 reason (kebab-case).
+    #[schema(value_type = String, example = "key-compromise")]
     pub reason: certs::crl::Reason,
 }
 
+/// Revokes every certificate of the device and quarantines it; the CRLs are published before the answer.
+#[utoipa::path(post, path = "/v1/devices/{device}/revoke", tag = "orders", params(("device" = String, Path, description = "MAKER/SERIAL, or a serial only one manufacturer has")), request_body = RevokeRequest, responses((status = 200, description = "OK", body = DeviceView), super::Problems))]
 pub(super) async fn revoke(
     State(api): State<Api>,
     Path(device): Path<String>,
@@ -106,12 +123,14 @@ pub(super) async fn revoke(
 }
 
 /// Body of `POST /v1/devices/{device}/quarantine`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(utoipa::ToSchema, Debug, Deserialize, Serialize)]
 pub struct QuarantineRequest {
     /// Why, for the audit log.
     pub reason: String,
 }
 
+/// Refuses the device, keeping its certificates.
+#[utoipa::path(post, path = "/v1/devices/{device}/quarantine", tag = "orders", params(("device" = String, Path, description = "MAKER/SERIAL, or a serial only one manufacturer has")), request_body = QuarantineRequest, responses((status = 200, description = "OK", body = DeviceView), super::Problems))]
 pub(super) async fn quarantine(
     State(api): State<Api>,
     Path(device): Path<String>,
@@ -122,6 +141,8 @@ pub(super) async fn quarantine(
     Ok(axum::Json(view(&api, &record)))
 }
 
+/// Puts a device stuck in onboarding back to expected, its IDevID pin dropped.
+#[utoipa::path(post, path = "/v1/devices/{device}/reset-onboarding", tag = "orders", params(("device" = String, Path, description = "MAKER/SERIAL, or a serial only one manufacturer has")), request_body = QuarantineRequest, responses((status = 200, description = "OK", body = DeviceView), super::Problems))]
 pub(super) async fn reset_onboarding(
     State(api): State<Api>,
     Path(device): Path<String>,
@@ -145,14 +166,17 @@ pub(super) fn resolve_all(api: &Api, named: &[String]) -> (Vec<DeviceId>, Vec<(S
 }
 
 /// Body of `POST /v1/decommissions`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(utoipa::ToSchema, Debug, Deserialize, Serialize)]
 pub struct DecommissionRequest {
     /// Devices to decommission.
     pub devices: Vec<String>,
     /// Sanitization method.
+    #[schema(value_type = String, example = "clear")]
     pub method: protocol::attestation::WipeMethod,
 }
 
+/// Orders devices to wipe themselves and attest it.
+#[utoipa::path(post, path = "/v1/decommissions", tag = "orders", request_body = DecommissionRequest, responses((status = 200, description = "OK", body = OrderReport), super::Problems))]
 pub(super) async fn decommission(
     State(api): State<Api>,
     axum::Json(body): axum::Json<DecommissionRequest>,
@@ -166,6 +190,8 @@ pub(super) async fn decommission(
     Ok(axum::Json(report))
 }
 
+/// Decommissions a device that never answers: credentials revoked, no attestation.
+#[utoipa::path(post, path = "/v1/devices/{device}/decommission/force", tag = "orders", params(("device" = String, Path, description = "MAKER/SERIAL, or a serial only one manufacturer has")), request_body = QuarantineRequest, responses((status = 200, description = "OK", body = DeviceView), super::Problems))]
 pub(super) async fn force_decommission(
     State(api): State<Api>,
     Path(device): Path<String>,
@@ -176,6 +202,8 @@ pub(super) async fn force_decommission(
     Ok(axum::Json(view(&api, &record)))
 }
 
+/// The certificate of sanitization of a decommissioned device (NIST SP 800-88).
+#[utoipa::path(get, path = "/v1/devices/{device}/sanitization", tag = "devices", params(("device" = String, Path, description = "MAKER/SERIAL, or a serial only one manufacturer has")), responses((status = 200, description = "OK", body = crate::core::sanitization::SanitizationCertificate), super::Problems))]
 pub(super) async fn sanitization(
     State(api): State<Api>,
     Path(device): Path<String>,
@@ -186,6 +214,8 @@ pub(super) async fn sanitization(
     ))
 }
 
+/// The certificate of sanitization, printable.
+#[utoipa::path(get, path = "/v1/devices/{device}/sanitization.html", tag = "devices", params(("device" = String, Path, description = "MAKER/SERIAL, or a serial only one manufacturer has")), responses((status = 200, description = "HTML", body = String, content_type = "text/html"), super::Problems))]
 pub(super) async fn sanitization_html(
     State(api): State<Api>,
     Path(device): Path<String>,
@@ -201,7 +231,8 @@ pub(super) async fn sanitization_html(
 
 /// Query of `GET /v1/search`: the fields of a [`DeviceQuery`] (lists comma-separated), or a
 /// saved query by name, and the page.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(utoipa::IntoParams, Debug, Default, Deserialize, Serialize)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SearchParams {
     /// A saved query to run (the other filters are added to it).
@@ -262,7 +293,7 @@ impl SearchParams {
 }
 
 /// A page of `GET /v1/search`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(utoipa::ToSchema, Debug, Deserialize, Serialize)]
 pub struct SearchView {
     /// The devices found.
     pub devices: Vec<DeviceView>,
@@ -288,6 +319,8 @@ pub(crate) fn run_search(
     Ok((query, page))
 }
 
+/// Devices matching every filter, walked from the device index (see the README).
+#[utoipa::path(get, path = "/v1/search", tag = "devices", params(SearchParams), responses((status = 200, description = "OK", body = SearchView), super::Problems))]
 pub(super) async fn search(
     State(api): State<Api>,
     Query(params): Query<SearchParams>,
@@ -300,6 +333,8 @@ pub(super) async fn search(
     }))
 }
 
+/// Changes the device's tags and attributes.
+#[utoipa::path(post, path = "/v1/devices/{device}/labels", tag = "devices", params(("device" = String, Path, description = "MAKER/SERIAL, or a serial only one manufacturer has")), request_body = Labels, responses((status = 200, description = "OK", body = DeviceView), super::Problems))]
 pub(super) async fn label(
     State(api): State<Api>,
     Path(device): Path<String>,
@@ -310,12 +345,16 @@ pub(super) async fn label(
     Ok(axum::Json(view(&api, &record)))
 }
 
+/// Saved queries, by name.
+#[utoipa::path(get, path = "/v1/queries", tag = "devices", responses((status = 200, description = "OK", body = std::collections::BTreeMap<String, DeviceQuery>), super::Problems))]
 pub(super) async fn list_queries(
     State(api): State<Api>,
 ) -> ApiResult<std::collections::BTreeMap<String, DeviceQuery>> {
     Ok(axum::Json(api.control.service.saved_queries()?))
 }
 
+/// Saves a query under a name (campaigns and the console can name it).
+#[utoipa::path(put, path = "/v1/queries/{name}", tag = "devices", params(("name" = String, Path, description = "The query's name")), request_body = DeviceQuery, responses((status = 200, description = "OK", body = DeviceQuery), super::Problems))]
 pub(super) async fn save_query(
     State(api): State<Api>,
     Path(name): Path<String>,

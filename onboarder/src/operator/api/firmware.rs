@@ -11,7 +11,7 @@ use crate::operator::OperatorError;
 use crate::service::{CampaignSpec, CampaignStatus};
 
 /// Body of `POST /v1/firmware/keys`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(utoipa::ToSchema, Debug, Deserialize, Serialize)]
 pub struct FirmwareKeyRequest {
     /// Vendor id the key signs for.
     pub vendor: String,
@@ -19,6 +19,8 @@ pub struct FirmwareKeyRequest {
     pub pem: String,
 }
 
+/// Imports a manufacturer's firmware-signing key (Ed25519).
+#[utoipa::path(post, path = "/v1/firmware/keys", tag = "firmware", request_body = FirmwareKeyRequest, responses((status = 200, description = "OK", body = FirmwareKey), super::Problems))]
 pub(super) async fn import_firmware_key(
     State(api): State<Api>,
     axum::Json(body): axum::Json<FirmwareKeyRequest>,
@@ -31,12 +33,14 @@ pub(super) async fn import_firmware_key(
     ))
 }
 
+/// Imported firmware-signing keys.
+#[utoipa::path(get, path = "/v1/firmware/keys", tag = "firmware", responses((status = 200, description = "OK", body = Vec<FirmwareKey>), super::Problems))]
 pub(super) async fn list_firmware_keys(State(api): State<Api>) -> ApiResult<Vec<FirmwareKey>> {
     Ok(axum::Json(api.control.service.firmware_keys()?))
 }
 
 /// A release as listed (without its manifest bytes).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct ReleaseView {
     /// SHA-256 of the image, hex.
     pub digest: String,
@@ -68,6 +72,8 @@ impl From<&Release> for ReleaseView {
     }
 }
 
+/// Uploads a release: CBOR [signed manifest, image].
+#[utoipa::path(post, path = "/v1/firmware/releases", tag = "firmware", request_body(content = super::Binary, content_type = "application/cbor"), responses((status = 200, description = "OK", body = ReleaseView), super::Problems))]
 pub(super) async fn upload_release(State(api): State<Api>, body: Bytes) -> ApiResult<ReleaseView> {
     let (manifest, image): (serde_bytes::ByteBuf, serde_bytes::ByteBuf) =
         protocol::cbor::from_slice(&body, body.len())
@@ -80,6 +86,8 @@ pub(super) async fn upload_release(State(api): State<Api>, body: Bytes) -> ApiRe
     Ok(axum::Json(ReleaseView::from(&release)))
 }
 
+/// Releases.
+#[utoipa::path(get, path = "/v1/firmware/releases", tag = "firmware", responses((status = 200, description = "OK", body = Vec<ReleaseView>), super::Problems))]
 pub(super) async fn list_releases(State(api): State<Api>) -> ApiResult<Vec<ReleaseView>> {
     Ok(axum::Json(
         api.control
@@ -91,6 +99,8 @@ pub(super) async fn list_releases(State(api): State<Api>) -> ApiResult<Vec<Relea
     ))
 }
 
+/// Creates a campaign (start it with its start order).
+#[utoipa::path(post, path = "/v1/campaigns", tag = "firmware", request_body = CampaignSpec, responses((status = 200, description = "OK", body = Campaign), super::Problems))]
 pub(super) async fn create_campaign(
     State(api): State<Api>,
     axum::Json(spec): axum::Json<CampaignSpec>,
@@ -98,18 +108,23 @@ pub(super) async fn create_campaign(
     Ok(axum::Json(api.control.service.create_campaign(spec).await?))
 }
 
+/// Campaigns.
+#[utoipa::path(get, path = "/v1/campaigns", tag = "firmware", responses((status = 200, description = "OK", body = Vec<Campaign>), super::Problems))]
 pub(super) async fn list_campaigns(State(api): State<Api>) -> ApiResult<Vec<Campaign>> {
     Ok(axum::Json(api.control.service.campaigns()?))
 }
 
 /// Query of `GET /v1/campaigns/{id}`.
-#[derive(Debug, Deserialize, Serialize, Default)]
+#[derive(utoipa::IntoParams, Debug, Deserialize, Serialize, Default)]
+#[into_params(parameter_in = Query)]
 pub struct CampaignQuery {
     /// Include every device (reads their records).
     #[serde(default)]
     pub devices: bool,
 }
 
+/// Progress per wave, and per device with `devices=true`.
+#[utoipa::path(get, path = "/v1/campaigns/{id}", tag = "firmware", params(("id" = String, Path, description = "Campaign id"), CampaignQuery), responses((status = 200, description = "OK", body = CampaignStatus), super::Problems))]
 pub(super) async fn campaign_status(
     State(api): State<Api>,
     Path(id): Path<String>,
@@ -120,6 +135,8 @@ pub(super) async fn campaign_status(
     ))
 }
 
+/// Starts, pauses, resumes or aborts a campaign.
+#[utoipa::path(post, path = "/v1/campaigns/{id}/{order}", tag = "firmware", params(("id" = String, Path, description = "Campaign id"), ("order" = String, Path, description = "start, pause, resume or abort")), responses((status = 200, description = "OK", body = Campaign), super::Problems))]
 pub(super) async fn order_campaign(
     State(api): State<Api>,
     Path((id, order)): Path<(String, String)>,

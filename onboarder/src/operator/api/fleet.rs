@@ -12,7 +12,7 @@ use crate::operator::OperatorError;
 use crate::service::{Crl, OrderReport, RotationStatus};
 
 /// Body of `POST /v1/rotations`.
-#[derive(Debug, Deserialize, Serialize, Default)]
+#[derive(utoipa::ToSchema, Debug, Deserialize, Serialize, Default)]
 pub struct RotateRequest {
     /// Devices to re-key.
     #[serde(default)]
@@ -25,6 +25,8 @@ pub struct RotateRequest {
     pub rate: Option<u32>,
 }
 
+/// Orders devices (or every active one) to re-key.
+#[utoipa::path(post, path = "/v1/rotations", tag = "orders", request_body = RotateRequest, responses((status = 200, description = "OK", body = OrderReport), super::Problems))]
 pub(super) async fn rotate(
     State(api): State<Api>,
     axum::Json(body): axum::Json<RotateRequest>,
@@ -44,12 +46,15 @@ pub(super) async fn rotate(
 }
 
 /// Query of `GET /v1/rotations`.
-#[derive(Debug, Deserialize, Serialize, Default)]
+#[derive(utoipa::IntoParams, Debug, Deserialize, Serialize, Default)]
+#[into_params(parameter_in = Query)]
 pub struct Since {
     /// Only rotations ordered at or after this time.
     pub since: Option<u64>,
 }
 
+/// How the rotations ordered since a time went.
+#[utoipa::path(get, path = "/v1/rotations", tag = "orders", params(Since), responses((status = 200, description = "OK", body = RotationStatus), super::Problems))]
 pub(super) async fn rotation_status(
     State(api): State<Api>,
     Query(q): Query<Since>,
@@ -60,13 +65,15 @@ pub(super) async fn rotation_status(
 }
 
 /// Body of `POST /v1/ca/rollover`.
-#[derive(Debug, Deserialize, Serialize, Default)]
+#[derive(utoipa::ToSchema, Debug, Deserialize, Serialize, Default)]
 pub struct RolloverRequest {
     /// Rotation commands pushed per second at most.
     #[serde(default)]
     pub rate: Option<u32>,
 }
 
+/// A new issuing CA generation; every device re-keys onto it.
+#[utoipa::path(post, path = "/v1/ca/rollover", tag = "ca", request_body = RolloverRequest, responses((status = 200, description = "OK", body = RolloverReport), super::Problems))]
 pub(super) async fn rollover(
     State(api): State<Api>,
     axum::Json(body): axum::Json<RolloverRequest>,
@@ -74,10 +81,14 @@ pub(super) async fn rollover(
     Ok(axum::Json(api.control.rollover(body.rate).await?))
 }
 
+/// Starts an owner-root rollover.
+#[utoipa::path(post, path = "/v1/ca/root-rollover", tag = "ca", responses((status = 200, description = "OK", body = RootStatus), super::Problems))]
 pub(super) async fn root_rollover(State(api): State<Api>) -> ApiResult<RootStatus> {
     Ok(axum::Json(api.control.root_rollover().await?))
 }
 
+/// The owner roots and the rollover under way, with what holds it.
+#[utoipa::path(get, path = "/v1/ca/roots", tag = "ca", responses((status = 200, description = "OK", body = RootStatus), super::Problems))]
 pub(super) async fn roots(State(api): State<Api>) -> ApiResult<RootStatus> {
     let control = api.control.clone();
     let status = tokio::task::spawn_blocking(move || control.root_status())
@@ -86,10 +97,14 @@ pub(super) async fn roots(State(api): State<Api>) -> ApiResult<RootStatus> {
     Ok(axum::Json(status))
 }
 
+/// The CRLs last published.
+#[utoipa::path(get, path = "/v1/crls", tag = "ca", responses((status = 200, description = "OK", body = Vec<Crl>), super::Problems))]
 pub(super) async fn list_crls(State(api): State<Api>) -> ApiResult<Vec<Crl>> {
     Ok(axum::Json(api.control.crls()))
 }
 
+/// A CRL, DER (no token needed).
+#[utoipa::path(get, path = "/crl/{file}", tag = "ca", params(("file" = String, Path, description = "issuing-ca-N.crl")), responses((status = 200, description = "DER", body = super::Binary, content_type = "application/pkix-crl"), super::Problems))]
 pub(super) async fn crl(State(api): State<Api>, Path(file): Path<String>) -> Response {
     match api.control.crl_file(&file) {
         Some(der) => ([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response(),
@@ -98,7 +113,7 @@ pub(super) async fn crl(State(api): State<Api>, Path(file): Path<String>) -> Res
 }
 
 /// Counters for dashboards and load tests.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Stats {
     /// Devices per lifecycle state.
     pub states: std::collections::BTreeMap<String, u64>,
@@ -111,6 +126,8 @@ pub struct Stats {
     pub metrics: crate::metrics::MetricsSnapshot,
 }
 
+/// Devices per state, live sessions, refusals and shed load.
+#[utoipa::path(get, path = "/v1/stats", tag = "fleet", responses((status = 200, description = "OK", body = Stats), super::Problems))]
 pub(super) async fn stats(State(api): State<Api>) -> ApiResult<Stats> {
     let states = api.control.service.state_counts()?;
     Ok(axum::Json(Stats {

@@ -12,6 +12,8 @@ use crate::core::campaign::CampaignState;
 use crate::metrics::Exposition;
 use crate::service::OperatorError;
 
+/// Counters, latencies and gauges in Prometheus's text format.
+#[utoipa::path(get, path = "/metrics", tag = "fleet", responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"), super::Problems))]
 pub(super) async fn metrics(State(api): State<Api>) -> Result<Response, OperatorError> {
     let control = api.control.clone();
     // Tallies and campaigns are store reads.

@@ -67,7 +67,6 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
 use super::OperatorError;
@@ -81,6 +80,8 @@ pub const MAX_PAGE: usize = 10_000;
 struct Api {
     control: Arc<Control>,
     token: Arc<String>,
+    /// The OpenAPI description, rendered once the routes are registered.
+    openapi: Arc<std::sync::OnceLock<String>>,
 }
 
 /// Serves the admin API on `listener` until `shutdown` completes, with the RADIUS endpoints
@@ -101,109 +102,189 @@ pub async fn serve(
         .await
 }
 
-/// The API's routes.
+/// The API's routes, and its OpenAPI description made from the same registrations (so no
+/// route is missing from it).
+fn routes(api: Api) -> (Router, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi as _;
+    use utoipa_axum::router::OpenApiRouter;
+    use utoipa_axum::routes;
+    let authed = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(devices::list_anchors, devices::import_anchor))
+        .routes(routes!(devices::import_vouchers))
+        .routes(routes!(devices::list_devices))
+        .routes(routes!(devices::search))
+        .routes(routes!(devices::list_queries))
+        .routes(routes!(devices::save_query))
+        .routes(routes!(devices::show_device))
+        .routes(routes!(devices::label))
+        .routes(routes!(devices::revoke))
+        .routes(routes!(devices::quarantine))
+        .routes(routes!(devices::reset_onboarding))
+        .routes(routes!(devices::decommission))
+        .routes(routes!(devices::force_decommission))
+        .routes(routes!(devices::sanitization))
+        .routes(routes!(devices::sanitization_html))
+        .routes(routes!(fleet::rotation_status, fleet::rotate))
+        .routes(routes!(fleet::rollover))
+        .routes(routes!(fleet::root_rollover))
+        .routes(routes!(fleet::roots))
+        .routes(routes!(fleet::list_crls))
+        .routes(routes!(fleet::stats))
+        .routes(routes!(metrics::metrics))
+        .routes(routes!(
+            firmware::list_firmware_keys,
+            firmware::import_firmware_key
+        ))
+        .routes(routes!(firmware::list_releases, firmware::upload_release))
+        .routes(routes!(firmware::list_campaigns, firmware::create_campaign))
+        .routes(routes!(firmware::campaign_status))
+        .routes(routes!(firmware::order_campaign))
+        .routes(routes!(devices::list_audit))
+        .routes(routes!(devices::verify_audit))
+        .layer(middleware::from_fn_with_state(api.clone(), authenticate));
+    let public = OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(openapi))
+        .routes(routes!(fleet::crl));
+    let (router, doc) = public
+        .merge(authed)
+        .with_state(api.clone())
+        .split_for_parts();
+    (router, doc)
+}
+
+/// The API's routes, with the operator's console beside them.
 pub fn router(control: Arc<Control>, token: String) -> Router {
     let console = super::console::router(control.clone(), &token);
     let api = Api {
         control,
         token: Arc::new(token),
+        openapi: Arc::default(),
     };
-    let authed = Router::new()
-        .route(
-            "/v1/anchors",
-            get(devices::list_anchors).post(devices::import_anchor),
-        )
-        .route(
-            "/v1/vouchers",
-            axum::routing::post(devices::import_vouchers),
-        )
-        .route("/v1/devices", get(devices::list_devices))
-        .route("/v1/search", get(devices::search))
-        .route("/v1/queries", get(devices::list_queries))
-        .route(
-            "/v1/queries/{name}",
-            axum::routing::put(devices::save_query),
-        )
-        .route(
-            "/v1/devices/{device}/labels",
-            axum::routing::post(devices::label),
-        )
-        .route("/v1/devices/{device}", get(devices::show_device))
-        .route(
-            "/v1/devices/{device}/revoke",
-            axum::routing::post(devices::revoke),
-        )
-        .route(
-            "/v1/devices/{device}/quarantine",
-            axum::routing::post(devices::quarantine),
-        )
-        .route(
-            "/v1/devices/{device}/reset-onboarding",
-            axum::routing::post(devices::reset_onboarding),
-        )
-        .route(
-            "/v1/decommissions",
-            axum::routing::post(devices::decommission),
-        )
-        .route(
-            "/v1/devices/{device}/decommission/force",
-            axum::routing::post(devices::force_decommission),
-        )
-        .route(
-            "/v1/devices/{device}/sanitization",
-            get(devices::sanitization),
-        )
-        .route(
-            "/v1/devices/{device}/sanitization.html",
-            get(devices::sanitization_html),
-        )
-        .route(
-            "/v1/rotations",
-            get(fleet::rotation_status).post(fleet::rotate),
-        )
-        .route("/v1/ca/rollover", axum::routing::post(fleet::rollover))
-        .route(
-            "/v1/ca/root-rollover",
-            axum::routing::post(fleet::root_rollover),
-        )
-        .route("/v1/ca/roots", get(fleet::roots))
-        .route("/v1/crls", get(fleet::list_crls))
-        .route("/v1/stats", get(fleet::stats))
-        .route("/metrics", get(metrics::metrics))
-        .route(
-            "/v1/firmware/keys",
-            get(firmware::list_firmware_keys).post(firmware::import_firmware_key),
-        )
-        .route(
-            "/v1/firmware/releases",
-            get(firmware::list_releases).post(firmware::upload_release),
-        )
-        .route(
-            "/v1/campaigns",
-            get(firmware::list_campaigns).post(firmware::create_campaign),
-        )
-        .route("/v1/campaigns/{id}", get(firmware::campaign_status))
-        .route(
-            "/v1/campaigns/{id}/{order}",
-            axum::routing::post(firmware::order_campaign),
-        )
-        .route("/v1/audit", get(devices::list_audit))
-        .route("/v1/audit/verify", get(devices::verify_audit))
-        .layer(middleware::from_fn_with_state(api.clone(), authenticate));
-    Router::new()
-        .route(
-            "/v1/health",
-            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-        )
-        .route("/crl/{file}", get(fleet::crl))
-        .merge(authed)
+    let (router, doc) = routes(api.clone());
+    let _ = api.openapi.set(doc.to_json().unwrap_or_default());
+    router
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route".into()) })
         .layer(axum::middleware::map_response(as_problem))
         .layer(DefaultBodyLimit::max(
             (crate::store::images::MAX_IMAGE as usize).max(protocol::voucher::MAX_BUNDLE) + 65536,
         ))
-        .with_state(api)
         .merge(console)
+}
+
+/// The admin API's OpenAPI description (the paths come from the handlers).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "onboarder admin API",
+        description = "Onboarding and lifecycle of IoT devices: anchors and vouchers, devices \
+                       and orders about them, certificates and CRLs, firmware campaigns, the \
+                       audit log. Every error is an RFC 9457 problem."
+    ),
+    modifiers(&BearerToken),
+    components(schemas(Problem)),
+    security(("bearer" = [])),
+    tags(
+        (name = "devices", description = "Device records, search, labels"),
+        (name = "anchors", description = "Manufacturer anchors and vouchers"),
+        (name = "orders", description = "Orders about devices"),
+        (name = "ca", description = "Issuing CAs, owner roots, CRLs"),
+        (name = "firmware", description = "Keys, releases, campaigns"),
+        (name = "fleet", description = "Counters and metrics"),
+        (name = "audit", description = "The audit log and its hash chain"),
+        (name = "meta", description = "Health and this description")
+    )
+)]
+struct ApiDoc;
+
+/// The bearer token every route but the public ones asks for (`onboarder token` prints it).
+struct BearerToken;
+
+impl utoipa::Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// An error (RFC 9457): `type` is `about:blank`, `title` the status's phrase.
+#[derive(utoipa::ToSchema, Serialize)]
+pub struct Problem {
+    /// Always `about:blank`.
+    #[serde(rename = "type")]
+    #[schema(rename = "type")]
+    pub kind: String,
+    /// The HTTP status's phrase.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong.
+    pub detail: String,
+}
+
+/// Every route's errors: one problem shape, whatever the status.
+struct Problems;
+
+impl utoipa::IntoResponses for Problems {
+    fn responses() -> std::collections::BTreeMap<
+        String,
+        utoipa::openapi::RefOr<utoipa::openapi::response::Response>,
+    > {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let problem = ResponseBuilder::new()
+            .description("An error, as an RFC 9457 problem")
+            .content(
+                PROBLEM,
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build(),
+            )
+            .build();
+        [("default".to_string(), problem.into())].into()
+    }
+}
+
+/// Bytes (a CBOR upload, a DER CRL).
+struct Binary;
+
+impl utoipa::PartialSchema for Binary {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, SchemaFormat, Type};
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Binary {}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct Health {
+    /// `ok`.
+    status: String,
+}
+
+/// Liveness (no token needed).
+#[utoipa::path(get, path = "/v1/health", tag = "meta", security(()), responses((status = 200, description = "Alive", body = Health), Problems))]
+async fn health() -> axum::Json<Health> {
+    axum::Json(Health {
+        status: "ok".into(),
+    })
+}
+
+/// This description, OpenAPI 3.1 (no token needed).
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "meta", security(()), responses((status = 200, description = "The API's OpenAPI description", body = Object), Problems))]
+async fn openapi(State(api): State<Api>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        api.openapi.get().cloned().unwrap_or_default(),
+    )
+        .into_response()
 }
 
 async fn authenticate(
@@ -308,7 +389,8 @@ impl IntoResponse for OperatorError {
 type ApiResult<T> = Result<axum::Json<T>, OperatorError>;
 
 /// Paging of lists.
-#[derive(Debug, Deserialize, Serialize, Default)]
+#[derive(utoipa::IntoParams, Debug, Deserialize, Serialize, Default)]
+#[into_params(parameter_in = Query)]
 pub struct Page {
     /// Devices: start after this device (`MAKER/SERIAL`, as listed).
     pub after: Option<String>,
