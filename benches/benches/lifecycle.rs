@@ -526,16 +526,34 @@ fn inventory_device(n: u64, base: u64) -> DeviceRecord {
 /// index entries: the overview from the tallies, and searches that walk the device index (a
 /// page of 50 each), from the rarest term to one that finds nothing and stops at the scan
 /// budget.
+///
+/// With `ONBOARDER_BENCH_POSTGRES` set to the URL of an empty database, the same runs on the
+/// PostgreSQL store too (`inventory on PostgreSQL`).
 fn inventory(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = || SealingKey::from_bytes(&[7; 32]).unwrap();
+    let sled: Box<dyn Store> =
+        rt.block_on(async { Box::new(SledStore::open(dir.path(), key()).unwrap()) });
+    inventory_on(c, &rt, "inventory, 100,000 devices", sled.as_ref());
+    if let Ok(url) = std::env::var("ONBOARDER_BENCH_POSTGRES") {
+        let pg: Box<dyn Store> = rt.block_on(async {
+            Box::new(onboarder::store::postgres::PgStore::open(&url, key()).unwrap())
+        });
+        inventory_on(
+            c,
+            &rt,
+            "inventory on PostgreSQL, 100,000 devices",
+            pg.as_ref(),
+        );
+    }
+}
+
+fn inventory_on(c: &mut Criterion, rt: &tokio::runtime::Runtime, title: &str, store: &dyn Store) {
     use onboarder::core::DeviceState;
     use onboarder::core::query::DeviceQuery;
     const DEVICES: u64 = 100_000;
     let base = unix_now();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store = rt.block_on(async {
-        SledStore::open(dir.path(), SealingKey::from_bytes(&[7; 32]).unwrap()).unwrap()
-    });
     for chunk in 0..DEVICES / 1000 {
         let records: Vec<DeviceRecord> = (chunk * 1000..(chunk + 1) * 1000)
             .map(|n| inventory_device(n, base))
@@ -556,7 +574,7 @@ fn inventory(c: &mut Criterion) {
         }))
         .unwrap();
     }
-    let mut group = c.benchmark_group("inventory, 100,000 devices");
+    let mut group = c.benchmark_group(title);
     group.bench_function("overview: tallies, certificates expiring in 30 days", |b| {
         b.iter(|| {
             let tallies = store.tallies().unwrap();
@@ -617,7 +635,7 @@ fn inventory(c: &mut Criterion) {
     for (name, query, found) in cases {
         group.bench_function(name, |b| {
             b.iter(|| {
-                let page = onboarder::service::search(&store, &query, None, 50).unwrap();
+                let page = onboarder::service::search(store, &query, None, 50).unwrap();
                 assert_eq!(page.devices.len(), found, "{name}");
             })
         });

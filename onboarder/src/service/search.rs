@@ -2,8 +2,8 @@
 //! reading every record.
 
 use super::OperatorError;
-use crate::core::DeviceRecord;
 use crate::core::query::DeviceQuery;
+use crate::core::{DeviceId, DeviceRecord};
 use crate::store::Store;
 
 /// Index entries read per step of a walk.
@@ -41,16 +41,20 @@ pub fn search(
     let mut page = SearchPage::default();
     let mut cursor = after.map(str::to_string);
     loop {
-        let want = (limit - page.devices.len()).clamp(16, STEP);
+        let want = (limit - page.devices.len())
+            .clamp(16, STEP)
+            .min(SCAN_BUDGET - page.scanned);
         let entries = store.index(&prefix, cursor.as_deref(), want)?;
         let exhausted = entries.len() < want;
-        for (key, id) in entries {
+        let ids: Vec<DeviceId> = entries.iter().map(|(_, id)| id.clone()).collect();
+        let records = store.devices_by_id(&ids)?;
+        for ((key, _), record) in entries.into_iter().zip(records) {
             if upper.as_ref().is_some_and(|u| key >= *u) {
                 return Ok(page);
             }
             page.scanned += 1;
             cursor = Some(key);
-            if let Some(record) = store.device(&id)?.filter(|r| query.matches(r)) {
+            if let Some(record) = record.filter(|r| query.matches(r)) {
                 page.devices.push(record);
             }
             if page.devices.len() >= limit || page.scanned >= SCAN_BUDGET {

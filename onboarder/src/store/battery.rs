@@ -107,6 +107,18 @@ async fn index_entries_move_with_their_change_only(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(store.index("tag/a/", None, 10).unwrap(), a[..1]);
+    // Records by id, in the order asked, a missing one as None.
+    let read = store
+        .devices_by_id(&[id("SN-X2"), id("SN-NONE"), id("SN-X1")])
+        .unwrap();
+    let serials: Vec<Option<String>> = read
+        .iter()
+        .map(|r| r.as_ref().map(|r| r.id.serial.clone()))
+        .collect();
+    assert_eq!(
+        serials,
+        [Some("SN-X2".to_string()), None, Some("SN-X1".to_string())]
+    );
 }
 
 async fn tallies_move_with_their_change_only(store: &dyn Store) {

@@ -211,6 +211,11 @@ pub type CommitFuture = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Se
 pub trait Store: Send + Sync + 'static {
     /// One device.
     fn device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>, StoreError>;
+    /// The devices `ids` names, in the same order (`None` for one that does not exist). One
+    /// read each unless the backend can do better (PostgreSQL: one query).
+    fn devices_by_id(&self, ids: &[DeviceId]) -> Result<Vec<Option<DeviceRecord>>, StoreError> {
+        ids.iter().map(|id| self.device(id)).collect()
+    }
     /// Devices in id order (maker, then serial), starting after `after`.
     fn devices(
         &self,

@@ -611,6 +611,30 @@ impl Store for PgStore {
             .collect()
     }
 
+    fn devices_by_id(&self, ids: &[DeviceId]) -> Result<Vec<Option<DeviceRecord>>, StoreError> {
+        let makers: Vec<String> = ids.iter().map(|id| id.maker.to_string()).collect();
+        let serials: Vec<String> = ids.iter().map(|id| id.serial.clone()).collect();
+        let rows = self.read(move |c| {
+            Box::pin(async move {
+                c.query(
+                    "SELECT d.maker, d.serial, d.record FROM devices d \
+                     JOIN unnest($1::text[], $2::text[]) AS w(maker, serial) \
+                     ON d.maker = w.maker AND d.serial = w.serial",
+                    &[&makers, &serials],
+                )
+                .await
+                .map_err(db)
+            })
+        })?;
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for r in &rows {
+            let key = format!("d/{}/{}", r.get::<_, &str>(0), r.get::<_, &str>(1));
+            let record = self.codec.decode(key.as_bytes(), r.get::<_, &[u8]>(2))?;
+            found.insert(record.id.clone(), record);
+        }
+        Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
+    }
+
     fn device_count(&self) -> Result<u64, StoreError> {
         let count: i64 = self.read(|c| {
             Box::pin(async move {
