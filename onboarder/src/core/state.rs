@@ -50,6 +50,17 @@ impl std::fmt::Display for DeviceState {
 }
 
 impl DeviceState {
+    /// Every state, in lifecycle order (for lists people choose from).
+    pub const ALL: [DeviceState; 7] = [
+        DeviceState::Expected,
+        DeviceState::Onboarding,
+        DeviceState::Active,
+        DeviceState::Quarantined,
+        DeviceState::Decommissioning,
+        DeviceState::Decommissioned,
+        DeviceState::DecommissionedUnattested,
+    ];
+
     /// Whether the state machine allows `self -> to`.
     pub fn allows(self, to: DeviceState) -> bool {
         use DeviceState::*;

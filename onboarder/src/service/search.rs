@@ -9,7 +9,7 @@ use crate::store::Store;
 /// Index entries read per step of a walk.
 const STEP: usize = 1000;
 /// Records one page of a search reads at most.
-pub const SCAN_BUDGET: usize = 2_000;
+pub const SCAN_BUDGET: usize = 1_000;
 
 /// One page of a search.
 #[derive(Debug, Default)]
@@ -40,10 +40,12 @@ pub fn search(
     let (prefix, upper) = walk(store, query, after)?;
     let mut page = SearchPage::default();
     let mut cursor = after.map(str::to_string);
+    // Each step reads twice as many entries as the last (from what the page still needs), so
+    // a selective walk takes a few round trips, not one per handful of records.
+    let mut step = limit.clamp(16, STEP);
     loop {
-        let want = (limit - page.devices.len())
-            .clamp(16, STEP)
-            .min(SCAN_BUDGET - page.scanned);
+        let want = step.min(SCAN_BUDGET - page.scanned);
+        step = (step * 2).min(STEP);
         let entries = store.index(&prefix, cursor.as_deref(), want)?;
         let exhausted = entries.len() < want;
         let ids: Vec<DeviceId> = entries.iter().map(|(_, id)| id.clone()).collect();
@@ -79,12 +81,12 @@ fn walk(
     if let Some(serial) = &query.serial {
         walks.push((crate::core::query::term("serial", serial), None));
     }
-    let tallies = if query.serial.is_none() && !query.terms().is_empty() {
+    let mut terms = query.terms();
+    let tallies = if query.serial.is_none() && !terms.is_empty() {
         store.tallies()?
     } else {
         Default::default()
     };
-    let mut terms = query.terms();
     terms.sort_by_key(|t| tallies.get(t).copied().unwrap_or(0));
     walks.extend(terms.into_iter().map(|t| (format!("{t}/"), None)));
     if upper.is_some() {

@@ -523,3 +523,64 @@ async fn a_campaign_interrupted_by_sigterm_resumes_after_the_restart() {
         r.stop().await;
     }
 }
+
+/// The inventory from the command line: labels, filtered lists through the device index, saved
+/// queries; a bad filter is refused before anything is asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_labels_filters_and_saves_queries() {
+    let root = tempfile::tempdir().unwrap();
+    let (dir, _) = init(root.path(), |_| {});
+    let (_serving, api) = Serving::start(&dir);
+    let m = certs::factory::Manufacturer::create(
+        certs::factory::ManufacturerConfig::new("Cli Maker"),
+        now(),
+    )
+    .unwrap();
+    expect(api, &dir, &m, &["SN-CLI-1", "SN-CLI-2", "SN-CLI-3"]).await;
+    let cli = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["--dir", dir.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let serials = |text: &str| -> Vec<String> {
+        let devices: Vec<serde_json::Value> = serde_json::from_str(text).unwrap();
+        devices
+            .iter()
+            .map(|d| d["serial"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (ok, text, err) = cli(&[
+        "device", "label", "SN-CLI-2", "--tag", "pilot", "--set", "site=a",
+    ]);
+    assert!(ok, "{err}");
+    assert!(text.contains("pilot") && text.contains("site=a"), "{text}");
+    let (ok, text, _) = cli(&["device", "list", "--tag", "pilot", "--json"]);
+    assert!(ok);
+    assert_eq!(serials(&text), ["SN-CLI-2"]);
+    let (_, text, _) = cli(&[
+        "device", "list", "--state", "expected", "--serial", "SN-CLI", "--json",
+    ]);
+    assert_eq!(serials(&text), ["SN-CLI-1", "SN-CLI-2", "SN-CLI-3"]);
+    let (ok, _, err) = cli(&[
+        "device", "query", "save", "pilots", "--tag", "pilot", "--attr", "site=a",
+    ]);
+    assert!(ok, "{err}");
+    let (_, text, _) = cli(&["device", "query", "list", "--json"]);
+    let queries: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(queries["pilots"]["tags"][0], "pilot");
+    let (_, text, _) = cli(&["device", "list", "--query", "pilots", "--json"]);
+    assert_eq!(serials(&text), ["SN-CLI-2"]);
+    let (ok, _, err) = cli(&["device", "list", "--state", "sleeping"]);
+    assert!(!ok);
+    assert!(err.contains("no state \"sleeping\""), "{err}");
+    let (ok, _, err) = cli(&["device", "label", "SN-CLI-1", "--set", "no-equals-sign"]);
+    assert!(!ok);
+    assert!(err.contains("NAME=VALUE"), "{err}");
+}

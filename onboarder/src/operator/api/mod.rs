@@ -335,13 +335,14 @@ const PROBLEM: &str = "application/problem+json";
 /// An error as one JSON problem shape (RFC 9457): `type` `about:blank`, so `title` is the
 /// status's phrase, and `detail` says what went wrong.
 fn error(status: StatusCode, detail: String) -> Response {
-    let body = serde_json::json!({
-        "type": "about:blank",
-        "title": status.canonical_reason().unwrap_or("Error"),
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    (status, [(header::CONTENT_TYPE, PROBLEM)], body.to_string()).into_response()
+    let problem = Problem {
+        kind: "about:blank".into(),
+        title: status.canonical_reason().unwrap_or("Error").into(),
+        status: status.as_u16(),
+        detail,
+    };
+    let body = serde_json::to_string(&problem).unwrap_or_default();
+    (status, [(header::CONTENT_TYPE, PROBLEM)], body).into_response()
 }
 
 /// Gives the errors the framework writes itself (a body that is not JSON, an unknown route, a

@@ -55,15 +55,116 @@ pub enum VoucherCommand {
     },
 }
 
-/// `onboarder device`.
+/// Filters of `device list` and `device query save`: every one given must hold.
+#[derive(clap::Args, Debug, Default)]
+pub struct Filters {
+    /// Serial starts with this.
+    #[arg(long)]
+    serial: Option<String>,
+    /// Lifecycle state (expected, onboarding, active, quarantined, decommissioning,
+    /// decommissioned, decommissioned-unattested).
+    #[arg(long, value_parser = state)]
+    state: Option<crate::core::DeviceState>,
+    /// Device class, as devices report it.
+    #[arg(long)]
+    class: Option<String>,
+    /// Firmware version, as devices report it.
+    #[arg(long)]
+    firmware: Option<String>,
+    /// Carries this tag (repeat for several).
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    /// Has this attribute (repeat for several).
+    #[arg(long = "attr", value_name = "NAME=VALUE", value_parser = name_value)]
+    attrs: Vec<(String, String)>,
+    /// Its certificate expires within this many days.
+    #[arg(long, value_name = "DAYS")]
+    expiring_within: Option<u64>,
+}
+
+fn state(s: &str) -> std::result::Result<crate::core::DeviceState, String> {
+    crate::core::DeviceState::ALL
+        .into_iter()
+        .find(|state| state.to_string() == s)
+        .ok_or_else(|| format!("no state {s:?}"))
+}
+
+fn name_value(s: &str) -> std::result::Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not NAME=VALUE"))
+}
+
+impl Filters {
+    fn query(&self) -> crate::core::query::DeviceQuery {
+        crate::core::query::DeviceQuery {
+            serial: self.serial.clone(),
+            state: self.state,
+            class: self.class.clone(),
+            firmware: self.firmware.clone(),
+            tags: self.tags.clone(),
+            attributes: self.attrs.iter().cloned().collect(),
+            expires_before: self
+                .expiring_within
+                .map(|d| certs::unix_now().saturating_add(d.saturating_mul(86_400))),
+        }
+    }
+}
+
+/// `onboarder device query`.
 #[derive(Subcommand)]
-pub enum DeviceCommand {
-    /// List devices.
+pub enum QueryCommand {
+    /// Save a query under a name (campaigns target it with `campaign create --query NAME`;
+    /// devices that match it later join them). Saving again replaces it.
+    Save {
+        /// Its name.
+        name: String,
+        #[command(flatten)]
+        filters: Filters,
+    },
+    /// List saved queries.
     List {
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `onboarder device`.
+#[derive(Subcommand)]
+pub enum DeviceCommand {
+    /// List devices: every one, or those the filters (or a saved query) match, found through
+    /// the device index (`device list --state active --tag pilot --expiring-within 30`).
+    List {
+        #[command(flatten)]
+        filters: Filters,
+        /// A saved query (the filters given are added to it).
+        #[arg(long)]
+        query: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a device's operator tags and attributes.
+    Label {
+        /// The device.
+        device: String,
+        /// Add this tag (repeat for several).
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
+        /// Remove this tag.
+        #[arg(long = "untag", value_name = "TAG")]
+        untags: Vec<String>,
+        /// Set this attribute.
+        #[arg(long = "set", value_name = "NAME=VALUE", value_parser = name_value)]
+        set: Vec<(String, String)>,
+        /// Remove this attribute.
+        #[arg(long = "unset", value_name = "NAME")]
+        unset: Vec<String>,
+    },
+    /// Saved queries (groups of devices).
+    #[command(subcommand)]
+    Query(QueryCommand),
     /// Show one device.
     Show {
         /// The device (MAKER/SERIAL, or a serial only one manufacturer has).
@@ -211,6 +312,42 @@ pub(super) fn voucher(client: &ApiClient, cmd: VoucherCommand) -> Result<()> {
     }
 }
 
+/// Every device the filters (on top of the saved query, if any) match, page by page.
+fn search_all(
+    client: &ApiClient,
+    filters: &Filters,
+    query: Option<String>,
+) -> Result<Vec<DeviceView>> {
+    let q = filters.query();
+    let list = |v: &[String]| (!v.is_empty()).then(|| v.join(","));
+    let attrs: Vec<String> = q
+        .attributes
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let mut params = crate::operator::api::SearchParams {
+        query,
+        serial: q.serial,
+        state: q.state,
+        class: q.class,
+        firmware: q.firmware,
+        tags: list(&q.tags),
+        attrs: list(&attrs),
+        expires_before: q.expires_before,
+        after: None,
+        limit: Some(crate::operator::api::MAX_PAGE),
+    };
+    let mut out = Vec::new();
+    loop {
+        let page = client.search(&params)?;
+        out.extend(page.devices);
+        match page.next {
+            Some(next) => params.after = Some(next),
+            None => return Ok(out),
+        }
+    }
+}
+
 /// The current certificate of a device, as listed: its serial and issuing CA generation.
 fn current_certificate(d: &DeviceView) -> String {
     d.certificates
@@ -225,8 +362,16 @@ fn current_certificate(d: &DeviceView) -> String {
 
 pub(super) fn device(client: &ApiClient, cmd: DeviceCommand) -> Result<()> {
     match cmd {
-        DeviceCommand::List { json: as_json } => {
-            let devices = client.devices()?;
+        DeviceCommand::List {
+            filters,
+            query,
+            json: as_json,
+        } => {
+            let devices = if query.is_none() && filters.query() == Default::default() {
+                client.devices()?
+            } else {
+                search_all(client, &filters, query)?
+            };
             if as_json {
                 return json(&devices);
             }
@@ -245,6 +390,47 @@ pub(super) fn device(client: &ApiClient, cmd: DeviceCommand) -> Result<()> {
                     shown(d.firmware_version.as_deref().unwrap_or("-")),
                     current_certificate(&d)
                 );
+            }
+        }
+        DeviceCommand::Label {
+            device,
+            tags,
+            untags,
+            set,
+            unset,
+        } => {
+            let labels = crate::core::query::Labels {
+                add_tags: tags.into_iter().collect(),
+                remove_tags: untags.into_iter().collect(),
+                set: set.into_iter().collect(),
+                unset: unset.into_iter().collect(),
+            };
+            let d = client.label(&device, &labels)?;
+            let tags: Vec<&str> = d.tags.iter().map(String::as_str).collect();
+            let attrs: Vec<String> = d
+                .attributes
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            say!(
+                "{}: tags [{}], attributes [{}]",
+                d.id,
+                shown(&tags.join(", ")),
+                shown(&attrs.join(", "))
+            );
+        }
+        DeviceCommand::Query(QueryCommand::Save { name, filters }) => {
+            client.save_query(&name, &filters.query())?;
+            say!("saved query {name}");
+        }
+        DeviceCommand::Query(QueryCommand::List { json: as_json }) => {
+            let queries = client.queries()?;
+            if as_json {
+                return json(&queries);
+            }
+            for (name, q) in queries {
+                let text = serde_json::to_string(&q).unwrap_or_default();
+                say!("{:<20} {}", shown(&name), shown(&text));
             }
         }
         DeviceCommand::Quarantine { device, reason } => {

@@ -212,16 +212,6 @@ impl DeviceFilter {
     }
 }
 
-const STATES: [&str; 7] = [
-    "expected",
-    "onboarding",
-    "active",
-    "quarantined",
-    "decommissioning",
-    "decommissioned",
-    "decommissioned-unattested",
-];
-
 pub(crate) async fn devices(
     State(console): State<Console>,
     Extension(session): Extension<Session>,
@@ -236,7 +226,10 @@ pub(crate) async fn devices(
             input name="serial" id="serial" placeholder="serial starts with" value=(filter.serial);
             select name="state" id="state" {
                 option value="" { "any state" }
-                @for s in STATES { option value=(s) selected[filter.state == s] { (s) } }
+                @for s in crate::core::DeviceState::ALL {
+                    @let s = s.to_string();
+                    option value=(s) selected[filter.state == s] { (s) }
+                }
             }
             input name="class" placeholder="class" value=(filter.class);
             input name="firmware" placeholder="firmware version" value=(filter.firmware);
