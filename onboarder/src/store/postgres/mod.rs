@@ -796,22 +796,25 @@ impl Store for PgStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, DeviceId)>, StoreError> {
-        let from = match after {
-            Some(a) if a.starts_with(prefix) => a.to_string(),
-            _ => String::new(),
+        // One range, so the planner walks the index in order and stops at the limit (with a
+        // range and a separate cursor it read every entry of the prefix, then sorted them).
+        let (from, after_from) = match after {
+            Some(a) if a.starts_with(prefix) => (a.to_string(), true),
+            _ => (prefix.to_string(), false),
         };
         // Keys in [prefix, prefix + U+10FFFF): every key that starts with the prefix.
-        let (prefix, upper) = (prefix.to_string(), format!("{prefix}\u{10FFFF}"));
+        let upper = format!("{prefix}\u{10FFFF}");
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self.read(move |c| {
             Box::pin(async move {
-                c.query(
-                    "SELECT key, device FROM device_index \
-                     WHERE key >= $1 AND key < $2 AND key > $3 ORDER BY key LIMIT $4",
-                    &[&prefix, &upper, &from, &limit],
-                )
-                .await
-                .map_err(db)
+                let sql = if after_from {
+                    "SELECT key, device FROM device_index WHERE key > $1 AND key < $2 \
+                     ORDER BY key LIMIT $3"
+                } else {
+                    "SELECT key, device FROM device_index WHERE key >= $1 AND key < $2 \
+                     ORDER BY key LIMIT $3"
+                };
+                c.query(sql, &[&from, &upper, &limit]).await.map_err(db)
             })
         })?;
         rows.iter()

@@ -48,7 +48,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // 4: the device index (see crate::core::query), moved in the same transaction as the
     // devices; tallies of every index term. Both derived again from the records (`DERIVED`).
     r#"
-    CREATE TABLE device_index (key TEXT COLLATE "C" PRIMARY KEY, device TEXT NOT NULL);
+    CREATE TABLE device_index (
+        key TEXT COLLATE "C" NOT NULL,
+        device TEXT NOT NULL,
+        PRIMARY KEY (key) INCLUDE (device)
+    );
     "#,
 ];
 
