@@ -256,7 +256,10 @@ async fn sigterm_in_a_download_stops_cleanly_and_the_download_resumes() {
             certs::unix_now(),
         )
         .unwrap();
-    let release = service.upload_release(&manifest, &image).await.unwrap();
+    let release = service
+        .upload_release(&manifest, &image, None)
+        .await
+        .unwrap();
     let campaign = service
         .create_campaign(CampaignSpec {
             release: certs::inspect::hex(&release.digest),

@@ -287,6 +287,7 @@ mod tests {
             version: format!("{sequence}.0"),
             size: 100,
             uploaded_at: NOW,
+            sbom: None,
         }
     }
 

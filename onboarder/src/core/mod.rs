@@ -33,6 +33,7 @@ pub mod renew;
 pub mod revoke;
 pub mod roots;
 pub mod sanitization;
+pub mod sbom;
 pub mod state;
 #[cfg(test)]
 pub(crate) mod testkit;

@@ -24,6 +24,9 @@ pub struct Release {
     pub size: u64,
     /// When it was uploaded.
     pub uploaded_at: u64,
+    /// Its SBOM, if the manifest names one (checked against the manifest's digest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sbom: Option<super::sbom::SbomInfo>,
 }
 
 /// A manufacturer's firmware-signing key.

@@ -378,7 +378,7 @@ impl Exercise {
         let release = self
             .api(move |api| {
                 api.import_firmware_key(&vendor, &key)?;
-                api.upload_release(&manifest, &image)
+                api.upload_release(&manifest, &image, None)
             })
             .await?;
         let bytes_before: u64 = agents

@@ -329,11 +329,18 @@ impl ApiClient {
     }
 
     /// Uploads a release.
-    pub fn upload_release(&self, manifest: &[u8], image: &[u8]) -> Result<super::api::ReleaseView> {
-        let body = protocol::cbor::to_vec(&(
-            serde_bytes::Bytes::new(manifest),
-            serde_bytes::Bytes::new(image),
-        ));
+    pub fn upload_release(
+        &self,
+        manifest: &[u8],
+        image: &[u8],
+        sbom: Option<&[u8]>,
+    ) -> Result<super::api::ReleaseView> {
+        let parts: Vec<&serde_bytes::Bytes> = [Some(manifest), Some(image), sbom]
+            .into_iter()
+            .flatten()
+            .map(serde_bytes::Bytes::new)
+            .collect();
+        let body = protocol::cbor::to_vec(&parts);
         self.post("/v1/firmware/releases", &body, "application/cbor")
     }
 

@@ -26,6 +26,9 @@ pub enum OperatorError {
     /// A firmware release was refused: its manifest or its image does not check out.
     #[error("release refused: {0}")]
     Release(#[from] protocol::manifest::ManifestError),
+    /// A release's SBOM was refused (it is not the one its manifest names, or not readable).
+    #[error("SBOM refused: {0}")]
+    Sbom(#[from] crate::core::sbom::SbomError),
     /// A firmware release whose manifest no imported key of its vendor signed.
     #[error("the manifest is not signed by a firmware key of {0:?}")]
     UntrustedRelease(String),

@@ -56,6 +56,7 @@ impl Service {
         &self,
         manifest: &[u8],
         image: &[u8],
+        sbom: Option<&[u8]>,
     ) -> Result<Release, OperatorError> {
         let unverified = Manifest::parse_unverified(manifest)
             .map_err(protocol::manifest::ManifestError::from)?;
@@ -67,15 +68,23 @@ impl Service {
             .find_map(|k| Manifest::open(manifest, &k).ok())
             .ok_or_else(|| OperatorError::UntrustedRelease(unverified.vendor_id.clone()))?;
         verified.check_image(image.len() as u64, &protocol::manifest::sha256(image))?;
+        let sbom_info = crate::core::sbom::check(&verified, sbom)?;
         if let Some(existing) = self.store.release(&verified.digest)? {
             return Ok(existing);
         }
-        // The image first: a release is only on record once its image is there to serve.
+        // The image (and SBOM) first: a release is only on record once they are there to serve.
         let images = self.images.clone();
-        let (digest, bytes) = (verified.digest.clone(), image.to_vec());
-        tokio::task::spawn_blocking(move || images.put(&digest, &bytes))
-            .await
-            .map_err(|e| OperatorError::Internal(e.to_string()))??;
+        let mut blobs = vec![(verified.digest.clone(), image.to_vec())];
+        if let (Some(info), Some(document)) = (&sbom_info, sbom) {
+            blobs.push((info.digest.clone(), document.to_vec()));
+        }
+        tokio::task::spawn_blocking(move || {
+            blobs
+                .iter()
+                .try_for_each(|(digest, bytes)| images.put(digest, bytes))
+        })
+        .await
+        .map_err(|e| OperatorError::Internal(e.to_string()))??;
         self.commit(|now| {
             if let Some(clash) = self.store.releases()?.into_iter().find(|r| {
                 r.vendor_id == verified.vendor_id
@@ -97,6 +106,7 @@ impl Service {
                 version: verified.version.clone(),
                 size: verified.size,
                 uploaded_at: now,
+                sbom: sbom_info.clone(),
             };
             let change = Change {
                 releases: vec![release.clone()],
@@ -119,13 +129,47 @@ impl Service {
         .await
     }
 
+    /// The SBOM of `release` and its document.
+    pub fn release_sbom(
+        &self,
+        release: &Release,
+    ) -> Result<(crate::core::sbom::SbomInfo, Vec<u8>), OperatorError> {
+        let info = release.sbom.clone().ok_or_else(|| {
+            OperatorError::NotFound(format!("an SBOM of release {}", release.version))
+        })?;
+        let size =
+            u32::try_from(info.size).map_err(|_| OperatorError::Internal("SBOM size".into()))?;
+        let document = self.images.read(&info.digest, 0, size)?;
+        Ok((info, document))
+    }
+
+    /// The release device `id` runs now (its class and the sequence it reported), if the
+    /// onboarder has it.
+    pub fn running_release(&self, id: &crate::core::DeviceId) -> Result<Release, OperatorError> {
+        let record = self.device(id)?;
+        self.store
+            .releases()?
+            .into_iter()
+            .find(|r| {
+                record.class_id.as_deref() == Some(r.class_id.as_str())
+                    && r.sequence == record.firmware_sequence
+            })
+            .ok_or_else(|| {
+                OperatorError::NotFound(format!(
+                    "the release {id} runs ({} sequence {})",
+                    record.class_id.as_deref().unwrap_or("no class"),
+                    record.firmware_sequence
+                ))
+            })
+    }
+
     /// Every release.
     pub fn releases(&self) -> Result<Vec<Release>, OperatorError> {
         Ok(self.store.releases()?)
     }
 
     /// A release by its digest (hex) or its version (when only one release has it).
-    pub(crate) fn find_release(&self, name: &str) -> Result<Release, OperatorError> {
+    pub fn find_release(&self, name: &str) -> Result<Release, OperatorError> {
         if let Some(digest) = certs::inspect::unhex(name)
             && let Some(r) = self.store.release(&digest)?
         {

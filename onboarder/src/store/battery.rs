@@ -217,6 +217,7 @@ async fn the_repository_is_typed(store: &dyn Store) {
         version: "1.0".into(),
         size: 10,
         uploaded_at: 1,
+        sbom: None,
     };
     let mut campaign = Campaign {
         id: "c-1".into(),

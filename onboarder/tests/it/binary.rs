@@ -471,7 +471,7 @@ async fn a_campaign_interrupted_by_sigterm_resumes_after_the_restart() {
         let targets = serials.clone();
         tokio::task::spawn_blocking(move || {
             api.import_firmware_key(&vendor, &pem).unwrap();
-            let release = api.upload_release(&manifest, &image).unwrap();
+            let release = api.upload_release(&manifest, &image, None).unwrap();
             let campaign = api
                 .create_campaign(&CampaignSpec {
                     release: release.digest,

@@ -47,7 +47,7 @@ pub(crate) async fn publish(
     let r = world
         .server
         .service()
-        .upload_release(&manifest, img)
+        .upload_release(&manifest, img, None)
         .await
         .unwrap();
     (manifest, r)
@@ -176,7 +176,7 @@ async fn a_campaign_over_https_has_devices_download_the_image_over_https() {
     let r = plain
         .server
         .service()
-        .upload_release(&manifest, &img)
+        .upload_release(&manifest, &img, None)
         .await
         .unwrap();
     let refused = plain
@@ -311,13 +311,17 @@ async fn a_campaign_updates_every_device_in_waves() {
     world
         .server
         .service()
-        .upload_release(&manifest, &img)
+        .upload_release(&manifest, &img, None)
         .await
         .unwrap();
     let mut bad = img.clone();
     bad[7] ^= 1;
     assert!(matches!(
-        world.server.service().upload_release(&manifest, &bad).await,
+        world
+            .server
+            .service()
+            .upload_release(&manifest, &bad, None)
+            .await,
         Err(OperatorError::Release(ManifestError::WrongDigest))
     ));
 
@@ -1078,6 +1082,92 @@ async fn a_campaign_on_a_saved_query_takes_devices_that_match_later_and_ramps_up
     );
     assert!(actions.iter().any(|a| a == "campaign-ramp"), "{actions:?}");
     world.assert_tallies_agree();
+    for r in running {
+        r.stop().await;
+    }
+}
+
+/// A release whose manifest names an SBOM is kept only with that very document, and the
+/// onboarder serves it per release and per device (for what each device runs now). Refused
+/// uploads store nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_keeps_the_sbom_its_manifest_names_and_serves_it_per_device() {
+    use onboarder::core::sbom::SbomError;
+    let world = World::new().await;
+    trust_firmware(&world).await;
+    let (_, running) = fleet(&world, &["SN-SBOM-0"]).await;
+    let img = image(30_000, 5);
+    let doc: &[u8] = br#"{"bomFormat": "CycloneDX", "specVersion": "1.5",
+        "components": [{"type": "library", "name": "libfoo", "version": "1.2.3"}]}"#;
+    let signed = FirmwareRelease {
+        sbom: Some(protocol::manifest::SbomRef {
+            format: "cyclonedx".into(),
+            uri: "https://maker.example/fw/5.0.0.cdx.json".into(),
+            digest: protocol::manifest::sha256(doc).to_vec(),
+        }),
+        ..release("5.0.0", 5)
+    };
+    let manifest = world
+        .manufacturer
+        .sign_firmware(&img, &signed, now())
+        .unwrap();
+    let service = world.server.service();
+    let audit_before = world.audit().len();
+    let mut tampered = doc.to_vec();
+    tampered[20] ^= 1;
+    assert!(matches!(
+        service.upload_release(&manifest, &img, None).await,
+        Err(OperatorError::Sbom(SbomError::Missing(_)))
+    ));
+    assert!(matches!(
+        service
+            .upload_release(&manifest, &img, Some(&tampered))
+            .await,
+        Err(OperatorError::Sbom(SbomError::WrongDigest))
+    ));
+    assert!(service.releases().unwrap().is_empty(), "nothing stored");
+    assert_eq!(world.audit().len(), audit_before);
+
+    let base = format!("http://{}", world.server.api_addr());
+    let client = onboarder::operator::client::ApiClient::new(
+        &base,
+        onboarder::pki::token(&world.data).unwrap(),
+    );
+    let uploaded = tokio::task::spawn_blocking(move || {
+        client.upload_release(&manifest, &img, Some(doc)).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(uploaded.sbom_format.as_deref(), Some("cyclonedx"));
+    let id = run_campaign(&world, &uploaded.digest, &["SN-SBOM-0"], vec![100], 10).await;
+    eventually(60, "the campaign", || {
+        service.campaign(&id).unwrap().state == CampaignState::Completed
+    })
+    .await;
+    let token = onboarder::pki::token(&world.data).unwrap();
+    let served = tokio::task::spawn_blocking(move || {
+        [
+            "/v1/firmware/releases/5.0.0/sbom",
+            "/v1/devices/SN-SBOM-0/sbom",
+        ]
+        .map(|path| {
+            let response = ureq::get(format!("{base}{path}"))
+                .header("Authorization", format!("Bearer {token}"))
+                .call()
+                .unwrap();
+            let kind = response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            (kind, response.into_body().read_to_vec().unwrap())
+        })
+    })
+    .await
+    .unwrap();
+    for (kind, body) in served {
+        assert_eq!(kind, "application/vnd.cyclonedx+json");
+        assert_eq!(body, doc);
+    }
     for r in running {
         r.stop().await;
     }

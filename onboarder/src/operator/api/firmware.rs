@@ -2,6 +2,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::{Api, ApiResult};
@@ -56,6 +57,12 @@ pub struct ReleaseView {
     pub size: u64,
     /// Uploaded at.
     pub uploaded_at: u64,
+    /// The SBOM's format (`cyclonedx`, `spdx`), if the release has one.
+    #[serde(default)]
+    pub sbom_format: Option<String>,
+    /// The SBOM's SHA-256, hex.
+    #[serde(default)]
+    pub sbom_sha256: Option<String>,
 }
 
 impl From<&Release> for ReleaseView {
@@ -68,22 +75,64 @@ impl From<&Release> for ReleaseView {
             version: r.version.clone(),
             size: r.size,
             uploaded_at: r.uploaded_at,
+            sbom_format: r.sbom.as_ref().map(|s| s.format.clone()),
+            sbom_sha256: r.sbom.as_ref().map(|s| certs::inspect::hex(&s.digest)),
         }
     }
 }
 
-/// Uploads a release: CBOR [signed manifest, image].
+/// Uploads a release: CBOR [signed manifest, image] or [signed manifest, image, SBOM]; the SBOM
+/// must be the document the manifest names (its SHA-256).
 #[utoipa::path(post, path = "/v1/firmware/releases", tag = "firmware", request_body(content = super::Binary, content_type = "application/cbor"), responses((status = 200, description = "OK", body = ReleaseView), super::Problems))]
 pub(super) async fn upload_release(State(api): State<Api>, body: Bytes) -> ApiResult<ReleaseView> {
-    let (manifest, image): (serde_bytes::ByteBuf, serde_bytes::ByteBuf) =
-        protocol::cbor::from_slice(&body, body.len())
-            .map_err(|e| OperatorError::BadInput(format!("upload body: {e}")))?;
+    let parts: Vec<serde_bytes::ByteBuf> = protocol::cbor::from_slice(&body, body.len())
+        .map_err(|e| OperatorError::BadInput(format!("upload body: {e}")))?;
+    let (manifest, image, sbom) = match parts.as_slice() {
+        [m, i] => (m, i, None),
+        [m, i, s] => (m, i, Some(s.as_slice())),
+        _ => {
+            return Err(OperatorError::BadInput(
+                "upload body: [manifest, image] or [manifest, image, SBOM]".into(),
+            ));
+        }
+    };
     let release = api
         .control
         .service
-        .upload_release(&manifest, &image)
+        .upload_release(manifest, image, sbom)
         .await?;
     Ok(axum::Json(ReleaseView::from(&release)))
+}
+
+fn sbom_response(info: &crate::core::sbom::SbomInfo, document: Vec<u8>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, info.media_type())],
+        document,
+    )
+        .into_response()
+}
+
+/// A release's SBOM, as the manufacturer signed for it.
+#[utoipa::path(get, path = "/v1/firmware/releases/{release}/sbom", tag = "firmware", params(("release" = String, Path, description = "The release: its image digest (hex) or its version")), responses((status = 200, description = "CycloneDX or SPDX JSON", content((Object = "application/vnd.cyclonedx+json"), (Object = "application/spdx+json"))), super::Problems))]
+pub(super) async fn release_sbom(
+    State(api): State<Api>,
+    Path(release): Path<String>,
+) -> Result<Response, OperatorError> {
+    let service = &api.control.service;
+    let (info, document) = service.release_sbom(&service.find_release(&release)?)?;
+    Ok(sbom_response(&info, document))
+}
+
+/// The SBOM of the release a device runs now.
+#[utoipa::path(get, path = "/v1/devices/{device}/sbom", tag = "devices", params(("device" = String, Path, description = "MAKER/SERIAL, or a serial only one manufacturer has")), responses((status = 200, description = "CycloneDX or SPDX JSON", content((Object = "application/vnd.cyclonedx+json"), (Object = "application/spdx+json"))), super::Problems))]
+pub(super) async fn device_sbom(
+    State(api): State<Api>,
+    Path(device): Path<String>,
+) -> Result<Response, OperatorError> {
+    let service = &api.control.service;
+    let id = service.resolve(&device)?;
+    let (info, document) = service.release_sbom(&service.running_release(&id)?)?;
+    Ok(sbom_response(&info, document))
 }
 
 /// Releases.

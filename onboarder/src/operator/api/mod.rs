@@ -38,7 +38,9 @@
 //! GET  /metrics                   the same and more in Prometheus's text format (latencies,
 //!                                store commits, CRL age, campaign progress)
 //! GET  /v1/firmware/keys          firmware-signing keys; POST {"vendor", "pem"} imports one
-//! GET  /v1/firmware/releases      releases; POST (CBOR [manifest, image]) uploads one
+//! GET  /v1/firmware/releases      releases; POST (CBOR [manifest, image, SBOM?]) uploads one
+//! GET  /v1/firmware/releases/{release}/sbom  the release's SBOM (CycloneDX or SPDX JSON)
+//! GET  /v1/devices/{device}/sbom  the SBOM of the release the device runs
 //! GET  /v1/campaigns              campaigns; POST (CampaignSpec) creates one
 //! GET  /v1/campaigns/{id}         status per wave (and per device with ?devices=true)
 //! POST /v1/campaigns/{id}/{order} start, pause, resume or abort
@@ -136,6 +138,8 @@ fn routes(api: Api) -> (Router, utoipa::openapi::OpenApi) {
             firmware::import_firmware_key
         ))
         .routes(routes!(firmware::list_releases, firmware::upload_release))
+        .routes(routes!(firmware::release_sbom))
+        .routes(routes!(firmware::device_sbom))
         .routes(routes!(firmware::list_campaigns, firmware::create_campaign))
         .routes(routes!(firmware::campaign_status))
         .routes(routes!(firmware::order_campaign))
@@ -373,6 +377,7 @@ pub(crate) fn status_of(e: &OperatorError) -> StatusCode {
     match e {
         OperatorError::BadInput(_)
         | OperatorError::Release(_)
+        | OperatorError::Sbom(_)
         | OperatorError::UntrustedRelease(_) => StatusCode::BAD_REQUEST,
         OperatorError::NotFound(_) => StatusCode::NOT_FOUND,
         OperatorError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -30,6 +30,10 @@ pub enum FirmwareCommand {
         image: PathBuf,
         /// Its signed manifest (from `factory sign-firmware`).
         manifest: PathBuf,
+        /// The SBOM the manifest names (CycloneDX or SPDX JSON; its SHA-256 must be the
+        /// manifest's).
+        #[arg(long, value_name = "FILE")]
+        sbom: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -150,12 +154,16 @@ pub(super) fn firmware(client: &ApiClient, cmd: FirmwareCommand) -> Result<()> {
         FirmwareCommand::Upload {
             image,
             manifest,
+            sbom,
             json: as_json,
         } => {
             let image = certs::files::read_limited(&image, crate::store::images::MAX_IMAGE)?;
             let manifest =
                 certs::files::read_limited(&manifest, protocol::manifest::MAX_MANIFEST as u64)?;
-            let r = client.upload_release(&manifest, &image)?;
+            let sbom = sbom
+                .map(|f| certs::files::read_limited(&f, crate::core::sbom::MAX_SBOM as u64))
+                .transpose()?;
+            let r = client.upload_release(&manifest, &image, sbom.as_deref())?;
             if as_json {
                 return json(&r);
             }
