@@ -106,7 +106,11 @@ impl Browser {
             let e = self.element(css);
             match self.try_call(method, &format!("/element/{e}/{command}"), body.clone()) {
                 Ok(v) => return v,
-                Err(err) if err["error"] == "stale element reference" => {
+                // Gone with the page it was on: find it again on the new one.
+                Err(err)
+                    if err["error"] == "stale element reference"
+                        || err["error"] == "no such element" =>
+                {
                     std::thread::sleep(Duration::from_millis(100))
                 }
                 Err(err) => panic!("WebDriver {command} on {css}: {err}"),
@@ -137,15 +141,24 @@ impl Browser {
             .map(str::to_string)
     }
 
+    /// The element `css`, waiting up to 10 s for it (a click's navigation may still be under
+    /// way when the click returns).
     fn element(&self, css: &str) -> String {
-        self.find(css).unwrap_or_else(|| {
-            let source = self.call("GET", "/source", Value::Null);
-            panic!(
-                "no {css} on {}:\n{}",
-                self.url(),
-                source.as_str().unwrap_or_default()
-            )
-        })
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(e) = self.find(css) {
+                return e;
+            }
+            if Instant::now() > deadline {
+                let source = self.call("GET", "/source", Value::Null);
+                panic!(
+                    "no {css} on {}:\n{}",
+                    self.url(),
+                    source.as_str().unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn click(&self, css: &str) {
@@ -250,7 +263,7 @@ async fn an_operator_runs_the_fleet_from_a_browser() {
             assert!(b.text("#error").contains("not the admin token"));
             b.type_in("#token", &token);
             b.click("#sign-in");
-            assert!(b.url().ends_with("/ui"), "{}", b.url());
+            b.until_live(10, "the overview", |b| b.url().ends_with("/ui"));
             b.until(10, "the overview's counters", |b| {
                 b.text("[data-k=\"states.active\"]") == "3"
             });
@@ -260,7 +273,9 @@ async fn an_operator_runs_the_fleet_from_a_browser() {
             b.go(&format!("{base}/ui/devices"));
             b.type_in("#serial", "SN-UI-1");
             b.click("#search");
-            assert_eq!(b.text("#devices a.device"), "SN-UI-1");
+            b.until_live(10, "the search's result", |b| {
+                b.url().contains("serial=SN-UI-1") && b.text("#devices a.device") == "SN-UI-1"
+            });
             b.screenshot("devices");
             b.click("#devices a.device");
             assert!(b.text("#facts").contains(&maker));
@@ -274,7 +289,9 @@ async fn an_operator_runs_the_fleet_from_a_browser() {
             // A campaign from the release, started, its progress followed.
             b.go(&format!("{base}/ui/campaigns"));
             b.click("#create-campaign");
-            assert!(b.url().contains("/ui/campaigns/c-"), "{}", b.url());
+            b.until_live(10, "the new campaign's page", |b| {
+                b.url().contains("/ui/campaigns/c-")
+            });
             let before_start = b.text("#healthy");
             b.click("#campaign-start");
             b.until(60, "every device updated", |b| b.text("#healthy") == "3");
@@ -301,12 +318,17 @@ async fn an_operator_runs_the_fleet_from_a_browser() {
             );
             b.click("#confirm-decommission");
             b.click("#decommission");
+            // The order is on file before the page is reloaded while waiting for the wipe.
+            b.until_live(10, "the decommissioning order", |b| {
+                b.find("#decommissioning").is_some()
+            });
             b.until(60, "the wipe attestation", |b| {
                 b.find("#sanitization").is_some()
             });
             b.click("#sanitization");
-            let title = b.text("h1");
-            assert_eq!(title, "Certificate of Sanitization");
+            b.until_live(10, "the certificate of sanitization", |b| {
+                b.text("h1") == "Certificate of Sanitization"
+            });
             b.screenshot("sanitization");
 
             b.go(&format!("{base}/ui/audit"));
@@ -317,6 +339,7 @@ async fn an_operator_runs_the_fleet_from_a_browser() {
             );
             b.screenshot("audit");
             b.click("#logout");
+            b.until_live(10, "the sign-in page", |b| b.url().ends_with("/ui/login"));
             b.go(&format!("{base}/ui/devices"));
             assert!(b.url().ends_with("/ui/login"));
 
