@@ -7,11 +7,12 @@ use std::process::Command;
 
 use crate::harness::*;
 
-fn run(program: &str, args: &[&str]) -> (bool, String) {
-    // Schemathesis's hooks (CBOR bodies) live beside this file.
+fn run(program: &str, args: &[&str], cwd: &std::path::Path) -> (bool, String) {
+    // Schemathesis's hooks (CBOR bodies) live beside this file; its cache goes to `cwd`.
     let hooks = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it");
     let out = Command::new(program)
         .args(args)
+        .current_dir(cwd)
         .env("PYTHONPATH", hooks)
         .env("SCHEMATHESIS_HOOKS", "schemathesis_hooks")
         .output()
@@ -49,7 +50,8 @@ async fn the_description_is_valid_and_a_fuzzer_driven_by_it_finds_nothing() {
                 .unwrap();
             std::fs::write(&spec_path, spec.to_string()).unwrap();
             let spec_file = spec_path.to_str().unwrap();
-            let (valid, text) = run("openapi-spec-validator", &[spec_file]);
+            let cwd = spec_path.parent().unwrap();
+            let (valid, text) = run("openapi-spec-validator", &[spec_file], cwd);
             assert!(valid, "openapi-spec-validator: {text}");
             let auth = format!("Authorization: Bearer {token}");
             // A device that exists, so the routes about one reach past the lookup.
@@ -81,6 +83,7 @@ async fn the_description_is_valid_and_a_fuzzer_driven_by_it_finds_nothing() {
                     "2",
                     "--no-color",
                 ],
+                cwd,
             );
             (spec, report)
         }
