@@ -45,6 +45,22 @@ impl AuditEvent {
         }
     }
 
+    /// An event the onboarder caused on its own (a date passed, a sweep).
+    pub fn system(
+        device: Option<&DeviceId>,
+        action: &str,
+        detail: impl Into<String>,
+        at: u64,
+    ) -> Self {
+        AuditEvent {
+            at,
+            actor: "system".to_string(),
+            device: device.cloned(),
+            action: action.to_string(),
+            detail: detail.into(),
+        }
+    }
+
     /// An event caused by the operator.
     pub fn operator(
         device: Option<&DeviceId>,

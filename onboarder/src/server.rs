@@ -199,6 +199,14 @@ impl Server {
         let api_addr = api
             .local_addr()
             .map_err(|e| Error::os("the admin API address", e))?;
+        if let Some(addr) = https_addr {
+            // Labels are published here unless the owner says where (their settings).
+            let authority = match config.server_names.first() {
+                Some(name) if addr.ip().is_unspecified() => format!("{name}:{}", addr.port()),
+                _ => addr.to_string(),
+            };
+            service.set_label_home(format!("https://{authority}/label"));
+        }
         let sessions = Arc::new(Sessions::default());
         let coap = match config.coap_listen {
             Some(addr) => Some(
@@ -243,6 +251,7 @@ impl Server {
             tokio::spawn(control.clone().run_audit_budget(stopped.clone())),
             tokio::spawn(control.clone().run_crl_publisher(stopped.clone())),
             tokio::spawn(control.clone().run_campaigns(stopped.clone())),
+            tokio::spawn(control.clone().run_support_notices(stopped.clone())),
             tokio::spawn(control.clone().run_registrar_renewal(stopped.clone())),
             tokio::spawn(control.clone().run_root_rollover(stopped.clone())),
             tokio::spawn(control.clone().run_leadership(stopped.clone())),

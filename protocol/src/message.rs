@@ -83,6 +83,16 @@ pub enum Request {
     /// [`crate::attestation::WipeAttestation`]) answering a [`Command::Decommission`].
     /// Answered by [`Response::Ack`]; the device's credentials are revoked at once.
     WipeAttestation(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The device recorded the end-of-support notice of a [`Command::SupportNotice`] (the end
+    /// date it names). Answered by [`Response::Ack`].
+    SupportNoticeRecorded {
+        /// The end of support the device recorded (seconds since the epoch).
+        ends_on: u64,
+    },
+    /// Security events the device saw, oldest first, at most [`MAX_SECURITY_EVENTS`].
+    /// Answered by [`Response::Ack`]; events the server already has (by sequence number) are
+    /// ignored, so a batch may be sent again after a lost answer.
+    SecurityEvents(Vec<SecurityEvent>),
 }
 
 impl Request {
@@ -98,8 +108,52 @@ impl Request {
             Request::FirmwareChunk { .. } => "firmware_chunk",
             Request::FirmwareStatus(_) => "firmware_status",
             Request::WipeAttestation(_) => "wipe_attestation",
+            Request::SupportNoticeRecorded { .. } => "support_notice",
+            Request::SecurityEvents(_) => "security_events",
         }
     }
+}
+
+/// Most security events one [`Request::SecurityEvents`] carries.
+pub const MAX_SECURITY_EVENTS: usize = 64;
+/// Longest detail of a security event, in bytes.
+pub const MAX_SECURITY_DETAIL: usize = 256;
+
+/// Something a device saw that matters to its owner's security: kept on the server in the
+/// device's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityEvent {
+    /// The device's own counter, one more per event, never reused (it survives restarts), so
+    /// the server sees what was lost and what is sent twice.
+    pub sequence: u64,
+    /// When, by the device's clock (seconds since the epoch).
+    pub at: u64,
+    /// What kind of event.
+    pub kind: SecurityEventKind,
+    /// Details for a human, at most [`MAX_SECURITY_DETAIL`] bytes; never key material.
+    pub detail: String,
+}
+
+/// The kinds of security event a device reports.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SecurityEventKind {
+    /// A signature or digest did not verify (a manifest, an image, a voucher, trust anchors).
+    VerificationFailed,
+    /// An offered firmware would have gone back to a lower sequence number.
+    RollbackRefused,
+    /// A trial boot failed its health check and the previous image runs again.
+    RolledBack,
+    /// A command was refused.
+    CommandRefused,
+    /// The platform reported tampering (an enclosure switch, a changed boot measurement).
+    Tamper,
+    /// The clock moved by more than the device allows (backwards, or far forwards).
+    ClockJump,
+    /// A kind this build does not know (from a newer agent).
+    #[serde(other)]
+    Other,
 }
 
 /// Largest firmware chunk served in one response.
@@ -394,6 +448,16 @@ pub enum Command {
     TrustAnchors {
         /// Root certificates, DER.
         anchors: Vec<ByteBuf>,
+    },
+    /// Security updates for the device's class end on `ends_on` (seconds since the epoch; in
+    /// the past once they have ended). The device records the notice, tells its user, and
+    /// answers with [`Request::SupportNoticeRecorded`] once it is stored. Answered by
+    /// [`CommandReply::Accepted`].
+    SupportNotice {
+        /// The device class concerned.
+        class_id: String,
+        /// When security updates end.
+        ends_on: u64,
     },
 }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use protocol::manifest::Manifest;
-use protocol::message::{FirmwareReport, FirmwareState, Request, Response};
+use protocol::message::{FirmwareReport, FirmwareState, Request, Response, SecurityEventKind};
 
 use http_body_util::BodyExt;
 
@@ -53,7 +53,14 @@ impl Agent {
                     self.report_firmware(&session, FirmwareReport::refused(&digest, &reason))
                         .await;
                 }
-                tracing::warn!(serial = self.serial(), "{}", AgentError::from(reason));
+                let kind = match reason {
+                    protocol::manifest::ManifestError::Rollback { .. } => {
+                        SecurityEventKind::RollbackRefused
+                    }
+                    _ => SecurityEventKind::VerificationFailed,
+                };
+                self.security_event(Some(&session), kind, &format!("firmware refused: {reason}"))
+                    .await?;
                 return Ok(session);
             }
             UpdatePlan::Install(manifest) => manifest,
@@ -67,6 +74,12 @@ impl Agent {
                 blocking(move || slots.discard(&d)).await?;
                 self.report_firmware(&session, FirmwareReport::refused(&digest, &e))
                     .await;
+                self.security_event(
+                    Some(&session),
+                    SecurityEventKind::VerificationFailed,
+                    &format!("firmware image refused: {e}"),
+                )
+                .await?;
                 return Ok(session);
             }
             Err(e) => return Err(e),
@@ -305,7 +318,10 @@ impl Agent {
                 let slots = self.slots.clone();
                 blocking(move || slots.rollback()).await?;
                 let now = self.load_state()?;
+                let detail = format!("firmware {} rolled back: {reason}", manifest.version);
                 self.save(&firmware::rolled_back(&now, manifest, reason))
+                    .await?;
+                self.security_event(None, SecurityEventKind::RolledBack, &detail)
                     .await?;
                 // Back on the old image: a new session delivers the report.
                 self.connect().await

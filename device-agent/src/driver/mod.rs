@@ -9,6 +9,7 @@ mod firmware;
 mod onboard;
 mod renew;
 mod run;
+mod security;
 mod session;
 
 use std::sync::atomic::AtomicU64;

@@ -140,6 +140,46 @@ impl Agent {
         Ok(())
     }
 
+    /// Records that security updates end on `ends_on`, says so to the device's user (the log),
+    /// and confirms it to the server once it is stored.
+    async fn record_support_notice(
+        &self,
+        session: &Session,
+        ends_on: u64,
+    ) -> Result<(), AgentError> {
+        let mut state = self.load_state()?;
+        if state.support_ends_on != Some(ends_on) {
+            state.support_ends_on = Some(ends_on);
+            self.save(&state).await?;
+        }
+        let when = crate::clock::rfc3339(ends_on);
+        if ends_on <= self.now() {
+            tracing::warn!(
+                serial = self.serial(),
+                "security updates for this device ended on {when}"
+            );
+        } else {
+            tracing::warn!(
+                serial = self.serial(),
+                "security updates for this device end on {when}"
+            );
+        }
+        // A refusal (the owner changed the date meanwhile) is not worth ending the session:
+        // the next welcome brings the notice in force.
+        match session
+            .call(&Request::SupportNoticeRecorded { ends_on })
+            .await?
+        {
+            Response::Ack => {}
+            other => tracing::warn!(
+                serial = self.serial(),
+                "support notice not confirmed: {}",
+                unexpected("an acknowledgement", &other)
+            ),
+        }
+        Ok(())
+    }
+
     /// Opens the operational session and says hello. A renewal stored but not yet confirmed
     /// is completed first: opening a session with the new certificate is the confirmation.
     /// What a crash left undelivered (a wipe attestation, a firmware report) goes first.
@@ -163,6 +203,7 @@ impl Agent {
             }
             Delivery::Nothing => {}
         }
+        self.forward_security_events(&session).await;
         Ok(session)
     }
 
@@ -225,6 +266,11 @@ impl Agent {
     /// command asks for work (an update, a decommissioning).
     pub async fn serve(&self, session: &Session) -> Result<Stop, AgentError> {
         let welcome = std::mem::take(&mut *self.welcome.lock().unwrap_or_else(|e| e.into_inner()));
+        for command in &welcome {
+            if let Command::SupportNotice { ends_on, .. } = command {
+                self.record_support_notice(session, *ends_on).await?;
+            }
+        }
         if let Some(stop) = session::welcome(&welcome) {
             return Ok(stop);
         }
@@ -247,6 +293,21 @@ impl Agent {
                             "renewal {}s late (the clock moved?): spread over {extra}s",
                             now - at
                         );
+                        let detail = format!(
+                            "the clock jumped: renewal due at {} found at {}",
+                            crate::clock::rfc3339(at),
+                            crate::clock::rfc3339(now)
+                        );
+                        if let Err(e) = self
+                            .security_event(
+                                Some(session),
+                                protocol::message::SecurityEventKind::ClockJump,
+                                &detail,
+                            )
+                            .await
+                        {
+                            tracing::warn!(serial = self.serial(), "{e}");
+                        }
                         clock.sleep_until(now + extra).await;
                     }
                 }
@@ -269,11 +330,19 @@ impl Agent {
                         let mut presented: Vec<Vec<u8>> = state.ldevid.iter().cloned().collect();
                         presented.extend(state.chain.iter().map(|c| c.to_vec()));
                         if let Err(e) = self.take_roots(session, roots, &presented).await {
-                            tracing::warn!(serial = self.serial(), "{e}");
                             reply = commands::refused(&e);
+                            self.security_event(
+                                Some(session),
+                                protocol::message::SecurityEventKind::CommandRefused,
+                                &format!("owner roots refused: {e}"),
+                            )
+                            .await?;
                         }
                     }
                     session.reply(send, &reply).await?;
+                    if let commands::Action::SupportNotice { ends_on } = action {
+                        self.record_support_notice(session, ends_on).await?;
+                    }
                     if let Some(stop) = session::stop_for(action) {
                         return Ok(stop);
                     }

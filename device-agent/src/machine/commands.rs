@@ -28,6 +28,11 @@ pub enum Action {
         /// The method asked for.
         method: protocol::attestation::WipeMethod,
     },
+    /// Record that security updates end on this date (seconds since the epoch) and confirm it.
+    SupportNotice {
+        /// When they end.
+        ends_on: u64,
+    },
 }
 
 /// The reply to `command`, and what to do next.
@@ -52,6 +57,10 @@ pub fn handle(command: &Command) -> (CommandReply, Action) {
         Command::TrustAnchors { anchors } => (
             CommandReply::Accepted,
             Action::TrustAnchors(anchors.iter().map(|a| a.to_vec()).collect()),
+        ),
+        Command::SupportNotice { ends_on, .. } => (
+            CommandReply::Accepted,
+            Action::SupportNotice { ends_on: *ends_on },
         ),
         _ => (
             unsupported("command not supported by this agent"),
@@ -126,6 +135,13 @@ mod tests {
                 CommandReply::Accepted,
                 Action::TrustAnchors(vec![vec![4; 8]])
             )
+        );
+        assert_eq!(
+            handle(&Command::SupportNotice {
+                class_id: "c".into(),
+                ends_on: 9
+            }),
+            (CommandReply::Accepted, Action::SupportNotice { ends_on: 9 })
         );
         match unsupported("no") {
             CommandReply::Error(e) => assert_eq!(e.code, ErrorCode::Unsupported),

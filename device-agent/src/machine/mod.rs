@@ -14,6 +14,7 @@ pub mod firmware;
 pub mod onboarding;
 pub mod recovery;
 pub mod renewal;
+pub mod security;
 pub mod session;
 
 use protocol::message::{DeviceConfig, NetworkProfile};
@@ -89,6 +90,16 @@ pub struct AgentState {
     /// up to it, as the time the voucher gave is lost with the process.
     #[serde(default)]
     pub clock_floor: Option<u64>,
+    /// When security updates for this device end, as its owner said (seconds since the
+    /// epoch): what the device tells its user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub support_ends_on: Option<u64>,
+    /// The number of the next security event (never reused).
+    #[serde(default)]
+    pub security_sequence: u64,
+    /// Security events not yet acknowledged by the server, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_events: Vec<protocol::message::SecurityEvent>,
 }
 
 /// What ran before a trial boot.
@@ -131,6 +142,9 @@ impl AgentState {
             pending_report: None,
             pending_attestation: None,
             clock_floor: None,
+            support_ends_on: None,
+            security_sequence: 0,
+            security_events: Vec::new(),
         }
     }
 

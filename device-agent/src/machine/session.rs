@@ -86,7 +86,7 @@ pub enum Stop {
 /// The stop a command's action asks for, if any.
 pub fn stop_for(action: Action) -> Option<Stop> {
     match action {
-        Action::None | Action::TrustAnchors(_) => None,
+        Action::None | Action::TrustAnchors(_) | Action::SupportNotice { .. } => None,
         Action::Renew => Some(Stop::Renew),
         Action::Update { manifest, url } => Some(Stop::Update { manifest, url }),
         Action::Decommission { nonce, method } => Some(Stop::Decommission { nonce, method }),

@@ -5,7 +5,8 @@
 //! - `push`: commands to connected devices; `crls`: the CRL publisher;
 //!   `rollover`: the issuing CA rollover and the registrar's certificate; `roots`: the
 //!   owner-root rollover;
-//!   `campaigns`: the campaign engine; `audit`: the audit budget's summaries; `replicas`:
+//!   `campaigns`: the campaign engine; `support`: end-of-support notices; `audit`: the audit
+//!   budget's summaries; `replicas`:
 //!   several onboarders on one database (commands relayed, the work that runs once).
 
 mod audit;
@@ -15,6 +16,7 @@ mod push;
 mod replicas;
 mod rollover;
 mod roots;
+mod support;
 
 pub use replicas::{LEASE_RENEW, LEASE_TTL};
 pub use rollover::RolloverReport;

@@ -22,6 +22,7 @@ pub mod firmware;
 pub mod identity;
 pub mod import;
 mod issue;
+pub mod label;
 pub mod network_access;
 pub mod onboard;
 pub mod peer;
@@ -34,9 +35,12 @@ pub mod revoke;
 pub mod roots;
 pub mod sanitization;
 pub mod sbom;
+pub mod security;
 pub mod state;
+pub mod support;
 #[cfg(test)]
 pub(crate) mod testkit;
+pub mod vex;
 
 pub use decision::Decision;
 pub use error::LifecycleError;

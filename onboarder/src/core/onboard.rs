@@ -452,6 +452,7 @@ pub fn hello(
     peer: &DevicePeer,
     record: Option<DeviceRecord>,
     hello: Hello,
+    support: Option<&super::support::SupportPeriod>,
     now: u64,
 ) -> Result<Decision, LifecycleError> {
     peer.require(CredentialKind::Ldevid, "an operational session")?;
@@ -512,6 +513,9 @@ pub fn hello(
         .is_some_and(|r| r.state == RotationState::Pending)
     {
         welcome.commands.push(Command::Rotate);
+    }
+    if let Some(period) = support.filter(|p| p.must_tell(&record, now)) {
+        welcome.commands.push(period.command());
     }
     Ok(Decision {
         write: changed.then_some(record),

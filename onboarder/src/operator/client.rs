@@ -231,21 +231,75 @@ impl ApiClient {
         self.post_json(&format!("/v1/devices/{}/labels", segment(device)), labels)
     }
 
+    fn put_json<T: DeserializeOwned>(&self, path: &str, body: &impl serde::Serialize) -> Result<T> {
+        let body = serde_json::to_vec(body).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let response = self
+            .agent
+            .put(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .header("Content-Type", "application/json")
+            .send(&body[..])
+            .map_err(|e| self.unreachable(e))?;
+        self.read(response)
+    }
+
     /// Saves a query under `name`.
     pub fn save_query(
         &self,
         name: &str,
         query: &crate::core::query::DeviceQuery,
     ) -> Result<crate::core::query::DeviceQuery> {
-        let body = serde_json::to_vec(query).map_err(|e| ClientError::Decode(e.to_string()))?;
-        let response = self
-            .agent
-            .put(format!("{}/v1/queries/{}", self.base, segment(name)))
-            .header("Authorization", format!("Bearer {}", self.token))
-            .header("Content-Type", "application/json")
-            .send(&body[..])
-            .map_err(|e| self.unreachable(e))?;
-        self.read(response)
+        self.put_json(&format!("/v1/queries/{}", segment(name)), query)
+    }
+
+    /// Sets the support period of device class `class`.
+    pub fn set_support(
+        &self,
+        class: &str,
+        request: &super::api::SupportRequest,
+    ) -> Result<crate::core::support::SupportPeriod> {
+        self.put_json(&format!("/v1/support/{}", segment(class)), request)
+    }
+
+    /// Support periods.
+    pub fn support(&self) -> Result<Vec<crate::core::support::SupportPeriod>> {
+        self.get("/v1/support")
+    }
+
+    /// Imports a VEX document (OpenVEX or CycloneDX JSON).
+    pub fn import_vex(&self, document: &[u8]) -> Result<crate::service::VexReport> {
+        self.post("/v1/vex", document, "application/json")
+    }
+
+    /// Per vulnerability and affected release: devices, fix and the campaign that would fix.
+    pub fn vulnerabilities(&self) -> Result<Vec<crate::service::FixPlan>> {
+        self.get("/v1/vulnerabilities")
+    }
+
+    /// What a device is exposed to.
+    pub fn device_vulnerabilities(
+        &self,
+        device: &str,
+    ) -> Result<crate::core::label::VulnerabilityFacts> {
+        self.get(&format!("/v1/devices/{}/vulnerabilities", segment(device)))
+    }
+
+    /// A device's live label and its URL.
+    pub fn device_label(&self, device: &str) -> Result<crate::core::label::Label> {
+        self.get(&format!("/v1/devices/{}/label", segment(device)))
+    }
+
+    /// The label settings.
+    pub fn label_settings(&self) -> Result<crate::core::label::LabelSettings> {
+        self.get("/v1/labels/settings")
+    }
+
+    /// Sets the label settings.
+    pub fn set_label_settings(
+        &self,
+        settings: &crate::core::label::LabelSettings,
+    ) -> Result<crate::core::label::LabelSettings> {
+        self.put_json("/v1/labels/settings", settings)
     }
 
     /// Saved queries, by name.

@@ -6,6 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod console;
+pub mod qr;
 pub mod sanitization;
 pub mod terminal;
 pub mod views;

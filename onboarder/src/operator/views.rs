@@ -49,6 +49,24 @@ pub struct DeviceView {
     /// Operator attributes.
     #[serde(default)]
     pub attributes: std::collections::BTreeMap<String, String>,
+    /// Where the device stands against its class's support period.
+    #[serde(default)]
+    pub support: SupportView,
+    /// The security events the device forwarded (each is an audit entry of it).
+    #[serde(default)]
+    pub security: crate::core::security::SecurityTally,
+}
+
+/// A device against its class's support period.
+#[derive(utoipa::ToSchema, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SupportView {
+    /// `unknown` (no period set for its class), `supported`, `ending` (within the notice
+    /// period) or `unsupported`.
+    pub status: Option<crate::core::support::SupportStatus>,
+    /// When security updates end (seconds since the epoch), if a period is set.
+    pub ends_on: Option<u64>,
+    /// Whether the device confirmed it recorded the notice of that end date.
+    pub notice_recorded: bool,
 }
 
 /// A certificate of a device.
@@ -79,8 +97,10 @@ pub struct NetworkView {
 }
 
 impl DeviceView {
-    /// The view of `r`, naming the issuing CA generation of each certificate from `registrar`.
-    pub fn new(r: &DeviceRecord, registrar: &Registrar) -> Self {
+    /// The view of `r`, naming the issuing CA generation of each certificate, and where the
+    /// device stands against its class's support period.
+    pub fn new(r: &DeviceRecord, service: &crate::service::Service) -> Self {
+        let registrar: std::sync::Arc<Registrar> = service.registrar();
         let mut view = DeviceView::from(r);
         for (cert, issued) in view.certificates.iter_mut().zip(&r.certificates) {
             cert.generation = registrar
@@ -88,6 +108,17 @@ impl DeviceView {
                 .find(|g| g.key_id == issued.issuer)
                 .map(|g| g.generation);
         }
+        let period = service.support_of(r.class_id.as_deref());
+        view.support = SupportView {
+            status: Some(crate::core::support::status_of(
+                period.as_ref(),
+                service.now(),
+            )),
+            ends_on: period.as_ref().map(|p| p.ends_on),
+            notice_recorded: period
+                .as_ref()
+                .is_some_and(|p| r.support_notice == Some(p.ends_on)),
+        };
         view
     }
 }
@@ -136,6 +167,8 @@ impl From<&DeviceRecord> for DeviceView {
             class: r.class_id.clone(),
             tags: r.tags.clone(),
             attributes: r.attributes.clone(),
+            support: SupportView::default(),
+            security: r.security.clone(),
         }
     }
 }

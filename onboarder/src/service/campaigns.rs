@@ -152,30 +152,6 @@ impl Service {
         Ok(self.store.campaigns()?)
     }
 
-    /// Active devices `query` matches, walking the device index.
-    fn matching(
-        &self,
-        query: &crate::core::query::DeviceQuery,
-    ) -> Result<Vec<DeviceId>, OperatorError> {
-        let mut ids = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self.search(query, after.as_deref(), 1000)?;
-            ids.extend(
-                page.devices
-                    .into_iter()
-                    .filter(|d| d.state == DeviceState::Active)
-                    .map(|d| d.id),
-            );
-            match page.next {
-                Some(next) => after = Some(next),
-                None => break,
-            }
-        }
-        ids.sort();
-        Ok(ids)
-    }
-
     /// Writes `campaign` with `events`.
     async fn save_campaign(
         &self,
@@ -223,11 +199,11 @@ impl Service {
                     state: Some(DeviceState::Active),
                     ..Default::default()
                 };
-                self.matching(&by_class)?
+                self.matching(&by_class, active)?
             }
             Target::Query(name) => {
                 let saved = self.saved_query(name)?;
-                let ids = self.matching(&saved)?;
+                let ids = self.matching(&saved, active)?;
                 query = Some(campaign::QueryTarget {
                     name: name.clone(),
                     query: saved,
@@ -443,7 +419,7 @@ impl Service {
                     .get(&campaign.id)
                     .is_none_or(|at| now >= at + JOIN_EVERY)
             {
-                let matching = self.matching(&target.query)?;
+                let matching = self.matching(&target.query, active)?;
                 looked.insert(campaign.id.clone(), now);
                 events.extend(campaign.join(matching, now));
             }
@@ -505,4 +481,9 @@ impl Service {
         }
         Ok(pushes)
     }
+}
+
+/// Campaigns offer firmware to active devices only.
+fn active(record: &crate::core::DeviceRecord) -> bool {
+    record.state == DeviceState::Active
 }

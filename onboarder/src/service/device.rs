@@ -104,7 +104,18 @@ impl Service {
             Request::EnrollStatus(status) => {
                 core::onboard::enroll_status(peer, record, status.clone(), now)
             }
-            Request::Hello(hello) => core::onboard::hello(reg, peer, record, hello.clone(), now),
+            Request::Hello(hello) => {
+                let support = self.support_of(Some(hello.class_id.as_str()));
+                core::onboard::hello(reg, peer, record, hello.clone(), support.as_ref(), now)
+            }
+            Request::SecurityEvents(events) => {
+                core::security::report(peer, record, events, now, grace)
+            }
+            Request::SupportNoticeRecorded { ends_on } => {
+                let class = record.as_ref().and_then(|r| r.class_id.clone());
+                let support = self.support_of(class.as_deref());
+                core::support::recorded(peer, record, support.as_ref(), *ends_on, now)
+            }
             Request::Reenroll { csr } => {
                 renew::reenroll(reg, peer, record, csr, binding, now, self.entropy()?)
             }

@@ -12,7 +12,8 @@
 //!
 //! The files by job: `device` (requests of authenticated devices), `imports` (anchors and
 //! vouchers), `orders` (operator orders about devices), `firmware` (keys and releases),
-//! `campaigns`, `crls`, `network` (what a RADIUS server asks), `queries` (reads for operators).
+//! `campaigns`, `crls`, `network` (what a RADIUS server asks), `queries` (reads for operators),
+//! `support` (support periods), `transparency` (VEX statements and live labels).
 
 mod audit;
 mod campaigns;
@@ -27,6 +28,8 @@ mod queries;
 mod rollover;
 mod roots;
 mod search;
+mod support;
+mod transparency;
 
 pub use campaigns::{CampaignSpec, CampaignStatus, DeviceProgress, RampSpec, TICK, Target};
 pub use crls::Crl;
@@ -38,6 +41,7 @@ pub use orders::{OrderReport, RotationStatus};
 pub use queries::{ImportReport, Rejected};
 pub use rollover::PendingRollover;
 pub use search::{SCAN_BUDGET, SearchPage, search};
+pub use transparency::{FixPlan, VexReport};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -99,6 +103,10 @@ pub struct Service {
     /// Told after a commit that changed what every replica keeps in memory (the other
     /// replicas hear of it through it).
     on_shared: std::sync::OnceLock<Box<dyn Fn(Shared) + Send + Sync>>,
+    /// Support periods by device class (every hello asks; set rarely).
+    support: RwLock<support::Periods>,
+    /// Where labels are published when the owner did not say (the HTTPS listener).
+    label_home: std::sync::OnceLock<String>,
 }
 
 /// What a commit changed that every replica keeps in memory, and must reload when another
@@ -110,6 +118,8 @@ pub enum Shared {
     Revoked(Vec<Revocation>),
     /// Manufacturer anchors were imported (TLS verifiers).
     Anchors,
+    /// A support period was set (what hellos are answered with).
+    Support,
     /// A device's firmware job moved (the campaign engine's index of job states).
     Job {
         /// The campaign.
@@ -222,7 +232,10 @@ impl Service {
             url_key: ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &SystemRandom::new())
                 .map_err(|_| StoreError::Io("no randomness for the URL key".into()))?,
             on_shared: std::sync::OnceLock::new(),
+            support: RwLock::new(support::Periods::new()),
+            label_home: std::sync::OnceLock::new(),
         };
+        service.reload_support()?;
         service.reload_trust()?;
         service.trust.revoke(service.store.revocations()?);
         Ok(service)
@@ -299,6 +312,7 @@ impl Service {
                 Ok(())
             }
             Shared::Anchors => self.reload_trust(),
+            Shared::Support => self.reload_support(),
             Shared::Job {
                 campaign,
                 device,
@@ -320,6 +334,7 @@ impl Service {
     /// (revocations, anchors): for a replica that may have missed the others' messages.
     pub fn reload_all(&self) -> Result<(), StoreError> {
         self.reload_trust()?;
+        self.reload_support()?;
         self.trust.revoke(self.store.revocations()?);
         self.revocations_changed.notify_one();
         Ok(())

@@ -102,3 +102,31 @@ fn walk(
             .ok_or_else(|| OperatorError::BadInput("this cursor belongs to another search".into())),
     }
 }
+
+impl super::Service {
+    /// Every device `query` matches that `keep` keeps, in id order, reading the index page by
+    /// page.
+    pub(crate) fn matching(
+        &self,
+        query: &DeviceQuery,
+        keep: impl Fn(&DeviceRecord) -> bool,
+    ) -> Result<Vec<DeviceId>, OperatorError> {
+        let mut ids = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.search(query, after.as_deref(), 1_000)?;
+            ids.extend(
+                page.devices
+                    .iter()
+                    .filter(|r| keep(r))
+                    .map(|r| r.id.clone()),
+            );
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+}

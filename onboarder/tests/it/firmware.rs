@@ -634,9 +634,62 @@ async fn the_device_refuses_every_bad_image_and_manifest() {
             .unwrap(),
         img
     );
+    // Each refusal was also a security event the device forwarded: in its history, in order,
+    // the rollbacks as such, and none left pending on the device.
+    eventually(20, "the security events reached the server", || {
+        world.record("SN-GUARD").unwrap().security.recorded == 9
+    })
+    .await;
+    let details: Vec<String> = world
+        .audit()
+        .into_iter()
+        .filter(|e| e.event.action == "security-event")
+        .map(|e| e.event.detail)
+        .collect();
+    assert_eq!(details.len(), 9, "{details:#?}");
+    assert!(
+        details[0].starts_with("#0 verification-failed"),
+        "{details:#?}"
+    );
+    assert!(
+        details[7].starts_with("#7 rollback-refused"),
+        "{details:#?}"
+    );
+    assert!(
+        details[8].starts_with("#8 rollback-refused"),
+        "{details:#?}"
+    );
+    let tally = world.record("SN-GUARD").unwrap().security;
+    assert_eq!((tally.next, tally.lost, tally.dropped), (9, 0, 0));
+    let pending = {
+        use device_agent::platform::StateStore;
+        device_agent::platform::files::FileStateStore::new(&d.state_dir)
+            .load()
+            .unwrap()
+            .unwrap()
+            .security_events
+    };
+    assert!(pending.is_empty(), "{pending:?}");
+    // Sent again (a lost answer): nothing new is written.
+    let before = world.record("SN-GUARD").unwrap();
+    let entries = world.audit().len();
     for r in running {
         r.stop().await;
     }
+    let session = world.ldevid_session(d).await;
+    let again = protocol::message::SecurityEvent {
+        sequence: 3,
+        at: now(),
+        kind: protocol::message::SecurityEventKind::Tamper,
+        detail: "replayed".into(),
+    };
+    let answer = session
+        .call(&protocol::message::Request::SecurityEvents(vec![again]))
+        .await
+        .unwrap();
+    assert_eq!(answer, protocol::message::Response::Ack);
+    assert_eq!(world.record("SN-GUARD").unwrap().version, before.version);
+    assert_eq!(world.audit().len(), entries);
 }
 
 /// Slots whose storage dies once `limit` bytes are staged: the device loses power half way

@@ -5,6 +5,7 @@ mod harness;
 
 mod abuse;
 mod binary;
+mod browser;
 mod coap;
 mod coap_agent;
 mod console;
@@ -29,3 +30,4 @@ mod replicas;
 mod rollover_kill;
 mod root_rollover;
 mod search;
+mod transparency;

@@ -376,13 +376,29 @@ fn a_welcome_carries_what_the_device_missed_and_only_ldevids_get_one() {
         hardware: [("arch".to_string(), "riscv64".to_string())].into(),
         anchors: Some(kit.registrar.roots.digest.to_vec().into()),
     };
-    let e = hello(&kit.registrar, &idevid, Some(record.clone()), hi(), NOW).unwrap_err();
+    let e = hello(
+        &kit.registrar,
+        &idevid,
+        Some(record.clone()),
+        hi(),
+        None,
+        NOW,
+    )
+    .unwrap_err();
     assert_eq!(e.code(), ErrorCode::Unauthorized);
     record.rotation = Some(super::super::record::Rotation {
         requested_at: NOW,
         state: RotationState::Pending,
     });
-    let d = hello(&kit.registrar, &ldevid, Some(record.clone()), hi(), NOW).unwrap();
+    let d = hello(
+        &kit.registrar,
+        &ldevid,
+        Some(record.clone()),
+        hi(),
+        None,
+        NOW,
+    )
+    .unwrap();
     let Response::Welcome(w) = &d.response else {
         panic!("{:?}", d.response)
     };
@@ -398,7 +414,15 @@ fn a_welcome_carries_what_the_device_missed_and_only_ldevids_get_one() {
         Some(kit.registrar.roots.digest.as_slice())
     );
     // Said again, nothing is written.
-    let again = hello(&kit.registrar, &ldevid, Some(written.clone()), hi(), NOW).unwrap();
+    let again = hello(
+        &kit.registrar,
+        &ldevid,
+        Some(written.clone()),
+        hi(),
+        None,
+        NOW,
+    )
+    .unwrap();
     assert!(again.write.is_none());
     // A device that trusts other roots (or does not say) is sent the roots in force first,
     // and what it said is recorded.
@@ -411,6 +435,7 @@ fn a_welcome_carries_what_the_device_missed_and_only_ldevids_get_one() {
         &ldevid,
         Some(written.clone()),
         elsewhere,
+        None,
         NOW,
     )
     .unwrap();
@@ -434,7 +459,15 @@ fn a_welcome_carries_what_the_device_missed_and_only_ldevids_get_one() {
         ..hi()
     };
     for bad in [too_many, too_long] {
-        let e = hello(&kit.registrar, &ldevid, Some(written.clone()), bad, NOW).unwrap_err();
+        let e = hello(
+            &kit.registrar,
+            &ldevid,
+            Some(written.clone()),
+            bad,
+            None,
+            NOW,
+        )
+        .unwrap_err();
         assert_eq!(e.code(), ErrorCode::BadRequest);
     }
 }

@@ -8,11 +8,13 @@ mod cert;
 mod decommission;
 mod firmware_job;
 mod rotation;
+mod security;
 
 pub use cert::{CertStatus, IssuedCert};
 pub use decommission::Decommission;
 pub use firmware_job::{FirmwareJob, JobState, MAX_JOB_TRANSITIONS};
 pub use rotation::{Rotation, RotationState};
+pub use security::SecurityTally;
 
 use serde::{Deserialize, Serialize};
 
@@ -94,6 +96,17 @@ pub struct DeviceRecord {
     /// Operator attributes (name, value).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub attributes: std::collections::BTreeMap<String, String>,
+    /// The end of support (of its class) the device confirmed it recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub support_notice: Option<u64>,
+    /// What the server knows of the security events the device forwarded.
+    #[serde(default, skip_serializing_if = "crate::core::record::is_default")]
+    pub security: SecurityTally,
+}
+
+/// Whether `value` is its type's default (so it is left out of the stored record).
+pub(crate) fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 impl DeviceRecord {
@@ -123,6 +136,8 @@ impl DeviceRecord {
             anchors: None,
             tags: Default::default(),
             attributes: Default::default(),
+            support_notice: None,
+            security: Default::default(),
         }
     }
 

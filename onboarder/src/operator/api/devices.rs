@@ -71,9 +71,7 @@ pub(super) async fn show_device(
     Path(device): Path<String>,
 ) -> ApiResult<DeviceView> {
     let id = api.control.service.resolve(&device)?;
-    Ok(axum::Json(DeviceView::from(
-        &api.control.service.device(&id)?,
-    )))
+    Ok(axum::Json(view(&api, &api.control.service.device(&id)?)))
 }
 
 /// Audit entries from `from`, or the newest `limit`.

@@ -63,6 +63,9 @@ pub struct ReleaseView {
     /// The SBOM's SHA-256, hex.
     #[serde(default)]
     pub sbom_sha256: Option<String>,
+    /// The package URL VEX statements name it by.
+    #[serde(default)]
+    pub purl: String,
 }
 
 impl From<&Release> for ReleaseView {
@@ -77,6 +80,7 @@ impl From<&Release> for ReleaseView {
             uploaded_at: r.uploaded_at,
             sbom_format: r.sbom.as_ref().map(|s| s.format.clone()),
             sbom_sha256: r.sbom.as_ref().map(|s| certs::inspect::hex(&s.digest)),
+            purl: crate::core::vex::purl(r),
         }
     }
 }

@@ -44,6 +44,16 @@
 //! GET  /v1/campaigns              campaigns; POST (CampaignSpec) creates one
 //! GET  /v1/campaigns/{id}         status per wave (and per device with ?devices=true)
 //! POST /v1/campaigns/{id}/{order} start, pause, resume or abort
+//! GET  /v1/support                support periods by device class
+//! PUT  /v1/support/{class}        {"ends_on": "YYYY-MM-DD", "notice_days": 90}: devices are
+//!                                told once the notice period begins
+//! GET  /v1/vex                    VEX statements; POST (OpenVEX or CycloneDX JSON) imports
+//! GET  /v1/vulnerabilities        per vulnerability and affected release: devices, the fixing
+//!                                release and the campaign that would bring them there
+//! GET  /v1/devices/{device}/vulnerabilities   what the release it runs is exposed to
+//! GET  /v1/devices/{device}/label its live label (JSON) and URL
+//! GET  /v1/labels/settings        label base URL and fields; PUT sets them
+//! GET  /label/{token}[/json|/qr.svg|/qr.png|/sbom]  (HTTPS listener, for anyone) the label
 //! GET  /v1/audit?from=&limit=     audit entries from `from`, or the newest `limit`
 //! GET  /v1/audit/verify           verify the audit hash chain
 //! GET  /crl/issuing-ca-{n}.crl    CRL of issuing CA generation n, DER (no token needed)
@@ -53,6 +63,7 @@ mod devices;
 mod firmware;
 mod fleet;
 mod metrics;
+mod transparency;
 
 pub(crate) use devices::run_search;
 pub use devices::{
@@ -60,6 +71,7 @@ pub use devices::{
 };
 pub use firmware::{CampaignQuery, FirmwareKeyRequest, ReleaseView};
 pub use fleet::{RolloverRequest, RotateRequest, Since, Stats};
+pub use transparency::SupportRequest;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -143,6 +155,16 @@ fn routes(api: Api) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(firmware::list_campaigns, firmware::create_campaign))
         .routes(routes!(firmware::campaign_status))
         .routes(routes!(firmware::order_campaign))
+        .routes(routes!(transparency::list_support))
+        .routes(routes!(transparency::set_support))
+        .routes(routes!(transparency::list_vex, transparency::import_vex))
+        .routes(routes!(transparency::vulnerabilities))
+        .routes(routes!(transparency::device_vulnerabilities))
+        .routes(routes!(transparency::device_label))
+        .routes(routes!(
+            transparency::label_settings,
+            transparency::set_label_settings
+        ))
         .routes(routes!(devices::list_audit))
         .routes(routes!(devices::verify_audit))
         .layer(middleware::from_fn_with_state(api.clone(), authenticate));
@@ -196,6 +218,7 @@ pub fn router(control: Arc<Control>, token: String) -> Router {
         (name = "firmware", description = "Keys, releases, campaigns"),
         (name = "fleet", description = "Counters and metrics"),
         (name = "audit", description = "The audit log and its hash chain"),
+        (name = "transparency", description = "Support periods, vulnerability status, live labels"),
         (name = "meta", description = "Health and this description")
     )
 )]
@@ -317,7 +340,7 @@ async fn authenticate(
 
 /// The view of a device, with the CA generations of its certificates.
 fn view(api: &Api, record: &crate::core::DeviceRecord) -> DeviceView {
-    DeviceView::new(record, &api.control.service.registrar())
+    DeviceView::new(record, &api.control.service)
 }
 
 /// Compares a presented token with ours in time that depends on neither: both are hashed to

@@ -12,6 +12,7 @@ mod firmware;
 mod follow;
 mod orders;
 mod radius;
+mod transparency;
 
 use std::fmt::Display;
 use std::io::Write;
@@ -118,6 +119,26 @@ pub enum Command {
     /// Staged firmware rollouts.
     #[command(subcommand)]
     Campaign(firmware::CampaignCommand),
+    /// Support periods: when security updates for a device class end, told to its devices
+    /// ahead of time.
+    #[command(subcommand)]
+    Support(transparency::SupportCommand),
+    /// Vulnerability status from VEX statements: which devices are affected, which release
+    /// fixes them.
+    #[command(subcommand)]
+    Vex(transparency::VexCommand),
+    /// A device's public live label: its URL (for anyone, no token), what it shows, and its
+    /// QR code for the housing (`--qr label.png` or `label.svg`).
+    LiveLabel {
+        /// The device.
+        device: String,
+        /// Write the QR code to this file (PNG; SVG when it ends in .svg).
+        #[arg(long, value_name = "FILE")]
+        qr: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Network access through FreeRADIUS (EAP-TLS with the LDevID, per-device passphrases,
     /// per-device VLANs).
     #[command(subcommand)]
@@ -387,5 +408,10 @@ pub fn run(dir: PathBuf, command: Command) -> Result<()> {
         Command::Crl(cmd) => orders::crl(&client, &dir, cmd),
         Command::Firmware(cmd) => firmware::firmware(&client, cmd),
         Command::Campaign(cmd) => firmware::campaign(&client, cmd),
+        Command::Support(cmd) => transparency::support(&client, cmd),
+        Command::Vex(cmd) => transparency::vex(&client, cmd),
+        Command::LiveLabel { device, qr, json } => {
+            transparency::live_label(&client, &device, qr, json)
+        }
     }
 }

@@ -293,8 +293,9 @@ pub(crate) async fn device(
     let service = &console.control.service;
     let id = service.resolve(&name)?;
     let d = service.device(&id)?;
-    let registrar = service.registrar();
-    let view = crate::operator::views::DeviceView::new(&d, &registrar);
+    let view = crate::operator::views::DeviceView::new(&d, service);
+    let exposure = service.device_vulnerabilities(&id)?;
+    let label_url = service.label_url(&id).ok();
     let entries = history(&console, &d)?;
     let path = format!("/ui/devices/{}", segment(&id.to_string()));
     let csrf = &session.csrf;
@@ -311,6 +312,13 @@ pub(crate) async fn device(
             tr { th { "Firmware job" } td { @if let Some(j) = &d.firmware_job { (j.version) " from campaign " (j.campaign) ": " (j.state.name()) } } }
             tr { th { "Network credential" } td { @if let Some(n) = &view.network { (n.kind) } } }
             tr { th { "Agent" } td { (d.agent_version.as_deref().unwrap_or("")) } }
+            tr { th { "Security updates" } td id="support" class=(support_class(&view.support)) { (support_text(&view.support)) } }
+            tr { th { "Known vulnerabilities" } td id="vulnerabilities" class=(if exposure.status == "affected" { "bad" } else { "" }) {
+                (exposure.status)
+                @for e in &exposure.exposures { " · " (e.vulnerability) @if let Some(fix) = &e.fixed_in { " (fixed in " (fix) ")" } }
+            } }
+            tr { th { "Security events" } td id="security-events" { (d.security.recorded) " in its history" @if d.security.dropped > 0 { ", " (d.security.dropped) " over the rate limit" } @if d.security.lost > 0 { ", " (d.security.lost) " lost before they were sent" } } }
+            @if let Some(url) = &label_url { tr { th { "Live label" } td { a id="live-label" href=(url) { (url) } } } }
             tr { th { "Tags" } td { @for t in &d.tags { span class="tag" { (t) } " " } } }
             tr { th { "Attributes" } td { @for (k, v) in &d.attributes { (k) "=" (v) " " } } }
             @if let Some(reason) = &d.quarantine_reason { tr { th { "Quarantined" } td { (reason) } } }
@@ -402,6 +410,31 @@ pub(crate) struct DeviceForm {
     remove_tags: String,
     #[serde(default)]
     set: String,
+}
+
+/// What the device page says of its support period.
+fn support_text(s: &crate::operator::views::SupportView) -> String {
+    use crate::core::support::{SupportStatus, date};
+    let ends = s.ends_on.map(date).unwrap_or_default();
+    let told = if s.notice_recorded {
+        " (the device recorded the notice)"
+    } else {
+        ""
+    };
+    match s.status {
+        Some(SupportStatus::Supported) => format!("supported until {ends}"),
+        Some(SupportStatus::Ending) => format!("ending on {ends}{told}"),
+        Some(SupportStatus::Unsupported) => format!("UNSUPPORTED since {ends}{told}"),
+        _ => "no support period set for its class".into(),
+    }
+}
+
+fn support_class(s: &crate::operator::views::SupportView) -> &'static str {
+    match s.status {
+        Some(crate::core::support::SupportStatus::Unsupported) => "bad",
+        Some(crate::core::support::SupportStatus::Ending) => "warn",
+        _ => "",
+    }
 }
 
 fn list(s: &str) -> impl Iterator<Item = String> + '_ {

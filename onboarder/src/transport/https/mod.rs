@@ -15,6 +15,7 @@ pub mod brski;
 pub mod device;
 pub mod est;
 pub mod firmware;
+pub mod label;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -88,6 +89,7 @@ pub async fn serve(
         .merge(brski::router(service.clone()))
         .merge(firmware::router(service.clone()))
         .merge(device::router(service.clone(), sessions))
+        .merge(label::router(service.clone()))
         .merge(
             axum::Router::new()
                 .route("/crl/{file}", axum::routing::get(crl))
