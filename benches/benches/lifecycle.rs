@@ -69,6 +69,7 @@ fn artefacts(c: &mut Criterion) {
         }],
         started_on: now,
         finished_on: now,
+        exported: None,
     }
     .sign(&device)
     .unwrap();
@@ -219,6 +220,7 @@ fn codecs(c: &mut Criterion) {
         Command::Decommission {
             nonce: vec![1; 32],
             method: WipeMethod::Clear,
+            export_to: None,
         },
     );
     roundtrip(

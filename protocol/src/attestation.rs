@@ -80,6 +80,26 @@ pub struct WipeAttestation {
     /// When it ended.
     #[serde(rename = "finished-on")]
     pub finished_on: u64,
+    /// The application data handed to the owner before the wipe, if the order asked for it.
+    #[serde(
+        rename = "exported-data",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub exported: Option<ExportedData>,
+}
+
+/// Application data the device handed to its owner before wiping it: encrypted to a key only
+/// the owner holds, then sent to the onboarder, which keeps the ciphertext.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportedData {
+    /// To whom it was encrypted (an age X25519 recipient, `age1...`).
+    pub recipient: String,
+    /// SHA-256 of the ciphertext.
+    #[serde(with = "serde_bytes")]
+    pub sha256: Vec<u8>,
+    /// Its length in bytes.
+    pub bytes: u64,
 }
 
 impl WipeAttestation {
@@ -143,6 +163,7 @@ mod tests {
             }],
             started_on: 1,
             finished_on: 2,
+            exported: None,
         }
     }
 

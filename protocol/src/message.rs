@@ -89,6 +89,10 @@ pub enum Request {
         /// The end of support the device recorded (seconds since the epoch).
         ends_on: u64,
     },
+    /// A piece of the application data a device hands back before its wipe (encrypted to its
+    /// owner; see [`Command::Decommission`]). Answered by [`Response::Ack`]; a piece the server
+    /// already has is acknowledged again.
+    DataExport(DataChunk),
     /// Security events the device saw, oldest first, at most [`MAX_SECURITY_EVENTS`].
     /// Answered by [`Response::Ack`]; events the server already has (by sequence number) are
     /// ignored, so a batch may be sent again after a lost answer.
@@ -110,8 +114,29 @@ impl Request {
             Request::WipeAttestation(_) => "wipe_attestation",
             Request::SupportNoticeRecorded { .. } => "support_notice",
             Request::SecurityEvents(_) => "security_events",
+            Request::DataExport(_) => "data_export",
         }
     }
+}
+
+/// Largest encrypted data export a device may hand back.
+pub const MAX_EXPORT: u64 = 16 * 1024 * 1024;
+/// Largest piece of one [`Request::DataExport`] (under [`MAX_REQUEST`] with its envelope).
+pub const MAX_EXPORT_CHUNK: usize = 48 * 1024;
+
+/// A piece of a data export, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataChunk {
+    /// SHA-256 of the whole ciphertext.
+    #[serde(with = "serde_bytes")]
+    pub digest: Vec<u8>,
+    /// Its whole length (at most [`MAX_EXPORT`]).
+    pub total: u64,
+    /// Where this piece starts.
+    pub offset: u64,
+    /// The piece (at most [`MAX_EXPORT_CHUNK`] bytes).
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
 }
 
 /// Most security events one [`Request::SecurityEvents`] carries.
@@ -439,6 +464,11 @@ pub enum Command {
         nonce: Vec<u8>,
         /// The sanitization method asked for.
         method: crate::attestation::WipeMethod,
+        /// Hand the application data back first: encrypted to this age X25519 recipient
+        /// (`age1...`) and sent with [`Request::DataExport`], its digest then in the
+        /// attestation.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        export_to: Option<String>,
     },
     /// The owner roots (DER) the device is to trust from now on, in place of those it trusts
     /// now: an owner-root rollover adds the new root first, and removes the old one once

@@ -75,8 +75,13 @@ impl Agent {
                         Stop::Update { manifest, url } => {
                             session = self.update(session, manifest, url).await?
                         }
-                        Stop::Decommission { nonce, method } => {
-                            self.decommission(&session, nonce, method).await?;
+                        Stop::Decommission {
+                            nonce,
+                            method,
+                            export_to,
+                        } => {
+                            self.decommission(&session, nonce, method, export_to)
+                                .await?;
                             session.close();
                             return Ok::<bool, AgentError>(true);
                         }

@@ -27,6 +27,8 @@ pub enum Action {
         nonce: Vec<u8>,
         /// The method asked for.
         method: protocol::attestation::WipeMethod,
+        /// Hand the application data back first, encrypted to this age recipient.
+        export_to: Option<String>,
     },
     /// Record that security updates end on this date (seconds since the epoch) and confirm it.
     SupportNotice {
@@ -47,11 +49,16 @@ pub fn handle(command: &Command) -> (CommandReply, Action) {
                 url: url.clone(),
             },
         ),
-        Command::Decommission { nonce, method } => (
+        Command::Decommission {
+            nonce,
+            method,
+            export_to,
+        } => (
             CommandReply::Accepted,
             Action::Decommission {
                 nonce: nonce.clone(),
                 method: *method,
+                export_to: export_to.clone(),
             },
         ),
         Command::TrustAnchors { anchors } => (
@@ -117,13 +124,15 @@ mod tests {
         assert_eq!(
             handle(&Command::Decommission {
                 nonce: vec![3; 16],
-                method: WipeMethod::PurgeCryptographicErase
+                method: WipeMethod::PurgeCryptographicErase,
+                export_to: None,
             }),
             (
                 CommandReply::Accepted,
                 Action::Decommission {
                     nonce: vec![3; 16],
-                    method: WipeMethod::PurgeCryptographicErase
+                    method: WipeMethod::PurgeCryptographicErase,
+                    export_to: None,
                 }
             )
         );

@@ -22,6 +22,8 @@ pub struct Wiped<'a> {
     pub started_on: u64,
     /// End.
     pub finished_on: u64,
+    /// The data handed back before the wipe, if the order asked.
+    pub exported: Option<protocol::attestation::ExportedData>,
 }
 
 /// The attestation of a wipe, unsigned.
@@ -37,6 +39,7 @@ pub fn attestation(state: &AgentState, wiped: Wiped<'_>) -> WipeAttestation {
         targets: wiped.targets,
         started_on: wiped.started_on,
         finished_on: wiped.finished_on,
+        exported: wiped.exported,
     }
 }
 

@@ -80,6 +80,8 @@ pub enum Stop {
         nonce: Vec<u8>,
         /// The method asked for.
         method: protocol::attestation::WipeMethod,
+        /// Hand the application data back first, encrypted to this age recipient.
+        export_to: Option<String>,
     },
 }
 
@@ -89,7 +91,15 @@ pub fn stop_for(action: Action) -> Option<Stop> {
         Action::None | Action::TrustAnchors(_) | Action::SupportNotice { .. } => None,
         Action::Renew => Some(Stop::Renew),
         Action::Update { manifest, url } => Some(Stop::Update { manifest, url }),
-        Action::Decommission { nonce, method } => Some(Stop::Decommission { nonce, method }),
+        Action::Decommission {
+            nonce,
+            method,
+            export_to,
+        } => Some(Stop::Decommission {
+            nonce,
+            method,
+            export_to,
+        }),
     }
 }
 

@@ -160,6 +160,12 @@ pub trait Wiper: Send + Sync {
         &self,
         method: protocol::attestation::WipeMethod,
     ) -> Result<Vec<protocol::attestation::WipedTarget>, PlatformError>;
+
+    /// The owner's application data in the clear, by name, for handing it back before the
+    /// wipe (the agent encrypts it to the owner). A platform that keeps none has none to give.
+    fn export(&self) -> Result<Vec<(String, Vec<u8>)>, PlatformError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Applies network credentials to the device's network stack.

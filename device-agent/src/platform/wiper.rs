@@ -75,6 +75,31 @@ impl Vault {
         Ok(certs::files::write_secret(&self.path(name)?, &sealed)?)
     }
 
+    /// Every item, by name, in the clear (none once the data key is destroyed).
+    pub fn items(&self) -> Result<Vec<(String, Vec<u8>)>, PlatformError> {
+        let mut names = Vec::new();
+        if self.dir.exists() {
+            for entry in std::fs::read_dir(&self.dir).map_err(err("listing data"))? {
+                let path = entry.map_err(err("listing data"))?.path();
+                if let Some(name) = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_suffix(".enc"))
+                {
+                    names.push(name.to_string());
+                }
+            }
+        }
+        names.sort();
+        let mut items = Vec::new();
+        for name in names {
+            if let Some(data) = self.get(&name)? {
+                items.push((name, data));
+            }
+        }
+        Ok(items)
+    }
+
     /// The data stored under `name`, if any.
     pub fn get(&self, name: &str) -> Result<Option<Vec<u8>>, PlatformError> {
         let path = self.path(name)?;
@@ -140,6 +165,10 @@ impl FileWiper {
 }
 
 impl Wiper for FileWiper {
+    fn export(&self) -> Result<Vec<(String, Vec<u8>)>, PlatformError> {
+        Vault::new(&self.state_dir).items()
+    }
+
     fn wipe(&self, _method: WipeMethod) -> Result<Vec<WipedTarget>, PlatformError> {
         let data = self.state_dir.join("data");
         let mut targets = Vec::new();

@@ -119,7 +119,21 @@ impl Control {
         devices: Vec<DeviceId>,
         method: protocol::attestation::WipeMethod,
     ) -> Result<OrderReport, OperatorError> {
-        let report = self.service.decommission(&devices, method).await?;
+        self.decommission_exporting(devices, method, None).await
+    }
+
+    /// [`Control::decommission`], the devices handing their application data back first,
+    /// encrypted to the age recipient `export_to`.
+    pub async fn decommission_exporting(
+        self: &Arc<Self>,
+        devices: Vec<DeviceId>,
+        method: protocol::attestation::WipeMethod,
+        export_to: Option<String>,
+    ) -> Result<OrderReport, OperatorError> {
+        let report = self
+            .service
+            .decommission(&devices, method, export_to.as_deref())
+            .await?;
         let this = self.clone();
         let targets = report.accepted.clone();
         tokio::spawn(async move {
@@ -138,6 +152,7 @@ impl Control {
                     let command = Command::Decommission {
                         nonce: order.nonce,
                         method: order.method,
+                        export_to: order.export_to,
                     };
                     this.deliver(&device, &command).await;
                     drop(permit);

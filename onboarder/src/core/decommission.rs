@@ -30,10 +30,14 @@ pub fn order(
     id: &DeviceId,
     record: Option<DeviceRecord>,
     method: WipeMethod,
+    export_to: Option<&str>,
     nonce: &[u8],
     now: u64,
 ) -> Result<Decision, LifecycleError> {
     let mut record = known(id, record)?;
+    if let Some(recipient) = export_to {
+        check_recipient(recipient)?;
+    }
     if record.state == DeviceState::Decommissioning {
         return Ok(Decision::reply(Response::Ack));
     }
@@ -46,16 +50,131 @@ pub fn order(
         signer: None,
         attested_at: None,
         forced: None,
+        export_to: export_to.map(str::to_string),
+        export: None,
     });
+    let export = export_to
+        .map(|r| format!("; application data handed back first, encrypted to {r}"))
+        .unwrap_or_default();
     Ok(Decision::ack(
         record,
         vec![AuditEvent::operator(
             Some(id),
             "decommission-ordered",
-            format!("method {method}"),
+            format!("method {method}{export}"),
             now,
         )],
     ))
+}
+
+/// Refuses what is not an age X25519 recipient (`age1` and Bech32 data, 62 characters).
+fn check_recipient(recipient: &str) -> Result<(), LifecycleError> {
+    let ok = recipient.len() == 62
+        && recipient.starts_with("age1")
+        && recipient[4..]
+            .bytes()
+            .all(|b| b"qpzry9x8gf2tvdw0s3jn54khce6mua7l".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(LifecycleError::BadRequest(format!(
+            "{:?} is not an age X25519 recipient (age1...)",
+            recipient.chars().take(70).collect::<String>()
+        )))
+    }
+}
+
+/// A piece of the application data the device hands back before its wipe. Pieces come in
+/// order; a piece already received is acknowledged again; a new announcement (another digest,
+/// from offset 0: the device restarted before its wipe and encrypted afresh) starts over, and
+/// the attestation must name the export that completed last. `whole` is the SHA-256 of everything
+/// received with this piece, when it is the last (the service reads the pieces back for it).
+pub fn export_piece(
+    peer: &DevicePeer,
+    record: Option<DeviceRecord>,
+    piece: &protocol::message::DataChunk,
+    whole: Option<&[u8]>,
+    now: u64,
+    grace: u64,
+) -> Result<Decision, LifecycleError> {
+    use protocol::message::{MAX_EXPORT, MAX_EXPORT_CHUNK};
+    peer.require(CredentialKind::Ldevid, "handing data back")?;
+    let mut record = known(&peer.id, record)?;
+    ldevid(peer, &record, now, grace)?;
+    let Some(order) = record
+        .decommission
+        .as_mut()
+        .filter(|o| o.export_to.is_some() && record.state == DeviceState::Decommissioning)
+    else {
+        return Err(record.wrong_state("handing data back without an order to"));
+    };
+    let end = piece.offset.saturating_add(piece.bytes.len() as u64);
+    if piece.digest.len() != 32
+        || piece.total > MAX_EXPORT
+        || piece.bytes.len() > MAX_EXPORT_CHUNK
+        || piece.bytes.is_empty()
+        || end > piece.total
+    {
+        return Err(LifecycleError::BadRequest(format!(
+            "a data piece of {} bytes at {} of {} (at most {MAX_EXPORT_CHUNK} a piece, {MAX_EXPORT} in all, a SHA-256 digest)",
+            piece.bytes.len(),
+            piece.offset,
+            piece.total
+        )));
+    }
+    let part = protocol::manifest::sha256(&piece.bytes);
+    let same = order
+        .export
+        .as_ref()
+        .is_some_and(|e| e.digest == piece.digest && e.total == piece.total);
+    if same
+        && let Some(e) = &order.export
+        && end <= e.received
+    {
+        // Sent again after a lost answer.
+        return Ok(Decision::reply(Response::Ack));
+    }
+    let export = match &mut order.export {
+        Some(e) if same && e.completed_at.is_none() && piece.offset == e.received => e,
+        _ if piece.offset == 0 => order.export.insert(super::record::DataExport {
+            digest: piece.digest.clone(),
+            total: piece.total,
+            parts: Vec::new(),
+            received: 0,
+            completed_at: None,
+        }),
+        _ => {
+            return Err(LifecycleError::StaleRequest(format!(
+                "a data piece at {} where the export expects {}",
+                piece.offset,
+                order.export.as_ref().map_or(0, |e| e.received)
+            )));
+        }
+    };
+    export.parts.push(part.to_vec().into());
+    export.received = end;
+    let mut events = Vec::new();
+    if end == piece.total {
+        if whole != Some(piece.digest.as_slice()) {
+            return Err(LifecycleError::BadRequest(
+                "the data handed back does not have the SHA-256 announced".into(),
+            ));
+        }
+        export.completed_at = Some(now);
+        events.push(AuditEvent::device(
+            &peer.id,
+            "data-exported",
+            format!(
+                "{} bytes sha256:{} encrypted to {}",
+                piece.total,
+                certs::inspect::hex(&piece.digest),
+                order.export_to.clone().unwrap_or_default()
+            ),
+            now,
+        ));
+    }
+    record.updated_at = now;
+    Ok(Decision::ack(record, events))
 }
 
 /// Revokes every certificate that could still be used, and deletes the network credentials.
@@ -116,6 +235,19 @@ pub fn attest(
         return Err(LifecycleError::StaleRequest(
             "the decommission order has expired; order it again".into(),
         ));
+    }
+    match (&order.export_to, &order.export, &attestation.exported) {
+        (None, _, None) => {}
+        (Some(to), Some(export), Some(said))
+            if export.completed_at.is_some()
+                && said.sha256 == export.digest
+                && said.bytes == export.total
+                && &said.recipient == to => {}
+        _ => {
+            return Err(LifecycleError::BadRequest(
+                "the attestation does not name the data handed back as ordered".into(),
+            ));
+        }
     }
     if !attestation.all_verified() {
         return Err(LifecycleError::BadRequest(
@@ -197,6 +329,8 @@ pub fn force(
         signer: None,
         attested_at: None,
         forced: None,
+        export_to: None,
+        export: None,
     });
     order.forced = Some(reason.to_string());
     Ok(Decision::ack(
@@ -238,6 +372,7 @@ mod tests {
             }],
             started_on: NOW,
             finished_on: NOW,
+            exported: None,
         }
     }
 
@@ -247,7 +382,7 @@ mod tests {
         let (record, key, peer) = kit.onboarded("SN-1");
         let id = record.id.clone();
         let nonce = [5u8; 32];
-        let ordered = order(&id, Some(record), WipeMethod::Clear, &nonce, NOW)
+        let ordered = order(&id, Some(record), WipeMethod::Clear, None, &nonce, NOW)
             .unwrap()
             .write
             .unwrap();
@@ -325,5 +460,83 @@ mod tests {
                 .write
                 .is_none()
         );
+    }
+
+    #[test]
+    fn data_comes_back_in_order_whole_and_named_by_the_attestation() {
+        use protocol::message::DataChunk;
+        let kit = Kit::new();
+        let (record, key, peer) = kit.onboarded("SN-1");
+        let id = record.id.clone();
+        let nonce = [5u8; 32];
+        let to = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+        assert_eq!(
+            order(
+                &id,
+                Some(record.clone()),
+                WipeMethod::Clear,
+                Some("age1x"),
+                &nonce,
+                NOW
+            )
+            .unwrap_err()
+            .code(),
+            ErrorCode::BadRequest
+        );
+        let ordered = order(&id, Some(record), WipeMethod::Clear, Some(to), &nonce, NOW)
+            .unwrap()
+            .write
+            .unwrap();
+        let data = b"encrypted-application-data".to_vec();
+        let digest = protocol::manifest::sha256(&data).to_vec();
+        let piece = |offset: usize, end: usize| DataChunk {
+            digest: digest.clone(),
+            total: data.len() as u64,
+            offset: offset as u64,
+            bytes: data[offset..end].to_vec(),
+        };
+        let put = |r: &DeviceRecord, p: &DataChunk, whole: Option<&[u8]>| {
+            export_piece(&peer, Some(r.clone()), p, whole, NOW, 0)
+        };
+        // Out of order: refused, nothing written.
+        assert_eq!(
+            put(&ordered, &piece(10, 20), None).unwrap_err().code(),
+            ErrorCode::StaleRequest
+        );
+        let first = put(&ordered, &piece(0, 10), None).unwrap().write.unwrap();
+        // The same piece again: acknowledged, nothing written.
+        assert!(put(&first, &piece(0, 10), None).unwrap().write.is_none());
+        // The last piece, but the whole is not what was announced: refused.
+        let end = data.len();
+        assert_eq!(
+            put(&first, &piece(10, end), Some(&[0; 32]))
+                .unwrap_err()
+                .code(),
+            ErrorCode::BadRequest
+        );
+        let done = put(&first, &piece(10, end), Some(&digest)).unwrap();
+        assert_eq!(done.events[0].action, "data-exported");
+        let done = done.write.unwrap();
+        // The attestation must name it.
+        let mut without = attestation("SN-1", &nonce, true);
+        assert_eq!(
+            attest(
+                &peer,
+                Some(done.clone()),
+                &without.sign(&key).unwrap(),
+                NOW,
+                0
+            )
+            .unwrap_err()
+            .code(),
+            ErrorCode::BadRequest
+        );
+        without.exported = Some(protocol::attestation::ExportedData {
+            recipient: to.into(),
+            sha256: digest.clone(),
+            bytes: data.len() as u64,
+        });
+        let attested = attest(&peer, Some(done), &without.sign(&key).unwrap(), NOW, 0).unwrap();
+        assert_eq!(attested.write.unwrap().state, DeviceState::Decommissioned);
     }
 }

@@ -492,6 +492,7 @@ pub fn hello(
         welcome.commands.push(Command::Decommission {
             nonce: order.nonce.clone(),
             method: order.method,
+            export_to: order.export_to.clone(),
         });
         return Ok(Decision {
             write: changed.then_some(record),

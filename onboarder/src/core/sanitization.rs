@@ -60,6 +60,24 @@ pub struct SanitizationCertificate {
     pub attestation: String,
     /// The device certificate that signed it, PEM.
     pub signer_certificate: String,
+    /// The application data handed to the owner before the sanitization, if it was: as the
+    /// device attested it (signed, with the wipe) and the onboarder received it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_transfer: Option<DataTransfer>,
+}
+
+/// Data transferred to the owner before a sanitization (NIST IR 8259 Rev. 1: user data
+/// transferred securely at end of life).
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DataTransfer {
+    /// To whom: the age X25519 recipient it was encrypted to (only that key's holder reads it).
+    pub recipient: String,
+    /// SHA-256 of the ciphertext, hex.
+    pub sha256: String,
+    /// Its length in bytes.
+    pub bytes: u64,
+    /// When the onboarder had all of it (seconds since the epoch).
+    pub received_on: Option<u64>,
 }
 
 fn method_name(m: WipeMethod) -> String {
@@ -142,5 +160,13 @@ pub fn certify(
         attestation_sha256: certs::inspect::hex(&protocol::manifest::sha256(signed)),
         attestation: certs::inspect::hex(signed),
         signer_certificate: certs::files::cert_pem(signer),
+        data_transfer: a.exported.as_ref().map(|e| DataTransfer {
+            recipient: e.recipient.clone(),
+            sha256: certs::inspect::hex(&e.sha256),
+            bytes: e.bytes,
+            received_on: order
+                .and_then(|o| o.export.as_ref())
+                .and_then(|x| x.completed_at),
+        }),
     })
 }

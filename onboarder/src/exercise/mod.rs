@@ -474,6 +474,7 @@ impl Exercise {
             api.decommission(
                 order,
                 protocol::attestation::WipeMethod::PurgeCryptographicErase,
+                None,
             )
         })
         .await?;

@@ -434,15 +434,53 @@ impl ApiClient {
     }
 
     /// Orders devices to wipe themselves.
+    /// With `export_to`, they hand their application data back first, encrypted to that age
+    /// recipient.
     pub fn decommission(
         &self,
         devices: Vec<String>,
         method: protocol::attestation::WipeMethod,
+        export_to: Option<String>,
     ) -> Result<OrderReport> {
         self.post_json(
             "/v1/decommissions",
-            &super::api::DecommissionRequest { devices, method },
+            &super::api::DecommissionRequest {
+                devices,
+                method,
+                export_to,
+            },
         )
+    }
+
+    /// The encrypted application data a device handed back before its wipe.
+    pub fn exported_data(&self, device: &str) -> Result<Vec<u8>> {
+        let mut response = self
+            .agent
+            .get(format!(
+                "{}/v1/devices/{}/exported-data",
+                self.base,
+                segment(device)
+            ))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .call()
+            .map_err(|e| self.unreachable(e))?;
+        if !response.status().is_success() {
+            let status = response.status().as_u16();
+            let body = response.body_mut().read_to_string().unwrap_or_default();
+            return Err(ClientError::Refused {
+                status,
+                message: serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("detail").and_then(|d| d.as_str()).map(str::to_string))
+                    .unwrap_or(body),
+            });
+        }
+        response
+            .body_mut()
+            .with_config()
+            .limit(protocol::message::MAX_EXPORT)
+            .read_to_vec()
+            .map_err(|e| ClientError::Decode(e.to_string()))
     }
 
     /// Decommissions a device without its attestation.

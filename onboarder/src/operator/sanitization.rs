@@ -36,6 +36,18 @@ impl SanitizationCertificate {
         body.push_str(&row("Verified", if self.verified { "yes" } else { "NO" }));
         body.push_str(&row("Started", &super::terminal::when(self.started_on)));
         body.push_str(&row("Finished", &super::terminal::when(self.finished_on)));
+        if let Some(t) = &self.data_transfer {
+            body.push_str("</table><h2>Data transferred before sanitization</h2><table>\n");
+            body.push_str(&row("Encrypted to", &t.recipient));
+            body.push_str(&row("Ciphertext SHA-256", &t.sha256));
+            body.push_str(&row("Bytes", &t.bytes.to_string()));
+            if let Some(at) = t.received_on {
+                body.push_str(&row(
+                    "Received by the onboarder",
+                    &super::terminal::when(at),
+                ));
+            }
+        }
         body.push_str("</table><h2>Media destination</h2><table>\n");
         body.push_str(&row("Destination", &self.media_destination));
         body.push_str("</table><h2>Validation</h2><table>\n");

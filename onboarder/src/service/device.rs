@@ -36,6 +36,7 @@ impl Service {
                 offset,
                 length,
             } => self.chunk(peer, digest, *offset, *length).await,
+            Request::DataExport(piece) => self.export_piece(peer, piece).await,
             Request::VoucherRequest(signed) => {
                 // The MASA is asked before the decision (which does no I/O), and only for a
                 // request the core would answer.
@@ -108,6 +109,10 @@ impl Service {
                 let support = self.support_of(Some(hello.class_id.as_str()));
                 core::onboard::hello(reg, peer, record, hello.clone(), support.as_ref(), now)
             }
+            // Decided in `handle`, once the piece is stored.
+            Request::DataExport(_) => Err(LifecycleError::BadRequest(
+                "a data piece is decided once it is stored".into(),
+            )),
             Request::SecurityEvents(events) => {
                 core::security::report(peer, record, events, now, grace)
             }
@@ -173,6 +178,79 @@ impl Service {
                 None
             }
         }
+    }
+
+    /// Keeps a piece of the data a device hands back before its wipe: stored (under its
+    /// SHA-256) before the decision that records it, and with the last piece the whole,
+    /// checked against the digest announced. Only a device ordered to hand data back may
+    /// store anything.
+    async fn export_piece(
+        &self,
+        peer: &DevicePeer,
+        piece: &protocol::message::DataChunk,
+    ) -> Result<Response, LifecycleError> {
+        let grace = self.registrar().policy.superseded_grace;
+        let record = self.store.device(&peer.id)?;
+        // A dry run on the record as it is (the whole taken as announced): nothing is stored
+        // for a piece it would refuse.
+        let last = piece.offset.saturating_add(piece.bytes.len() as u64) == piece.total;
+        let announced = last.then_some(piece.digest.as_slice());
+        core::decommission::export_piece(
+            peer,
+            record.clone(),
+            piece,
+            announced,
+            self.now(),
+            grace,
+        )?;
+        let earlier: Vec<Vec<u8>> = record
+            .as_ref()
+            .and_then(|r| r.decommission.as_ref())
+            .and_then(|d| d.export.as_ref())
+            .filter(|e| e.digest == piece.digest && piece.offset > 0)
+            .map(|e| e.parts.iter().map(|p| p.to_vec()).collect())
+            .unwrap_or_default();
+        let images = self.images.clone();
+        let bytes = piece.bytes.clone();
+        let announced = piece.digest.clone();
+        let whole = tokio::task::spawn_blocking(move || -> Result<_, crate::store::StoreError> {
+            images.put(&protocol::manifest::sha256(&bytes), &bytes)?;
+            if !last {
+                return Ok(None);
+            }
+            let mut all = Vec::new();
+            for part in &earlier {
+                let size = u32::try_from(protocol::message::MAX_EXPORT_CHUNK).unwrap_or(u32::MAX);
+                all.extend(images.read(part, 0, size)?);
+            }
+            all.extend_from_slice(&bytes);
+            let digest = protocol::manifest::sha256(&all).to_vec();
+            if digest == announced {
+                images.put(&digest, &all)?;
+            }
+            Ok(Some(digest))
+        })
+        .await
+        .map_err(|e| LifecycleError::Unavailable(e.to_string()))??;
+        self.decide_device(&peer.id, |record, now| {
+            core::decommission::export_piece(peer, record, piece, whole.as_deref(), now, grace)
+        })
+        .await
+    }
+
+    /// The ciphertext device `id` handed back before its wipe, once complete.
+    pub fn exported_data(&self, id: &DeviceId) -> Result<Vec<u8>, crate::service::OperatorError> {
+        let record = self.device(id)?;
+        let export = record
+            .decommission
+            .and_then(|d| d.export)
+            .filter(|e| e.completed_at.is_some())
+            .ok_or_else(|| {
+                crate::service::OperatorError::NotFound(format!("data handed back by {id}"))
+            })?;
+        let size = u32::try_from(export.total)
+            .map_err(|_| crate::service::OperatorError::Internal("export size".into()))?;
+        Ok(self.images.read(&export.digest, 0, size)?)
     }
 
     /// Serves a piece of an image offered to the device.

@@ -129,14 +129,17 @@ impl Service {
         .await
     }
 
-    /// Orders devices to wipe themselves with `method`, each with its own fresh nonce.
+    /// Orders devices to wipe themselves with `method`, each with its own fresh nonce; with
+    /// `export_to`, to hand their application data back first, encrypted to that age
+    /// recipient.
     pub async fn decommission(
         &self,
         devices: &[DeviceId],
         method: WipeMethod,
+        export_to: Option<&str>,
     ) -> Result<OrderReport, OperatorError> {
         self.order(devices, |id, record, now| {
-            core::decommission::order(id, record, method, &self.nonce()?, now)
+            core::decommission::order(id, record, method, export_to, &self.nonce()?, now)
         })
         .await
     }

@@ -217,7 +217,7 @@ async fn ordered(
     world
         .server
         .service()
-        .decommission(&[world.id(serial)], WipeMethod::Clear)
+        .decommission(&[world.id(serial)], WipeMethod::Clear, None)
         .await
         .unwrap();
     let nonce = world.record(serial).unwrap().decommission.unwrap().nonce;
@@ -244,6 +244,7 @@ fn attestation(serial: &str, nonce: &[u8]) -> WipeAttestation {
         }],
         started_on: now(),
         finished_on: now(),
+        exported: None,
     }
 }
 
@@ -437,4 +438,173 @@ async fn a_decommissioned_device_is_resold_to_a_new_owner() {
         .unwrap();
     assert_eq!(report.rejected.len(), 1);
     assert_eq!(owner_a.record("SN-RESALE").unwrap(), before);
+}
+
+/// `decommission --export-data`: before its wipe the device hands its application data back,
+/// encrypted to an age key the owner made with Debian's age-keygen; the owner decrypts it with
+/// Debian's age and unpacks it with tar, and finds what the device held. The attestation and
+/// the certificate of sanitization name the transfer. A piece from a device with no such order
+/// is refused, typed, and changes nothing; a wrong recipient is refused when ordered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_hands_its_data_back_encrypted_to_the_owner_before_its_wipe() {
+    use std::process::Command as Process;
+    let world = World::new().await;
+    let serials = ["SN-GIVE", "SN-KEEP"];
+    world.expect(&serials, 30).await;
+    let device = world.device("SN-GIVE");
+    world.agent(&device).onboard().await.unwrap();
+    let other = world.device("SN-KEEP");
+    world.agent(&other).onboard().await.unwrap();
+    let vault = Vault::new(&device.state_dir);
+    // More than one piece of the protocol (48 KiB), and two items.
+    let readings: Vec<u8> = (0..150_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    vault.put("readings", &readings).unwrap();
+    vault.put("settings", b"{\"alarm\": 120}").unwrap();
+
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("owner.key");
+    let made = Process::new("age-keygen")
+        .arg("-o")
+        .arg(&key_file)
+        .output()
+        .expect("age-keygen (Debian package age; scripts/test installs it)");
+    assert!(made.status.success(), "{made:?}");
+    let recipient = String::from_utf8(
+        Process::new("age-keygen")
+            .arg("-y")
+            .arg(&key_file)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    assert!(recipient.starts_with("age1"), "{recipient}");
+
+    // A recipient that is not one is refused when ordered.
+    let refused = world
+        .server
+        .service()
+        .decommission(
+            &[world.id("SN-GIVE")],
+            WipeMethod::Clear,
+            Some("age1-not-a-key"),
+        )
+        .await
+        .unwrap();
+    assert!(refused.accepted.is_empty() && refused.refused.len() == 1);
+    assert_eq!(world.record("SN-GIVE").unwrap().state, DeviceState::Active);
+
+    // A device without the order cannot store anything.
+    let session = world.ldevid_session(&other).await;
+    let before = world.record("SN-KEEP").unwrap();
+    let sneaked = session
+        .call(&Request::DataExport(protocol::message::DataChunk {
+            digest: vec![0; 32],
+            total: 4,
+            offset: 0,
+            bytes: b"junk".to_vec(),
+        }))
+        .await;
+    assert!(
+        matches!(
+            sneaked,
+            Err(AgentError::Refused {
+                code: ErrorCode::WrongState,
+                ..
+            })
+        ),
+        "{sneaked:?}"
+    );
+    assert_eq!(world.record("SN-KEEP").unwrap(), before);
+    assert!(
+        world
+            .server
+            .service()
+            .images()
+            .read(&protocol::manifest::sha256(b"junk"), 0, 4)
+            .is_err()
+    );
+
+    let running = Running::start(world.agent(&device));
+    eventually(10, "the session", || {
+        world.server.sessions().is_connected(&world.id("SN-GIVE"))
+    })
+    .await;
+    let order = world
+        .server
+        .control()
+        .decommission_exporting(
+            vec![world.id("SN-GIVE")],
+            WipeMethod::PurgeCryptographicErase,
+            Some(recipient.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(order.accepted, [world.id("SN-GIVE")]);
+    eventually(30, "the attestation", || {
+        world.record("SN-GIVE").unwrap().state == DeviceState::Decommissioned
+    })
+    .await;
+    running.stop().await;
+    assert!(vault.get("readings").unwrap().is_none(), "wiped");
+
+    // The owner decrypts with age and unpacks with tar.
+    let data = world
+        .server
+        .service()
+        .exported_data(&world.id("SN-GIVE"))
+        .unwrap();
+    let encrypted = keys.path().join("data.age");
+    std::fs::write(&encrypted, &data).unwrap();
+    let out = keys.path().join("data");
+    std::fs::create_dir(&out).unwrap();
+    let script = format!(
+        "age -d -i '{}' '{}' | tar -x -C '{}'",
+        key_file.display(),
+        encrypted.display(),
+        out.display()
+    );
+    let unpacked = Process::new("sh").arg("-c").arg(&script).output().unwrap();
+    assert!(unpacked.status.success(), "{unpacked:?}");
+    assert_eq!(std::fs::read(out.join("readings")).unwrap(), readings);
+    assert_eq!(
+        std::fs::read(out.join("settings")).unwrap(),
+        b"{\"alarm\": 120}"
+    );
+    // Another key cannot read it.
+    let stranger = keys.path().join("stranger.key");
+    Process::new("age-keygen")
+        .arg("-o")
+        .arg(&stranger)
+        .output()
+        .unwrap();
+    let denied = Process::new("age")
+        .arg("-d")
+        .arg("-i")
+        .arg(&stranger)
+        .arg(&encrypted)
+        .output()
+        .unwrap();
+    assert!(!denied.status.success());
+
+    // The certificate of sanitization names the transfer, as the device attested it.
+    let certificate = world
+        .server
+        .service()
+        .sanitization_certificate(&world.id("SN-GIVE"))
+        .unwrap();
+    let transfer = certificate.data_transfer.clone().unwrap();
+    assert_eq!(transfer.recipient, recipient);
+    assert_eq!(transfer.bytes, data.len() as u64);
+    assert_eq!(
+        transfer.sha256,
+        certs::inspect::hex(&protocol::manifest::sha256(&data))
+    );
+    assert!(certificate.to_html().contains(&recipient));
+    let actions = world.actions("SN-GIVE");
+    let exported = actions.iter().position(|a| a == "data-exported").unwrap();
+    let attested = actions.iter().position(|a| a == "wipe-attested").unwrap();
+    assert!(exported < attested, "{actions:?}");
 }

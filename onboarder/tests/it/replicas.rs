@@ -458,7 +458,7 @@ async fn three_replicas_lose_one_in_the_middle_and_nothing_is_lost() {
         .unwrap()
         .id
         .clone();
-    api.decommission(vec![id.to_string()], WipeMethod::Clear)
+    api.decommission(vec![id.to_string()], WipeMethod::Clear, None)
         .unwrap();
     eventually(30, "the decommissioning through replica 1", || {
         replicas[2]

@@ -25,4 +25,30 @@ pub struct Decommission {
     /// Why it was forced without an attestation.
     #[serde(default)]
     pub forced: Option<String>,
+    /// The age recipient the device is to encrypt its application data to and hand it back
+    /// before wiping, if the owner asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_to: Option<String>,
+    /// The data handed back so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<DataExport>,
+}
+
+/// Encrypted application data a device hands back, piece by piece, before its wipe. The pieces
+/// are kept in the image store under their SHA-256; once all are in, the whole ciphertext is
+/// stored under its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataExport {
+    /// SHA-256 of the whole ciphertext, as the device announced it.
+    #[serde(with = "serde_bytes")]
+    pub digest: Vec<u8>,
+    /// Its length.
+    pub total: u64,
+    /// SHA-256 of each piece received, in order.
+    pub parts: Vec<serde_bytes::ByteBuf>,
+    /// Bytes received.
+    pub received: u64,
+    /// When the last piece came and the whole was checked against `digest`.
+    #[serde(default)]
+    pub completed_at: Option<u64>,
 }

@@ -11,7 +11,7 @@ mod rotation;
 mod security;
 
 pub use cert::{CertStatus, IssuedCert};
-pub use decommission::Decommission;
+pub use decommission::{DataExport, Decommission};
 pub use firmware_job::{FirmwareJob, JobState, MAX_JOB_TRANSITIONS};
 pub use rotation::{Rotation, RotationState};
 pub use security::SecurityTally;

@@ -171,6 +171,10 @@ pub struct DecommissionRequest {
     /// Sanitization method.
     #[schema(value_type = String, example = "clear")]
     pub method: protocol::attestation::WipeMethod,
+    /// Have each device hand its application data back first, encrypted to this age X25519
+    /// recipient (`age1...`, from `age-keygen`); the onboarder keeps the ciphertext.
+    #[serde(default)]
+    pub export_to: Option<String>,
 }
 
 /// Orders devices to wipe themselves and attest it.
@@ -183,7 +187,10 @@ pub(super) async fn decommission(
         return Err(OperatorError::BadInput("name the devices".into()));
     }
     let (ids, unknown) = resolve_all(&api, &body.devices);
-    let mut report = api.control.decommission(ids, body.method).await?;
+    let mut report = api
+        .control
+        .decommission_exporting(ids, body.method, body.export_to)
+        .await?;
     report.refused.extend(unknown);
     Ok(axum::Json(report))
 }
@@ -360,4 +367,15 @@ pub(super) async fn save_query(
 ) -> ApiResult<DeviceQuery> {
     api.control.service.save_query(&name, &body).await?;
     Ok(axum::Json(body))
+}
+
+/// The encrypted application data the device handed back before its wipe (an age file).
+#[utoipa::path(get, path = "/v1/devices/{device}/exported-data", tag = "orders", params(("device" = String, Path, description = "MAKER/SERIAL, or a serial only one manufacturer has")), responses((status = 200, description = "The age file", content_type = "application/octet-stream", body = super::Binary), super::Problems))]
+pub(super) async fn exported_data(
+    State(api): State<Api>,
+    Path(device): Path<String>,
+) -> Result<Response, OperatorError> {
+    let id = api.control.service.resolve(&device)?;
+    let data = api.control.service.exported_data(&id)?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
 }

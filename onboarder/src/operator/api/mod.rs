@@ -24,10 +24,12 @@
 //! POST /v1/devices/{device}/revoke {"reason": "key-compromise"}: revoke and quarantine
 //! POST /v1/devices/{device}/quarantine {"reason": "..."}: refuse it, keep its certificates
 //! POST /v1/devices/{device}/reset-onboarding {"reason": "..."}: back to expected, pin dropped
-//! POST /v1/decommissions          {"devices": [..], "method": "clear"|"purge-cryptographic-erase"}
+//! POST /v1/decommissions          {"devices": [..], "method": "clear"|"purge-cryptographic-erase",
+//!                                "export_to": "age1..." (hand the data back first)}
 //! POST /v1/devices/{device}/decommission/force {"reason": "..."}: no attestation
 //! GET  /v1/devices/{device}/sanitization       certificate of sanitization (JSON)
 //! GET  /v1/devices/{device}/sanitization.html  the same, printable
+//! GET  /v1/devices/{device}/exported-data      the data it handed back (age file)
 //! POST /v1/rotations              {"devices": [..]} or {"all": true}, optional "rate"
 //! GET  /v1/rotations?since=T      progress of the rotations ordered since T
 //! POST /v1/ca/rollover            new issuing CA generation, every device re-keys
@@ -138,6 +140,7 @@ fn routes(api: Api) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(devices::force_decommission))
         .routes(routes!(devices::sanitization))
         .routes(routes!(devices::sanitization_html))
+        .routes(routes!(devices::exported_data))
         .routes(routes!(fleet::rotation_status, fleet::rotate))
         .routes(routes!(fleet::rollover))
         .routes(routes!(fleet::root_rollover))

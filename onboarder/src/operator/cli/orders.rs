@@ -67,6 +67,11 @@ pub struct DecommissionArgs {
     /// Why (for --force; goes into the audit log).
     #[arg(long)]
     reason: Option<String>,
+    /// Have each device hand its application data back before the wipe, encrypted to this age
+    /// recipient (`age1...` from `age-keygen`, or a file holding one); fetch it with
+    /// `decommission data DEVICE --out FILE` and decrypt it with `age -d -i KEY`.
+    #[arg(long, value_name = "RECIPIENT")]
+    export_data: Option<String>,
     /// Seconds to wait for the attestations (0: do not wait).
     #[arg(long, default_value_t = 300)]
     wait: u64,
@@ -87,6 +92,15 @@ enum DecommissionCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// The encrypted application data a device handed back before its wipe (an age file:
+    /// `age -d -i KEY FILE | tar -x`).
+    Data {
+        /// The device.
+        device: String,
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -217,6 +231,17 @@ pub(super) fn crl(client: &ApiClient, dir: &Path, cmd: CrlCommand) -> Result<()>
 }
 
 pub(super) fn decommission(client: &ApiClient, args: DecommissionArgs) -> Result<()> {
+    if let Some(DecommissionCommand::Data { device, out }) = &args.command {
+        let data = client.exported_data(device)?;
+        std::fs::write(out, &data).map_err(|e| Error::io(out, e))?;
+        say!(
+            "wrote {} ({} bytes, sha256:{})",
+            out.display(),
+            data.len(),
+            hex::encode(protocol::manifest::sha256(&data))
+        );
+        return Ok(());
+    }
     if let Some(DecommissionCommand::Certificate {
         device,
         html,
@@ -240,6 +265,14 @@ pub(super) fn decommission(client: &ApiClient, args: DecommissionArgs) -> Result
             c.device
         );
         say!("  method:       {}", c.sanitization_method);
+        if let Some(t) = &c.data_transfer {
+            say!(
+                "  data handed back first: {} bytes sha256:{} encrypted to {}",
+                t.bytes,
+                t.sha256,
+                shown(&t.recipient)
+            );
+        }
         for d in &c.sanitization_description {
             say!("                {}", shown(d));
         }
@@ -268,7 +301,20 @@ pub(super) fn decommission(client: &ApiClient, args: DecommissionArgs) -> Result
                 args.method
             ))
         })?;
-    let order = client.decommission(args.devices, method)?;
+    let export_to = match args.export_data {
+        // A file holding the recipient (as age's -R takes), or the recipient itself.
+        Some(given) if std::path::Path::new(&given).is_file() => Some(
+            std::fs::read_to_string(&given)
+                .map_err(|e| Error::io(std::path::Path::new(&given), e))?
+                .lines()
+                .map(str::trim)
+                .find(|l| l.starts_with("age1"))
+                .ok_or_else(|| Error::Config(format!("{given}: no age1... recipient in it")))?
+                .to_string(),
+        ),
+        other => other,
+    };
+    let order = client.decommission(args.devices, method, export_to)?;
     for (device, why) in &order.refused {
         eprintln!("not decommissioning {}: {}", shown(device), shown(why));
     }
