@@ -265,7 +265,8 @@ pub fn agent_settings(
     Ok((address, options))
 }
 
-/// Leaves the certificate of sanitization of `serial` in `OUT/sanitization/`.
+/// Leaves the certificate of sanitization of `serial` in `OUT/sanitization/`, and its history
+/// bundle in `OUT/history/`.
 fn certify(server: &Server, serial: &str, out: &Path) -> Result<()> {
     let id = server.service().resolve(serial)?;
     let certificate = server.service().sanitization_certificate(&id)?;
@@ -277,6 +278,12 @@ fn certify(server: &Server, serial: &str, out: &Path) -> Result<()> {
     files::write_public(
         &dir.join(format!("{serial}.html")),
         certificate.to_html().as_bytes(),
+    )?;
+    // Its whole history, for anyone to check with the owner root alone.
+    let bundle = server.service().history(&id)?;
+    files::write_public(
+        &out.join("history").join(format!("{serial}.cbor")),
+        &protocol::cbor::to_vec(&bundle),
     )?;
     Ok(())
 }

@@ -454,13 +454,19 @@ impl ApiClient {
 
     /// The encrypted application data a device handed back before its wipe.
     pub fn exported_data(&self, device: &str) -> Result<Vec<u8>> {
+        self.bytes(&format!("/v1/devices/{}/exported-data", segment(device)))
+    }
+
+    /// A device's history bundle (CBOR).
+    pub fn history(&self, device: &str) -> Result<Vec<u8>> {
+        self.bytes(&format!("/v1/devices/{}/history", segment(device)))
+    }
+
+    /// The bytes `path` answers with (at most [`protocol::message::MAX_EXPORT`]).
+    fn bytes(&self, path: &str) -> Result<Vec<u8>> {
         let mut response = self
             .agent
-            .get(format!(
-                "{}/v1/devices/{}/exported-data",
-                self.base,
-                segment(device)
-            ))
+            .get(format!("{}{path}", self.base))
             .header("Authorization", format!("Bearer {}", self.token))
             .call()
             .map_err(|e| self.unreachable(e))?;

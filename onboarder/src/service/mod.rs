@@ -21,6 +21,7 @@ mod crls;
 mod device;
 mod error;
 mod firmware;
+mod history;
 mod imports;
 mod network;
 mod orders;
@@ -35,6 +36,7 @@ pub use campaigns::{CampaignSpec, CampaignStatus, DeviceProgress, RampSpec, TICK
 pub use crls::Crl;
 pub use device::{Handled, SignedUrl};
 pub use error::OperatorError;
+pub use history::{HISTORY_FORMAT, HistoryBundle, STATEMENT_CONTENT_TYPE, Statement};
 pub use imports::AnchorImport;
 pub use network::AccessContext;
 pub use orders::{OrderReport, RotationStatus};

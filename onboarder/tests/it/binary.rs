@@ -584,3 +584,85 @@ async fn the_cli_labels_filters_and_saves_queries() {
     assert!(!ok);
     assert!(err.contains("NAME=VALUE"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sets_support_periods_prints_labels_and_exports_histories() {
+    let root = tempfile::tempdir().unwrap();
+    let (dir, _) = init(root.path(), |_| {});
+    let (_serving, api) = Serving::start(&dir);
+    let m = certs::factory::Manufacturer::create(
+        certs::factory::ManufacturerConfig::new("Cli Maker"),
+        now(),
+    )
+    .unwrap();
+    expect(api.clone(), &dir, &m, &["SN-TR-1"]).await;
+    let cli = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["--dir", dir.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, text, err) = cli(&[
+        "support",
+        "set",
+        "sensor-1",
+        "--ends-on",
+        "2031-06-30",
+        "--notice-days",
+        "60",
+    ]);
+    assert!(ok, "{err}");
+    assert!(text.contains("end on 2031-06-30"), "{text}");
+    let (_, text, _) = cli(&["support", "list", "--json"]);
+    let periods: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(periods[0]["notice_days"], 60);
+    let (ok, _, err) = cli(&["support", "set", "sensor-1", "--ends-on", "2031-02-30"]);
+    assert!(!ok);
+    assert!(err.contains("YYYY-MM-DD"), "{err}");
+
+    // Labels under the owner's own base URL; the QR code written for printing.
+    let mut settings = api.label_settings().unwrap();
+    settings.base_url = Some("https://labels.example/d".into());
+    api.set_label_settings(&settings).unwrap();
+    let qr = root.path().join("label.png");
+    let (ok, text, err) = cli(&["live-label", "SN-TR-1", "--qr", qr.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(text.starts_with("https://labels.example/d/"), "{text}");
+    // Not onboarded yet: no class reported, so no period applies to it.
+    assert!(
+        text.contains("security updates: no end date published"),
+        "{text}"
+    );
+    assert!(std::fs::read(&qr).unwrap().starts_with(b"\x89PNG"));
+
+    // The history of a device: a bundle whose statement is signed and lists its entries.
+    let file = root.path().join("history.cbor");
+    let (ok, text, err) = cli(&[
+        "device",
+        "history",
+        "SN-TR-1",
+        "--export",
+        file.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(text.contains("wrote"), "{text}");
+    let bundle: onboarder::service::HistoryBundle =
+        protocol::cbor::from_slice(&std::fs::read(&file).unwrap(), 1 << 24).unwrap();
+    assert!(!bundle.entries.is_empty());
+    assert!(bundle.parts.contains_key("voucher"));
+    let (ok, _, err) = cli(&[
+        "device",
+        "history",
+        "SN-NOBODY",
+        "--export",
+        file.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("SN-NOBODY"), "{err}");
+}

@@ -379,3 +379,19 @@ pub(super) async fn exported_data(
     let data = api.control.service.exported_data(&id)?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
 }
+
+/// The device's history for anyone to verify offline with the owner root (CBOR; see
+/// `onboarder device history`).
+#[utoipa::path(get, path = "/v1/devices/{device}/history", tag = "audit", params(("device" = String, Path, description = "MAKER/SERIAL, or a serial only one manufacturer has")), responses((status = 200, description = "The history bundle", content_type = "application/cbor", body = super::Binary), super::Problems))]
+pub(super) async fn history(
+    State(api): State<Api>,
+    Path(device): Path<String>,
+) -> Result<Response, OperatorError> {
+    let id = api.control.service.resolve(&device)?;
+    let bundle = api.control.service.history(&id)?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/cbor")],
+        protocol::cbor::to_vec(&bundle),
+    )
+        .into_response())
+}

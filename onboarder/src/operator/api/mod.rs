@@ -30,6 +30,7 @@
 //! GET  /v1/devices/{device}/sanitization       certificate of sanitization (JSON)
 //! GET  /v1/devices/{device}/sanitization.html  the same, printable
 //! GET  /v1/devices/{device}/exported-data      the data it handed back (age file)
+//! GET  /v1/devices/{device}/history            its history, signed, verifiable offline (CBOR)
 //! POST /v1/rotations              {"devices": [..]} or {"all": true}, optional "rate"
 //! GET  /v1/rotations?since=T      progress of the rotations ordered since T
 //! POST /v1/ca/rollover            new issuing CA generation, every device re-keys
@@ -141,6 +142,7 @@ fn routes(api: Api) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(devices::sanitization))
         .routes(routes!(devices::sanitization_html))
         .routes(routes!(devices::exported_data))
+        .routes(routes!(devices::history))
         .routes(routes!(fleet::rotation_status, fleet::rotate))
         .routes(routes!(fleet::rollover))
         .routes(routes!(fleet::root_rollover))

@@ -165,6 +165,17 @@ pub enum DeviceCommand {
     /// Saved queries (groups of devices).
     #[command(subcommand)]
     Query(QueryCommand),
+    /// Export a device's history for anyone to verify offline with the owner root alone:
+    /// its audit entries, IDevID key and voucher, LDevIDs, firmware manifests, wipe
+    /// attestation and certificate of sanitization, under a statement signed by the issuing
+    /// CA (CBOR; `interop-tests/python/verify_history.py ROOT.pem FILE` checks it).
+    History {
+        /// The device.
+        device: String,
+        /// Where to write the bundle.
+        #[arg(long, value_name = "FILE")]
+        export: PathBuf,
+    },
     /// Show one device.
     Show {
         /// The device (MAKER/SERIAL, or a serial only one manufacturer has).
@@ -440,6 +451,16 @@ pub(super) fn device(client: &ApiClient, cmd: DeviceCommand) -> Result<()> {
         DeviceCommand::ResetOnboarding { device, reason } => {
             let d = client.reset_onboarding(&device, &reason)?;
             say!("{} is {}; its IDevID is no longer pinned", d.id, d.state);
+        }
+        DeviceCommand::History { device, export } => {
+            let bundle = client.history(&device)?;
+            std::fs::write(&export, &bundle).map_err(|e| crate::error::Error::io(&export, e))?;
+            say!(
+                "wrote {} ({} bytes, sha256:{})",
+                export.display(),
+                bundle.len(),
+                hex::encode(protocol::manifest::sha256(&bundle))
+            );
         }
         DeviceCommand::Show {
             device,
