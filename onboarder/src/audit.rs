@@ -34,15 +34,25 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
-    /// An event caused by a device.
-    pub fn device(id: &DeviceId, action: &str, detail: impl Into<String>, at: u64) -> Self {
+    fn by(
+        actor: String,
+        device: Option<&DeviceId>,
+        action: &str,
+        detail: impl Into<String>,
+        at: u64,
+    ) -> Self {
         AuditEvent {
             at,
-            actor: format!("device:{id}"),
-            device: Some(id.clone()),
+            actor,
+            device: device.cloned(),
             action: action.to_string(),
             detail: detail.into(),
         }
+    }
+
+    /// An event caused by a device.
+    pub fn device(id: &DeviceId, action: &str, detail: impl Into<String>, at: u64) -> Self {
+        AuditEvent::by(format!("device:{id}"), Some(id), action, detail, at)
     }
 
     /// An event the onboarder caused on its own (a date passed, a sweep).
@@ -52,13 +62,7 @@ impl AuditEvent {
         detail: impl Into<String>,
         at: u64,
     ) -> Self {
-        AuditEvent {
-            at,
-            actor: "system".to_string(),
-            device: device.cloned(),
-            action: action.to_string(),
-            detail: detail.into(),
-        }
+        AuditEvent::by("system".into(), device, action, detail, at)
     }
 
     /// An event caused by the operator.
@@ -68,13 +72,7 @@ impl AuditEvent {
         detail: impl Into<String>,
         at: u64,
     ) -> Self {
-        AuditEvent {
-            at,
-            actor: "operator".to_string(),
-            device: device.cloned(),
-            action: action.to_string(),
-            detail: detail.into(),
-        }
+        AuditEvent::by("operator".into(), device, action, detail, at)
     }
 }
 

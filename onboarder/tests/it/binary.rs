@@ -526,6 +526,20 @@ async fn a_campaign_interrupted_by_sigterm_resumes_after_the_restart() {
 
 /// The inventory from the command line: labels, filtered lists through the device index, saved
 /// queries; a bad filter is refused before anything is asked.
+/// Runs the CLI on the data directory `dir`: whether it succeeded, its stdout and stderr.
+fn cli(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(["--dir", dir.to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_labels_filters_and_saves_queries() {
     let root = tempfile::tempdir().unwrap();
@@ -537,18 +551,7 @@ async fn the_cli_labels_filters_and_saves_queries() {
     )
     .unwrap();
     expect(api, &dir, &m, &["SN-CLI-1", "SN-CLI-2", "SN-CLI-3"]).await;
-    let cli = |args: &[&str]| {
-        let out = Command::new(BIN)
-            .args(["--dir", dir.to_str().unwrap()])
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let cli = |args: &[&str]| cli(&dir, args);
     let serials = |text: &str| -> Vec<String> {
         let devices: Vec<serde_json::Value> = serde_json::from_str(text).unwrap();
         devices
@@ -596,18 +599,7 @@ async fn the_cli_sets_support_periods_prints_labels_and_exports_histories() {
     )
     .unwrap();
     expect(api.clone(), &dir, &m, &["SN-TR-1"]).await;
-    let cli = |args: &[&str]| {
-        let out = Command::new(BIN)
-            .args(["--dir", dir.to_str().unwrap()])
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let cli = |args: &[&str]| cli(&dir, args);
     let (ok, text, err) = cli(&[
         "support",
         "set",

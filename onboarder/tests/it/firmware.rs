@@ -66,7 +66,7 @@ pub(crate) async fn trust_firmware(world: &World) {
 }
 
 /// Onboarded devices with their agents running.
-async fn fleet(world: &World, serials: &[&str]) -> (Vec<Device>, Vec<Running>) {
+pub(crate) async fn fleet(world: &World, serials: &[&str]) -> (Vec<Device>, Vec<Running>) {
     let devices: Vec<Device> = serials.iter().map(|s| world.device(s)).collect();
     world.expect(serials, 30).await;
     let running: Vec<Running> = devices

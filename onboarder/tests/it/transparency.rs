@@ -12,7 +12,7 @@ use protocol::message::{ErrorCode, Request};
 use serde_json::Value;
 
 use crate::browser::{Browser, screenshots};
-use crate::firmware::{image, publish, run_campaign, trust_firmware};
+use crate::firmware::{fleet, image, publish, run_campaign, trust_firmware};
 use crate::harness::*;
 
 fn client(world: &World) -> ApiClient {
@@ -178,16 +178,7 @@ async fn vex_statements_give_devices_their_vulnerability_status_and_the_label_sh
     let world = World::new().await;
     trust_firmware(&world).await;
     let serials = ["SN-VEX-1", "SN-VEX-2"];
-    world.expect(&serials, 30).await;
-    let devices: Vec<Device> = serials.iter().map(|s| world.device(s)).collect();
-    let running: Vec<Running> = devices
-        .iter()
-        .map(|d| Running::start(world.agent(d)))
-        .collect();
-    eventually(30, "the fleet connected", || {
-        world.server.sessions().len() == serials.len()
-    })
-    .await;
+    let (_, running) = fleet(&world, &serials).await;
     let api = client(&world);
     let ca = owner_root_pem(&world);
     let (_, old) = publish(&world, &image(20_000, 1), "1.1.0", 1).await;
