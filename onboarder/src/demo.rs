@@ -214,6 +214,10 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport> {
             .firmware(&agents, incompressible_image(IMAGE_SIZE, 2), 2, true)
             .await?,
     );
+    phases.insert(
+        "support_notice".to_string(),
+        exercise.support_notice(&agents).await?,
+    );
     let count = (agents.len() * usize::from(options.decommission_percent)).div_ceil(100);
     let leaving = &agents[agents.len() - count..];
     phases.insert(

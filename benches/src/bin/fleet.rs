@@ -482,6 +482,9 @@ async fn main() -> Result<()> {
             .await?;
         measure(phase, report, cpu);
     }
+    let cpu = proc.cpu_seconds();
+    let report = exercise.support_notice(&agents).await?;
+    measure("support_notice", report, cpu);
     let count = (agents.len() * usize::from(cli.decommission)).div_ceil(100);
     let cpu = proc.cpu_seconds();
     let report = exercise

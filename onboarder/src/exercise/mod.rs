@@ -456,6 +456,66 @@ impl Exercise {
         Ok(report)
     }
 
+    /// The end of support of the fleet's class is announced (its notice period begins now):
+    /// every connected device is told, records the notice and confirms it. A device's latency
+    /// runs from the order to the moment its agent holds the notice; it counts once the server
+    /// also has its confirmation.
+    pub async fn support_notice(&self, agents: &[Arc<Agent>]) -> Result<PhaseReport> {
+        let Some(first) = agents.first() else {
+            return Ok(PhaseReport::new(&mut [], 0, Duration::ZERO));
+        };
+        let serial = first.serial().to_string();
+        let class = self
+            .api(move |api| api.device(&serial))
+            .await?
+            .class
+            .ok_or_else(|| Error::Config("the fleet reported no device class".into()))?;
+        let day = crate::core::support::date(certs::unix_now() + 60 * 86_400);
+        let ends_on = crate::core::support::parse_date(&day)
+            .ok_or_else(|| Error::Config(format!("{day} is not a day")))?;
+        let bar = self.bar("support", agents.len());
+        let start = Instant::now();
+        let request = crate::operator::api::SupportRequest {
+            ends_on: day,
+            notice_days: 90,
+        };
+        self.api(move |api| api.set_support(&class, &request))
+            .await?;
+        let mut told: Vec<Option<Duration>> = vec![None; agents.len()];
+        let deadline = Instant::now() + DEVICE_DEADLINE;
+        while told.iter().any(Option::is_none) && Instant::now() < deadline {
+            for (i, agent) in agents.iter().enumerate() {
+                if told[i].is_none()
+                    && agent
+                        .load_state()
+                        .is_ok_and(|s| s.support_ends_on == Some(ends_on))
+                {
+                    told[i] = Some(start.elapsed());
+                }
+            }
+            bar.set_position(told.iter().flatten().count() as u64);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let elapsed = start.elapsed();
+        bar.finish_and_clear();
+        let confirmed: std::collections::HashSet<String> = self
+            .api(|api| api.devices())
+            .await?
+            .into_iter()
+            .filter(|d| d.support.notice_recorded)
+            .map(|d| d.serial)
+            .collect();
+        let mut latencies = Vec::new();
+        let mut failed = 0;
+        for (agent, at) in agents.iter().zip(told) {
+            match at {
+                Some(at) if confirmed.contains(agent.serial()) => latencies.push(at),
+                _ => failed += 1,
+            }
+        }
+        Ok(PhaseReport::new(&mut latencies, failed, elapsed))
+    }
+
     /// The operator decommissions `agents`: each device wipes itself, signs an attestation
     /// bound to the server's nonce, and is decommissioned. A device counts once its record says
     /// so, its certificates are on the CRL, the server holds no network credential for it, and

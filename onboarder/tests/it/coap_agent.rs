@@ -216,6 +216,7 @@ fn the_demo_runs_every_phase_over_coap() {
         "root_rollover",
         "firmware",
         "firmware_https",
+        "support_notice",
         "decommission",
         "network_access",
     ] {
