@@ -39,6 +39,7 @@ fn artefacts(c: &mut Criterion) {
                 class_id: None,
                 expires_on: None,
                 sbom: None,
+                support_ends_on: None,
             },
             now,
         )

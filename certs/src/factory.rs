@@ -113,6 +113,8 @@ pub struct FirmwareRelease<'a> {
     pub expires_on: Option<u64>,
     /// SBOM reference.
     pub sbom: Option<protocol::manifest::SbomRef>,
+    /// When security updates for the class end (the manufacturer's signed product data).
+    pub support_ends_on: Option<u64>,
 }
 
 /// A manufacturer with its keys.
@@ -403,6 +405,7 @@ impl Manufacturer {
         );
         manifest.expires_on = release.expires_on;
         manifest.sbom = release.sbom.clone();
+        manifest.support_ends_on = release.support_ends_on;
         Ok(manifest.sign(&self.firmware_key)?)
     }
 

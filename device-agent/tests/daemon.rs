@@ -252,6 +252,7 @@ async fn sigterm_in_a_download_stops_cleanly_and_the_download_resumes() {
                 class_id: None,
                 expires_on: None,
                 sbom: None,
+                support_ends_on: None,
             },
             certs::unix_now(),
         )

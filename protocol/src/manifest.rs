@@ -67,6 +67,14 @@ pub struct Manifest {
     /// The release's SBOM, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sbom: Option<SbomRef>,
+    /// When the manufacturer's security updates for the class end (seconds since the epoch),
+    /// if it says: its signed word, which the owner may override.
+    #[serde(
+        rename = "support-ends-on",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub support_ends_on: Option<u64>,
 }
 
 /// What a device knows about itself, against which a manifest is checked.
@@ -284,6 +292,7 @@ impl ManifestBuilder {
             created_on,
             expires_on: None,
             sbom: None,
+            support_ends_on: None,
         }
     }
 }

@@ -135,6 +135,11 @@ enum Command {
         /// Days until devices must no longer install it.
         #[arg(long)]
         expires_in_days: Option<u64>,
+        /// Days from now until this manufacturer's security updates for the class end (signed
+        /// into the manifest: owners take it as the class's support period unless they set
+        /// their own).
+        #[arg(long)]
+        support_days: Option<u64>,
         /// SBOM document shipped with the release (its digest goes into the manifest).
         #[arg(long, requires = "sbom_uri")]
         sbom: Option<PathBuf>,
@@ -353,6 +358,7 @@ fn main() -> Result<()> {
             sequence,
             class,
             expires_in_days,
+            support_days,
             sbom,
             sbom_uri,
             sbom_format,
@@ -386,6 +392,7 @@ fn main() -> Result<()> {
                     class_id: class.as_deref(),
                     expires_on: expires_in_days.map(|d| now + d * 86_400),
                     sbom,
+                    support_ends_on: support_days.map(|d| now + d * 86_400),
                 },
                 now,
             )?;

@@ -116,6 +116,7 @@ mod tests {
             created_on: 0,
             expires_on: None,
             sbom,
+            support_ends_on: None,
         }
     }
 

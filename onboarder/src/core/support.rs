@@ -29,8 +29,46 @@ pub struct SupportPeriod {
     pub ends_on: u64,
     /// Days before `ends_on` that devices and operators are told.
     pub notice_days: u32,
-    /// When the operator set it.
+    /// When it was set.
     pub set_at: u64,
+    /// Who said: the operator, or the manufacturer in a signed firmware manifest (the
+    /// operator's word replaces the manufacturer's, never the other way round).
+    #[serde(default)]
+    pub source: SupportSource,
+}
+
+/// Who set a support period.
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SupportSource {
+    /// The owner's operator.
+    #[default]
+    Operator,
+    /// The manufacturer, in the signed manifest of a release of the class.
+    Manufacturer,
+}
+
+/// Notice given for a period the manufacturer set, in days.
+pub const MANUFACTURER_NOTICE_DAYS: u32 = 90;
+
+/// The period a release's signed manifest sets for its class, if it says one and nothing the
+/// operator set stands in its way (the manufacturer's latest word replaces its earlier one).
+pub fn from_manifest(
+    manifest: &protocol::manifest::Manifest,
+    current: Option<&SupportPeriod>,
+    now: u64,
+) -> Option<SupportPeriod> {
+    let ends_on = manifest.support_ends_on?;
+    match current {
+        Some(p) if p.source == SupportSource::Operator || p.ends_on == ends_on => None,
+        _ => Some(SupportPeriod {
+            class: manifest.class_id.clone(),
+            ends_on,
+            notice_days: MANUFACTURER_NOTICE_DAYS,
+            set_at: now,
+            source: SupportSource::Manufacturer,
+        }),
+    }
 }
 
 /// Where a device stands against its class's support period.
@@ -187,6 +225,7 @@ mod tests {
             ends_on,
             notice_days,
             set_at: 0,
+            source: SupportSource::Operator,
         }
     }
 
@@ -211,6 +250,33 @@ mod tests {
         for not_a_day in ["2027-02-31", "2027-13-01", "27-1-1x", "", "1969-12-31"] {
             assert_eq!(parse_date(not_a_day), None, "{not_a_day}");
         }
+    }
+
+    #[test]
+    fn the_manufacturers_signed_date_sets_a_period_the_operator_can_override() {
+        let mut manifest = protocol::manifest::Manifest::for_image(b"img")
+            .build("acme", "sensor-1", 1, "1.0.0", 0);
+        assert_eq!(from_manifest(&manifest, None, 5), None);
+        manifest.support_ends_on = Some(100 * DAY);
+        let set = from_manifest(&manifest, None, 5).unwrap();
+        assert_eq!(
+            (set.source, set.ends_on, set.notice_days),
+            (
+                SupportSource::Manufacturer,
+                100 * DAY,
+                MANUFACTURER_NOTICE_DAYS
+            )
+        );
+        // The same date again changes nothing; a later word of the manufacturer replaces it.
+        assert_eq!(from_manifest(&manifest, Some(&set), 6), None);
+        manifest.support_ends_on = Some(200 * DAY);
+        assert_eq!(
+            from_manifest(&manifest, Some(&set), 6).unwrap().ends_on,
+            200 * DAY
+        );
+        // The operator's word stands.
+        let operator = period(50 * DAY, 30);
+        assert_eq!(from_manifest(&manifest, Some(&operator), 6), None);
     }
 
     #[test]

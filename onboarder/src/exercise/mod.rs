@@ -371,6 +371,7 @@ impl Exercise {
                 class_id: None,
                 expires_on: None,
                 sbom: None,
+                support_ends_on: None,
             },
             certs::unix_now(),
         )?;

@@ -108,7 +108,7 @@ impl Service {
                 uploaded_at: now,
                 sbom: sbom_info.clone(),
             };
-            let change = Change {
+            let mut change = Change {
                 releases: vec![release.clone()],
                 audit: vec![AuditEvent::operator(
                     None,
@@ -124,9 +124,36 @@ impl Service {
                 )],
                 ..Change::default()
             };
-            Ok(Pending::of(change, release))
+            // The manufacturer's signed end of support for the class, in the same write.
+            let current = self.support_of(Some(verified.class_id.as_str()));
+            let period = crate::core::support::from_manifest(&verified, current.as_ref(), now);
+            if let Some(p) = &period {
+                change.meta.push((
+                    format!("{}{}", super::support::PERIOD, p.class),
+                    serde_json::to_vec(p).map_err(|e| OperatorError::Internal(e.to_string()))?,
+                ));
+                change.audit.push(AuditEvent::operator(
+                    None,
+                    "support-period-set",
+                    format!(
+                        "security updates for {} end on {} (the manufacturer's signed manifest of {}); devices told {} days ahead",
+                        p.class,
+                        crate::core::support::date(p.ends_on),
+                        release.version,
+                        p.notice_days
+                    ),
+                    now,
+                ));
+            }
+            Ok(Pending::of(change, (release, period)))
         })
         .await
+        .map(|(release, period)| {
+            if let Some(p) = &period {
+                self.took_support(p);
+            }
+            release
+        })
     }
 
     /// The SBOM of `release` and its document.

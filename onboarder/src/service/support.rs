@@ -12,7 +12,7 @@ use crate::core::{DeviceId, DeviceState};
 use crate::store::{Change, StoreError};
 
 /// Prefix of the named values holding support periods, by class.
-const PERIOD: &str = "support/";
+pub(crate) const PERIOD: &str = "support/";
 /// Prefix of the named values that say a period's notice, or its end, is in the audit log.
 const ANNOUNCED: &str = "support-announced/";
 
@@ -65,12 +65,17 @@ impl Service {
             Ok::<_, OperatorError>(Pending::of(change, ()))
         })
         .await?;
+        self.took_support(&period);
+        Ok(period)
+    }
+
+    /// Keeps `period` (just committed) in memory, and tells the other replicas.
+    pub(crate) fn took_support(&self, period: &SupportPeriod) {
         self.support
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(period.class.clone(), period.clone());
         self.tell(Shared::Support);
-        Ok(period)
     }
 
     /// Every support period, by class.

@@ -460,6 +460,7 @@ async fn a_campaign_interrupted_by_sigterm_resumes_after_the_restart() {
                 class_id: None,
                 expires_on: None,
                 sbom: None,
+                support_ends_on: None,
             },
             now(),
         )

@@ -29,6 +29,7 @@ fn release<'a>(version: &'a str, sequence: u64) -> FirmwareRelease<'a> {
         class_id: None,
         expires_on: None,
         sbom: None,
+        support_ends_on: None,
     }
 }
 

@@ -339,6 +339,35 @@ async fn vex_statements_give_devices_their_vulnerability_status_and_the_label_sh
     let before = api.device_vulnerabilities(serials[0]).unwrap();
     assert!(api.import_vex(b"{\"statements\": 7}").is_err());
     assert_eq!(api.device_vulnerabilities(serials[0]).unwrap(), before);
+    // The manufacturer's signed end of support becomes the class's period.
+    assert!(api.support().unwrap().is_empty());
+    let until = now() + 3 * 365 * DAY;
+    let signed = world
+        .manufacturer
+        .sign_firmware(
+            &image(20_000, 3),
+            &certs::factory::FirmwareRelease {
+                version: "1.3.0",
+                sequence: 3,
+                class_id: None,
+                expires_on: None,
+                sbom: None,
+                support_ends_on: Some(until),
+            },
+            now(),
+        )
+        .unwrap();
+    world
+        .server
+        .service()
+        .upload_release(&signed, &image(20_000, 3), None)
+        .await
+        .unwrap();
+    let periods = api.support().unwrap();
+    assert_eq!(periods.len(), 1);
+    assert_eq!(periods[0].ends_on, until);
+    assert_eq!(periods[0].source, support::SupportSource::Manufacturer);
+
     for r in running {
         r.stop().await;
     }

@@ -52,6 +52,7 @@ pub(super) async fn set_support(
         ends_on,
         notice_days: body.notice_days,
         set_at: 0,
+        source: support::SupportSource::Operator,
     };
     Ok(axum::Json(api.control.set_support(period).await?))
 }
