@@ -653,7 +653,79 @@ fn inventory_on(c: &mut Criterion, rt: &tokio::runtime::Runtime, title: &str, st
     group.finish();
 }
 
+/// What a public label request costs besides the store reads: the label made from the record,
+/// 20 releases of the class and 200 VEX statements, and its QR code as PNG and SVG.
+fn transparency(c: &mut Criterion) {
+    use onboarder::core::label::{self, LabelFacts, LabelField};
+    use onboarder::core::release::Release;
+    use onboarder::core::vex::{Statement, VexStatus};
+    let releases: Vec<Release> = (1..=20u64)
+        .map(|n| Release {
+            digest: vec![n as u8; 32],
+            manifest: Vec::new(),
+            vendor_id: "acme".into(),
+            class_id: "sensor-1".into(),
+            sequence: n,
+            version: format!("1.{n}.0"),
+            size: 1 << 20,
+            uploaded_at: 0,
+            sbom: None,
+        })
+        .collect();
+    let statements: Vec<Statement> = (0..200u64)
+        .map(|n| Statement {
+            vulnerability: format!("CVE-2026-{:04}", n / 10),
+            release: certs::inspect::hex(&[(n % 20 + 1) as u8; 32]),
+            status: if n % 20 < 10 {
+                VexStatus::Affected
+            } else {
+                VexStatus::Fixed
+            },
+            detail: None,
+            document: "00".repeat(32),
+        })
+        .collect();
+    let mut record = DeviceRecord::expected(device_id(1), vec![0xd2; 900], None, 0);
+    record.class_id = Some("sensor-1".into());
+    record.firmware_version = Some("1.5.0".into());
+    record.firmware_sequence = 5;
+    let show = LabelField::ALL.into_iter().collect();
+    let url =
+        "https://onboarder.example:8443/label/OWNjZmU0ZTQ2YjA1YzQ3Mi9TTi0wMDAwMDE.AbCdEfGhIjKlMnOp";
+    let mut group = c.benchmark_group("transparency");
+    group.bench_function("label: 20 releases, 200 VEX statements", |b| {
+        b.iter(|| {
+            label::label(
+                LabelFacts {
+                    record: &record,
+                    manufacturer: Some("Acme".into()),
+                    releases: &releases,
+                    statements: &statements,
+                    support: None,
+                    url: url.into(),
+                    now: 1,
+                },
+                &show,
+            )
+        })
+    });
+    group.bench_function("label QR code, PNG", |b| {
+        b.iter(|| onboarder::operator::qr::png(url).unwrap())
+    });
+    group.bench_function("label QR code, SVG", |b| {
+        b.iter(|| onboarder::operator::qr::svg(url).unwrap())
+    });
+    group.finish();
+}
+
 criterion_group!(
-    benches, artefacts, codecs, store, ceiling, console, inventory
+    benches,
+    artefacts,
+    codecs,
+    store,
+    ceiling,
+    console,
+    inventory,
+    transparency
 );
 criterion_main!(benches);
