@@ -290,6 +290,22 @@ pub fn label(
     ))
 }
 
+/// The items of a comma-separated list, trimmed, empty ones dropped: how the search API, the
+/// console's forms and the command line take several tags or attributes in one field.
+pub fn comma_list(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+/// An attribute written `NAME=VALUE`.
+pub fn name_value(text: &str) -> Result<(String, String), LifecycleError> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| LifecycleError::BadRequest(format!("attribute {text:?} is not NAME=VALUE")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

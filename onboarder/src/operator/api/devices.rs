@@ -276,20 +276,11 @@ impl SearchParams {
         set(&mut q.firmware, &self.firmware);
         q.state = self.state.or(q.state);
         q.expires_before = self.expires_before.or(q.expires_before);
-        let list = |v: &Option<String>| -> Vec<String> {
-            v.iter()
-                .flat_map(|v| v.split(','))
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect()
-        };
-        q.tags.extend(list(&self.tags));
-        for pair in list(&self.attrs) {
-            let (k, v) = pair.split_once('=').ok_or_else(|| {
-                OperatorError::BadInput(format!("attribute {pair:?} is not name=value"))
-            })?;
-            q.attributes.insert(k.to_string(), v.to_string());
+        use crate::core::query::{comma_list, name_value};
+        q.tags.extend(self.tags.iter().flat_map(|t| comma_list(t)));
+        for pair in self.attrs.iter().flat_map(|a| comma_list(a)) {
+            let (k, v) = name_value(&pair).map_err(|e| OperatorError::BadInput(e.to_string()))?;
+            q.attributes.insert(k, v);
         }
         q.validate()
             .map_err(|e| OperatorError::BadInput(e.to_string()))?;

@@ -90,9 +90,7 @@ fn state(s: &str) -> std::result::Result<crate::core::DeviceState, String> {
 }
 
 fn name_value(s: &str) -> std::result::Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("{s:?} is not NAME=VALUE"))
+    crate::core::query::name_value(s).map_err(|e| e.to_string())
 }
 
 impl Filters {

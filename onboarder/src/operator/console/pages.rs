@@ -437,13 +437,6 @@ fn support_class(s: &crate::operator::views::SupportView) -> &'static str {
     }
 }
 
-fn list(s: &str) -> impl Iterator<Item = String> + '_ {
-    s.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-}
-
 fn confirmed(form_value: &str) -> Result<(), UiError> {
     if form_value == "yes" {
         Ok(())
@@ -479,16 +472,16 @@ pub(crate) async fn device_order(
             }
         }
         "labels" => {
+            use crate::core::query::{comma_list, name_value};
             let mut labels = Labels {
-                add_tags: list(&form.add_tags).collect(),
-                remove_tags: list(&form.remove_tags).collect(),
+                add_tags: comma_list(&form.add_tags).collect(),
+                remove_tags: comma_list(&form.remove_tags).collect(),
                 ..Labels::default()
             };
-            for pair in list(&form.set) {
-                let (k, v) = pair.split_once('=').ok_or_else(|| {
-                    OperatorError::BadInput(format!("attribute {pair:?} is not name=value"))
-                })?;
-                labels.set.insert(k.to_string(), v.to_string());
+            for pair in comma_list(&form.set) {
+                let (k, v) =
+                    name_value(&pair).map_err(|e| OperatorError::BadInput(e.to_string()))?;
+                labels.set.insert(k, v);
             }
             control.service.label(&id, &labels).await?;
         }
@@ -558,7 +551,7 @@ pub(crate) async fn create_campaign(
             .parse::<u64>()
             .map_err(|_| OperatorError::BadInput(format!("{what}: {s:?} is not a number")))
     };
-    let waves = list(&form.waves)
+    let waves = crate::core::query::comma_list(&form.waves)
         .map(|w| number("waves", &w).map(|n| n.min(100) as u8))
         .collect::<Result<Vec<u8>, _>>()?;
     let target = match form.target.strip_prefix("query:") {
