@@ -110,9 +110,12 @@ impl Service {
 
     /// For every period whose notice has begun: says so in the audit log once (and once more
     /// when it ends), and returns the active devices of its class still to be told, with the
-    /// command that tells them.
+    /// command that tells them. The class's devices are looked through when an announcement
+    /// was just written, or with `all`; in between a device that connects is told by its
+    /// welcome, so a sweep does not read a whole class every time.
     pub async fn support_sweep(
         &self,
+        all: bool,
     ) -> Result<Vec<(protocol::message::Command, Vec<DeviceId>)>, OperatorError> {
         let now = self.now();
         let mut out = Vec::new();
@@ -121,7 +124,9 @@ impl Service {
             if status == SupportStatus::Supported {
                 continue;
             }
-            self.announce(&period, status).await?;
+            if !self.announce(&period, status).await? && !all {
+                continue;
+            }
             let query = DeviceQuery {
                 class: Some(period.class.clone()),
                 state: Some(DeviceState::Active),
@@ -135,12 +140,13 @@ impl Service {
         Ok(out)
     }
 
-    /// Writes the audit entry of `period` reaching `status` (its notice, or its end), once.
+    /// Writes the audit entry of `period` reaching `status` (its notice, or its end), once;
+    /// whether it wrote it now.
     async fn announce(
         &self,
         period: &SupportPeriod,
         status: SupportStatus,
-    ) -> Result<(), OperatorError> {
+    ) -> Result<bool, OperatorError> {
         let (action, detail) = match status {
             SupportStatus::Ending => (
                 "support-ending",
@@ -161,7 +167,7 @@ impl Service {
         };
         let key = format!("{ANNOUNCED}{}/{}/{action}", period.class, period.ends_on);
         if self.store.meta(&key)?.is_some() {
-            return Ok(());
+            return Ok(false);
         }
         self.commit(|now| {
             let change = Change {
@@ -169,7 +175,7 @@ impl Service {
                 audit: vec![AuditEvent::system(None, action, detail.clone(), now)],
                 ..Change::default()
             };
-            Ok::<_, OperatorError>(Pending::of(change, ()))
+            Ok::<_, OperatorError>(Pending::of(change, true))
         })
         .await
     }

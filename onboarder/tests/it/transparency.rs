@@ -126,7 +126,7 @@ async fn the_end_of_support_reaches_the_device_the_api_the_label_and_the_audit_l
 
     // The date passes.
     world.advance_clock(11 * DAY);
-    world.server.control().support_sweep().await.unwrap();
+    world.server.control().support_sweep(false).await.unwrap();
     assert!(audit_actions(&world).iter().any(|a| a == "support-ended"));
     let view = api.device(serial).unwrap();
     assert_eq!(
@@ -139,7 +139,7 @@ async fn the_end_of_support_reaches_the_device_the_api_the_label_and_the_audit_l
     let page = String::from_utf8(page).unwrap();
     assert!(page.contains("this device is unsupported"), "{page}");
     // Sweeping again announces nothing twice.
-    world.server.control().support_sweep().await.unwrap();
+    world.server.control().support_sweep(false).await.unwrap();
     let ended = audit_actions(&world)
         .iter()
         .filter(|a| *a == "support-ended")
