@@ -24,6 +24,19 @@ async fn an_operator_runs_the_fleet_from_a_browser() {
     })
     .await;
     publish(&world, &image(40_000, 9), "4.0.0", 4).await;
+    // Security updates for the fleet's class ended yesterday: the overview flags it.
+    world
+        .server
+        .control()
+        .set_support(onboarder::core::support::SupportPeriod {
+            class: "sensor-1".into(),
+            ends_on: now() - DAY,
+            notice_days: 30,
+            set_at: 0,
+            source: onboarder::core::support::SupportSource::Operator,
+        })
+        .await
+        .unwrap();
     let base = format!("http://{}", world.server.api_addr());
     let token = onboarder::pki::token(&world.data).unwrap();
     let maker = world.id("SN-UI-1").maker.to_string();
@@ -48,6 +61,11 @@ async fn an_operator_runs_the_fleet_from_a_browser() {
             b.until(10, "the overview's counters", |b| {
                 b.text("[data-k=\"states.active\"]") == "3"
             });
+            let periods = b.text("#support-periods");
+            assert!(
+                periods.contains("sensor-1") && periods.contains("UNSUPPORTED"),
+                "{periods}"
+            );
             b.screenshot("overview");
 
             // Find a device by serial and open its page.

@@ -1,6 +1,7 @@
 //! The console's pages and forms. Each reads through the service (or orders through the
 //! control plane, as the API does): no rule lives here.
 
+use crate::core::support::SupportStatus;
 use std::collections::BTreeMap;
 
 use axum::Extension;
@@ -95,6 +96,7 @@ pub(crate) async fn overview(
     Extension(session): Extension<Session>,
 ) -> UiResult {
     let o = overview_of(&console)?;
+    let support = support_rows(&console)?;
     let content = html! {
         section class="cards" data-live="/ui/overview.json" {
             div class="card" { span class="big" data-k="devices" { (o.devices) } " devices" }
@@ -124,6 +126,22 @@ pub(crate) async fn overview(
                 tr { td { (status) } td data-k={ "certificates." (status) } { (n) } }
             }
         }
+        @if !support.is_empty() {
+            h2 { "Security updates" }
+            table id="support-periods" {
+                tr { th { "Class" } th { "Ends on" } th { "Status" } th { "Devices" } }
+                @for (class, ends_on, status, devices) in &support {
+                    tr {
+                        td { a href={ "/ui/devices?class=" (class) } { (class) } }
+                        td { (ends_on) }
+                        td class=(match status { SupportStatus::Unsupported => "bad", SupportStatus::Ending => "warn", _ => "" }) {
+                            (match status { SupportStatus::Unsupported => "UNSUPPORTED", SupportStatus::Ending => "ending: devices told", _ => "supported" })
+                        }
+                        td { (devices) }
+                    }
+                }
+            }
+        }
         h2 { "CRLs" }
         table id="crls" {
             tr { th { "CA generation" } th { "Age" } th { "Entries" } }
@@ -134,6 +152,26 @@ pub(crate) async fn overview(
         p class="muted" { "Updated live every 2 seconds from O(1) counters." }
     };
     Ok(html_response(page("Overview", &session.csrf, content)))
+}
+
+/// Each support period: its class, end day, status now, and how many devices report the class
+/// (the index's tally: one read).
+fn support_rows(console: &Console) -> Result<Vec<(String, String, SupportStatus, i64)>, UiError> {
+    let service = &console.control.service;
+    let tallies = service.store().tallies().map_err(OperatorError::from)?;
+    let now = service.now();
+    Ok(service
+        .support_periods()
+        .into_values()
+        .map(|p| {
+            let devices = tallies
+                .get(&crate::core::query::term("class", &p.class))
+                .copied()
+                .unwrap_or(0);
+            let day = crate::core::support::date(p.ends_on);
+            (p.class.clone(), day, p.status(now), devices)
+        })
+        .collect())
 }
 
 /// The search form's fields: the API's, with expiry in days from now.
