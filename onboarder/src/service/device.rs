@@ -238,21 +238,6 @@ impl Service {
         .await
     }
 
-    /// The ciphertext device `id` handed back before its wipe, once complete.
-    pub fn exported_data(&self, id: &DeviceId) -> Result<Vec<u8>, crate::service::OperatorError> {
-        let record = self.device(id)?;
-        let export = record
-            .decommission
-            .and_then(|d| d.export)
-            .filter(|e| e.completed_at.is_some())
-            .ok_or_else(|| {
-                crate::service::OperatorError::NotFound(format!("data handed back by {id}"))
-            })?;
-        let size = u32::try_from(export.total)
-            .map_err(|_| crate::service::OperatorError::Internal("export size".into()))?;
-        Ok(self.images.read(&export.digest, 0, size)?)
-    }
-
     /// Serves a piece of an image offered to the device.
     async fn chunk(
         &self,

@@ -174,13 +174,9 @@ impl Service {
     /// onboarder has it.
     pub fn running_release(&self, id: &crate::core::DeviceId) -> Result<Release, OperatorError> {
         let record = self.device(id)?;
-        self.store
-            .releases()?
-            .into_iter()
-            .find(|r| {
-                record.class_id.as_deref() == Some(r.class_id.as_str())
-                    && r.sequence == record.firmware_sequence
-            })
+        let releases = self.store.releases()?;
+        crate::core::label::running(&record, &releases)
+            .cloned()
             .ok_or_else(|| {
                 OperatorError::NotFound(format!(
                     "the release {id} runs ({} sequence {})",

@@ -259,6 +259,21 @@ impl Service {
     }
 }
 
+impl Service {
+    /// The ciphertext device `id` handed back before its wipe, once complete.
+    pub fn exported_data(&self, id: &DeviceId) -> Result<Vec<u8>, OperatorError> {
+        let record = self.device(id)?;
+        let export = record
+            .decommission
+            .and_then(|d| d.export)
+            .filter(|e| e.completed_at.is_some())
+            .ok_or_else(|| OperatorError::NotFound(format!("data handed back by {id}")))?;
+        let size = u32::try_from(export.total)
+            .map_err(|_| OperatorError::Internal("export size".into()))?;
+        Ok(self.images.read(&export.digest, 0, size)?)
+    }
+}
+
 /// Prefix of the named values holding saved queries.
 const SAVED_QUERY: &str = "query/";
 
