@@ -26,7 +26,8 @@
 //! - [`config`], [`pki`], [`server`]: the data directory, the owner PKI, and the wiring.
 //! - [`exercise`]: the lifecycle phases driven through the admin API with real agents.
 //! - [`demo`]: the end-to-end demonstration on embedded defaults.
-//! - [`failpoint`]: named crash points for the kill tests.
+//! - [`failpoint`]: named crash points for the kill tests; `fuzzing` (a feature): the private
+//!   decoders' entry points for the fuzz targets in `fuzz/`.
 //!
 //! Order of calls for a device request: the QUIC transport accepts a connection whose client
 //! certificate the TLS verifier checked against [`trust::TrustStore`] (within the connection
@@ -47,6 +48,8 @@ pub mod demo;
 pub mod error;
 pub mod exercise;
 pub mod failpoint;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod masa;
 pub mod metrics;
 pub mod operator;

@@ -140,6 +140,12 @@ impl Agent {
             return Ok(());
         };
         session.call(&Request::WipeAttestation(signed)).await?;
+        self.forget_owner(state).await
+    }
+
+    /// Destroys the LDevID keys and resets the state to the factory one (the IDevID and the
+    /// firmware stay).
+    pub(super) async fn forget_owner(&self, state: &mut AgentState) -> Result<(), AgentError> {
         let keys = self.keys.clone();
         blocking(move || keys.destroy_ldevid_keys()).await?;
         let factory = decommission::factory_after(state);

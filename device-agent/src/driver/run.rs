@@ -45,6 +45,17 @@ impl Agent {
             let attempt = async {
                 self.onboard().await?;
                 let mut session = match self.connect().await {
+                    Err(AgentError::CredentialRefused { reason, .. })
+                        if recovery::done_with_owner(&self.load_state()?, reason) =>
+                    {
+                        tracing::warn!(
+                            serial = self.serial(),
+                            "the onboarder revoked this wiped device's credential before its \
+                             attestation's answer arrived; forgetting the owner"
+                        );
+                        self.forget_owner(&mut self.load_state()?).await?;
+                        return Ok(true);
+                    }
                     Err(AgentError::CredentialRefused { reason, detail })
                         if recovery::reenroll_after(reason) =>
                     {

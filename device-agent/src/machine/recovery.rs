@@ -62,10 +62,29 @@ pub fn reenroll_after(reason: CredentialRefusal) -> bool {
     reason == CredentialRefusal::Expired
 }
 
+/// Whether a wiped device whose attestation is still pending is done with its owner: the
+/// owner revoked its credential, which it does once it has the attestation (its answer was
+/// lost to a crash or a cut) or when it gives up on the device. Either way the credential can
+/// never deliver the attestation, and the device is already wiped: it returns to the factory
+/// state instead of knocking forever. Another refusal may pass, and keeps the attestation.
+pub fn done_with_owner(state: &AgentState, reason: CredentialRefusal) -> bool {
+    state.pending_attestation.is_some() && reason == CredentialRefusal::Revoked
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::machine::Trial;
+
+    #[test]
+    fn a_wiped_device_refused_as_revoked_is_done_with_its_owner() {
+        let mut state = AgentState::factory("1.0.0");
+        assert!(!done_with_owner(&state, CredentialRefusal::Revoked));
+        state.pending_attestation = Some(vec![1]);
+        assert!(done_with_owner(&state, CredentialRefusal::Revoked));
+        assert!(!done_with_owner(&state, CredentialRefusal::Rejected));
+        assert!(!done_with_owner(&state, CredentialRefusal::Expired));
+    }
 
     #[test]
     fn an_interrupted_trial_goes_back_and_reports() {

@@ -43,6 +43,18 @@ impl Default for Boot {
     }
 }
 
+/// The image a device boots: its slot's manifest, and the image's SHA-256 and size (read a
+/// block at a time).
+#[derive(Debug, Clone)]
+pub struct Booted {
+    /// The signed manifest stored with the image.
+    pub manifest: Vec<u8>,
+    /// SHA-256 of the image.
+    pub digest: [u8; 32],
+    /// Its size in bytes.
+    pub size: u64,
+}
+
 /// A/B slots under a directory.
 #[derive(Debug, Clone)]
 pub struct FileSlots {
@@ -59,6 +71,34 @@ impl FileSlots {
         FileSlots {
             dir: dir.to_path_buf(),
         }
+    }
+
+    /// What the device boots, for a checker from outside: `None` before any install.
+    pub fn booted(&self) -> Result<Option<Booted>, PlatformError> {
+        let slot = self.dir.join(self.boot()?.active);
+        let Ok(manifest) = std::fs::read(slot.join("manifest")) else {
+            return Ok(None);
+        };
+        let mut file =
+            std::fs::File::open(slot.join("image.bin")).map_err(io("the booted image"))?;
+        let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut block = vec![0u8; 64 * 1024];
+        let mut size = 0u64;
+        loop {
+            let n = file.read(&mut block).map_err(io("the booted image"))?;
+            if n == 0 {
+                break;
+            }
+            hash.update(&block[..n]);
+            size += n as u64;
+        }
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(hash.finish().as_ref());
+        Ok(Some(Booted {
+            manifest,
+            digest,
+            size,
+        }))
     }
 
     fn staged(&self, digest: &[u8]) -> PathBuf {

@@ -3,6 +3,8 @@
 //! for constrained devices and networks.
 
 pub mod address;
+#[cfg(feature = "capture")]
+pub mod capture;
 pub mod coap;
 pub mod https;
 pub mod quic;
@@ -131,11 +133,18 @@ impl Session {
         &self,
         request: &protocol::message::Request,
     ) -> Result<protocol::message::Response, crate::AgentError> {
-        match self {
+        #[cfg(feature = "capture")]
+        capture::request(request);
+        let response = match self {
             Session::Quic(s) => s.exchange(request).await,
             Session::Https(s) => s.exchange(request).await,
             Session::Coap(s) => s.exchange(request).await,
+        };
+        #[cfg(feature = "capture")]
+        if let Ok(response) = &response {
+            capture::response(response);
         }
+        response
     }
 
     /// Sends a request; a refusal becomes [`crate::AgentError::Refused`].
@@ -154,6 +163,15 @@ impl Session {
 
     /// Waits for the next command from the server; `None` once the session is closed.
     pub async fn next_command(&self) -> Option<Result<IncomingCommand, crate::AgentError>> {
+        let incoming = self.incoming_command().await;
+        #[cfg(feature = "capture")]
+        if let Some(Ok((Ok(command), _))) = &incoming {
+            capture::command(command);
+        }
+        incoming
+    }
+
+    async fn incoming_command(&self) -> Option<Result<IncomingCommand, crate::AgentError>> {
         match self {
             Session::Quic(s) => Some(
                 s.next_command()

@@ -20,6 +20,7 @@ use crate::core::campaign::CampaignState;
 use crate::operator::client::ApiClient;
 
 mod fleet;
+pub mod invariants;
 mod report;
 
 pub use fleet::{Fleet, incompressible_image};

@@ -49,21 +49,30 @@ fn free_ports() -> (SocketAddr, SocketAddr) {
 /// QUIC address and the admin API address. Devices are told to send a keep-alive every second,
 /// so they notice a dead connection quickly.
 pub(crate) fn init(root: &Path) -> (PathBuf, SocketAddr, SocketAddr) {
+    init_on(root, None)
+}
+
+/// [`init`] with the state in the PostgreSQL database `store` names, if any.
+pub(crate) fn init_on(root: &Path, store: Option<&str>) -> (PathBuf, SocketAddr, SocketAddr) {
     let data = root.join("onboarder");
     let (quic, api) = free_ports();
-    run(&[
-        "init",
-        data.to_str().unwrap(),
-        "--listen",
-        &quic.to_string(),
-        "--api",
-        &api.to_string(),
+    let mut args = vec![
+        "init".to_string(),
+        data.to_str().unwrap().to_string(),
+        "--listen".into(),
+        quic.to_string(),
+        "--api".into(),
+        api.to_string(),
         // Tests run side by side: no fixed HTTPS port.
-        "--https",
-        "off",
-        "--coap",
-        "off",
-    ]);
+        "--https".into(),
+        "off".into(),
+        "--coap".into(),
+        "off".into(),
+    ];
+    if let Some(store) = store {
+        args.extend(["--store".to_string(), store.to_string()]);
+    }
+    run(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let mut config = onboarder::config::Config::load(&data).unwrap();
     config.policy.heartbeat_secs = 1;
     config.save(&data).unwrap();

@@ -10,6 +10,7 @@ mod coap;
 mod coap_agent;
 mod console;
 mod crash;
+mod crash_battery;
 mod decommission;
 mod est;
 mod firmware;

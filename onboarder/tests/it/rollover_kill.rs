@@ -13,7 +13,7 @@ use onboarder::core::{CertStatus, DeviceState};
 use onboarder::operator::client::ApiClient;
 use onboarder::service::AnchorImport;
 
-use crate::crash::{init, onboarder, serve, wait_ready};
+use crate::crash::{init_on, onboarder, serve, wait_ready};
 use crate::harness::*;
 
 const FLEET: usize = 20;
@@ -49,7 +49,7 @@ fn serve_until(dir: &Path, point: &str) -> Child {
 }
 
 /// Blocking API calls off the async threads.
-async fn api<T: Send + 'static>(
+pub(crate) async fn api<T: Send + 'static>(
     client: &Arc<ApiClient>,
     call: impl FnOnce(&ApiClient) -> T + Send + 'static,
 ) -> T {
@@ -59,12 +59,13 @@ async fn api<T: Send + 'static>(
         .unwrap()
 }
 
-/// Whether every device is active with exactly one live certificate, of CA `generation`.
-fn fleet_on(client: &ApiClient, generation: u32) -> bool {
+/// Whether every device of a fleet of `size` is active with exactly one live certificate, of
+/// CA `generation`.
+pub(crate) fn fleet_on(client: &ApiClient, generation: u32, size: usize) -> bool {
     let Ok(devices) = client.devices() else {
         return false;
     };
-    devices.len() == FLEET
+    devices.len() == size
         && devices.iter().all(|d| {
             let live: Vec<_> = d
                 .certificates
@@ -77,22 +78,25 @@ fn fleet_on(client: &ApiClient, generation: u32) -> bool {
         })
 }
 
-/// A server (a child process on a fresh data directory) with a connected fleet of [`FLEET`]
-/// agents of a manufacturer named `maker`, serials `{prefix}NNN`.
-struct Fleet {
+/// A server (a child process on a fresh data directory) with a connected fleet of `size`
+/// agents of a manufacturer named `maker`, serials `{prefix}NNNN`.
+pub(crate) struct Fleet {
     /// Kept for the fleet's life: the data directory and the devices are in it.
     _dir: tempfile::TempDir,
-    data: std::path::PathBuf,
-    child: Child,
-    client: Arc<ApiClient>,
-    running: Vec<Running>,
+    pub(crate) data: std::path::PathBuf,
+    pub(crate) child: Child,
+    pub(crate) client: Arc<ApiClient>,
+    pub(crate) running: Vec<Running>,
+    pub(crate) devices: Vec<Device>,
+    pub(crate) maker: Arc<Manufacturer>,
 }
 
-async fn fleet(maker: &str, prefix: &str) -> Fleet {
+/// On the store the battery runs on (PostgreSQL in the suite's second pass).
+pub(crate) async fn fleet(maker: &str, prefix: &str, size: usize) -> Fleet {
     let dir = tempfile::tempdir().unwrap();
-    let (data, quic, _) = init(dir.path());
+    let (data, quic, _) = init_on(dir.path(), test_store().as_deref());
     let m = Manufacturer::create(ManufacturerConfig::new(maker), now()).unwrap();
-    let serials: Vec<String> = (0..FLEET).map(|i| format!("{prefix}{i:03}")).collect();
+    let serials: Vec<String> = (0..size).map(|i| format!("{prefix}{i:04}")).collect();
     let devices: Vec<Device> = serials
         .iter()
         .map(|s| Device::mint(&m, dir.path(), s))
@@ -129,6 +133,8 @@ async fn fleet(maker: &str, prefix: &str) -> Fleet {
         child,
         client,
         running,
+        devices,
+        maker: Arc::new(m),
     }
 }
 
@@ -165,7 +171,11 @@ impl Fleet {
     }
 
     /// Waits (polling the admin API) until `check` holds, for at most 90 s.
-    async fn until(&self, what: &str, check: impl Fn(&ApiClient) -> bool + Send + Sync + 'static) {
+    pub(crate) async fn until(
+        &self,
+        what: &str,
+        check: impl Fn(&ApiClient) -> bool + Send + Sync + 'static,
+    ) {
         let check = Arc::new(check);
         for _ in 0..900 {
             let check = check.clone();
@@ -180,15 +190,19 @@ impl Fleet {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollover_killed_at_any_step_is_finished_at_start() {
-    let mut fleet = fleet("Roll Devices", "SN-RK").await;
-    fleet.until("the fleet onboarded", |c| fleet_on(c, 1)).await;
+    let mut fleet = fleet("Roll Devices", "SN-RK", FLEET).await;
+    fleet
+        .until("the fleet onboarded", |c| fleet_on(c, 1, FLEET))
+        .await;
     for (i, point) in POINTS.iter().enumerate() {
         let generation = i as u32 + 2;
         let answered = fleet.kill_during(point, |c| c.rollover(None)).await;
         assert!(answered.is_err(), "the order cannot have been answered");
         // Restarted: the rollover is finished, not repeated, and the fleet follows.
         fleet
-            .until("the fleet on the new CA", move |c| fleet_on(c, generation))
+            .until("the fleet on the new CA", move |c| {
+                fleet_on(c, generation, FLEET)
+            })
             .await;
         let crls = api(&fleet.client, |c| c.crls().unwrap()).await;
         let generations: Vec<u32> = crls.iter().map(|c| c.generation).collect();
@@ -218,8 +232,10 @@ const ROOT_POINTS: [&str; 4] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_root_rollover_killed_at_any_step_goes_on_at_start() {
-    let mut fleet = fleet("Root Devices", "SN-RR").await;
-    fleet.until("the fleet onboarded", |c| fleet_on(c, 1)).await;
+    let mut fleet = fleet("Root Devices", "SN-RR", FLEET).await;
+    fleet
+        .until("the fleet onboarded", |c| fleet_on(c, 1, FLEET))
+        .await;
     for (i, point) in ROOT_POINTS.iter().enumerate() {
         let root = i as u32 + 2;
         let answered = fleet.kill_during(point, |c| c.root_rollover()).await;
@@ -234,7 +250,7 @@ async fn an_owner_root_rollover_killed_at_any_step_goes_on_at_start() {
             })
             .await;
         fleet
-            .until("the fleet on the new CA", move |c| fleet_on(c, root))
+            .until("the fleet on the new CA", move |c| fleet_on(c, root, FLEET))
             .await;
         let (data, running) = (&fleet.data, &fleet.running);
         let new_root =
@@ -259,7 +275,7 @@ async fn an_owner_root_rollover_killed_at_any_step_goes_on_at_start() {
 }
 
 impl Fleet {
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         for r in self.running.drain(..) {
             r.stop().await;
         }

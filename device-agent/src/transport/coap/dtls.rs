@@ -75,6 +75,8 @@ pub fn context(chain: &[Vec<u8>], key: &dyn DeviceKey) -> Result<SslContext, Age
 /// Sends what OpenSSL wrote.
 pub async fn flush(socket: &UdpSocket, datagrams: Vec<Vec<u8>>) -> Result<(), AgentError> {
     for d in datagrams {
+        #[cfg(feature = "capture")]
+        crate::transport::capture::record("dtls", &d);
         socket
             .send(&d)
             .await

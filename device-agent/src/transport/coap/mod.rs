@@ -545,6 +545,8 @@ impl Shared {
 
     /// Protects and sends one message.
     async fn send(&self, message: &[u8]) -> Result<(), AgentError> {
+        #[cfg(feature = "capture")]
+        super::capture::record("coap", message);
         let datagrams = {
             let mut tls = lock(&self.tls);
             tls.ssl_write(message)

@@ -43,6 +43,25 @@ pub fn router(service: Arc<Service>) -> Router {
     .with_state(service)
 }
 
+/// The status a report body gives, or why it is not one.
+pub(crate) fn status_of(body: &[u8]) -> Result<Status, String> {
+    let report: Report =
+        serde_json::from_slice(body).map_err(|e| format!("not a status report: {e}"))?;
+    if report.version != serde_json::json!(1) && report.version != serde_json::json!("1") {
+        return Err("status report version 1 only".into());
+    }
+    // The reason and its context go to the audit log as the device gave them (the core
+    // shortens them).
+    let reason = match (report.reason, report.reason_context) {
+        (Some(r), Some(c)) => Some(format!("{r} ({c})")),
+        (r, c) => r.or(c.map(|c| c.to_string())),
+    };
+    Ok(Status {
+        ok: report.status,
+        reason,
+    })
+}
+
 /// A status report (RFC 8995 5.7 and 5.9.4).
 #[derive(Debug, Deserialize)]
 struct Report {
@@ -126,34 +145,9 @@ async fn report(
         )
         .into_response();
     }
-    let report: Report = match serde_json::from_slice(body) {
-        Ok(report) => report,
-        Err(e) => {
-            return rejected(
-                service,
-                StatusCode::BAD_REQUEST,
-                &format!("not a status report: {e}"),
-            )
-            .into_response();
-        }
-    };
-    if report.version != serde_json::json!(1) && report.version != serde_json::json!("1") {
-        return rejected(
-            service,
-            StatusCode::BAD_REQUEST,
-            "status report version 1 only",
-        )
-        .into_response();
-    }
-    // The reason and its context go to the audit log as the device gave them (the core
-    // shortens them).
-    let reason = match (report.reason, report.reason_context) {
-        (Some(r), Some(c)) => Some(format!("{r} ({c})")),
-        (r, c) => r.or(c.map(|c| c.to_string())),
-    };
-    let status = Status {
-        ok: report.status,
-        reason,
+    let status = match status_of(body) {
+        Ok(status) => status,
+        Err(why) => return rejected(service, StatusCode::BAD_REQUEST, &why).into_response(),
     };
     match service
         .handle(peer, &caller.binding, request(status), "https")

@@ -180,7 +180,7 @@ async fn enrolled(
 }
 
 /// Base64 with line breaks and other white space anywhere, as EST clients send it.
-fn decode_base64(body: &[u8]) -> Result<Vec<u8>, String> {
+pub(crate) fn decode_base64(body: &[u8]) -> Result<Vec<u8>, String> {
     let compact: Vec<u8> = body
         .iter()
         .copied()
