@@ -15,6 +15,9 @@ use onboarder::service::{CampaignSpec, Target};
 
 const BIN: &str = env!("CARGO_BIN_EXE_device-agent");
 
+#[path = "agent_kills/battery.rs"]
+mod battery;
+
 #[test]
 fn systemd_accepts_the_unit() {
     let dir = tempfile::tempdir().unwrap();

@@ -195,22 +195,41 @@ impl StateStore for FileStateStore {
             &self.dir.join(layout::STATE),
             &protocol::cbor::to_vec(&stored),
         )?;
-        // Copies for people and tools; the state file above is the truth.
+        // Copies for people and tools while the device holds an LDevID in use (not once it
+        // is wiped and attesting, not after); the state file above is the truth.
         let mut exported = self.exported.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(cert) = state
+        match state
             .ldevid
             .as_ref()
-            .filter(|c| exported.as_ref() != Some(*c))
+            .filter(|_| state.pending_attestation.is_none())
         {
-            files::write_public(
-                &self.dir.join(layout::LDEVID_CERT),
-                files::cert_pem(cert).as_bytes(),
-            )?;
-            files::write_public(
-                &self.dir.join(layout::CHAIN),
-                files::certs_pem(state.chain.iter().map(|c| c.as_slice())).as_bytes(),
-            )?;
-            *exported = Some(cert.clone());
+            Some(cert) if exported.as_ref() != Some(cert) => {
+                files::write_public(
+                    &self.dir.join(layout::LDEVID_CERT),
+                    files::cert_pem(cert).as_bytes(),
+                )?;
+                files::write_public(
+                    &self.dir.join(layout::CHAIN),
+                    files::certs_pem(state.chain.iter().map(|c| c.as_slice())).as_bytes(),
+                )?;
+                *exported = Some(cert.clone());
+            }
+            Some(_) => {}
+            None => {
+                for copy in [layout::LDEVID_CERT, layout::CHAIN] {
+                    match std::fs::remove_file(self.dir.join(copy)) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(certs::CertError::Io {
+                                path: self.dir.join(copy),
+                                source: e,
+                            }
+                            .into());
+                        }
+                        _ => {}
+                    }
+                }
+                *exported = None;
+            }
         }
         Ok(())
     }
