@@ -117,6 +117,7 @@ pub struct Metrics {
     requests: Mutex<Requests>,
     handshakes_refused: AtomicU64,
     connections_refused: AtomicU64,
+    handshakes_retried: AtomicU64,
     audit_suppressed: AtomicU64,
 }
 
@@ -129,6 +130,10 @@ pub struct MetricsSnapshot {
     pub handshakes_refused: u64,
     /// Connections refused before the handshake (per-address or total limit).
     pub connections_refused: u64,
+    /// QUIC connection attempts answered with a Retry (address validation, under a flood of
+    /// handshakes) instead of a handshake.
+    #[serde(default)]
+    pub handshakes_retried: u64,
     /// Audit entries counted but not written (over the audit budget); each window ends with
     /// one summary entry.
     pub audit_suppressed: u64,
@@ -185,6 +190,11 @@ impl Metrics {
         self.connections_refused.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// One connection attempt answered with a Retry.
+    pub fn handshake_retried(&self) {
+        self.handshakes_retried.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// `n` audit entries suppressed.
     pub fn audit_suppressed(&self, n: u64) {
         self.audit_suppressed.fetch_add(n, Ordering::Relaxed);
@@ -200,6 +210,7 @@ impl Metrics {
                 .clone(),
             handshakes_refused: self.handshakes_refused.load(Ordering::Relaxed),
             connections_refused: self.connections_refused.load(Ordering::Relaxed),
+            handshakes_retried: self.handshakes_retried.load(Ordering::Relaxed),
             audit_suppressed: self.audit_suppressed.load(Ordering::Relaxed),
         }
     }
@@ -258,6 +269,11 @@ impl Metrics {
                 "onboarder_connections_refused_total",
                 "Connections refused by the limits before any handshake.",
                 snapshot.connections_refused,
+            ),
+            (
+                "onboarder_handshakes_retried_total",
+                "QUIC connection attempts answered with a Retry (address validation under load).",
+                snapshot.handshakes_retried,
             ),
             (
                 "onboarder_audit_suppressed_total",

@@ -2,6 +2,10 @@
 //!
 //! - Connections: at most `max_connections` in all and `max_connections_per_address` from one
 //!   IP address; the rest are refused before the handshake costs anything.
+//! - Handshakes: once `handshakes_before_retry` QUIC handshakes are in progress, a new attempt
+//!   from an address not yet validated gets a Retry (RFC 9000 8.1): stateless, no crypto, and
+//!   a spoofed source never answers it, so a flood of handshakes from forged addresses costs
+//!   a packet each, while a real device pays one round trip more.
 //! - Bytes of requests not yet complete: a frame's buffer grows as its bytes arrive (a header
 //!   that announces 64 KiB costs nothing until 64 KiB arrive), and those bytes count against a
 //!   budget per connection and one for the whole server. A frame that would exceed either is
@@ -22,6 +26,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Connections at once from one IP address (devices behind one NAT share it).
     pub max_connections_per_address: usize,
+    /// QUIC handshakes in progress from which new attempts must first prove their address.
+    pub handshakes_before_retry: usize,
     /// Bytes of incomplete requests held per connection.
     pub frame_bytes_per_connection: usize,
     /// Bytes of incomplete requests held in all.
@@ -33,6 +39,7 @@ impl Default for Limits {
         Limits {
             max_connections: 200_000,
             max_connections_per_address: 1_024,
+            handshakes_before_retry: 256,
             frame_bytes_per_connection: 2 * protocol::message::MAX_REQUEST,
             frame_bytes_total: 64 * 1024 * 1024,
         }

@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use protocol::frame::FrameError;
@@ -143,15 +144,25 @@ pub async fn serve(
         chunks: Arc::new(Semaphore::new(CHUNKS_IN_FLIGHT)),
         frames,
     });
+    let handshaking = Arc::new(AtomicUsize::new(0));
     while let Some(incoming) = endpoint.accept().await {
+        if handshaking.load(Ordering::Relaxed) >= limits.handshakes_before_retry
+            && !incoming.remote_address_validated()
+            && incoming.may_retry()
+        {
+            shared.service.metrics().handshake_retried();
+            let _ = incoming.retry();
+            continue;
+        }
         let Some(slot) = connections.admit(incoming.remote_address().ip()) else {
             shared.service.metrics().connection_refused();
             incoming.refuse();
             continue;
         };
         let shared = shared.clone();
+        let handshake = Handshake::begin(&handshaking);
         tokio::spawn(async move {
-            if let Err(e) = connection(incoming, &shared).await {
+            if let Err(e) = connection(incoming, handshake, &shared).await {
                 tracing::debug!("connection ended: {e}");
             }
             drop(slot);
@@ -159,9 +170,31 @@ pub async fn serve(
     }
 }
 
-async fn connection(incoming: quinn::Incoming, shared: &Shared) -> Result<(), ConnectionEnd> {
+/// A handshake in progress, counted until it ends (done, failed or dropped).
+struct Handshake(Arc<AtomicUsize>);
+
+impl Handshake {
+    fn begin(count: &Arc<AtomicUsize>) -> Handshake {
+        count.fetch_add(1, Ordering::Relaxed);
+        Handshake(count.clone())
+    }
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn connection(
+    incoming: quinn::Incoming,
+    handshake: Handshake,
+    shared: &Shared,
+) -> Result<(), ConnectionEnd> {
     let service = &shared.service;
-    let conn = match incoming.await {
+    let conn = incoming.await;
+    drop(handshake);
+    let conn = match conn {
         Ok(conn) => conn,
         Err(e) => {
             service.metrics().handshake_refused();

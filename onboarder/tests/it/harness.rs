@@ -315,7 +315,7 @@ impl World {
 }
 
 /// The onboarding TLS configuration of `device` (its IDevID).
-fn idevid_config(device: &Device) -> quinn::ClientConfig {
+pub fn idevid_config(device: &Device) -> quinn::ClientConfig {
     let birth = device.birth();
     let key: Arc<dyn device_agent::platform::DeviceKey> = Arc::new(birth.key);
     quic::provisional_config(

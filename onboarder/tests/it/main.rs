@@ -14,6 +14,7 @@ mod crash_battery;
 mod decommission;
 mod est;
 mod firmware;
+mod floods;
 mod host;
 mod hsm;
 mod https_door;

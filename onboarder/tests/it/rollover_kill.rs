@@ -89,6 +89,10 @@ pub(crate) struct Fleet {
     pub(crate) running: Vec<Running>,
     pub(crate) devices: Vec<Device>,
     pub(crate) maker: Arc<Manufacturer>,
+    /// The server's QUIC address.
+    pub(crate) quic: std::net::SocketAddr,
+    /// The fleet's directory (devices are minted under it).
+    pub(crate) root: std::path::PathBuf,
 }
 
 /// On the store the battery runs on (PostgreSQL in the suite's second pass).
@@ -119,7 +123,9 @@ pub(crate) async fn fleet(maker: &str, prefix: &str, size: usize) -> Fleet {
     api(&client, wait_ready).await;
     api(&client, move |c| {
         c.import_anchor(&anchor).unwrap();
-        c.import_vouchers(&bundle).unwrap();
+        if size > 0 {
+            c.import_vouchers(&bundle).unwrap();
+        }
     })
     .await;
     let endpoint = device_agent::transport::quic::endpoint_for(quic).unwrap();
@@ -128,6 +134,8 @@ pub(crate) async fn fleet(maker: &str, prefix: &str, size: usize) -> Fleet {
         .map(|d| Running::start(d.agent(quic, &endpoint)))
         .collect();
     Fleet {
+        quic,
+        root: dir.path().to_path_buf(),
         _dir: dir,
         data,
         child,
