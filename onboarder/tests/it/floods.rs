@@ -144,3 +144,137 @@ async fn a_flood_of_handshakes_from_forged_addresses_is_answered_with_retries() 
     fleet.child.kill().unwrap();
     fleet.child.wait().unwrap();
 }
+
+/// A TLS client that presents `device`'s IDevID and takes any server (as a pledge does before
+/// its voucher), speaking HTTP/1.1.
+fn tls_client(device: &Device) -> tokio_rustls::TlsConnector {
+    let birth = device.birth();
+    let key: std::sync::Arc<dyn device_agent::platform::DeviceKey> = std::sync::Arc::new(birth.key);
+    let mut tls = device_agent::transport::quic::provisional_tls(
+        std::slice::from_ref(&birth.identity.idevid),
+        key,
+    )
+    .unwrap();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+}
+
+/// Reads until the server closes; what it sent, and when it closed (since `start`).
+async fn until_closed(
+    mut stream: impl tokio::io::AsyncRead + Unpin,
+    start: Instant,
+) -> (Vec<u8>, Duration) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut got)).await;
+    (got, start.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_stalled_https_clients_are_cut_and_devices_still_onboard() {
+    use tokio::io::AsyncWriteExt;
+    let world = World::new().await;
+    let https = world.server.https_addr().unwrap();
+    world.expect(&["SN-SLOW-CLIENT", "SN-HTTPS-REAL"], 30).await;
+    let slow = world.device("SN-SLOW-CLIENT");
+    let connector = tls_client(&slow);
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let start = Instant::now();
+    let mut clients = Vec::new();
+    // 100 connections that never begin their TLS handshake.
+    for _ in 0..100 {
+        let tcp = tokio::net::TcpStream::connect(https).await.unwrap();
+        clients.push(("no handshake", tokio::spawn(until_closed(tcp, start))));
+    }
+    // 50 that send half a request line and stop.
+    for _ in 0..50 {
+        let tcp = tokio::net::TcpStream::connect(https).await.unwrap();
+        let mut tls = connector.connect(name.clone(), tcp).await.unwrap();
+        tls.write_all(b"POST /.well-known/est/simpleenroll HT")
+            .await
+            .unwrap();
+        clients.push(("half a header", tokio::spawn(until_closed(tls, start))));
+    }
+    // 50 that announce a 4 KiB body and send 16 bytes of it.
+    for _ in 0..50 {
+        let tcp = tokio::net::TcpStream::connect(https).await.unwrap();
+        let mut tls = connector.connect(name.clone(), tcp).await.unwrap();
+        tls.write_all(
+            b"POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\n\
+              Content-Type: application/pkcs10\r\nContent-Length: 4096\r\n\r\nMIIBIjANBgkqhkiG",
+        )
+        .await
+        .unwrap();
+        clients.push(("a trickled body", tokio::spawn(until_closed(tls, start))));
+    }
+    // One that sends a body larger than any route takes.
+    let tcp = tokio::net::TcpStream::connect(https).await.unwrap();
+    let mut big = connector.connect(name.clone(), tcp).await.unwrap();
+    big.write_all(
+        b"POST /.well-known/onboarder/request HTTP/1.1\r\nHost: localhost\r\n\
+          Content-Type: application/cbor\r\nContent-Length: 1048576\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let _ = big.write_all(&vec![0u8; 1 << 20]).await;
+    let (answer, _) = until_closed(big, start).await;
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+    // A device whose network blocks UDP onboards over HTTPS while they hang.
+    let real = world.device("SN-HTTPS-REAL");
+    let blackhole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let agent = real.agent_with(
+        blackhole.local_addr().unwrap(),
+        &world.endpoint,
+        device_agent::AgentOptions {
+            clock: world.clock.clone(),
+            https_url: Some(format!("https://localhost:{}", https.port())),
+            transport: device_agent::transport::Transport::Https,
+            ..fast_options()
+        },
+    );
+    let began = Instant::now();
+    agent.onboard().await.unwrap();
+    let onboarding = began.elapsed();
+    assert_eq!(
+        world.record("SN-HTTPS-REAL").unwrap().state,
+        onboarder::core::DeviceState::Active
+    );
+
+    let mut cut: std::collections::BTreeMap<&str, (Duration, Duration, usize)> = Default::default();
+    for (kind, client) in clients {
+        let (got, after) = client.await.unwrap();
+        let text = String::from_utf8_lossy(&got);
+        if kind == "a trickled body" {
+            assert!(text.starts_with("HTTP/1.1 408"), "{kind}: {text}");
+        }
+        let e = cut
+            .entry(kind)
+            .or_insert((Duration::MAX, Duration::ZERO, 0));
+        e.0 = e.0.min(after);
+        e.1 = e.1.max(after);
+        e.2 += 1;
+    }
+    for (kind, (first, last, n)) in &cut {
+        eprintln!(
+            "HTTPS flood: {n} clients with {kind} cut after {:.1}-{:.1} s",
+            first.as_secs_f64(),
+            last.as_secs_f64()
+        );
+    }
+    eprintln!(
+        "HTTPS flood: a real onboarding over HTTPS took {:.0} ms during it",
+        onboarding.as_secs_f64() * 1e3
+    );
+    // Cut by the handshake and header deadline (10 s) and the body deadline (20 s), not by
+    // the test's own 60 s.
+    let within = |kind: &str, limit: Duration| cut[kind].1 < limit + Duration::from_secs(5);
+    assert!(within("no handshake", Duration::from_secs(10)), "{cut:?}");
+    assert!(within("half a header", Duration::from_secs(10)), "{cut:?}");
+    assert!(
+        within("a trickled body", onboarder::transport::https::BODY_TIMEOUT),
+        "{cut:?}"
+    );
+    assert!(onboarding < Duration::from_secs(10), "{onboarding:?}");
+}

@@ -35,6 +35,12 @@ use crate::transport::limits::ConnectionLimits;
 pub const EXPORTER_LABEL: &[u8] = protocol::TLS_EXPORTER_LABEL;
 /// How long a client may take over its TLS handshake, and to send a request's headers.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's body once its headers are in: the largest
+/// body any route takes (64 KiB) arrives within it even at 32 kbit/s, and a client that
+/// trickles its body (to hold a connection and its buffer) is cut with 408.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(20);
+/// No route takes a larger body; a larger one is refused (413) before it is held.
+const MAX_BODY: usize = protocol::frame::MAX_FRAME;
 
 /// The CRL published under a file name (`issuing-ca-N.crl`), DER.
 pub type Crls = Arc<dyn Fn(&str) -> Option<Vec<u8>> + Send + Sync>;
@@ -94,7 +100,8 @@ pub async fn serve(
             axum::Router::new()
                 .route("/crl/{file}", axum::routing::get(crl))
                 .with_state(crls),
-        );
+        )
+        .layer(axum::middleware::from_fn(body_deadline));
     loop {
         let (tcp, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -140,6 +147,33 @@ pub async fn serve(
             }
             drop(slot);
         });
+    }
+}
+
+/// Reads a request's body within [`BODY_TIMEOUT`] and [`MAX_BODY`] before the route sees it
+/// (each route still applies its own, smaller, limit).
+async fn body_deadline(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(bytes)) => {
+            let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
+            next.run(request).await
+        }
+        Ok(Err(_)) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a request body is at most {MAX_BODY} bytes\n"),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request body did not arrive within {BODY_TIMEOUT:?}\n"),
+        )
+            .into_response(),
     }
 }
 
