@@ -74,6 +74,7 @@ impl ImageStore for DirImages {
 
     /// Stores `image`, whose SHA-256 the caller has checked is `digest`.
     fn put(&self, digest: &[u8], image: &[u8]) -> Result<(), StoreError> {
+        super::space::check(&self.dir, image.len() as u64)?;
         certs::files::write_private(&self.path(digest), image)
             .map_err(|e| StoreError::Io(e.to_string()))?;
         // The next read loads it again (an upload of the same digest is the same bytes, but the

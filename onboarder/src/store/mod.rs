@@ -21,6 +21,7 @@ pub mod images;
 pub mod postgres;
 pub mod seal;
 pub mod sled;
+pub mod space;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -52,6 +53,18 @@ pub enum StoreError {
         key: String,
         /// Decoder detail.
         detail: String,
+    },
+    /// The disk of the data directory is full: nothing was written (the store writes again
+    /// once space returns).
+    #[error(
+        "the data directory's disk is full ({free} bytes free, {reserve} kept in reserve): \
+         nothing was written; free space and retry"
+    )]
+    DiskFull {
+        /// Bytes free.
+        free: u64,
+        /// Bytes kept free.
+        reserve: u64,
     },
     /// The store has shut down.
     #[error("the store is closed")]

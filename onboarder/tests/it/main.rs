@@ -15,6 +15,7 @@ mod decommission;
 mod est;
 mod firmware;
 mod floods;
+mod full_disk;
 mod host;
 mod hsm;
 mod https_door;

@@ -99,6 +99,30 @@ pub(crate) struct Fleet {
 pub(crate) async fn fleet(maker: &str, prefix: &str, size: usize) -> Fleet {
     let dir = tempfile::tempdir().unwrap();
     let (data, quic, _) = init_on(dir.path(), test_store().as_deref());
+    fleet_at(dir, data, quic, maker, prefix, size).await
+}
+
+/// [`fleet`] with the server's data directory (and its embedded store) under `data_root`,
+/// the devices elsewhere.
+pub(crate) async fn fleet_in(
+    data_root: &std::path::Path,
+    maker: &str,
+    prefix: &str,
+    size: usize,
+) -> Fleet {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, quic, _) = init_on(data_root, None);
+    fleet_at(dir, data, quic, maker, prefix, size).await
+}
+
+async fn fleet_at(
+    dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    quic: std::net::SocketAddr,
+    maker: &str,
+    prefix: &str,
+    size: usize,
+) -> Fleet {
     let m = Manufacturer::create(ManufacturerConfig::new(maker), now()).unwrap();
     let serials: Vec<String> = (0..size).map(|i| format!("{prefix}{i:04}")).collect();
     let devices: Vec<Device> = serials

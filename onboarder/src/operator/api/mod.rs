@@ -408,6 +408,9 @@ pub(crate) fn status_of(e: &OperatorError) -> StatusCode {
         | OperatorError::Sbom(_)
         | OperatorError::UntrustedRelease(_) => StatusCode::BAD_REQUEST,
         OperatorError::NotFound(_) => StatusCode::NOT_FOUND,
+        OperatorError::Store(crate::store::StoreError::DiskFull { .. }) => {
+            StatusCode::INSUFFICIENT_STORAGE
+        }
         OperatorError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         OperatorError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         OperatorError::Audit(_) | OperatorError::Refused(_) => StatusCode::CONFLICT,

@@ -230,11 +230,13 @@ impl SledStore {
         let commits = std::sync::Arc::new(crate::metrics::Commits::default());
         let (queue, groups) = group::queue(commits.clone());
         let writer_db = db.clone();
+        let writer_dir = dir.to_path_buf();
         let writer_codec = codec.clone();
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || {
                 Writer {
+                    dir: writer_dir,
                     db: writer_db,
                     codec: writer_codec,
                     head,

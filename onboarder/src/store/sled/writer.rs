@@ -15,6 +15,8 @@ use crate::store::{Change, Expect, StoreError};
 
 /// The single writer: owns the audit head and every write.
 pub(super) struct Writer {
+    /// The store's directory (its disk's free space is checked before each batch).
+    pub(super) dir: std::path::PathBuf,
     pub(super) db: sled::Db,
     pub(super) codec: Arc<RecordCodec>,
     pub(super) head: (u64, [u8; 32]),
@@ -52,10 +54,12 @@ impl Writer {
             let mut head_value = head.0.to_be_bytes().to_vec();
             head_value.extend_from_slice(&head.1);
             batch.insert(HEAD_KEY, head_value);
-            self.db
-                .apply_batch(batch)
-                .and_then(|()| self.db.flush().map(|_| ()))
-                .map_err(io)
+            crate::store::space::check(&self.dir, 0).and_then(|()| {
+                self.db
+                    .apply_batch(batch)
+                    .and_then(|()| self.db.flush().map(|_| ()))
+                    .map_err(io)
+            })
         } else {
             Ok(())
         };
