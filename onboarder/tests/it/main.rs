@@ -6,6 +6,7 @@ mod harness;
 mod abuse;
 mod binary;
 mod browser;
+mod clock;
 mod coap;
 mod coap_agent;
 mod console;
