@@ -23,6 +23,8 @@ pub mod close {
     pub const SHUTDOWN: u32 = 2;
     /// The device's credentials were revoked.
     pub const REVOKED: u32 = 3;
+    /// The device opened a newer session, which replaces this one.
+    pub const REPLACED: u32 = 4;
 }
 
 /// Writes `payload` as one frame and finishes the stream, then waits until the peer has it, so

@@ -115,9 +115,20 @@ impl Sessions {
         lock(&self.live)
     }
 
-    /// Records `conn` as the session of `device` (replacing an older one).
+    /// Records `conn` as the session of `device`. A device holds one operational connection:
+    /// an older one (left behind when its network changed, or opened with a copy of its
+    /// credentials) is closed, so that idle connections cannot pile up under one identity.
     pub fn register(&self, device: &DeviceId, conn: quinn::Connection) {
-        self.map().insert(device.clone(), Link::Quic(conn));
+        let id = conn.stable_id();
+        let old = self.map().insert(device.clone(), Link::Quic(conn));
+        if let Some(Link::Quic(old)) = old
+            && old.stable_id() != id
+        {
+            old.close(
+                super::close::REPLACED.into(),
+                b"replaced by a newer session of this device",
+            );
+        }
     }
 
     /// Opens a pull session for `device`, over HTTPS or CoAP, on the secure session of

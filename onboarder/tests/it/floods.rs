@@ -278,3 +278,80 @@ async fn slow_and_stalled_https_clients_are_cut_and_devices_still_onboard() {
     );
     assert!(onboarding < Duration::from_secs(10), "{onboarding:?}");
 }
+
+/// Many idle connections: one device's credentials open 40 operational sessions, and each
+/// new one evicts the one before; one address opens connections up to its limit and no
+/// further, while a device from another address still onboards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_bounded_per_device_and_per_address() {
+    const PER_ADDRESS: usize = 30;
+    let world = World::with_config(|c| {
+        c.limits.max_connections_per_address = PER_ADDRESS;
+        c.limits.max_connections = 100;
+    })
+    .await;
+    world.expect(&["SN-IDLE", "SN-OTHER-ADDRESS"], 30).await;
+    let device = world.device("SN-IDLE");
+    world.agent(&device).onboard().await.unwrap();
+    let hello = protocol::message::Request::Hello(protocol::message::Hello {
+        agent_version: "test".into(),
+        firmware_version: "1.0.0".into(),
+        firmware_sequence: 0,
+        class_id: String::new(),
+        hardware: Default::default(),
+        anchors: None,
+    });
+    let mut sessions = Vec::new();
+    for _ in 0..40 {
+        let session = world.ldevid_session(&device).await;
+        session.exchange(&hello).await.unwrap();
+        sessions.push(session);
+    }
+    // Each session was closed by the next: one is left.
+    let last = sessions.pop().unwrap();
+    for s in &sessions {
+        let why = tokio::time::timeout(Duration::from_secs(10), s.closed())
+            .await
+            .expect("an older session left open");
+        assert!(why.contains("replaced by a newer session"), "{why}");
+    }
+    assert!(
+        last.exchange(&hello).await.is_ok(),
+        "the newest session serves"
+    );
+    assert!(world.server.sessions().is_connected(&world.id("SN-IDLE")));
+
+    // One address: connections up to its limit (the IDevID's onboarding connections, which
+    // are not sessions), the next refused before any handshake.
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..PER_ADDRESS + 10 {
+        match tokio::time::timeout(Duration::from_secs(5), world.try_raw_connection(&device)).await
+        {
+            Ok(Ok(conn)) => held.push(conn),
+            _ => refused += 1,
+        }
+    }
+    let stats = world.server.service().metrics().snapshot();
+    eprintln!(
+        "idle connections: 39 older sessions of one device evicted; from one address {} held, \
+         {refused} refused ({} counted)",
+        held.len(),
+        stats.connections_refused
+    );
+    assert!(held.len() < PER_ADDRESS, "{} held", held.len());
+    assert!(refused >= 10 && stats.connections_refused >= 10);
+    // Another address is not affected.
+    let other = world.device("SN-OTHER-ADDRESS");
+    let endpoint = quinn::Endpoint::client("127.0.0.2:0".parse().unwrap()).unwrap();
+    let began = Instant::now();
+    other
+        .agent(world.server.quic_addr(), &endpoint)
+        .onboard()
+        .await
+        .unwrap();
+    eprintln!(
+        "idle connections: a device from another address onboarded in {:.0} ms",
+        began.elapsed().as_secs_f64() * 1e3
+    );
+}

@@ -165,11 +165,16 @@ async fn a_full_disk_refuses_clearly_loses_nothing_and_recovers_by_itself() {
     for (serial, why) in &refused {
         assert!(why.contains("disk is full"), "{serial}: {why}");
     }
-    // Each refused device is as it was: expected, nothing of an onboarding recorded.
+    // A refused device holds what was acknowledged before the disk filled (its voucher, if
+    // that step was answered) and nothing of the refused step: no certificate.
     for (serial, _) in &refused {
         let s = serial.clone();
         let view = api(&fleet.client, move |c| c.device(&s).unwrap()).await;
-        assert_eq!(view.state, DeviceState::Expected, "{serial}");
+        assert!(
+            matches!(view.state, DeviceState::Expected | DeviceState::Onboarding),
+            "{serial}: {:?}",
+            view.state
+        );
         assert!(view.certificates.is_empty(), "{serial}");
     }
     let upload = {
@@ -213,6 +218,14 @@ async fn a_full_disk_refuses_clearly_loses_nothing_and_recovers_by_itself() {
         "full disk: serving again {:.1} s after space returned",
         began.elapsed().as_secs_f64()
     );
+    // The devices refused while it was full onboard now, from wherever they were left.
+    for (serial, _) in &refused {
+        let d = waiting.iter().find(|d| &d.serial() == serial).unwrap();
+        onboard(&fleet, d).await.unwrap();
+        let s = serial.clone();
+        let view = api(&fleet.client, move |c| c.device(&s).unwrap()).await;
+        assert_eq!(view.state, DeviceState::Active, "{serial}");
+    }
     api(&fleet.client, move |c| {
         c.upload_release(&manifest, &image, None)
     })

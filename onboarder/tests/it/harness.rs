@@ -301,6 +301,21 @@ impl World {
             .unwrap()
     }
 
+    /// A bare IDevID connection, or why the server would not have it.
+    pub async fn try_raw_connection(
+        &self,
+        device: &Device,
+    ) -> Result<quinn::Connection, quinn::ConnectionError> {
+        self.endpoint
+            .connect_with(
+                idevid_config(device),
+                self.server.quic_addr(),
+                "onboarder.invalid",
+            )
+            .unwrap()
+            .await
+    }
+
     /// A hand-driven IDevID session for hostile inputs.
     pub async fn raw_session(&self, device: &Device) -> Session {
         Session::connect(

@@ -46,8 +46,9 @@ async fn bad_renewals_are_refused_and_change_nothing() {
     let csr = certs::csr::build_csr("SN-RENEW", &device.birth().key, &binding).unwrap();
     let r = session.exchange(&reenroll(csr)).await.unwrap();
     assert_eq!(code_of(&r), ErrorCode::CsrPolicy);
-    // Made for another session (exporter mismatch).
-    let other = agent.connect().await.unwrap();
+    // Made for another session (exporter mismatch; a session without a hello, since a hello
+    // would replace this one).
+    let other = world.ldevid_session(&device).await;
     let csr = certs::csr::build_csr("SN-RENEW", &fresh, &other.binding().unwrap()).unwrap();
     let r = session.exchange(&reenroll(csr)).await.unwrap();
     assert_eq!(code_of(&r), ErrorCode::StaleRequest);
