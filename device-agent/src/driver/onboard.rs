@@ -34,7 +34,7 @@ impl Agent {
             );
             self.options.clock.set(floor);
         }
-        self.recover_keys(&state)?;
+        self.recover_keys(&mut state)?;
         let remaining = onboarding::remaining(&state);
         if remaining == Remaining::Nothing {
             return Ok(state);

@@ -19,14 +19,25 @@ use crate::platform::DeviceKey;
 use crate::transport::Session;
 
 impl Agent {
-    /// Finishes a key promotion a crash interrupted: the stored LDevID must have its key
-    /// current.
-    pub(super) fn recover_keys(&self, state: &AgentState) -> Result<(), AgentError> {
+    /// Finishes what a crash interrupted in the key store: a key promotion (the stored LDevID
+    /// must have its key current), or a return to the factory state after a wipe (`state`
+    /// becomes the factory one).
+    pub(super) fn recover_keys(&self, state: &mut AgentState) -> Result<(), AgentError> {
         let current = self.keys.ldevid_key()?.map(|k| k.public_key());
         let pending = self.keys.pending_ldevid_key()?.map(|k| k.public_key());
         match recovery::keys(state, current.as_ref(), pending.as_ref())? {
             KeyRepair::None => Ok(()),
             KeyRepair::PromotePending => Ok(self.keys.commit_pending_ldevid_key()?),
+            KeyRepair::FinishReset => {
+                tracing::warn!(
+                    serial = self.serial(),
+                    "finishing the return to the factory state a crash interrupted"
+                );
+                let factory = crate::machine::decommission::factory_after(state);
+                self.state.reset(&factory)?;
+                *state = factory;
+                Ok(())
+            }
         }
     }
 
@@ -209,7 +220,7 @@ impl Agent {
 
     pub(super) async fn open_session(&self) -> Result<Session, AgentError> {
         let mut state = self.load_state()?;
-        self.recover_keys(&state)?;
+        self.recover_keys(&mut state)?;
         self.recover_firmware(&mut state).await?;
         if let Credential::Renewal(renewal) = session::credential(&state)? {
             let key = self

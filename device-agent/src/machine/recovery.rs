@@ -15,6 +15,9 @@ pub enum KeyRepair {
     None,
     /// The pending key is the LDevID's: the promotion was interrupted; finish it.
     PromotePending,
+    /// The device was wiped and its LDevID keys destroyed, and its return to the factory
+    /// state was interrupted: finish it.
+    FinishReset,
 }
 
 /// Compares the stored LDevID's key with the key store's current and pending keys.
@@ -32,6 +35,9 @@ pub fn keys(
     }
     if pending == Some(&wanted) {
         return Ok(KeyRepair::PromotePending);
+    }
+    if state.pending_attestation.is_some() && current.is_none() && pending.is_none() {
+        return Ok(KeyRepair::FinishReset);
     }
     Err(crate::error::PlatformError::Key("no key for the stored LDevID".into()).into())
 }
@@ -75,6 +81,38 @@ pub fn done_with_owner(state: &AgentState, reason: CredentialRefusal) -> bool {
 mod tests {
     use super::*;
     use crate::machine::Trial;
+
+    #[test]
+    fn a_wiped_device_whose_keys_are_gone_finishes_its_reset() {
+        use certs::ca::random_serial;
+        use certs::profile::{LdevidProfile, issue_ldevid};
+        use certs::{Ca, CaName, KeyKind, KeyPair, Validity};
+        let validity = Validity::starting(1_800_000_000, 86_400);
+        let name = CaName {
+            organization: "Owner".into(),
+            common_name: "Issuing".into(),
+        };
+        let key = KeyPair::generate(KeyKind::P256).unwrap();
+        let ca = Ca::root(&name, key, validity, &random_serial().unwrap()).unwrap();
+        let device_key = KeyPair::generate(KeyKind::P256).unwrap();
+        let profile = LdevidProfile {
+            serial: "SN-1",
+            common_name: "SN-1",
+            organization: "Owner",
+            crl_url: None,
+        };
+        let serial = random_serial().unwrap();
+        let ldevid = issue_ldevid(&ca, &profile, &device_key.spki_der(), validity, &serial);
+        let mut state = AgentState::factory("1.0.0");
+        state.ldevid = Some(ldevid.unwrap());
+        // Onboarded, the key gone: nothing the agent may repair.
+        assert!(keys(&state, None, None).is_err());
+        // Wiped, the key destroyed, the reset interrupted: finish it.
+        state.pending_attestation = Some(vec![1]);
+        assert_eq!(keys(&state, None, None).unwrap(), KeyRepair::FinishReset);
+        let key = device_key.public_key();
+        assert_eq!(keys(&state, Some(&key), None).unwrap(), KeyRepair::None);
+    }
 
     #[test]
     fn a_wiped_device_refused_as_revoked_is_done_with_its_owner() {

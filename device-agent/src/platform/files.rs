@@ -144,14 +144,70 @@ impl FileStateStore {
     }
 }
 
+impl FileStateStore {
+    /// A reset a crash interrupted: the old state under its second name is shredded, unless
+    /// it is still the state in force (the crash came before the new one replaced it), when
+    /// only the second name goes.
+    fn finish_shredding(&self) -> Result<(), PlatformError> {
+        let old = self.dir.join(layout::STATE_SHREDDING);
+        let Ok(shredding) = std::fs::metadata(&old) else {
+            return Ok(());
+        };
+        let in_force = std::fs::metadata(self.dir.join(layout::STATE))
+            .is_ok_and(|current| same_file(&current, &shredding));
+        if in_force {
+            std::fs::remove_file(&old).map_err(|e| certs::CertError::Io {
+                path: old,
+                source: e,
+            })?;
+        } else {
+            super::shred::overwrite_and_remove(&old)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(unix)]
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+/// Without inode numbers, the second name is taken for the state in force: never shredded.
+#[cfg(not(unix))]
+fn same_file(_a: &std::fs::Metadata, _b: &std::fs::Metadata) -> bool {
+    true
+}
+
 impl StateStore for FileStateStore {
+    /// Shreds the old state and leaves a readable one whenever a crash comes: the old state
+    /// gets a second name, the new one replaces it atomically, then the old is overwritten
+    /// and removed ([`FileStateStore::finish_shredding`] at the next start if a crash came
+    /// first).
     fn reset(&self, state: &AgentState) -> Result<(), PlatformError> {
-        super::shred::overwrite_and_remove(&self.dir.join(layout::STATE))?;
+        self.finish_shredding()?;
+        let (current, old) = (
+            self.dir.join(layout::STATE),
+            self.dir.join(layout::STATE_SHREDDING),
+        );
+        match std::fs::hard_link(&current, &old) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(certs::CertError::Io {
+                    path: old,
+                    source: e,
+                }
+                .into());
+            }
+            _ => {}
+        }
         *self.exported.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        self.save(state)
+        self.save(state)?;
+        super::shred::overwrite_and_remove(&old)?;
+        Ok(())
     }
 
     fn load(&self) -> Result<Option<AgentState>, PlatformError> {
+        self.finish_shredding()?;
         let path = self.dir.join(layout::STATE);
         if !path.exists() {
             return Ok(None);
@@ -285,6 +341,34 @@ impl NetworkApplier for FileNetwork {
 mod tests {
     use super::*;
     use crate::machine::Phase;
+
+    #[test]
+    fn a_reset_interrupted_at_any_step_leaves_a_readable_state_and_shreds_the_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStateStore::new(dir.path());
+        let mut owned = AgentState::factory("1.0.0");
+        owned.firmware_sequence = 7;
+        owned.pending_attestation = Some(vec![1, 2, 3]);
+        let current = dir.path().join(layout::STATE);
+        let shredding = dir.path().join(layout::STATE_SHREDDING);
+        // Killed after the second name, before the new state: the state in force is kept.
+        store.save(&owned).unwrap();
+        std::fs::hard_link(&current, &shredding).unwrap();
+        assert_eq!(store.load().unwrap(), Some(owned.clone()));
+        assert!(!shredding.exists());
+        // Killed after the new state replaced it, before the old was shredded.
+        std::fs::hard_link(&current, &shredding).unwrap();
+        let factory = crate::machine::decommission::factory_after(&owned);
+        let fresh = FileStateStore::new(dir.path());
+        fresh.save(&factory).unwrap();
+        assert_eq!(fresh.load().unwrap(), Some(factory.clone()));
+        assert!(!shredding.exists());
+        // Whole.
+        store.save(&owned).unwrap();
+        store.reset(&factory).unwrap();
+        assert_eq!(store.load().unwrap(), Some(factory));
+        assert!(!shredding.exists());
+    }
 
     #[test]
     fn pending_keys_become_current_only_when_committed() {

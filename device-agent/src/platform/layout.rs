@@ -1,6 +1,9 @@
 //! File names in the state directory of the reference platform.
 /// Agent state.
 pub const STATE: &str = "state.cbor";
+/// The state being shredded by a reset: a second name for the old state until the new one
+/// has replaced it, then overwritten and removed (a crash leaves it for the next start).
+pub const STATE_SHREDDING: &str = "state.cbor.shredding";
 /// Current LDevID key.
 pub const LDEVID_KEY: &str = "ldevid.key";
 /// Pending LDevID key.

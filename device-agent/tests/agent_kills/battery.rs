@@ -161,16 +161,13 @@ async fn kill_each(
 
 /// Waits until every invariant holds on the server, for at most `secs`.
 async fn settled(client: &Arc<ApiClient>, phase: &str, expected: &Expected, secs: u64) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let e = expected.clone();
-        let violations = api(client, move |c| invariants::settled(c, &e)).await;
-        if violations.is_empty() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{phase}: {violations:?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let expected = expected.clone();
+    let within = Duration::from_secs(secs);
+    let violations = api(client, move |c| {
+        invariants::until_settled(c, &expected, within)
+    })
+    .await;
+    assert!(violations.is_empty(), "{phase}: {violations:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,10 +342,19 @@ async fn agents_killed_at_random_moments_of_renewal_update_and_decommissioning()
         if left.is_empty() {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "not back in their factory state: {left:?}"
-        );
+        if Instant::now() >= deadline {
+            let logs: Vec<String> = daemons
+                .iter()
+                .filter(|d| left.iter().any(|(s, _)| *s == &d.serial))
+                .map(|d| {
+                    let log = std::fs::read_to_string(d.root.join(format!("run-{}.log", d.runs)))
+                        .unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(8).collect();
+                    format!("{}: {:?}", d.serial, tail)
+                })
+                .collect();
+            panic!("not back in their factory state: {left:?}; logs: {logs:#?}");
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for d in &daemons {

@@ -336,7 +336,15 @@ impl Control {
             return;
         }
         loop {
-            self.claim_leadership().await;
+            let was_leader = self.is_leader();
+            // A replica that comes to lead (its predecessor died) first finishes what the
+            // predecessor left half done, as a replica leading at start does.
+            if self.claim_leadership().await
+                && !was_leader
+                && let Err(e) = self.resume().await
+            {
+                tracing::error!("finishing what the previous leader left: {e}");
+            }
             tokio::select! {
                 changed = stop.changed() => {
                     if changed.is_err() || *stop.borrow() {

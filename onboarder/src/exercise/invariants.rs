@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use x509_parser::prelude::FromDer;
 use x509_parser::revocation_list::CertificateRevocationList;
@@ -37,22 +38,31 @@ pub struct Expected {
 
 /// The violations of the invariants that hold at every moment (empty: none).
 pub fn safety(api: &ApiClient, expected: &Expected) -> Vec<String> {
+    read(api, expected).0
+}
+
+/// The audit chain and the records checked, and the records read.
+fn read(api: &ApiClient, expected: &Expected) -> (Vec<String>, Option<Vec<DeviceView>>) {
     let mut violations = Vec::new();
-    match api.verify_audit() {
-        Ok(_) => {}
-        Err(e) => violations.push(format!("the audit chain does not verify: {e}")),
+    if let Err(e) = api.verify_audit() {
+        violations.push(format!("the audit chain does not verify: {e}"));
     }
     match api.devices() {
-        Ok(devices) => violations.extend(records(&devices, expected)),
-        Err(e) => violations.push(format!("the devices cannot be listed: {e}")),
+        Ok(devices) => {
+            violations.extend(records(&devices, expected));
+            (violations, Some(devices))
+        }
+        Err(e) => {
+            violations.push(format!("the devices cannot be listed: {e}"));
+            (violations, None)
+        }
     }
-    violations
 }
 
 /// The violations of every invariant, the settled ones included (empty: none).
 pub fn settled(api: &ApiClient, expected: &Expected) -> Vec<String> {
-    let mut violations = safety(api, expected);
-    let Ok(devices) = api.devices() else {
+    let (mut violations, devices) = read(api, expected);
+    let Some(devices) = devices else {
         return violations;
     };
     for d in &devices {
@@ -117,6 +127,19 @@ pub fn settled(api: &ApiClient, expected: &Expected) -> Vec<String> {
     }
     violations.extend(crls(api, &devices));
     violations
+}
+
+/// Waits (blocking) until every invariant holds, for at most `within`; the violations left
+/// (empty: none).
+pub fn until_settled(api: &ApiClient, expected: &Expected, within: Duration) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let violations = settled(api, expected);
+        if violations.is_empty() || Instant::now() >= deadline {
+            return violations;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// Each device once, each certificate once, live at most once as current and once as pending.

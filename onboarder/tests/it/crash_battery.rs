@@ -136,21 +136,18 @@ async fn kill_in_rounds(
 
 /// Waits until every invariant holds (the orders ran their course), for at most `secs`.
 async fn settled(fleet: &Fleet, phase: &str, expected: &Expected, secs: u64) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let expected = expected.clone();
-        let violations = api(&fleet.client, move |c| invariants::settled(c, &expected)).await;
-        if violations.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{phase}: {} violations after {secs} s, first: {:?}",
-            violations.len(),
-            &violations[..violations.len().min(5)]
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let expected = expected.clone();
+    let within = Duration::from_secs(secs);
+    let violations = api(&fleet.client, move |c| {
+        invariants::until_settled(c, &expected, within)
+    })
+    .await;
+    assert!(
+        violations.is_empty(),
+        "{phase}: {} violations after {secs} s, first: {:?}",
+        violations.len(),
+        &violations[..violations.len().min(5)]
+    );
 }
 
 fn all_active(fleet: &Fleet) -> BTreeMap<String, DeviceState> {
