@@ -117,6 +117,21 @@ pub struct FirmwareRelease<'a> {
     pub support_ends_on: Option<u64>,
 }
 
+impl<'a> FirmwareRelease<'a> {
+    /// A release of `version` at anti-rollback `sequence`, for the manufacturer's model, with
+    /// no expiry, SBOM or support date (set the fields for those).
+    pub fn new(version: &'a str, sequence: u64) -> Self {
+        FirmwareRelease {
+            version,
+            sequence,
+            class_id: None,
+            expires_on: None,
+            sbom: None,
+            support_ends_on: None,
+        }
+    }
+}
+
 /// A manufacturer with its keys.
 #[derive(Debug)]
 pub struct Manufacturer {

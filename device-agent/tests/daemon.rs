@@ -247,18 +247,7 @@ async fn sigterm_in_a_download_stops_cleanly_and_the_download_resumes() {
         .collect();
     let manifest = owner
         .maker
-        .sign_firmware(
-            &image,
-            &FirmwareRelease {
-                version: "2.0.0",
-                sequence: 2,
-                class_id: None,
-                expires_on: None,
-                sbom: None,
-                support_ends_on: None,
-            },
-            certs::unix_now(),
-        )
+        .sign_firmware(&image, &FirmwareRelease::new("2.0.0", 2), certs::unix_now())
         .unwrap();
     let release = service
         .upload_release(&manifest, &image, None)

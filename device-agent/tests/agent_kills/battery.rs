@@ -240,18 +240,7 @@ async fn agents_killed_at_random_moments_of_renewal_update_and_decommissioning()
     let image = onboarder::exercise::incompressible_image(4 << 20, 3);
     let manifest = owner
         .maker
-        .sign_firmware(
-            &image,
-            &FirmwareRelease {
-                version: "2.0.0",
-                sequence: 2,
-                class_id: None,
-                expires_on: None,
-                sbom: None,
-                support_ends_on: None,
-            },
-            certs::unix_now(),
-        )
+        .sign_firmware(&image, &FirmwareRelease::new("2.0.0", 2), certs::unix_now())
         .unwrap();
     api(&client, move |c| {
         let release = c.upload_release(&manifest, &image, None).unwrap();
@@ -290,7 +279,16 @@ async fn agents_killed_at_random_moments_of_renewal_update_and_decommissioning()
         let floor = if *m == "trial-boot" { 0 } else { 2 };
         let violations = invariants::device(&d.state(), &d.slots(), &keys, floor);
         assert!(violations.is_empty(), "{}: {violations:?}", d.serial);
-        let job = owner.job(&d.serial);
+        // The version a device runs reaches the server with its hello, its health report
+        // just after: wait for the job to end.
+        let mut job = owner.job(&d.serial);
+        for _ in 0..600 {
+            if matches!(job, Some(JobState::Healthy | JobState::RolledBack { .. })) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            job = owner.job(&d.serial);
+        }
         if *m == "trial-boot" {
             assert!(
                 matches!(job, Some(JobState::RolledBack { .. })),

@@ -454,14 +454,7 @@ async fn a_campaign_interrupted_by_sigterm_resumes_after_the_restart() {
     let manifest = maker
         .sign_firmware(
             &image,
-            &certs::factory::FirmwareRelease {
-                version: "2.0.0",
-                sequence: 2,
-                class_id: None,
-                expires_on: None,
-                sbom: None,
-                support_ends_on: None,
-            },
+            &certs::factory::FirmwareRelease::new("2.0.0", 2),
             now(),
         )
         .unwrap();

@@ -231,18 +231,7 @@ async fn the_server_killed_at_random_moments_of_a_campaign_a_rollover_revocation
     let image = onboarder::exercise::incompressible_image(256 * 1024, 7);
     let manifest = fleet
         .maker
-        .sign_firmware(
-            &image,
-            &FirmwareRelease {
-                version: "2.0.0",
-                sequence: 2,
-                class_id: None,
-                expires_on: None,
-                sbom: None,
-                support_ends_on: None,
-            },
-            now(),
-        )
+        .sign_firmware(&image, &FirmwareRelease::new("2.0.0", 2), now())
         .unwrap();
     let (vendor, key) = (
         fleet.maker.config.name.clone(),

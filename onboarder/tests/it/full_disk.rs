@@ -120,14 +120,7 @@ async fn a_full_disk_refuses_clearly_loses_nothing_and_recovers_by_itself() {
         .maker
         .sign_firmware(
             &image,
-            &certs::factory::FirmwareRelease {
-                version: "2.0.0",
-                sequence: 2,
-                class_id: None,
-                expires_on: None,
-                sbom: None,
-                support_ends_on: None,
-            },
+            &certs::factory::FirmwareRelease::new("2.0.0", 2),
             now(),
         )
         .unwrap();
