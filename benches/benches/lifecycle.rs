@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use certs::ca::random_serial;
 use certs::factory::{FirmwareRelease, Manufacturer, ManufacturerConfig};
 use certs::{KeyKind, KeyPair, unix_now};
 use criterion::BenchmarkGroup;
@@ -31,18 +30,7 @@ fn artefacts(c: &mut Criterion) {
     let m = Manufacturer::create(ManufacturerConfig::new("Bench"), now).unwrap();
     let image = vec![7u8; 1024 * 1024];
     let manifest = m
-        .sign_firmware(
-            &image,
-            &FirmwareRelease {
-                version: "1.0.1",
-                sequence: 2,
-                class_id: None,
-                expires_on: None,
-                sbom: None,
-                support_ends_on: None,
-            },
-            now,
-        )
+        .sign_firmware(&image, &FirmwareRelease::new("1.0.1", 2), now)
         .unwrap();
     let key = m.firmware_key().public_key();
     c.bench_function("manifest verify", |b| {
@@ -364,77 +352,14 @@ fn ceiling(c: &mut Criterion) {
             })
         })
     });
-    // The crypto of one onboarding beyond the handshake: the device signs the voucher request
-    // and the CSR and verifies the voucher and two chains; the server verifies the voucher
-    // request and the CSR and signs the LDevID.
-    let owner = certs::Ca::root(
-        &certs::CaName {
-            organization: "O".into(),
-            common_name: "Root".into(),
-        },
-        KeyPair::generate(KeyKind::P256).unwrap(),
-        certs::Validity::starting(unix_now(), 86_400),
-        &random_serial().unwrap(),
-    )
-    .unwrap();
-    let masa = certs::CertInfo::parse(bench.manufacturer.masa_cert())
-        .unwrap()
-        .public_key;
-    let voucher = bench
-        .manufacturer
-        .voucher(
-            "SN-CEILING",
-            owner.cert_der(),
-            unix_now(),
-            unix_now() + 3600,
-        )
-        .unwrap();
-    let request = protocol::voucher::VoucherRequest {
-        created_on: unix_now(),
-        assertion: protocol::voucher::Assertion::Proximity,
-        serial_number: "SN-CEILING".into(),
-        nonce: vec![1; 16],
-        proximity_registrar_cert: owner.cert_der().to_vec(),
-        session_binding: vec![2; 32],
-    };
+    // The crypto of one onboarding beyond the handshake, both sides (benches::ceiling).
+    let crypto = benches::ceiling::LifecycleCrypto::new(&bench.manufacturer).unwrap();
     group.bench_function("crypto of one onboarding, both sides", |b| {
         b.iter(|| {
-            let signed = request.sign(&device.key).unwrap();
-            protocol::voucher::VoucherRequest::open(&signed, &device.key.public_key()).unwrap();
-            protocol::voucher::Voucher::open(&voucher, &masa).unwrap();
-            let new_key = KeyPair::generate(KeyKind::P256).unwrap();
-            let csr = certs::csr::build_csr("SN-CEILING", &new_key, &[2; 32]).unwrap();
-            let checked = certs::csr::check_csr(
-                &csr,
-                &certs::csr::CsrPolicy {
-                    serial: "SN-CEILING",
-                    binding: &[2; 32],
-                    binding_required: true,
-                    forbidden_keys: &[],
-                },
-            )
-            .unwrap();
-            let ldevid = certs::profile::issue_ldevid(
-                &owner,
-                &certs::profile::LdevidProfile {
-                    serial: "SN-CEILING",
-                    common_name: "SN-CEILING",
-                    organization: "O",
-                    crl_url: None,
-                },
-                &checked.spki_der,
-                certs::Validity::starting(unix_now(), 86_400),
-                &random_serial().unwrap(),
-            )
-            .unwrap();
-            certs::chain::verify(
-                &ldevid,
-                &[],
-                &[owner.cert_der().to_vec()],
-                unix_now(),
-                certs::chain::Usage::ClientAuth,
-            )
-            .unwrap();
+            crypto.device_voucher().unwrap();
+            crypto.server_voucher().unwrap();
+            crypto.device_enroll().unwrap();
+            crypto.server_enroll().unwrap();
         })
     });
     group.finish();

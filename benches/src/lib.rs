@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod ceiling;
 pub mod est;
 
 use std::path::PathBuf;

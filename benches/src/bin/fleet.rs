@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use benches::ceiling::Cost;
 use certs::factory::{Manufacturer, ManufacturerConfig};
 use certs::{Birth, KeyKind, unix_now};
 use clap::Parser;
@@ -84,6 +85,75 @@ struct Phase {
     server_cpu_ms_per_op: f64,
     /// Server resident memory at the end of the phase, MiB.
     server_rss_mib: f64,
+    /// The rate the phase's cryptography alone would allow on this machine's cores (both
+    /// sides' share of it, timed in this run; see [`Ceiling`]), per second; absent for a phase
+    /// that needs none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ceiling_per_second: Option<f64>,
+    /// The phase's rate over that ceiling.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_to_ceiling: Option<f64>,
+    /// The server's CPU per device over the server's share of the ceiling.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_cpu_to_ceiling: Option<f64>,
+}
+
+impl Phase {
+    /// `report` with the server's CPU spent on it (seconds) and its memory now, beside the
+    /// phase's ceiling.
+    fn new(
+        name: &str,
+        report: PhaseReport,
+        server_cpu_seconds: f64,
+        server: &Proc,
+        ceiling: &Ceiling,
+        image_mib: f64,
+    ) -> Phase {
+        let server_cpu_ms_per_op = server_cpu_seconds * 1000.0 / report.ok.max(1) as f64;
+        let cost = ceiling.of(name, image_mib);
+        let ceiling_per_second = cost.map(|c| ceiling.cores as f64 * 1000.0 / c.both_ms());
+        Phase {
+            ceiling_per_second: ceiling_per_second.map(round),
+            rate_to_ceiling: ceiling_per_second.map(|c| round(report.per_second / c)),
+            server_cpu_to_ceiling: cost.map(|c| round(server_cpu_ms_per_op / c.server_ms)),
+            server_cpu_ms_per_op: round(server_cpu_ms_per_op),
+            server_rss_mib: round(server.status_kib("VmRSS:") / 1024.0),
+            report,
+        }
+    }
+}
+
+/// The cryptography each phase cannot do without, timed in this run before the phases (the
+/// machine otherwise idle): a mutual-TLS QUIC handshake against the server itself, each side's
+/// CPU from the processes' own accounting, and the rest in this process
+/// ([`benches::ceiling`]).
+#[derive(Serialize, Clone, Copy)]
+struct Ceiling {
+    /// Cores the two processes share.
+    cores: usize,
+    handshake: Cost,
+    #[serde(flatten)]
+    crypto: benches::ceiling::CryptoCosts,
+}
+
+impl Ceiling {
+    /// The cryptography of one device's turn in `phase` (an image of `image_mib` MiB).
+    fn of(&self, phase: &str, image_mib: f64) -> Option<Cost> {
+        let (hs, c) = (self.handshake, &self.crypto);
+        Some(match phase {
+            // Two sessions (birth certificate, then operational), the voucher, the enrollment.
+            "onboard" => hs.times_plus(2.0, c.voucher + c.enroll),
+            // A new key and certificate, then a session with it.
+            "rotate" | "root_rollover" => hs + c.enroll,
+            "firmware" => c.image_mib.times_plus(image_mib, Cost::default()),
+            // Plus the HTTPS connection's handshake (counted as a QUIC one).
+            "firmware_https" => c.image_mib.times_plus(image_mib, hs),
+            "decommission" => c.attestation,
+            // A TLS connection per request (counted as a QUIC handshake) and the enrollment.
+            "est_enroll" | "est_reenroll" => hs + c.enroll,
+            _ => return None,
+        })
+    }
 }
 
 #[derive(Serialize)]
@@ -97,11 +167,24 @@ struct ServerReport {
     cpu_seconds: f64,
 }
 
+/// The simulator's own memory: what the simulated devices cost this process.
+#[derive(Serialize)]
+struct SimulatorReport {
+    /// Peak resident set size of this process, MiB.
+    peak_rss_mib: f64,
+    /// Resident memory per simulated device with the whole fleet minted, onboarded and
+    /// connected (RSS then minus RSS before minting), KiB: keys, state, slots and the device's
+    /// side of its QUIC connection.
+    rss_per_device_kib: f64,
+}
+
 #[derive(Serialize)]
 struct Report {
     devices: usize,
     phases: BTreeMap<String, Phase>,
+    ceiling: Option<Ceiling>,
     server: ServerReport,
+    simulator: SimulatorReport,
     /// All phases together, seconds.
     total_seconds: f64,
 }
@@ -278,6 +361,8 @@ async fn main() -> Result<()> {
     wait_for_api(&api).await?;
 
     // The devices: birth identities minted in memory, in parallel.
+    let own = Proc(vec![std::process::id()]);
+    let rss_before_devices = own.status_kib("VmRSS:");
     let started = Instant::now();
     let serials: Vec<String> = (1..=cli.devices).map(|i| format!("SN-{i:07}")).collect();
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -312,6 +397,8 @@ async fn main() -> Result<()> {
         Ok(())
     })
     .await??;
+    let ceiling = measure_ceiling(&proc, &own, &manufacturer, quic).await?;
+    let image_mib = cli.image as f64 / (1024.0 * 1024.0);
     if cli.est {
         let est = benches::est::EstServer {
             addr: https,
@@ -338,25 +425,24 @@ async fn main() -> Result<()> {
             let cpu = proc.cpu_seconds();
             let (report, next) = est_phase(&est, resource, credentials, cli.concurrency).await;
             credentials = next;
-            phases.insert(
-                name.to_string(),
-                Phase {
-                    server_cpu_ms_per_op: round(
-                        (proc.cpu_seconds() - cpu) * 1000.0 / report.ok.max(1) as f64,
-                    ),
-                    server_rss_mib: round(proc.status_kib("VmRSS:") / 1024.0),
-                    report,
-                },
-            );
+            let cpu = proc.cpu_seconds() - cpu;
+            let phase = Phase::new(name, report, cpu, &proc, &ceiling, image_mib);
+            phases.insert(name.to_string(), phase);
         }
         let report = Report {
             devices: cli.devices,
             phases,
+            ceiling: Some(ceiling),
             server: ServerReport {
                 peak_rss_mib: round(proc.status_kib("VmHWM:") / 1024.0),
                 rss_per_idle_device_kib: 0.0,
                 cpu_seconds: round(proc.cpu_seconds() - cpu_start),
             },
+            simulator: simulator_report(
+                &own,
+                own.status_kib("VmRSS:") - rss_before_devices,
+                cli.devices,
+            ),
             total_seconds: round(all.elapsed().as_secs_f64()),
         };
         return finish(&cli, report);
@@ -411,15 +497,8 @@ async fn main() -> Result<()> {
     let cpu_start = proc.cpu_seconds();
     let mut measure = |name: &str, report: PhaseReport, cpu_before: f64| {
         let cpu = proc.cpu_seconds() - cpu_before;
-        let per_op = cpu * 1000.0 / report.ok.max(1) as f64;
-        phases.insert(
-            name.to_string(),
-            Phase {
-                report,
-                server_cpu_ms_per_op: round(per_op),
-                server_rss_mib: round(proc.status_kib("VmRSS:") / 1024.0),
-            },
-        );
+        let phase = Phase::new(name, report, cpu, &proc, &ceiling, image_mib);
+        phases.insert(name.to_string(), phase);
     };
     let all_phases = Instant::now();
 
@@ -461,6 +540,7 @@ async fn main() -> Result<()> {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_connected = proc.status_kib("VmRSS:");
+    let simulator_connected = own.status_kib("VmRSS:") - rss_before_devices;
 
     let cpu = proc.cpu_seconds();
     let report = exercise.rotate(&agents).await?;
@@ -500,14 +580,71 @@ async fn main() -> Result<()> {
     let report = Report {
         devices: cli.devices,
         phases,
+        ceiling: Some(ceiling),
         server: ServerReport {
             peak_rss_mib: round(proc.status_kib("VmHWM:") / 1024.0),
             rss_per_idle_device_kib: round((rss_connected - rss_disconnected) / cli.devices as f64),
             cpu_seconds: round(proc.cpu_seconds() - cpu_start),
         },
+        simulator: simulator_report(&own, simulator_connected, cli.devices),
         total_seconds: round(total.as_secs_f64()),
     };
     finish(&cli, report)
+}
+
+/// Times the ceiling (see [`Ceiling`]): 800 handshakes with a device's birth certificate
+/// against the server at `quic`, four at a time, each side's CPU per handshake from /proc;
+/// then the rest of the cryptography in this process.
+async fn measure_ceiling(
+    server: &Proc,
+    own: &Proc,
+    manufacturer: &Arc<Manufacturer>,
+    quic: std::net::SocketAddr,
+) -> Result<Ceiling> {
+    use device_agent::transport::quic::{Session, endpoint_for, provisional_config};
+    const HANDSHAKES: usize = 800;
+    let device = manufacturer.mint("SN-CEILING", KeyKind::P256, unix_now())?;
+    let key: Arc<dyn device_agent::platform::DeviceKey> = Arc::new(device.key);
+    let idevid = std::slice::from_ref(&device.identity.idevid);
+    let config = provisional_config(idevid, key, Default::default())?;
+    let endpoint = endpoint_for(quic)?;
+    let handshake = || async {
+        Session::connect(&endpoint, config.clone(), quic, None)
+            .await
+            .map(|s| s.close())
+    };
+    handshake().await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (server_before, own_before) = (server.cpu_seconds(), own.cpu_seconds());
+    for _ in 0..HANDSHAKES / 4 {
+        let (a, b, c, d) = tokio::join!(handshake(), handshake(), handshake(), handshake());
+        a.and(b).and(c).and(d)?;
+    }
+    // The server checks the last client certificates after the devices are through.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let per = |seconds: f64| seconds * 1000.0 / HANDSHAKES as f64;
+    let handshake = Cost {
+        server_ms: per(server.cpu_seconds() - server_before),
+        device_ms: per(own.cpu_seconds() - own_before),
+    }
+    .rounded();
+    let manufacturer = manufacturer.clone();
+    let crypto = tokio::task::spawn_blocking(move || {
+        benches::ceiling::CryptoCosts::measure(&manufacturer, 200)
+    })
+    .await??;
+    Ok(Ceiling {
+        cores: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        handshake,
+        crypto,
+    })
+}
+
+fn simulator_report(own: &Proc, rss_devices_kib: f64, devices: usize) -> SimulatorReport {
+    SimulatorReport {
+        peak_rss_mib: round(own.status_kib("VmHWM:") / 1024.0),
+        rss_per_device_kib: round(rss_devices_kib / devices.max(1) as f64),
+    }
 }
 
 /// One EST phase over every device, `concurrency` at a time: each device's next credential
@@ -562,8 +699,14 @@ fn finish(cli: &Cli, report: Report) -> Result<()> {
     if !cli.json {
         for (name, p) in &report.phases {
             let r = &p.report;
+            let ceiling = match (p.rate_to_ceiling, p.server_cpu_to_ceiling) {
+                (Some(rate), Some(cpu)) => {
+                    format!("; {rate:.2} of the ceiling's rate, server CPU {cpu:.2} x its share")
+                }
+                _ => String::new(),
+            };
             eprintln!(
-                "{name:>12}: {} ok, {} failed in {:.2}s ({:.1}/s, p50 {:.1} ms, p99 {:.1} ms, server {:.2} ms CPU each, RSS {:.0} MiB)",
+                "{name:>12}: {} ok, {} failed in {:.2}s ({:.1}/s, p50 {:.1} ms, p99 {:.1} ms, server {:.2} ms CPU each, RSS {:.0} MiB{ceiling})",
                 r.ok,
                 r.failed,
                 r.seconds,
@@ -575,8 +718,12 @@ fn finish(cli: &Cli, report: Report) -> Result<()> {
             );
         }
         eprintln!(
-            "server: peak RSS {:.1} MiB, {:.1} KiB per idle device; all phases in {:.1}s",
-            report.server.peak_rss_mib, report.server.rss_per_idle_device_kib, report.total_seconds
+            "server: peak RSS {:.1} MiB, {:.1} KiB per idle device; simulator: peak RSS {:.1} MiB, {:.1} KiB per device; all phases in {:.1}s",
+            report.server.peak_rss_mib,
+            report.server.rss_per_idle_device_kib,
+            report.simulator.peak_rss_mib,
+            report.simulator.rss_per_device_kib,
+            report.total_seconds
         );
     }
     println!("{}", serde_json::to_string(&report)?);

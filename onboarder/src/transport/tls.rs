@@ -248,5 +248,15 @@ pub fn server_config(
             .with_client_cert_verifier(Arc::new(DeviceCertVerifier::new(trust)))
             .with_cert_resolver(identity);
     config.alpn_protocols = vec![protocol::ALPN.to_vec()];
+    no_resumption(&mut config);
     Ok(config)
+}
+
+/// No session tickets and no session cache: a resumed session skips the client certificate's
+/// verification, which is where a revoked or retired device is refused, so resumption would
+/// need that check done again elsewhere. Devices do not resume, so tickets (rustls sends two
+/// after each handshake by default) were sealed, sent and cached for nothing.
+pub fn no_resumption(config: &mut rustls::ServerConfig) {
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
 }

@@ -31,6 +31,7 @@ mod purity;
 mod reconnect;
 mod refusals;
 mod replicas;
+mod resumption;
 mod rollover_kill;
 mod root_rollover;
 mod search;

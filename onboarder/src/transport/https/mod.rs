@@ -69,6 +69,7 @@ pub fn server_config(
     .with_client_cert_verifier(Arc::new(super::tls::DeviceCertVerifier::optional(trust)))
     .with_cert_resolver(identity);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    super::tls::no_resumption(&mut config);
     Ok(config)
 }
 
