@@ -111,11 +111,15 @@ impl Phase {
     ) -> Phase {
         let server_cpu_ms_per_op = server_cpu_seconds * 1000.0 / report.ok.max(1) as f64;
         let cost = ceiling.of(name, image_mib);
-        let ceiling_per_second = cost.map(|c| ceiling.cores as f64 * 1000.0 / c.both_ms());
+        let ceiling_per_second = cost
+            .filter(|c| c.both_ms() > 0.0)
+            .map(|c| ceiling.cores as f64 * 1000.0 / c.both_ms());
         Phase {
             ceiling_per_second: ceiling_per_second.map(round),
             rate_to_ceiling: ceiling_per_second.map(|c| round(report.per_second / c)),
-            server_cpu_to_ceiling: cost.map(|c| round(server_cpu_ms_per_op / c.server_ms)),
+            server_cpu_to_ceiling: cost
+                .filter(|c| c.server_ms > 0.0)
+                .map(|c| round(server_cpu_ms_per_op / c.server_ms)),
             server_cpu_ms_per_op: round(server_cpu_ms_per_op),
             server_rss_mib: round(server.status_kib("VmRSS:") / 1024.0),
             report,

@@ -86,13 +86,53 @@ pub fn bind(
     // must reset every device's connection, and a reset is always smaller than the packet that
     // caused it, so it amplifies nothing.
     endpoint.min_reset_interval(Duration::from_millis(1));
-    quinn::Endpoint::new(
+    let socket = runtime
+        .wrap_udp_socket(udp_socket(addr).map_err(os)?)
+        .map_err(os)?;
+    quinn::Endpoint::new_with_abstract_socket(
         endpoint,
         Some(config),
-        udp_socket(addr).map_err(os)?,
+        Arc::new(OneDatagramPerSend(socket)),
         runtime,
     )
     .map_err(os)
+}
+
+/// The listener's socket as quinn sees it, but sending one datagram per call (no GSO). quinn
+/// keeps each connection's send buffer at the largest batch it ever sent, which with GSO is up
+/// to ten datagrams of up to 16 KiB (`MTU_UPPER_BOUND`) for every connection that once carried
+/// firmware; one datagram bounds it to 16 KiB. With datagrams that large, a system call per
+/// datagram costs the bulk path little.
+#[derive(Debug)]
+struct OneDatagramPerSend(Arc<dyn quinn::AsyncUdpSocket>);
+
+impl quinn::AsyncUdpSocket for OneDatagramPerSend {
+    fn create_io_poller(self: Arc<Self>) -> std::pin::Pin<Box<dyn quinn::UdpPoller>> {
+        self.0.clone().create_io_poller()
+    }
+    fn try_send(&self, transmit: &quinn::udp::Transmit) -> std::io::Result<()> {
+        self.0.try_send(transmit)
+    }
+    fn poll_recv(
+        &self,
+        cx: &mut std::task::Context,
+        bufs: &mut [std::io::IoSliceMut<'_>],
+        meta: &mut [quinn::udp::RecvMeta],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.0.poll_recv(cx, bufs, meta)
+    }
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+    fn max_transmit_segments(&self) -> usize {
+        1
+    }
+    fn max_receive_segments(&self) -> usize {
+        self.0.max_receive_segments()
+    }
+    fn may_fragment(&self) -> bool {
+        self.0.may_fragment()
+    }
 }
 
 /// Socket buffer asked for; the kernel caps it at `net.core.rmem_max`/`wmem_max`.
