@@ -159,10 +159,17 @@ pub fn quic_config(
         .map_err(|e| AgentError::Connection(format!("TLS configuration: {e}")))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
+    // The server opens a stream per command and the agent answers them one by one: quinn's
+    // default of 100 streams is allocated up front (about 11 KiB per connection), 4 leave
+    // room. The windows fit the largest message (a 128 KiB firmware chunk) instead of quinn's
+    // bulk-transfer defaults, so a small device buffers at most that much.
     transport
         .max_idle_timeout(timeouts.idle.try_into().ok())
         .keep_alive_interval(Some(timeouts.keep_alive))
-        .max_concurrent_uni_streams(0u32.into());
+        .max_concurrent_uni_streams(0u32.into())
+        .max_concurrent_bidi_streams(4u32.into())
+        .stream_receive_window((256u32 * 1024).into())
+        .receive_window((512u32 * 1024).into());
     config.transport_config(Arc::new(transport));
     Ok(config)
 }
