@@ -22,17 +22,6 @@ pub(crate) fn image(size: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-fn release<'a>(version: &'a str, sequence: u64) -> FirmwareRelease<'a> {
-    FirmwareRelease {
-        version,
-        sequence,
-        class_id: None,
-        expires_on: None,
-        sbom: None,
-        support_ends_on: None,
-    }
-}
-
 /// The world's manufacturer signs `img` as `version` and `sequence`; the owner uploads the
 /// release. Its signed manifest and the release.
 pub(crate) async fn publish(
@@ -43,7 +32,7 @@ pub(crate) async fn publish(
 ) -> (Vec<u8>, onboarder::core::release::Release) {
     let manifest = world
         .manufacturer
-        .sign_firmware(img, &release(version, sequence), now())
+        .sign_firmware(img, &FirmwareRelease::new(version, sequence), now())
         .unwrap();
     let r = world
         .server
@@ -492,7 +481,9 @@ async fn the_device_refuses_every_bad_image_and_manifest() {
     let d = &devices[0];
     let m = &world.manufacturer;
     let img = image(200_000, 2);
-    let good = m.sign_firmware(&img, &release("3.0.0", 3), now()).unwrap();
+    let good = m
+        .sign_firmware(&img, &FirmwareRelease::new("3.0.0", 3), now())
+        .unwrap();
 
     let mut flipped = img.clone();
     flipped[100_000] ^= 0x10;
@@ -532,7 +523,7 @@ async fn the_device_refuses_every_bad_image_and_manifest() {
     )
     .unwrap();
     let forged = other_maker
-        .sign_firmware(&img, &release("3.0.1", 4), now())
+        .sign_firmware(&img, &FirmwareRelease::new("3.0.1", 4), now())
         .unwrap();
     refused_with(
         &world,
@@ -561,7 +552,7 @@ async fn the_device_refuses_every_bad_image_and_manifest() {
             &img,
             &FirmwareRelease {
                 class_id: Some("gateway-9"),
-                ..release("3.0.2", 5)
+                ..FirmwareRelease::new("3.0.2", 5)
             },
             now(),
         )
@@ -580,7 +571,7 @@ async fn the_device_refuses_every_bad_image_and_manifest() {
             &img,
             &FirmwareRelease {
                 expires_on: Some(now() - 10),
-                ..release("3.0.3", 6)
+                ..FirmwareRelease::new("3.0.3", 6)
             },
             now(),
         )
@@ -597,7 +588,9 @@ async fn the_device_refuses_every_bad_image_and_manifest() {
 
     // Install sequence 7 for real, then a lower one (rollback) and another image claiming 7
     // (replay of the sequence) are refused.
-    let v7 = m.sign_firmware(&img, &release("3.1.0", 7), now()).unwrap();
+    let v7 = m
+        .sign_firmware(&img, &FirmwareRelease::new("3.1.0", 7), now())
+        .unwrap();
     offer_directly(&world, "SN-GUARD", &v7, &img).await;
     eventually(20, "the real update", || {
         job(&world, "SN-GUARD").is_some_and(|j| j.state == JobState::Healthy)
@@ -605,7 +598,7 @@ async fn the_device_refuses_every_bad_image_and_manifest() {
     .await;
     let other = image(200_000, 9);
     let old = m
-        .sign_firmware(&other, &release("2.9.0", 6), now())
+        .sign_firmware(&other, &FirmwareRelease::new("2.9.0", 6), now())
         .unwrap();
     refused_with(
         &world,
@@ -617,7 +610,7 @@ async fn the_device_refuses_every_bad_image_and_manifest() {
     )
     .await;
     let replay = m
-        .sign_firmware(&other, &release("3.1.0-again", 7), now())
+        .sign_firmware(&other, &FirmwareRelease::new("3.1.0-again", 7), now())
         .unwrap();
     refused_with(
         &world,
@@ -1159,7 +1152,7 @@ async fn a_release_keeps_the_sbom_its_manifest_names_and_serves_it_per_device() 
             uri: "https://maker.example/fw/5.0.0.cdx.json".into(),
             digest: protocol::manifest::sha256(doc).to_vec(),
         }),
-        ..release("5.0.0", 5)
+        ..FirmwareRelease::new("5.0.0", 5)
     };
     let manifest = world
         .manufacturer

@@ -290,15 +290,7 @@ impl World {
     /// A bare QUIC connection authenticated with the device's IDevID, for hand-built clients
     /// that write streams byte by byte.
     pub async fn raw_connection(&self, device: &Device) -> quinn::Connection {
-        self.endpoint
-            .connect_with(
-                idevid_config(device),
-                self.server.quic_addr(),
-                "onboarder.invalid",
-            )
-            .unwrap()
-            .await
-            .unwrap()
+        self.try_raw_connection(device).await.unwrap()
     }
 
     /// A bare IDevID connection, or why the server would not have it.
