@@ -76,6 +76,8 @@ pub struct LifecycleCrypto {
     manifest: Vec<u8>,
     firmware_key: protocol::keys::PublicKey,
     image: Vec<u8>,
+    /// The packet key the image travels under (expanded once, as a connection does).
+    aead: ring::aead::LessSafeKey,
     attestation: WipeAttestation,
     signed_attestation: Vec<u8>,
     csr: Vec<u8>,
@@ -140,6 +142,7 @@ impl LifecycleCrypto {
             manifest,
             firmware_key: manufacturer.firmware_key().public_key(),
             image,
+            aead: aead_key()?,
             attestation,
             signed_attestation,
             csr: Vec::new(),
@@ -211,13 +214,13 @@ impl LifecycleCrypto {
     pub fn device_image(&mut self) -> anyhow::Result<()> {
         Manifest::open(&self.manifest, &self.firmware_key)?;
         protocol::manifest::sha256(&self.image);
-        let tag = seal(&mut self.image)?;
-        open(&mut self.image, tag)
+        let tag = seal(&self.aead, &mut self.image)?;
+        open(&self.aead, &mut self.image, tag)
     }
 
     /// The server's side of one MiB of image: the bytes encrypted.
     pub fn server_image(&mut self) -> anyhow::Result<()> {
-        seal(&mut self.image).map(|_| ())
+        seal(&self.aead, &mut self.image).map(|_| ())
     }
 
     /// The device signs a wipe attestation.
@@ -239,17 +242,20 @@ fn aead_key() -> anyhow::Result<ring::aead::LessSafeKey> {
     Ok(ring::aead::LessSafeKey::new(key))
 }
 
-fn seal(bytes: &mut [u8]) -> anyhow::Result<ring::aead::Tag> {
+fn seal(key: &ring::aead::LessSafeKey, bytes: &mut [u8]) -> anyhow::Result<ring::aead::Tag> {
     let nonce = ring::aead::Nonce::assume_unique_for_key([0; 12]);
-    aead_key()?
-        .seal_in_place_separate_tag(nonce, ring::aead::Aad::empty(), bytes)
+    key.seal_in_place_separate_tag(nonce, ring::aead::Aad::empty(), bytes)
         .map_err(|_| anyhow::anyhow!("AES-GCM seal"))
 }
 
-fn open(bytes: &mut Vec<u8>, tag: ring::aead::Tag) -> anyhow::Result<()> {
+fn open(
+    key: &ring::aead::LessSafeKey,
+    bytes: &mut Vec<u8>,
+    tag: ring::aead::Tag,
+) -> anyhow::Result<()> {
     let nonce = ring::aead::Nonce::assume_unique_for_key([0; 12]);
     bytes.extend_from_slice(tag.as_ref());
-    let result = aead_key()?
+    let result = key
         .open_in_place(nonce, ring::aead::Aad::empty(), bytes)
         .map(|_| ())
         .map_err(|_| anyhow::anyhow!("AES-GCM open"));
