@@ -50,6 +50,12 @@ impl FileKeyStore {
         if !path.exists() {
             return Ok(None);
         }
+        if super::shred::left_zeroed(&path)? {
+            // Its destruction was cut short between the overwrite and the removal: the key is
+            // gone; finish the removal.
+            super::shred::overwrite_and_remove(&path)?;
+            return Ok(None);
+        }
         Ok(Some(Arc::new(files::read_key(&path)?)))
     }
 }
@@ -409,6 +415,36 @@ mod tests {
         assert_eq!(store.load().unwrap(), Some(state));
         std::fs::write(dir.path().join(layout::STATE), b"\xff\x00junk").unwrap();
         assert!(matches!(store.load(), Err(PlatformError::Corrupt(_))));
+    }
+
+    /// A destruction killed between the overwrite and the removal leaves files of zeros: the
+    /// key store and the data key read them as destroyed (and finish removing them) instead of
+    /// refusing to start on a malformed key.
+    #[test]
+    fn keys_left_zeroed_by_an_interrupted_destruction_read_as_destroyed() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = FileKeyStore::new(dir.path(), dir.path(), certs::KeyKind::P256);
+        keys.create_pending_ldevid_key().unwrap();
+        keys.commit_pending_ldevid_key().unwrap();
+        let path = dir.path().join(layout::LDEVID_KEY);
+        let len = std::fs::metadata(&path).unwrap().len() as usize;
+        std::fs::write(&path, vec![0u8; len]).unwrap();
+        assert!(keys.ldevid_key().unwrap().is_none());
+        assert!(!path.exists());
+
+        let store = FileStateStore::new(dir.path());
+        let mut state = AgentState::factory("1.0.0");
+        state.network = Some(NetworkProfile::Wifi {
+            ssid: "plant-7".into(),
+            psk: "correct-horse-battery-staple".into(),
+        });
+        store.save(&state).unwrap();
+        std::fs::write(dir.path().join("data/dek.key"), [0u8; 32]).unwrap();
+        assert_eq!(store.load().unwrap().unwrap().network, None);
+        assert!(!dir.path().join("data/dek.key").exists());
+        // A key that is not zeros but broken is still refused, not taken as destroyed.
+        std::fs::write(&path, b"-----BEGIN PRIVATE KEY-----\ngarbage\n").unwrap();
+        assert!(keys.ldevid_key().is_err());
     }
 
     /// The Wi-Fi passphrase is never in the state file in clear; it is gone once the data key

@@ -39,3 +39,10 @@ pub fn overwrite_and_remove(path: &Path) -> Result<(u64, bool), PlatformError> {
     std::fs::remove_file(path).map_err(err("removing"))?;
     Ok((len, clean && !path.exists()))
 }
+
+/// Whether `path` is what [`overwrite_and_remove`] leaves when it is interrupted between the
+/// overwrite and the removal: a file of zeros (or empty), which no key or state file ever is.
+pub fn left_zeroed(path: &Path) -> Result<bool, PlatformError> {
+    let bytes = std::fs::read(path).map_err(err("reading"))?;
+    Ok(bytes.iter().all(|b| *b == 0))
+}

@@ -45,9 +45,23 @@ impl Vault {
         }
     }
 
+    /// Whether the data key exists. One whose destruction was cut short between the overwrite
+    /// and the removal (zeros) is destroyed: its removal is finished here.
+    fn has_key(&self) -> Result<bool, PlatformError> {
+        let path = self.dir.join("dek.key");
+        if !path.exists() {
+            return Ok(false);
+        }
+        if super::shred::left_zeroed(&path)? {
+            overwrite_and_remove(&path)?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
     fn key(&self) -> Result<LessSafeKey, PlatformError> {
         let path = self.dir.join("dek.key");
-        let bytes = if path.exists() {
+        let bytes = if self.has_key()? {
             certs::files::read_limited(&path, 64)?
         } else {
             let mut dek = [0u8; 32];
@@ -132,7 +146,7 @@ impl Vault {
     /// What [`Vault::seal`] sealed under `name`; `None` once the data key was destroyed (the
     /// cryptographic erase of a decommissioning: what was sealed is gone).
     pub(crate) fn open(&self, name: &str, bytes: &[u8]) -> Result<Option<Vec<u8>>, PlatformError> {
-        if !self.dir.join("dek.key").exists() {
+        if !self.has_key()? {
             return Ok(None);
         }
         let (nonce, sealed) = bytes
