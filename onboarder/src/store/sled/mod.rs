@@ -212,17 +212,29 @@ impl SledStore {
     /// a Tokio runtime's reach only for [`Store::commit`]; opening itself is synchronous.
     pub fn open(dir: &Path, key: SealingKey) -> Result<SledStore, StoreError> {
         certs::files::create_private_dir(dir).map_err(|e| StoreError::Io(e.to_string()))?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(128 * 1024 * 1024)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| {
-                StoreError::Io(format!(
-                    "opening {} (is another onboarder using it?): {e}",
-                    dir.display()
-                ))
-            })?;
+            .mode(sled::Mode::HighThroughput);
+        // sled's flusher thread lets go of the lock a moment after the last handle in this
+        // process is dropped: a store reopened at once (a restart in process) waits for it,
+        // up to two seconds, before saying that someone else holds it.
+        let mut opened = config.open();
+        for _ in 0..40 {
+            match &opened {
+                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    opened = config.open();
+                }
+                _ => break,
+            }
+        }
+        let db = opened.map_err(|e| {
+            StoreError::Io(format!(
+                "opening {} (is another onboarder using it?): {e}",
+                dir.display()
+            ))
+        })?;
         let codec = std::sync::Arc::new(RecordCodec::new(key));
         check_format(&db, &codec)?;
         restrict(dir)?;
@@ -467,6 +479,30 @@ mod tests {
             Box::new(SledStore::open(&path, SealingKey::from_bytes(&[1; 32]).unwrap()).unwrap())
         })
         .await;
+    }
+
+    /// A store reopened while the previous handle is still letting go (a restart in process)
+    /// waits for its lock; one held for good is refused with a clear error.
+    #[test]
+    fn a_reopened_store_waits_for_the_lock_its_predecessor_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let key = || SealingKey::from_bytes(&[1; 32]).unwrap();
+        let first = SledStore::open(&path, key()).unwrap();
+        let closing = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(first);
+        });
+        let second = SledStore::open(&path, key()).unwrap();
+        closing.join().unwrap();
+        let Err(StoreError::Io(message)) = SledStore::open(&path, key()) else {
+            panic!("a store held by another handle was opened")
+        };
+        assert!(
+            message.contains("is another onboarder using it?"),
+            "{message}"
+        );
+        drop(second);
     }
 
     #[tokio::test]
