@@ -102,9 +102,7 @@ fn codecs(c: &mut Criterion) {
     roundtrip(
         &mut group,
         "request: enroll",
-        Request::Enroll {
-            csr: vec![0x30; 400],
-        },
+        Request::enroll(vec![0x30; 400]),
     );
     roundtrip(
         &mut group,

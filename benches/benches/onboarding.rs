@@ -122,7 +122,7 @@ fn full_onboarding(c: &mut Criterion) {
                     )
                     .unwrap();
                     let start = Instant::now();
-                    agent.onboard().await.unwrap();
+                    agent.enroll_once().await.unwrap();
                     agent.connect().await.unwrap().close();
                     total += start.elapsed();
                 }

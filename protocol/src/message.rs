@@ -48,14 +48,23 @@ pub enum Request {
     /// Answered by [`Response::Voucher`]. IDevID sessions only.
     VoucherRequest(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The device's verdict on the voucher (RFC 8995 5.7). Answered by [`Response::Ack`].
+    /// A device that accepts the voucher says so with its [`Request::Enroll`] instead (one
+    /// round trip and one write fewer); a rejection comes alone, as there is nothing to enroll.
     VoucherStatus(Status),
     /// A PKCS#10 CSR (DER) for the LDevID. Answered by [`Response::Enrolled`].
     Enroll {
         /// The CSR, DER.
         #[serde(with = "serde_bytes")]
         csr: Vec<u8>,
+        /// The device accepts the voucher it was just given: the server records the voucher
+        /// status (RFC 8995 5.7) and the enrollment in one decision. Absent in requests of
+        /// agents that send [`Request::VoucherStatus`] first, and of EST clients.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        voucher_accepted: bool,
     },
     /// The device stored its enrollment (or failed to). Answered by [`Response::Ack`].
+    /// Success need not be sent: the device's first [`Request::Hello`] with the new LDevID
+    /// confirms it (it evidently stored it), as it confirms a renewal.
     EnrollStatus(Status),
     /// Opens an operational session (LDevID sessions only). Answered by [`Response::Welcome`].
     Hello(Hello),
@@ -100,6 +109,14 @@ pub enum Request {
 }
 
 impl Request {
+    /// An enrollment request for `csr` alone (EST simpleenroll; no voucher status with it).
+    pub fn enroll(csr: Vec<u8>) -> Self {
+        Request::Enroll {
+            csr,
+            voucher_accepted: false,
+        }
+    }
+
     /// The operation's name, for metrics and logs (no payload in it).
     pub fn operation(&self) -> &'static str {
         match self {
@@ -568,8 +585,15 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let req = Request::Enroll { csr: vec![1, 2, 3] };
-        assert_eq!(decode::<Request>(&encode(&req), MAX_REQUEST).unwrap(), req);
+        for req in [
+            Request::enroll(vec![1, 2, 3]),
+            Request::Enroll {
+                csr: vec![1, 2, 3],
+                voucher_accepted: true,
+            },
+        ] {
+            assert_eq!(decode::<Request>(&encode(&req), MAX_REQUEST).unwrap(), req);
+        }
         let resp = Response::Enrolled(Box::new(Enrollment {
             certificate: vec![1],
             chain: vec![ByteBuf::from(vec![2])],
@@ -598,7 +622,7 @@ mod tests {
 
     #[test]
     fn refuses_other_versions_garbage_and_oversize() {
-        let bytes = crate::cbor::to_vec(&(2u16, Request::Enroll { csr: vec![] }));
+        let bytes = crate::cbor::to_vec(&(2u16, Request::enroll(vec![])));
         assert_eq!(
             decode::<Request>(&bytes, MAX_REQUEST),
             Err(DecodeError::UnsupportedVersion {
@@ -610,13 +634,41 @@ mod tests {
             decode::<Request>(b"\x82\x01\xa1garbage", MAX_REQUEST),
             Err(DecodeError::Malformed(_))
         ));
-        let big = encode(&Request::Enroll {
-            csr: vec![0; MAX_REQUEST],
-        });
+        let big = encode(&Request::enroll(vec![0; MAX_REQUEST]));
         assert!(matches!(
             decode::<Request>(&big, MAX_REQUEST),
             Err(DecodeError::TooLarge { .. })
         ));
+    }
+
+    /// An enrollment without the folded voucher status is byte for byte what agents sent
+    /// before the field existed, so either side may be the older one.
+    #[test]
+    fn enroll_without_voucher_status_keeps_the_old_encoding() {
+        #[derive(Serialize, Deserialize, Debug, PartialEq)]
+        #[serde(rename_all = "kebab-case")]
+        enum Before {
+            Enroll {
+                #[serde(with = "serde_bytes")]
+                csr: Vec<u8>,
+            },
+        }
+        let old = encode(&Before::Enroll { csr: vec![7; 3] });
+        assert_eq!(encode(&Request::enroll(vec![7; 3])), old);
+        assert_eq!(
+            decode::<Request>(&old, MAX_REQUEST).unwrap(),
+            Request::enroll(vec![7; 3])
+        );
+        let folded = encode(&Request::Enroll {
+            csr: vec![7; 3],
+            voucher_accepted: true,
+        });
+        assert_ne!(folded, old);
+        // An older server reads the new request as a plain enrollment (unknown field ignored).
+        assert_eq!(
+            decode::<Before>(&folded, MAX_REQUEST).unwrap(),
+            Before::Enroll { csr: vec![7; 3] }
+        );
     }
 
     #[test]

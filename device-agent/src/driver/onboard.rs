@@ -1,7 +1,7 @@
 //! Onboarding (DESIGN 3): the provisional session, the voucher and its checks, the CSR, the
 //! enrollment stored in one write, and its confirmation.
 
-use protocol::message::{Request, Response, Status};
+use protocol::message::{Request, Response};
 use ring::rand::SecureRandom;
 
 use super::{Agent, Presented, Trust, blocking, failure, off_thread, unexpected};
@@ -21,9 +21,27 @@ impl Agent {
         self.connect_to(credential, self.options.timeouts).await
     }
 
-    /// Onboards the device if it is not onboarded yet (DESIGN 3), and returns its state.
-    /// Safe to call again after any failure or crash: it resumes where the device stands.
+    /// Onboards the device if it is not onboarded yet (DESIGN 3), and returns its state once
+    /// the server has confirmed the enrollment. Safe to call again after any failure or
+    /// crash: it resumes where the device stands. A caller that opens the operational session
+    /// next anyway (the run loop) calls [`Agent::enroll_once`] and then [`Agent::connect`]:
+    /// the same onboarding with one handshake fewer.
     pub async fn onboard(&self) -> Result<AgentState, AgentError> {
+        let state = self.enroll_once().await?;
+        if onboarding::remaining(&state) == Remaining::Nothing {
+            return Ok(state);
+        }
+        self.connect().await?.close();
+        self.load_state()
+    }
+
+    /// The enrollment of onboarding, done once: the voucher and its checks, the CSR, the
+    /// LDevID and everything with it stored in one write, the network credentials applied.
+    /// The server confirms the enrollment when the device first opens its operational session
+    /// with the new LDevID ([`Agent::connect`]): the hello that uses it is the confirmation,
+    /// as it is for a renewal, so no status report of its own is sent. Safe to call again after
+    /// any failure or crash.
+    pub async fn enroll_once(&self) -> Result<AgentState, AgentError> {
         let mut state = self.load_state()?;
         if let Some(floor) = state.clock_floor.filter(|floor| *floor > self.now()) {
             tracing::warn!(
@@ -35,15 +53,17 @@ impl Agent {
             self.options.clock.set(floor);
         }
         self.recover_keys(&mut state)?;
-        let remaining = onboarding::remaining(&state);
-        if remaining == Remaining::Nothing {
-            return Ok(state);
+        match onboarding::remaining(&state) {
+            Remaining::Nothing => return Ok(state),
+            Remaining::Confirm => {
+                // Stored, perhaps not applied when a crash came: applying is idempotent.
+                self.apply_network(&state).await?;
+                return Ok(state);
+            }
+            _ => {}
         }
         let session = self.provisional_session().await?;
-        let result = match remaining {
-            Remaining::Confirm => self.confirm(&session, &mut state).await,
-            _ => self.enroll(&session, &mut state).await,
-        };
+        let result = self.enroll(&session, &mut state).await;
         session.close();
         result.map(|()| state)
     }
@@ -92,12 +112,7 @@ impl Agent {
             );
             self.options.clock.set(time);
         }
-        session
-            .call(&Request::VoucherStatus(Status {
-                ok: true,
-                reason: None,
-            }))
-            .await?;
+        // The acceptance (RFC 8995 5.7's voucher status) travels with the CSR.
         self.enroll_key(
             session,
             &binding,
@@ -129,8 +144,9 @@ impl Agent {
     }
 
     /// A fresh key, its CSR bound to `session`, the LDevID checked against the CA a voucher
-    /// just pinned (`pin`, which replaces what the device trusted) or else the owner roots it
-    /// trusts, and stored with everything that came with it in one write, then confirmed.
+    /// just pinned (`pin`, which replaces what the device trusted, and whose acceptance the
+    /// request carries) or else the owner roots it trusts, and stored with everything that came
+    /// with it in one write; then the network credentials applied.
     async fn enroll_key(
         &self,
         session: &Session,
@@ -145,7 +161,11 @@ impl Agent {
         let now = self.now();
         let key = self.pending_key().await?;
         let csr = self.csr(key.clone(), binding.to_vec()).await?;
-        let enrollment = match session.call(&Request::Enroll { csr }).await? {
+        let request = Request::Enroll {
+            csr,
+            voucher_accepted: pin.is_some(),
+        };
+        let enrollment = match session.call(&request).await? {
             Response::Enrolled(e) => e,
             other => return Err(unexpected("an enrollment", &other)),
         };
@@ -179,26 +199,13 @@ impl Agent {
         state.clock_floor = Some(now);
         self.save(state).await?;
         self.commit_pending_key().await?;
-        self.confirm(session, state).await?;
+        self.apply_network(state).await?;
         tracing::info!(
             serial = self.serial(),
-            "onboarded: LDevID until {}",
+            "enrolled: LDevID until {}",
             crate::clock::rfc3339(info.not_after)
         );
         Ok(())
-    }
-
-    /// Applies the network credentials and tells the server the enrollment is stored.
-    async fn confirm(&self, session: &Session, state: &mut AgentState) -> Result<(), AgentError> {
-        self.apply_network(state).await?;
-        session
-            .call(&Request::EnrollStatus(Status {
-                ok: true,
-                reason: None,
-            }))
-            .await?;
-        state.phase = Phase::Enrolled { confirmed: true };
-        self.save(state).await
     }
 
     /// Hands the network credentials and the current LDevID to the network stack.

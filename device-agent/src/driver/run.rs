@@ -43,7 +43,7 @@ impl Agent {
         loop {
             let sessions_before = self.stats.sessions.load(Ordering::Relaxed);
             let attempt = async {
-                self.onboard().await?;
+                self.enroll_once().await?;
                 let mut session = match self.connect().await {
                     Err(AgentError::CredentialRefused { reason, .. })
                         if recovery::done_with_owner(&self.load_state()?, reason) =>

@@ -13,7 +13,7 @@ use crate::error::{AgentError, PlatformError};
 use crate::machine::recovery::{self, KeyRepair};
 use crate::machine::renewal;
 use crate::machine::session::{self, Credential, Delivery};
-use crate::machine::{AgentState, Renewal};
+use crate::machine::{AgentState, Phase, Renewal};
 use crate::machine::{anchors, commands};
 use crate::platform::DeviceKey;
 use crate::transport::Session;
@@ -99,6 +99,17 @@ impl Agent {
                 Ok(()) => commands = self.hello(&session, state, &anchors).await?,
                 Err(e) => tracing::warn!(serial = self.serial(), "{e}"),
             }
+        }
+        if state.phase == (Phase::Enrolled { confirmed: false }) {
+            // The welcome answered a hello on the new LDevID: the server confirmed the
+            // enrollment by that use.
+            let mut state = self.load_state()?;
+            state.phase = Phase::Enrolled { confirmed: true };
+            self.save(&state).await?;
+            tracing::info!(
+                serial = self.serial(),
+                "onboarded: the enrollment is confirmed"
+            );
         }
         *self.welcome.lock().unwrap_or_else(|e| e.into_inner()) = commands;
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
@@ -192,7 +203,8 @@ impl Agent {
     }
 
     /// Opens the operational session and says hello. A renewal stored but not yet confirmed
-    /// is completed first: opening a session with the new certificate is the confirmation.
+    /// is completed first: opening a session with the new certificate is the confirmation, as
+    /// it is for the first LDevID of an onboarding.
     /// What a crash left undelivered (a wipe attestation, a firmware report) goes first.
     pub async fn connect(&self) -> Result<Session, AgentError> {
         let session = self.open_session().await?;

@@ -33,7 +33,7 @@ pub fn request(request: &Request) {
     record("request", &message::encode(request));
     match request {
         Request::VoucherRequest(signed) => record("voucher-request", signed),
-        Request::Enroll { csr } | Request::Reenroll { csr } => record("csr", csr),
+        Request::Enroll { csr, .. } | Request::Reenroll { csr } => record("csr", csr),
         Request::WipeAttestation(signed) => record("attestation", signed),
         _ => {}
     }

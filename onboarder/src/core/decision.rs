@@ -3,6 +3,7 @@
 
 use protocol::message::Response;
 
+use super::error::LifecycleError;
 use super::record::DeviceRecord;
 use crate::audit::AuditEvent;
 
@@ -33,5 +34,25 @@ impl Decision {
             events,
             response: Response::Ack,
         }
+    }
+
+    /// This decision followed by `next`, decided on the record as this one leaves it
+    /// (`record` being what this one was decided on): one request that carries two steps, one
+    /// write with the events of both, and the second step's answer. A refusal of either
+    /// refuses both, so the first step is never committed alone.
+    pub(crate) fn then(
+        self,
+        record: Option<DeviceRecord>,
+        next: impl FnOnce(Option<DeviceRecord>) -> Result<Decision, LifecycleError>,
+    ) -> Result<Decision, LifecycleError> {
+        let first = self.write;
+        let decided = next(first.clone().or(record))?;
+        let mut events = self.events;
+        events.extend(decided.events);
+        Ok(Decision {
+            write: decided.write.or(first),
+            events,
+            response: decided.response,
+        })
     }
 }

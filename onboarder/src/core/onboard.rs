@@ -317,6 +317,28 @@ pub fn enroll(
     })
 }
 
+/// RFC 8995 5.7 and EST simpleenroll in one request: the device accepts its voucher and asks
+/// for its LDevID with the same message (one round trip and one write fewer than a voucher
+/// status of its own). Decided as the two would be one after the other, and written together:
+/// if the enrollment is refused, the acceptance is not recorded either.
+pub fn accept_voucher_and_enroll(
+    reg: &Registrar,
+    peer: &DevicePeer,
+    record: Option<DeviceRecord>,
+    csr: &[u8],
+    session_binding: &[u8],
+    now: u64,
+    entropy: Entropy,
+) -> Result<Decision, LifecycleError> {
+    let accepted = Status {
+        ok: true,
+        reason: None,
+    };
+    voucher_status(peer, record.clone(), accepted, now)?.then(record, |record| {
+        enroll(reg, peer, record, csr, session_binding, now, entropy)
+    })
+}
+
 /// An active device may enroll again with its IDevID only if the policy allows it and none of
 /// its certificates works any more (otherwise it renews with the one it has).
 fn check_reenrollment(

@@ -137,7 +137,9 @@ impl Exercise {
                 let _permit = limit.acquire_owned().await.ok()?;
                 let t0 = Instant::now();
                 let result = async {
-                    agent.retrying(DEVICE_DEADLINE, || agent.onboard()).await?;
+                    agent
+                        .retrying(DEVICE_DEADLINE, || agent.enroll_once())
+                        .await?;
                     let session = agent.retrying(DEVICE_DEADLINE, || agent.connect()).await?;
                     session.close();
                     Ok::<_, device_agent::AgentError>(())

@@ -99,7 +99,19 @@ impl Service {
             Request::VoucherStatus(status) => {
                 core::onboard::voucher_status(peer, record, status.clone(), now)
             }
-            Request::Enroll { csr } => {
+            Request::Enroll {
+                csr,
+                voucher_accepted: true,
+            } => core::onboard::accept_voucher_and_enroll(
+                reg,
+                peer,
+                record,
+                csr,
+                binding,
+                now,
+                self.entropy()?,
+            ),
+            Request::Enroll { csr, .. } => {
                 core::onboard::enroll(reg, peer, record, csr, binding, now, self.entropy()?)
             }
             Request::EnrollStatus(status) => {

@@ -749,7 +749,7 @@ async fn a_device_onboards_over_coap_and_takes_a_command_it_observes() {
         ));
         let key_pair = certs::KeyPair::generate(certs::KeyKind::P256).unwrap();
         let csr = certs::csr::build_birth_csr("SN-COAP-DOOR", &key_pair).unwrap();
-        let Response::Enrolled(enrolled) = door(&mut s, 3, &Req::Enroll { csr }) else {
+        let Response::Enrolled(enrolled) = door(&mut s, 3, &Req::enroll(csr)) else {
             panic!("not enrolled");
         };
         std::fs::write(&cert, certs::files::cert_pem(&enrolled.certificate)).unwrap();

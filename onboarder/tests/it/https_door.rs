@@ -82,7 +82,7 @@ async fn a_device_onboards_and_takes_a_pushed_command_over_https() {
     ));
     let key = certs::KeyPair::generate(certs::KeyKind::P256).unwrap();
     let csr = certs::csr::build_birth_csr("SN-NOUDP", &key).unwrap();
-    let Response::Enrolled(enrolled) = call(&world, idevid, &Request::Enroll { csr }) else {
+    let Response::Enrolled(enrolled) = call(&world, idevid, &Request::enroll(csr)) else {
         panic!("not enrolled");
     };
     let dir = tempfile::tempdir().unwrap();

@@ -114,7 +114,7 @@ async fn a_hand_built_client_with_another_makers_idevid_is_refused_at_each_step(
     let key = certs::KeyPair::generate(certs::KeyKind::P256).unwrap();
     let csr = certs::csr::build_csr("SN-000003", &key, &session.binding().unwrap()).unwrap();
     assert_eq!(
-        code_of(&session.exchange(&Request::Enroll { csr }).await.unwrap()),
+        code_of(&session.exchange(&Request::enroll(csr)).await.unwrap()),
         ErrorCode::UnknownDevice
     );
     let hello = Request::Hello(Hello {
@@ -282,7 +282,7 @@ async fn an_operator_resets_an_onboarding_a_clone_started() {
     accept_voucher(&session).await;
     let key = certs::KeyPair::generate(certs::KeyKind::P256).unwrap();
     let csr = certs::csr::build_csr("SN-TWIN", &key, &session.binding().unwrap()).unwrap();
-    session.call(&Request::Enroll { csr }).await.unwrap();
+    session.call(&Request::enroll(csr)).await.unwrap();
     session.close();
     let taken = world.record_of(&id).unwrap();
     assert_eq!(taken.state, DeviceState::Onboarding);

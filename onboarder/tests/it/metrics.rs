@@ -76,10 +76,13 @@ async fn promtool_accepts_the_metrics_and_an_onboarding_moves_the_right_counters
             r#"onboarder_requests_total{{operation="{operation}",transport="quic",outcome="ok"}}"#
         )
     };
-    // One voucher, one enrolment, and the device now active with one active certificate.
+    // One voucher, one enrolment (the voucher's acceptance with it), the hello that confirms
+    // it, and the device now active with one active certificate.
     assert_eq!(moved(&before, &after, &ok("voucher_request")), 1.0);
     assert_eq!(moved(&before, &after, &ok("enroll")), 1.0);
-    assert!(moved(&before, &after, &ok("enroll_status")) >= 1.0);
+    assert!(moved(&before, &after, &ok("hello")) >= 1.0);
+    assert_eq!(moved(&before, &after, &ok("voucher_status")), 0.0);
+    assert_eq!(moved(&before, &after, &ok("enroll_status")), 0.0);
     assert_eq!(
         moved(&before, &after, r#"onboarder_devices{state="expected"}"#),
         -1.0

@@ -98,6 +98,49 @@ async fn a_device_onboards_and_opens_an_operational_session() {
     assert_eq!(world.record("SN-000001").unwrap().certificates.len(), 1);
 }
 
+/// The onboarding of the run loop (and of `fleet`): the voucher request, the CSR carrying the
+/// voucher's acceptance, and the hello that confirms the enrollment by using it. Three requests
+/// on two handshakes, where a voucher status and an enrollment status of their own made five.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_onboarding_is_three_requests_the_hello_confirming_the_enrollment() {
+    let world = World::new().await;
+    let device = world.device("SN-FOLD");
+    world.expect(&["SN-FOLD"], 30).await;
+    let agent = world.agent(&device);
+
+    let state = agent.enroll_once().await.unwrap();
+    assert_eq!(state.phase, Phase::Enrolled { confirmed: false });
+    let record = world.record("SN-FOLD").unwrap();
+    assert_eq!(record.state, DeviceState::Onboarding);
+    assert_eq!(record.certificates[0].status, CertStatus::Issued);
+    assert_eq!(
+        world.actions("SN-FOLD"),
+        [
+            "voucher-imported",
+            "voucher-issued",
+            "voucher-accepted",
+            "certificate-issued"
+        ]
+    );
+    // Enrolled again before connecting (a crash, a retry): nothing is asked of the server.
+    assert_eq!(agent.enroll_once().await.unwrap(), state);
+
+    agent.connect().await.unwrap().close();
+    let state = agent.load_state().unwrap();
+    assert_eq!(state.phase, Phase::Enrolled { confirmed: true });
+    let record = world.record("SN-FOLD").unwrap();
+    assert_eq!(record.state, DeviceState::Active);
+    assert_eq!(record.certificates[0].status, CertStatus::Active);
+    assert_eq!(
+        world.actions("SN-FOLD").last().map(String::as_str),
+        Some("enrolled")
+    );
+
+    let answered = world.server.service().metrics().answered();
+    let asked: Vec<(&str, u64)> = answered.into_iter().collect();
+    assert_eq!(asked, [("enroll", 1), ("hello", 1), ("voucher_request", 1)]);
+}
+
 /// One voucher format serves a mixed fleet: our agent takes a CMS-signed JSON voucher (RFC
 /// 8366), the format BRSKI pledges need, as well as COSE.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,7 +284,7 @@ async fn a_dropped_enrollment_completes_on_retry_without_duplicates() {
         &session.binding().unwrap(),
     )
     .unwrap();
-    let Response::Enrolled(first) = session.call(&Request::Enroll { csr }).await.unwrap() else {
+    let Response::Enrolled(first) = session.call(&Request::enroll(csr)).await.unwrap() else {
         panic!("not enrolled")
     };
     session.close();
@@ -276,7 +319,7 @@ async fn a_retry_with_a_new_key_supersedes_the_unconfirmed_certificate() {
         .unwrap();
     accept_voucher(&session).await;
     let csr = certs::csr::build_csr("SN-LOST", &lost_key, &session.binding().unwrap()).unwrap();
-    session.call(&Request::Enroll { csr }).await.unwrap();
+    session.call(&Request::enroll(csr)).await.unwrap();
     session.close();
 
     world.agent(&device).onboard().await.unwrap();

@@ -322,7 +322,7 @@ async fn bad_csrs_are_refused() {
     let before = world.record("SN-CSR").unwrap();
     let binding = session.binding().unwrap();
     let key = certs::KeyPair::generate(certs::KeyKind::P256).unwrap();
-    let enroll = |csr: Vec<u8>| Request::Enroll { csr };
+    let enroll = Request::enroll;
 
     let wrong_subject = certs::csr::build_csr("SN-OTHER", &key, &binding).unwrap();
     let r = session.exchange(&enroll(wrong_subject)).await.unwrap();
@@ -393,9 +393,7 @@ async fn oversized_truncated_garbage_and_future_frames_are_refused() {
     assert_eq!(code_of(&r), ErrorCode::UnsupportedVersion);
 
     // A request over the size limit, well framed.
-    let big = message::encode(&Request::Enroll {
-        csr: vec![0; message::MAX_REQUEST],
-    });
+    let big = message::encode(&Request::enroll(vec![0; message::MAX_REQUEST]));
     let r = session
         .exchange_raw(&frame::encode(&big).unwrap())
         .await
@@ -436,7 +434,7 @@ async fn credentials_are_only_good_for_their_own_requests() {
     let key = certs::KeyPair::generate(certs::KeyKind::P256).unwrap();
     let csr = certs::csr::build_csr("SN-ROLE", &key, &session.binding().unwrap()).unwrap();
     assert_eq!(
-        code_of(&session.exchange(&Request::Enroll { csr }).await.unwrap()),
+        code_of(&session.exchange(&Request::enroll(csr)).await.unwrap()),
         ErrorCode::WrongState
     );
     assert_eq!(world.record("SN-ROLE").unwrap(), before);

@@ -363,6 +363,73 @@ fn enrollment_needs_the_accepted_voucher_and_a_retry_gets_the_same_certificate()
     assert_eq!(e.code(), ErrorCode::StaleRequest);
 }
 
+/// The voucher accepted with the CSR: one decision that pins the IDevID, moves the device to
+/// onboarding and issues its LDevID, in one write; a retry gets the same certificate and
+/// writes nothing; a refused CSR refuses the acceptance with it.
+#[test]
+fn accepting_the_voucher_with_the_csr_is_one_write_and_a_refusal_records_neither() {
+    let kit = Kit::new();
+    let (_, peer) = kit.device("SN-1");
+    let record = kit.expected("SN-1");
+    let key = KeyPair::generate(certs::KeyKind::P256).unwrap();
+    let fold = |record: &DeviceRecord, csr: &[u8], seed| {
+        accept_voucher_and_enroll(
+            &kit.registrar,
+            &peer,
+            Some(record.clone()),
+            csr,
+            &BINDING,
+            NOW,
+            entropy(seed),
+        )
+    };
+
+    let e = fold(&record, &kit.csr("SN-OTHER", &key), 1).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::CsrPolicy, "the CSR decides for both");
+
+    let csr = kit.csr("SN-1", &key);
+    let first = fold(&record, &csr, 1).unwrap();
+    let written = first.write.clone().unwrap();
+    assert_eq!(written.state, DeviceState::Onboarding);
+    assert_eq!(written.idevid_key.as_deref(), Some(peer.public_key.raw()));
+    assert_eq!(written.certificates.len(), 1);
+    let actions: Vec<&str> = first.events.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions.first(), Some(&"voucher-accepted"), "{actions:?}");
+    assert!(actions.len() > 1, "the issue's events follow: {actions:?}");
+    assert!(matches!(first.response, Response::Enrolled(_)));
+
+    // The same as the two requests one after the other.
+    let accepted = voucher_status(&peer, Some(record), ok(), NOW)
+        .unwrap()
+        .write
+        .unwrap();
+    let apart = enroll(
+        &kit.registrar,
+        &peer,
+        Some(accepted),
+        &csr,
+        &BINDING,
+        NOW,
+        entropy(1),
+    )
+    .unwrap();
+    // ECDSA signatures are randomised: the certificates differ in their signature alone.
+    let unsigned = |d: &Decision| {
+        let mut r = d.write.clone().unwrap();
+        r.certificates.iter_mut().for_each(|c| c.der.clear());
+        r
+    };
+    assert_eq!(unsigned(&apart), unsigned(&first));
+
+    let again = fold(&written, &csr, 2).unwrap();
+    assert!(again.write.is_none(), "a retry writes nothing");
+    assert!(again.events.is_empty(), "{:?}", again.events);
+    assert_eq!(
+        format!("{:?}", again.response),
+        format!("{:?}", first.response)
+    );
+}
+
 #[test]
 fn a_welcome_carries_what_the_device_missed_and_only_ldevids_get_one() {
     let kit = Kit::new();

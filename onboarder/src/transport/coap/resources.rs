@@ -71,7 +71,7 @@ pub async fn answer(
         }
         (Get, "/.well-known/est/crts") => crts(service),
         (Post, "/.well-known/est/sen") => {
-            enroll(service, peer, &request, |csr| DeviceRequest::Enroll { csr }).await
+            enroll(service, peer, &request, DeviceRequest::enroll).await
         }
         (Post, "/.well-known/est/sren") => {
             enroll(service, peer, &request, |csr| DeviceRequest::Reenroll {

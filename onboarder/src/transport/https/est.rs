@@ -71,10 +71,7 @@ async fn simpleenroll(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    enroll(&service, &caller, &headers, &body, |csr| Request::Enroll {
-        csr,
-    })
-    .await
+    enroll(&service, &caller, &headers, &body, Request::enroll).await
 }
 
 async fn simplereenroll(
@@ -112,7 +109,7 @@ async fn serverkeygen(
             return refusal(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()).into_response();
         }
     };
-    match enrolled(&service, peer, &caller, Request::Enroll { csr }).await {
+    match enrolled(&service, peer, &caller, Request::enroll(csr)).await {
         Ok(certificate) => multipart(&[
             ("application/pkcs8", key.pkcs8_der()),
             (
