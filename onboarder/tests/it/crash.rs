@@ -79,13 +79,38 @@ pub(crate) fn init_on(root: &Path, store: Option<&str>) -> (PathBuf, SocketAddr,
     (data, quic, api)
 }
 
-pub(crate) fn serve(dir: &Path) -> Child {
-    onboarder()
-        .args(["--dir", dir.to_str().unwrap(), "serve"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+pub(crate) fn serve(dir: &Path) -> ServerProcess {
+    ServerProcess(
+        onboarder()
+            .args(["--dir", dir.to_str().unwrap(), "serve"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// A server process of a test, killed when dropped: a test that fails leaves none running.
+pub(crate) struct ServerProcess(pub(crate) Child);
+
+impl std::ops::Deref for ServerProcess {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ServerProcess {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 pub(crate) fn wait_ready(client: &ApiClient) {

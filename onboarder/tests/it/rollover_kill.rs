@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -13,7 +13,7 @@ use onboarder::core::{CertStatus, DeviceState};
 use onboarder::operator::client::ApiClient;
 use onboarder::service::AnchorImport;
 
-use crate::crash::{init_on, onboarder, serve, wait_ready};
+use crate::crash::{ServerProcess, init_on, onboarder, serve, wait_ready};
 use crate::harness::*;
 
 const FLEET: usize = 20;
@@ -27,7 +27,7 @@ const POINTS: [&str; 4] = [
 ];
 
 /// A server that stops at `point`; returns once it has reached it.
-fn serve_until(dir: &Path, point: &str) -> Child {
+fn serve_until(dir: &Path, point: &str) -> ServerProcess {
     let mut child = onboarder()
         .args(["--dir", dir.to_str().unwrap(), "serve"])
         .env("ONBOARDER_FAILPOINT", point)
@@ -45,7 +45,7 @@ fn serve_until(dir: &Path, point: &str) -> Child {
         let status = child.wait().unwrap();
         panic!("the server ended ({status}) without reaching {point}");
     }
-    child
+    ServerProcess(child)
 }
 
 /// Blocking API calls off the async threads.
@@ -84,7 +84,7 @@ pub(crate) struct Fleet {
     /// Kept for the fleet's life: the data directory and the devices are in it.
     _dir: tempfile::TempDir,
     pub(crate) data: std::path::PathBuf,
-    pub(crate) child: Child,
+    pub(crate) child: ServerProcess,
     pub(crate) client: Arc<ApiClient>,
     pub(crate) running: Vec<Running>,
     pub(crate) devices: Vec<Device>,
