@@ -349,7 +349,7 @@ async fn import(
     let report =
         tokio::task::spawn_blocking(move || -> Result<_, crate::operator::client::ClientError> {
             api.import_anchor(&anchor)?;
-            api.import_vouchers(&bundle)
+            api.import_voucher_list(&vouchers)
         })
         .await??;
     if !report.rejected.is_empty() || report.imported != devices.len() {

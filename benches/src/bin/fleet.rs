@@ -396,7 +396,7 @@ async fn main() -> Result<()> {
     let importer = api.clone();
     tokio::task::spawn_blocking(move || -> Result<()> {
         importer.import_anchor(&anchor)?;
-        let report = importer.import_vouchers(&protocol::voucher::encode_bundle(&vouchers))?;
+        let report = importer.import_voucher_list(&vouchers)?;
         anyhow::ensure!(report.rejected.is_empty(), "{:?}", report.rejected.first());
         Ok(())
     })

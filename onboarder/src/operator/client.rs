@@ -7,6 +7,9 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 use super::ImportReport;
+
+/// Vouchers per bundle when a list is imported: a few MiB each, far under the body limit.
+pub const VOUCHERS_PER_BUNDLE: usize = 10_000;
 use super::api::{QuarantineRequest, RevokeRequest, RolloverRequest, RotateRequest};
 use super::views::{AnchorView, AuditEntryView, DeviceView};
 use crate::audit::ChainSummary;
@@ -165,6 +168,23 @@ impl ApiClient {
     /// Imports a voucher bundle.
     pub fn import_vouchers(&self, bundle: &[u8]) -> Result<ImportReport> {
         self.post("/v1/vouchers", bundle, "application/cbor")
+    }
+
+    /// Imports `vouchers`, however many, in bundles of at most [`VOUCHERS_PER_BUNDLE`] (a
+    /// bundle is bounded, [`protocol::voucher::MAX_BUNDLE`]: 100,000 vouchers do not fit in
+    /// one); the reports added up. Stops at the first bundle refused: what came before it is
+    /// imported, and importing again is harmless (vouchers on file are counted unchanged).
+    pub fn import_voucher_list(&self, vouchers: &[Vec<u8>]) -> Result<ImportReport> {
+        let mut total = ImportReport::default();
+        for batch in vouchers.chunks(VOUCHERS_PER_BUNDLE) {
+            let report = self.import_vouchers(&protocol::voucher::encode_bundle(batch))?;
+            total.imported += report.imported;
+            total.updated += report.updated;
+            total.unchanged += report.unchanged;
+            total.unverified += report.unverified;
+            total.rejected.extend(report.rejected);
+        }
+        Ok(total)
     }
 
     /// All devices, page by page.

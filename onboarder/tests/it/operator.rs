@@ -85,6 +85,65 @@ async fn the_admin_api_imports_lists_and_verifies() {
     assert!(missing.contains("404"), "{missing}");
 }
 
+/// A list of vouchers larger than one bundle (100,000 do not fit in the bundle limit) goes in
+/// several: every voucher filed once, the refusal of the second bundle reported, the reports
+/// added up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voucher_list_larger_than_a_bundle_is_imported_in_bundles() {
+    use onboarder::operator::client::VOUCHERS_PER_BUNDLE;
+    let world = World::new().await;
+    let client = ApiClient::new(
+        &format!("http://{}", world.server.api_addr()),
+        onboarder::pki::token(&world.data).unwrap(),
+    );
+    let mut vouchers: Vec<Vec<u8>> = (0..VOUCHERS_PER_BUNDLE)
+        .map(|i| {
+            let serial = format!("SN-L{i:05}");
+            let voucher =
+                world
+                    .manufacturer
+                    .voucher(&serial, &world.owner_root, now(), now() + DAY);
+            voucher.unwrap()
+        })
+        .collect();
+    // In the second bundle: one more device, and one voucher that pins another owner.
+    vouchers.push(
+        world
+            .manufacturer
+            .voucher("SN-LAST", &world.owner_root, now(), now() + DAY)
+            .unwrap(),
+    );
+    vouchers.push(
+        world
+            .manufacturer
+            .voucher(
+                "SN-ELSE",
+                world.manufacturer.root_cert(),
+                now(),
+                now() + DAY,
+            )
+            .unwrap(),
+    );
+    let anchor = anchor_import(&world.manufacturer);
+    let report = tokio::task::spawn_blocking(move || {
+        client.import_anchor(&anchor).unwrap();
+        client.import_voucher_list(&vouchers).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(report.imported, VOUCHERS_PER_BUNDLE + 1);
+    assert_eq!(report.rejected.len(), 1);
+    assert_eq!(report.rejected[0].serial.as_deref(), Some("SN-ELSE"));
+    assert_eq!(
+        world.server.service().store().device_count().unwrap(),
+        VOUCHERS_PER_BUNDLE as u64 + 1
+    );
+    assert_eq!(
+        world.record("SN-LAST").unwrap().state,
+        DeviceState::Expected
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampered_audit_log_fails_verification() {
     let world = World::new().await;
