@@ -524,7 +524,7 @@ async fn main() -> Result<()> {
             .collect();
         let wanted = agents.len();
         tokio::task::spawn_blocking(move || {
-            let deadline = Instant::now() + Duration::from_secs(300);
+            let deadline = Instant::now() + onboarder::exercise::phase_deadline(wanted);
             loop {
                 let connected: usize = apis
                     .iter()

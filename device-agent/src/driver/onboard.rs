@@ -1,5 +1,6 @@
-//! Onboarding (DESIGN 3): the provisional session, the voucher and its checks, the CSR, the
-//! enrollment stored in one write, and its confirmation.
+//! Onboarding (DESIGN 3): the provisional session, the voucher and its checks, the CSR with
+//! the voucher's acceptance, the enrollment stored in one write. The first hello on the new
+//! LDevID (`session.rs`) confirms it.
 
 use protocol::message::{Request, Response};
 use ring::rand::SecureRandom;

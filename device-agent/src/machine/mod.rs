@@ -27,9 +27,10 @@ use serde::{Deserialize, Serialize};
 pub enum Phase {
     /// Factory state: only the IDevID.
     Factory,
-    /// LDevID and credentials stored; `confirmed` once the server acknowledged.
+    /// LDevID and credentials stored; `confirmed` once the server welcomed a hello on it (the
+    /// use that confirms the enrollment on the server).
     Enrolled {
-        /// Whether the server acknowledged the enrollment.
+        /// Whether the server has confirmed the enrollment.
         confirmed: bool,
     },
 }

@@ -137,7 +137,8 @@ pub fn check_enrollment(
 pub enum Remaining {
     /// Nothing: onboarded and confirmed.
     Nothing,
-    /// The enrollment is stored but the server has not heard so: confirm it.
+    /// The enrollment is stored but the server has not confirmed it yet: a hello on the new
+    /// LDevID (the operational session) will.
     Confirm,
     /// Everything: voucher, checks, CSR, enrollment.
     Enroll,

@@ -29,6 +29,15 @@ pub use report::PhaseReport;
 /// How long one device may take for one phase before it counts as failed.
 pub const DEVICE_DEADLINE: Duration = Duration::from_secs(300);
 
+/// How long a phase that orders `devices` devices at once may run before those not done count
+/// as failed: a device's deadline, plus 10 ms per device, since the last device waits for all
+/// the others (a phase runs at a few hundred devices per second on two cores: 100,000 devices
+/// need minutes, not the deadline of one).
+pub fn phase_deadline(devices: usize) -> Duration {
+    DEVICE_DEADLINE
+        + Duration::from_millis(10).saturating_mul(u32::try_from(devices).unwrap_or(u32::MAX))
+}
+
 /// What the phases act through.
 pub struct Exercise {
     /// The onboarder's admin API.
@@ -92,7 +101,7 @@ impl Exercise {
     }
 
     /// Waits until `agent_done` holds for every agent or, asked once a second, `server_done`
-    /// does; at most [`DEVICE_DEADLINE`]. The agents are read in process every 50 ms, so the
+    /// does; at most [`phase_deadline`]. The agents are read in process every 50 ms, so the
     /// server does no work for the waiting: its status views read every device record, and
     /// polling them at fleet scale would show up in its CPU time per operation.
     async fn settle(
@@ -103,7 +112,7 @@ impl Exercise {
         server_done: impl Fn(&ApiClient) -> Result<bool, ClientError> + Send + Sync + 'static,
     ) -> Result<()> {
         let server_done = Arc::new(server_done);
-        let deadline = Instant::now() + DEVICE_DEADLINE;
+        let deadline = Instant::now() + phase_deadline(agents.len());
         for tick in 0u64.. {
             let done = agents
                 .iter()
@@ -232,7 +241,7 @@ impl Exercise {
     /// Waits until `count` devices hold an operational session.
     pub async fn connected(&self, count: usize) -> Result<()> {
         let ok = self
-            .wait_for(DEVICE_DEADLINE, move |api| {
+            .wait_for(phase_deadline(count), move |api| {
                 Ok(api.stats()?.sessions >= count)
             })
             .await?;
@@ -409,7 +418,7 @@ impl Exercise {
             .await?;
         let id = campaign.id.clone();
         let progress = bar.clone();
-        self.wait_for(DEVICE_DEADLINE * 2, move |api| {
+        self.wait_for(phase_deadline(agents.len()) * 2, move |api| {
             let s = api.campaign_status(&id, false)?;
             progress.set_position((s.total.healthy + s.total.failed) as u64);
             Ok(s.state != CampaignState::Running)
@@ -486,7 +495,7 @@ impl Exercise {
         self.api(move |api| api.set_support(&class, &request))
             .await?;
         let mut told: Vec<Option<Duration>> = vec![None; agents.len()];
-        let deadline = Instant::now() + DEVICE_DEADLINE;
+        let deadline = Instant::now() + phase_deadline(agents.len());
         while told.iter().any(Option::is_none) && Instant::now() < deadline {
             for (i, agent) in agents.iter().enumerate() {
                 if told[i].is_none()
