@@ -451,7 +451,9 @@ async fn main() -> Result<()> {
         };
         return finish(&cli, report);
     }
-    let endpoints = (0..4)
+    // One client socket per 2,000 devices (at least 4): each has its own receive buffer and
+    // its own driver task, as devices on their own network stacks would.
+    let endpoints = (0..(cli.devices / 2000).max(4))
         .map(|_| device_agent::transport::quic::endpoint_for(quic))
         .collect::<Result<Vec<_>, _>>()?;
     let addresses = if cli.transport == Transport::Coap {

@@ -1,6 +1,7 @@
 //! The fleet of agents a phase drives, and the image a firmware phase ships.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use device_agent::Agent;
 
@@ -10,15 +11,27 @@ pub struct Fleet {
     runners: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// Agents whose loop starts per second. Devices come online over time; 100,000 simulated
+/// agents started in the same instant, on the simulator's few UDP sockets, overflow the
+/// sockets' buffers (millions of datagrams dropped), their handshakes time out and are retried,
+/// and the fleet never connects. At this rate 100,000 take a little over three minutes.
+const STARTS_PER_SECOND: f64 = 500.0;
+
 impl Fleet {
-    /// Starts every agent's loop.
+    /// Starts every agent's loop, [`STARTS_PER_SECOND`] at a time.
     pub fn start(agents: &[Arc<Agent>]) -> Fleet {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let runners = agents
             .iter()
-            .map(|agent| {
+            .enumerate()
+            .map(|(i, agent)| {
                 let (agent, mut stopped) = (agent.clone(), stopped.clone());
+                let after = Duration::from_secs_f64(i as f64 / STARTS_PER_SECOND);
                 tokio::spawn(async move {
+                    tokio::select! {
+                        _ = stopped.wait_for(|s| *s) => return,
+                        () = tokio::time::sleep(after) => {}
+                    }
                     let _ = agent
                         .run(async move {
                             let _ = stopped.wait_for(|s| *s).await;
