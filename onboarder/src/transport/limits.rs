@@ -5,7 +5,11 @@
 //! - Handshakes: once `handshakes_before_retry` QUIC handshakes are in progress, a new attempt
 //!   from an address not yet validated gets a Retry (RFC 9000 8.1): stateless, no crypto, and
 //!   a spoofed source never answers it, so a flood of handshakes from forged addresses costs
-//!   a packet each, while a real device pays one round trip more.
+//!   a packet each, while a real device pays one round trip more. Once `max_handshakes` are in
+//!   progress, a new attempt is refused at once, validated or not: in a reconnect storm (a
+//!   fleet rebooting together, a server restart) handshakes accepted beyond what the server
+//!   completes in time only time out and are paid for again, while a refused device backs off
+//!   with jitter and the fleet spreads itself.
 //! - Bytes of requests not yet complete: a frame's buffer grows as its bytes arrive (a header
 //!   that announces 64 KiB costs nothing until 64 KiB arrive), and those bytes count against a
 //!   budget per connection and one for the whole server. A frame that would exceed either is
@@ -28,6 +32,8 @@ pub struct Limits {
     pub max_connections_per_address: usize,
     /// QUIC handshakes in progress from which new attempts must first prove their address.
     pub handshakes_before_retry: usize,
+    /// QUIC handshakes in progress from which new attempts are refused.
+    pub max_handshakes: usize,
     /// Bytes of incomplete requests held per connection.
     pub frame_bytes_per_connection: usize,
     /// Bytes of incomplete requests held in all.
@@ -40,6 +46,7 @@ impl Default for Limits {
             max_connections: 200_000,
             max_connections_per_address: 1_024,
             handshakes_before_retry: 256,
+            max_handshakes: 1_024,
             frame_bytes_per_connection: 2 * protocol::message::MAX_REQUEST,
             frame_bytes_total: 64 * 1024 * 1024,
         }
@@ -54,6 +61,31 @@ impl Limits {
         Limits {
             max_connections_per_address: limits.max_connections,
             ..limits
+        }
+    }
+}
+
+/// What to do with a QUIC connection attempt, given the handshakes in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Go on with the handshake.
+    Accept,
+    /// Ask the client to prove its address first (a stateless Retry).
+    Retry,
+    /// Refuse at once; the client tries again later.
+    Refuse,
+}
+
+impl Limits {
+    /// The admission of an attempt while `handshaking` handshakes are in progress; `validated`:
+    /// its address is proven (it answered a Retry), `may_retry`: a Retry is still possible.
+    pub fn admission(&self, handshaking: usize, validated: bool, may_retry: bool) -> Admission {
+        if handshaking >= self.max_handshakes {
+            Admission::Refuse
+        } else if handshaking >= self.handshakes_before_retry && !validated && may_retry {
+            Admission::Retry
+        } else {
+            Admission::Accept
         }
     }
 }
@@ -197,6 +229,24 @@ impl ConnectionBudget {
 
 #[cfg(test)]
 mod tests {
+    /// Retry for unproven addresses past the first threshold; past the second, a refusal for
+    /// everyone, a proven address included.
+    #[test]
+    fn handshakes_are_retried_then_refused_as_they_pile_up() {
+        let limits = super::Limits {
+            handshakes_before_retry: 2,
+            max_handshakes: 4,
+            ..super::Limits::default()
+        };
+        use super::Admission::{Accept, Refuse, Retry};
+        assert_eq!(limits.admission(0, false, true), Accept);
+        assert_eq!(limits.admission(2, false, true), Retry);
+        assert_eq!(limits.admission(2, true, false), Accept);
+        assert_eq!(limits.admission(2, false, false), Accept);
+        assert_eq!(limits.admission(4, true, false), Refuse);
+        assert_eq!(limits.admission(4, false, true), Refuse);
+    }
+
     use super::*;
 
     #[test]

@@ -18,7 +18,9 @@ use quinn::crypto::rustls::QuicServerConfig;
 use rustls_pki_types::CertificateDer;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::limits::{ConnectionBudget, ConnectionLimits, FrameBudget, Held, Limits, OverBudget};
+use super::limits::{
+    Admission, ConnectionBudget, ConnectionLimits, FrameBudget, Held, Limits, OverBudget,
+};
 use super::sessions::Sessions;
 use crate::core::{DevicePeer, LifecycleError};
 use crate::service::{Handled, Service};
@@ -186,13 +188,23 @@ pub async fn serve(
     });
     let handshaking = Arc::new(AtomicUsize::new(0));
     while let Some(incoming) = endpoint.accept().await {
-        if handshaking.load(Ordering::Relaxed) >= limits.handshakes_before_retry
-            && !incoming.remote_address_validated()
-            && incoming.may_retry()
-        {
-            shared.service.metrics().handshake_retried();
-            let _ = incoming.retry();
-            continue;
+        let admission = limits.admission(
+            handshaking.load(Ordering::Relaxed),
+            incoming.remote_address_validated(),
+            incoming.may_retry(),
+        );
+        match admission {
+            Admission::Accept => {}
+            Admission::Retry => {
+                shared.service.metrics().handshake_retried();
+                let _ = incoming.retry();
+                continue;
+            }
+            Admission::Refuse => {
+                shared.service.metrics().connection_refused();
+                incoming.refuse();
+                continue;
+            }
         }
         let Some(slot) = connections.admit(incoming.remote_address().ip()) else {
             shared.service.metrics().connection_refused();
