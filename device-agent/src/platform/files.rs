@@ -417,6 +417,16 @@ mod tests {
         assert!(matches!(store.load(), Err(PlatformError::Corrupt(_))));
     }
 
+    /// A factory state holding a Wi-Fi passphrase (sealed when stored).
+    fn with_wifi() -> AgentState {
+        let mut state = AgentState::factory("1.0.0");
+        state.network = Some(NetworkProfile::Wifi {
+            ssid: "plant-7".into(),
+            psk: "correct-horse-battery-staple".into(),
+        });
+        state
+    }
+
     /// A destruction killed between the overwrite and the removal leaves files of zeros: the
     /// key store and the data key read them as destroyed (and finish removing them) instead of
     /// refusing to start on a malformed key.
@@ -433,11 +443,7 @@ mod tests {
         assert!(!path.exists());
 
         let store = FileStateStore::new(dir.path());
-        let mut state = AgentState::factory("1.0.0");
-        state.network = Some(NetworkProfile::Wifi {
-            ssid: "plant-7".into(),
-            psk: "correct-horse-battery-staple".into(),
-        });
+        let state = with_wifi();
         store.save(&state).unwrap();
         std::fs::write(dir.path().join("data/dek.key"), [0u8; 32]).unwrap();
         assert_eq!(store.load().unwrap().unwrap().network, None);
@@ -454,11 +460,7 @@ mod tests {
     fn network_credentials_are_sealed_in_the_state_file() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStateStore::new(dir.path());
-        let mut state = AgentState::factory("1.0.0");
-        state.network = Some(NetworkProfile::Wifi {
-            ssid: "plant-7".into(),
-            psk: "correct-horse-battery-staple".into(),
-        });
+        let state = with_wifi();
         store.save(&state).unwrap();
         let raw = std::fs::read(dir.path().join(layout::STATE)).unwrap();
         assert!(!raw.windows(13).any(|w| w == b"correct-horse"));
