@@ -388,6 +388,15 @@ async fn a_decommissioned_device_is_resold_to_a_new_owner() {
         owner_a.record("SN-RESALE").unwrap().state == DeviceState::Decommissioned
     })
     .await;
+    // The server records the decommissioning before it answers the attestation: the device
+    // forgets its owner once the answer is in.
+    eventually(20, "the device back in its factory state", || {
+        running
+            .agent
+            .load_state()
+            .is_ok_and(|s| s.phase == device_agent::machine::Phase::Factory)
+    })
+    .await;
     running.stop().await;
 
     // Owner B, same manufacturer, gets a voucher for the device and onboards it.
