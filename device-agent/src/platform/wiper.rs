@@ -45,35 +45,34 @@ impl Vault {
         }
     }
 
-    /// Whether the data key exists. One whose destruction was cut short between the overwrite
-    /// and the removal (zeros) is destroyed: its removal is finished here.
-    fn has_key(&self) -> Result<bool, PlatformError> {
+    /// The data key, if there is one, read once. One whose destruction was cut short between
+    /// the overwrite and the removal (zeros) is destroyed: its removal is finished here.
+    fn stored_key(&self) -> Result<Option<Vec<u8>>, PlatformError> {
         let path = self.dir.join("dek.key");
         if !path.exists() {
-            return Ok(false);
+            return Ok(None);
         }
-        if super::shred::left_zeroed(&path)? {
+        let bytes = certs::files::read_limited(&path, 64)?;
+        if bytes.iter().all(|b| *b == 0) {
             overwrite_and_remove(&path)?;
-            return Ok(false);
+            return Ok(None);
         }
-        Ok(true)
+        Ok(Some(bytes))
     }
 
     fn key(&self) -> Result<LessSafeKey, PlatformError> {
-        let path = self.dir.join("dek.key");
-        let bytes = if self.has_key()? {
-            certs::files::read_limited(&path, 64)?
-        } else {
-            let mut dek = [0u8; 32];
-            SystemRandom::new()
-                .fill(&mut dek)
-                .map_err(|_| PlatformError::Wipe("no randomness for the data key".into()))?;
-            certs::files::write_secret(&path, &dek)?;
-            dek.to_vec()
+        let bytes = match self.stored_key()? {
+            Some(bytes) => bytes,
+            None => {
+                let mut dek = [0u8; 32];
+                SystemRandom::new()
+                    .fill(&mut dek)
+                    .map_err(|_| PlatformError::Wipe("no randomness for the data key".into()))?;
+                certs::files::write_secret(&self.dir.join("dek.key"), &dek)?;
+                dek.to_vec()
+            }
         };
-        let key = UnboundKey::new(&AES_256_GCM, &bytes)
-            .map_err(|_| PlatformError::Corrupt("data-encryption key".into()))?;
-        Ok(LessSafeKey::new(key))
+        aead_key(&bytes)
     }
 
     fn path(&self, name: &str) -> Result<PathBuf, PlatformError> {
@@ -146,21 +145,26 @@ impl Vault {
     /// What [`Vault::seal`] sealed under `name`; `None` once the data key was destroyed (the
     /// cryptographic erase of a decommissioning: what was sealed is gone).
     pub(crate) fn open(&self, name: &str, bytes: &[u8]) -> Result<Option<Vec<u8>>, PlatformError> {
-        if !self.has_key()? {
+        let Some(key) = self.stored_key()? else {
             return Ok(None);
-        }
+        };
         let (nonce, sealed) = bytes
             .split_at_checked(NONCE_LEN)
             .ok_or_else(|| PlatformError::Corrupt(format!("{name}: too short")))?;
         let nonce = Nonce::try_assume_unique_for_key(nonce)
             .map_err(|_| PlatformError::Corrupt(format!("{name}: nonce")))?;
         let mut sealed = sealed.to_vec();
-        let plain = self
-            .key()?
+        let plain = aead_key(&key)?
             .open_in_place(nonce, Aad::from(name.as_bytes()), &mut sealed)
             .map_err(|_| PlatformError::Corrupt(format!("{name}: does not decrypt")))?;
         Ok(Some(plain.to_vec()))
     }
+}
+
+fn aead_key(bytes: &[u8]) -> Result<LessSafeKey, PlatformError> {
+    let key = UnboundKey::new(&AES_256_GCM, bytes)
+        .map_err(|_| PlatformError::Corrupt("data-encryption key".into()))?;
+    Ok(LessSafeKey::new(key))
 }
 
 /// The reference wiper over a state directory.
