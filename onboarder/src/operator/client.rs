@@ -177,12 +177,7 @@ impl ApiClient {
     pub fn import_voucher_list(&self, vouchers: &[Vec<u8>]) -> Result<ImportReport> {
         let mut total = ImportReport::default();
         for batch in vouchers.chunks(VOUCHERS_PER_BUNDLE) {
-            let report = self.import_vouchers(&protocol::voucher::encode_bundle(batch))?;
-            total.imported += report.imported;
-            total.updated += report.updated;
-            total.unchanged += report.unchanged;
-            total.unverified += report.unverified;
-            total.rejected.extend(report.rejected);
+            total.add(self.import_vouchers(&protocol::voucher::encode_bundle(batch))?);
         }
         Ok(total)
     }

@@ -37,6 +37,15 @@ pub struct ImportReport {
 }
 
 impl ImportReport {
+    /// Adds the report of another bundle of the same import to this one.
+    pub fn add(&mut self, other: ImportReport) {
+        self.imported += other.imported;
+        self.updated += other.updated;
+        self.unchanged += other.unchanged;
+        self.unverified += other.unverified;
+        self.rejected.extend(other.rejected);
+    }
+
     pub(super) fn count(&mut self, filed: &Filed, outcome: &Outcome) {
         match (outcome.wrote, outcome.existed) {
             (false, _) => self.unchanged += 1,
