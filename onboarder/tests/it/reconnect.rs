@@ -79,9 +79,12 @@ async fn a_fleet_is_back_within_seconds_after_a_server_restart() {
     eventually(60, "the fleet back", || sessions(2)).await;
     let back = restarted.elapsed();
     eprintln!("{FLEET} agents back {back:?} after the restart");
+    // Without a reset a device waits out its idle timeout, 20 to 30 s after the kill; with
+    // one it is back at its next packet. The bound is the agents' keep-alive interval (10 s):
+    // resets rate-limited per batch of datagrams once left a tail of devices at 9 to 20 s.
     assert!(
-        back < Duration::from_secs(15),
-        "{back:?}: the agents waited out their idle timeout"
+        back < Duration::from_secs(10),
+        "{back:?}: some agents waited out their idle timeout"
     );
     for r in running {
         r.stop().await;
