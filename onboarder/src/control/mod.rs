@@ -44,6 +44,19 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| OperatorError::Internal(e.to_string()))
 }
 
+/// Runs `read` on the blocking pool. A read that visits every device or audit entry takes
+/// long at fleet scale, and on one of the runtime's workers it stalls the device listeners
+/// that share them: at 100,000 devices, a rotation status asked once a second kept the QUIC
+/// listener from draining its socket, which dropped three datagrams in four, and the fleet's
+/// reconnections collapsed.
+pub(crate) async fn off_workers<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, OperatorError> + Send + 'static,
+) -> Result<T, OperatorError> {
+    tokio::task::spawn_blocking(read)
+        .await
+        .map_err(|e| OperatorError::Internal(e.to_string()))?
+}
+
 /// Decommission orders pushed at once.
 const PUSH_CONCURRENCY: usize = 64;
 

@@ -134,7 +134,8 @@ impl Control {
             self.publish_new_root(rollover).await?;
         }
         let old_root = self.old_root(&rollover)?;
-        let progress = self.service.root_progress(&old_root)?;
+        let service = self.service.clone();
+        let progress = super::off_workers(move || service.root_progress(&old_root)).await?;
         let wait = self.service.registrar().policy.root_distribution_wait;
         match rollover.next_step(&progress, self.service.now(), wait) {
             RootStep::Wait if rollover.phase == RootPhase::Distributing => {

@@ -7,7 +7,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use super::{Api, ApiResult, Page, view};
+use super::{Api, ApiResult, Page, off_workers, view};
 use crate::core::DeviceId;
 use crate::core::query::{DeviceQuery, Labels};
 use crate::operator::OperatorError;
@@ -97,7 +97,7 @@ pub(super) async fn list_audit(
 /// Verifies the whole audit hash chain.
 #[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", responses((status = 200, description = "OK", body = crate::audit::ChainSummary), super::Problems))]
 pub(super) async fn verify_audit(State(api): State<Api>) -> ApiResult<crate::audit::ChainSummary> {
-    Ok(axum::Json(api.control.service.verify_audit()?))
+    off_workers(&api, |control| control.service.verify_audit()).await
 }
 
 /// Body of `POST /v1/devices/{device}/revoke`.

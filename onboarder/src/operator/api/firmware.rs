@@ -5,7 +5,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use super::{Api, ApiResult};
+use super::{Api, ApiResult, off_workers};
 use crate::core::campaign::{Campaign, CampaignOrder};
 use crate::core::release::{FirmwareKey, Release};
 use crate::operator::OperatorError;
@@ -183,9 +183,10 @@ pub(super) async fn campaign_status(
     Path(id): Path<String>,
     Query(q): Query<CampaignQuery>,
 ) -> ApiResult<CampaignStatus> {
-    Ok(axum::Json(
-        api.control.service.campaign_status(&id, q.devices)?,
-    ))
+    off_workers(&api, move |control| {
+        control.service.campaign_status(&id, q.devices)
+    })
+    .await
 }
 
 /// Starts, pauses, resumes or aborts a campaign.

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::devices::resolve_all;
-use super::{Api, ApiResult, error};
+use super::{Api, ApiResult, error, off_workers};
 use crate::control::{RolloverReport, RootStatus};
 use crate::operator::OperatorError;
 use crate::service::{Crl, OrderReport, RotationStatus};
@@ -59,9 +59,10 @@ pub(super) async fn rotation_status(
     State(api): State<Api>,
     Query(q): Query<Since>,
 ) -> ApiResult<RotationStatus> {
-    Ok(axum::Json(
-        api.control.service.rotation_status(q.since.unwrap_or(0))?,
-    ))
+    off_workers(&api, move |control| {
+        control.service.rotation_status(q.since.unwrap_or(0))
+    })
+    .await
 }
 
 /// Body of `POST /v1/ca/rollover`.
@@ -90,11 +91,7 @@ pub(super) async fn root_rollover(State(api): State<Api>) -> ApiResult<RootStatu
 /// The owner roots and the rollover under way, with what holds it.
 #[utoipa::path(get, path = "/v1/ca/roots", tag = "ca", responses((status = 200, description = "OK", body = RootStatus), super::Problems))]
 pub(super) async fn roots(State(api): State<Api>) -> ApiResult<RootStatus> {
-    let control = api.control.clone();
-    let status = tokio::task::spawn_blocking(move || control.root_status())
-        .await
-        .map_err(|e| crate::service::OperatorError::Internal(e.to_string()))??;
-    Ok(axum::Json(status))
+    off_workers(&api, |control| control.root_status()).await
 }
 
 /// The CRLs last published.

@@ -425,6 +425,18 @@ impl IntoResponse for OperatorError {
 
 type ApiResult<T> = Result<axum::Json<T>, OperatorError>;
 
+/// Runs `read` on the blocking pool ([`crate::control::off_workers`]): for reads that visit
+/// every device or audit entry.
+async fn off_workers<T: Send + 'static>(
+    api: &Api,
+    read: impl FnOnce(&Control) -> Result<T, OperatorError> + Send + 'static,
+) -> ApiResult<T> {
+    let control = api.control.clone();
+    crate::control::off_workers(move || read(&control))
+        .await
+        .map(axum::Json)
+}
+
 /// Paging of lists.
 #[derive(utoipa::IntoParams, Debug, Deserialize, Serialize, Default)]
 #[into_params(parameter_in = Query)]
