@@ -150,6 +150,14 @@ impl Tally {
     }
 }
 
+/// Devices a campaign has in progress at most (offered and not yet healthy, failed or
+/// skipped). Each ends its update with a reboot and a new handshake, so a wave offered whole
+/// sends that many devices to reconnect within seconds: bounded near the handshakes the server
+/// takes at once (`limits.max_handshakes`, 1,024). At 100,000 devices, a last wave of 90,000
+/// rebooting together collapsed the server's sessions from 100,000 to 566. Downloads gain
+/// nothing from more: the server serves a bounded number of chunks at a time.
+pub const MAX_IN_PROGRESS: usize = 1_000;
+
 /// What the campaign should do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -206,7 +214,7 @@ impl Campaign {
         &self,
         offered: &Tally,
         current: &Tally,
-        unoffered: Vec<DeviceId>,
+        mut unoffered: Vec<DeviceId>,
         now: u64,
     ) -> Step {
         if self.state != CampaignState::Running {
@@ -220,6 +228,11 @@ impl Campaign {
             ));
         }
         if !unoffered.is_empty() {
+            let room = MAX_IN_PROGRESS.saturating_sub(offered.in_progress);
+            if room == 0 {
+                return Step::Wait;
+            }
+            unoffered.truncate(room);
             return Step::Offer(unoffered);
         }
         let last = self.wave + 1 >= self.waves.len();

@@ -139,3 +139,31 @@ fn devices_join_a_campaign_on_a_query_only_once_and_it_waits_for_them() {
     fixed.wave = 1;
     assert_eq!(fixed.next_step(&over, &over, vec![], 4), Step::Complete);
 }
+
+#[test]
+fn a_campaign_offers_no_more_than_its_devices_in_progress_allow() {
+    let id = |i: usize| DeviceId::new(MakerId::of_spki(b"m"), &format!("SN-{i}")).unwrap();
+    let mut c = campaign(1);
+    c.order(CampaignOrder::Start, 1).unwrap();
+    let unoffered: Vec<DeviceId> = (0..50).map(id).collect();
+    let busy = |in_progress: usize| Tally {
+        devices: in_progress + 50,
+        waiting: 50,
+        in_progress,
+        ..Tally::default()
+    };
+    // Room for all.
+    assert_eq!(
+        c.next_step(&busy(0), &busy(0), unoffered.clone(), 2),
+        Step::Offer(unoffered.clone())
+    );
+    // Room for ten: the first ten.
+    let nearly = busy(MAX_IN_PROGRESS - 10);
+    assert_eq!(
+        c.next_step(&nearly, &nearly, unoffered.clone(), 2),
+        Step::Offer(unoffered[..10].to_vec())
+    );
+    // None: wait, neither advancing nor completing with devices not offered.
+    let full = busy(MAX_IN_PROGRESS);
+    assert_eq!(c.next_step(&full, &full, unoffered, 2), Step::Wait);
+}
