@@ -38,17 +38,13 @@ use crate::transport::tls::RegistrarIdentity;
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> crate::error::Result<T> + Send + 'static,
 ) -> Result<T, OperatorError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| OperatorError::Internal(e.to_string()))?
-        .map_err(|e| OperatorError::Internal(e.to_string()))
+    off_workers(move || work().map_err(|e| OperatorError::Internal(e.to_string()))).await
 }
 
 /// Runs `read` on the blocking pool. A read that visits every device or audit entry takes
-/// long at fleet scale, and on one of the runtime's workers it stalls the device listeners
-/// that share them: at 100,000 devices, a rotation status asked once a second kept the QUIC
-/// listener from draining its socket, which dropped three datagrams in four, and the fleet's
-/// reconnections collapsed.
+/// long at fleet scale, and on one of the runtime's workers it holds up the device listeners
+/// that share them: at 100,000 devices, a rotation status asked once a second took half of
+/// the server's CPU there.
 pub(crate) async fn off_workers<T: Send + 'static>(
     read: impl FnOnce() -> Result<T, OperatorError> + Send + 'static,
 ) -> Result<T, OperatorError> {

@@ -63,7 +63,7 @@ impl Control {
     /// does: holding the push slot until then makes a fleet-wide rotation flow at the rate the
     /// server takes those handshakes, [`PUSH_CONCURRENCY`] devices at a time, instead of
     /// sending the whole fleet to reconnect at once (100,000 devices on two cores: sockets full
-    /// on both sides, three datagrams in four dropped, sessions down to a few hundred).
+    /// on both sides, most datagrams dropped, sessions down to a few thousand).
     async fn rotation_settled(&self, device: &DeviceId) {
         let deadline = Instant::now() + ROTATION_SLOT;
         while Instant::now() < deadline {
