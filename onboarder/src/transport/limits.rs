@@ -229,16 +229,18 @@ impl ConnectionBudget {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     /// Retry for unproven addresses past the first threshold; past the second, a refusal for
     /// everyone, a proven address included.
     #[test]
     fn handshakes_are_retried_then_refused_as_they_pile_up() {
-        let limits = super::Limits {
+        let limits = Limits {
             handshakes_before_retry: 2,
             max_handshakes: 4,
-            ..super::Limits::default()
+            ..Limits::default()
         };
-        use super::Admission::{Accept, Refuse, Retry};
+        use Admission::{Accept, Refuse, Retry};
         assert_eq!(limits.admission(0, false, true), Accept);
         assert_eq!(limits.admission(2, false, true), Retry);
         assert_eq!(limits.admission(2, true, false), Accept);
@@ -246,8 +248,6 @@ mod tests {
         assert_eq!(limits.admission(4, true, false), Refuse);
         assert_eq!(limits.admission(4, false, true), Refuse);
     }
-
-    use super::*;
 
     #[test]
     fn connections_are_counted_per_address_and_in_all() {
