@@ -53,9 +53,6 @@ pub(crate) async fn off_workers<T: Send + 'static>(
         .map_err(|e| OperatorError::Internal(e.to_string()))?
 }
 
-/// Decommission orders pushed at once.
-const PUSH_CONCURRENCY: usize = 64;
-
 /// The running onboarder as operators act on it.
 pub struct Control {
     /// The service.
@@ -146,7 +143,7 @@ impl Control {
         let this = self.clone();
         let targets = report.accepted.clone();
         tokio::spawn(async move {
-            let limit = Arc::new(Semaphore::new(PUSH_CONCURRENCY));
+            let limit = Arc::new(Semaphore::new(push::PUSH_CONCURRENCY));
             for device in targets {
                 let order = match this.service.device(&device) {
                     Ok(r) => r.decommission,

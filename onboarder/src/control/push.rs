@@ -10,8 +10,8 @@ use tokio::sync::Semaphore;
 use super::Control;
 use crate::core::DeviceId;
 
-/// Commands in flight at once (with or without a rate).
-const PUSH_CONCURRENCY: usize = 64;
+/// Commands in flight at once (with or without a rate), decommission orders included.
+pub(super) const PUSH_CONCURRENCY: usize = 64;
 /// Longest a re-keying device holds its push slot (see [`Control::rotation_settled`]).
 const ROTATION_SLOT: Duration = Duration::from_secs(10);
 /// How often a re-keying device's record is looked at.
