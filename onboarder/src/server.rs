@@ -1,4 +1,11 @@
 //! Wiring: store, service, QUIC listener and admin API, started from a data directory.
+//!
+//! The device listeners (QUIC, HTTPS, CoAP) and every connection task run on a runtime of
+//! their own ([`DeviceRuntime`]); the control loops and the admin API run on the caller's.
+//! A long piece of control work (a campaign's first look at 100,000 records, a fleet-wide
+//! scan) then shares the CPU with the listeners through the kernel's scheduler instead of
+//! holding one of the threads they need: at 100,000 devices, a stall of that kind let the
+//! connections' idle timeouts expire together.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -99,6 +106,38 @@ pub struct Server {
     endpoint: quinn::Endpoint,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    devices: DeviceRuntime,
+}
+
+/// The runtime the device listeners and their connections run on, apart from the control's.
+/// Dropped (with the server) without waiting for its threads, so that a server may be dropped
+/// anywhere, an async test included.
+struct DeviceRuntime(Option<tokio::runtime::Runtime>);
+
+impl DeviceRuntime {
+    fn new() -> Result<DeviceRuntime> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("onboarder-devices")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::os("starting the device listeners' runtime", e))?;
+        Ok(DeviceRuntime(Some(runtime)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        match &self.0 {
+            Some(runtime) => runtime.handle(),
+            None => unreachable!("the runtime is only taken when dropped"),
+        }
+    }
+}
+
+impl Drop for DeviceRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Server {
@@ -167,9 +206,15 @@ impl Server {
             &pki.server_key,
         )?);
         let tls = tls::server_config(identity.clone(), service.trust(), clock.clone())?;
+        let devices = DeviceRuntime::new()?;
         let https = match config.https_listen {
             Some(addr) => {
-                let listener = crate::transport::https::bind(addr).await?;
+                // Bound from the device runtime, whose reactor then drives it.
+                let listener = devices
+                    .handle()
+                    .spawn(crate::transport::https::bind(addr))
+                    .await
+                    .map_err(|e| Error::Config(format!("binding HTTPS on {addr}: {e}")))??;
                 let tls = crate::transport::https::server_config(
                     identity.clone(),
                     service.trust(),
@@ -188,7 +233,11 @@ impl Server {
             None => None,
         };
         let reset_key = certs::files::secret(&dir.join(layout::RESET_KEY), 32)?;
-        let endpoint = quic::bind(config.quic_listen, tls, &reset_key)?;
+        let endpoint = {
+            // quinn spawns the endpoint's driver, and every connection's, where it is bound.
+            let _devices = devices.handle().enter();
+            quic::bind(config.quic_listen, tls, &reset_key)?
+        };
         let api_listen = config.api_listen;
         let api = tokio::net::TcpListener::bind(api_listen)
             .await
@@ -209,17 +258,24 @@ impl Server {
         }
         let sessions = Arc::new(Sessions::default());
         let coap = match config.coap_listen {
-            Some(addr) => Some(
-                crate::transport::coap::bind(
-                    addr,
+            Some(addr) => {
+                let (identity, service, sessions, limits) = (
                     identity.clone(),
                     service.clone(),
                     sessions.clone(),
-                    &config.limits,
-                )
-                .await
-                .map_err(|e| Error::os(format!("binding CoAPS on {addr}"), e))?,
-            ),
+                    config.limits,
+                );
+                let bound = devices
+                    .handle()
+                    .spawn(async move {
+                        crate::transport::coap::bind(addr, identity, service, sessions, &limits)
+                            .await
+                    })
+                    .await
+                    .map_err(std::io::Error::other)
+                    .flatten();
+                Some(bound.map_err(|e| Error::os(format!("binding CoAPS on {addr}"), e))?)
+            }
             None => None,
         };
         let frames = FrameBudget::new(&config.limits);
@@ -241,7 +297,7 @@ impl Server {
         control.publish_crls().await?;
         let (stop, stopped) = watch::channel(false);
         let mut tasks = vec![
-            tokio::spawn(quic::serve(
+            devices.handle().spawn(quic::serve(
                 endpoint.clone(),
                 service.clone(),
                 sessions.clone(),
@@ -259,7 +315,7 @@ impl Server {
         ];
         if let Some((listener, tls)) = https {
             let crls = control.clone();
-            tasks.push(tokio::spawn(crate::transport::https::serve(
+            tasks.push(devices.handle().spawn(crate::transport::https::serve(
                 listener,
                 tls,
                 service.clone(),
@@ -270,7 +326,11 @@ impl Server {
             )));
         }
         if let Some(listener) = &coap {
-            tasks.push(tokio::spawn(listener.clone().serve(stopped.clone())));
+            tasks.push(
+                devices
+                    .handle()
+                    .spawn(listener.clone().serve(stopped.clone())),
+            );
         }
         let api_control = control.clone();
         tasks.push(tokio::spawn(async move {
@@ -294,6 +354,7 @@ impl Server {
             endpoint,
             stop,
             tasks,
+            devices,
         })
     }
 
@@ -348,5 +409,6 @@ impl Server {
             let _ = task.await;
         }
         self.endpoint.wait_idle().await;
+        drop(self.devices);
     }
 }

@@ -70,8 +70,28 @@ const CHUNK: usize = 1000;
 /// Where the service reads the time: the system clock, or another one in tests.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
-/// Firmware job states: campaign -> device -> state.
-type JobIndex = HashMap<String, HashMap<DeviceId, JobState>>;
+/// Firmware job states by campaign and device. Commits note the jobs they change; a
+/// campaign's other devices are read from the store the first time it is looked at (then it
+/// is `loaded`), so a report heard before that look does not stand for the whole campaign.
+#[derive(Default)]
+struct JobIndex {
+    states: HashMap<String, HashMap<DeviceId, JobState>>,
+    loaded: std::collections::HashSet<String>,
+}
+
+impl JobIndex {
+    fn note(&mut self, campaign: &str, device: &DeviceId, state: &JobState) {
+        match self.states.get_mut(campaign) {
+            Some(states) => {
+                states.insert(device.clone(), state.clone());
+            }
+            None => {
+                let states = HashMap::from([(device.clone(), state.clone())]);
+                self.states.insert(campaign.to_string(), states);
+            }
+        }
+    }
+}
 
 /// The onboarder's one entry point for devices and operators.
 pub struct Service {
@@ -323,9 +343,7 @@ impl Service {
                 self.jobs
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .entry(campaign)
-                    .or_default()
-                    .insert(device, state);
+                    .note(&campaign, &device, &state);
                 self.firmware_changed.notify_one();
                 Ok(())
             }
@@ -345,7 +363,7 @@ impl Service {
     /// Forgets the index of job states (a replica that starts to lead rebuilds it from the
     /// store: what it heard as a follower may have missed the start of a campaign).
     pub fn forget_jobs(&self) {
-        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        *self.jobs.lock().unwrap_or_else(|e| e.into_inner()) = JobIndex::default();
     }
 
     /// Resolves after a commit revoked or superseded certificates.
@@ -581,10 +599,7 @@ impl Service {
         let mut index = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         for record in records {
             if let Some(job) = &record.firmware_job {
-                index
-                    .entry(job.campaign.clone())
-                    .or_default()
-                    .insert(record.id.clone(), job.state.clone());
+                index.note(&job.campaign, &record.id, &job.state);
             }
         }
     }
