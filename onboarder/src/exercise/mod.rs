@@ -430,14 +430,33 @@ impl Exercise {
                 api.order_campaign(&c.id, crate::core::campaign::CampaignOrder::Start)
             })
             .await?;
-        let id = campaign.id.clone();
-        let progress = bar.clone();
-        self.wait_for(agents.len(), phase_deadline(agents.len()) * 2, move |api| {
-            let s = api.campaign_status(&id, false)?;
-            progress.set_position((s.total.healthy + s.total.failed) as u64);
-            Ok(s.state != CampaignState::Running)
-        })
-        .await?;
+        // A campaign's length follows the image's size and the fleet's, so the phase waits as
+        // long as devices keep finishing, and gives up only after DEVICE_DEADLINE without one.
+        // Giving up aborts the campaign: left running, it would overlap the next phase.
+        let interval = poll_interval(agents.len());
+        let mut finished = 0;
+        let mut stalled_at = Instant::now() + DEVICE_DEADLINE;
+        loop {
+            let id = campaign.id.clone();
+            let s = self.api(move |api| api.campaign_status(&id, false)).await?;
+            if s.state != CampaignState::Running {
+                break;
+            }
+            let now_finished = s.total.healthy + s.total.failed;
+            bar.set_position(now_finished as u64);
+            if now_finished > finished {
+                finished = now_finished;
+                stalled_at = Instant::now() + DEVICE_DEADLINE;
+            } else if Instant::now() >= stalled_at {
+                let id = campaign.id.clone();
+                self.api(move |api| {
+                    api.order_campaign(&id, crate::core::campaign::CampaignOrder::Abort)
+                })
+                .await?;
+                break;
+            }
+            tokio::time::sleep(interval).await;
+        }
         let elapsed = start.elapsed();
         bar.finish_and_clear();
         let id = campaign.id.clone();
