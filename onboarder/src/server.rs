@@ -130,6 +130,19 @@ impl DeviceRuntime {
             None => unreachable!("the runtime is only taken when dropped"),
         }
     }
+
+    /// Runs `work` to its end on the device runtime: a listener bound there is driven by that
+    /// runtime's reactor.
+    async fn run<F>(&self, work: F) -> Result<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle()
+            .spawn(work)
+            .await
+            .map_err(|e| Error::Config(format!("the device listeners' runtime: {e}")))
+    }
 }
 
 impl Drop for DeviceRuntime {
@@ -209,12 +222,7 @@ impl Server {
         let devices = DeviceRuntime::new()?;
         let https = match config.https_listen {
             Some(addr) => {
-                // Bound from the device runtime, whose reactor then drives it.
-                let listener = devices
-                    .handle()
-                    .spawn(crate::transport::https::bind(addr))
-                    .await
-                    .map_err(|e| Error::Config(format!("binding HTTPS on {addr}: {e}")))??;
+                let listener = devices.run(crate::transport::https::bind(addr)).await??;
                 let tls = crate::transport::https::server_config(
                     identity.clone(),
                     service.trust(),
@@ -266,14 +274,11 @@ impl Server {
                     config.limits,
                 );
                 let bound = devices
-                    .handle()
-                    .spawn(async move {
+                    .run(async move {
                         crate::transport::coap::bind(addr, identity, service, sessions, &limits)
                             .await
                     })
-                    .await
-                    .map_err(std::io::Error::other)
-                    .flatten();
+                    .await?;
                 Some(bound.map_err(|e| Error::os(format!("binding CoAPS on {addr}"), e))?)
             }
             None => None,
