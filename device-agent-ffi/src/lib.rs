@@ -60,7 +60,7 @@ pub struct DaAgent {
 fn status_of(e: &AgentError) -> DaStatus {
     match e {
         AgentError::Identity(_) => DaStatus::Identity,
-        AgentError::Connection(_) => DaStatus::Connection,
+        AgentError::Connection(_) | AgentError::Busy(_) => DaStatus::Connection,
         AgentError::Refused { .. } => DaStatus::Refused,
         AgentError::CredentialRefused { .. } => DaStatus::CredentialRefused,
         AgentError::Voucher(_)

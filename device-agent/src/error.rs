@@ -57,6 +57,10 @@ pub enum AgentError {
     /// The server could not be reached or the connection failed.
     #[error("connection: {0}")]
     Connection(String),
+    /// The server turned the connection away before any handshake because it is at capacity
+    /// (QUIC's CONNECTION_REFUSED): tried again, but not before [`crate::Backoff::busy`].
+    #[error("server busy: {0}")]
+    Busy(String),
     /// The server refused the device's certificate (a TLS alert about it in the handshake, or
     /// the connection closed as unauthorized or revoked): nothing changes until an operator
     /// acts, so it is not retried soon.
@@ -108,7 +112,7 @@ impl AgentError {
     /// (a refused credential, a refused request, a failed check).
     pub fn is_transient(&self) -> bool {
         match self {
-            AgentError::Connection(_) => true,
+            AgentError::Connection(_) | AgentError::Busy(_) => true,
             AgentError::Refused { code, .. } => matches!(code, ErrorCode::Unavailable),
             _ => false,
         }

@@ -199,6 +199,7 @@ fn options(mac: &str) -> AgentOptions {
         backoff: Backoff {
             initial: Duration::from_millis(100),
             max: Duration::from_secs(1),
+            busy: Duration::from_secs(1),
             refused: Duration::from_secs(2),
         },
         ..AgentOptions::default()

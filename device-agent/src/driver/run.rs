@@ -13,7 +13,8 @@ use crate::machine::recovery;
 
 impl Agent {
     /// Runs `op`, retrying transient failures (see [`AgentError::is_transient`]) with jittered
-    /// exponential backoff until `deadline` has passed.
+    /// exponential backoff (at least [`crate::Backoff::busy`] after a busy server) until
+    /// `deadline` has passed.
     pub async fn retrying<T, F, Fut>(&self, deadline: Duration, mut op: F) -> Result<T, AgentError>
     where
         F: FnMut() -> Fut,
@@ -22,14 +23,19 @@ impl Agent {
         let start = tokio::time::Instant::now();
         let mut delay = self.options.backoff.initial;
         loop {
-            match op().await {
-                Err(e) if e.is_transient() && start.elapsed() + delay < deadline => {
-                    tracing::debug!(serial = self.serial(), "retrying: {e}");
-                    tokio::time::sleep(self.jitter(delay)).await;
-                    delay = (delay * 2).min(self.options.backoff.max);
-                }
+            let e = match op().await {
+                Err(e) if e.is_transient() => e,
                 other => return other,
+            };
+            if matches!(e, AgentError::Busy(_)) {
+                delay = delay.max(self.options.backoff.busy);
             }
+            if start.elapsed() + delay >= deadline {
+                return Err(e);
+            }
+            tracing::debug!(serial = self.serial(), "retrying in {delay:?}: {e}");
+            tokio::time::sleep(self.jitter(delay)).await;
+            delay = (delay * 2).min(self.options.backoff.max);
         }
     }
 
@@ -114,6 +120,7 @@ impl Agent {
                 }
                 Ok(false) => Attempt::HadSession { failed: false },
                 Err(_) if had_session => Attempt::HadSession { failed: true },
+                Err(AgentError::Busy(_)) => Attempt::Busy,
                 Err(e) => Attempt::Failed {
                     permanent: matches!(e, AgentError::CredentialRefused { .. }),
                 },

@@ -1,6 +1,14 @@
 //! How long the agent waits before trying again: exponential with jitter after connection
-//! trouble, back to the shortest delay once a session worked, and a long wait after the server
-//! refused the device's credential (trying sooner changes nothing until an operator acts).
+//! trouble, back to the shortest delay once a session worked, at least [`Backoff::busy`] after
+//! the server turned the connection away for load, and a long wait after the server refused
+//! the device's credential (trying sooner changes nothing until an operator acts).
+//!
+//! Why a floor for a busy server: when a whole fleet loses its sessions at once (a restart, a
+//! stall), every device comes back within the first delay. The server completes what it can
+//! and turns the rest away before any handshake (QUIC's CONNECTION_REFUSED, which carries no
+//! delay of its own); were those to retry after a second or two, the refused would keep the
+//! server busy refusing. Spread over `busy` (with the jitter, 0.5 to 1.5 times it) and doubling
+//! for those turned away again, the attempts fall toward the rate the server completes.
 
 use std::time::Duration;
 
@@ -11,6 +19,8 @@ pub struct Backoff {
     pub initial: Duration,
     /// Largest delay after connection trouble.
     pub max: Duration,
+    /// Shortest delay after the server turned the connection away because it is at capacity.
+    pub busy: Duration,
     /// Delay after the server refused the device's credential.
     pub refused: Duration,
 }
@@ -20,6 +30,7 @@ impl Default for Backoff {
         Backoff {
             initial: Duration::from_secs(1),
             max: Duration::from_secs(60),
+            busy: Duration::from_secs(30),
             refused: Duration::from_secs(3600),
         }
     }
@@ -38,6 +49,8 @@ pub enum Attempt {
         /// Whether the failure needs someone to act (a refused credential).
         permanent: bool,
     },
+    /// The server turned the connection away because it is at capacity.
+    Busy,
 }
 
 /// How long to wait after an attempt that ended as `attempt`, when the wait after the
@@ -48,10 +61,16 @@ pub fn wait(previous: Option<Duration>, attempt: Attempt, backoff: &Backoff) -> 
         Attempt::HadSession { failed: false } => None,
         Attempt::HadSession { failed: true } => Some(backoff.initial),
         Attempt::Failed { permanent: true } => Some(backoff.refused),
-        Attempt::Failed { permanent: false } => Some(match previous {
-            Some(p) => (p * 2).clamp(backoff.initial, backoff.max),
-            None => backoff.initial,
-        }),
+        Attempt::Failed { permanent: false } => Some(next(previous, backoff)),
+        Attempt::Busy => Some(next(previous, backoff).max(backoff.busy)),
+    }
+}
+
+/// The exponential step after `previous`.
+fn next(previous: Option<Duration>, backoff: &Backoff) -> Duration {
+    match previous {
+        Some(p) => (p * 2).clamp(backoff.initial, backoff.max),
+        None => backoff.initial,
     }
 }
 
@@ -83,5 +102,22 @@ mod tests {
         let refused = Attempt::Failed { permanent: true };
         assert_eq!(wait(d, refused, &b), Some(b.refused));
         assert_eq!(wait(Some(b.refused), refused, &b), Some(b.refused));
+    }
+
+    #[test]
+    fn a_busy_server_is_given_at_least_the_busy_delay_and_the_doubling_goes_on_from_there() {
+        let b = Backoff::default();
+        let busy = Attempt::Busy;
+        // The first refusal for load waits `busy`, not `initial`.
+        let mut d = wait(None, busy, &b);
+        assert_eq!(d, Some(b.busy));
+        // Connection trouble after it keeps doubling from there, up to the cap.
+        d = wait(d, Attempt::Failed { permanent: false }, &b);
+        assert_eq!(d, Some(b.max));
+        assert_eq!(wait(d, busy, &b), Some(b.max));
+        // A session that worked starts over.
+        d = wait(d, Attempt::HadSession { failed: true }, &b);
+        assert_eq!(d, Some(b.initial));
+        assert_eq!(wait(d, busy, &b), Some(b.busy));
     }
 }

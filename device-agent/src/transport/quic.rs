@@ -299,9 +299,15 @@ pub(crate) fn certificate_alert(alert: u8) -> Option<CredentialRefusal> {
 
 /// The agent's error for a connection that ended: a refusal of the device's credential (a
 /// certificate alert in the handshake, or our server's unauthorized and revoked close codes)
-/// is permanent; anything else is connection trouble, tried again later.
+/// is permanent; a refusal before the handshake says the server is at capacity; anything else
+/// is connection trouble, tried again later.
 fn connection_error(e: &quinn::ConnectionError) -> AgentError {
     match e {
+        quinn::ConnectionError::ConnectionClosed(close)
+            if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+        {
+            AgentError::Busy(e.to_string())
+        }
         quinn::ConnectionError::ConnectionClosed(close) => {
             let code = u64::from(close.error_code);
             let alert = code.checked_sub(0x100).and_then(|a| u8::try_from(a).ok());

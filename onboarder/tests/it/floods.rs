@@ -281,7 +281,8 @@ async fn slow_and_stalled_https_clients_are_cut_and_devices_still_onboard() {
 
 /// Many idle connections: one device's credentials open 40 operational sessions, and each
 /// new one evicts the one before; one address opens connections up to its limit and no
-/// further, while a device from another address still onboards.
+/// further (an agent there hears "busy" and backs off accordingly), while a device from
+/// another address still onboards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_bounded_per_device_and_per_address() {
     const PER_ADDRESS: usize = 30;
@@ -341,6 +342,20 @@ async fn idle_connections_are_bounded_per_device_and_per_address() {
     );
     assert!(held.len() < PER_ADDRESS, "{} held", held.len());
     assert!(refused >= 10 && stats.connections_refused >= 10);
+    // The agent takes that refusal as a busy server: it tries again, but not before
+    // `Backoff::busy` (1 s in these tests) where other connection trouble waits 100 ms first.
+    let agent = world.agent(&device);
+    let attempts = std::sync::atomic::AtomicUsize::new(0);
+    let busy = agent
+        .retrying(Duration::from_secs(3), || {
+            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            agent.connect()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(busy, device_agent::AgentError::Busy(_)), "{busy}");
+    let attempts = attempts.into_inner();
+    assert!((2..=3).contains(&attempts), "{attempts} attempts in 3 s");
     // Another address is not affected.
     let other = world.device("SN-OTHER-ADDRESS");
     let endpoint = quinn::Endpoint::client("127.0.0.2:0".parse().unwrap()).unwrap();

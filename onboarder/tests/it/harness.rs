@@ -452,6 +452,7 @@ pub fn fast_options() -> AgentOptions {
         backoff: Backoff {
             initial: Duration::from_millis(100),
             max: Duration::from_secs(2),
+            busy: Duration::from_secs(1),
             refused: Duration::from_secs(5),
         },
         ..AgentOptions::default()
