@@ -21,21 +21,20 @@ impl Agent {
         Fut: Future<Output = Result<T, AgentError>>,
     {
         let start = tokio::time::Instant::now();
-        let mut delay = self.options.backoff.initial;
+        let mut waited = None;
         loop {
             let e = match op().await {
                 Err(e) if e.is_transient() => e,
                 other => return other,
             };
-            if matches!(e, AgentError::Busy(_)) {
-                delay = delay.max(self.options.backoff.busy);
-            }
+            let delay = backoff::wait(waited, failed(&e), &self.options.backoff)
+                .unwrap_or(self.options.backoff.initial);
             if start.elapsed() + delay >= deadline {
                 return Err(e);
             }
             tracing::debug!(serial = self.serial(), "retrying in {delay:?}: {e}");
             tokio::time::sleep(self.jitter(delay)).await;
-            delay = (delay * 2).min(self.options.backoff.max);
+            waited = Some(delay);
         }
     }
 
@@ -120,10 +119,7 @@ impl Agent {
                 }
                 Ok(false) => Attempt::HadSession { failed: false },
                 Err(_) if had_session => Attempt::HadSession { failed: true },
-                Err(AgentError::Busy(_)) => Attempt::Busy,
-                Err(e) => Attempt::Failed {
-                    permanent: matches!(e, AgentError::CredentialRefused { .. }),
-                },
+                Err(e) => failed(e),
             };
             waited = backoff::wait(waited, outcome, &self.options.backoff);
             if let Err(e) = result {
@@ -140,5 +136,15 @@ impl Agent {
                 }
             }
         }
+    }
+}
+
+/// How an attempt that failed before any session ended, for the backoff.
+fn failed(e: &AgentError) -> Attempt {
+    match e {
+        AgentError::Busy(_) => Attempt::Busy,
+        e => Attempt::Failed {
+            permanent: matches!(e, AgentError::CredentialRefused { .. }),
+        },
     }
 }
