@@ -73,6 +73,16 @@ async fn a_device_wipes_itself_attests_and_is_revoked_and_certified() {
         world.record("SN-EOL").unwrap().state == DeviceState::Decommissioned
     })
     .await;
+    // The server commits before it answers; the device forgets its owner once the answer is
+    // in. Stopping it in between is safe (it delivers again on its next start) but is not what
+    // this test looks at.
+    eventually(10, "the device back in the factory state", || {
+        running
+            .agent
+            .load_state()
+            .is_ok_and(|s| s.phase == device_agent::machine::Phase::Factory)
+    })
+    .await;
     running.stop().await;
 
     // The server: revoked, no credential left, evidence in the audit log, on the CRL.
