@@ -22,7 +22,7 @@ use crate::store::Store;
 use crate::store::images::{DirImages, ImageStore};
 use crate::store::seal::SealingKey;
 use crate::store::sled::SledStore;
-use crate::transport::limits::FrameBudget;
+use crate::transport::limits::Budgets;
 use crate::transport::sessions::Sessions;
 use crate::transport::{quic, tls};
 
@@ -283,12 +283,12 @@ impl Server {
             }
             None => None,
         };
-        let frames = FrameBudget::new(&config.limits);
+        let budgets = Budgets::new(&config.limits);
         let limits = config.limits;
         let control = Arc::new(Control::new(
             service.clone(),
             sessions.clone(),
-            frames.clone(),
+            budgets.clone(),
             identity,
             dir.to_path_buf(),
             config,
@@ -307,7 +307,7 @@ impl Server {
                 service.clone(),
                 sessions.clone(),
                 limits,
-                frames.clone(),
+                budgets.clone(),
             )),
             tokio::spawn(control.clone().run_audit_budget(stopped.clone())),
             tokio::spawn(control.clone().run_crl_publisher(stopped.clone())),
@@ -320,12 +320,17 @@ impl Server {
         ];
         if let Some((listener, tls)) = https {
             let crls = control.clone();
+            let routes = crate::transport::https::routes(
+                service.clone(),
+                sessions.clone(),
+                Arc::new(move |file: &str| crls.crl_file(file)),
+                budgets.chunks.clone(),
+            );
             tasks.push(devices.handle().spawn(crate::transport::https::serve(
                 listener,
                 tls,
                 service.clone(),
-                sessions.clone(),
-                Arc::new(move |file: &str| crls.crl_file(file)),
+                routes,
                 limits,
                 stopped.clone(),
             )));
@@ -395,7 +400,12 @@ impl Server {
 
     /// Bytes of incomplete device requests held now (bounded by `limits` in the settings).
     pub fn frame_bytes_held(&self) -> usize {
-        self.control.frames.held()
+        self.control.budgets.frames.held()
+    }
+
+    /// Firmware chunks being served now, over every transport.
+    pub fn firmware_chunks_in_flight(&self) -> usize {
+        self.control.budgets.chunks.in_flight()
     }
 
     /// Operator control (rotation, revocation, rollover, CRLs).

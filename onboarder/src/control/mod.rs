@@ -59,8 +59,8 @@ pub struct Control {
     pub service: Arc<Service>,
     /// Live operational sessions.
     pub sessions: Arc<Sessions>,
-    /// Bytes of incomplete device requests the transport holds.
-    pub frames: crate::transport::limits::FrameBudget,
+    /// What the device listeners hold (incomplete requests, firmware chunks).
+    pub budgets: crate::transport::limits::Budgets,
     identity: Arc<RegistrarIdentity>,
     dir: PathBuf,
     config: Config,
@@ -81,7 +81,7 @@ impl Control {
     pub fn new(
         service: Arc<Service>,
         sessions: Arc<Sessions>,
-        frames: crate::transport::limits::FrameBudget,
+        budgets: crate::transport::limits::Budgets,
         identity: Arc<RegistrarIdentity>,
         dir: PathBuf,
         config: Config,
@@ -92,7 +92,7 @@ impl Control {
         Control {
             service,
             sessions,
-            frames,
+            budgets,
             identity,
             dir,
             config,

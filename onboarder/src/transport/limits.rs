@@ -14,6 +14,8 @@
 //!   that announces 64 KiB costs nothing until 64 KiB arrive), and those bytes count against a
 //!   budget per connection and one for the whole server. A frame that would exceed either is
 //!   refused; a frame that stops making progress is dropped after a short stall.
+//! - Firmware chunks: at most [`CHUNKS_IN_FLIGHT`] read and handed to a transport at once, over
+//!   QUIC and HTTPS together ([`ChunkTurns`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -86,6 +88,56 @@ impl Limits {
             Admission::Retry
         } else {
             Admission::Accept
+        }
+    }
+}
+
+/// Firmware chunks served at once across all connections and transports. Each holds its bytes
+/// several times over (file, message, frame, send buffer) until the transport has them, so this
+/// bounds what a fleet downloading together makes the server hold and allocate; the others wait
+/// their turn.
+pub const CHUNKS_IN_FLIGHT: usize = 64;
+
+/// The server-wide turns to serve a firmware chunk. A turn covers reading the chunk and handing
+/// it to the transport's send buffer (whose own window bounds what waits there), never a
+/// client's reading pace: a device that stops reading cannot hold one.
+#[derive(Debug, Clone)]
+pub struct ChunkTurns(Arc<Semaphore>);
+
+impl Default for ChunkTurns {
+    fn default() -> Self {
+        ChunkTurns(Arc::new(Semaphore::new(CHUNKS_IN_FLIGHT)))
+    }
+}
+
+impl ChunkTurns {
+    /// Waits for a turn; dropping the permit ends it.
+    pub async fn take(&self) -> Option<OwnedSemaphorePermit> {
+        self.0.clone().acquire_owned().await.ok()
+    }
+
+    /// Chunks being served now.
+    pub fn in_flight(&self) -> usize {
+        CHUNKS_IN_FLIGHT - self.0.available_permits()
+    }
+}
+
+/// What the device listeners may hold server-wide, shared by all of them: bytes of incomplete
+/// requests and firmware chunks being served.
+#[derive(Debug, Clone)]
+pub struct Budgets {
+    /// Bytes of incomplete requests.
+    pub frames: FrameBudget,
+    /// Firmware chunks.
+    pub chunks: ChunkTurns,
+}
+
+impl Budgets {
+    /// The budgets `limits` set.
+    pub fn new(limits: &Limits) -> Self {
+        Budgets {
+            frames: FrameBudget::new(limits),
+            chunks: ChunkTurns::default(),
         }
     }
 }

@@ -16,10 +16,11 @@ use protocol::frame_io::{self, ReadError};
 use protocol::message::{self, MAX_REQUEST, Request, Response};
 use quinn::crypto::rustls::QuicServerConfig;
 use rustls_pki_types::CertificateDer;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::limits::{
-    Admission, ConnectionBudget, ConnectionLimits, FrameBudget, Held, Limits, OverBudget,
+    Admission, Budgets, ChunkTurns, ConnectionBudget, ConnectionLimits, FrameBudget, Held, Limits,
+    OverBudget,
 };
 use super::sessions::Sessions;
 use crate::core::{DevicePeer, LifecycleError};
@@ -27,10 +28,6 @@ use crate::service::{Handled, Service};
 
 /// Concurrent request streams per connection.
 pub const MAX_STREAMS: u32 = 16;
-/// Firmware chunks served at once across all connections. Each holds its bytes several times
-/// over (file, message, frame, send buffer) until the device has them, so this bounds what a
-/// fleet downloading together makes the server hold; the others wait their turn.
-const CHUNKS_IN_FLIGHT: usize = 64;
 /// Time allowed to receive one request.
 const READ_DEADLINE: Duration = Duration::from_secs(10);
 /// Time a frame may go without a byte arriving before it is dropped.
@@ -170,25 +167,25 @@ impl std::fmt::Display for ConnectionEnd {
 struct Shared {
     service: Arc<Service>,
     sessions: Arc<Sessions>,
-    chunks: Arc<Semaphore>,
+    chunks: ChunkTurns,
     frames: FrameBudget,
 }
 
-/// Accepts connections until the endpoint is closed, within `limits`; incomplete requests are
-/// held within `frames` (the caller keeps a handle to watch what is held).
+/// Accepts connections until the endpoint is closed, within `limits`; incomplete requests and
+/// firmware chunks are held within `budgets` (shared with the other listeners).
 pub async fn serve(
     endpoint: quinn::Endpoint,
     service: Arc<Service>,
     sessions: Arc<Sessions>,
     limits: Limits,
-    frames: FrameBudget,
+    budgets: Budgets,
 ) {
     let connections = ConnectionLimits::new(limits);
     let shared = Arc::new(Shared {
         service,
         sessions,
-        chunks: Arc::new(Semaphore::new(CHUNKS_IN_FLIGHT)),
-        frames,
+        chunks: budgets.chunks,
+        frames: budgets.frames,
     });
     let handshaking = Arc::new(AtomicUsize::new(0));
     while let Some(incoming) = endpoint.accept().await {
@@ -319,7 +316,7 @@ async fn request(
     service: &Service,
     peer: &DevicePeer,
     binding: &[u8],
-    chunks: &Arc<Semaphore>,
+    chunks: &ChunkTurns,
     budget: &ConnectionBudget,
 ) -> Option<(Handled, Option<OwnedSemaphorePermit>)> {
     let mut held = Held::default();
@@ -346,7 +343,7 @@ async fn request(
     match message::decode::<Request>(&bytes, MAX_REQUEST) {
         Ok(request) => {
             let permit = match request {
-                Request::FirmwareChunk { .. } => chunks.clone().acquire_owned().await.ok(),
+                Request::FirmwareChunk { .. } => chunks.take().await,
                 _ => None,
             };
             Some((service.handle(peer, binding, request, "quic").await, permit))

@@ -1042,6 +1042,64 @@ async fn an_offered_image_downloads_over_https_whole_or_by_ranges() {
     assert_eq!(get(None, None, "anonymous").0, 401);
 }
 
+/// An HTTPS download reads its next chunk within a server-wide turn only when the connection
+/// has room for it: a client that stops reading holds no turn, and the same image still
+/// downloads whole at full speed beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_holds_no_chunk_turn() {
+    let world = World::new().await;
+    trust_firmware(&world).await;
+    world.expect(&["SN-SLOW"], 30).await;
+    let device = world.device("SN-SLOW");
+    world.agent(&device).onboard().await.unwrap();
+    let img = image(8 * 1024 * 1024, 3);
+    let (_, r) = publish(&world, &img, "6.1.0", 1).await;
+    let hex = certs::inspect::hex(&r.digest);
+    run_campaign(&world, &hex, &["SN-SLOW"], vec![100], 100).await;
+    eventually(10, "the offer", || job(&world, "SN-SLOW").is_some()).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = world.server.https_addr().unwrap().port();
+    let curl = |out: &std::path::Path| {
+        let mut cmd = std::process::Command::new("curl");
+        cmd.args(["--silent", "--write-out", "%{http_code}", "-o"])
+            .arg(out)
+            .arg("--cacert")
+            .arg(world.data.join(onboarder::config::layout::OWNER_ROOT))
+            .arg("--cert")
+            .arg(device.state_dir.join("ldevid.pem"))
+            .arg("--key")
+            .arg(device.state_dir.join("ldevid.key"))
+            .arg(format!("https://localhost:{port}/firmware/{hex}"));
+        cmd
+    };
+    let slow_out = dir.path().join("slow");
+    let mut slow = curl(&slow_out)
+        .args(["--limit-rate", "4k"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually(10, "the slow download under way", || {
+        std::fs::metadata(&slow_out).is_ok_and(|m| m.len() > 0)
+    })
+    .await;
+    eventually(10, "no chunk turn held", || {
+        world.server.firmware_chunks_in_flight() == 0
+    })
+    .await;
+
+    let fast_out = dir.path().join("fast");
+    let fast = curl(&fast_out).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&fast.stdout), "200");
+    assert!(std::fs::read(&fast_out).unwrap() == img, "the whole image");
+
+    assert!(slow.try_wait().unwrap().is_none(), "still reading slowly");
+    assert!(std::fs::metadata(&slow_out).unwrap().len() < img.len() as u64 / 4);
+    assert_eq!(world.server.firmware_chunks_in_flight(), 0);
+    slow.kill().unwrap();
+    slow.wait().unwrap();
+}
+
 /// A campaign on a saved query: the devices that match it at the start are updated, and so are
 /// devices that come to match it later (onboarded and tagged after the start), which join the
 /// running campaign; devices that do not match are left alone. Its offer rate ramps up, and

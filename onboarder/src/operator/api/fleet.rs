@@ -118,6 +118,8 @@ pub struct Stats {
     pub sessions: usize,
     /// Bytes of incomplete device requests held now.
     pub frame_bytes_held: usize,
+    /// Firmware chunks being served now (at most 64, over every transport).
+    pub firmware_chunks_in_flight: usize,
     /// Refusals and shed load.
     #[serde(flatten)]
     pub metrics: crate::metrics::MetricsSnapshot,
@@ -130,7 +132,8 @@ pub(super) async fn stats(State(api): State<Api>) -> ApiResult<Stats> {
     Ok(axum::Json(Stats {
         states,
         sessions: api.control.sessions.len(),
-        frame_bytes_held: api.control.frames.held(),
+        frame_bytes_held: api.control.budgets.frames.held(),
+        firmware_chunks_in_flight: api.control.budgets.chunks.in_flight(),
         metrics: api.control.service.metrics().snapshot(),
     }))
 }

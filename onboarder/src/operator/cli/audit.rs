@@ -91,5 +91,9 @@ pub(super) fn stats(client: &ApiClient, as_json: bool) -> Result<()> {
     );
     say!("audit entries left out: {}", stats.metrics.audit_suppressed);
     say!("request bytes held:     {}", stats.frame_bytes_held);
+    say!(
+        "firmware chunks served: {}",
+        stats.firmware_chunks_in_flight
+    );
     Ok(())
 }

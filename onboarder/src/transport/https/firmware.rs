@@ -9,6 +9,12 @@
 //! (`Content-Range: bytes START-LAST/*`, the whole length left to the signed manifest), so a
 //! download resumes where it stopped; without a range the whole image streams as `200`. The
 //! image is trusted for its signed manifest, not for the transport.
+//!
+//! A streamed image reads its next chunk only when hyper asks for it (its send buffer has
+//! room), and each read waits for one of the server-wide [`ChunkTurns`] it shares with QUIC:
+//! a thousand downloads at once hold a few chunks each in hyper's buffers and at most
+//! [`CHUNKS_IN_FLIGHT`](crate::transport::limits::CHUNKS_IN_FLIGHT) more being read, where a
+//! chunk read ahead per download would hold and churn far more.
 
 use std::sync::Arc;
 
@@ -18,18 +24,27 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures_util::StreamExt;
 use protocol::message::{MAX_CHUNK, Request, Response as Answer};
 
 use super::Caller;
 use super::answer::{device, not_expected, refusal, rejected, status_of};
 use crate::core::DevicePeer;
 use crate::service::{Service, SignedUrl};
+use crate::transport::limits::ChunkTurns;
 
-/// The firmware route.
-pub fn router(service: Arc<Service>) -> Router {
+/// What the route shares.
+#[derive(Clone)]
+struct Firmware {
+    service: Arc<Service>,
+    turns: ChunkTurns,
+}
+
+/// The firmware route; chunks are served within `turns`.
+pub fn router(service: Arc<Service>, turns: ChunkTurns) -> Router {
     Router::new()
         .route("/firmware/{digest}", get(image))
-        .with_state(service)
+        .with_state(Firmware { service, turns })
 }
 
 /// The query of a signed URL.
@@ -48,7 +63,7 @@ enum Downloader {
 }
 
 async fn image(
-    State(service): State<Arc<Service>>,
+    State(Firmware { service, turns }): State<Firmware>,
     Extension(caller): Extension<Caller>,
     Path(digest): Path<String>,
     Query(signature): Query<Signature>,
@@ -96,7 +111,14 @@ async fn image(
         Some((start, end)) => (start, end.map_or(MAX_CHUNK, |end| chunk_len(start, end))),
         None => (0, MAX_CHUNK),
     };
-    let first = match chunk(&service, &who, &caller, &digest, start, wanted).await {
+    let download = Download {
+        service,
+        turns,
+        who,
+        caller,
+        digest,
+    };
+    let first = match download.chunk(start, wanted).await {
         Ok(bytes) => bytes,
         Err(refused) => return refused,
     };
@@ -115,30 +137,31 @@ async fn image(
         }
         return response;
     }
-    // The whole image: the first chunk, then the rest as the client takes it.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
-    tokio::spawn(async move {
-        let mut offset = first.len() as u64;
-        let mut more = first.len() == MAX_CHUNK as usize;
-        if tx.send(Ok(first)).await.is_err() {
-            return;
-        }
-        while more {
-            let next = chunk(&service, &who, &caller, &digest, offset, MAX_CHUNK).await;
-            let Ok(bytes) = next else {
-                let _ = tx
-                    .send(Err(std::io::Error::other("refused mid-image")))
-                    .await;
-                return;
-            };
-            offset += bytes.len() as u64;
-            more = bytes.len() == MAX_CHUNK as usize;
-            if bytes.is_empty() || tx.send(Ok(bytes)).await.is_err() {
-                return;
+    // The whole image: the first chunk, then each next one when hyper asks for it.
+    let next = first.len() as u64;
+    let more = first.len() == MAX_CHUNK as usize;
+    let rest = futures_util::stream::unfold(
+        (download, next, more),
+        |(download, offset, more)| async move {
+            if !more {
+                return None;
             }
-        }
-    });
-    let mut response = Body::from_stream(Chunks(rx)).into_response();
+            match download.chunk(offset, MAX_CHUNK).await {
+                Ok(bytes) if bytes.is_empty() => None,
+                Ok(bytes) => {
+                    let next = offset + bytes.len() as u64;
+                    let more = bytes.len() == MAX_CHUNK as usize;
+                    Some((Ok(bytes), (download, next, more)))
+                }
+                Err(_) => Some((
+                    Err(std::io::Error::other("refused mid-image")),
+                    (download, offset, false),
+                )),
+            }
+        },
+    );
+    let body = futures_util::stream::once(std::future::ready(Ok(first))).chain(rest);
+    let mut response = Body::from_stream(body).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
@@ -146,37 +169,44 @@ async fn image(
     response
 }
 
-/// One chunk through the service, which authorises it as for a QUIC request (or for the
-/// signed URL).
-async fn chunk(
-    service: &Service,
-    who: &Downloader,
-    caller: &Caller,
-    digest: &[u8],
-    offset: u64,
-    length: u32,
-) -> Result<Vec<u8>, Response> {
-    let peer = match who {
-        Downloader::Device(peer) => peer,
-        Downloader::Signed(signed) => {
-            return service
-                .signed_chunk(signed, digest, offset, length)
-                .await
-                .map_err(|e| refusal(status_of(e.code()), &e.to_string()).into_response());
+/// One download: who asks for which image.
+struct Download {
+    service: Arc<Service>,
+    turns: ChunkTurns,
+    who: Downloader,
+    caller: Caller,
+    digest: Vec<u8>,
+}
+
+impl Download {
+    /// One chunk through the service, within a server-wide turn; the service authorises it as
+    /// for a QUIC request (or for the signed URL).
+    async fn chunk(&self, offset: u64, length: u32) -> Result<Vec<u8>, Response> {
+        let _turn = self.turns.take().await;
+        let peer = match &self.who {
+            Downloader::Device(peer) => peer,
+            Downloader::Signed(signed) => {
+                return self
+                    .service
+                    .signed_chunk(signed, &self.digest, offset, length)
+                    .await
+                    .map_err(|e| refusal(status_of(e.code()), &e.to_string()).into_response());
+            }
+        };
+        let request = Request::FirmwareChunk {
+            digest: self.digest.clone(),
+            offset,
+            length,
+        };
+        match self
+            .service
+            .handle(peer, &self.caller.binding, request, "https")
+            .await
+            .response
+        {
+            Answer::Chunk(bytes) => Ok(bytes),
+            other => Err(not_expected(other).into_response()),
         }
-    };
-    let request = Request::FirmwareChunk {
-        digest: digest.to_vec(),
-        offset,
-        length,
-    };
-    match service
-        .handle(peer, &caller.binding, request, "https")
-        .await
-        .response
-    {
-        Answer::Chunk(bytes) => Ok(bytes),
-        other => Err(not_expected(other).into_response()),
     }
 }
 
@@ -197,20 +227,6 @@ fn parse_range(value: &HeaderValue) -> Option<(u64, Option<u64>)> {
         end => Some(end.parse::<u64>().ok().filter(|e| *e >= start)?),
     };
     Some((start, end))
-}
-
-/// The chunks of a streamed image, as the body's stream.
-struct Chunks(tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>);
-
-impl futures_core::Stream for Chunks {
-    type Item = Result<Vec<u8>, std::io::Error>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx)
-    }
 }
 
 #[cfg(test)]

@@ -80,29 +80,38 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
         .map_err(|e| Error::os(format!("binding HTTPS on {addr}"), e))
 }
 
-/// Serves connections until `stopped` turns true.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    tls: rustls::ServerConfig,
+/// Every HTTPS route: EST, BRSKI, firmware (served within `chunks`, shared with QUIC), the
+/// device API, labels and CRLs.
+pub fn routes(
     service: Arc<Service>,
     sessions: Arc<crate::transport::sessions::Sessions>,
     crls: Crls,
-    limits: crate::transport::limits::Limits,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let connections = ConnectionLimits::new(limits);
-    let router = est::router(service.clone())
+    chunks: crate::transport::limits::ChunkTurns,
+) -> axum::Router {
+    est::router(service.clone())
         .merge(brski::router(service.clone()))
-        .merge(firmware::router(service.clone()))
+        .merge(firmware::router(service.clone(), chunks))
         .merge(device::router(service.clone(), sessions))
-        .merge(label::router(service.clone()))
+        .merge(label::router(service))
         .merge(
             axum::Router::new()
                 .route("/crl/{file}", axum::routing::get(crl))
                 .with_state(crls),
         )
-        .layer(axum::middleware::from_fn(body_deadline));
+        .layer(axum::middleware::from_fn(body_deadline))
+}
+
+/// Serves `router` ([`routes`]) on connections until `stopped` turns true.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: rustls::ServerConfig,
+    service: Arc<Service>,
+    router: axum::Router,
+    limits: crate::transport::limits::Limits,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let connections = ConnectionLimits::new(limits);
     loop {
         let (tcp, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
