@@ -56,7 +56,6 @@ struct Signature {
 }
 
 /// Who downloads: the device its certificate names, or the one a signed URL was made for.
-#[derive(Clone)]
 enum Downloader {
     Device(DevicePeer),
     Signed(SignedUrl),
