@@ -18,6 +18,11 @@ const TICK_SPACING: u32 = 10;
 /// The longest wait between ticks, however long the last one took.
 const MAX_SPACING: Duration = Duration::from_secs(4);
 
+/// The wait after a tick that took `took`.
+fn spacing(tick: Duration, took: Duration) -> Duration {
+    tick.max((took * TICK_SPACING).min(MAX_SPACING))
+}
+
 impl Control {
     /// Runs the campaign engine until `stop` turns true: every tick, or sooner after a device's
     /// firmware report, it advances the running campaigns and pushes their offers to the
@@ -41,7 +46,7 @@ impl Control {
             // One tick looks at every device of the running campaigns, so ticks are spaced by
             // `tick` (or by what the last one cost) whatever the rate of reports; a report only
             // wakes an idle engine early.
-            let spacing = tick.max((started.elapsed() * TICK_SPACING).min(MAX_SPACING));
+            let spacing = spacing(tick, started.elapsed());
             tokio::select! {
                 changed = stop.changed() => {
                     if changed.is_err() || *stop.borrow() {
@@ -60,5 +65,21 @@ impl Control {
                 () = self.service.firmware_changed() => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_are_spaced_by_their_cost_within_bounds() {
+        let tick = Duration::from_millis(250);
+        assert_eq!(spacing(tick, Duration::from_millis(2)), tick);
+        assert_eq!(
+            spacing(tick, Duration::from_millis(90)),
+            Duration::from_millis(900)
+        );
+        assert_eq!(spacing(tick, Duration::from_secs(30)), MAX_SPACING);
     }
 }
