@@ -982,6 +982,30 @@ async fn an_unhealthy_release_rolls_back_and_pauses_the_campaign() {
     }
 }
 
+/// curl fetching the image `hex` from the world's HTTPS listener into `out` (printing the
+/// status), with `client`'s LDevID if given.
+fn curl_image(
+    world: &World,
+    client: Option<&Device>,
+    hex: &str,
+    out: &std::path::Path,
+) -> std::process::Command {
+    let port = world.server.https_addr().unwrap().port();
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["--silent", "--write-out", "%{http_code}", "-o"])
+        .arg(out)
+        .arg("--cacert")
+        .arg(world.data.join(onboarder::config::layout::OWNER_ROOT));
+    if let Some(d) = client {
+        cmd.arg("--cert")
+            .arg(d.state_dir.join("ldevid.pem"))
+            .arg("--key")
+            .arg(d.state_dir.join("ldevid.key"));
+    }
+    cmd.arg(format!("https://localhost:{port}/firmware/{hex}"));
+    cmd
+}
+
 /// An offered image downloads over HTTPS with a plain client (curl) and the device's LDevID:
 /// whole, or by byte ranges to resume; another device, a birth certificate or no certificate
 /// gets nothing.
@@ -1001,28 +1025,13 @@ async fn an_offered_image_downloads_over_https_whole_or_by_ranges() {
     eventually(10, "the offer", || job(&world, "SN-HTTPS").is_some()).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let port = world.server.https_addr().unwrap().port();
-    let owner_root = world.data.join(onboarder::config::layout::OWNER_ROOT);
     let get = |client: Option<&Device>, range: Option<&str>, name: &str| {
         let out = dir.path().join(name);
-        let mut cmd = std::process::Command::new("curl");
-        cmd.args(["--silent", "--write-out", "%{http_code}", "-o"])
-            .arg(&out)
-            .arg("--cacert")
-            .arg(&owner_root);
-        if let Some(d) = client {
-            cmd.arg("--cert")
-                .arg(d.state_dir.join("ldevid.pem"))
-                .arg("--key")
-                .arg(d.state_dir.join("ldevid.key"));
-        }
+        let mut cmd = curl_image(&world, client, &hex, &out);
         if let Some(range) = range {
             cmd.args(["-H", &format!("Range: bytes={range}")]);
         }
-        let status = cmd
-            .arg(format!("https://localhost:{port}/firmware/{hex}"))
-            .output()
-            .unwrap();
+        let status = cmd.output().unwrap();
         let code: u16 = String::from_utf8_lossy(&status.stdout).parse().unwrap_or(0);
         (code, std::fs::read(&out).unwrap_or_default())
     };
@@ -1059,20 +1068,7 @@ async fn a_client_that_stops_reading_holds_no_chunk_turn() {
     eventually(10, "the offer", || job(&world, "SN-SLOW").is_some()).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let port = world.server.https_addr().unwrap().port();
-    let curl = |out: &std::path::Path| {
-        let mut cmd = std::process::Command::new("curl");
-        cmd.args(["--silent", "--write-out", "%{http_code}", "-o"])
-            .arg(out)
-            .arg("--cacert")
-            .arg(world.data.join(onboarder::config::layout::OWNER_ROOT))
-            .arg("--cert")
-            .arg(device.state_dir.join("ldevid.pem"))
-            .arg("--key")
-            .arg(device.state_dir.join("ldevid.key"))
-            .arg(format!("https://localhost:{port}/firmware/{hex}"));
-        cmd
-    };
+    let curl = |out: &std::path::Path| curl_image(&world, Some(&device), &hex, out);
     let slow_out = dir.path().join("slow");
     let mut slow = curl(&slow_out)
         .args(["--limit-rate", "4k"])
