@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use certs::brski::Encoding;
 use protocol::message::{
-    Command, Hello, MAX_HARDWARE_FACT_LEN, MAX_HARDWARE_FACTS, Response, Status, Welcome,
+    Command, Hello, MAX_HARDWARE_FACT_LEN, MAX_HARDWARE_FACTS, Request, Response, Status, Welcome,
 };
 use protocol::voucher::{CLOCK_SKEW, VoucherRequest};
 
@@ -551,6 +551,16 @@ pub fn hello(
 /// on its LDevID may be sent commands from then on.
 pub fn opens_session(peer: &DevicePeer, response: &Response) -> bool {
     peer.kind == CredentialKind::Ldevid && matches!(response, Response::Welcome(_))
+}
+
+/// Whether `request` from `peer` may open its operational session (a hello on its LDevID).
+/// A transport makes such a session the device's before the hello is decided, and puts back
+/// the one it displaced if the answer does not open it: an order committed while the welcome
+/// is being decided is then pushed to this session instead of being missed by both (the
+/// welcome read the record before the order, and the push found no session, or the one about
+/// to be replaced).
+pub fn may_open_session(peer: &DevicePeer, request: &Request) -> bool {
+    peer.kind == CredentialKind::Ldevid && matches!(request, Request::Hello(_))
 }
 
 /// Pins the IDevID `peer` onboards with (a clone is refused from then on), and keeps the MUD URL

@@ -22,7 +22,7 @@ use super::limits::{
     Admission, Budgets, ChunkTurns, ConnectionBudget, ConnectionLimits, FrameBudget, Held, Limits,
     OverBudget,
 };
-use super::sessions::Sessions;
+use super::sessions::{Carrier, Sessions};
 use crate::core::{DevicePeer, LifecycleError};
 use crate::service::{Handled, Service};
 
@@ -242,7 +242,7 @@ impl Drop for Handshake {
 async fn connection(
     incoming: quinn::Incoming,
     handshake: Handshake,
-    shared: &Shared,
+    shared: &Arc<Shared>,
 ) -> Result<(), ConnectionEnd> {
     let service = &shared.service;
     let conn = incoming.await;
@@ -281,23 +281,14 @@ async fn connection(
             Ok(streams) => streams,
             Err(e) => break e,
         };
-        let (service, sessions, peer, conn, chunks, budget) = (
-            service.clone(),
-            shared.sessions.clone(),
-            peer.clone(),
-            conn.clone(),
-            shared.chunks.clone(),
-            budget.clone(),
-        );
+        let (shared, peer, conn, budget) =
+            (shared.clone(), peer.clone(), conn.clone(), budget.clone());
         tokio::spawn(async move {
             let Some((handled, permit)) =
-                request(recv, &service, &peer, &binding, &chunks, &budget).await
+                request(recv, &shared, &peer, conn, &binding, &budget).await
             else {
                 return;
             };
-            if handled.opened_session {
-                sessions.register(&peer.id, conn);
-            }
             let _ = super::send_frame(send, &message::encode(&handled.response)).await;
             // A chunk's permit is held until the device has it.
             drop(permit);
@@ -313,12 +304,13 @@ async fn connection(
 /// one to answer).
 async fn request(
     mut recv: quinn::RecvStream,
-    service: &Service,
+    shared: &Shared,
     peer: &DevicePeer,
-    binding: &[u8],
-    chunks: &ChunkTurns,
+    conn: quinn::Connection,
+    binding: &[u8; protocol::EXPORTER_LEN],
     budget: &ConnectionBudget,
 ) -> Option<(Handled, Option<OwnedSemaphorePermit>)> {
+    let service = &shared.service;
     let mut held = Held::default();
     let read = frame_io::read_frame(&mut recv, MAX_REQUEST, Some(STALL), |n| {
         budget.take(&mut held, n)
@@ -343,10 +335,15 @@ async fn request(
     match message::decode::<Request>(&bytes, MAX_REQUEST) {
         Ok(request) => {
             let permit = match request {
-                Request::FirmwareChunk { .. } => chunks.take().await,
+                Request::FirmwareChunk { .. } => shared.chunks.take().await,
                 _ => None,
             };
-            Some((service.handle(peer, binding, request, "quic").await, permit))
+            let carrier = Carrier::Quic(conn);
+            let handled = shared
+                .sessions
+                .handle(service, peer, binding, carrier, request, "quic")
+                .await;
+            Some((handled, permit))
         }
         Err(e) => Some((refuse(service, peer, LifecycleError::Decode(e)).await, None)),
     }

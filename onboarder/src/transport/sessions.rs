@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use protocol::message::{self, Command, CommandReply, MAX_RESPONSE};
+use protocol::message::{self, Command, CommandReply, MAX_RESPONSE, Request};
 
-use crate::core::DeviceId;
+use crate::core::{DeviceId, DevicePeer};
+use crate::service::{Handled, Service};
 
 /// Time allowed for a device to answer a command (over HTTPS, from the push: a device asks
 /// for commands again at once after each answer).
@@ -64,6 +65,17 @@ pub struct PullLink {
     binding: [u8; protocol::EXPORTER_LEN],
 }
 
+impl Link {
+    /// Whether two links are the same session.
+    fn same(&self, other: &Link) -> bool {
+        match (self, other) {
+            (Link::Quic(a), Link::Quic(b)) => a.stable_id() == b.stable_id(),
+            (Link::Pull(a), Link::Pull(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
 impl PullLink {
     fn new(binding: [u8; protocol::EXPORTER_LEN]) -> PullLink {
         let (queue, incoming) = mpsc::channel(16);
@@ -104,6 +116,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The secure session a request came on, as a device's operational session would be.
+pub enum Carrier {
+    /// A QUIC connection: commands go on streams the server opens.
+    Quic(quinn::Connection),
+    /// An HTTPS or CoAP secure session: commands wait in a pull link.
+    Pull,
+}
+
 /// Registry of operational sessions.
 #[derive(Debug, Default)]
 pub struct Sessions {
@@ -115,15 +135,43 @@ impl Sessions {
         lock(&self.live)
     }
 
-    /// Records `conn` as the session of `device`. A device holds one operational connection:
-    /// an older one (left behind when its network changed, or opened with a copy of its
-    /// credentials) is closed, so that idle connections cannot pile up under one identity.
-    pub fn register(&self, device: &DeviceId, conn: quinn::Connection) {
-        let id = conn.stable_id();
-        let old = self.map().insert(device.clone(), Link::Quic(conn));
-        if let Some(Link::Quic(old)) = old
-            && old.stable_id() != id
-        {
+    /// Makes a session on `carrier` (TLS exporter value `binding`) the one of `device`,
+    /// unless it already is: the link put in and the one it displaced, which stays open until
+    /// the hello is decided.
+    fn open(
+        &self,
+        device: &DeviceId,
+        carrier: Carrier,
+        binding: &[u8; protocol::EXPORTER_LEN],
+    ) -> Option<(Link, Option<Link>)> {
+        let mut map = self.map();
+        let current = map.get(device);
+        let link = match carrier {
+            Carrier::Quic(conn) => {
+                if matches!(current, Some(Link::Quic(c)) if c.stable_id() == conn.stable_id()) {
+                    return None;
+                }
+                Link::Quic(conn)
+            }
+            Carrier::Pull => {
+                // Another hello on the same secure session (after new owner roots) keeps its
+                // link: the commands it handed out are answered there.
+                if matches!(current, Some(Link::Pull(l)) if l.binding == *binding && l.live()) {
+                    return None;
+                }
+                Link::Pull(Arc::new(PullLink::new(*binding)))
+            }
+        };
+        let displaced = map.insert(device.clone(), link.clone());
+        Some((link, displaced))
+    }
+
+    /// Ends what a session opened by a welcome displaced. A device holds one operational
+    /// connection: an older one (left behind when its network changed, or opened with a copy
+    /// of its credentials) is closed, so that idle connections cannot pile up under one
+    /// identity.
+    fn retire(displaced: Option<Link>) {
+        if let Some(Link::Quic(old)) = displaced {
             old.close(
                 super::close::REPLACED.into(),
                 b"replaced by a newer session of this device",
@@ -131,25 +179,16 @@ impl Sessions {
         }
     }
 
-    /// Opens a pull session for `device`, over HTTPS or CoAP, on the secure session of
-    /// `binding` (replacing one of another session, of any kind).
-    pub fn register_pull(
-        &self,
-        device: &DeviceId,
-        binding: &[u8; protocol::EXPORTER_LEN],
-    ) -> Arc<PullLink> {
+    /// Puts back the session `ours` displaced when its hello was refused, if `ours` is still
+    /// the device's.
+    fn reopen(&self, device: &DeviceId, ours: &Link, displaced: Option<Link>) {
         let mut map = self.map();
-        // Another hello on the same secure session (after new owner roots) keeps its link:
-        // the commands it handed out are answered there.
-        if let Some(Link::Pull(link)) = map.get(device)
-            && link.binding == *binding
-            && link.live()
-        {
-            return link.clone();
+        if map.get(device).is_some_and(|l| l.same(ours)) {
+            match displaced {
+                Some(link) => map.insert(device.clone(), link),
+                None => map.remove(device),
+            };
         }
-        let link = Arc::new(PullLink::new(*binding));
-        map.insert(device.clone(), Link::Pull(link.clone()));
-        link
     }
 
     /// The live pull session (HTTPS or CoAP) of `device`, if it has one.
@@ -158,6 +197,35 @@ impl Sessions {
             Some(Link::Pull(link)) if link.live() => Some(link.clone()),
             _ => None,
         }
+    }
+
+    /// Has `service` answer `request`, which came on `carrier` (whose TLS exporter value is
+    /// `binding`). A request that may open the device's session makes it the device's session
+    /// first, and puts back the one it displaced if the answer did not open it (see
+    /// [`crate::core::onboard::may_open_session`] for why first).
+    pub async fn handle(
+        &self,
+        service: &Service,
+        peer: &DevicePeer,
+        binding: &[u8; protocol::EXPORTER_LEN],
+        carrier: Carrier,
+        request: Request,
+        transport: &'static str,
+    ) -> Handled {
+        let opening = if crate::core::onboard::may_open_session(peer, &request) {
+            self.open(&peer.id, carrier, binding)
+        } else {
+            None
+        };
+        let handled = service.handle(peer, binding, request, transport).await;
+        if let Some((ours, displaced)) = opening {
+            if handled.opened_session {
+                Self::retire(displaced);
+            } else {
+                self.reopen(&peer.id, &ours, displaced);
+            }
+        }
+        handled
     }
 
     /// Forgets the QUIC session of `device` if it is still connection `id`.

@@ -135,7 +135,38 @@ async fn a_device_onboards_and_takes_a_pushed_command_over_https() {
     assert_eq!(post(&world, "reply", ldevid, &pong).0, 409);
     assert_eq!(post(&world, "request", ldevid, b"garbage").0, 400);
     assert_eq!(post(&world, "reply", ldevid, b"garbage").0, 400);
+    // A hello refused on another connection: its session, made the device's while the hello
+    // was decided, gives way to the one that was open.
+    let hardware = (0..=message::MAX_HARDWARE_FACTS)
+        .map(|i| (format!("fact-{i}"), String::new()))
+        .collect();
+    let Request::Hello(mut bad) = hello else {
+        unreachable!()
+    };
+    bad.hardware = hardware;
+    assert!(matches!(
+        call(&world, ldevid, &Request::Hello(bad)),
+        Response::Error(_)
+    ));
     assert_eq!(world.record("SN-NOUDP").unwrap(), before);
+    assert!(world.server.sessions().is_connected(&id));
+    let sessions = world.server.sessions().clone();
+    let pushed = {
+        let id = id.clone();
+        tokio::spawn(async move { sessions.push(&id, &Order::Ping { nonce: 8 }).await })
+    };
+    let (status, body) = tokio::task::block_in_place(|| post(&world, "commands", ldevid, b""));
+    assert_eq!(status, 200);
+    assert_eq!(
+        message::decode::<Order>(&body, message::MAX_RESPONSE).unwrap(),
+        Order::Ping { nonce: 8 }
+    );
+    let pong = message::encode(&CommandReply::Pong { nonce: 8 });
+    assert_eq!(post(&world, "reply", ldevid, &pong).0, 204);
+    assert_eq!(
+        pushed.await.unwrap().unwrap(),
+        CommandReply::Pong { nonce: 8 }
+    );
 }
 
 /// A network that blocks UDP: the agent's QUIC address is a port that drops everything. With

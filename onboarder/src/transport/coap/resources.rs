@@ -36,7 +36,7 @@ use super::dtls::PeerIdentity;
 use super::message::{Answer, Request};
 use crate::core::{Channel, DevicePeer};
 use crate::service::Service;
-use crate::transport::sessions::Sessions;
+use crate::transport::sessions::{Carrier, Sessions};
 
 /// application/octet-stream: a firmware image.
 const OCTET_STREAM: u16 = 42;
@@ -133,12 +133,16 @@ async fn door(
         Ok(d) => d,
         Err(refused) => return refused,
     };
-    let handled = service
-        .handle(&device, &peer.binding, decoded, "coap")
+    let handled = sessions
+        .handle(
+            service,
+            &device,
+            &peer.binding,
+            Carrier::Pull,
+            decoded,
+            "coap",
+        )
         .await;
-    if handled.opened_session {
-        sessions.register_pull(&device.id, &peer.binding);
-    }
     Answer::content(
         ResponseType::Changed,
         CBOR,

@@ -26,7 +26,7 @@ use protocol::message::{self, CommandReply, MAX_REQUEST, Request};
 use super::Caller;
 use super::answer::{self, Refusal, device, media_type_is, rejected};
 use crate::service::Service;
-use crate::transport::sessions::{POLL_WAIT, Sessions};
+use crate::transport::sessions::{Carrier, POLL_WAIT, Sessions};
 
 /// The media type of every body here.
 const CBOR: &str = "application/cbor";
@@ -91,12 +91,16 @@ async fn request(
             Err(refused) => return refused.into_response(),
         };
     let handled = shared
-        .service
-        .handle(peer, &caller.binding, request, "https")
+        .sessions
+        .handle(
+            &shared.service,
+            peer,
+            &caller.binding,
+            Carrier::Pull,
+            request,
+            "https",
+        )
         .await;
-    if handled.opened_session {
-        shared.sessions.register_pull(&peer.id, &caller.binding);
-    }
     cbor(message::encode(&handled.response))
 }
 
