@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use protocol::message::Command;
 use serde::{Deserialize, Serialize};
 
-use super::{OperatorError, Pending, Service};
+use super::{JobStates, OperatorError, Pending, Service};
 use crate::audit::AuditEvent;
 use crate::core::campaign::{self, Campaign, CampaignOrder, CampaignState, Step, Tally};
 use crate::core::firmware;
@@ -324,7 +324,7 @@ impl Service {
     fn with_job_states<R>(
         &self,
         campaign: &Campaign,
-        read: impl FnOnce(&HashMap<DeviceId, JobState>) -> R,
+        read: impl FnOnce(&JobStates) -> R,
     ) -> Result<R, OperatorError> {
         {
             let index = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
@@ -333,25 +333,22 @@ impl Service {
                 return Ok(read(index.states.get(&campaign.id).unwrap_or(&none)));
             }
         }
-        let mut stored = HashMap::new();
+        let mut stored = Vec::new();
         for device in campaign.waves.iter().flatten() {
-            if let Some(job) = self
-                .store
-                .device(device)?
-                .and_then(|r| r.firmware_job)
-                .filter(|j| j.campaign == campaign.id)
+            if let Some(record) = self.store.device(device)?
+                && let Some(job) = record.firmware_job.filter(|j| j.campaign == campaign.id)
             {
-                stored.insert(device.clone(), job.state);
+                stored.push((record.id, record.version, job.state));
             }
         }
         let mut index = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         index.loaded.insert(campaign.id.clone());
-        // What commits noted is the newest state of its device: it stays.
-        let states = index.states.entry(campaign.id.clone()).or_default();
-        for (device, state) in stored {
-            states.entry(device).or_insert(state);
+        // What commits noted meanwhile is newer: it stays.
+        for (device, version, state) in stored {
+            index.note(&campaign.id, &device, version, &state);
         }
-        Ok(read(states))
+        let none = HashMap::new();
+        Ok(read(index.states.get(&campaign.id).unwrap_or(&none)))
     }
 
     /// Where a campaign stands, per wave; with `devices`, also every device (which reads
@@ -382,7 +379,7 @@ impl Service {
         for (w, wave) in campaign.waves.iter().enumerate() {
             let mut tally = Tally::default();
             for device in wave {
-                let state = states.get(device);
+                let state = states.get(device).map(|(_, state)| state);
                 tally.add(state);
                 status.total.add(state);
                 if !devices {
@@ -442,7 +439,7 @@ impl Service {
                     (Tally::default(), Tally::default(), Vec::new());
                 for (w, wave) in campaign.waves.iter().enumerate().take(campaign.wave + 1) {
                     for device in wave {
-                        let state = states.get(device);
+                        let state = states.get(device).map(|(_, state)| state);
                         offered.add(state);
                         if w == campaign.wave {
                             current.add(state);

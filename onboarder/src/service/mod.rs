@@ -70,24 +70,32 @@ const CHUNK: usize = 1000;
 /// Where the service reads the time: the system clock, or another one in tests.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
-/// Firmware job states by campaign and device. Commits note the jobs they change; a
-/// campaign's other devices are read from the store the first time it is looked at (then it
-/// is `loaded`), so a report heard before that look does not stand for the whole campaign.
+/// Firmware job states by campaign and device, each with the version of the record that
+/// holds it. Commits note the jobs they change; a campaign's other devices are read from the
+/// store the first time it is looked at (then it is `loaded`), so a report heard before that
+/// look does not stand for the whole campaign.
 #[derive(Default)]
 struct JobIndex {
-    states: HashMap<String, HashMap<DeviceId, JobState>>,
+    states: HashMap<String, JobStates>,
     loaded: std::collections::HashSet<String>,
 }
 
+/// A campaign's job states by device, with the record version each was read or written at.
+type JobStates = HashMap<DeviceId, (u64, JobState)>;
+
 impl JobIndex {
-    fn note(&mut self, campaign: &str, device: &DeviceId, state: &JobState) {
-        match self.states.get_mut(campaign) {
-            Some(states) => {
-                states.insert(device.clone(), state.clone());
-            }
+    /// Notes `state`, written at `version`, unless a newer version was noted: two commits of
+    /// one device (a report and its retry) may finish in one order and note in the other.
+    fn note(&mut self, campaign: &str, device: &DeviceId, version: u64, state: &JobState) {
+        let states = match self.states.get_mut(campaign) {
+            Some(states) => states,
+            None => self.states.entry(campaign.to_string()).or_default(),
+        };
+        match states.get_mut(device) {
+            Some(noted) if noted.0 > version => {}
+            Some(noted) => *noted = (version, state.clone()),
             None => {
-                let states = HashMap::from([(device.clone(), state.clone())]);
-                self.states.insert(campaign.to_string(), states);
+                states.insert(device.clone(), (version, state.clone()));
             }
         }
     }
@@ -150,6 +158,8 @@ pub enum Shared {
         device: DeviceId,
         /// Where its job is now.
         state: JobState,
+        /// The version of the record that holds it.
+        version: u64,
     },
 }
 
@@ -339,11 +349,12 @@ impl Service {
                 campaign,
                 device,
                 state,
+                version,
             } => {
                 self.jobs
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .note(&campaign, &device, &state);
+                    .note(&campaign, &device, version, &state);
                 self.firmware_changed.notify_one();
                 Ok(())
             }
@@ -463,16 +474,18 @@ impl Service {
                         campaign: job.campaign.clone(),
                         device: w.record.id.clone(),
                         state: job.state.clone(),
+                        version: w.expect.written(),
                     })
                 })
                 .collect();
             let jobs_moved = !moved_jobs.is_empty();
             let written: Vec<DeviceRecord> =
                 change.devices.iter().map(|w| w.record.clone()).collect();
+            let versions: Vec<u64> = change.devices.iter().map(|w| w.expect.written()).collect();
             let anchors_changed = !change.anchors.is_empty();
             match self.store.commit(change).await {
                 Ok(()) => {
-                    self.note_jobs(&written);
+                    self.note_jobs(&written, &versions);
                     self.note_macs(&written);
                     if jobs_moved {
                         self.firmware_changed.notify_one();
@@ -594,12 +607,12 @@ impl Service {
         Ok(e)
     }
 
-    /// Records the firmware jobs of records just committed in the job index.
-    fn note_jobs(&self, records: &[DeviceRecord]) {
+    /// Records the firmware jobs of records just committed (at `versions`) in the job index.
+    fn note_jobs(&self, records: &[DeviceRecord], versions: &[u64]) {
         let mut index = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-        for record in records {
+        for (record, version) in records.iter().zip(versions) {
             if let Some(job) = &record.firmware_job {
-                index.note(&job.campaign, &record.id, &job.state);
+                index.note(&job.campaign, &record.id, *version, &job.state);
             }
         }
     }
@@ -642,5 +655,24 @@ fn revocations_between(
 impl From<StoreError> for LifecycleError {
     fn from(e: StoreError) -> Self {
         LifecycleError::Unavailable(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::MakerId;
+
+    #[test]
+    fn the_job_index_keeps_the_newest_version_whatever_order_the_notes_come_in() {
+        let device = DeviceId::new(MakerId::of_spki(b"maker"), "SN-1").unwrap();
+        let mut index = JobIndex::default();
+        let state = |index: &JobIndex| index.states["c-1"][&device].clone();
+        index.note("c-1", &device, 3, &JobState::Healthy);
+        // The report before it, noted late.
+        index.note("c-1", &device, 2, &JobState::Installed);
+        assert_eq!(state(&index), (3, JobState::Healthy));
+        index.note("c-1", &device, 4, &JobState::Offered);
+        assert_eq!(state(&index), (4, JobState::Offered));
     }
 }

@@ -80,6 +80,17 @@ pub enum Expect {
     Version(u64),
 }
 
+impl Expect {
+    /// The version a write under this expectation gives its record (every store numbers
+    /// versions so): what the job index orders a device's reports by.
+    pub fn written(self) -> u64 {
+        match self {
+            Expect::Absent => 1,
+            Expect::Version(v) => v + 1,
+        }
+    }
+}
+
 impl From<Option<&DeviceRecord>> for Expect {
     fn from(read: Option<&DeviceRecord>) -> Self {
         read.map_or(Expect::Absent, |r| Expect::Version(r.version))

@@ -448,18 +448,17 @@ async fn stage(
         }
         let (maker, serial) = (id.maker.to_string(), id.serial.clone());
         let mut record = w.record.clone();
+        record.version = w.expect.written();
         let written = match w.expect {
             Expect::Absent => {
-                record.version = 1;
                 let bytes = codec.encode(&record)?;
                 tx.execute(&sql.insert_device, &[&maker, &serial, &bytes])
                     .await
                     .map_err(db)?
             }
             Expect::Version(v) => {
-                record.version = v + 1;
                 let bytes = codec.encode(&record)?;
-                let (next, expected) = (version_i64(v + 1)?, version_i64(v)?);
+                let (next, expected) = (version_i64(record.version)?, version_i64(v)?);
                 tx.execute(
                     &sql.update_device,
                     &[&maker, &serial, &next, &bytes, &expected],

@@ -104,8 +104,8 @@ impl Writer {
                 None => self.device_version(id)?,
             };
             let next = match (w.expect, current) {
-                (Expect::Absent, None) => 1,
-                (Expect::Version(v), Some(c)) if v == c => c + 1,
+                (Expect::Absent, None) => w.expect.written(),
+                (Expect::Version(v), Some(c)) if v == c => w.expect.written(),
                 (expect, current) => {
                     return Err(StoreError::Conflict(format!(
                         "{id}: expected {expect:?}, found version {current:?}"
