@@ -241,7 +241,7 @@ impl Server {
             None => None,
         };
         let reset_key = certs::files::secret(&dir.join(layout::RESET_KEY), 32)?;
-        let endpoint = {
+        let (endpoint, backlog) = {
             // quinn spawns the endpoint's driver, and every connection's, where it is bound.
             let _devices = devices.handle().enter();
             quic::bind(config.quic_listen, tls, &reset_key)?
@@ -283,7 +283,12 @@ impl Server {
             }
             None => None,
         };
-        let budgets = Budgets::new(&config.limits);
+        let (stop, stopped) = watch::channel(false);
+        let mut budgets = Budgets::new(&config.limits);
+        // Firmware chunks wait while the QUIC listener's reader is behind.
+        if let Some(backlog) = backlog {
+            budgets.chunks = budgets.chunks.yielding_to(backlog.watch(stopped.clone()));
+        }
         let limits = config.limits;
         let control = Arc::new(Control::new(
             service.clone(),
@@ -300,7 +305,6 @@ impl Server {
             control.resume().await?;
         }
         control.publish_crls().await?;
-        let (stop, stopped) = watch::channel(false);
         let mut tasks = vec![
             devices.handle().spawn(quic::serve(
                 endpoint.clone(),

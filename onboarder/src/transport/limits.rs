@@ -20,9 +20,10 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 /// The limits, as configured (`limits` in onboarder.json).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,27 +99,52 @@ impl Limits {
 /// their turn.
 pub const CHUNKS_IN_FLIGHT: usize = 64;
 
+/// Longest a chunk waits for the QUIC listener's reader to catch up before it takes its turn
+/// anyway: a listener kept behind by a flood must slow firmware downloads, not stop them.
+pub const MAX_YIELD: Duration = Duration::from_secs(1);
+
 /// The server-wide turns to serve a firmware chunk. A turn covers reading the chunk and handing
 /// it to the transport's send buffer (whose own window bounds what waits there), never a
-/// client's reading pace: a device that stops reading cannot hold one.
+/// client's reading pace: a device that stops reading cannot hold one. While the QUIC
+/// listener's reader is behind ([`super::backlog`]), no turn starts (for at most
+/// [`MAX_YIELD`]): sessions before bulk.
 #[derive(Debug, Clone)]
-pub struct ChunkTurns(Arc<Semaphore>);
+pub struct ChunkTurns {
+    turns: Arc<Semaphore>,
+    behind: Option<watch::Receiver<bool>>,
+}
 
 impl Default for ChunkTurns {
     fn default() -> Self {
-        ChunkTurns(Arc::new(Semaphore::new(CHUNKS_IN_FLIGHT)))
+        ChunkTurns {
+            turns: Arc::new(Semaphore::new(CHUNKS_IN_FLIGHT)),
+            behind: None,
+        }
     }
 }
 
 impl ChunkTurns {
+    /// The same turns, yielding to a reader while `behind` says it is behind.
+    pub fn yielding_to(self, behind: watch::Receiver<bool>) -> Self {
+        ChunkTurns {
+            behind: Some(behind),
+            ..self
+        }
+    }
+
     /// Waits for a turn; dropping the permit ends it.
     pub async fn take(&self) -> Option<OwnedSemaphorePermit> {
-        self.0.clone().acquire_owned().await.ok()
+        if let Some(behind) = &self.behind {
+            let mut behind = behind.clone();
+            // Closed (the watcher gave up) or late: the turn goes ahead.
+            let _ = tokio::time::timeout(MAX_YIELD, behind.wait_for(|b| !*b)).await;
+        }
+        self.turns.clone().acquire_owned().await.ok()
     }
 
     /// Chunks being served now.
     pub fn in_flight(&self) -> usize {
-        CHUNKS_IN_FLIGHT - self.0.available_permits()
+        CHUNKS_IN_FLIGHT - self.turns.available_permits()
     }
 }
 
@@ -282,6 +308,27 @@ impl ConnectionBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// No turn starts while the reader is behind, until it catches up or [`MAX_YIELD`] passes.
+    #[tokio::test]
+    async fn chunk_turns_wait_while_the_listener_is_behind_but_not_for_ever() {
+        let (behind, rx) = watch::channel(true);
+        let turns = ChunkTurns::default().yielding_to(rx);
+        let waiting = {
+            let turns = turns.clone();
+            tokio::spawn(async move { turns.take().await.is_some() })
+        };
+        tokio::time::sleep(MAX_YIELD / 4).await;
+        assert!(!waiting.is_finished());
+        behind.send(false).unwrap();
+        assert!(waiting.await.unwrap());
+        // Behind for longer than a chunk may wait: the turn starts after MAX_YIELD.
+        behind.send(true).unwrap();
+        let started = std::time::Instant::now();
+        assert!(turns.take().await.is_some());
+        assert!(started.elapsed() >= MAX_YIELD);
+        assert_eq!(turns.in_flight(), 0);
+    }
 
     /// Retry for unproven addresses past the first threshold; past the second, a refusal for
     /// everyone, a proven address included.

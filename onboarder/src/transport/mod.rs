@@ -6,6 +6,7 @@
 //! - [`sessions`]: live operational sessions, for commands pushed to devices.
 //! - [`limits`]: what peers may make the listener hold.
 
+pub mod backlog;
 pub mod coap;
 pub mod https;
 pub mod limits;

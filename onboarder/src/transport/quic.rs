@@ -18,6 +18,7 @@ use quinn::crypto::rustls::QuicServerConfig;
 use rustls_pki_types::CertificateDer;
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::backlog::SocketBacklog;
 use super::limits::{
     Admission, Budgets, ChunkTurns, ConnectionBudget, ConnectionLimits, FrameBudget, Held, Limits,
     OverBudget,
@@ -42,15 +43,15 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// device 10.5 -> 6.4 ms; 64 KiB gave no more).
 const MTU_UPPER_BOUND: u16 = 16384;
 
-/// Binds the QUIC endpoint.
-/// Binds the QUIC listener. `reset_key` keys the stateless resets: the same key after a restart
-/// lets the new process reset the connections of the old one as soon as a device sends on one,
-/// instead of the device waiting out its idle timeout.
+/// Binds the QUIC listener, with what shows how far behind its reader is (where the system
+/// shows it). `reset_key` keys the stateless resets: the same key after a restart lets the new
+/// process reset the connections of the old one as soon as a device sends on one, instead of
+/// the device waiting out its idle timeout.
 pub fn bind(
     addr: SocketAddr,
     tls: rustls::ServerConfig,
     reset_key: &[u8],
-) -> crate::error::Result<quinn::Endpoint> {
+) -> crate::error::Result<(quinn::Endpoint, Option<SocketBacklog>)> {
     use crate::error::Error;
     let os = |e: std::io::Error| Error::os(format!("binding QUIC on {addr}"), e);
     let crypto = QuicServerConfig::try_from(tls)
@@ -89,16 +90,17 @@ pub fn bind(
     // packet that caused it (quinn enforces it), so it neither amplifies nor loops (RFC 9000,
     // 10.3.3): an attacker gets back less than they send.
     endpoint.min_reset_interval(Duration::ZERO);
-    let socket = runtime
-        .wrap_udp_socket(udp_socket(addr).map_err(os)?)
-        .map_err(os)?;
-    quinn::Endpoint::new_with_abstract_socket(
+    let socket = udp_socket(addr).map_err(os)?;
+    let backlog = SocketBacklog::of(&socket).ok();
+    let socket = runtime.wrap_udp_socket(socket).map_err(os)?;
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(
         endpoint,
         Some(config),
         Arc::new(OneDatagramPerSend(socket)),
         runtime,
     )
-    .map_err(os)
+    .map_err(os)?;
+    Ok((endpoint, backlog))
 }
 
 /// The listener's socket as quinn sees it, but sending one datagram per call (no GSO). quinn
