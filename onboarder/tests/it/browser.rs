@@ -107,10 +107,15 @@ impl Browser {
             let e = self.element(css);
             match self.try_call(method, &format!("/element/{e}/{command}"), body.clone()) {
                 Ok(v) => return v,
-                // Gone with the page it was on: find it again on the new one.
+                // Gone with the page it was on: find it again on the new one. Chromium may say
+                // so as an "unknown error" from its inspector when the page was replaced
+                // between the find and the command.
                 Err(err)
                     if err["error"] == "stale element reference"
-                        || err["error"] == "no such element" =>
+                        || err["error"] == "no such element"
+                        || err["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("does not belong to the document")) =>
                 {
                     std::thread::sleep(Duration::from_millis(100))
                 }
