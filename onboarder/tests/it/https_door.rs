@@ -114,21 +114,8 @@ async fn a_device_onboards_and_takes_a_pushed_command_over_https() {
     );
 
     // The server pushes a ping; the device asks for it and answers.
-    let sessions = world.server.sessions().clone();
-    let pushed = {
-        let id = id.clone();
-        tokio::spawn(async move { sessions.push(&id, &Order::Ping { nonce: 7 }).await })
-    };
-    let (status, body) = tokio::task::block_in_place(|| post(&world, "commands", ldevid, b""));
-    assert_eq!(status, 200);
-    let order: Order = message::decode(&body, message::MAX_RESPONSE).unwrap();
-    assert_eq!(order, Order::Ping { nonce: 7 });
+    ping(&world, &id, ldevid, 7).await;
     let pong = message::encode(&CommandReply::Pong { nonce: 7 });
-    assert_eq!(post(&world, "reply", ldevid, &pong).0, 204);
-    assert_eq!(
-        pushed.await.unwrap().unwrap(),
-        CommandReply::Pong { nonce: 7 }
-    );
 
     // Out of turn or malformed: refused, nothing changed.
     let before = world.record("SN-NOUDP").unwrap();
@@ -150,23 +137,23 @@ async fn a_device_onboards_and_takes_a_pushed_command_over_https() {
     ));
     assert_eq!(world.record("SN-NOUDP").unwrap(), before);
     assert!(world.server.sessions().is_connected(&id));
+    ping(&world, &id, ldevid, 8).await;
+}
+
+/// The server pushes a ping to `id`'s HTTPS session; the device (curl) asks for it and answers.
+async fn ping(world: &World, id: &onboarder::core::DeviceId, client: (&Path, &Path), nonce: u64) {
     let sessions = world.server.sessions().clone();
     let pushed = {
         let id = id.clone();
-        tokio::spawn(async move { sessions.push(&id, &Order::Ping { nonce: 8 }).await })
+        tokio::spawn(async move { sessions.push(&id, &Order::Ping { nonce }).await })
     };
-    let (status, body) = tokio::task::block_in_place(|| post(&world, "commands", ldevid, b""));
+    let (status, body) = tokio::task::block_in_place(|| post(world, "commands", client, b""));
     assert_eq!(status, 200);
-    assert_eq!(
-        message::decode::<Order>(&body, message::MAX_RESPONSE).unwrap(),
-        Order::Ping { nonce: 8 }
-    );
-    let pong = message::encode(&CommandReply::Pong { nonce: 8 });
-    assert_eq!(post(&world, "reply", ldevid, &pong).0, 204);
-    assert_eq!(
-        pushed.await.unwrap().unwrap(),
-        CommandReply::Pong { nonce: 8 }
-    );
+    let order: Order = message::decode(&body, message::MAX_RESPONSE).unwrap();
+    assert_eq!(order, Order::Ping { nonce });
+    let pong = message::encode(&CommandReply::Pong { nonce });
+    assert_eq!(post(world, "reply", client, &pong).0, 204);
+    assert_eq!(pushed.await.unwrap().unwrap(), CommandReply::Pong { nonce });
 }
 
 /// A network that blocks UDP: the agent's QUIC address is a port that drops everything. With
