@@ -1178,6 +1178,18 @@ async fn a_campaign_on_a_saved_query_takes_devices_that_match_later_and_ramps_up
             >= 3
     })
     .await;
+    // The job index is noted when the store's commit returns, a moment after the records
+    // read above are visible: status agrees with them once that commit has returned (a
+    // device's report is answered only then).
+    eventually(20, "the campaign's status to count 3 healthy", || {
+        service
+            .campaign_status(&campaign.id, false)
+            .unwrap()
+            .total
+            .healthy
+            == 3
+    })
+    .await;
     let status = service.campaign_status(&campaign.id, false).unwrap();
     assert_eq!(status.total.healthy, 3, "{status:?}");
     assert_eq!(status.query.as_deref(), Some("pilots"));
