@@ -2,7 +2,7 @@
 //! memory, in this process) through every lifecycle phase over loopback QUIC, and reports per
 //! phase the devices done and failed, throughput, latency percentiles, and the server's CPU time
 //! per operation from the server process's own accounting; plus the server's peak RSS and its
-//! memory per connected idle device.
+//! memory and CPU per connected idle device.
 //!
 //!     cargo build --release --workspace && target/release/fleet --devices 10000 --json
 //!
@@ -167,6 +167,9 @@ struct ServerReport {
     /// Server memory per connected idle device (RSS with the fleet connected minus without),
     /// KiB.
     rss_per_idle_device_kib: f64,
+    /// Server CPU with the whole fleet connected and nothing to do (keep-alives, timers),
+    /// percent of one core, over [`IDLE_WINDOW`].
+    idle_cpu_percent: f64,
     /// Server CPU time over the whole run, seconds.
     cpu_seconds: f64,
 }
@@ -232,6 +235,10 @@ fn status_kib(pid: u32, field: &str) -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0.0)
 }
+
+/// How long the connected fleet is left idle to measure what idling costs the server: two
+/// heartbeats of the default policy, so that every device's keep-alives fall in it.
+const IDLE_WINDOW: Duration = Duration::from_secs(50);
 
 struct Server(Child);
 
@@ -440,6 +447,7 @@ async fn main() -> Result<()> {
             server: ServerReport {
                 peak_rss_mib: round(proc.status_kib("VmHWM:") / 1024.0),
                 rss_per_idle_device_kib: 0.0,
+                idle_cpu_percent: 0.0,
                 cpu_seconds: round(proc.cpu_seconds() - cpu_start),
             },
             simulator: simulator_report(
@@ -547,6 +555,9 @@ async fn main() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_connected = proc.status_kib("VmRSS:");
     let simulator_connected = own.status_kib("VmRSS:") - rss_before_devices;
+    let cpu = proc.cpu_seconds();
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let idle_cpu_percent = (proc.cpu_seconds() - cpu) / IDLE_WINDOW.as_secs_f64() * 100.0;
 
     let cpu = proc.cpu_seconds();
     let report = exercise.rotate(&agents).await?;
@@ -590,6 +601,7 @@ async fn main() -> Result<()> {
         server: ServerReport {
             peak_rss_mib: round(proc.status_kib("VmHWM:") / 1024.0),
             rss_per_idle_device_kib: round((rss_connected - rss_disconnected) / cli.devices as f64),
+            idle_cpu_percent: round(idle_cpu_percent),
             cpu_seconds: round(proc.cpu_seconds() - cpu_start),
         },
         simulator: simulator_report(&own, simulator_connected, cli.devices),
@@ -724,9 +736,10 @@ fn finish(cli: &Cli, report: Report) -> Result<()> {
             );
         }
         eprintln!(
-            "server: peak RSS {:.1} MiB, {:.1} KiB per idle device; simulator: peak RSS {:.1} MiB, {:.1} KiB per device; all phases in {:.1}s",
+            "server: peak RSS {:.1} MiB, {:.1} KiB and {:.1} % of a core for the idle fleet; simulator: peak RSS {:.1} MiB, {:.1} KiB per device; all phases in {:.1}s",
             report.server.peak_rss_mib,
             report.server.rss_per_idle_device_kib,
+            report.server.idle_cpu_percent,
             report.simulator.peak_rss_mib,
             report.simulator.rss_per_device_kib,
             report.total_seconds

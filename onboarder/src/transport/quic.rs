@@ -33,8 +33,9 @@ pub const MAX_STREAMS: u32 = 16;
 const READ_DEADLINE: Duration = Duration::from_secs(10);
 /// Time a frame may go without a byte arriving before it is dropped.
 const STALL: Duration = Duration::from_secs(2);
-/// A silent connection is closed after this long (agents send keep-alives more often).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A silent connection is closed after this long (agents send keep-alives at least twice as
+/// often: `Config::check` holds the heartbeat policy to it).
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Largest UDP payload path MTU discovery probes for. quinn's default stops at 1452 (Ethernet);
 /// probing higher is safe (a lost probe only ends the search) and pays off where the path
