@@ -60,6 +60,7 @@ impl Agent {
         state.renewal = Some(Renewal {
             ldevid: enrollment.certificate,
             chain: enrollment.chain,
+            config: Some(enrollment.config),
         });
         self.save(&state).await
     }

@@ -121,6 +121,11 @@ pub struct Renewal {
     pub ldevid: Vec<u8>,
     /// Its CA chain, issuing CA first.
     pub chain: Vec<serde_bytes::ByteBuf>,
+    /// The operational settings that came with it (the owner's policy at the re-key), taken
+    /// when it is confirmed: a policy changed since onboarding reaches the device at its next
+    /// re-key. None in states written before they were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<DeviceConfig>,
 }
 
 impl AgentState {

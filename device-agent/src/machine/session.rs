@@ -31,6 +31,9 @@ pub fn promoted(state: &AgentState, renewal: Renewal, renew_at: u64) -> AgentSta
     let mut next = state.clone();
     next.ldevid = Some(renewal.ldevid);
     next.chain = renewal.chain;
+    if let Some(config) = renewal.config {
+        next.config = Some(config);
+    }
     next.renewal = None;
     next.renew_at = Some(renew_at);
     next
@@ -131,19 +134,36 @@ mod tests {
         assert!(credential(&state).is_err());
         state.ldevid = Some(vec![1]);
         assert_eq!(credential(&state).unwrap(), Credential::Current);
+        let settings = |heartbeat_secs| protocol::message::DeviceConfig {
+            server_name: "onboarder.local".into(),
+            heartbeat_secs,
+        };
+        state.config = Some(settings(10));
         let renewal = Renewal {
             ldevid: vec![2],
             chain: vec![],
+            config: Some(settings(25)),
         };
         state.renewal = Some(renewal.clone());
         assert_eq!(
             credential(&state).unwrap(),
             Credential::Renewal(renewal.clone())
         );
-        let next = promoted(&state, renewal, 99);
+        let next = promoted(&state, renewal.clone(), 99);
         assert_eq!(next.ldevid, Some(vec![2]));
         assert_eq!(next.renewal, None);
         assert_eq!(next.renew_at, Some(99));
+        assert_eq!(
+            next.config,
+            Some(settings(25)),
+            "the settings of the re-key"
+        );
+        // A renewal stored before settings came with it keeps the device's own.
+        let older = Renewal {
+            config: None,
+            ..renewal
+        };
+        assert_eq!(promoted(&state, older, 99).config, Some(settings(10)));
     }
 
     #[test]

@@ -354,6 +354,48 @@ async fn a_renewal_interrupted_at_any_step_recovers_with_one_live_certificate() 
     }
 }
 
+/// A re-key hands the device the operational settings in force, as its enrollment did: a
+/// device onboarded under one heartbeat takes the owner's new one with its new certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_hands_the_device_the_policy_in_force() {
+    let world = World::new().await;
+    let device = world.device("SN-POLICY");
+    world.expect(&["SN-POLICY"], 30).await;
+    let agent = world.agent(&device);
+    agent.onboard().await.unwrap();
+    let heartbeat =
+        |a: &device_agent::Agent| a.load_state().unwrap().config.map(|c| c.heartbeat_secs);
+    assert_eq!(heartbeat(&agent), Some(1));
+    // The owner changes the policy (as a restart with an edited onboarder.json would).
+    let mut config = onboarder::config::Config::load(&world.data).unwrap();
+    config.policy.heartbeat_secs = 2;
+    let service = world.server.service();
+    service
+        .set_registrar(
+            onboarder::pki::load(&world.data, &config)
+                .unwrap()
+                .registrar,
+        )
+        .unwrap();
+    let running = Running::start(agent);
+    eventually(10, "the session", || world.server.sessions().len() == 1).await;
+    let key = device_key(&device);
+    let order = world
+        .server
+        .control()
+        .rotate(Some(vec![world.id("SN-POLICY")]), None)
+        .await
+        .unwrap();
+    assert_eq!(order.accepted, [world.id("SN-POLICY")]);
+    eventually(
+        20,
+        "the new certificate stored with the new heartbeat",
+        || device_key(&device) != key && heartbeat(&running.agent) == Some(2),
+    )
+    .await;
+    running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_on_demand_reaches_live_and_offline_devices() {
     let world = World::new().await;
