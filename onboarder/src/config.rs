@@ -220,6 +220,13 @@ impl Config {
             "api_listen must be a loopback address: the admin API is for this machine only",
         )?;
         ensure(!self.server_names.is_empty(), "server_names is empty")?;
+        // Devices take this name with every certificate and check the onboarder's for it: one
+        // the certificate does not carry would cut off every device at its next re-key.
+        ensure(
+            self.server_names.contains(&self.policy.server_name),
+            "policy.server_name must be one of server_names (the names in the onboarder's \
+             certificate, which devices check for it)",
+        )?;
         let most = crate::transport::quic::IDLE_TIMEOUT.as_secs() / 2;
         ensure(
             (1..=most).contains(&u64::from(self.policy.heartbeat_secs)),
@@ -248,6 +255,19 @@ mod tests {
             assert!(e.contains("policy.heartbeat_secs must be 1 to 30"), "{e}");
         }
         config.policy.heartbeat_secs = 30;
+        config.check().unwrap();
+    }
+
+    #[test]
+    fn a_server_name_the_certificate_does_not_carry_is_refused() {
+        let mut config = Config::new("Example");
+        config.policy.server_name = "onboarder.example".into();
+        let e = config.check().unwrap_err().to_string();
+        assert!(
+            e.contains("policy.server_name must be one of server_names"),
+            "{e}"
+        );
+        config.server_names.push("onboarder.example".into());
         config.check().unwrap();
     }
 }
