@@ -36,7 +36,8 @@
 //! size limit and a byte budget, and calls
 //! [`service::Service::handle`], which returns the response to write back.
 // No unsafe code, but for the few OpenSSL calls the `openssl` crate does not wrap, which the
-// DTLS layer of the CoAP listener needs (transport::coap::dtls, where each is explained).
+// DTLS layer of the CoAP listener needs (transport::coap::dtls, where each is explained), and
+// one getsockopt that no safe wrapper offers (transport::backlog).
 #![deny(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
 
