@@ -213,7 +213,13 @@ async fn sigterm_in_a_download_stops_cleanly_and_the_download_resumes() {
     })
     .await;
     let id = id.unwrap();
-    // What the platform said reached the device's record.
+    // What the platform said reached the device's record. The session is the device's from
+    // the moment its hello arrives (so that no order is missed while the hello is decided),
+    // and the record has the hello's facts once that decision is committed, a moment later.
+    until(10, "the hello's facts in the record", || {
+        service.device(&id).unwrap().firmware_version.is_some()
+    })
+    .await;
     let record = service.device(&id).unwrap();
     assert_eq!(record.firmware_version.as_deref(), Some("1.0.7"));
     assert_eq!(
