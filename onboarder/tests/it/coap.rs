@@ -880,3 +880,76 @@ async fn a_device_that_restarts_on_the_same_port_gets_a_new_session() {
         "the new session replaced the old one"
     );
 }
+
+/// A UDP socket that stops sending after its first `sends` datagrams: a DTLS client behind it
+/// begins a session (its ClientHello, then the one with our cookie) and never finishes it.
+struct Muted(std::net::UdpSocket, usize);
+
+impl std::io::Read for Muted {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.recv(buf)
+    }
+}
+
+impl std::io::Write for Muted {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.1 == 0 {
+            return Ok(buf.len());
+        }
+        self.1 -= 1;
+        self.0.send(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Handshakes in progress from one address are bounded (a sixteenth of the connections an
+/// address may hold); sessions that opened do not count against it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_at_once_from_one_address_are_bounded_and_open_sessions_do_not_count() {
+    let world = World::with_config(|c| {
+        c.coap_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.limits.max_connections_per_address = 32; // two handshakes at once
+    })
+    .await;
+    let addr = coap_addr(&world);
+    world.expect(&["SN-COAP-BUSY"], 30).await;
+    let device = world.device("SN-COAP-BUSY");
+    let root = world.data.join(layout::OWNER_ROOT);
+    let listener = world.server.coap().unwrap().clone();
+    let dropped = || listener.stats.dropped.load(Ordering::SeqCst);
+    let (open, _held) = tokio::task::spawn_blocking({
+        let listener = listener.clone();
+        move || {
+            // Three sessions that open, one after the other: none is refused.
+            let open: Vec<_> = (0..3).map(|_| dtls_client(addr, &device, &root)).collect();
+            let sessions = listener.sessions();
+            // Three that begin and stall: the first two are taken, the third is not.
+            let mut held = Vec::new();
+            for _ in 0..3 {
+                let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                socket.connect(addr).unwrap();
+                socket
+                    .set_read_timeout(Some(std::time::Duration::from_millis(300)))
+                    .unwrap();
+                let ssl = dtls_ssl(
+                    &device.identity_dir.join("idevid.pem"),
+                    &device.identity_dir.join("idevid.key"),
+                    &root,
+                );
+                let mut stream = openssl::ssl::SslStream::new(ssl, Muted(socket, 2)).unwrap();
+                assert!(stream.connect().is_err(), "a muted client cannot finish");
+                held.push(stream);
+            }
+            ((open, sessions), held)
+        }
+    })
+    .await
+    .unwrap();
+    let (open, sessions_open) = open;
+    assert_eq!(open.len(), 3);
+    assert_eq!(sessions_open, 3);
+    eventually(5, "the third stalled handshake dropped", || dropped() >= 1).await;
+    assert_eq!(listener.sessions(), 5, "three open, two handshaking");
+}

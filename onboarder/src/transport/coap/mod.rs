@@ -19,7 +19,7 @@ pub mod dtls;
 pub mod message;
 pub mod resources;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,8 +37,11 @@ use crate::transport::tls::RegistrarIdentity;
 
 /// A session without a datagram for this long is dropped.
 pub const IDLE: Duration = Duration::from_secs(120);
-/// How often handshakes are retransmitted if due and idle sessions evicted.
+/// How often the handshakes in progress are looked at (their flights retransmitted if due).
 const TICK: Duration = Duration::from_millis(500);
+/// Every how many ticks every session is looked at for idleness: an idle one goes within
+/// `IDLE` plus 5 s, and an idle fleet does not cost a visit per session twice a second.
+const SWEEP_TICKS: u32 = 10;
 /// Sessions at once.
 const MAX_SESSIONS: usize = 20_000;
 
@@ -116,6 +119,10 @@ pub struct Listener {
     service: Arc<Service>,
     sessions: Arc<Sessions>,
     peers: Mutex<HashMap<SocketAddr, Arc<Mutex<Peer>>>>,
+    /// The peers whose handshake is in progress: the only ones a tick must visit, and the only
+    /// ones [`Listener::admit`] counts. A hint kept beside `peers`: an entry whose session
+    /// opened or went is taken out at the latest by the next tick.
+    handshaking: Mutex<HashSet<SocketAddr>>,
     /// Handshakes at once from one IP address (devices behind a NAT share one): a sixteenth
     /// of the connections one address may hold (64 by default).
     handshakes_per_address: usize,
@@ -145,6 +152,7 @@ impl Listener {
             service,
             sessions,
             peers: Mutex::new(HashMap::new()),
+            handshaking: Mutex::new(HashSet::new()),
             handshakes_per_address: (limits.max_connections_per_address / 16).max(1),
             stats: CoapStats::default(),
         }))
@@ -164,6 +172,7 @@ impl Listener {
     pub async fn serve(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut buf = vec![0u8; 65_536];
         let mut tick = tokio::time::interval(TICK);
+        let mut ticks = 0u32;
         loop {
             tokio::select! {
                 changed = stop.changed() => {
@@ -171,7 +180,10 @@ impl Listener {
                         return;
                     }
                 }
-                _ = tick.tick() => self.on_tick().await,
+                _ = tick.tick() => {
+                    ticks = ticks.wrapping_add(1);
+                    self.on_tick(ticks.is_multiple_of(SWEEP_TICKS)).await;
+                }
                 received = self.socket.recv_from(&mut buf) => {
                     match received {
                         // In the order they came: a peer's handshake flights and blocks
@@ -194,6 +206,15 @@ impl Listener {
 
     fn drop_peer(&self, from: SocketAddr) {
         self.peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&from);
+        self.handshook(from);
+    }
+
+    /// `from` no longer has a handshake in progress (its session opened, or went).
+    fn handshook(&self, from: SocketAddr) {
+        self.handshaking
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&from);
@@ -232,6 +253,9 @@ impl Listener {
             p.last_seen = Instant::now();
             match p.secure.receive(datagram) {
                 Ok(progress) => {
+                    if progress.opened {
+                        self.handshook(from);
+                    }
                     let mut replies = Vec::new();
                     let mut requests = Vec::new();
                     for message in progress.received {
@@ -455,6 +479,10 @@ impl Listener {
                 }
                 count(&self.stats.sessions_begun);
                 let outgoing = session.outgoing();
+                self.handshaking
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(from);
                 self.peers.lock().unwrap_or_else(|e| e.into_inner()).insert(
                     from,
                     Arc::new(Mutex::new(Peer {
@@ -478,33 +506,49 @@ impl Listener {
 
     /// Whether another session may begin for `ip`.
     fn admit(&self, ip: IpAddr) -> bool {
-        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        if peers.len() >= MAX_SESSIONS {
+        if self.sessions() >= MAX_SESSIONS {
             return false;
         }
-        let handshaking = peers
+        let handshaking = self
+            .handshaking
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .filter(|(addr, p)| {
-                addr.ip() == ip && p.lock().map(|p| p.secure.peer().is_none()).unwrap_or(false)
-            })
+            .filter(|addr| addr.ip() == ip)
             .count();
         handshaking < self.handshakes_per_address
     }
 
-    async fn on_tick(&self) {
-        let peers: Vec<(SocketAddr, Arc<Mutex<Peer>>)> = self
-            .peers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(a, p)| (*a, p.clone()))
-            .collect();
-        for (addr, peer) in peers {
+    /// Retransmits the handshake flights that are due; on a `sweep`, also drops the sessions
+    /// idle for [`IDLE`].
+    async fn on_tick(&self, sweep: bool) {
+        let due: Vec<SocketAddr> = if sweep {
+            self.peers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keys()
+                .copied()
+                .collect()
+        } else {
+            self.handshaking
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .copied()
+                .collect()
+        };
+        for addr in due {
+            let Some(peer) = self.peer(addr) else {
+                self.handshook(addr);
+                continue;
+            };
             let (idle, outgoing) = {
                 let mut p = peer.lock().unwrap_or_else(|e| e.into_inner());
-                let idle = p.last_seen.elapsed() >= IDLE;
+                if p.secure.peer().is_some() {
+                    self.handshook(addr);
+                }
                 p.secure.on_tick();
-                (idle, p.secure.outgoing())
+                (p.last_seen.elapsed() >= IDLE, p.secure.outgoing())
             };
             if idle {
                 self.drop_peer(addr);
