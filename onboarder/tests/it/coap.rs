@@ -903,7 +903,7 @@ async fn handshakes_at_once_from_one_address_are_bounded_and_open_sessions_do_no
     let root = world.data.join(layout::OWNER_ROOT);
     let listener = world.server.coap().unwrap().clone();
     let dropped = || listener.stats.dropped.load(Ordering::SeqCst);
-    let (open, _held) = tokio::task::spawn_blocking({
+    let (open, sessions_open, _held) = tokio::task::spawn_blocking({
         let listener = listener.clone();
         move || {
             // Three sessions that open, one after the other: none is refused.
@@ -926,12 +926,11 @@ async fn handshakes_at_once_from_one_address_are_bounded_and_open_sessions_do_no
                 assert!(stream.connect().is_err(), "a muted client cannot finish");
                 held.push(stream);
             }
-            ((open, sessions), held)
+            (open, sessions, held)
         }
     })
     .await
     .unwrap();
-    let (open, sessions_open) = open;
     assert_eq!(open.len(), 3);
     assert_eq!(sessions_open, 3);
     eventually(5, "the third stalled handshake dropped", || dropped() >= 1).await;
